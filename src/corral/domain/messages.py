@@ -1,0 +1,182 @@
+"""The wire messages between the platform and agents (JSON, camelCase keys as in the seed).
+
+Domain values convert at the edge with ``from_wire()`` / ``to_wire()``; ``from_wire`` rejects
+malformed input with :class:`InvalidInput` rather than passing half-read data inward.
+See docs/protocol.md for the full protocol an agent in any language follows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from corral.domain.errors import InvalidInput
+
+__all__ = [
+    "ControlKind",
+    "ControlMessage",
+    "MessageType",
+    "StatusKind",
+    "StatusMessage",
+    "TaskMessage",
+    "decode",
+    "encode",
+]
+
+
+class MessageType(StrEnum):
+    DELEGATE = "delegate"  # platform → agent: do this task; agent → platform: please delegate
+    COMPLETE = "complete"  # agent → platform: done, payload is the result
+    BLOCKED = "blocked"  # agent → platform: cannot finish, payload["reason"] says why
+
+
+class StatusKind(StrEnum):
+    READY = "ready"  # the agent is up and consuming its inbox
+    IDLE = "idle"
+    ACCEPTED = "accepted"  # the agent took task currentTask off its inbox
+    WORKING = "working"  # progress report for currentTask
+    HEARTBEAT = "heartbeat"
+    CHECKPOINTED = "checkpointed"  # state saved into the workspace after a control request
+    STOPPING = "stopping"
+
+
+class ControlKind(StrEnum):
+    CHECKPOINT = "checkpoint"
+    STOP = "stop"
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"message is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidInput("message must be a JSON object")
+    return obj
+
+
+def _str(obj: dict[str, Any], key: str, *, optional: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"field {key!r} must be a non-empty string", details={"field": key})
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """The seed's TaskMessage."""
+
+    task_id: str
+    from_agent: str
+    to_agent: str
+    type: MessageType
+    payload: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "taskId": self.task_id,
+            "fromAgent": self.from_agent,
+            "toAgent": self.to_agent,
+            "type": self.type.value,
+            "payload": self.payload,
+            "attempt": self.attempt,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> TaskMessage:
+        try:
+            kind = MessageType(obj.get("type"))
+        except ValueError:
+            raise InvalidInput(
+                f"field 'type' must be one of {[t.value for t in MessageType]}",
+                details={"field": "type"},
+            ) from None
+        payload = obj.get("payload", {})
+        if not isinstance(payload, dict):
+            raise InvalidInput("field 'payload' must be an object", details={"field": "payload"})
+        attempt = obj.get("attempt", 1)
+        if not isinstance(attempt, int) or attempt < 1:
+            raise InvalidInput("field 'attempt' must be a positive integer")
+        return cls(
+            task_id=str(_str(obj, "taskId")),
+            from_agent=str(_str(obj, "fromAgent")),
+            to_agent=str(_str(obj, "toAgent")),
+            type=kind,
+            payload=payload,
+            attempt=attempt,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMessage:
+    """The seed's status report, plus which agent sent it."""
+
+    agent_id: str
+    status: StatusKind
+    current_task: str | None = None
+    progress: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "agentId": self.agent_id,
+            "status": self.status.value,
+            "currentTask": self.current_task,
+            "progress": self.progress,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> StatusMessage:
+        try:
+            kind = StatusKind(obj.get("status"))
+        except ValueError:
+            raise InvalidInput(
+                f"field 'status' must be one of {[s.value for s in StatusKind]}"
+            ) from None
+        progress = obj.get("progress")
+        if progress is not None and (
+            not isinstance(progress, int | float) or not 0.0 <= float(progress) <= 1.0
+        ):
+            raise InvalidInput("field 'progress' must be a number between 0 and 1")
+        detail = obj.get("detail") or {}
+        if not isinstance(detail, dict):
+            raise InvalidInput("field 'detail' must be an object")
+        return cls(
+            agent_id=str(_str(obj, "agentId")),
+            status=kind,
+            current_task=_str(obj, "currentTask", optional=True),
+            progress=None if progress is None else float(progress),
+            detail=detail,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ControlMessage:
+    """Platform → agent: checkpoint (and reply when saved) or stop."""
+
+    kind: ControlKind
+    deadline_seconds: float = 5.0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "deadlineSeconds": self.deadline_seconds}
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> ControlMessage:
+        try:
+            kind = ControlKind(obj.get("kind"))
+        except ValueError:
+            raise InvalidInput("field 'kind' must be 'checkpoint' or 'stop'") from None
+        deadline = obj.get("deadlineSeconds", 5.0)
+        if not isinstance(deadline, int | float) or deadline <= 0:
+            raise InvalidInput("field 'deadlineSeconds' must be a positive number")
+        return cls(kind, float(deadline))

@@ -1,0 +1,187 @@
+"""Plans: the single source of a tenant's limits.
+
+A plan is compiled into Corral's own admission, the Kubernetes ResourceQuota and LimitRange,
+the NATS account JWT, the scheduler's weights and the API's rate limiter. ``standard`` carries
+the seed's numbers exactly; ``free`` and ``enterprise`` are scaled around it (see README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from corral.domain.errors import InvalidInput
+from corral.domain.quantities import Quantity, parse
+
+__all__ = [
+    "QUOTA_RESOURCES",
+    "BusLimits",
+    "LimitRange",
+    "Plan",
+    "PLANS",
+    "get_plan",
+]
+
+#: The ResourceQuota keys Corral enforces, in the order they are shown.
+QUOTA_RESOURCES: tuple[str, ...] = (
+    "requests.cpu",
+    "requests.memory",
+    "limits.cpu",
+    "limits.memory",
+    "pods",
+    "persistentvolumeclaims",
+)
+
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRange:
+    """Per-container defaults and maximum, as a Kubernetes LimitRange of type Container."""
+
+    default_cpu: Quantity
+    default_memory: Quantity
+    default_request_cpu: Quantity
+    default_request_memory: Quantity
+    max_cpu: Quantity
+    max_memory: Quantity
+
+
+@dataclass(frozen=True, slots=True)
+class BusLimits:
+    """NATS account limits for one organization."""
+
+    max_connections: int
+    max_payload: int  # bytes
+    jetstream_memory: int  # bytes reserved in the server's memory store
+    jetstream_storage: int  # bytes reserved in the server's file store
+    max_streams: int
+    max_consumers: int
+    inbox_max_bytes: int  # the org's inbox work-queue stream
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    quota: Mapping[str, Quantity]
+    limit_range: LimitRange
+    agent_limit: int
+    plan_boost: int
+    fair_share_weight: int
+    bus: BusLimits
+    api_rate_per_second: float
+    api_burst: int
+    idle_timeout_seconds: float
+    gpu_limit: int = 0
+    description: str = field(default="")
+
+    def to_wire(self) -> dict[str, object]:
+        lr = self.limit_range
+        return {
+            "name": self.name,
+            "description": self.description,
+            "quota": {k: v.render() for k, v in self.quota.items()},
+            "limitRange": {
+                "default": {"cpu": lr.default_cpu.render(), "memory": lr.default_memory.render()},
+                "defaultRequest": {
+                    "cpu": lr.default_request_cpu.render(),
+                    "memory": lr.default_request_memory.render(),
+                },
+                "max": {"cpu": lr.max_cpu.render(), "memory": lr.max_memory.render()},
+            },
+            "agentLimit": self.agent_limit,
+            "gpuLimit": self.gpu_limit,
+            "planBoost": self.plan_boost,
+            "fairShareWeight": self.fair_share_weight,
+            "bus": {
+                "maxConnections": self.bus.max_connections,
+                "maxPayload": self.bus.max_payload,
+                "jetstreamMemory": self.bus.jetstream_memory,
+                "jetstreamStorage": self.bus.jetstream_storage,
+                "maxStreams": self.bus.max_streams,
+                "maxConsumers": self.bus.max_consumers,
+                "inboxMaxBytes": self.bus.inbox_max_bytes,
+            },
+            "apiRatePerSecond": self.api_rate_per_second,
+            "apiBurst": self.api_burst,
+            "idleTimeoutSeconds": self.idle_timeout_seconds,
+        }
+
+
+def _quota(cpu: str, mem: str, lcpu: str, lmem: str, pods: int, pvcs: int) -> Mapping[str, Quantity]:
+    return MappingProxyType(
+        {
+            "requests.cpu": parse(cpu),
+            "requests.memory": parse(mem),
+            "limits.cpu": parse(lcpu),
+            "limits.memory": parse(lmem),
+            "pods": parse(str(pods)),
+            "persistentvolumeclaims": parse(str(pvcs)),
+        }
+    )
+
+
+def _lr(dc: str, dm: str, rc: str, rm: str, mc: str, mm: str) -> LimitRange:
+    return LimitRange(parse(dc), parse(dm), parse(rc), parse(rm), parse(mc), parse(mm))
+
+
+FREE = Plan(
+    name="free",
+    description="Try it out: 2 agents, small containers, no priority boost.",
+    quota=_quota("2", "4Gi", "4", "8Gi", 3, 3),
+    limit_range=_lr("1000m", "2Gi", "250m", "512Mi", "2000m", "4Gi"),
+    agent_limit=2,
+    plan_boost=0,
+    fair_share_weight=1,
+    bus=BusLimits(20, 256 * 1024, 8 * _MiB, 64 * _MiB, 4, 32, 32 * _MiB),
+    api_rate_per_second=5.0,
+    api_burst=20,
+    idle_timeout_seconds=300.0,
+)
+
+STANDARD = Plan(
+    name="standard",
+    description="The seed's tenant: 10 agents, 15 pods, 10 CPUs requested.",
+    quota=_quota("10", "40Gi", "20", "80Gi", 15, 20),
+    limit_range=_lr("2000m", "8Gi", "500m", "2Gi", "4000m", "16Gi"),
+    agent_limit=10,
+    plan_boost=1,
+    fair_share_weight=2,
+    bus=BusLimits(100, 1024 * 1024, 32 * _MiB, 256 * _MiB, 8, 128, 128 * _MiB),
+    api_rate_per_second=20.0,
+    api_burst=50,
+    idle_timeout_seconds=900.0,
+)
+
+ENTERPRISE = Plan(
+    name="enterprise",
+    description="Large tenants: 50 agents, GPUs, the highest boost and weight.",
+    quota=_quota("40", "160Gi", "80", "320Gi", 60, 100),
+    limit_range=_lr("2000m", "8Gi", "500m", "2Gi", "8000m", "32Gi"),
+    agent_limit=50,
+    plan_boost=2,
+    fair_share_weight=4,
+    bus=BusLimits(500, 1024 * 1024, 128 * _MiB, 1024 * _MiB, 32, 512, 512 * _MiB),
+    api_rate_per_second=100.0,
+    api_burst=200,
+    idle_timeout_seconds=3600.0,
+    gpu_limit=4,
+)
+
+PLANS: Mapping[str, Plan] = MappingProxyType({p.name: p for p in (FREE, STANDARD, ENTERPRISE)})
+
+
+def get_plan(name: str) -> Plan:
+    """The plan called ``name``.
+
+    Raises:
+        InvalidInput: no such plan; the message lists the known ones.
+    """
+    try:
+        return PLANS[name]
+    except KeyError:
+        known = ", ".join(PLANS)
+        raise InvalidInput(
+            f"unknown plan {name!r}: choose one of {known}", details={"plan": name}
+        ) from None
