@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -47,4 +48,4 @@ def wait_until(probe: Callable[[], T], *, timeout: float = 10.0, interval: float
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+        threading.Event().wait(interval)
