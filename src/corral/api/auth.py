@@ -1,0 +1,81 @@
+"""Who is calling: an admin key or an org key. An org key sees only its own org; any other
+org answers 404, exactly as an org that does not exist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from corral.control.keys import split_key
+from corral.control.platform import Platform
+from corral.domain.errors import NotFound, PermissionDenied, Unauthenticated
+from corral.domain.tenancy import Organization
+
+__all__ = ["Caller", "admin_only", "caller", "org_scope", "platform"]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key_id: str
+    org_id: str | None  # None: admin
+
+    @property
+    def is_admin(self) -> bool:
+        return self.org_id is None
+
+    @property
+    def label(self) -> str:
+        return "admin" if self.is_admin else f"key:{self.key_id}"
+
+
+def platform(request: Request) -> Platform:
+    p: Platform = request.app.state.platform
+    return p
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def caller(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Caller:
+    key = _bearer(authorization) or x_api_key or request.query_params.get("key")
+    if not key:
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+    parts = split_key(key)
+    if parts is None:
+        raise Unauthenticated("malformed API key")
+    found = await platform(request).orgs.authenticate(*parts)
+    if found is None:
+        raise Unauthenticated("unknown or revoked API key")
+    return Caller(found.key_id, found.org_id)
+
+
+async def admin_only(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    if not who.is_admin:
+        raise PermissionDenied("this operation needs the admin key")
+    return who
+
+
+async def org_scope(
+    org: str, request: Request, who: Annotated[Caller, Depends(caller)]
+) -> Organization:
+    """Resolve ``{org}`` for this caller (404 for other tenants) and apply its rate limit."""
+    p = platform(request)
+    try:
+        found = await p.orgs.get(org)
+    except NotFound:
+        raise NotFound(f"organization {org!r} not found", details={"org": org}) from None
+    if not who.is_admin and found.id != who.org_id:
+        raise NotFound(f"organization {org!r} not found", details={"org": org})
+    if not who.is_admin:
+        request.app.state.limiter.check(found.slug, found.plan)
+    return found

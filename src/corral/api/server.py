@@ -1,0 +1,70 @@
+"""Run the control plane: the platform's services and the HTTP API in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import uvicorn
+
+from corral.api.app import create_app
+from corral.control.platform import Platform
+from corral.settings import Settings
+
+__all__ = ["RunningServer", "running", "serve"]
+
+log = logging.getLogger("corral.server")
+
+
+class RunningServer:
+    def __init__(self, platform: Platform, url: str) -> None:
+        self.platform = platform
+        self.url = url
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[RunningServer]:
+    """Start the platform and serve its API in this event loop until the block exits."""
+    async with Platform(settings) as platform:
+        sock = _bind(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        config = uvicorn.Config(
+            create_app(platform), log_level="warning", access_log=False, lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-http")
+        try:
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the HTTP server stopped while starting")
+                await asyncio.sleep(0.01)
+            (settings.data_dir / "api.url").write_text(url + "\n")
+            yield RunningServer(platform, url)
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                (settings.data_dir / "api.url").unlink()
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[RunningServer], None]) -> None:
+    """Serve until cancelled (SIGINT/SIGTERM cancel the main task)."""
+    async with running(settings) as srv:
+        on_ready(srv)
+        await asyncio.Event().wait()

@@ -1,0 +1,67 @@
+"""``corral up``: start the control plane in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from corral.api.server import RunningServer, serve
+from corral.cli.main import run
+from corral.settings import Settings
+
+__all__ = ["up"]
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where state lives.")
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8470; 0 picks a free one).")
+@click.option(
+    "--runtime", type=click.Choice(["local", "kubernetes"]), default=None, help="Where agents run."
+)
+@click.pass_context
+def up(
+    ctx: click.Context,
+    data_dir: Path | None,
+    host: str | None,
+    port: int | None,
+    runtime: str | None,
+) -> None:
+    """Start the control plane (API, bus, agents) and run until interrupted."""
+    overrides: dict[str, object] = {}
+    data_dir = data_dir or ctx.obj.data_dir
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if runtime is not None:
+        overrides["runtime"] = runtime
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    def ready(srv: RunningServer) -> None:
+        click.echo(f"corral is up at {srv.url} (data dir {settings.data_dir})")
+        if srv.platform.new_admin_key:
+            click.echo(f"admin key (shown once; also in {settings.data_dir / 'admin.key'}):")
+            click.echo(f"  {srv.platform.new_admin_key}")
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(settings, on_ready=ready)
+        click.echo("corral stopped")
+
+    run(lambda: asyncio.run(main()))

@@ -1,0 +1,36 @@
+"""Settings: one pydantic-settings object at the edge, from ``CORRAL_*`` env and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".corral"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None  # default: SQLite in the data dir
+    nats_url: str | None = None  # default: an embedded nats-server
+    nats_operator_seed: SecretStr | None = None  # with nats_url: the operator's signing seed
+    nats_system_creds: Path | None = None  # with nats_url: a system-account user creds file
+    master_key: SecretStr | None = None  # default: <data dir>/master.key
+    host: str = "127.0.0.1"
+    port: int = 8470
+    runtime: Literal["local", "kubernetes"] = "local"
+    idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
+    max_body_bytes: int = 1024 * 1024
+    max_payload_bytes: int = 256 * 1024
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'corral.db'}"

@@ -1,0 +1,143 @@
+"""Quota usage: charged and released with single conditional UPDATEs, so two concurrent
+reservations can never both take the last slot, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fractions import Fraction
+
+from sqlalchemy import ColumnElement, and_, case, select, update
+
+from corral.domain.admission import check_quota, empty_usage
+from corral.domain.errors import NotFound
+from corral.domain.plans import Plan
+from corral.domain.quantities import Format, Quantity
+from corral.store.db import Database
+from corral.store.schema import UsageRow
+
+__all__ = ["QuotaLedger", "UsageSnapshot"]
+
+# quota resource -> (column, how a Quantity becomes the column's integer)
+_COLUMNS = {
+    "requests.cpu": ("requests_cpu_milli", "milli"),
+    "requests.memory": ("requests_memory_bytes", "units"),
+    "limits.cpu": ("limits_cpu_milli", "milli"),
+    "limits.memory": ("limits_memory_bytes", "units"),
+    "pods": ("pods", "units"),
+    "persistentvolumeclaims": ("pvcs", "units"),
+}
+
+
+def _as_int(q: Quantity, how: str) -> int:
+    return q.milli if how == "milli" else q.units
+
+
+def _as_quantity(n: int, how: str, resource: str) -> Quantity:
+    if how == "milli":
+        return Quantity.of(Fraction(n, 1000))
+    fmt = Format.BINARY_SI if resource.endswith("memory") else Format.DECIMAL_SI
+    return Quantity.of(n, fmt)
+
+
+class UsageSnapshot:
+    __slots__ = ("agents", "gpus", "used")
+
+    def __init__(self, used: dict[str, Quantity], agents: int, gpus: int) -> None:
+        self.used = used
+        self.agents = agents
+        self.gpus = gpus
+
+
+class QuotaLedger:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def usage(self, org_id: str) -> UsageSnapshot:
+        async with self._db.sessions() as s:
+            row = await s.get(UsageRow, org_id)
+        if row is None:
+            raise NotFound(f"no usage recorded for organization {org_id!r}")
+        return _snapshot(row)
+
+    async def reserve(
+        self,
+        org_id: str,
+        plan: Plan,
+        charge: Mapping[str, Quantity],
+        *,
+        agents: int = 0,
+        gpus: int = 0,
+    ) -> None:
+        """Charge ``charge`` if it fits under ``plan``; atomic against concurrent callers.
+
+        Raises:
+            QuotaExceeded: naming the resource that does not fit, with asked/used/allowed.
+        """
+        deltas: dict[str, int] = {}
+        conds: list[ColumnElement[bool]] = [UsageRow.org_id == org_id]
+        for resource, (col, how) in _COLUMNS.items():
+            d = _as_int(charge.get(resource, Quantity.of(0)), how)
+            if d:
+                deltas[col] = d
+                column = getattr(UsageRow, col)
+                conds.append(column + d <= _as_int(plan.quota[resource], how))
+        if agents:
+            deltas["agents"] = agents
+            conds.append(UsageRow.agents + agents <= plan.agent_limit)
+        if gpus:
+            deltas["gpus"] = gpus
+            conds.append(UsageRow.gpus + gpus <= plan.gpu_limit)
+        if not deltas:
+            return
+        values = {col: getattr(UsageRow, col) + d for col, d in deltas.items()}
+        async with self._db.sessions() as s, s.begin():
+            result = await s.execute(update(UsageRow).where(and_(*conds)).values(**values))
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            return
+        # Refused: explain with the figures as they are now (raises QuotaExceeded).
+        snap = await self.usage(org_id)
+        check_quota(
+            plan,
+            snap.used,
+            charge,
+            agents_used=snap.agents,
+            new_agents=agents,
+            gpus_used=snap.gpus,
+            new_gpus=gpus,
+        )
+        # The competitor released in between: try once more.
+        await self.reserve(org_id, plan, charge, agents=agents, gpus=gpus)
+
+    async def release(
+        self, org_id: str, charge: Mapping[str, Quantity], *, agents: int = 0, gpus: int = 0
+    ) -> None:
+        values = {}
+        for resource, (col, how) in _COLUMNS.items():
+            d = _as_int(charge.get(resource, Quantity.of(0)), how)
+            if d:
+                column = getattr(UsageRow, col)
+                values[col] = _max0(column - d)
+        if agents:
+            values["agents"] = _max0(UsageRow.agents - agents)
+        if gpus:
+            values["gpus"] = _max0(UsageRow.gpus - gpus)
+        if not values:
+            return
+        async with self._db.sessions() as s, s.begin():
+            await s.execute(update(UsageRow).where(UsageRow.org_id == org_id).values(**values))
+
+    async def all_usage(self) -> dict[str, UsageSnapshot]:
+        async with self._db.sessions() as s:
+            rows = (await s.execute(select(UsageRow))).scalars().all()
+        return {r.org_id: _snapshot(r) for r in rows}
+
+
+def _max0(expr: ColumnElement[int]) -> ColumnElement[int]:
+    return case((expr < 0, 0), else_=expr)
+
+
+def _snapshot(row: UsageRow) -> UsageSnapshot:
+    used = empty_usage()
+    for resource, (col, how) in _COLUMNS.items():
+        used[resource] = _as_quantity(int(getattr(row, col)), how, resource)
+    return UsageSnapshot(used, row.agents, row.gpus)

@@ -1,0 +1,132 @@
+"""Organizations and their API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from corral.domain.errors import Conflict, NotFound
+from corral.domain.ids import OrgId, OrgSlug
+from corral.domain.plans import get_plan
+from corral.domain.tenancy import Organization
+from corral.store.db import Database
+from corral.store.schema import ApiKeyRow, OrgRow, UsageRow
+
+__all__ = ["ApiKey", "OrgRepository", "hash_secret"]
+
+
+def hash_secret(secret: str) -> str:
+    """Keys are 256-bit random values, so a plain SHA-256 is a sound one-way store."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiKey:
+    """A key's owner: an org id, or None for an admin key."""
+
+    __slots__ = ("key_id", "org_id")
+
+    def __init__(self, key_id: str, org_id: str | None) -> None:
+        self.key_id = key_id
+        self.org_id = org_id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.org_id is None
+
+
+def _org(row: OrgRow) -> Organization:
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return Organization(OrgId(row.id), OrgSlug(row.slug), get_plan(row.plan), created)
+
+
+class OrgRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, org: Organization, *, key_id: str, key_secret: str) -> None:
+        """Insert the org, its zeroed usage row and its first API key, atomically.
+
+        Raises:
+            Conflict: an org with this name exists.
+        """
+        try:
+            async with self._db.sessions() as s, s.begin():
+                s.add(
+                    OrgRow(id=org.id, slug=org.slug, plan=org.plan.name, created_at=org.created_at)
+                )
+                await s.flush()
+                s.add(UsageRow(org_id=org.id))
+                s.add(
+                    ApiKeyRow(
+                        id=key_id,
+                        org_id=org.id,
+                        secret_hash=hash_secret(key_secret),
+                        created_at=org.created_at,
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(
+                f"organization {org.slug!r} already exists", details={"org": org.slug}
+            ) from exc
+
+    async def get(self, slug: str) -> Organization:
+        async with self._db.sessions() as s:
+            row = (await s.execute(select(OrgRow).where(OrgRow.slug == slug))).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"organization {slug!r} not found", details={"org": slug})
+        return _org(row)
+
+    async def get_by_id(self, org_id: str) -> Organization:
+        async with self._db.sessions() as s:
+            row = await s.get(OrgRow, org_id)
+        if row is None:
+            raise NotFound(f"organization {org_id!r} not found")
+        return _org(row)
+
+    async def list(self) -> list[Organization]:
+        async with self._db.sessions() as s:
+            rows = (await s.execute(select(OrgRow).order_by(OrgRow.slug))).scalars().all()
+        return [_org(r) for r in rows]
+
+    async def set_plan(self, slug: str, plan: str) -> Organization:
+        get_plan(plan)
+        async with self._db.sessions() as s, s.begin():
+            result = await s.execute(update(OrgRow).where(OrgRow.slug == slug).values(plan=plan))
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound(f"organization {slug!r} not found", details={"org": slug})
+        return await self.get(slug)
+
+    async def delete(self, slug: str) -> None:
+        org = await self.get(slug)
+        async with self._db.sessions() as s, s.begin():
+            await s.execute(delete(OrgRow).where(OrgRow.id == org.id))
+
+    # -- keys ---------------------------------------------------------------------------------
+    async def add_key(self, *, key_id: str, key_secret: str, org_id: str | None) -> None:
+        async with self._db.sessions() as s, s.begin():
+            s.add(
+                ApiKeyRow(
+                    id=key_id,
+                    org_id=org_id,
+                    secret_hash=hash_secret(key_secret),
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+    async def has_admin_key(self) -> bool:
+        async with self._db.sessions() as s:
+            row = (
+                await s.execute(select(ApiKeyRow.id).where(ApiKeyRow.org_id.is_(None)).limit(1))
+            ).first()
+        return row is not None
+
+    async def authenticate(self, key_id: str, key_secret: str) -> ApiKey | None:
+        async with self._db.sessions() as s:
+            row = await s.get(ApiKeyRow, key_id)
+        if row is None or not hmac.compare_digest(row.secret_hash, hash_secret(key_secret)):
+            return None
+        return ApiKey(row.id, row.org_id)
