@@ -98,10 +98,10 @@ def apply_limit_range(req: ContainerRequest, lr: LimitRange) -> AdmittedResource
     if req.gpu < 0:
         raise InvalidInput("gpu must not be negative", details={"gpu": req.gpu})
     for resource, value, maximum in (
-        ("requests.cpu", cpu_request, lr.max_cpu),
         ("limits.cpu", cpu_limit, lr.max_cpu),
-        ("requests.memory", memory_request, lr.max_memory),
+        ("requests.cpu", cpu_request, lr.max_cpu),
         ("limits.memory", mem_limit, lr.max_memory),
+        ("requests.memory", memory_request, lr.max_memory),
     ):
         if value > maximum:
             _refuse(resource, value, ZERO, maximum, "above the limit range's per-container max")
@@ -118,10 +118,12 @@ def apply_limit_range(req: ContainerRequest, lr: LimitRange) -> AdmittedResource
 
 
 def empty_usage() -> dict[str, Quantity]:
-    return {r: ZERO for r in QUOTA_RESOURCES}
+    return dict.fromkeys(QUOTA_RESOURCES, ZERO)
 
 
-def charge_for(res: AdmittedResources, *, pod: bool = True, pvc: bool = True) -> dict[str, Quantity]:
+def charge_for(
+    res: AdmittedResources, *, pod: bool = True, pvc: bool = True
+) -> dict[str, Quantity]:
     """What one agent holds against the quota: a running one its pod and PVC, a paused one
     only its PVC (its workspace)."""
     charge = empty_usage()

@@ -94,7 +94,7 @@ class TaskMessage:
     @classmethod
     def from_wire(cls, obj: dict[str, Any]) -> TaskMessage:
         try:
-            kind = MessageType(obj.get("type"))
+            kind = MessageType(str(obj.get("type")))
         except ValueError:
             raise InvalidInput(
                 f"field 'type' must be one of {[t.value for t in MessageType]}",
@@ -138,7 +138,7 @@ class StatusMessage:
     @classmethod
     def from_wire(cls, obj: dict[str, Any]) -> StatusMessage:
         try:
-            kind = StatusKind(obj.get("status"))
+            kind = StatusKind(str(obj.get("status")))
         except ValueError:
             raise InvalidInput(
                 f"field 'status' must be one of {[s.value for s in StatusKind]}"
@@ -173,7 +173,7 @@ class ControlMessage:
     @classmethod
     def from_wire(cls, obj: dict[str, Any]) -> ControlMessage:
         try:
-            kind = ControlKind(obj.get("kind"))
+            kind = ControlKind(str(obj.get("kind")))
         except ValueError:
             raise InvalidInput("field 'kind' must be 'checkpoint' or 'stop'") from None
         deadline = obj.get("deadlineSeconds", 5.0)

@@ -109,7 +109,9 @@ class Plan:
         }
 
 
-def _quota(cpu: str, mem: str, lcpu: str, lmem: str, pods: int, pvcs: int) -> Mapping[str, Quantity]:
+def _quota(
+    cpu: str, mem: str, lcpu: str, lmem: str, pods: int, pvcs: int
+) -> Mapping[str, Quantity]:
     return MappingProxyType(
         {
             "requests.cpu": parse(cpu),

@@ -1,0 +1,106 @@
+"""The org slice of the REST contract, tried the way a client would."""
+
+from __future__ import annotations
+
+import httpx
+
+from corral.control.platform import Platform
+from tests.api.conftest import as_key
+
+
+async def test_create_org_returns_namespace_and_a_key_once(admin: httpx.AsyncClient) -> None:
+    r = await admin.post("/v1/orgs", json={"name": "acme", "plan": "standard"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["namespace"] == "org-acme"
+    assert body["labels"] == {"tenant": "acme", "tier": "standard", "managed-by": "corral"}
+    assert body["annotations"]["corral.dev/agent-limit"] == "10"
+    assert body["apiKey"].startswith("crl_")
+    shown = await admin.get("/v1/orgs/acme")
+    assert "apiKey" not in shown.json()
+
+
+async def test_usage_shows_the_seed_quota_with_zero_used(admin: httpx.AsyncClient) -> None:
+    await admin.post("/v1/orgs", json={"name": "acme", "plan": "standard"})
+    quota = (await admin.get("/v1/orgs/acme/usage")).json()["quota"]
+    assert quota["requests.cpu"] == {"hard": "10", "used": "0"}
+    assert quota["limits.memory"] == {"hard": "80Gi", "used": "0"}
+    assert quota["pods"] == {"hard": "15", "used": "0"}
+
+
+async def test_bad_name_and_bad_plan_are_422_naming_the_problem(admin: httpx.AsyncClient) -> None:
+    r = await admin.post("/v1/orgs", json={"name": "Bad_Name!", "plan": "standard"})
+    assert r.status_code == 422
+    assert "DNS-1123" in r.json()["error"]["message"]
+    r = await admin.post("/v1/orgs", json={"name": "acme", "plan": "nope"})
+    assert r.status_code == 422
+    assert "unknown plan 'nope'" in r.json()["error"]["message"]
+    assert (await admin.get("/v1/orgs")).json()["orgs"] == []  # nothing half-created
+
+
+async def test_malformed_bodies_never_answer_500(admin: httpx.AsyncClient) -> None:
+    for content in (b"{", b"[]", b'{"name": 5}', b'{"name": "a", "extra": 1}', b"\xff"):
+        r = await admin.post(
+            "/v1/orgs", content=content, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code in (400, 422), (content, r.text)
+        assert r.json()["error"]["code"] == "invalid_input"
+
+
+async def test_oversized_body_is_refused(admin: httpx.AsyncClient) -> None:
+    r = await admin.post("/v1/orgs", json={"name": "a" * 2_000_000})
+    assert r.status_code == 413
+
+
+async def test_duplicate_org_is_409(admin: httpx.AsyncClient) -> None:
+    await admin.post("/v1/orgs", json={"name": "acme"})
+    r = await admin.post("/v1/orgs", json={"name": "acme"})
+    assert r.status_code == 409
+
+
+async def test_an_org_key_sees_only_its_own_org(admin: httpx.AsyncClient) -> None:
+    a = (await admin.post("/v1/orgs", json={"name": "acme"})).json()
+    await admin.post("/v1/orgs", json={"name": "globex"})
+    async with as_key(admin, a["apiKey"]) as acme:
+        assert (await acme.get("/v1/orgs/acme")).status_code == 200
+        other = await acme.get("/v1/orgs/globex")
+        missing = await acme.get("/v1/orgs/nope")
+        assert other.status_code == missing.status_code == 404
+        assert other.json()["error"]["code"] == "not_found"
+        assert (await acme.get("/v1/orgs/globex/usage")).status_code == 404
+        assert [o["name"] for o in (await acme.get("/v1/orgs")).json()["orgs"]] == ["acme"]
+        assert (await acme.post("/v1/orgs", json={"name": "evil"})).status_code == 403
+        assert (await acme.delete("/v1/orgs/globex")).status_code == 403
+
+
+async def test_missing_or_wrong_keys_are_401(admin: httpx.AsyncClient) -> None:
+    async with as_key(admin, "crl_nope_nope") as bad:
+        assert (await bad.get("/v1/orgs")).status_code == 401
+    async with as_key(admin, "garbage") as bad:
+        assert (await bad.get("/v1/orgs")).status_code == 401
+
+
+async def test_each_org_is_rate_limited_by_its_plan(admin: httpx.AsyncClient) -> None:
+    a = (await admin.post("/v1/orgs", json={"name": "tiny", "plan": "free"})).json()
+    async with as_key(admin, a["apiKey"]) as tiny:
+        statuses = [(await tiny.get("/v1/orgs/tiny/usage")).status_code for _ in range(40)]
+        assert 429 in statuses
+        limited = await tiny.get("/v1/orgs/tiny/usage")
+        assert limited.status_code == 429
+        assert int(limited.headers["Retry-After"]) >= 1
+    # the admin key is not limited by the org's plan
+    assert (await admin.get("/v1/orgs/tiny/usage")).status_code == 200
+
+
+async def test_set_plan_and_delete(admin: httpx.AsyncClient, platform: Platform) -> None:
+    await admin.post("/v1/orgs", json={"name": "acme", "plan": "free"})
+    r = await admin.patch("/v1/orgs/acme", json={"plan": "enterprise"})
+    assert r.json()["plan"] == "enterprise"
+    assert (await admin.patch("/v1/orgs/acme", json={"plan": "gold"})).status_code == 422
+    assert (await admin.delete("/v1/orgs/acme")).status_code == 204
+    assert (await admin.get("/v1/orgs/acme")).status_code == 404
+
+
+async def test_plans_are_listed(admin: httpx.AsyncClient) -> None:
+    names = [p["name"] for p in (await admin.get("/v1/plans")).json()["plans"]]
+    assert names == ["free", "standard", "enterprise"]

@@ -1,0 +1,75 @@
+"""The two-terminal story: `corral up` in one, `corral org ...` in another, as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import wait_until
+
+CORRAL = [sys.executable, "-m", "corral.cli"]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Path]:
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    proc = subprocess.Popen(
+        [*CORRAL, "up", "--data-dir", str(data), "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (data / "api.url").exists() or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        yield data
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "admin key" in out and "crl_" in out
+
+
+def corral(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [*CORRAL, "--data-dir", str(data), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_org_create_show_and_errors_from_another_terminal(server: Path) -> None:
+    r = corral(server, "org", "create", "acme", "--plan", "standard")
+    assert r.returncode == 0, r.stderr
+    assert "org-acme" in r.stdout and "crl_" in r.stdout
+    show = corral(server, "org", "show", "acme")
+    assert show.returncode == 0
+    for line in ("requests.cpu", "40Gi", "80Gi"):
+        assert line in show.stdout
+    assert "│ pods                   │    0 │   15 │" in show.stdout
+    bad = corral(server, "org", "create", "Bad_Name!")
+    assert bad.returncode == 2 and "DNS-1123" in bad.stderr
+    assert bad.stderr.count("\n") == 1  # one clear line
+    nope = corral(server, "org", "create", "acme2", "--plan", "nope")
+    assert nope.returncode == 2 and "unknown plan 'nope'" in nope.stderr
+    js = corral(server, "--json", "org", "list")
+    assert '"name": "acme"' in js.stdout
+    gone = corral(server, "org", "show", "globex")
+    assert gone.returncode == 4 and "not found" in gone.stderr
+
+
+def test_cli_without_a_server_says_so(tmp_path: Path) -> None:
+    r = corral(tmp_path, "--url", "http://127.0.0.1:9", "org", "list")
+    assert r.returncode == 9 and "cannot reach the Corral API" in r.stderr
