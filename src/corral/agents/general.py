@@ -1,0 +1,133 @@
+"""The built-in general-purpose agent: what runs when no ``--command`` is given.
+
+Payload operations (``{"op": ...}``):
+
+- ``echo``: returns the payload.
+- ``sleep``: ``seconds`` (≤ 3600), reporting progress ten times along the way.
+- ``wordcount``: counts words of ``text``; returns ``{"words": n, "top": [[word, n], ...]}``.
+- ``write`` / ``read``: a ``file`` in the agent's workspace (``content`` for write).
+- ``secret``: reads secret ``name`` through the vault; returns its length and SHA-256, never
+  the value.
+- ``delegate``: sends ``payload`` to ``role`` (or ``agent``) of the same org and returns the
+  result.
+- ``split``: a manager's job: splits ``text`` (or the bundled corpus when ``corpus`` is true)
+  into ``parts`` chunks, delegates a ``wordcount`` of each to ``role`` and merges the counts.
+- ``fail``: ends the task blocked with ``reason``.
+
+The agent counts the tasks it has done in its state, which survives pause and resume through
+its checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from corral.sdk import Agent, Blocked, TaskContext
+
+__all__ = ["build", "count_words", "main"]
+
+_WORD = re.compile(r"[a-z']+")
+
+
+def count_words(text: str) -> collections.Counter[str]:
+    return collections.Counter(_WORD.findall(text.lower()))
+
+
+def corpus() -> str:
+    return resources.files("corral.data").joinpath("corpus.txt").read_text(encoding="utf-8")
+
+
+def _safe_path(workspace: Path, name: object) -> Path:
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise Blocked("'file' must be a plain file name inside the workspace")
+    return workspace / name
+
+
+def build(agent: Agent) -> None:
+    @agent.checkpoint
+    def save() -> dict[str, Any]:
+        return agent.state
+
+    @agent.task
+    async def handle(ctx: TaskContext) -> dict[str, Any]:
+        p = ctx.payload
+        op = p.get("op", "echo")
+        agent.state["tasks_done"] = int(agent.state.get("tasks_done", 0)) + 1
+        if op == "echo":
+            return {"echo": p}
+        if op == "sleep":
+            seconds = float(p.get("seconds", 1))
+            if not 0 <= seconds <= 3600:
+                raise Blocked("'seconds' must be between 0 and 3600")
+            for i in range(10):
+                await asyncio.sleep(seconds / 10)
+                await ctx.progress((i + 1) / 10)
+            return {"slept": seconds}
+        if op == "wordcount":
+            counts = count_words(str(p.get("text", "")))
+            return {"words": sum(counts.values()), "top": counts.most_common(int(p.get("top", 5)))}
+        if op == "write":
+            _safe_path(ctx.workspace, p.get("file")).write_text(str(p.get("content", "")))
+            return {"written": p.get("file")}
+        if op == "read":
+            path = _safe_path(ctx.workspace, p.get("file"))
+            if not path.exists():
+                raise Blocked(f"no file {p.get('file')!r} in the workspace")
+            return {"content": path.read_text(), "tasks_done": agent.state["tasks_done"]}
+        if op == "secret":
+            value = await ctx.secret(str(p.get("name", "")))
+            return {"length": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+        if op == "delegate":
+            role = p.get("role")
+            target = p.get("agent")
+            return await ctx.delegate(
+                dict(p.get("payload", {})),
+                role=str(role) if role else None,
+                agent=str(target) if target else None,
+            )
+        if op == "split":
+            return await _split(ctx, p)
+        if op == "fail":
+            raise Blocked(str(p.get("reason", "asked to fail")))
+        if op == "state":
+            return {"state": agent.state}
+        raise Blocked(f"unknown op {op!r}")
+
+
+async def _split(ctx: TaskContext, p: dict[str, Any]) -> dict[str, Any]:
+    text = corpus() if p.get("corpus") else str(p.get("text", ""))
+    parts = max(1, min(int(p.get("parts", 4)), 64))
+    role = str(p.get("role", "worker"))
+    lines = text.splitlines()
+    size = max(1, -(-len(lines) // parts))
+    chunks = ["\n".join(lines[i : i + size]) for i in range(0, len(lines), size)]
+    total: collections.Counter[str] = collections.Counter()
+    done = 0
+
+    async def one(chunk: str) -> None:
+        nonlocal done
+        result = await ctx.delegate({"op": "wordcount", "text": chunk, "top": 50}, role=role)
+        total.update(dict(result.get("top", [])))
+        total["__words__"] += int(result.get("words", 0))
+        done += 1
+        await ctx.progress(done / len(chunks), parts_done=done)
+
+    await asyncio.gather(*(one(c) for c in chunks))
+    words = total.pop("__words__", 0)
+    return {"parts": len(chunks), "words": words, "top": total.most_common(10)}
+
+
+def main() -> None:
+    agent = Agent.from_env()
+    build(agent)
+    agent.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The in-process event hub: agent status changes, task transitions and progress, fanned out
+to server-sent-event streams. Each event carries its org; a subscriber sees one org or, for
+the admin, all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["EventHub"]
+
+
+class EventHub:
+    def __init__(self, *, queue_size: int = 1000) -> None:
+        self._subs: set[tuple[str | None, asyncio.Queue[dict[str, Any]]]] = set()
+        self._size = queue_size
+
+    def publish(self, org: str, kind: str, data: dict[str, Any]) -> None:
+        event = {"org": org, "kind": kind, "at": datetime.now(UTC).isoformat(), **data}
+        for scope, q in list(self._subs):
+            if scope is None or scope == org:
+                with contextlib.suppress(asyncio.QueueFull):  # a slow reader drops, never blocks
+                    q.put_nowait(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, org: str | None) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """``org=None`` sees every org (admin only; the API enforces who may ask)."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._size)
+        entry = (org, q)
+        self._subs.add(entry)
+        try:
+            yield q
+        finally:
+            self._subs.discard(entry)

@@ -1,0 +1,417 @@
+"""The Agent runtime loop: inbox, status, delegation, checkpoints, secrets, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from corral.domain import subjects
+from corral.domain.errors import CorralError, InvalidInput, PermissionDenied, Unavailable
+from corral.domain.messages import (
+    ControlKind,
+    ControlMessage,
+    MessageType,
+    StatusKind,
+    StatusMessage,
+    TaskMessage,
+    decode,
+    encode,
+)
+
+__all__ = ["Agent", "AgentConfig", "Blocked", "TaskContext"]
+
+log = logging.getLogger("corral.sdk")
+
+Handler = Callable[["TaskContext"], Awaitable[dict[str, Any] | None]]
+CHECKPOINT_FILE = ".corral-checkpoint.json"
+
+
+class Blocked(Exception):  # noqa: N818 - reads as the outcome it is
+    """Raise from a handler to end the task as ``blocked`` with a reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    org: str
+    agent_id: str
+    role: str
+    nats_url: str
+    creds_file: Path
+    workspace: Path
+    heartbeat_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> AgentConfig:
+        e = dict(os.environ if env is None else env)
+        missing = [
+            k
+            for k in ("CORRAL_ORG", "CORRAL_AGENT_ID", "CORRAL_NATS_URL", "CORRAL_CREDS_FILE")
+            if not e.get(k)
+        ]
+        if missing:
+            raise InvalidInput(f"agent environment is missing {', '.join(missing)}")
+        return cls(
+            org=e["CORRAL_ORG"],
+            agent_id=e["CORRAL_AGENT_ID"],
+            role=e.get("CORRAL_ROLE", "general"),
+            nats_url=e["CORRAL_NATS_URL"],
+            creds_file=Path(e["CORRAL_CREDS_FILE"]),
+            workspace=Path(e.get("CORRAL_WORKSPACE") or Path.cwd()),
+            heartbeat_seconds=float(e.get("CORRAL_HEARTBEAT_SECONDS", "5")),
+        )
+
+
+class TaskContext:
+    """One task being handled: its payload, progress reports and delegation."""
+
+    def __init__(self, agent: Agent, message: TaskMessage) -> None:
+        self._agent = agent
+        self.message = message
+        self.task_id = message.task_id
+        self.payload = message.payload
+        self.attempt = message.attempt
+
+    @property
+    def workspace(self) -> Path:
+        return self._agent.config.workspace
+
+    async def progress(self, fraction: float, **detail: Any) -> None:
+        """Report progress (0..1) on this task, as the seed's ``working`` status."""
+        await self._agent._status(
+            StatusKind.WORKING, self.task_id, max(0.0, min(1.0, fraction)), detail
+        )
+
+    async def delegate(
+        self,
+        payload: dict[str, Any],
+        *,
+        role: str | None = None,
+        agent: str | None = None,
+        priority: str = "normal",
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Ask the platform to run a child task on another agent or role of this org, and
+        wait (asynchronously) for its result.
+
+        Raises:
+            Blocked: the child task ended blocked or failed (its reason is carried).
+            asyncio.TimeoutError: no result within ``timeout``.
+        """
+        return await self._agent.delegate(
+            self.task_id, payload, role=role, agent=agent, priority=priority, timeout=timeout
+        )
+
+    async def secret(self, name: str) -> bytes:
+        return await self._agent.secret(name)
+
+
+class Agent:
+    """An agent process. Register one handler with :meth:`task`, then :meth:`run`."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.state: dict[str, Any] = {}
+        self._handler: Handler | None = None
+        self._on_checkpoint: Callable[[], dict[str, Any]] | None = None
+        self._on_restore: Callable[[dict[str, Any]], None] | None = None
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._stopping = asyncio.Event()
+        self._pending: dict[str, asyncio.Future[TaskMessage]] = {}
+        self._current: asyncio.Task[None] | None = None
+        self._current_id: str | None = None
+        self._errors: list[str] = []
+
+    @classmethod
+    def from_env(cls) -> Agent:
+        return cls(AgentConfig.from_env())
+
+    # -- registration ---------------------------------------------------------------------
+    def task(self, fn: Handler) -> Handler:
+        """Decorator: the coroutine that handles every task sent to this agent."""
+        self._handler = fn
+        return fn
+
+    def checkpoint(self, fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        """Decorator: returns the state to persist when the agent is paused."""
+        self._on_checkpoint = fn
+        return fn
+
+    def restore(self, fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        """Decorator: receives the last checkpoint when the agent starts again."""
+        self._on_restore = fn
+        return fn
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until stopped by the platform (SIGTERM) — the usual ``main``."""
+        asyncio.run(self.serve())
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self._restore()
+        await self._connect()
+        assert self._nc is not None and self._js is not None
+        control = await self._nc.subscribe(
+            subjects.agent_control(self.config.org, self.config.agent_id), cb=self._on_control
+        )
+        inbox = await self._js.pull_subscribe_bind(
+            durable=subjects.inbox_consumer(self.config.agent_id),
+            stream=subjects.INBOX_STREAM,
+            inbox_prefix=self._inbox_prefix().encode(),
+        )
+        await self._status(StatusKind.READY)
+        beat = asyncio.create_task(self._heartbeat(), name="corral-heartbeat")
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await inbox.fetch(1, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    break
+                for msg in msgs:
+                    await self._on_inbox(msg)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            if self._current is not None and not self._current.done():
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._current), timeout=2.0)
+            self._save_checkpoint()
+            with contextlib.suppress(Exception):
+                await self._status(StatusKind.STOPPING)
+                await control.unsubscribe()
+                await self._nc.drain()
+
+    def _inbox_prefix(self) -> str:
+        return f"_INBOX_{self.config.agent_id}"
+
+    async def _connect(self) -> None:
+        async def on_error(exc: Exception) -> None:
+            text = str(exc)
+            self._errors.append(text)
+            log.warning("bus error: %s", text)
+
+        async def on_closed() -> None:
+            self._stopping.set()
+
+        try:
+            self._nc = await nats.connect(
+                self.config.nats_url,
+                user_credentials=str(self.config.creds_file),
+                inbox_prefix=self._inbox_prefix().encode(),
+                error_cb=on_error,
+                closed_cb=on_closed,
+                max_reconnect_attempts=60,
+                reconnect_time_wait=0.5,
+                name=self.config.agent_id,
+            )
+        except Exception as exc:
+            raise Unavailable(f"agent cannot connect to the bus: {exc}") from exc
+        self._js = self._nc.jetstream()
+
+    # -- inbox ----------------------------------------------------------------------------
+    async def _on_inbox(self, msg: Msg) -> None:
+        try:
+            message = TaskMessage.from_wire(decode(msg.data))
+        except CorralError as exc:
+            log.warning("dropping malformed inbox message: %s", exc.message)
+            await msg.term()
+            return
+        await msg.ack()
+        if message.type is MessageType.DELEGATE:
+            if self._current is not None and not self._current.done():
+                # one task at a time; the platform never sends two, but be safe: nak it back
+                log.warning("busy with %s; refusing %s", self._current_id, message.task_id)
+                return
+            self._current_id = message.task_id
+            self._current = asyncio.create_task(self._run_task(message), name="corral-task")
+        else:  # a delegated child's result
+            fut = self._pending.pop(message.task_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(message)
+
+    async def _run_task(self, message: TaskMessage) -> None:
+        await self._status(StatusKind.ACCEPTED, message.task_id, 0.0)
+        ctx = TaskContext(self, message)
+        outcome: MessageType = MessageType.COMPLETE
+        payload: dict[str, Any]
+        try:
+            if self._handler is None:
+                raise Blocked("this agent has no task handler")
+            payload = await self._handler(ctx) or {}
+        except Blocked as exc:
+            outcome, payload = MessageType.BLOCKED, {"reason": exc.reason}
+        except Exception as exc:
+            log.exception("task %s failed", message.task_id)
+            outcome, payload = MessageType.BLOCKED, {"reason": f"{type(exc).__name__}: {exc}"}
+        await self._event(
+            TaskMessage(
+                message.task_id,
+                self.config.agent_id,
+                message.from_agent,
+                outcome,
+                payload,
+                message.attempt,
+            )
+        )
+        self._current_id = None
+        await self._status(StatusKind.IDLE)
+
+    # -- delegation -----------------------------------------------------------------------
+    async def delegate(
+        self,
+        parent_task: str,
+        payload: dict[str, Any],
+        *,
+        role: str | None = None,
+        agent: str | None = None,
+        priority: str = "normal",
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        if (role is None) == (agent is None):
+            raise InvalidInput("delegate to exactly one of role= or agent=")
+        child = f"task_{secrets.token_hex(8)}"
+        fut: asyncio.Future[TaskMessage] = asyncio.get_running_loop().create_future()
+        self._pending[child] = fut
+        target = agent if agent is not None else f"role:{role}"
+        await self._event(
+            TaskMessage(
+                child,
+                self.config.agent_id,
+                target,
+                MessageType.DELEGATE,
+                {"parent": parent_task, "priority": priority, "payload": payload},
+            )
+        )
+        try:
+            reply = await asyncio.wait_for(fut, timeout=timeout)
+        finally:
+            self._pending.pop(child, None)
+        if reply.type is not MessageType.COMPLETE:
+            raise Blocked(str(reply.payload.get("reason", "delegated task did not complete")))
+        return reply.payload
+
+    # -- secrets --------------------------------------------------------------------------
+    async def secret(self, name: str) -> bytes:
+        """Read a secret granted to this agent (or its role).
+
+        Raises:
+            PermissionDenied: no grant covers it (the denial is audited).
+        """
+        from corral.sdk.signing import sign_request
+
+        assert self._nc is not None
+        body = sign_request(
+            creds=self.config.creds_file.read_text(),
+            org=self.config.org,
+            agent_id=self.config.agent_id,
+            secret=name,
+        )
+        try:
+            reply = await self._nc.request(subjects.VAULT_GET, encode(body), timeout=5.0)
+        except nats.errors.NoRespondersError as exc:
+            raise Unavailable("the vault is not answering") from exc
+        except nats.errors.TimeoutError as exc:
+            raise Unavailable("the vault did not answer in time") from exc
+        data = decode(reply.data)
+        if "error" in data:
+            raise PermissionDenied(str(data["error"].get("message", "denied")))
+        value = data.get("value")
+        if not isinstance(value, str):
+            raise Unavailable("malformed vault reply")
+        import base64
+
+        return base64.b64decode(value)
+
+    # -- status, events, control ----------------------------------------------------------
+    async def _status(
+        self,
+        kind: StatusKind,
+        task: str | None = None,
+        progress: float | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        if self._nc is None or self._nc.is_closed:
+            return
+        msg = StatusMessage(self.config.agent_id, kind, task, progress, detail or {})
+        await self._nc.publish(
+            subjects.agent_status(self.config.org, self.config.agent_id), encode(msg.to_wire())
+        )
+        await self._nc.flush()
+
+    async def _event(self, message: TaskMessage) -> None:
+        assert self._nc is not None
+        await self._nc.publish(
+            subjects.agent_events(self.config.org, self.config.agent_id),
+            encode(message.to_wire()),
+        )
+        await self._nc.flush()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            await self._status(StatusKind.HEARTBEAT, self._current_id)
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            control = ControlMessage.from_wire(decode(msg.data))
+        except CorralError:
+            return
+        if control.kind is ControlKind.CHECKPOINT:
+            saved = self._save_checkpoint()
+            await self._status(StatusKind.CHECKPOINTED, detail={"bytes": saved})
+            if msg.reply:
+                await msg.respond(encode({"ok": True, "bytes": saved}))
+        elif control.kind is ControlKind.STOP:
+            if msg.reply:
+                await msg.respond(encode({"ok": True}))
+            self._stopping.set()
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _checkpoint_path(self) -> Path:
+        return self.config.workspace / CHECKPOINT_FILE
+
+    def _save_checkpoint(self) -> int:
+        state = self._on_checkpoint() if self._on_checkpoint else self.state
+        data = json.dumps(state).encode()
+        tmp = self._checkpoint_path().with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(self._checkpoint_path())
+        return len(data)
+
+    def _restore(self) -> None:
+        path = self._checkpoint_path()
+        if not path.exists():
+            return
+        try:
+            state = json.loads(path.read_text())
+        except ValueError:
+            log.warning("ignoring an unreadable checkpoint")
+            return
+        if isinstance(state, dict):
+            self.state = state
+            if self._on_restore:
+                self._on_restore(state)

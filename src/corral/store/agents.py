@@ -1,0 +1,198 @@
+"""The agent registry (the seed's Firestore documents, here rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from corral.domain.admission import AdmittedResources
+from corral.domain.agents import Agent, AgentState
+from corral.domain.errors import Conflict, NotFound
+from corral.domain.ids import AgentId
+from corral.domain.quantities import parse
+from corral.store.db import Database
+from corral.store.schema import AgentRow, OrgRow
+
+__all__ = ["AgentRepository", "resources_from_json", "resources_to_json"]
+
+
+def resources_to_json(r: AdmittedResources) -> dict[str, Any]:
+    return {
+        "cpu_request": r.cpu_request.render(),
+        "cpu_limit": r.cpu_limit.render(),
+        "memory_request": r.memory_request.render(),
+        "memory_limit": r.memory_limit.render(),
+        "gpu": r.gpu,
+    }
+
+
+def resources_from_json(d: dict[str, Any]) -> AdmittedResources:
+    return AdmittedResources(
+        parse(d["cpu_request"]),
+        parse(d["cpu_limit"]),
+        parse(d["memory_request"]),
+        parse(d["memory_limit"]),
+        int(d.get("gpu", 0)),
+    )
+
+
+def _utc(v: datetime | None) -> datetime | None:
+    if v is None:
+        return None
+    return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+
+def _agent(row: AgentRow, slug: str) -> Agent:
+    return Agent(
+        id=AgentId(row.id),
+        org_id=row.org_id,
+        org=slug,
+        name=row.name,
+        role=row.role,
+        state=AgentState(row.state),
+        resources=resources_from_json(row.resources),
+        command=tuple(row.command.get("argv", [])),
+        busy_task=row.busy_task,
+        restarts=row.restarts,
+        public_key=row.public_key,
+        created_at=_utc(row.created_at) or datetime.now(UTC),
+        updated_at=_utc(row.updated_at) or datetime.now(UTC),
+        last_seen_at=_utc(row.last_seen_at),
+        paused_at=_utc(row.paused_at),
+        resumed_at=_utc(row.resumed_at),
+        terminated_at=_utc(row.terminated_at),
+        detail=row.detail,
+    )
+
+
+class AgentRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        *,
+        agent_id: str,
+        org_id: str,
+        name: str,
+        role: str,
+        resources: AdmittedResources,
+        command: Iterable[str],
+    ) -> None:
+        now = datetime.now(UTC)
+        try:
+            async with self._db.sessions() as s, s.begin():
+                s.add(
+                    AgentRow(
+                        id=agent_id,
+                        org_id=org_id,
+                        name=name,
+                        role=role,
+                        state=AgentState.PROVISIONING.value,
+                        busy_task=None,
+                        resources=resources_to_json(resources),
+                        command={"argv": list(command)},
+                        public_key=None,
+                        restarts=0,
+                        holds_pod=True,
+                        created_at=now,
+                        updated_at=now,
+                        detail="",
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(
+                f"an agent named {name!r} already exists in this organization",
+                details={"name": name},
+            ) from exc
+
+    async def get(self, agent_id: str, *, org_id: str | None = None) -> Agent:
+        async with self._db.sessions() as s:
+            q = select(AgentRow, OrgRow.slug).join(OrgRow, OrgRow.id == AgentRow.org_id)
+            q = q.where(AgentRow.id == agent_id)
+            if org_id is not None:
+                q = q.where(AgentRow.org_id == org_id)
+            row = (await s.execute(q)).first()
+        if row is None:
+            raise NotFound(f"agent {agent_id!r} not found", details={"agent": agent_id})
+        return _agent(row[0], row[1])
+
+    async def find(
+        self, *, org_id: str | None = None, states: Iterable[AgentState] | None = None
+    ) -> list[Agent]:
+        q = select(AgentRow, OrgRow.slug).join(OrgRow, OrgRow.id == AgentRow.org_id)
+        if org_id is not None:
+            q = q.where(AgentRow.org_id == org_id)
+        if states is not None:
+            q = q.where(AgentRow.state.in_([s.value for s in states]))
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q.order_by(AgentRow.created_at))).all()
+        return [_agent(r[0], r[1]) for r in rows]
+
+    async def transition(
+        self,
+        agent_id: str,
+        *,
+        expect: Iterable[AgentState],
+        to: AgentState,
+        **fields: Any,
+    ) -> bool:
+        """Compare-and-set the state; False when the agent was not in ``expect``."""
+        values = {"state": to.value, "updated_at": datetime.now(UTC), **fields}
+        async with self._db.sessions() as s, s.begin():
+            result = await s.execute(
+                update(AgentRow)
+                .where(AgentRow.id == agent_id, AgentRow.state.in_([e.value for e in expect]))
+                .values(**values)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def update(self, agent_id: str, **fields: Any) -> None:
+        async with self._db.sessions() as s, s.begin():
+            await s.execute(
+                update(AgentRow)
+                .where(AgentRow.id == agent_id)
+                .values(updated_at=datetime.now(UTC), **fields)
+            )
+
+    async def delete(self, agent_id: str) -> None:
+        """Remove the record entirely (only to undo a provision that never happened)."""
+        async with self._db.sessions() as s, s.begin():
+            await s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
+
+    async def claim(self, agent_id: str, task_id: str) -> bool:
+        """Mark a running idle agent busy with ``task_id``; False if it is not idle."""
+        async with self._db.sessions() as s, s.begin():
+            result = await s.execute(
+                update(AgentRow)
+                .where(
+                    AgentRow.id == agent_id,
+                    AgentRow.state == AgentState.RUNNING.value,
+                    AgentRow.busy_task.is_(None),
+                )
+                .values(busy_task=task_id, updated_at=datetime.now(UTC))
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, agent_id: str, task_id: str) -> None:
+        async with self._db.sessions() as s, s.begin():
+            await s.execute(
+                update(AgentRow)
+                .where(AgentRow.id == agent_id, AgentRow.busy_task == task_id)
+                .values(busy_task=None, updated_at=datetime.now(UTC))
+            )
+
+    async def count_by_state(self) -> list[tuple[str, str, str, int]]:
+        """(org slug, plan, state, count) for metrics."""
+        q = (
+            select(OrgRow.slug, OrgRow.plan, AgentRow.state, func.count())
+            .join(OrgRow, OrgRow.id == AgentRow.org_id)
+            .group_by(OrgRow.slug, OrgRow.plan, AgentRow.state)
+        )
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q)).all()
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]

@@ -1,0 +1,259 @@
+"""Tasks and their history. Every transition is a compare-and-set on the state plus a history
+row in the same transaction, so an event delivered twice is recorded once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from corral.domain.errors import NotFound
+from corral.domain.tasks import Priority, TaskState
+from corral.store.db import Database
+from corral.store.schema import OrgRow, TaskEventRow, TaskRow
+
+__all__ = ["TaskRecord", "TaskRepository", "Transition"]
+
+
+def _utc(v: datetime | None) -> datetime | None:
+    if v is None:
+        return None
+    return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    from_state: str | None
+    to_state: str
+    at: datetime
+    detail: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "from": self.from_state,
+            "to": self.to_state,
+            "at": self.at.isoformat(),
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    seq: int
+    org_id: str
+    org: str
+    plan: str
+    role: str | None
+    target_agent: str | None
+    agent_id: str | None
+    parent_id: str | None
+    from_agent: str | None
+    priority: Priority
+    deadline: datetime | None
+    requirements: dict[str, Any]
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    state: TaskState
+    attempts: int
+    progress: float | None
+    not_before: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_wire(self, history: list[Transition] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "org": self.org,
+            "role": self.role,
+            "agent": self.target_agent,
+            "assignedAgent": self.agent_id,
+            "parent": self.parent_id,
+            "fromAgent": self.from_agent,
+            "priority": self.priority.value,
+            "deadline": self.deadline.isoformat() if self.deadline else None,
+            "requirements": self.requirements,
+            "payload": self.payload,
+            "result": self.result,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "progress": self.progress,
+            "createdAt": self.created_at.isoformat(),
+            "updatedAt": self.updated_at.isoformat(),
+        }
+        if history is not None:
+            out["history"] = [t.to_wire() for t in history]
+        return out
+
+
+def _record(row: TaskRow, slug: str, plan: str) -> TaskRecord:
+    return TaskRecord(
+        id=row.id,
+        seq=row.seq,
+        org_id=row.org_id,
+        org=slug,
+        plan=plan,
+        role=row.role,
+        target_agent=row.target_agent,
+        agent_id=row.agent_id,
+        parent_id=row.parent_id,
+        from_agent=row.from_agent,
+        priority=Priority(row.priority),
+        deadline=_utc(row.deadline),
+        requirements=row.requirements,
+        payload=row.payload,
+        result=row.result,
+        state=TaskState(row.state),
+        attempts=row.attempts,
+        progress=row.progress,
+        not_before=_utc(row.not_before),
+        created_at=_utc(row.created_at) or datetime.now(UTC),
+        updated_at=_utc(row.updated_at) or datetime.now(UTC),
+    )
+
+
+_SELECT = select(TaskRow, OrgRow.slug, OrgRow.plan).join(OrgRow, OrgRow.id == TaskRow.org_id)
+
+
+class TaskRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        *,
+        task_id: str,
+        org_id: str,
+        role: str | None,
+        target_agent: str | None,
+        priority: Priority,
+        deadline: datetime | None,
+        requirements: dict[str, Any],
+        payload: dict[str, Any],
+        parent_id: str | None = None,
+        from_agent: str | None = None,
+    ) -> TaskRecord:
+        now = datetime.now(UTC)
+        async with self._db.sessions() as s, s.begin():
+            s.add(
+                TaskRow(
+                    id=task_id,
+                    seq=time.time_ns(),
+                    org_id=org_id,
+                    role=role,
+                    target_agent=target_agent,
+                    agent_id=None,
+                    parent_id=parent_id,
+                    from_agent=from_agent,
+                    priority=priority.value,
+                    deadline=deadline,
+                    requirements=requirements,
+                    payload=payload,
+                    result=None,
+                    state=TaskState.QUEUED.value,
+                    attempts=0,
+                    progress=None,
+                    not_before=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await s.flush()
+            s.add(
+                TaskEventRow(task_id=task_id, from_state=None, to_state="queued", at=now, detail="")
+            )
+        return await self.get(task_id)
+
+    async def get(self, task_id: str, *, org_id: str | None = None) -> TaskRecord:
+        q = _SELECT.where(TaskRow.id == task_id)
+        if org_id is not None:
+            q = q.where(TaskRow.org_id == org_id)
+        async with self._db.sessions() as s:
+            row = (await s.execute(q)).first()
+        if row is None:
+            raise NotFound(f"task {task_id!r} not found", details={"task": task_id})
+        return _record(row[0], row[1], row[2])
+
+    async def history(self, task_id: str) -> list[Transition]:
+        q = select(TaskEventRow).where(TaskEventRow.task_id == task_id).order_by(TaskEventRow.id)
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q)).scalars().all()
+        return [
+            Transition(r.from_state, r.to_state, _utc(r.at) or datetime.now(UTC), r.detail)
+            for r in rows
+        ]
+
+    async def find(
+        self,
+        *,
+        org_id: str | None = None,
+        states: Iterable[TaskState] | None = None,
+        agent_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[TaskRecord]:
+        q = _SELECT
+        if org_id is not None:
+            q = q.where(TaskRow.org_id == org_id)
+        if states is not None:
+            q = q.where(TaskRow.state.in_([s.value for s in states]))
+        if agent_id is not None:
+            q = q.where(TaskRow.agent_id == agent_id)
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q.order_by(TaskRow.seq).limit(limit))).all()
+        return [_record(r[0], r[1], r[2]) for r in rows]
+
+    async def transition(
+        self,
+        task_id: str,
+        *,
+        expect: Iterable[TaskState],
+        to: TaskState,
+        detail: str = "",
+        **fields: Any,
+    ) -> bool:
+        """Move the task to ``to`` if it is in ``expect``; record the transition. False when
+        it was not (already moved by someone else, or a duplicate event)."""
+        expect_values = [e.value for e in expect]
+        now = datetime.now(UTC)
+        async with self._db.sessions() as s, s.begin():
+            current = (
+                await s.execute(select(TaskRow.state).where(TaskRow.id == task_id))
+            ).scalar_one_or_none()
+            if current is None or current not in expect_values:
+                return False
+            result = await s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.state == current)
+                .values(state=to.value, updated_at=now, **fields)
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return False
+            s.add(
+                TaskEventRow(
+                    task_id=task_id, from_state=current, to_state=to.value, at=now, detail=detail
+                )
+            )
+        return True
+
+    async def set_progress(self, task_id: str, progress: float) -> None:
+        async with self._db.sessions() as s, s.begin():
+            await s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.state == TaskState.RUNNING.value)
+                .values(progress=progress)
+            )
+
+    async def count_by_state(self) -> list[tuple[str, str, str, str, int]]:
+        """(org slug, plan, priority, state, count) for metrics."""
+        q = (
+            select(OrgRow.slug, OrgRow.plan, TaskRow.priority, TaskRow.state, func.count())
+            .join(OrgRow, OrgRow.id == TaskRow.org_id)
+            .group_by(OrgRow.slug, OrgRow.plan, TaskRow.priority, TaskRow.state)
+        )
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q)).all()
+        return [(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
