@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite in the data dir
     nats_url: str | None = None  # default: an embedded nats-server
     nats_operator_seed: SecretStr | None = None  # with nats_url: the operator's signing seed
-    nats_system_creds: Path | None = None  # with nats_url: a system-account user creds file
+    nats_system_seed: SecretStr | None = None  # with nats_url: the system account's seed
+    nats_max_memory: int = 256 * 1024 * 1024  # embedded server's JetStream memory cap
+    nats_max_storage: int = 8 * 1024 * 1024 * 1024  # embedded server's JetStream file cap
     master_key: SecretStr | None = None  # default: <data dir>/master.key
     host: str = "127.0.0.1"
     port: int = 8470
@@ -30,6 +32,8 @@ class Settings(BaseSettings):
     idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
     max_body_bytes: int = 1024 * 1024
     max_payload_bytes: int = 256 * 1024
+    auto_provision: bool = True  # provision an agent for a role with queued work and no agent
+    heartbeat_seconds: float = 5.0
 
     @property
     def resolved_database_url(self) -> str:

@@ -67,11 +67,13 @@ def cli(
 
 
 def _register() -> None:
-    from corral.cli import demo, orgs, up
+    from corral.cli import agents, demo, orgs, tasks, up
 
     cli.add_command(up.up)
     cli.add_command(demo.demo)
     cli.add_command(orgs.org)
+    cli.add_command(agents.agent)
+    cli.add_command(tasks.task)
 
 
 _register()

@@ -25,7 +25,7 @@ from corral.domain.admission import ContainerRequest, apply_limit_range, charge_
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound, QuotaExceeded
 from corral.domain.ids import AgentId, OrgId, TaskId
-from corral.domain.messages import MessageType, StatusKind, TaskMessage
+from corral.domain.messages import MessageType, StatusKind, StatusMessage, TaskMessage
 from corral.domain.quantities import parse
 from corral.domain.tasks import Priority, Requirements, TaskState
 from corral.domain.tenancy import Organization
@@ -454,14 +454,14 @@ class Dispatcher:
                     await event.ack()
 
     async def handle(self, event: BusEvent) -> None:
-        if event.status is not None:
-            await self._on_status(event)
-        elif event.task is not None:
-            await self._on_task_message(event.org, event.agent_id, event.task)
+        if not event.agent_vouched:
+            return  # platform.agents.status: informational, the agent is the payload's claim
+        if isinstance(event.message, StatusMessage):
+            await self._on_status(event, event.message)
+        elif isinstance(event.message, TaskMessage):
+            await self._on_task_message(event.org, event.agent_id, event.message)
 
-    async def _on_status(self, event: BusEvent) -> None:
-        status = event.status
-        assert status is not None
+    async def _on_status(self, event: BusEvent, status: StatusMessage) -> None:
         agent_id = event.agent_id
         kind = status.status
         if kind is StatusKind.READY:

@@ -40,7 +40,7 @@ log = logging.getLogger("corral.controller")
 #: Without --command an agent runs the built-in general-purpose example agent.
 DEFAULT_AGENT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "corral.agents.general")
 MAX_RESTARTS = 3
-CREDS_TTL_SECONDS = 24 * 3600.0
+CREDS_TTL_SECONDS = 24 * 3600
 
 
 class Controller:
@@ -121,8 +121,8 @@ class Controller:
         self, org: Organization, agent: Agent, undo: list[Callable[[], Awaitable[None]]]
     ) -> None:
         """Credentials, inbox consumer and process for ``agent``; pushes undo steps."""
-        creds = await self.bus.mint_agent(org.slug, agent.id, ttl_seconds=CREDS_TTL_SECONDS)
-        undo.append(lambda: self.bus.revoke_agent(org.slug, creds.public_key))
+        creds = self.bus.mint_agent_creds(org.slug, agent.id, ttl_seconds=CREDS_TTL_SECONDS)
+        undo.append(lambda: self.bus.revoke_agent(org.slug, agent.id))
         await self.agents.update(agent.id, public_key=creds.public_key)
         await self.bus.prepare_agent(org.slug, agent.id)
         fresh = not await self.runtime.workspace_exists(org.slug, agent.id)
@@ -251,8 +251,7 @@ class Controller:
                 detail = f"checkpoint not confirmed: {exc.message}"
                 log.warning("agent %s: %s", agent_id, detail)
             await self.runtime.stop(org.slug, agent_id, grace=self.checkpoint_deadline)
-            if agent.public_key:
-                await self.bus.revoke_agent(org.slug, agent.public_key)
+            await self.bus.revoke_agent(org.slug, agent.id)
             await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
             await self.agents.transition(
                 agent_id,
@@ -266,6 +265,19 @@ class Controller:
             paused = await self.agents.get(agent_id)
             self._publish(paused)
             return paused
+
+    async def finish_pause(self, org: Organization, agent: Agent) -> None:
+        """Complete a pause the control plane was interrupted in (the process is stopped)."""
+        await self.bus.revoke_agent(org.slug, agent.id)
+        await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
+        await self.agents.transition(
+            agent.id,
+            expect=[AgentState.PAUSING],
+            to=AgentState.PAUSED,
+            paused_at=datetime.now(UTC),
+            public_key=None,
+            busy_task=None,
+        )
 
     async def resume(self, org: Organization, agent_id: str) -> Agent:
         """Charge the pod slot again, new credentials, same workspace; ``running`` with
@@ -317,7 +329,7 @@ class Controller:
             await self.runtime.stop(org.slug, agent_id, grace=2.0)
             if agent.public_key:
                 with contextlib.suppress(CorralError):
-                    await self.bus.revoke_agent(org.slug, agent.public_key)
+                    await self.bus.revoke_agent(org.slug, agent.id)
             with contextlib.suppress(CorralError):
                 await self.bus.remove_agent(org.slug, agent_id)
             holds_pod = agent.state in HOLDS_POD
@@ -368,7 +380,7 @@ class Controller:
             await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
             if agent.public_key:
                 with contextlib.suppress(CorralError):
-                    await self.bus.revoke_agent(org.slug, agent.public_key)
+                    await self.bus.revoke_agent(org.slug, agent.id)
             self._publish(await self.agents.get(agent.id))
             return lost_task
         await self.agents.transition(
@@ -397,7 +409,7 @@ class Controller:
                     return
                 if agent.public_key:
                     with contextlib.suppress(CorralError):
-                        await self.bus.revoke_agent(org.slug, agent.public_key)
+                        await self.bus.revoke_agent(org.slug, agent.id)
                 await self._launch(org, agent, [])
         except CorralError as exc:
             log.error("restart of %s failed: %s", agent_id, exc.message)
@@ -416,7 +428,7 @@ class Controller:
             await self.runtime.stop(org.slug, agent.id, grace=0.5)
             if agent.public_key:
                 with contextlib.suppress(CorralError):
-                    await self.bus.revoke_agent(org.slug, agent.public_key)
+                    await self.bus.revoke_agent(org.slug, agent.id)
             target = (
                 AgentState.RESUMING
                 if agent.state is AgentState.RESUMING

@@ -1,18 +1,49 @@
-"""The composition root: one object that owns every service of a running control plane."""
+"""The composition root: one object that owns every service of a running control plane.
+
+Start order: store → vault (proves the master key) → bus (embedded nats-server or an
+external one, then the PLATFORM connection) → runtime → reconcile what was left running →
+services (dispatcher, event consumer, crash watcher, vault responder). Stop in reverse; on
+exit the local runtime stops every agent it started, so nothing runs unsupervised.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from corral.bus.accounts import BusAuthority, JetStreamCaps
+from corral.bus.platform import PlatformBus
+from corral.bus.server import EmbeddedNats, ServerOptions
+from corral.bus.vault_requests import VaultRequest
+from corral.control.dispatching import Dispatcher
+from corral.control.hub import EventHub
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
+from corral.control.lifecycle import Controller
+from corral.control.monitoring import refresh_metrics
 from corral.control.tenants import OrgHooks, TenantService
+from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
+from corral.domain.agents import Agent, AgentState
+from corral.domain.errors import CorralError, NotFound, PermissionDenied
+from corral.domain.ids import AgentId, OrgId
+from corral.domain.tenancy import Organization
+from corral.observability.metrics import Metrics
+from corral.runtime.base import AgentRuntime, Phase
 from corral.settings import Settings
+from corral.store.agents import AgentRepository
 from corral.store.db import Database
 from corral.store.quota import QuotaLedger
+from corral.store.tasks import TaskRepository
 from corral.store.tenants import OrgRepository
+from corral.store.vault_repo import SqlVaultStore
+from corral.vault.access import SecretAccess
+from corral.vault.keys import Keyring
+from corral.vault.service import Vault
 
 __all__ = ["Platform"]
 
@@ -22,23 +53,37 @@ log = logging.getLogger("corral.platform")
 class Platform:
     """Start with ``async with Platform(settings) as p:``; everything stops on exit."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, services: bool = True) -> None:
         self.settings = settings
         self.data_dir: Path = settings.data_dir
         self.db = Database(settings.resolved_database_url)
         self.orgs = OrgRepository(self.db)
         self.ledger = QuotaLedger(self.db)
+        self.agents = AgentRepository(self.db)
+        self.tasks = TaskRepository(self.db)
+        self.hub = EventHub()
+        self.metrics = Metrics()
         self.hooks = OrgHooks(on_create=[], on_delete=[])
         self.tenants = TenantService(self.orgs, self.ledger, self.hooks)
         self.new_admin_key: str | None = None  # set on the first start only
+        self._services = services
         self._stack = AsyncExitStack()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # set in __aenter__
+        self.vault: Vault
+        self.access: SecretAccess
+        self.bus: PlatformBus
+        self.nats: EmbeddedNats | None = None
+        self.runtime: AgentRuntime
+        self.controller: Controller
+        self.dispatcher: Dispatcher
 
     async def __aenter__(self) -> Platform:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.chmod(0o700)
-        await self.db.start()
-        self._stack.push_async_callback(self.db.close)
-        await self._ensure_admin_key()
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -48,6 +93,241 @@ class Platform:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+
+    async def _start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        await self.db.start()
+        self._stack.push_async_callback(self.db.close)
+        await self._ensure_admin_key()
+
+        self.vault = Vault(SqlVaultStore(self.db), Keyring.open(self.data_dir))
+        await self.vault.start()
+        self.access = SecretAccess(self.vault, self._registered_agent)
+
+        await self._start_bus()
+        self.runtime = await self._start_runtime()
+        self.controller = Controller(
+            agents=self.agents,
+            ledger=self.ledger,
+            bus=self.bus,
+            runtime=self.runtime,
+            hub=self.hub,
+            org_lookup=self.orgs.get_by_id,
+            extra_env=self._agent_env(),
+        )
+        self._stack.push_async_callback(self.controller.close)
+        idle = self.settings.idle_timeout
+        self.dispatcher = Dispatcher(
+            tasks=self.tasks,
+            orgs=self.orgs,
+            ledger=self.ledger,
+            controller=self.controller,
+            bus=self.bus,
+            hub=self.hub,
+            auto_provision=self.settings.auto_provision,
+            idle_timeout=(lambda org: idle)
+            if idle is not None
+            else (lambda org: org.plan.idle_timeout_seconds),
+        )
+        self._stack.push_async_callback(self.dispatcher.close)
+        self._install_hooks()
+        await self.dispatcher.rebuild()
+        if self._services:
+            serving = await self.bus.serve_vault(self._answer_vault)
+            self._stack.push_async_callback(serving.close)
+            self._spawn(self.dispatcher.consume(), "corral-events")
+            await self._drain_events()
+            await self._reconcile()
+            self._spawn(self.dispatcher.run(), "corral-dispatch")
+            self._spawn(self._watch_exits(), "corral-exits")
+        self._stack.push_async_callback(self._stop_services)
+
+    # -- bus ------------------------------------------------------------------------------
+    async def _start_bus(self) -> None:
+        nats_dir = self.data_dir / "nats"
+        caps = JetStreamCaps(
+            memory=self.settings.nats_max_memory, storage=self.settings.nats_max_storage
+        )
+        if self.settings.nats_url:
+            seed = self.settings.nats_operator_seed
+            authority = BusAuthority(
+                nats_dir / "auth",
+                caps=None,
+                operator_seed=seed.get_secret_value() if seed else None,
+                system_seed=(
+                    self.settings.nats_system_seed.get_secret_value()
+                    if self.settings.nats_system_seed
+                    else None
+                ),
+            )
+            url = self.settings.nats_url
+        else:
+            authority = BusAuthority(nats_dir / "auth", caps=caps)
+            server = EmbeddedNats(nats_dir / "server", authority.trust(), ServerOptions(caps=caps))
+            self.nats = await self._stack.enter_async_context(server)
+            url = server.url
+        self.bus = await self._stack.enter_async_context(PlatformBus(url, authority))
+        for org in await self.orgs.list():  # accounts pushed again after a restart
+            await self.bus.ensure_org(org.slug, org.plan.bus)
+
+    def _agent_env(self) -> dict[str, str]:
+        return {"CORRAL_HEARTBEAT_SECONDS": str(self.settings.heartbeat_seconds)}
+
+    # -- runtime --------------------------------------------------------------------------
+    async def _start_runtime(self) -> AgentRuntime:
+        if self.settings.runtime == "kubernetes":
+            from corral.runtime.kubernetes import KubernetesRuntime
+
+            runtime: AgentRuntime = await KubernetesRuntime.connect()  # type: ignore[attr-defined]
+        else:
+            from corral.runtime.local import LocalProcessRuntime
+
+            runtime = LocalProcessRuntime(self.data_dir / "agents")
+        self._stack.push_async_callback(runtime.close)
+        return runtime
+
+    # -- organizations --------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        async def bus_up(org: Organization) -> None:
+            await self.bus.ensure_org(org.slug, org.plan.bus)
+
+        async def bus_down(org: Organization) -> None:
+            await self.bus.remove_org(org.slug)
+
+        async def runtime_up(org: Organization) -> None:
+            await self.runtime.prepare_org(org.slug, labels=org.labels)
+
+        async def runtime_down(org: Organization) -> None:
+            for agent in await self.agents.find(org_id=org.id):
+                if agent.state is not AgentState.TERMINATED:
+                    with contextlib.suppress(CorralError):
+                        await self.controller.terminate(org, agent.id, delete_workspace=True)
+            await self.runtime.remove_org(org.slug)
+
+        async def scheduler_up(org: Organization) -> None:
+            self.dispatcher.org_changed(org)
+
+        async def scheduler_down(org: Organization) -> None:
+            self.dispatcher.org_removed(org)
+
+        async def vault_down(org: Organization) -> None:
+            await self.vault.destroy_org(OrgId(org.id), actor="platform")
+
+        async def nothing(org: Organization) -> None:
+            return None
+
+        self.hooks.on_create.extend(
+            [
+                ("bus", bus_up),
+                ("runtime", runtime_up),
+                ("scheduler", scheduler_up),
+                ("vault", nothing),
+            ]
+        )
+        self.hooks.on_delete.extend(
+            [
+                ("bus", bus_down),
+                ("runtime", runtime_down),
+                ("scheduler", scheduler_down),
+                ("vault", vault_down),
+            ]
+        )
+
+    # -- vault over the bus ---------------------------------------------------------------
+    async def _registered_agent(self, org_id: OrgId, agent_id: AgentId) -> RegisteredAgent | None:
+        try:
+            agent = await self.agents.get(agent_id, org_id=org_id)
+        except NotFound:
+            return None
+        if agent.public_key is None or agent.state in (AgentState.TERMINATED, AgentState.PAUSED):
+            return None
+        return RegisteredAgent(
+            AgentIdentity(agent.id, agent.role, OrgId(agent.org_id)), agent.public_key
+        )
+
+    async def _answer_vault(self, request: VaultRequest) -> dict[str, Any]:
+        import base64
+
+        org = await self.orgs.get(request.org)
+        if request.agent_id is None:
+            raise PermissionDenied("the caller is no agent of this organization")
+        if request.payload.get("agentId") != request.agent_id:
+            raise PermissionDenied("the request names another agent than the one connected")
+        try:
+            value = await self.access.read(request.payload, org_id=OrgId(org.id), org_slug=org.slug)
+        except CorralError as exc:
+            self.metrics.vault_errors.labels(org.slug, exc.code).inc()
+            raise
+        return {"value": base64.b64encode(value).decode()}
+
+    # -- start-up reconciliation ----------------------------------------------------------
+    async def _drain_events(self) -> None:
+        """Give the event consumer a moment to record what agents reported while the control
+        plane was down, before in-flight work is judged lost."""
+        await asyncio.sleep(0.3)
+
+    async def _reconcile(self) -> None:
+        """Compare the registry with what runs: stop leftovers, restart what should run,
+        finish interrupted pauses, requeue work whose agent is gone."""
+        records: dict[str, Agent] = {a.id: a for a in await self.agents.find()}
+        for found in await self.runtime.list_agents():
+            rec = records.get(found.agent_id)
+            if found.phase is Phase.RUNNING and (
+                rec is None or rec.state is not AgentState.RUNNING
+            ):
+                log.info("stopping leftover agent process %s", found.agent_id)
+                await self.runtime.stop(found.org, found.agent_id, grace=1.0)
+        live: set[str] = set()
+        for agent in records.values():
+            org = await self.orgs.get_by_id(agent.org_id)
+            if agent.state in (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING):
+                status = await self.runtime.status(org.slug, agent.id)
+                if status.phase is Phase.RUNNING:
+                    await self.runtime.stop(org.slug, agent.id, grace=1.0)
+                try:
+                    await self.controller.restart_now(org, agent)
+                except CorralError as exc:
+                    log.error("could not restart %s: %s", agent.id, exc.message)
+            elif agent.state is AgentState.PAUSING:
+                await self.runtime.stop(org.slug, agent.id, grace=1.0)
+                await self.controller.finish_pause(org, agent)
+        await self.dispatcher.requeue_orphans(live)
+
+    # -- background -----------------------------------------------------------------------
+    async def _watch_exits(self) -> None:
+        async for status in self.runtime.exits():
+            try:
+                lost = await self.controller.on_exit(status)
+                if status.phase is Phase.CRASHED:
+                    await self.dispatcher.on_agent_lost(status.agent_id)
+                if lost:
+                    self.dispatcher.kick()
+            except Exception:
+                log.exception("handling the exit of %s failed", status.agent_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background task %s died", name)
+
+        task = asyncio.create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop_services(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def refresh_metrics(self) -> None:
+        await refresh_metrics(self)
 
     async def _ensure_admin_key(self) -> None:
         path = self.data_dir / ADMIN_KEY_FILE

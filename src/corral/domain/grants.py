@@ -43,7 +43,7 @@ def validate_pattern(pattern: object) -> str:
             f"grant pattern is {len(pattern)} characters; at most {MAX_PATTERN_LENGTH} allowed",
             details={"field": "pattern", "max_length": MAX_PATTERN_LENGTH},
         )
-    if not _PATTERN.match(pattern):
+    if not _PATTERN.fullmatch(pattern):
         raise InvalidInput(
             f"grant pattern {pattern!r} may hold only lower-case letters, digits, '.', '-' "
             "and the glob characters '*', '?', '[', ']', '!'",
@@ -63,14 +63,14 @@ def _check_subject(role: object, agent: object) -> None:
             "a grant names a role or an agent, not both", details={"role": role, "agent": agent}
         )
     if role is not None and (
-        not isinstance(role, str) or len(role) > _MAX_ROLE or not _ROLE.match(role)
+        not isinstance(role, str) or len(role) > _MAX_ROLE or not _ROLE.fullmatch(role)
     ):
         raise InvalidInput(
             f"grant role {role!r} is not a DNS-1123 label of at most {_MAX_ROLE} characters",
             details={"field": "role"},
         )
     if agent is not None and (
-        not isinstance(agent, str) or len(agent) > _MAX_AGENT or not _AGENT.match(agent)
+        not isinstance(agent, str) or len(agent) > _MAX_AGENT or not _AGENT.fullmatch(agent)
     ):
         raise InvalidInput(
             f"grant agent {agent!r} is not an agent id (letters, digits, '.', '_', '-'; "
@@ -130,4 +130,5 @@ class SecretGrant:
                 f"unknown grant field(s): {', '.join(sorted(unknown))}",
                 details={"fields": sorted(unknown)},
             )
-        return cls(pattern=obj.get("pattern"), role=obj.get("role"), agent=obj.get("agent"))
+        pattern = validate_pattern(obj.get("pattern"))
+        return cls(pattern=pattern, role=obj.get("role"), agent=obj.get("agent"))

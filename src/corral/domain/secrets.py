@@ -34,7 +34,9 @@ __all__ = [
 
 MAX_SECRET_NAME = 253
 MAX_SECRET_BYTES = 64 * 1024
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 
 
 def validate_secret_name(name: object) -> str:
@@ -50,7 +52,7 @@ def validate_secret_name(name: object) -> str:
             f"secret name is {len(name)} characters; at most {MAX_SECRET_NAME} allowed",
             details={"field": "name", "max_length": MAX_SECRET_NAME},
         )
-    if not _DNS1123_SUBDOMAIN.match(name):
+    if not _DNS1123_SUBDOMAIN.fullmatch(name):
         raise InvalidInput(
             f"secret name {name!r} is not a DNS-1123 subdomain: use lower-case letters, digits, "
             "'-' and '.', each dot-separated part starting and ending with a letter or digit",

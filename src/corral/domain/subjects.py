@@ -23,6 +23,7 @@ __all__ = [
     "VAULT_GET",
     "agent_control",
     "agent_events",
+    "agent_inbox_prefix",
     "agent_status",
     "broadcast",
     "inbox_consumer",
@@ -70,6 +71,12 @@ def org_events_wildcard(org: str) -> str:
 
 def broadcast(topic: str) -> str:
     return f"{BROADCAST_PREFIX}.{topic}"
+
+
+def agent_inbox_prefix(agent: str) -> str:
+    """The reply-subject prefix an agent connects with (nats-py ``inbox_prefix=``); its
+    credentials let it subscribe to nothing else of ``_INBOX``."""
+    return f"_INBOX.{agent}"
 
 
 def inbox_consumer(agent: str) -> str:

@@ -178,7 +178,6 @@ class Agent:
         inbox = await self._js.pull_subscribe_bind(
             durable=subjects.inbox_consumer(self.config.agent_id),
             stream=subjects.INBOX_STREAM,
-            inbox_prefix=self._inbox_prefix().encode(),
         )
         await self._status(StatusKind.READY)
         beat = asyncio.create_task(self._heartbeat(), name="corral-heartbeat")
@@ -206,7 +205,7 @@ class Agent:
                 await self._nc.drain()
 
     def _inbox_prefix(self) -> str:
-        return f"_INBOX_{self.config.agent_id}"
+        return subjects.agent_inbox_prefix(self.config.agent_id)
 
     async def _connect(self) -> None:
         async def on_error(exc: Exception) -> None:

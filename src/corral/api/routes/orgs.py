@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from corral.api.auth import Caller, admin_only, caller, org_scope, platform
 from corral.api.schemas import OrgCreate, OrgPatch, org_to_wire, usage_to_wire
+from corral.control.monitoring import org_figures
 from corral.domain.plans import PLANS
 from corral.domain.tenancy import Organization
 
@@ -66,5 +67,6 @@ async def delete_org(
 async def get_usage(
     request: Request, found: Annotated[Organization, Depends(org_scope)]
 ) -> dict[str, Any]:
-    _, usage = await platform(request).tenants.usage(found.slug)
-    return usage_to_wire(found, usage)
+    p = platform(request)
+    _, usage = await p.tenants.usage(found.slug)
+    return {**usage_to_wire(found, usage), **await org_figures(p, found.slug)}

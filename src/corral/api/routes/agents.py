@@ -1,0 +1,100 @@
+"""``/v1/orgs/{org}/agents``"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import Field
+
+from corral.api.auth import org_scope, platform
+from corral.api.schemas import Strict
+from corral.domain.admission import ContainerRequest
+from corral.domain.quantities import parse
+from corral.domain.tenancy import Organization
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/orgs/{org}/agents")
+Org = Annotated[Organization, Depends(org_scope)]
+
+
+class AgentCreate(Strict):
+    name: str = Field(min_length=1, max_length=30)
+    role: str = Field(default="general", min_length=1, max_length=30)
+    cpu: str | None = Field(default=None, max_length=32, description="CPU request, e.g. 500m")
+    memory: str | None = Field(default=None, max_length=32, description="memory request, e.g. 1Gi")
+    cpu_limit: str | None = Field(default=None, max_length=32, alias="cpuLimit")
+    memory_limit: str | None = Field(default=None, max_length=32, alias="memoryLimit")
+    gpu: int = Field(default=0, ge=0, le=16)
+    command: list[str] | None = Field(default=None, max_length=64)
+    wait: bool = Field(default=False, description="answer once the agent reports ready")
+
+
+def _q(text: str | None) -> Any:
+    return None if text is None else parse(text)
+
+
+@router.post("", status_code=201)
+async def provision(body: AgentCreate, org: Org, request: Request) -> dict[str, Any]:
+    p = platform(request)
+    req = ContainerRequest(
+        cpu_request=_q(body.cpu),
+        cpu_limit=_q(body.cpu_limit),
+        memory_request=_q(body.memory),
+        memory_limit=_q(body.memory_limit),
+        gpu=body.gpu,
+    )
+    agent = await p.controller.provision(
+        org, name=body.name, role=body.role, request=req, command=body.command
+    )
+    if body.wait:
+        agent = await p.controller.wait_running(agent.id, timeout=30.0)
+    return agent.to_wire()
+
+
+@router.get("")
+async def list_agents(
+    org: Org, request: Request, state: Annotated[str | None, Query(max_length=16)] = None
+) -> dict[str, Any]:
+    agents = await platform(request).controller.agents.find(org_id=org.id)
+    return {"agents": [a.to_wire() for a in agents if state is None or a.state.value == state]}
+
+
+@router.get("/{agent}")
+async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
+    found = await platform(request).controller.agents.get(agent, org_id=org.id)
+    return found.to_wire()
+
+
+@router.get("/{agent}/logs")
+async def logs(
+    agent: str, org: Org, request: Request, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
+) -> dict[str, Any]:
+    p = platform(request)
+    await p.controller.agents.get(agent, org_id=org.id)
+    return {"agent": agent, "logs": await p.runtime.logs(org.slug, agent, tail=tail)}
+
+
+@router.post("/{agent}/pause")
+async def pause(agent: str, org: Org, request: Request, force: bool = False) -> dict[str, Any]:
+    return (await platform(request).controller.pause(org, agent, force=force)).to_wire()
+
+
+@router.post("/{agent}/resume")
+async def resume(agent: str, org: Org, request: Request, wait: bool = False) -> dict[str, Any]:
+    p = platform(request)
+    resumed = await p.controller.resume(org, agent)
+    if wait:
+        resumed = await p.controller.wait_running(agent, timeout=30.0)
+    return resumed.to_wire()
+
+
+@router.delete("/{agent}", status_code=204)
+async def terminate(
+    agent: str, org: Org, request: Request, keep_workspace: bool = False
+) -> Response:
+    p = platform(request)
+    await p.controller.terminate(org, agent, delete_workspace=not keep_workspace)
+    await p.dispatcher.on_agent_lost(agent)
+    return Response(status_code=204)

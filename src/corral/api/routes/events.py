@@ -1,0 +1,58 @@
+"""Server-sent events: an org's agent status changes, task transitions and progress (only
+that org's); the admin can stream every org at ``/v1/events``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from corral.api.auth import Caller, admin_only, org_scope, platform
+from corral.domain.tenancy import Organization
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1")
+KEEPALIVE_SECONDS = 15.0
+
+
+def _stream(request: Request, org: str | None) -> StreamingResponse:
+    hub = platform(request).hub
+
+    async def body() -> AsyncIterator[bytes]:
+        async with hub.subscribe(org) as queue:
+            yield b": connected\n\n"
+            while True:
+                try:
+                    event: dict[str, Any] = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield b": keepalive\n\n"
+                    continue
+                data = json.dumps(event, separators=(",", ":"), default=str)
+                yield f"event: {event['kind']}\ndata: {data}\n\n".encode()
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/orgs/{org}/events")
+async def org_events(
+    request: Request, found: Annotated[Organization, Depends(org_scope)]
+) -> StreamingResponse:
+    return _stream(request, found.slug)
+
+
+@router.get("/events")
+async def all_events(
+    request: Request, _: Annotated[Caller, Depends(admin_only)]
+) -> StreamingResponse:
+    return _stream(request, None)

@@ -1,0 +1,119 @@
+"""``/v1/orgs/{org}/tasks``"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field
+
+from corral.api.auth import org_scope, platform
+from corral.api.schemas import Strict
+from corral.domain.errors import InvalidInput
+from corral.domain.quantities import parse
+from corral.domain.tasks import Priority, Requirements, TaskState
+from corral.domain.tenancy import Organization
+
+__all__ = ["parse_deadline", "router"]
+
+router = APIRouter(prefix="/v1/orgs/{org}/tasks")
+Org = Annotated[Organization, Depends(org_scope)]
+
+
+class RequirementsIn(Strict):
+    cpu: str | None = Field(default=None, max_length=32)
+    memory: str | None = Field(default=None, max_length=32)
+    gpu: int = Field(default=0, ge=0, le=16)
+
+
+class TaskCreate(Strict):
+    role: str | None = Field(default=None, max_length=30)
+    agent: str | None = Field(default=None, max_length=128)
+    priority: str = Field(default="normal", max_length=16)
+    deadline: str | None = Field(
+        default=None, max_length=64, description="ISO-8601 time, or a duration like 10m, 2h, 30s"
+    )
+    requirements: RequirementsIn = Field(default_factory=RequirementsIn)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+def parse_deadline(text: str | None, *, now: datetime | None = None) -> datetime | None:
+    """``10m``/``2h``/``30s``/``1d`` from now, or an ISO-8601 time (UTC if no zone)."""
+    if text is None:
+        return None
+    now = now or datetime.now(UTC)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    if t[:-1].replace(".", "", 1).isdigit() and t[-1:] in units:
+        return now + timedelta(seconds=float(t[:-1]) * units[t[-1]])
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"invalid deadline {text!r}: use a duration like 10m or an ISO-8601 time",
+            details={"deadline": text},
+        ) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+@router.post("", status_code=201)
+async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]:
+    p = platform(request)
+    size = len(json.dumps(body.payload))
+    if size > p.settings.max_payload_bytes:
+        raise InvalidInput(
+            f"payload is {size} bytes; the limit is {p.settings.max_payload_bytes}",
+            details={"size": size, "limit": p.settings.max_payload_bytes},
+        )
+    if body.role is not None:
+        from corral.domain.agents import validate_name
+
+        validate_name("role", body.role)
+    reqs = Requirements(
+        cpu=parse(body.requirements.cpu) if body.requirements.cpu else None,
+        memory=parse(body.requirements.memory) if body.requirements.memory else None,
+        gpu=body.requirements.gpu,
+    )
+    rec = await p.dispatcher.submit(
+        org,
+        role=body.role,
+        agent=body.agent,
+        priority=Priority.parse(body.priority),
+        deadline=parse_deadline(body.deadline),
+        requirements=reqs,
+        payload=body.payload,
+    )
+    return rec.to_wire()
+
+
+@router.get("")
+async def list_tasks(
+    org: Org,
+    request: Request,
+    state: Annotated[str | None, Query(max_length=16)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> dict[str, Any]:
+    states = None
+    if state is not None:
+        try:
+            states = [TaskState(s) for s in state.split(",")]
+        except ValueError:
+            raise InvalidInput(
+                f"unknown state in {state!r}: use {', '.join(s.value for s in TaskState)}"
+            ) from None
+    recs = await platform(request).dispatcher.tasks.find(org_id=org.id, states=states, limit=limit)
+    return {"tasks": [r.to_wire() for r in recs]}
+
+
+@router.get("/{task}")
+async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
+    tasks = platform(request).dispatcher.tasks
+    rec = await tasks.get(task, org_id=org.id)
+    return rec.to_wire(await tasks.history(task))
+
+
+@router.post("/{task}/cancel")
+async def cancel(task: str, org: Org, request: Request) -> dict[str, Any]:
+    return (await platform(request).dispatcher.cancel(org, task)).to_wire()

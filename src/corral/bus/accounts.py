@@ -1,0 +1,443 @@
+"""The bus authority: who may speak on the bus, and how much JetStream each tenant reserves.
+
+It keeps the operator, SYSTEM and PLATFORM keys and one account key per organization in a
+directory (files mode 0600, created on first start and reused after), builds every account JWT
+from that state, mints user credentials and records revocations. It does no network I/O:
+:class:`corral.bus.platform.PlatformBus` pushes what it builds to the server.
+
+Admission follows the server's own rule: every account's JetStream reservation (memory and
+file storage) is summed against the server's caps, and a tenant that would push the sum over
+them is refused here, before the server silently gives it no JetStream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from corral.bus import claims
+from corral.bus import jwt as nats_jwt
+from corral.bus.jwt import KeyKind, NKey
+from corral.domain.errors import Conflict, InvalidInput, NotFound
+from corral.domain.plans import BusLimits
+
+__all__ = [
+    "AgentCredentials",
+    "BusAuthority",
+    "JetStreamCaps",
+    "ServerTrust",
+    "validate_token",
+]
+
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_MiB = 1024 * 1024
+
+
+def validate_token(value: str, *, what: str) -> str:
+    """Check that ``value`` can stand as one subject token and one JetStream name.
+
+    Raises:
+        InvalidInput: it is empty, too long, or holds anything but letters, digits, ``-``, ``_``.
+    """
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise InvalidInput(
+            f"{what} {value!r} cannot name a bus subject: use letters, digits, '-' and '_'",
+            details={what: value},
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamCaps:
+    """The server's JetStream caps (``max_memory_store``, ``max_file_store``), in bytes."""
+
+    memory: int
+    storage: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTrust:
+    """What a server must be configured with to trust this authority."""
+
+    operator_jwt: str
+    system_account: str
+    system_account_jwt: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCredentials:
+    """One agent's NATS user credentials. ``creds`` is the secret ``.creds`` text."""
+
+    org: str
+    agent_id: str
+    public_key: str
+    expires_at: datetime
+    inbox_prefix: str  # connect with nats-py ``inbox_prefix=`` or every reply is refused
+    creds: str = field(repr=False)
+
+
+@dataclass(slots=True)
+class _Org:
+    account: NKey
+    limits: BusLimits
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # pubkey → agent, expires
+    revocations: dict[str, int] = field(default_factory=dict)  # pubkey or "*" → time
+    issued_at: int = 0
+    activations: dict[str, str] = field(default_factory=dict)  # not persisted
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account_seed": self.account.seed,
+            "limits": asdict(self.limits),
+            "users": self.users,
+            "revocations": self.revocations,
+            "issued_at": self.issued_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Org:
+        return cls(
+            account=NKey.from_seed(data["account_seed"]),
+            limits=BusLimits(**data["limits"]),
+            users=dict(data.get("users", {})),
+            revocations={k: int(v) for k, v in data.get("revocations", {}).items()},
+            issued_at=int(data.get("issued_at", 0)),
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _mib(n: int) -> str:
+    return f"{n / _MiB:g} MiB"
+
+
+class BusAuthority:
+    """Keys, account JWTs and user credentials for one operator.
+
+    Args:
+        directory: where keys and org records live (created 0700).
+        caps: the server's JetStream caps; ``None`` skips the admission check (a server
+            whose caps Corral does not know).
+        platform_storage / platform_memory: PLATFORM's own JetStream reservation (EVENTS).
+        operator_seed / system_seed: existing keys of an external NATS deployment; by default
+            they are generated on first start and kept in ``directory``.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        caps: JetStreamCaps | None,
+        platform_storage: int = 64 * _MiB,
+        platform_memory: int = 0,
+        operator_seed: str | None = None,
+        system_seed: str | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.caps = caps
+        self.platform_storage = platform_storage
+        self.platform_memory = platform_memory
+        (self.directory / "orgs").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        os.chmod(self.directory / "orgs", 0o700)
+        self._operator = self._key("operator", KeyKind.OPERATOR, operator_seed)
+        self._system = self._key("system", KeyKind.ACCOUNT, system_seed)
+        self._platform = self._key("platform", KeyKind.ACCOUNT, None)
+        self._orgs: dict[str, _Org] = {}
+        self._platform_issued_at = 0
+        for path in sorted((self.directory / "orgs").glob("*.json")):
+            self._orgs[path.stem] = _Org.from_json(json.loads(path.read_text()))
+        self._by_account = {r.account.public_key: org for org, r in self._orgs.items()}
+
+    def _key(self, name: str, kind: KeyKind, given: str | None) -> NKey:
+        if given is not None:
+            return NKey.from_seed(given)
+        path = self.directory / f"{name}.nk"
+        if path.exists():
+            return NKey.from_seed(path.read_text())
+        key = NKey.generate(kind)
+        _write_private(path, key.seed + "\n")
+        return key
+
+    def _save(self, org: str) -> None:
+        _write_private(
+            self.directory / "orgs" / f"{org}.json", json.dumps(self._orgs[org].to_json())
+        )
+
+    def _org(self, org: str) -> _Org:
+        try:
+            return self._orgs[org]
+        except KeyError:
+            raise NotFound(
+                f"organization {org!r} has no bus account", details={"org": org}
+            ) from None
+
+    # ---- identities ---------------------------------------------------------------------
+
+    @property
+    def operator_public_key(self) -> str:
+        return self._operator.public_key
+
+    @property
+    def system_account(self) -> str:
+        return self._system.public_key
+
+    @property
+    def platform_account(self) -> str:
+        return self._platform.public_key
+
+    def orgs(self) -> list[str]:
+        return sorted(self._orgs)
+
+    def limits(self, org: str) -> BusLimits | None:
+        record = self._orgs.get(org)
+        return None if record is None else record.limits
+
+    def org_account(self, org: str) -> str:
+        return self._org(org).account.public_key
+
+    def org_for_account(self, account: str) -> str | None:
+        return self._by_account.get(account)
+
+    def agent_for_user(self, org: str, user: str) -> str | None:
+        """The agent a user key was minted for, if it was minted for an agent of ``org``."""
+        record = self._orgs.get(org)
+        entry = None if record is None else record.users.get(user)
+        return None if entry is None else str(entry["agent"])
+
+    # ---- admission ----------------------------------------------------------------------
+
+    def reserved(self, *, excluding: str | None = None) -> tuple[int, int]:
+        """(memory, storage) reserved by PLATFORM and every org but ``excluding``."""
+        memory, storage = self.platform_memory, self.platform_storage
+        for org, record in self._orgs.items():
+            if org != excluding:
+                memory += record.limits.jetstream_memory
+                storage += record.limits.jetstream_storage
+        return memory, storage
+
+    def admit(self, org: str, limits: BusLimits) -> bool:
+        """Record ``org`` with ``limits`` (new, or a plan change). True if anything changed.
+
+        Raises:
+            Conflict: its JetStream reservation would push the sum over the server's caps.
+        """
+        validate_token(org, what="org")
+        record = self._orgs.get(org)
+        if record is not None and record.limits == limits:
+            return False
+        if self.caps is not None:
+            memory, storage = self.reserved(excluding=org)
+            mem_total = memory + limits.jetstream_memory
+            disk_total = storage + limits.jetstream_storage
+            if mem_total > self.caps.memory or disk_total > self.caps.storage:
+                raise Conflict(
+                    f"cannot admit organization {org!r} to the bus: it reserves "
+                    f"{_mib(limits.jetstream_memory)} JetStream memory and "
+                    f"{_mib(limits.jetstream_storage)} storage, {_mib(memory)} of "
+                    f"{_mib(self.caps.memory)} memory and {_mib(storage)} of "
+                    f"{_mib(self.caps.storage)} storage are already reserved",
+                    details={
+                        "org": org,
+                        "memory": limits.jetstream_memory,
+                        "storage": limits.jetstream_storage,
+                        "reserved_memory": memory,
+                        "reserved_storage": storage,
+                        "max_memory": self.caps.memory,
+                        "max_storage": self.caps.storage,
+                    },
+                )
+        if record is None:
+            record = self._orgs[org] = _Org(account=NKey.generate(KeyKind.ACCOUNT), limits=limits)
+            self._by_account[record.account.public_key] = org
+        else:
+            record.limits = limits
+        self._save(org)
+        return True
+
+    def forget(self, org: str) -> None:
+        """Drop ``org``'s record and key; its reservation is free again."""
+        record = self._orgs.pop(org, None)
+        if record is not None:
+            self._by_account.pop(record.account.public_key, None)
+        (self.directory / "orgs" / f"{org}.json").unlink(missing_ok=True)
+
+    # ---- account JWTs -------------------------------------------------------------------
+
+    def trust(self) -> ServerTrust:
+        return ServerTrust(self.operator_jwt(), self.system_account, self.system_account_jwt())
+
+    def operator_jwt(self) -> str:
+        return nats_jwt.encode_claims(
+            self._operator,
+            subject=self._operator.public_key,
+            name="corral",
+            nats={"type": "operator", "system_account": self._system.public_key},
+            issued_at=0,
+        )
+
+    def system_account_jwt(self) -> str:
+        nats = {
+            "type": "account",
+            "limits": claims.unlimited(jetstream_memory=0, jetstream_storage=0),
+        }
+        return self._account_jwt(self._system, "SYSTEM", nats, issued_at=0)
+
+    def platform_account_jwt(self, *, excluding: str | None = None) -> str:
+        imports: list[dict[str, Any]] = []
+        for org in sorted(self._orgs):
+            if org == excluding:
+                continue
+            record = self._orgs[org]
+            if not record.activations:
+                record.activations = self._activations(org, record)
+            imports += claims.platform_imports(org, record.account.public_key, record.activations)
+        self._platform_issued_at = max(int(time.time()), self._platform_issued_at)
+        nats = {
+            "type": "account",
+            "limits": claims.unlimited(
+                jetstream_memory=self.platform_memory, jetstream_storage=self.platform_storage
+            ),
+            "exports": claims.platform_exports(),
+            "imports": imports,
+        }
+        return self._account_jwt(self._platform, "PLATFORM", nats, self._platform_issued_at)
+
+    def _activations(self, org: str, record: _Org) -> dict[str, str]:
+        return {
+            subject: nats_jwt.encode_claims(
+                record.account,
+                subject=self._platform.public_key,
+                name=subject,
+                nats={"type": "activation", "subject": subject, "kind": kind},
+            )
+            for subject, kind in claims.activation_subjects(org)
+        }
+
+    def org_account_jwt(self, org: str, *, disabled: bool = False) -> str:
+        """The org's account JWT; ``disabled`` revokes every user and reserves nothing."""
+        record = self._org(org)
+        now = int(time.time())
+        record.issued_at = max(now, record.issued_at)
+        self._prune(record, now)
+        limits = claims.account_limits(record.limits)
+        revocations = dict(record.revocations)
+        if disabled:
+            limits.update(conn=0, mem_storage=0, disk_storage=0, streams=0, consumer=0)
+            revocations["*"] = record.issued_at
+        nats: dict[str, Any] = {
+            "type": "account",
+            "limits": limits,
+            "exports": claims.org_exports(org),
+            "imports": claims.org_imports(self._platform.public_key, record.account.public_key),
+        }
+        if revocations:
+            nats["revocations"] = revocations
+        self._save(org)
+        return self._account_jwt(record.account, org, nats, record.issued_at)
+
+    def _account_jwt(self, key: NKey, name: str, nats: dict[str, Any], issued_at: int) -> str:
+        return nats_jwt.encode_claims(
+            self._operator, subject=key.public_key, name=name, nats=nats, issued_at=issued_at
+        )
+
+    def delete_request(self, accounts: list[str]) -> str:
+        """The operator-signed request ``$SYS.REQ.CLAIMS.DELETE`` takes (needs the resolver's
+        ``allow_delete``)."""
+        return nats_jwt.encode_claims(
+            self._operator,
+            subject=self._operator.public_key,
+            name="delete accounts",
+            nats={"accounts": accounts},
+        )
+
+    @staticmethod
+    def _prune(record: _Org, now: int) -> None:
+        """Forget users whose JWT has expired: a revocation of them no longer matters."""
+        expired = [key for key, user in record.users.items() if int(user["expires"]) < now]
+        for key in expired:
+            del record.users[key]
+            record.revocations.pop(key, None)
+
+    # ---- users --------------------------------------------------------------------------
+
+    def _user_creds(
+        self, signer: NKey, name: str, nats: dict[str, Any], expires_at: int | None
+    ) -> tuple[str, NKey]:
+        user = NKey.generate(KeyKind.USER)
+        claims_ = {"type": "user", "subs": -1, "data": -1, "payload": -1, **nats}
+        token = nats_jwt.encode_claims(
+            signer, subject=user.public_key, name=name, nats=claims_, expires_at=expires_at
+        )
+        return nats_jwt.creds(token, user), user
+
+    def mint_agent_creds(self, org: str, agent_id: str, *, ttl_seconds: int) -> AgentCredentials:
+        """Credentials for one agent, least privilege, expiring after ``ttl_seconds``."""
+        validate_token(agent_id, what="agent")
+        if ttl_seconds <= 0:
+            raise InvalidInput("ttl_seconds must be positive", details={"ttl": ttl_seconds})
+        record = self._org(org)
+        expires = int(time.time()) + ttl_seconds
+        text, user = self._user_creds(
+            record.account, agent_id, claims.agent_permissions(org, agent_id), expires
+        )
+        record.users[user.public_key] = {"agent": agent_id, "expires": expires}
+        self._save(org)
+        return AgentCredentials(
+            org=org,
+            agent_id=agent_id,
+            public_key=user.public_key,
+            expires_at=datetime.fromtimestamp(expires, UTC),
+            inbox_prefix=claims.agent_inbox_prefix(agent_id),
+            creds=text,
+        )
+
+    def revoke_agent(
+        self, org: str, agent_id: str | None = None, *, public_key: str | None = None
+    ) -> list[str]:
+        """Record a revocation of every credential of ``agent_id`` (or of one
+        ``public_key``). The caller pushes :meth:`org_account_jwt` for it to take effect."""
+        record = self._org(org)
+        now = int(time.time())
+        keys = [
+            key
+            for key, user in record.users.items()
+            if (agent_id is not None and user["agent"] == agent_id) or key == public_key
+        ]
+        if public_key is not None and public_key not in keys:
+            keys.append(public_key)
+        for key in keys:
+            record.revocations[key] = now
+        self._save(org)
+        return keys
+
+    def mint_org_admin_creds(self, org: str, *, ttl_seconds: int = 300) -> str:
+        """Unrestricted credentials inside one org's account, for managing its streams."""
+        record = self._org(org)
+        text, _ = self._user_creds(
+            record.account, f"{org}-platform-admin", {}, int(time.time()) + ttl_seconds
+        )
+        return text
+
+    def mint_platform_creds(self) -> str:
+        """The control plane's user in PLATFORM (see :func:`claims.platform_permissions`)."""
+        text, _ = self._user_creds(
+            self._platform, "corral-platform", claims.platform_permissions(), None
+        )
+        return text
+
+    def mint_system_creds(self) -> str:
+        text, _ = self._user_creds(self._system, "corral-system", {}, None)
+        return text

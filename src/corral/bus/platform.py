@@ -1,0 +1,365 @@
+"""The bus as the control plane uses it: onboard tenants, prepare agents, deliver tasks, ask
+agents to checkpoint, broadcast, consume what agents report, answer vault requests.
+
+One :class:`PlatformBus` holds a PLATFORM connection (least privilege: it cannot publish an
+agent's status) and a SYSTEM connection for pushing account JWTs. Each org's own JetStream
+(its INBOX stream and agents' consumers) is managed through short-lived admin credentials of
+that org. Every nats-py exception leaves as Corral's error tree; a permission violation the
+server reported asynchronously is raised as :class:`PermissionDenied` by the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from types import TracebackType
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client, RawCredentials
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.client import JetStreamContext
+
+from corral.bus import streams
+from corral.bus.accounts import AgentCredentials, BusAuthority, validate_token
+from corral.bus.claims import VAULT_IMPORTED_PREFIX
+from corral.bus.events import BusEvent, parse_event
+from corral.bus.failures import ViolationRecorder, translate, translating
+from corral.bus.resolver import ResolverClient
+from corral.bus.vault_requests import VaultHandler, answer
+from corral.domain import messages, subjects
+from corral.domain.errors import (
+    CorralError,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from corral.domain.messages import ControlMessage, TaskMessage
+from corral.domain.plans import BusLimits
+
+__all__ = ["PlatformBus", "Serving"]
+
+log = logging.getLogger(__name__)
+
+
+class Serving:
+    """A running responder; :meth:`close` stops it (so does leaving the PlatformBus)."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+
+    async def close(self) -> None:
+        with suppress(nats.errors.Error):  # the connection may already be gone
+            await self._subscription.unsubscribe()
+
+
+class PlatformBus:
+    """The control plane's typed bus. Use as ``async with PlatformBus(url, authority) as bus``.
+
+    Args:
+        url: the NATS server (embedded, or ``CORRAL_NATS_URL``).
+        authority: keys and account state; its operator must be the one the server trusts.
+        events_consumer: the durable consumer on EVENTS (one per control plane deployment).
+        events_max_bytes: EVENTS size; defaults to PLATFORM's whole storage reservation.
+        replicas: JetStream replicas for streams (1 embedded; 3 on a cluster).
+        timeout: seconds for each request to the server.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        authority: BusAuthority,
+        *,
+        events_consumer: str = "control-plane",
+        events_max_bytes: int | None = None,
+        replicas: int = 1,
+        timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.authority = authority
+        self.timeout = timeout
+        self._consumer = validate_token(events_consumer, what="consumer")
+        self._events_max_bytes = events_max_bytes or authority.platform_storage
+        self._replicas = replicas
+        self._violations = ViolationRecorder(name="corral-platform")
+        self._lock = asyncio.Lock()
+        self._stack = AsyncExitStack()
+        self._resolver: ResolverClient | None = None
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._platform_stale = True
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> PlatformBus:
+        try:
+            creds = self.authority.mint_system_creds()
+            resolver = ResolverClient(self.url, creds, timeout=self.timeout)
+            self._resolver = await self._stack.enter_async_context(resolver)
+            await self._push_platform()
+            with translating(f"connecting to the bus at {self.url} as PLATFORM"):
+                self._nc = await nats.connect(
+                    self.url,
+                    user_credentials=RawCredentials(self.authority.mint_platform_creds()),
+                    name="corral-platform",
+                    error_cb=self._violations.on_error,
+                    connect_timeout=int(max(1, self.timeout)),
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                )
+            self._stack.push_async_callback(self._nc.close)
+            self._js = self._nc.jetstream(timeout=self.timeout)
+            with translating("creating the EVENTS stream", recorder=self._violations):
+                await streams.ensure_events(
+                    self._js,
+                    max_bytes=self._events_max_bytes,
+                    consumer=self._consumer,
+                    replicas=self._replicas,
+                )
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+        self._nc = self._js = self._resolver = None
+
+    @property
+    def connection(self) -> Client:
+        """The PLATFORM connection, for health and metrics. Violations on it surface as
+        :class:`PermissionDenied` on this object's next call."""
+        if self._nc is None:
+            raise Unavailable("the platform bus is not open")
+        return self._nc
+
+    def _open(self) -> tuple[Client, JetStreamContext, ResolverClient]:
+        if self._nc is None or self._js is None or self._resolver is None:
+            raise Unavailable("the platform bus is not open")
+        self._violations.check()
+        return self._nc, self._js, self._resolver
+
+    async def _push_platform(self, *, excluding: str | None = None) -> None:
+        assert self._resolver is not None
+        await self._resolver.push(
+            self.authority.platform_account_jwt(excluding=excluding), name="PLATFORM"
+        )
+        self._platform_stale = False
+
+    # ---- tenants ------------------------------------------------------------------------
+
+    async def ensure_org(self, org: str, limits: BusLimits) -> None:
+        """Give ``org`` its account (or its new plan's limits) and its INBOX. Idempotent.
+
+        Raises:
+            Conflict: its JetStream reservation does not fit in the server's caps.
+            Unavailable: the server did not answer.
+        """
+        _, _, resolver = self._open()
+        async with self._lock:
+            is_new = self.authority.limits(org) is None
+            self.authority.admit(org, limits)
+            await resolver.push(self.authority.org_account_jwt(org), name=org)
+            if is_new or self._platform_stale:
+                self._platform_stale = True
+                await self._push_platform()
+        async with self._org_js(org) as js:
+            with translating(f"creating the INBOX of {org!r}"):
+                await streams.ensure_inbox(js, org, limits, replicas=self._replicas)
+
+    async def remove_org(self, org: str) -> None:
+        """Delete ``org``'s INBOX and account and close its connections. Absent is fine."""
+        _, _, resolver = self._open()
+        async with self._lock:
+            if self.authority.limits(org) is None:
+                return
+            try:
+                async with self._org_js(org) as js:
+                    with translating(f"deleting the INBOX of {org!r}"):
+                        await js.delete_stream(subjects.INBOX_STREAM)
+            except (NotFound, Unauthenticated, Unavailable) as exc:
+                log.warning("org %s: INBOX not deleted: %s", org, exc.message)
+            self._platform_stale = True
+            await self._push_platform(excluding=org)
+            account = self.authority.org_account(org)
+            await resolver.push(self.authority.org_account_jwt(org, disabled=True), name=org)
+            try:
+                await resolver.delete(self.authority.delete_request([account]), name=org)
+            except CorralError as exc:  # e.g. an external resolver without allow_delete
+                log.warning("org %s: account disabled but not deleted: %s", org, exc.message)
+            self.authority.forget(org)
+
+    async def sync(self) -> None:
+        """Push every account again (after a server lost its resolver directory)."""
+        _, _, resolver = self._open()
+        async with self._lock:
+            for org in self.authority.orgs():
+                await resolver.push(self.authority.org_account_jwt(org), name=org)
+            await self._push_platform()
+
+    @asynccontextmanager
+    async def _org_js(self, org: str) -> AsyncIterator[JetStreamContext]:
+        self._open()
+        creds = self.authority.mint_org_admin_creds(org)
+        recorder = ViolationRecorder(name=f"{org}-platform-admin")
+        with translating(f"connecting to the account of {org!r}"):
+            nc = await nats.connect(
+                self.url,
+                user_credentials=RawCredentials(creds),
+                name="corral-platform-admin",
+                error_cb=recorder.on_error,
+                allow_reconnect=False,
+                connect_timeout=int(max(1, self.timeout)),
+            )
+        try:
+            yield nc.jetstream(timeout=self.timeout)
+        finally:
+            await nc.close()
+
+    # ---- agents -------------------------------------------------------------------------
+
+    def mint_agent_creds(self, org: str, agent: str, *, ttl_seconds: int) -> AgentCredentials:
+        """Least-privilege, expiring credentials for one agent (see BusAuthority)."""
+        return self.authority.mint_agent_creds(org, agent, ttl_seconds=ttl_seconds)
+
+    async def prepare_agent(self, org: str, agent: str) -> None:
+        """Create the agent's durable consumer on its org's INBOX. Idempotent."""
+        validate_token(agent, what="agent")
+        async with self._org_js(org) as js:
+            with translating(f"creating the inbox consumer of {agent!r} in {org!r}"):
+                await streams.ensure_agent_consumer(js, org, agent)
+
+    async def revoke_agent(self, org: str, agent: str) -> None:
+        """Revoke every credential minted for ``agent``; its live connections are closed."""
+        _, _, resolver = self._open()
+        async with self._lock:
+            if self.authority.revoke_agent(org, agent):
+                await resolver.push(self.authority.org_account_jwt(org), name=org)
+
+    async def remove_agent(self, org: str, agent: str) -> None:
+        """Revoke the agent, delete its consumer and drop what is still queued for it."""
+        await self.revoke_agent(org, agent)
+        async with self._org_js(org) as js:
+            with translating(f"deleting the inbox consumer of {agent!r} in {org!r}"):
+                await streams.remove_agent_consumer(js, org, agent)
+
+    # ---- messages -----------------------------------------------------------------------
+
+    async def deliver(self, org: str, agent: str, task: TaskMessage) -> int:
+        """Store ``task`` in the agent's inbox; returns its INBOX sequence once the org's
+        JetStream acknowledged it. A redelivery of the same task and attempt is stored once.
+
+        Raises:
+            NotFound: the org has no bus account.
+            QuotaExceeded: the org's INBOX is full.
+            Unavailable: no acknowledgement in time.
+        """
+        _, js, _ = self._open()
+        if self.authority.limits(org) is None:
+            raise NotFound(f"organization {org!r} has no bus account", details={"org": org})
+        doing = f"delivering task {task.task_id} to {agent!r} of {org!r}"
+        with translating(doing, recorder=self._violations):
+            ack = await js.publish(
+                subjects.task_inbox(org, validate_token(agent, what="agent")),
+                messages.encode(task.to_wire()),
+                stream=subjects.INBOX_STREAM,
+                headers={"Nats-Msg-Id": f"{task.task_id}.{task.type.value}.{task.attempt}"},
+            )
+        return int(ack.seq)
+
+    async def control(
+        self, org: str, agent: str, message: ControlMessage, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send ``message`` to the agent's control subject and return its JSON reply.
+
+        Raises:
+            Unavailable: the agent is not listening or did not answer within ``timeout``.
+            InvalidInput: the reply is not a JSON object.
+        """
+        nc, _, _ = self._open()
+        subject = subjects.agent_control(org, validate_token(agent, what="agent"))
+        doing = f"sending {message.kind.value} to {agent!r} of {org!r}"
+        with translating(doing, recorder=self._violations):
+            reply = await nc.request(
+                subject, messages.encode(message.to_wire()), timeout=timeout or self.timeout
+            )
+        return messages.decode(reply.data)
+
+    async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
+        """Publish ``payload`` to ``platform.broadcast.<topic>`` for every org's agents."""
+        nc, _, _ = self._open()
+        for token in topic.split("."):
+            validate_token(token, what="topic")
+        with translating(f"broadcasting {topic!r}", recorder=self._violations):
+            await nc.publish(subjects.broadcast(topic), messages.encode(payload))
+
+    async def events(self, *, batch: int = 64, wait: float = 1.0) -> AsyncIterator[BusEvent]:
+        """Every event agents reported, durably, oldest first; runs until cancelled.
+
+        Malformed events are logged and terminated (never redelivered). Losing the server
+        only pauses the iterator; a permission violation ends it.
+        """
+        _, js, _ = self._open()
+        with translating("subscribing to EVENTS", recorder=self._violations):
+            pull = await js.pull_subscribe_bind(
+                durable=self._consumer, stream=subjects.EVENTS_STREAM
+            )
+        backoff = 0.1
+        try:
+            while True:
+                self._violations.check()
+                try:
+                    batch_msgs: list[Msg] = await pull.fetch(batch, timeout=wait)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.Error, OSError) as exc:
+                    error = translate(exc, doing="reading EVENTS")
+                    if not isinstance(error, Unavailable):
+                        raise error from exc
+                    log.warning("%s; retrying in %.1fs", error.message, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                for msg in batch_msgs:
+                    try:
+                        org, agent, kind, message = parse_event(msg.subject, msg.data)
+                    except InvalidInput as exc:
+                        log.warning("dropping a malformed event on %s: %s", msg.subject, exc)
+                        await msg.term()
+                        continue
+                    yield BusEvent(org, agent, kind, message, msg.metadata.sequence.stream, msg.ack)
+        finally:
+            with suppress(nats.errors.Error):
+                await pull.unsubscribe()
+
+    async def serve_vault(self, handler: VaultHandler) -> Serving:
+        """Answer ``platform.vault.get`` from every org's agents with ``handler``; it is told
+        the org and agent the server vouched for (see :mod:`corral.bus.vault_requests`)."""
+        nc, _, _ = self._open()
+
+        async def on_request(msg: Msg) -> None:
+            if not msg.reply:
+                return
+            reply = await answer(
+                msg.subject, msg.headers, msg.data, directory=self.authority, handler=handler
+            )
+            try:
+                await msg.respond(messages.encode(reply))
+            except nats.errors.Error as exc:
+                log.warning("vault reply to %s lost: %s", msg.subject, exc)
+
+        with translating("serving vault requests", recorder=self._violations):
+            sub = await nc.subscribe(f"{VAULT_IMPORTED_PREFIX}.*", cb=on_request)
+            await nc.flush(timeout=int(max(1, self.timeout)))
+        return Serving(sub)

@@ -1,0 +1,91 @@
+"""Secret reads over the bus: how the platform learns which org and which agent is asking.
+
+An agent requests ``platform.vault.get`` in its own account. Its org account imports PLATFORM's
+export ``platform.vault.get.*`` (``account_token_position`` 4) as exactly
+``platform.vault.get.<its own account key>``; the server refuses any other key in that token,
+so the subject the platform receives names the calling account. The import also sets
+``share``, so the server adds a ``Nats-Request-Info`` header (overwriting any the caller sent)
+with the caller's account and user key. The platform maps the account key to the org and the
+user key to the agent it minted that key for; a request whose header and subject disagree, or
+from an account it does not know, is refused.
+
+Replies are JSON: the handler's object on success, ``{"error": {code, message, details}}``
+otherwise (the shape of :meth:`CorralError.to_wire`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from corral.bus import claims
+from corral.domain import messages
+from corral.domain.errors import CorralError, PermissionDenied, Unavailable
+
+__all__ = ["REQUEST_INFO_HEADER", "VaultHandler", "VaultRequest", "answer"]
+
+log = logging.getLogger(__name__)
+
+REQUEST_INFO_HEADER = "Nats-Request-Info"
+
+
+@dataclass(frozen=True, slots=True)
+class VaultRequest:
+    """A secret read, with the caller as the server vouched for it."""
+
+    org: str
+    agent_id: str | None  # None: the user key was not minted for an agent of ``org``
+    user: str  # the caller's user public key
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+VaultHandler = Callable[[VaultRequest], Awaitable[dict[str, Any]]]
+
+
+class _Directory(Protocol):
+    def org_for_account(self, account: str) -> str | None: ...
+
+    def agent_for_user(self, org: str, user: str) -> str | None: ...
+
+
+def _caller(subject: str, headers: dict[str, str] | None, directory: _Directory) -> tuple[str, str]:
+    prefix = f"{claims.VAULT_IMPORTED_PREFIX}."
+    account = subject[len(prefix) :] if subject.startswith(prefix) else ""
+    org = directory.org_for_account(account) if account else None
+    if org is None:
+        raise PermissionDenied("vault request from an account that is no organization")
+    try:
+        info = json.loads((headers or {})[REQUEST_INFO_HEADER])
+    except (KeyError, ValueError):
+        raise PermissionDenied("vault request without the server's caller info") from None
+    if not isinstance(info, dict) or info.get("acc") != account or not info.get("user"):
+        raise PermissionDenied("vault request whose caller info does not match its account")
+    return org, str(info["user"])
+
+
+async def answer(
+    subject: str,
+    headers: dict[str, str] | None,
+    data: bytes,
+    *,
+    directory: _Directory,
+    handler: VaultHandler,
+) -> dict[str, Any]:
+    """The reply to one vault request; never raises."""
+    try:
+        org, user = _caller(subject, headers, directory)
+        request = VaultRequest(
+            org=org,
+            agent_id=directory.agent_for_user(org, user),
+            user=user,
+            payload=messages.decode(data),
+        )
+        return await handler(request)
+    except CorralError as exc:
+        return exc.to_wire()
+    except Exception:
+        log.exception("the vault handler failed on %s", subject)
+        return Unavailable("the vault could not answer").to_wire()

@@ -1,0 +1,88 @@
+"""Cross-tenant monitoring: refresh the metrics snapshot from the store, the scheduler and the
+runtime. Per-org figures for an org key are served by ``org_usage``."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from corral.domain.agents import AgentState
+from corral.domain.ids import OrgId
+from corral.domain.plans import QUOTA_RESOURCES
+from corral.domain.tenancy import Organization
+from corral.observability.metrics import AgentUsage, Snapshot
+
+if TYPE_CHECKING:
+    from corral.control.platform import Platform
+
+__all__ = ["org_figures", "refresh_metrics"]
+
+
+async def refresh_metrics(p: Platform) -> None:
+    snap = Snapshot()
+    snap.agents = await p.agents.count_by_state()
+    snap.tasks = await p.tasks.count_by_state()
+    orgs = await p.orgs.list()
+    by_id: dict[str, Organization] = {o.id: o for o in orgs}
+    usage = await p.ledger.all_usage()
+    now = time.time()
+    oldest: dict[str, float] = {}
+    for q in p.dispatcher.scheduler:
+        oldest[q.org] = min(oldest.get(q.org, now), q.enqueued_at)
+    for org in orgs:
+        tier = org.plan.name
+        snap.queue_depth.append((org.slug, tier, p.dispatcher.scheduler.queued(OrgId(org.id))))
+        if org.id in oldest:
+            snap.oldest_wait.append((org.slug, tier, now - oldest[org.id]))
+        u = usage.get(org.id)
+        if u is None:
+            continue
+        for r in QUOTA_RESOURCES:
+            snap.quota.append(
+                (org.slug, tier, r, float(u.used[r].value), float(org.plan.quota[r].value))
+            )
+        snap.quota.append((org.slug, tier, "agents", float(u.agents), float(org.plan.agent_limit)))
+    measure = getattr(p.runtime, "usage", None)
+    for agent in await p.agents.find(states=[AgentState.RUNNING]):
+        owner = by_id.get(agent.org_id)
+        if owner is None:
+            continue
+        measured = await measure(owner.slug, agent.id) if measure is not None else None
+        snap.usage.append(
+            AgentUsage(
+                org=owner.slug,
+                tier=owner.plan.name,
+                agent=agent.id,
+                cpu_request_cores=float(agent.resources.cpu_request.value),
+                memory_request_bytes=float(agent.resources.memory_request.value),
+                cpu_seconds=None if measured is None else measured.cpu_seconds,
+                rss_bytes=None if measured is None else float(measured.rss_bytes),
+            )
+        )
+    p.metrics.snapshot = snap
+    for lat in p.dispatcher.dispatch_latency[-10_000:]:
+        p.metrics.dispatch_latency.labels("all").observe(lat)
+    p.dispatcher.dispatch_latency.clear()
+
+
+async def org_figures(p: Platform, org_slug: str) -> dict[str, Any]:
+    """One org's own figures (agents by state, tasks by state, measured usage)."""
+    await refresh_metrics(p)
+    snap = p.metrics.snapshot
+    agents: dict[str, int] = {}
+    for org, _, state, n in snap.agents:
+        if org == org_slug:
+            agents[state] = agents.get(state, 0) + n
+    tasks: dict[str, int] = {}
+    for org, _, _, state, n in snap.tasks:
+        if org == org_slug:
+            tasks[state] = tasks.get(state, 0) + n
+    cpu = sum(u.cpu_seconds or 0.0 for u in snap.usage if u.org == org_slug)
+    rss = sum(u.rss_bytes or 0.0 for u in snap.usage if u.org == org_slug)
+    depth = sum(n for org, _, n in snap.queue_depth if org == org_slug)
+    return {
+        "agents": agents,
+        "tasks": tasks,
+        "queueDepth": depth,
+        "measured": {"cpuSeconds": round(cpu, 3), "rssBytes": int(rss)},
+    }

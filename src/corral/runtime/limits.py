@@ -1,0 +1,429 @@
+"""Memory and CPU limits for local agents: cgroup v2, else cgroup v1, else rlimits.
+
+A local agent is an ordinary process, so nothing stops one org's runaway agent from taking the
+machine unless the kernel is told. The strongest mechanism this host lets us write is chosen
+once, when the runtime starts, and reported in every status so an operator knows what is in
+force rather than what was hoped for:
+
+- ``cgroup-v2``: ``memory.max``, ``memory.swap.max``, ``cpu.max`` and ``pids.max`` on a leaf
+  group, when the unified hierarchy has the memory and cpu controllers and we may enable them.
+- ``cgroup-v1``: ``memory.limit_in_bytes`` (and ``memsw``), ``cpu.cfs_quota_us`` and
+  ``pids.max`` in the memory, cpu and pids hierarchies, when they are writable (root).
+- ``rlimit``: ``RLIMIT_DATA`` bounds a process's private memory (``RLIMIT_AS`` only backstops
+  it, with headroom, because Python reserves far more address space than it uses). rlimits are
+  per process, not per agent tree, and ``RLIMIT_CPU`` is a total, not a rate: under ``rlimit``
+  CPU is not enforced, and the status says so.
+
+Groups are named ``corral/<instance>/<org>/<agent>`` below this process's own cgroup (or an
+operator-given parent), so agents stay inside whatever the control plane is confined to and two
+installations on one host (``instance`` derives from the data directory) never collide.
+
+The child joins its group between fork and exec (the ``join`` hook below runs in the child), so
+not one byte of the agent's own allocations escapes the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import resource
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from corral.domain.admission import AdmittedResources
+
+__all__ = ["Limiter", "Limits", "Mechanism", "Placement", "probe"]
+
+CPU_PERIOD_US = 100_000
+_MIN_QUOTA_US = 1_000  # the kernel refuses smaller quotas
+_AS_HEADROOM = 1 << 30
+
+
+class Mechanism(StrEnum):
+    CGROUP_V2 = "cgroup-v2"
+    CGROUP_V1 = "cgroup-v1"
+    RLIMIT = "rlimit"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one agent may use; ``None`` means unlimited."""
+
+    memory_bytes: int | None
+    cpu_millis: int | None
+    pids: int | None = None
+
+    @classmethod
+    def of(cls, res: AdmittedResources, *, pids: int | None = None) -> Limits:
+        mem, cpu = res.memory_limit.units, res.cpu_limit.milli
+        return cls(mem if mem > 0 else None, cpu if cpu > 0 else None, pids)
+
+    def cpu_quota_us(self) -> int | None:
+        if self.cpu_millis is None:
+            return None
+        return max(_MIN_QUOTA_US, self.cpu_millis * CPU_PERIOD_US // 1000)
+
+
+def _write(path: Path, value: str) -> None:
+    with path.open("w") as f:
+        f.write(value)
+
+
+def _read_counter(path: Path, key: str) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    return 0
+
+
+@dataclass(slots=True)
+class Placement:
+    """One agent's confinement: its cgroup directories (none under rlimit) and how to join."""
+
+    mechanism: Mechanism
+    dirs: dict[str, Path] = field(default_factory=dict)  # controller (or "unified") -> group
+    limits: Limits | None = None
+
+    def describe(self) -> dict[str, str]:
+        out: dict[str, str] = {"limits": self.mechanism.value}
+        if self.limits is not None:
+            lim = self.limits
+            out["memory_limit"] = str(lim.memory_bytes) if lim.memory_bytes else "unlimited"
+            if self.mechanism is Mechanism.RLIMIT:
+                out["cpu_limit"] = "unenforced"
+            else:
+                out["cpu_limit"] = f"{lim.cpu_millis}m" if lim.cpu_millis else "unlimited"
+        for name, path in self.dirs.items():
+            out[f"cgroup.{name}"] = str(path)
+        return out
+
+    @contextlib.contextmanager
+    def join(self) -> Iterator[Callable[[], None]]:
+        """Yield a hook for the forked child that puts it under the limits before exec.
+
+        Files are opened here, in the parent, so the child only writes: no allocation, lock
+        or path lookup between fork and exec.
+        """
+        fds = [os.open(d / "cgroup.procs", os.O_WRONLY) for d in self.dirs.values()]
+        lim = self.limits if self.mechanism is Mechanism.RLIMIT else None
+
+        def hook() -> None:
+            me = str(os.getpid()).encode()
+            for fd in fds:
+                os.write(fd, me)
+            if lim is not None and lim.memory_bytes:
+                resource.setrlimit(resource.RLIMIT_DATA, (lim.memory_bytes, lim.memory_bytes))
+                cap = 2 * lim.memory_bytes + _AS_HEADROOM
+                resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+        try:
+            yield hook
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def members(self) -> set[int]:
+        pids: set[int] = set()
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+        return pids
+
+    def oom_kills(self) -> int:
+        if "memory" in self.dirs:
+            return _read_counter(self.dirs["memory"] / "memory.oom_control", "oom_kill")
+        if "unified" in self.dirs:
+            return _read_counter(self.dirs["unified"] / "memory.events", "oom_kill")
+        return 0
+
+    def kill(self, sig: int) -> None:
+        """Signal every process in the group, including any that left the process group."""
+        unified = self.dirs.get("unified")
+        if sig == signal.SIGKILL and unified is not None and (unified / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                _write(unified / "cgroup.kill", "1")
+                return
+        for pid in self.members():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def remove(self) -> bool:
+        """Remove the group and its empty parents; False while processes are still in it."""
+        done = True
+        for d in self.dirs.values():
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    raise
+                if any(d.glob("*/")) or self.members():
+                    done = False
+                    continue
+                _remove_files(d)  # a plain directory (tests) keeps its files
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                done = done and not d.exists()
+            for parent in (d.parent, d.parent.parent):  # <org>, then <instance>
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+        return done
+
+
+def _remove_files(d: Path) -> None:
+    for f in d.iterdir():
+        if f.is_file():
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+@dataclass(frozen=True, slots=True)
+class Limiter:
+    """The mechanism chosen for this host and where its groups live."""
+
+    mechanism: Mechanism
+    bases: Mapping[str, Path]  # controller (or "unified") -> <parent>/corral/<instance>
+    reason: str = ""  # why stronger mechanisms were not used
+
+    def group_dirs(self, org: str, agent_id: str) -> dict[str, Path]:
+        return {name: base / org / agent_id for name, base in self.bases.items()}
+
+    def place(self, org: str, agent_id: str, limits: Limits) -> Placement:
+        """Create the agent's group with its limits written; nothing is left on failure.
+
+        Raises:
+            OSError: the group could not be created or a limit not written.
+        """
+        placement = Placement(self.mechanism, self.group_dirs(org, agent_id), limits)
+        try:
+            for name, d in placement.dirs.items():
+                d.parent.mkdir(parents=True, exist_ok=True)
+                if self.mechanism is Mechanism.CGROUP_V2:
+                    _enable_controllers(d.parent.parent.parent)  # <instance>'s parent: corral
+                    _enable_controllers(d.parent.parent)
+                    _enable_controllers(d.parent)
+                d.mkdir(exist_ok=True)  # may be a stale, empty group from an earlier run
+                _write_limits(self.mechanism, name, d, limits)
+        except OSError:
+            placement.remove()
+            raise
+        return placement
+
+    def existing(self, org: str, agent_id: str) -> Placement:
+        dirs = {k: d for k, d in self.group_dirs(org, agent_id).items() if d.is_dir()}
+        return Placement(self.mechanism, dirs)
+
+    def release(self) -> None:
+        """Remove this instance's (empty) group directories; agents' groups stay if busy."""
+        _forget(self.bases)
+
+    def groups(self) -> Iterator[tuple[str, str]]:
+        """(org, agent_id) of every group of this instance, present or left behind."""
+        seen: set[tuple[str, str]] = set()
+        for base in self.bases.values():
+            if not base.is_dir():
+                continue
+            for d in base.glob("*/*/"):
+                key = (d.parent.name, d.name)
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+
+
+def _enable_controllers(group: Path) -> None:
+    """Delegate memory, cpu and pids to ``group``'s children (cgroup v2)."""
+    available = set((group / "cgroup.controllers").read_text().split())
+    enabled = set((group / "cgroup.subtree_control").read_text().split())
+    for ctl in ("memory", "cpu", "pids"):
+        if ctl in available and ctl not in enabled:
+            _write(group / "cgroup.subtree_control", f"+{ctl}")
+
+
+def _write_limits(mechanism: Mechanism, name: str, d: Path, lim: Limits) -> None:
+    quota = lim.cpu_quota_us()
+    if mechanism is Mechanism.CGROUP_V2:
+        _write(d / "memory.max", str(lim.memory_bytes) if lim.memory_bytes else "max")
+        if (d / "memory.swap.max").exists():
+            _write(d / "memory.swap.max", "0")
+        _write(d / "cpu.max", f"{quota if quota else 'max'} {CPU_PERIOD_US}")
+        if lim.pids and "pids" in (d.parent / "cgroup.subtree_control").read_text().split():
+            _write(d / "pids.max", str(lim.pids))
+    elif name == "memory":
+        memsw = d / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            _write(memsw, "-1")  # memsw may never drop below the limit: lift it first
+        _write(d / "memory.limit_in_bytes", str(lim.memory_bytes or -1))
+        if memsw.exists() and lim.memory_bytes:
+            _write(memsw, str(lim.memory_bytes))  # and swap may not extend it
+    elif name == "cpu":
+        _write(d / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(d / "cpu.cfs_quota_us", str(quota if quota else -1))
+    elif name == "pids" and lim.pids:
+        _write(d / "pids.max", str(lim.pids))
+
+
+# -- probing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Mount:
+    root: str  # the hierarchy path mounted there
+    point: Path
+    fstype: str
+    options: frozenset[str]
+
+
+def _unescape(field_: str) -> str:
+    """Undo mountinfo's octal escapes (``\\040`` for a space)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field_)
+
+
+def _mounts(mountinfo: str) -> list[_Mount]:
+    mounts = []
+    for line in mountinfo.splitlines():
+        parts = line.split()
+        if "-" not in parts:
+            continue
+        sep = parts.index("-")
+        fstype = parts[sep + 1]
+        if fstype not in ("cgroup", "cgroup2") or len(parts) < sep + 3:
+            continue
+        opts = frozenset(parts[sep + 3].split(",")) if len(parts) > sep + 3 else frozenset()
+        mounts.append(_Mount(_unescape(parts[3]), Path(_unescape(parts[4])), fstype, opts))
+    return mounts
+
+
+def _own_paths(self_cgroup: str) -> dict[str, str]:
+    """controller ("" for the unified hierarchy) -> this process's cgroup path."""
+    out: dict[str, str] = {}
+    for line in self_cgroup.splitlines():
+        _, ctls, path = line.split(":", 2)
+        for ctl in ctls.split(",") if ctls else [""]:
+            out[ctl] = path
+    return out
+
+
+def _base(mount: _Mount, own: str, parent: str | None, instance: str) -> Path | None:
+    """``<mount>/<parent or own cgroup>/corral/<instance>`` if the path lies in the mount."""
+    path = parent if parent is not None else own
+    root = mount.root.rstrip("/")
+    if root and path != root and not path.startswith(root + "/"):
+        return None
+    rel = path[len(root) :].strip("/")
+    return mount.point / rel / "corral" / instance if rel else mount.point / "corral" / instance
+
+
+def _writable(base: Path) -> bool:
+    """Create ``corral/<instance>`` below the parent group if we may; True if it is ours."""
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(base, os.W_OK)
+
+
+def _probe_v2(mounts: list[_Mount], own: dict[str, str], parent: str | None, inst: str) -> str:
+    mount = next((m for m in mounts if m.fstype == "cgroup2"), None)
+    if mount is None or "" not in own:
+        return "no cgroup v2 hierarchy"
+    base = _base(mount, own[""], parent, inst)
+    if base is None:
+        return "cgroup v2: this process's group is outside the mount"
+    top = base.parent.parent
+    try:
+        available = set((top / "cgroup.controllers").read_text().split())
+    except OSError:
+        return f"cgroup v2: cannot read {top}/cgroup.controllers"
+    if not {"memory", "cpu"} <= available:
+        return f"cgroup v2: memory and cpu controllers not available at {top}"
+    try:
+        _enable_controllers(top)
+    except OSError as exc:
+        return f"cgroup v2: cannot enable controllers at {top} ({exc.strerror})"
+    if not _writable(base):
+        return f"cgroup v2: {base} is not writable"
+    return ""
+
+
+def _probe_v1(
+    mounts: list[_Mount], own: dict[str, str], parent: str | None, inst: str
+) -> tuple[dict[str, Path], str]:
+    bases: dict[str, Path] = {}
+    for ctl in ("memory", "cpu", "pids"):
+        mount = next((m for m in mounts if m.fstype == "cgroup" and ctl in m.options), None)
+        if mount is None or ctl not in own:
+            if ctl == "pids":
+                continue
+            _forget(bases)
+            return {}, f"cgroup v1: no {ctl} hierarchy"
+        base = _base(mount, own[ctl], parent, inst)
+        if base is None or not _writable(base):
+            if ctl == "pids":
+                continue
+            _forget(bases)
+            return {}, f"cgroup v1: the {ctl} hierarchy is not writable here"
+        bases[ctl] = base
+    return bases, ""
+
+
+def _forget(bases: Mapping[str, Path]) -> None:
+    for base in bases.values():
+        with contextlib.suppress(OSError):
+            base.rmdir()
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def probe(
+    prefer: str = "auto",
+    *,
+    instance: str,
+    parent: str | None = None,
+    mountinfo: str | None = None,
+    self_cgroup: str | None = None,
+) -> Limiter:
+    """Choose the strongest writable mechanism, or check that ``prefer`` is usable.
+
+    Args:
+        prefer: ``"auto"`` or a :class:`Mechanism` value to insist on.
+        instance: names this installation's groups (``corral/<instance>``).
+        parent: cgroup path to create groups under instead of this process's own group.
+        mountinfo, self_cgroup: the contents of ``/proc/self/mountinfo`` and
+            ``/proc/self/cgroup``; read from the system when not given (tests pass fakes).
+
+    Raises:
+        ValueError: ``prefer`` names an unknown mechanism, or one this host cannot provide.
+    """
+    wanted = None if prefer == "auto" else Mechanism(prefer)
+    mounts = _mounts(mountinfo if mountinfo is not None else _read("/proc/self/mountinfo"))
+    own = _own_paths(self_cgroup if self_cgroup is not None else _read("/proc/self/cgroup"))
+    reasons: list[str] = []
+    if wanted in (None, Mechanism.CGROUP_V2):
+        why = _probe_v2(mounts, own, parent, instance)
+        if not why:
+            mount = next(m for m in mounts if m.fstype == "cgroup2")
+            base = _base(mount, own[""], parent, instance)
+            assert base is not None
+            return Limiter(Mechanism.CGROUP_V2, {"unified": base}, "; ".join(reasons))
+        reasons.append(why)
+    if wanted in (None, Mechanism.CGROUP_V1):
+        bases, why = _probe_v1(mounts, own, parent, instance)
+        if not why:
+            return Limiter(Mechanism.CGROUP_V1, bases, "; ".join(reasons))
+        reasons.append(why)
+    if wanted not in (None, Mechanism.RLIMIT):
+        raise ValueError(f"{prefer} is not usable here: {'; '.join(reasons)}")
+    return Limiter(Mechanism.RLIMIT, {}, "; ".join(reasons))

@@ -1,0 +1,191 @@
+"""Process identity and teardown for local agents: no orphans, no killing the wrong process.
+
+Three guarantees, each with its own mechanism:
+
+- An agent dies with the control plane: the child asks the kernel for ``SIGKILL`` when its
+  parent goes (``PR_SET_PDEATHSIG``), set between fork and exec.
+- A control plane that restarts finds what is still running: ``agent.pid`` holds the pid and
+  the process's start time, and a pid counts as the agent only if the start time matches, so a
+  recycled pid is never mistaken for (or killed as) an agent.
+- Stopping an agent stops its whole tree: the agent leads its own session and process group;
+  teardown signals the group, the cgroup (when there is one) and any process still in the
+  session, then polls until none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from corral.runtime.workspaces import write_private
+
+__all__ = [
+    "ProcessRef",
+    "child_setup",
+    "read_ref",
+    "session_members",
+    "signal_all",
+    "starts",
+    "wait_gone",
+    "write_ref",
+]
+
+_PR_SET_PDEATHSIG = 1
+_START_TIME_TOLERANCE = 0.05  # seconds; start times are derived from clock ticks
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRef:
+    """An agent's leader process as recorded in ``agent.pid``."""
+
+    pid: int
+    create_time: float
+    mechanism: str = ""
+    cgroups: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, pid: int, *, mechanism: str = "", cgroups: dict[str, str] | None = None
+    ) -> ProcessRef:
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            created = time.time()
+        return cls(pid, created, mechanism, dict(cgroups or {}))
+
+    def is_alive(self) -> bool:
+        """The recorded process itself still runs (not a zombie, not a recycled pid)."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > _START_TIME_TOLERANCE:
+                return False
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
+def write_ref(path: Path, ref: ProcessRef) -> None:
+    write_private(path, json.dumps(asdict(ref)))
+
+
+def read_ref(path: Path) -> ProcessRef | None:
+    try:
+        data = json.loads(path.read_text())
+        return ProcessRef(
+            int(data["pid"]),
+            float(data["create_time"]),
+            str(data.get("mechanism", "")),
+            {str(k): str(v) for k, v in dict(data.get("cgroups", {})).items()},
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def child_setup(
+    *, join: Callable[[], None], parent_pid: int, ids: tuple[int, int] | None
+) -> Callable[[], None]:
+    """The hook run in the forked child before exec: limits, identity, death signal.
+
+    The death signal comes last because the kernel clears it when credentials change; if the
+    parent died before it was set, the child exits instead of running unsupervised.
+    """
+
+    def setup() -> None:
+        join()
+        if ids is not None:
+            uid, gid = ids
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return setup
+
+
+def session_members(leader: ProcessRef) -> set[int]:
+    """Live processes in the agent's session or process group, started no earlier than it.
+
+    A session or group id stays reserved while any member lives, so members found this way
+    belong to the agent even after the leader is gone.
+    """
+    found: set[int] = set()
+    if psutil.pid_exists(leader.pid) and not leader.is_alive():
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(leader.pid).status() != psutil.STATUS_ZOMBIE:
+                return found  # the pid was reused, so the old session had already ended
+    ticks, booted, me = os.sysconf("SC_CLK_TCK"), psutil.boot_time(), os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # after the parenthesised command: state ppid pgrp session ... starttime (field 22)
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] == b"Z" or leader.pid not in (int(fields[2]), int(fields[3])):
+            continue
+        if booted + int(fields[19]) / ticks + _START_TIME_TOLERANCE < leader.create_time:
+            continue
+        found.add(int(entry.name))
+    return found
+
+
+def starts(pids: Iterable[int]) -> list[ProcessRef]:
+    """References (pid and start time) to those of ``pids`` that still exist."""
+    refs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            refs.append(ProcessRef(pid, psutil.Process(pid).create_time()))
+    return refs
+
+
+def _is_live(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def signal_all(pgid: int | None, pids: Iterable[int], sig: int) -> None:
+    """Send ``sig`` to a process group, and to each pid outside it (each process once)."""
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if pgid is None or os.getpgid(pid) != pgid:
+                os.kill(pid, sig)
+
+
+async def wait_gone(probe: Callable[[], set[int]], *, timeout: float) -> set[int]:
+    """Poll ``probe`` (pids that might still live) until none lives or ``timeout`` passes.
+
+    Returns the pids still alive at the end (empty on success).
+    """
+    deadline = time.monotonic() + timeout
+    interval = 0.005
+    while True:
+        alive = {pid for pid in probe() if _is_live(pid)}
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, 0.05)

@@ -1,0 +1,143 @@
+"""Where a local agent's files live, and who may read them.
+
+The local runtime keeps every agent's state in one directory tree::
+
+    <root>/orgs/<org>/                 0700 (0711 when agents run under their own uids)
+        agents/<agent_id>/             0700 (0711 likewise): the runtime's, not the agent's
+            workspace/                 0700, the agent's files; kept across stop/start
+            tmp/                       0700, the agent's TMPDIR, so /tmp is not a shared channel
+            agent.creds                0600, the agent's bus credentials while it runs
+            agent.pid                  0600, pid and start time, for reconciliation after restart
+            logs/agent.log             0700 dir; the agent's stdout and stderr, appended
+
+The runtime owns the agent directory, the agent owns only its workspace, tmp and creds, so an
+agent running under its own uid cannot forge the pid file the runtime trusts. Names become path
+segments and cgroup names, so they are checked here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.domain.errors import InvalidInput
+
+__all__ = ["AgentPaths", "check_name", "ensure_dir", "tail_lines", "write_private"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Accept an org slug or agent id only if it is safe as one path segment.
+
+    Raises:
+        InvalidInput: empty, too long, or holding a separator, ``..`` or other characters.
+    """
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise InvalidInput(f"{kind} {value!r} is not a valid name", details={kind: value})
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPaths:
+    """Every path of one agent, derived from the runtime root."""
+
+    root: Path
+    org: str
+    agent_id: str
+
+    @classmethod
+    def of(cls, root: Path, org: str, agent_id: str) -> AgentPaths:
+        return cls(root, check_name("org", org), check_name("agent_id", agent_id))
+
+    @property
+    def org_dir(self) -> Path:
+        return self.root / "orgs" / self.org
+
+    @property
+    def agents_dir(self) -> Path:
+        return self.org_dir / "agents"
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.agents_dir / self.agent_id
+
+    @property
+    def workspace(self) -> Path:
+        return self.agent_dir / "workspace"
+
+    @property
+    def tmp(self) -> Path:
+        return self.agent_dir / "tmp"
+
+    @property
+    def creds(self) -> Path:
+        return self.agent_dir / "agent.creds"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.agent_dir / "agent.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.agent_dir / "logs" / "agent.log"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.agent_dir, ignore_errors=True)
+
+
+def ensure_dir(path: Path, mode: int, *, owner: tuple[int, int] | None = None) -> bool:
+    """Create ``path`` (parents must exist) and force its mode; True if it was created."""
+    created = False
+    try:
+        path.mkdir(mode=mode)
+        created = True
+    except FileExistsError:
+        if not path.is_dir() or path.is_symlink():
+            raise
+    os.chmod(path, mode)  # mkdir honours the umask; the mode is the point
+    if owner is not None:
+        os.chown(path, *owner)
+    return created
+
+
+def write_private(path: Path, data: str, *, owner: tuple[int, int] | None = None) -> None:
+    """Write ``data`` to a file only its owner can read, without a moment of wider access."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as out:
+            out.write(data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def tail_lines(path: Path, n: int, *, block: int = 8192) -> str:
+    """The last ``n`` lines of a text file, read from its end; "" if it does not exist."""
+    if n <= 0:
+        return ""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return ""
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        pos, data = end, b""
+        # one more newline than asked, or the start of the file
+        while pos > 0 and data.count(b"\n") <= n:
+            step = min(block, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+    lines = data.splitlines(keepends=True)[-n:]
+    return b"".join(lines).decode("utf-8", errors="replace")

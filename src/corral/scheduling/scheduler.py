@@ -1,0 +1,515 @@
+"""The queue of every organization's waiting tasks, and the decision of which one runs next.
+
+**Order.** The rule of :mod:`corral.domain.tasks`: band (priority + plan boost, critical as a
+tier above all, aged by waiting time), then the earliest deadline, then the org furthest below
+its weighted fair share — its running work (dispatched or running tasks) divided by its
+weight — then arrival. Ageing needs no rescoring: a task's rank key is fixed at enqueue as
+``epoch(enqueued_at) - band`` (see the domain module for why the order stays right as time
+passes).
+
+**No head-of-line blocking across tenants.** A task whose placement says *wait* (its org is
+full, no agent of its role is free) stays queued and its *lane* is parked; the decision moves
+on to the next lane, so other orgs' tasks (and the same org's tasks for other roles) still run.
+A lane is the tasks of one org for one role, or addressed to one agent: within a lane tasks
+start in rank order. A parked lane is tried again when its org finishes a task
+(:meth:`Scheduler.on_finished`), when the caller says capacity changed (:meth:`~Scheduler.wake`)
+or when a better task arrives at its head.
+
+**Cost.** Every operation is O(log n) with no scan of the queue: each lane is a heap ordered by
+``(rank key, deadline, arrival)``, packed into one integer (:mod:`.ranks`); a top-level heap
+holds an entry per lane ordered by ``(head's key and deadline, org's share, org's served work,
+head's arrival)``. Entries are invalidated lazily:
+when a lane only gets worse (its head removed, its org's share up) the old entry stays and is
+re-checked when it surfaces; when it gets better (a better task, a finished task) a fresh entry
+is pushed and the old one becomes stale by version. Deadlines sit in a third heap so that
+:meth:`~Scheduler.expire` touches only what has expired.
+
+**Driving it.** The dispatcher (the only writer; not thread-safe) registers every org with
+:meth:`~Scheduler.set_org`, loads running counts with :meth:`~Scheduler.set_running` and queued
+tasks with :meth:`~Scheduler.enqueue` on start, then on each round::
+
+    for task in scheduler.expire(now):   # record them expired
+        ...
+    while (decision := scheduler.pop_next(now, placer)) is not None:
+        ...                              # record dispatched, publish, update the agent view
+    # on a task leaving dispatched/running: scheduler.on_finished(org)
+    # on an agent becoming idle or quota freed: scheduler.wake(org)
+
+Pure: no I/O, no clock; ``now`` is always an argument.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
+from typing import NamedTuple
+
+from corral.domain.errors import Conflict, InvalidInput, NotFound
+from corral.domain.ids import AgentId, OrgId, TaskId
+from corral.domain.tasks import NO_REQUIREMENTS, Priority, Requirements, effective_priority
+from corral.scheduling.placement import Action, Placement
+from corral.scheduling.ranks import SEQ_BITS, key_of, rank_of, seq_of
+
+__all__ = ["Decision", "Placer", "QueuedTask", "Scheduler"]
+
+_SLACK = 1024  # how much garbage (stale entries, dead items) is tolerated before compaction
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """A task as the scheduler sees it. Times are seconds on the caller's clock (e.g. POSIX)."""
+
+    id: TaskId
+    org: OrgId
+    priority: Priority = Priority.NORMAL
+    enqueued_at: float = 0.0  # keep the first enqueue time across retries: it drives ageing
+    deadline: float | None = None
+    role: str | None = None
+    requirements: Requirements = NO_REQUIREMENTS
+    agent_id: AgentId | None = None  # addressed to one agent (a delegation), else any
+
+
+class Decision(NamedTuple):
+    task: QueuedTask
+    placement: Placement
+
+
+Placer = Callable[[QueuedTask], Placement]
+_Item = tuple[int, QueuedTask]  # (rank, task)
+_LaneKey = tuple[str | None, AgentId | None]
+
+
+class _Org:
+    __slots__ = (
+        "id",
+        "weight",
+        "plan_boost",
+        "bands",
+        "running",
+        "share",
+        "served",
+        "vtime",
+        "queued",
+        "lanes",
+    )
+
+    def __init__(self, org_id: OrgId, weight: float, plan_boost: int) -> None:
+        self.id = org_id
+        self.weight = weight
+        self.plan_boost = plan_boost
+        self.bands = {p: effective_priority(p, plan_boost) for p in Priority}
+        self.running = 0
+        self.served = 0  # tasks ever handed out
+        self.queued = 0
+        self.lanes: dict[_LaneKey, _Lane] = {}
+        self.share = self.vtime = 0.0
+        self.reweigh()
+
+    def reweigh(self) -> None:
+        # Sainte-Laguë: comparing (running + 1/2) / weight apportions the running slots in
+        # proportion to the weights without favouring small or large weights; comparing
+        # running / weight would round every small org up.
+        self.share = (self.running + 0.5) / self.weight
+        self.vtime = self.served / self.weight  # breaks ties between equal shares
+
+
+class _Lane:
+    __slots__ = ("org", "key", "heap", "version", "parked", "reason")
+
+    def __init__(self, org: _Org, key: _LaneKey) -> None:
+        self.org = org
+        self.key = key
+        self.heap: list[_Item] = []
+        self.version = 0
+        self.parked = False
+        self.reason = ""
+
+
+# (head's band and deadline, share, vtime, head's rank, version, lane)
+_Entry = tuple[int, float, float, int, int, _Lane]
+
+
+class Scheduler:
+    """Queued tasks of many orgs; see the module docstring for the order and how to drive it."""
+
+    def __init__(self, *, aging_seconds: float = 300.0) -> None:
+        if not (math.isfinite(aging_seconds) and aging_seconds > 0):
+            raise InvalidInput("aging_seconds must be a positive number of seconds")
+        self._aging = aging_seconds
+        self._orgs: dict[OrgId, _Org] = {}
+        self._index: dict[TaskId, _Item] = {}
+        self._top: list[_Entry] = []
+        self._deadlines: list[tuple[float, int, QueuedTask]] = []
+        self._with_deadline = 0  # queued tasks that have a deadline
+        self._expired: list[QueuedTask] = []  # met at a lane's head by pop_next
+        self._seq = itertools.count()
+        self._dead: set[int] = set()  # ranks of removed tasks whose items are still in heaps
+        self._lanes = 0
+
+    # -- organizations -------------------------------------------------------------------
+
+    def set_org(self, org: OrgId, *, weight: float, plan_boost: int) -> None:
+        """Register ``org`` or change its plan (``fair_share_weight`` and ``plan_boost``).
+
+        A changed boost re-ranks that org's queued tasks (O(k log k) for its k tasks).
+
+        Raises:
+            InvalidInput: a weight that is not positive, or a boost out of range.
+        """
+        if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
+            raise InvalidInput(f"fair-share weight must be positive, got {weight!r}")
+        state = self._orgs.get(org)
+        if state is None:
+            self._orgs[org] = _Org(org, weight, plan_boost)
+            return
+        if plan_boost != state.plan_boost:
+            state.bands = _Org(org, weight, plan_boost).bands
+            state.plan_boost = plan_boost
+            self._rekey(state)
+        state.weight = weight
+        state.reweigh()
+        for lane in list(state.lanes.values()):
+            if not lane.parked:
+                self._list(lane)
+
+    def drop_org(self, org: OrgId) -> list[QueuedTask]:
+        """Forget ``org``; returns its tasks that were still queued."""
+        state = self._orgs.get(org)
+        if state is None:
+            return []
+        dropped: list[QueuedTask] = []
+        for lane in state.lanes.values():
+            for item in lane.heap:
+                if item[0] in self._dead:
+                    self._dead.discard(item[0])
+                else:
+                    self._forget(item[1])
+                    dropped.append(item[1])
+            lane.heap = []
+            lane.version += 1
+            self._lanes -= 1
+        state.lanes.clear()
+        del self._orgs[org]
+        return dropped
+
+    def set_running(self, org: OrgId, running: int) -> None:
+        """Set how many of ``org``'s tasks are dispatched or running (on start-up)."""
+        state = self._org(org)
+        state.running = max(0, running)
+        state.reweigh()
+        for lane in list(state.lanes.values()):
+            if not lane.parked:
+                self._list(lane)
+
+    def on_started(self, org: OrgId) -> None:
+        """Count one more running task for ``org`` that did not come from :meth:`pop_next`."""
+        state = self._org(org)
+        state.running += 1
+        state.reweigh()
+
+    def on_finished(self, org: OrgId) -> None:
+        """One of ``org``'s tasks left dispatched/running (finished, failed, cancelled, or
+        retried). Lowers its share and tries its parked lanes again."""
+        state = self._orgs.get(org) or self._org(org)
+        if state.running > 0:
+            state.running -= 1
+        state.reweigh()
+        lanes = state.lanes
+        if len(lanes) == 1:
+            for lane in lanes.values():
+                lane.parked = False
+                self._list(lane)
+                return  # _list() may drop the lane: leave the loop before the dict changes
+        for lane in list(lanes.values()):
+            lane.parked = False
+            self._list(lane)
+
+    def wake(self, org: OrgId) -> None:
+        """Capacity changed for ``org`` (an agent became idle, quota was freed): try its parked
+        lanes again."""
+        state = self._org(org)
+        for lane in list(state.lanes.values()):
+            if lane.parked:
+                lane.parked = False
+                self._list(lane)
+
+    def wake_all(self) -> None:
+        for org in self._orgs:
+            self.wake(org)
+
+    def running(self, org: OrgId) -> int:
+        return self._org(org).running
+
+    def queued(self, org: OrgId) -> int:
+        return self._org(org).queued
+
+    def share(self, org: OrgId) -> float:
+        """Running work divided by weight: lower is further below the org's fair share."""
+        return self._org(org).share
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def enqueue(self, task: QueuedTask) -> None:
+        """Queue ``task``.
+
+        Raises:
+            NotFound: its org was not registered with :meth:`set_org`.
+            Conflict: a task with this id is already queued.
+            InvalidInput: a time that is not a finite number.
+        """
+        org = self._org(task.org)
+        if task.id in self._index:
+            raise Conflict(f"task {task.id} is already queued", details={"task": task.id})
+        if not math.isfinite(task.enqueued_at) or (
+            task.deadline is not None and math.isnan(task.deadline)
+        ):
+            raise InvalidInput(f"task {task.id} has a time that is not a finite number")
+        seq = next(self._seq)
+        deadline = task.deadline
+        key = key_of(task.priority, org.bands[task.priority], task.enqueued_at, self._aging)
+        item = (rank_of(key, deadline, seq), task)
+        self._index[task.id] = item
+        org.queued += 1
+        lane_key = (task.role, task.agent_id)
+        lane = org.lanes.get(lane_key)
+        if lane is None:
+            lane = org.lanes[lane_key] = _Lane(org, lane_key)
+            self._lanes += 1
+        heappush(lane.heap, item)
+        if deadline is not None:
+            self._with_deadline += 1
+            heappush(self._deadlines, (deadline, seq, task))
+        if lane.heap[0] is item:
+            lane.parked = False  # a new head deserves its own placement attempt
+            self._list(lane)
+
+    def remove(self, task_id: TaskId) -> QueuedTask | None:
+        """Take a task out of the queue (it was cancelled); ``None`` if it is not queued."""
+        item = self._index.get(task_id)
+        if item is None:
+            return None
+        self._forget(item[1])
+        self._dead.add(item[0])
+        self._maybe_compact()
+        return item[1]
+
+    def get(self, task_id: TaskId) -> QueuedTask | None:
+        item = self._index.get(task_id)
+        return None if item is None else item[1]
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[QueuedTask]:
+        """The queued tasks, in no particular order."""
+        return (item[1] for item in list(self._index.values()))
+
+    def why_waiting(self, task_id: TaskId) -> str | None:
+        """The placement's reason if ``task_id`` is in a parked lane, else ``None``."""
+        item = self._index.get(task_id)
+        if item is None:
+            return None
+        task = item[1]
+        lane = self._orgs[task.org].lanes.get((task.role, task.agent_id))
+        return lane.reason if lane is not None and lane.parked else None
+
+    def expire(self, now: float) -> list[QueuedTask]:
+        """Remove and return the tasks whose deadline is at or before ``now``."""
+        out, self._expired = self._expired, []
+        deadlines, index = self._deadlines, self._index
+        while deadlines and deadlines[0][0] <= now:
+            task = heappop(deadlines)[2]
+            item = index.get(task.id)
+            if item is not None and item[1] is task:
+                self._forget(task)
+                self._dead.add(item[0])
+                out.append(task)
+        self._maybe_compact()
+        return out
+
+    def peek(self) -> QueuedTask | None:
+        """The task :meth:`pop_next` would offer first (parked lanes aside)."""
+        top = self._top
+        while top:
+            entry = top[0]
+            lane = entry[5]
+            if entry[4] != lane.version:
+                heappop(top)
+                continue
+            head = self._head(lane)
+            org = lane.org
+            if (
+                head is None
+                or head[0] != entry[3]
+                or org.share != entry[1]
+                or org.vtime != entry[2]
+            ):
+                heappop(top)
+                self._list(lane)
+                continue
+            return head[1]
+        return None
+
+    def pop_next(self, now: float, placer: Placer) -> Decision | None:
+        """Take the best task that can be placed now.
+
+        Offers lane heads in order to ``placer``. A ``WAIT`` parks that lane (its tasks stay
+        queued) and the next lane is offered; anything else dequeues the task, counts it as
+        running for its org (call :meth:`on_finished` when it stops) and returns it. A head
+        whose deadline is at or before ``now`` is not offered: it is set aside for
+        :meth:`expire`.
+
+        Returns:
+            The task and its placement, or ``None`` when nothing queued can be placed now.
+        """
+        if len(self._top) > 2 * self._lanes + _SLACK:
+            self._compact_top()
+        top, index = self._top, self._index
+        while top:
+            entry = heappop(top)
+            lane = entry[5]
+            if entry[4] != lane.version:
+                continue  # superseded by a fresher entry, or the lane is parked
+            head = self._head(lane)
+            if head is None:
+                self._drop(lane)
+                continue
+            org = lane.org
+            if head[0] != entry[3] or org.share != entry[1] or org.vtime != entry[2]:
+                self._list(lane)  # the lane got worse since it was listed
+                continue
+            task = head[1]
+            if task.deadline is not None and task.deadline <= now:
+                heappop(lane.heap)
+                self._forget(task)
+                self._expired.append(task)
+                self._list(lane)
+                continue
+            try:
+                placement = placer(task)
+            except BaseException:
+                self._list(lane)  # keep the lane schedulable whatever the placer did
+                raise
+            if placement.action is Action.WAIT:
+                lane.parked = True
+                lane.reason = placement.reason
+                lane.version += 1
+                continue
+            # Take the task and relist the lane: _list() inlined, this is the hot path.
+            heap, dead = lane.heap, self._dead
+            heappop(heap)
+            del index[task.id]
+            org.queued -= 1
+            if task.deadline is not None:
+                self._with_deadline -= 1
+            org.running += 1
+            org.served += 1
+            weight = org.weight
+            share = org.share = (org.running + 0.5) / weight
+            vtime = org.vtime = org.served / weight
+            version = lane.version = lane.version + 1
+            while heap:
+                rank = heap[0][0]
+                if not dead or rank not in dead:
+                    heappush(top, (rank >> SEQ_BITS, share, vtime, rank, version, lane))
+                    break
+                heappop(heap)
+                dead.discard(rank)
+            else:
+                self._drop(lane)
+            return tuple.__new__(Decision, (task, placement))
+        return None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _org(self, org: OrgId) -> _Org:
+        state = self._orgs.get(org)
+        if state is None:
+            raise NotFound(
+                f"organization {org} is not registered with the scheduler",
+                details={"org": org},
+            )
+        return state
+
+    def _forget(self, task: QueuedTask) -> None:
+        """Drop ``task`` from the index and counters; its heap item, if any, becomes dead."""
+        del self._index[task.id]
+        self._orgs[task.org].queued -= 1
+        if task.deadline is not None:
+            self._with_deadline -= 1
+
+    def _head(self, lane: _Lane) -> _Item | None:
+        heap, dead = lane.heap, self._dead
+        while heap:
+            item = heap[0]
+            if not dead or item[0] not in dead:
+                return item
+            heappop(heap)
+            dead.discard(item[0])
+        return None
+
+    def _list(self, lane: _Lane) -> None:
+        """Push a fresh top-level entry for ``lane``, superseding any older one."""
+        head = self._head(lane)
+        lane.version += 1
+        if head is None:
+            self._drop(lane)
+            return
+        org, rank = lane.org, head[0]
+        heappush(self._top, (rank >> SEQ_BITS, org.share, org.vtime, rank, lane.version, lane))
+
+    def _drop(self, lane: _Lane) -> None:
+        lanes = lane.org.lanes
+        if lanes.get(lane.key) is lane and not lane.heap:
+            del lanes[lane.key]
+            lane.version += 1
+            self._lanes -= 1
+
+    def _rekey(self, org: _Org) -> None:
+        index, dead = self._index, self._dead
+        for lane in org.lanes.values():
+            fresh: list[_Item] = []
+            for item in lane.heap:
+                task = item[1]
+                if item[0] in dead:
+                    dead.discard(item[0])
+                else:
+                    band = org.bands[task.priority]
+                    key = key_of(task.priority, band, task.enqueued_at, self._aging)
+                    new = (rank_of(key, task.deadline, seq_of(item[0])), task)
+                    index[task.id] = new
+                    fresh.append(new)
+            heapify(fresh)
+            lane.heap = fresh
+
+    def _maybe_compact(self) -> None:
+        dead = self._dead
+        if len(dead) > len(self._index) + _SLACK:
+            for org in self._orgs.values():
+                for lane in list(org.lanes.values()):
+                    lane.heap = [item for item in lane.heap if item[0] not in dead]
+                    heapify(lane.heap)
+                    if not lane.heap:
+                        self._drop(lane)
+            dead.clear()
+        if len(self._deadlines) > 2 * self._with_deadline + _SLACK:
+            index = self._index
+            self._deadlines = [
+                entry
+                for entry in self._deadlines
+                if (item := index.get(entry[2].id)) is not None and item[1] is entry[2]
+            ]
+            heapify(self._deadlines)
+
+    def _compact_top(self) -> None:
+        self._top = []
+        for org in self._orgs.values():
+            for lane in list(org.lanes.values()):
+                if not lane.parked:
+                    self._list(lane)

@@ -1,0 +1,197 @@
+"""Supervision of local agents: crashes are seen, stops are complete, nothing is orphaned,
+and a restarted control plane finds (and can stop) whatever an earlier one left running."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from corral.domain.errors import Conflict, InvalidInput, Unavailable
+from corral.runtime.base import Phase
+from corral.runtime.local import LocalProcessRuntime
+from tests.runtime import agents
+from tests.runtime.contract import watching
+from tests.runtime.standin import FAMILY
+from tests.support import eventually
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def family(rt: LocalProcessRuntime, org: str, agent_id: str) -> tuple[int, int]:
+    """Pids of an agent running FAMILY and of the child it started."""
+    record = rt.paths(org, agent_id).workspace / "family.txt"
+    text = await eventually(lambda: record.is_file() and record.read_text())
+    leader, child = map(int, str(text).split())
+    return leader, child
+
+
+async def test_a_kill_9_is_reported_as_a_crash_and_cleaned_up(
+    runtime: LocalProcessRuntime,
+) -> None:
+    async with watching(runtime) as exits:
+        status = await runtime.start(agents.spec("acme", "agent-k9"))
+        assert status.pid is not None
+        os.kill(status.pid, signal.SIGKILL)
+        event = await asyncio.wait_for(anext(exits), timeout=10)
+    assert (event.agent_id, event.phase, event.exit_code) == ("agent-k9", Phase.CRASHED, 137)
+    assert event.detail["signal"] == "SIGKILL"
+    assert "reason" not in event.detail  # killed, not out of memory
+    paths = runtime.paths("acme", "agent-k9")
+    assert not paths.pidfile.exists() and not paths.creds.exists()
+    assert not any(Path(v).exists() for k, v in status.detail.items() if k.startswith("cgroup."))
+    assert "exited unexpectedly with code 137, signal SIGKILL" in await runtime.logs(
+        "acme", "agent-k9"
+    )
+
+
+async def test_stop_leaves_no_process_of_the_agent(runtime: LocalProcessRuntime) -> None:
+    escapee = """
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        loner = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True
+        )
+        with open("family.txt", "w") as f:
+            f.write(f"{child.pid} {loner.pid}")
+        print(READY, AGENT, flush=True)
+        time.sleep(3600)
+    """
+    status = await runtime.start(agents.spec("acme", "agent-tree", escapee))
+    child, loner = await family(runtime, "acme", "agent-tree")
+    await runtime.stop("acme", "agent-tree", grace=2)
+    assert status.pid is not None
+    assert not any(alive(pid) for pid in (status.pid, child, loner))
+    assert (await runtime.status("acme", "agent-tree")).phase is Phase.EXITED
+
+
+async def test_a_crashed_agents_children_are_not_left_behind(
+    runtime: LocalProcessRuntime,
+) -> None:
+    await runtime.start(agents.spec("acme", "agent-fam", FAMILY))
+    leader, child = await family(runtime, "acme", "agent-fam")
+    os.kill(leader, signal.SIGKILL)
+
+    async def crashed() -> bool:
+        return (await runtime.status("acme", "agent-fam")).phase is Phase.CRASHED
+
+    await eventually(crashed)
+    assert not alive(child)  # gone before the crash was reported
+
+
+async def test_close_stops_every_agent(tmp_path: Path) -> None:
+    rt = LocalProcessRuntime(tmp_path / "data")
+    pids = [(await rt.start(agents.spec("acme", f"agent-{i}"))).pid for i in range(3)]
+    await rt.close()
+    assert not any(alive(pid) for pid in pids if pid)
+    with pytest.raises(Unavailable):
+        await rt.start(agents.spec("acme", "agent-late"))
+    assert [s async for s in rt.exits()] == []  # ended, and nothing was a crash
+
+
+async def test_a_command_that_cannot_start_leaves_nothing_behind(
+    runtime: LocalProcessRuntime,
+) -> None:
+    spec = agents.spec("acme", "agent-bad")
+    bad = dataclasses.replace(spec, command=["/no/such"])
+    with pytest.raises(Unavailable, match="/no/such"):
+        await runtime.start(bad)
+    paths = runtime.paths("acme", "agent-bad")
+    assert not paths.agent_dir.exists()
+    assert (await runtime.status("acme", "agent-bad")).phase is Phase.ABSENT
+    assert not any(d.exists() for d in runtime.limiter.group_dirs("acme", "agent-bad").values())
+    # an existing workspace is kept when a start fails
+    await runtime.start(spec)
+    await runtime.stop("acme", "agent-bad")
+    with pytest.raises(Unavailable):
+        await runtime.start(bad)
+    assert paths.workspace.is_dir() and not paths.creds.exists()
+    with pytest.raises(InvalidInput):
+        await runtime.start(dataclasses.replace(spec, command=[]))
+
+
+async def test_a_restarted_control_plane_finds_and_stops_a_leftover(
+    make_runtime: Callable[..., LocalProcessRuntime],
+) -> None:
+    first = make_runtime()
+    started = await first.start(agents.spec("acme", "agent-left"))
+    second = make_runtime()  # same data directory, no memory of the agent
+    [found] = await second.list_agents()
+    assert (found.org, found.agent_id, found.phase) == ("acme", "agent-left", Phase.RUNNING)
+    assert found.pid == started.pid
+    assert found.detail["leftover"] == "true"
+    assert (await second.status("acme", "agent-left")).phase is Phase.RUNNING
+    with pytest.raises(Conflict):
+        await second.start(agents.spec("acme", "agent-left"))
+    await second.stop("acme", "agent-left", grace=2)
+    assert started.pid is not None and not alive(started.pid)
+    assert await second.list_agents() == []
+    assert (await second.status("acme", "agent-left")).phase is Phase.ABSENT
+    assert not second.paths("acme", "agent-left").pidfile.exists()
+
+
+async def test_a_recycled_pid_is_not_taken_for_the_agent(
+    make_runtime: Callable[..., LocalProcessRuntime],
+) -> None:
+    first = make_runtime(mechanism="rlimit")
+    started = await first.start(agents.spec("acme", "agent-gone"))
+    await first.stop("acme", "agent-gone")
+    pidfile = first.paths("acme", "agent-gone").pidfile
+    # a stale record naming a live process that is not the agent (this test's own pid)
+    pidfile.write_text(f'{{"pid": {os.getpid()}, "create_time": 1.0, "mechanism": "rlimit"}}')
+    second = make_runtime(mechanism="rlimit")
+    assert await second.list_agents() == []
+    await second.stop("acme", "agent-gone", grace=0.1)  # must not signal us
+    assert started.pid is not None
+
+
+async def test_a_killed_control_plane_leaves_no_agent_running(
+    tmp_path: Path, mechanism: str, make_runtime: Callable[..., LocalProcessRuntime]
+) -> None:
+    root = tmp_path / "data"
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}
+    standin = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("standin.py")),
+        str(root),
+        mechanism,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        assert standin.stdout is not None
+        line = await asyncio.wait_for(standin.stdout.readline(), timeout=20)
+        assert line.startswith(b"started")
+        workspace = root / "orgs/acme/agents/agent-orphan/workspace"
+        record = await eventually(lambda: (workspace / "family.txt").is_file())
+        assert record
+        agent, child = map(int, (workspace / "family.txt").read_text().split())
+        assert alive(agent) and alive(child)
+    finally:
+        standin.kill()
+        await standin.wait()
+    await eventually(lambda: not alive(agent), message="the agent died with its control plane")
+
+    # its child outlived it, orphaned; the next control plane finds it and stops it
+    assert alive(child)
+    fresh = make_runtime(mechanism=mechanism)
+    [leftover] = await fresh.list_agents()
+    assert (leftover.agent_id, leftover.phase) == ("agent-orphan", Phase.RUNNING)
+    assert leftover.pid is None  # the leader is gone, a member is not
+    await fresh.stop("acme", "agent-orphan", grace=1)
+    assert not alive(child)
+    assert await fresh.list_agents() == []
