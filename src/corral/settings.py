@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
     max_body_bytes: int = 1024 * 1024
     max_payload_bytes: int = 256 * 1024
+    plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
     auto_provision: bool = True  # provision an agent for a role with queued work and no agent
     heartbeat_seconds: float = 5.0
 

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client, RawCredentials
 
@@ -75,24 +74,27 @@ async def connect(server: EmbeddedNats) -> AsyncIterator[Connect]:
         recorder = ViolationRecorder(name=name)
         text = creds.creds if isinstance(creds, AgentCredentials) else creds
         prefix = creds.inbox_prefix if isinstance(creds, AgentCredentials) else "_INBOX"
-        peer: Peer
+        peer = Peer(Client(), recorder)
 
         async def on_disconnect() -> None:
             peer.disconnects += 1
 
-        nc = await nats.connect(
-            server.url,
-            user_credentials=RawCredentials(text),
-            inbox_prefix=prefix,
-            error_cb=recorder.on_error,
-            disconnected_cb=on_disconnect,
-            allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=0.2,  # type: ignore[arg-type]
-            connect_timeout=2,
-            name=name,
-        )
-        peer = Peer(nc, recorder)
+        try:
+            await peer.nc.connect(
+                server.url,
+                user_credentials=RawCredentials(text),
+                inbox_prefix=prefix,
+                error_cb=recorder.on_error,
+                disconnected_cb=on_disconnect,
+                allow_reconnect=reconnect,
+                max_reconnect_attempts=-1 if reconnect else 0,
+                reconnect_time_wait=0.2,  # type: ignore[arg-type]
+                connect_timeout=2,
+                name=name,
+            )
+        except BaseException:
+            await peer.nc.close()  # nats-py leaves the socket open otherwise
+            raise
         peers.append(peer)
         return peer
 

@@ -172,7 +172,11 @@ async def test_an_agent_cannot_read_another_agents_inbox_of_its_own_org(
         await pull.fetch(1, timeout=0.5)
     with pytest.raises(PermissionDenied):
         a1.violations.check()
-    for subject in (subjects.task_inbox("a", "a2"), "_INBOX.a2.>", subjects.agent_control("a", "a2")):
+    for subject in (
+        subjects.task_inbox("a", "a2"),
+        "_INBOX.a2.>",
+        subjects.agent_control("a", "a2"),
+    ):
         await a1.nc.subscribe(subject)
         with pytest.raises(PermissionDenied):
             await a1.violations.wait(5)
@@ -220,7 +224,9 @@ async def test_expired_credentials_are_refused_and_their_live_connection_closed(
     assert await eventually(refused, timeout=5)
 
 
-async def test_a_permission_violation_reaches_the_caller(bus: PlatformBus, connect: Connect) -> None:
+async def test_a_permission_violation_reaches_the_caller(
+    bus: PlatformBus, connect: Connect
+) -> None:
     a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
     await a1.nc.publish(subjects.agent_status("a", "a2"), _status("a2"))
     with pytest.raises(PermissionDenied, match=subjects.agent_status("a", "a2")):

@@ -11,6 +11,8 @@ from corral.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from corral.domain.grants import SecretGrant
 from corral.domain.quantities import parse
 from corral.runtime.base import AgentRuntime, Phase, RuntimeStatus
+from corral.runtime.k8s_manifests import agent_manifests
+from corral.runtime.k8s_status import pod_status
 from corral.runtime.kubernetes import KubernetesRuntime, QuotaDrift
 from tests.k8s.factories import make_org, make_spec
 from tests.k8s.fake import FakeGateway
@@ -514,3 +516,22 @@ async def test_close_closes_the_gateway(fake: FakeGateway) -> None:
     async with KubernetesRuntime(fake):
         pass
     assert fake.closed
+
+
+def test_an_unschedulable_pod_says_why() -> None:
+    *_, pod = agent_manifests("acme-corp", make_spec())
+    pod["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    }
+    status = pod_status(pod)
+    assert status.phase is Phase.STARTING
+    assert status.detail["reason"] == "Unschedulable"
+    assert "Insufficient" in status.detail["message"]

@@ -13,8 +13,9 @@ from tests.runtime import agents
 
 FAMILY = """
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-    with open("family.txt", "w") as f:
+    with open("family.tmp", "w") as f:
         f.write(f"{os.getpid()} {child.pid}")
+    os.replace("family.tmp", "family.txt")
     print(READY, AGENT, flush=True)
     time.sleep(3600)
 """

@@ -65,8 +65,9 @@ async def test_stop_leaves_no_process_of_the_agent(runtime: LocalProcessRuntime)
         loner = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True
         )
-        with open("family.txt", "w") as f:
+        with open("family.tmp", "w") as f:
             f.write(f"{child.pid} {loner.pid}")
+        os.replace("family.tmp", "family.txt")
         print(READY, AGENT, flush=True)
         time.sleep(3600)
     """
@@ -176,10 +177,9 @@ async def test_a_killed_control_plane_leaves_no_agent_running(
         assert standin.stdout is not None
         line = await asyncio.wait_for(standin.stdout.readline(), timeout=20)
         assert line.startswith(b"started")
-        workspace = root / "orgs/acme/agents/agent-orphan/workspace"
-        record = await eventually(lambda: (workspace / "family.txt").is_file())
-        assert record
-        agent, child = map(int, (workspace / "family.txt").read_text().split())
+        record = root / "orgs/acme/agents/agent-orphan/workspace/family.txt"
+        text = await eventually(lambda: record.is_file() and record.read_text())
+        agent, child = map(int, str(text).split())
         assert alive(agent) and alive(child)
     finally:
         standin.kill()

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client, RawCredentials
 
 from corral.domain.errors import (
     Conflict,
@@ -28,7 +29,7 @@ from corral.domain.errors import (
     Unavailable,
 )
 
-__all__ = ["ViolationRecorder", "translate", "translating"]
+__all__ = ["ViolationRecorder", "open_connection", "translate", "translating"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,42 @@ def translating(doing: str, *, recorder: ViolationRecorder | None = None) -> Ite
         if recorder is not None:
             recorder.check()
         raise translate(exc, doing=doing) from exc
+
+
+async def open_connection(
+    url: str,
+    creds: str,
+    *,
+    name: str,
+    recorder: ViolationRecorder,
+    timeout: float,
+    reconnect: bool = True,
+    inbox_prefix: str = "_INBOX",
+) -> Client:
+    """Connect with creds text; a refused connection leaves no socket behind.
+
+    Raises:
+        Unauthenticated: the server refused the credentials (bad, revoked or expired).
+        Unavailable: the server could not be reached.
+    """
+    nc = Client()
+    with translating(f"connecting to the bus at {url} as {name}"):
+        try:
+            await nc.connect(
+                url,
+                user_credentials=RawCredentials(creds),
+                name=name,
+                error_cb=recorder.on_error,
+                inbox_prefix=inbox_prefix,
+                connect_timeout=int(max(1, timeout)),
+                allow_reconnect=reconnect,
+                max_reconnect_attempts=-1 if reconnect else 0,
+                reconnect_time_wait=1,
+            )
+        except BaseException:
+            await nc.close()
+            raise
+    return nc
 
 
 class ViolationRecorder:

@@ -19,7 +19,7 @@ from typing import Any
 
 import nats
 import nats.errors
-from nats.aio.client import Client, RawCredentials
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
@@ -28,7 +28,7 @@ from corral.bus import streams
 from corral.bus.accounts import AgentCredentials, BusAuthority, validate_token
 from corral.bus.claims import VAULT_IMPORTED_PREFIX
 from corral.bus.events import BusEvent, parse_event
-from corral.bus.failures import ViolationRecorder, translate, translating
+from corral.bus.failures import ViolationRecorder, open_connection, translate, translating
 from corral.bus.resolver import ResolverClient
 from corral.bus.vault_requests import VaultHandler, answer
 from corral.domain import messages, subjects
@@ -102,16 +102,13 @@ class PlatformBus:
             resolver = ResolverClient(self.url, creds, timeout=self.timeout)
             self._resolver = await self._stack.enter_async_context(resolver)
             await self._push_platform()
-            with translating(f"connecting to the bus at {self.url} as PLATFORM"):
-                self._nc = await nats.connect(
-                    self.url,
-                    user_credentials=RawCredentials(self.authority.mint_platform_creds()),
-                    name="corral-platform",
-                    error_cb=self._violations.on_error,
-                    connect_timeout=int(max(1, self.timeout)),
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                )
+            self._nc = await open_connection(
+                self.url,
+                self.authority.mint_platform_creds(),
+                name="corral-platform",
+                recorder=self._violations,
+                timeout=self.timeout,
+            )
             self._stack.push_async_callback(self._nc.close)
             self._js = self._nc.jetstream(timeout=self.timeout)
             with translating("creating the EVENTS stream", recorder=self._violations):
@@ -212,15 +209,14 @@ class PlatformBus:
         self._open()
         creds = self.authority.mint_org_admin_creds(org)
         recorder = ViolationRecorder(name=f"{org}-platform-admin")
-        with translating(f"connecting to the account of {org!r}"):
-            nc = await nats.connect(
-                self.url,
-                user_credentials=RawCredentials(creds),
-                name="corral-platform-admin",
-                error_cb=recorder.on_error,
-                allow_reconnect=False,
-                connect_timeout=int(max(1, self.timeout)),
-            )
+        nc = await open_connection(
+            self.url,
+            creds,
+            name=f"{org}-platform-admin",
+            recorder=recorder,
+            timeout=self.timeout,
+            reconnect=False,
+        )
         try:
             yield nc.jetstream(timeout=self.timeout)
         finally:

@@ -15,10 +15,9 @@ import logging
 from types import TracebackType
 from typing import Any
 
-import nats
-from nats.aio.client import Client, RawCredentials
+from nats.aio.client import Client
 
-from corral.bus.failures import ViolationRecorder, translating
+from corral.bus.failures import ViolationRecorder, open_connection, translating
 from corral.domain.errors import Conflict, Unavailable
 
 __all__ = ["ResolverClient"]
@@ -40,16 +39,13 @@ class ResolverClient:
         self._violations = ViolationRecorder(name="corral-system")
 
     async def __aenter__(self) -> ResolverClient:
-        with translating(f"connecting to the bus at {self.url} as SYSTEM"):
-            self._nc = await nats.connect(
-                self.url,
-                user_credentials=RawCredentials(self._creds),
-                name="corral-system",
-                error_cb=self._violations.on_error,
-                connect_timeout=int(max(1, self.timeout)),
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-            )
+        self._nc = await open_connection(
+            self.url,
+            self._creds,
+            name="corral-system",
+            recorder=self._violations,
+            timeout=self.timeout,
+        )
         return self
 
     async def __aexit__(

@@ -97,6 +97,7 @@ class Dispatcher:
         self._orgs_by_id: dict[str, Organization] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.dispatch_latency: list[float] = []  # seconds queued→dispatched, for metrics
+        self.held = False  # while held, tasks are accepted and queued but none is dispatched
 
     # -- start ----------------------------------------------------------------------------
     async def rebuild(self) -> None:
@@ -236,6 +237,14 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatch round failed")
 
+    def hold(self) -> None:
+        """Stop dispatching (tasks are still accepted, queued, expired and cancelled)."""
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self.kick()
+
     async def round(self) -> None:
         now = time.time()
         if self._delayed:
@@ -250,7 +259,7 @@ class Dispatcher:
             ):
                 self._publish(await self.tasks.get(q.id))
         await self._reap_idle()
-        if len(self.scheduler) == 0:
+        if len(self.scheduler) == 0 or self.held:
             return
         views = await self._views()
         usage = await self.ledger.all_usage()

@@ -29,7 +29,7 @@ from corral.control.monitoring import refresh_metrics
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.agents import Agent, AgentState
-from corral.domain.errors import CorralError, NotFound, PermissionDenied
+from corral.domain.errors import CorralError, InvalidInput, NotFound, PermissionDenied
 from corral.domain.ids import AgentId, OrgId
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
@@ -45,7 +45,30 @@ from corral.vault.access import SecretAccess
 from corral.vault.keys import Keyring
 from corral.vault.service import Vault
 
-__all__ = ["Platform"]
+__all__ = ["Platform", "load_plans"]
+
+
+def load_plans(path: Path) -> list[str]:
+    """Register the operator's extra plans from a YAML list of plan objects."""
+    import yaml
+
+    from corral.domain import plans
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"cannot read plans file {path}: {exc}") from exc
+    if not isinstance(data, list):
+        raise InvalidInput(f"plans file {path} must hold a list of plans")
+    names = []
+    for item in data:
+        if not isinstance(item, dict):
+            raise InvalidInput(f"plans file {path}: each plan is a mapping")
+        plan = plans.plan_from_wire(item)
+        plans.register(plan)
+        names.append(plan.name)
+    return names
+
 
 log = logging.getLogger("corral.platform")
 
@@ -97,6 +120,8 @@ class Platform:
     async def _start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
+        if self.settings.plans_file is not None:
+            load_plans(self.settings.plans_file)
         await self.db.start()
         self._stack.push_async_callback(self.db.close)
         await self._ensure_admin_key()

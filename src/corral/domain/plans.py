@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from corral.domain.errors import InvalidInput
 from corral.domain.quantities import Quantity, parse
@@ -21,6 +22,8 @@ __all__ = [
     "Plan",
     "PLANS",
     "get_plan",
+    "plan_from_wire",
+    "register",
 ]
 
 #: The ResourceQuota keys Corral enforces, in the order they are shown.
@@ -171,7 +174,80 @@ ENTERPRISE = Plan(
     gpu_limit=4,
 )
 
-PLANS: Mapping[str, Plan] = MappingProxyType({p.name: p for p in (FREE, STANDARD, ENTERPRISE)})
+_REGISTRY: dict[str, Plan] = {p.name: p for p in (FREE, STANDARD, ENTERPRISE)}
+#: Every known plan: the three built in, plus any an operator registered (a live view).
+PLANS: Mapping[str, Plan] = MappingProxyType(_REGISTRY)
+
+
+def register(plan: Plan) -> None:
+    """Add an operator-defined plan (or replace one of the same name)."""
+    if plan.plan_boost < 0 or plan.fair_share_weight <= 0 or plan.agent_limit < 0:
+        raise InvalidInput(f"plan {plan.name!r}: boost ≥ 0, weight > 0 and agent limit ≥ 0")
+    _REGISTRY[plan.name] = plan
+
+
+def plan_from_wire(d: Mapping[str, Any]) -> Plan:
+    """A plan from the shape :meth:`Plan.to_wire` writes (missing fields: ``standard``'s).
+
+    Raises:
+        InvalidInput: a bad quantity, a missing name or an unknown field.
+    """
+    base = STANDARD
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("a plan needs a 'name'")
+    known = set(base.to_wire())
+    unknown = set(d) - known
+    if unknown:
+        raise InvalidInput(f"plan {name!r}: unknown fields {sorted(unknown)}")
+    quota = dict(base.quota)
+    for key, value in dict(d.get("quota", {})).items():
+        if key not in QUOTA_RESOURCES:
+            raise InvalidInput(f"plan {name!r}: unknown quota resource {key!r}")
+        quota[key] = parse(str(value))
+    lr_in = dict(d.get("limitRange", {}))
+    lr = base.limit_range
+
+    def q(section: str, key: str, default: Quantity) -> Quantity:
+        value = dict(lr_in.get(section, {})).get(key)
+        return default if value is None else parse(str(value))
+
+    limit_range = LimitRange(
+        q("default", "cpu", lr.default_cpu),
+        q("default", "memory", lr.default_memory),
+        q("defaultRequest", "cpu", lr.default_request_cpu),
+        q("defaultRequest", "memory", lr.default_request_memory),
+        q("max", "cpu", lr.max_cpu),
+        q("max", "memory", lr.max_memory),
+    )
+    bus_in = dict(d.get("bus", {}))
+    b = base.bus
+    bus = BusLimits(
+        int(bus_in.get("maxConnections", b.max_connections)),
+        int(bus_in.get("maxPayload", b.max_payload)),
+        int(bus_in.get("jetstreamMemory", b.jetstream_memory)),
+        int(bus_in.get("jetstreamStorage", b.jetstream_storage)),
+        int(bus_in.get("maxStreams", b.max_streams)),
+        int(bus_in.get("maxConsumers", b.max_consumers)),
+        int(bus_in.get("inboxMaxBytes", b.inbox_max_bytes)),
+    )
+    try:
+        return Plan(
+            name=name,
+            description=str(d.get("description", "")),
+            quota=MappingProxyType(quota),
+            limit_range=limit_range,
+            agent_limit=int(d.get("agentLimit", base.agent_limit)),
+            plan_boost=int(d.get("planBoost", base.plan_boost)),
+            fair_share_weight=int(d.get("fairShareWeight", base.fair_share_weight)),
+            bus=bus,
+            api_rate_per_second=float(d.get("apiRatePerSecond", base.api_rate_per_second)),
+            api_burst=int(d.get("apiBurst", base.api_burst)),
+            idle_timeout_seconds=float(d.get("idleTimeoutSeconds", base.idle_timeout_seconds)),
+            gpu_limit=int(d.get("gpuLimit", base.gpu_limit)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"plan {name!r}: {exc}") from exc
 
 
 def get_plan(name: str) -> Plan:

@@ -44,12 +44,14 @@ from corral.domain.errors import Conflict, InvalidInput, Unavailable
 from corral.runtime.base import LaunchSpec, Phase, RuntimeStatus
 from corral.runtime.limits import Limiter, Limits, Mechanism, Placement, probe
 from corral.runtime.processes import (
+    AgentUsage,
     ProcessRef,
     child_setup,
     read_ref,
     session_members,
     signal_all,
     starts,
+    tree_usage,
     wait_gone,
     write_ref,
 )
@@ -75,16 +77,6 @@ def default_env() -> dict[str, str]:
     if pythonpath := os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = pythonpath
     return env
-
-
-@dataclass(frozen=True, slots=True)
-class AgentUsage:
-    """What an agent's process tree uses now (for metrics)."""
-
-    cpu_seconds: float
-    rss_bytes: int
-    uss_bytes: int | None  # None where the kernel would not tell
-    processes: int
 
 
 @dataclass(eq=False, slots=True)
@@ -258,7 +250,7 @@ class LocalProcessRuntime:
         async with self._lock(paths):
             if self._closed:
                 raise Unavailable("the local runtime is closed")
-            current = self._agents.get((spec.org, spec.agent_id))
+            current = self._agents.get(paths.key)
             if current is not None and current.exited.is_set():
                 await current.done.wait()  # it is gone; let its teardown finish first
             if current is not None and current.phase is Phase.RUNNING:
@@ -273,7 +265,7 @@ class LocalProcessRuntime:
                     details={"org": spec.org, "agent_id": spec.agent_id, "leftover": True},
                 )
             agent = await self._launch(spec, paths)
-            self._agents[(spec.org, spec.agent_id)] = agent
+            self._agents[paths.key] = agent
             self._spawn_task(
                 self._watch(agent), f"corral.runtime.local:watch:{spec.org}/{spec.agent_id}"
             )
@@ -358,9 +350,12 @@ class LocalProcessRuntime:
             agent.exited.set()
             requested = agent.stopping
             oom = agent.placement.oom_kills() > agent.oom_before
-            await self._teardown(
-                agent.paths, agent.ref, agent.placement, agent.stop_deadline, agent.signalled
-            )
+            try:
+                await self._teardown(
+                    agent.paths, agent.ref, agent.placement, agent.stop_deadline, agent.signalled
+                )
+            except Exception:  # the exit is still news; a failed cleanup must not hide it
+                log.exception("agent %s/%s: cleanup after exit failed", *agent.paths.key)
             agent.exit_code, agent.detail = _exit_detail(returncode, oom=oom)
             if requested:
                 agent.detail["stopped"] = "true"
@@ -400,7 +395,10 @@ class LocalProcessRuntime:
             ref = ProcessRef(0, 0.0)
             placement = self._limiter.existing(paths.org, paths.agent_id)
         else:
-            mechanism = Mechanism(ref.mechanism or self._limiter.mechanism.value)
+            try:
+                mechanism = Mechanism(ref.mechanism)
+            except ValueError:
+                mechanism = self._limiter.mechanism
             placement = Placement(mechanism, {k: Path(v) for k, v in ref.cgroups.items()})
         if not placement.dirs and not paths.pidfile.exists():
             return
@@ -546,33 +544,8 @@ class LocalProcessRuntime:
 
         def measure() -> AgentUsage | None:
             if agent is not None:
-                pids = self._members(agent.ref, agent.placement)
-            else:
-                pids = self._leftover_members(paths)
-            procs: dict[int, psutil.Process] = {}
-            for pid in pids:
-                with contextlib.suppress(psutil.Error):
-                    proc = psutil.Process(pid)
-                    procs[pid] = proc
-                    procs.update((c.pid, c) for c in proc.children(recursive=True))
-            if not procs:
-                return None
-            cpu, rss, uss, counted = 0.0, 0, 0, 0
-            uss_known = True
-            for proc in procs.values():
-                try:
-                    with proc.oneshot():
-                        times = proc.cpu_times()
-                        cpu += times.user + times.system
-                        rss += proc.memory_info().rss
-                        counted += 1
-                        try:
-                            uss += proc.memory_full_info().uss
-                        except psutil.AccessDenied:
-                            uss_known = False
-                except psutil.Error:
-                    continue
-            return AgentUsage(cpu, rss, uss if uss_known else None, counted)
+                return tree_usage(self._members(agent.ref, agent.placement))
+            return tree_usage(self._leftover_members(paths))
 
         return await asyncio.to_thread(measure)
 
@@ -587,7 +560,7 @@ class LocalProcessRuntime:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _lock(self, paths: AgentPaths) -> asyncio.Lock:
-        return self._locks.setdefault((paths.org, paths.agent_id), asyncio.Lock())
+        return self._locks.setdefault(paths.key, asyncio.Lock())
 
     def _note(self, paths: AgentPaths, text: str) -> None:
         """Append a line of the runtime's own to the agent's log."""

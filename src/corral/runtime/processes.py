@@ -30,12 +30,14 @@ import psutil
 from corral.runtime.workspaces import write_private
 
 __all__ = [
+    "AgentUsage",
     "ProcessRef",
     "child_setup",
     "read_ref",
     "session_members",
     "signal_all",
     "starts",
+    "tree_usage",
     "wait_gone",
     "write_ref",
 ]
@@ -76,6 +78,44 @@ class ProcessRef:
             return proc.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
+
+
+@dataclass(frozen=True, slots=True)
+class AgentUsage:
+    """What an agent's process tree uses now (for metrics)."""
+
+    cpu_seconds: float
+    rss_bytes: int
+    uss_bytes: int | None  # None where the kernel would not tell
+    processes: int
+
+
+def tree_usage(pids: Iterable[int]) -> AgentUsage | None:
+    """Sum CPU time and memory over ``pids`` and their descendants; None if none exists."""
+    procs: dict[int, psutil.Process] = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            procs[pid] = proc
+            procs.update((c.pid, c) for c in proc.children(recursive=True))
+    cpu, rss, uss, counted, uss_known = 0.0, 0, 0, 0, True
+    for proc in procs.values():
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                rss_now = proc.memory_info().rss
+                try:
+                    uss += proc.memory_full_info().uss
+                except psutil.AccessDenied:
+                    uss_known = False
+        except psutil.Error:
+            continue  # gone meanwhile
+        cpu += times.user + times.system
+        rss += rss_now
+        counted += 1
+    if not counted:
+        return None
+    return AgentUsage(cpu, rss, uss if uss_known else None, counted)
 
 
 def write_ref(path: Path, ref: ProcessRef) -> None:

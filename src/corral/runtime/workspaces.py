@@ -55,6 +55,10 @@ class AgentPaths:
         return cls(root, check_name("org", org), check_name("agent_id", agent_id))
 
     @property
+    def key(self) -> tuple[str, str]:
+        return (self.org, self.agent_id)
+
+    @property
     def org_dir(self) -> Path:
         return self.root / "orgs" / self.org
 

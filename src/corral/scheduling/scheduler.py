@@ -2,10 +2,11 @@
 
 **Order.** The rule of :mod:`corral.domain.tasks`: band (priority + plan boost, critical as a
 tier above all, aged by waiting time), then the earliest deadline, then the org furthest below
-its weighted fair share — its running work (dispatched or running tasks) divided by its
-weight — then arrival. Ageing needs no rescoring: a task's rank key is fixed at enqueue as
-``epoch(enqueued_at) - band`` (see the domain module for why the order stays right as time
-passes).
+its weighted fair share, then arrival. An org's position is its running work (tasks dispatched
+or running) against its weight, compared as ``(running + 1/2) / weight`` so that the running
+slots are apportioned in proportion to the weights (Sainte-Laguë); equal positions go to the
+org that has been handed fewer tasks per weight. Ageing needs no rescoring: a task's key is
+fixed at enqueue as ``epoch(enqueued_at) - band``.
 
 **No head-of-line blocking across tenants.** A task whose placement says *wait* (its org is
 full, no agent of its role is free) stays queued and its *lane* is parked; the decision moves
@@ -15,14 +16,14 @@ start in rank order. A parked lane is tried again when its org finishes a task
 (:meth:`Scheduler.on_finished`), when the caller says capacity changed (:meth:`~Scheduler.wake`)
 or when a better task arrives at its head.
 
-**Cost.** Every operation is O(log n) with no scan of the queue: each lane is a heap ordered by
-``(rank key, deadline, arrival)``, packed into one integer (:mod:`.ranks`); a top-level heap
-holds an entry per lane ordered by ``(head's key and deadline, org's share, org's served work,
-head's arrival)``. Entries are invalidated lazily:
+**Cost.** O(log n) per operation, no scan of the queue. Each lane (:mod:`.lanes`) yields its
+head in rank order; a top-level heap holds an entry per lane ordered by ``(head's band and
+deadline, org's share, org's served work, head's arrival)``. Entries are invalidated lazily:
 when a lane only gets worse (its head removed, its org's share up) the old entry stays and is
 re-checked when it surfaces; when it gets better (a better task, a finished task) a fresh entry
-is pushed and the old one becomes stale by version. Deadlines sit in a third heap so that
-:meth:`~Scheduler.expire` touches only what has expired.
+is pushed and the old one is superseded by version. Removed tasks are remembered by rank until
+their items surface. Deadlines sit in a third heap so that :meth:`~Scheduler.expire` touches
+only what has expired.
 
 **Driving it.** The dispatcher (the only writer; not thread-safe) registers every org with
 :meth:`~Scheduler.set_org`, loads running counts with :meth:`~Scheduler.set_running` and queued
@@ -50,12 +51,13 @@ from typing import NamedTuple
 from corral.domain.errors import Conflict, InvalidInput, NotFound
 from corral.domain.ids import AgentId, OrgId, TaskId
 from corral.domain.tasks import NO_REQUIREMENTS, Priority, Requirements, effective_priority
+from corral.scheduling.lanes import Lane, OrgState
 from corral.scheduling.placement import Action, Placement
 from corral.scheduling.ranks import SEQ_BITS, key_of, rank_of, seq_of
 
 __all__ = ["Decision", "Placer", "QueuedTask", "Scheduler"]
 
-_SLACK = 1024  # how much garbage (stale entries, dead items) is tolerated before compaction
+_SLACK = 1024  # garbage (stale entries, dead items) tolerated before compaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,56 +81,9 @@ class Decision(NamedTuple):
 
 Placer = Callable[[QueuedTask], Placement]
 _Item = tuple[int, QueuedTask]  # (rank, task)
-_LaneKey = tuple[str | None, AgentId | None]
-
-
-class _Org:
-    __slots__ = (
-        "id",
-        "weight",
-        "plan_boost",
-        "bands",
-        "running",
-        "share",
-        "served",
-        "vtime",
-        "queued",
-        "lanes",
-    )
-
-    def __init__(self, org_id: OrgId, weight: float, plan_boost: int) -> None:
-        self.id = org_id
-        self.weight = weight
-        self.plan_boost = plan_boost
-        self.bands = {p: effective_priority(p, plan_boost) for p in Priority}
-        self.running = 0
-        self.served = 0  # tasks ever handed out
-        self.queued = 0
-        self.lanes: dict[_LaneKey, _Lane] = {}
-        self.share = self.vtime = 0.0
-        self.reweigh()
-
-    def reweigh(self) -> None:
-        # Sainte-Laguë: comparing (running + 1/2) / weight apportions the running slots in
-        # proportion to the weights without favouring small or large weights; comparing
-        # running / weight would round every small org up.
-        self.share = (self.running + 0.5) / self.weight
-        self.vtime = self.served / self.weight  # breaks ties between equal shares
-
-
-class _Lane:
-    __slots__ = ("org", "key", "heap", "version", "parked", "reason")
-
-    def __init__(self, org: _Org, key: _LaneKey) -> None:
-        self.org = org
-        self.key = key
-        self.heap: list[_Item] = []
-        self.version = 0
-        self.parked = False
-        self.reason = ""
-
-
-# (head's band and deadline, share, vtime, head's rank, version, lane)
+_Org = OrgState[QueuedTask]
+_Lane = Lane[QueuedTask]
+# (head's band and deadline, org's share, org's vtime, head's rank, lane version, lane)
 _Entry = tuple[int, float, float, int, int, _Lane]
 
 
@@ -142,12 +97,12 @@ class Scheduler:
         self._orgs: dict[OrgId, _Org] = {}
         self._index: dict[TaskId, _Item] = {}
         self._top: list[_Entry] = []
+        self._lanes = 0
+        self._dead: set[int] = set()  # ranks of removed tasks whose items are still in lanes
         self._deadlines: list[tuple[float, int, QueuedTask]] = []
         self._with_deadline = 0  # queued tasks that have a deadline
         self._expired: list[QueuedTask] = []  # met at a lane's head by pop_next
         self._seq = itertools.count()
-        self._dead: set[int] = set()  # ranks of removed tasks whose items are still in heaps
-        self._lanes = 0
 
     # -- organizations -------------------------------------------------------------------
 
@@ -161,37 +116,30 @@ class Scheduler:
         """
         if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
             raise InvalidInput(f"fair-share weight must be positive, got {weight!r}")
+        effective_priority(Priority.LOW, plan_boost)  # validates the boost
         state = self._orgs.get(org)
         if state is None:
-            self._orgs[org] = _Org(org, weight, plan_boost)
+            self._orgs[org] = OrgState(org, weight, plan_boost)
             return
         if plan_boost != state.plan_boost:
-            state.bands = _Org(org, weight, plan_boost).bands
             state.plan_boost = plan_boost
+            state.bands = {p: effective_priority(p, plan_boost) for p in Priority}
             self._rekey(state)
         state.weight = weight
         state.reweigh()
-        for lane in list(state.lanes.values()):
-            if not lane.parked:
-                self._list(lane)
+        self._relist(state, unpark=False)
 
     def drop_org(self, org: OrgId) -> list[QueuedTask]:
         """Forget ``org``; returns its tasks that were still queued."""
         state = self._orgs.get(org)
         if state is None:
             return []
-        dropped: list[QueuedTask] = []
+        dropped = [item[1] for item in self._live_items(state)]
+        for task in dropped:
+            self._forget(task)
         for lane in state.lanes.values():
-            for item in lane.heap:
-                if item[0] in self._dead:
-                    self._dead.discard(item[0])
-                else:
-                    self._forget(item[1])
-                    dropped.append(item[1])
-            lane.heap = []
             lane.version += 1
-            self._lanes -= 1
-        state.lanes.clear()
+        self._lanes -= len(state.lanes)
         del self._orgs[org]
         return dropped
 
@@ -200,9 +148,7 @@ class Scheduler:
         state = self._org(org)
         state.running = max(0, running)
         state.reweigh()
-        for lane in list(state.lanes.values()):
-            if not lane.parked:
-                self._list(lane)
+        self._relist(state, unpark=False)
 
     def on_started(self, org: OrgId) -> None:
         """Count one more running task for ``org`` that did not come from :meth:`pop_next`."""
@@ -217,15 +163,7 @@ class Scheduler:
         if state.running > 0:
             state.running -= 1
         state.reweigh()
-        lanes = state.lanes
-        if len(lanes) == 1:
-            for lane in lanes.values():
-                lane.parked = False
-                self._list(lane)
-                return  # _list() may drop the lane: leave the loop before the dict changes
-        for lane in list(lanes.values()):
-            lane.parked = False
-            self._list(lane)
+        self._relist(state, unpark=True)
 
     def wake(self, org: OrgId) -> None:
         """Capacity changed for ``org`` (an agent became idle, quota was freed): try its parked
@@ -246,10 +184,6 @@ class Scheduler:
     def queued(self, org: OrgId) -> int:
         return self._org(org).queued
 
-    def share(self, org: OrgId) -> float:
-        """Running work divided by weight: lower is further below the org's fair share."""
-        return self._org(org).share
-
     # -- tasks -----------------------------------------------------------------------------
 
     def enqueue(self, task: QueuedTask) -> None:
@@ -258,30 +192,28 @@ class Scheduler:
         Raises:
             NotFound: its org was not registered with :meth:`set_org`.
             Conflict: a task with this id is already queued.
-            InvalidInput: a time that is not a finite number.
+            InvalidInput: a time that is not a number, or an infinite enqueue time.
         """
-        org = self._org(task.org)
+        org = self._orgs.get(task.org) or self._org(task.org)
         if task.id in self._index:
             raise Conflict(f"task {task.id} is already queued", details={"task": task.id})
-        if not math.isfinite(task.enqueued_at) or (
-            task.deadline is not None and math.isnan(task.deadline)
-        ):
+        deadline = task.deadline
+        if not math.isfinite(task.enqueued_at) or (deadline is not None and math.isnan(deadline)):
             raise InvalidInput(f"task {task.id} has a time that is not a finite number")
         seq = next(self._seq)
-        deadline = task.deadline
         key = key_of(task.priority, org.bands[task.priority], task.enqueued_at, self._aging)
         item = (rank_of(key, deadline, seq), task)
         self._index[task.id] = item
         org.queued += 1
-        lane_key = (task.role, task.agent_id)
-        lane = org.lanes.get(lane_key)
-        if lane is None:
-            lane = org.lanes[lane_key] = _Lane(org, lane_key)
-            self._lanes += 1
-        heappush(lane.heap, item)
         if deadline is not None:
             self._with_deadline += 1
             heappush(self._deadlines, (deadline, seq, task))
+        lane_key = (task.role, task.agent_id)
+        lane = org.lanes.get(lane_key)
+        if lane is None:
+            lane = org.lanes[lane_key] = Lane(org, lane_key)
+            self._lanes += 1
+        lane.push(item)
         if lane.heap[0] is item:
             lane.parked = False  # a new head deserves its own placement attempt
             self._list(lane)
@@ -344,12 +276,7 @@ class Scheduler:
                 continue
             head = self._head(lane)
             org = lane.org
-            if (
-                head is None
-                or head[0] != entry[3]
-                or org.share != entry[1]
-                or org.vtime != entry[2]
-            ):
+            if head is None or (head[0], org.share, org.vtime) != (entry[3], entry[1], entry[2]):
                 heappop(top)
                 self._list(lane)
                 continue
@@ -386,7 +313,7 @@ class Scheduler:
                 continue
             task = head[1]
             if task.deadline is not None and task.deadline <= now:
-                heappop(lane.heap)
+                lane.pop()
                 self._forget(task)
                 self._expired.append(task)
                 self._list(lane)
@@ -401,28 +328,15 @@ class Scheduler:
                 lane.reason = placement.reason
                 lane.version += 1
                 continue
-            # Take the task and relist the lane: _list() inlined, this is the hot path.
-            heap, dead = lane.heap, self._dead
-            heappop(heap)
+            lane.pop()
             del index[task.id]
             org.queued -= 1
             if task.deadline is not None:
                 self._with_deadline -= 1
             org.running += 1
             org.served += 1
-            weight = org.weight
-            share = org.share = (org.running + 0.5) / weight
-            vtime = org.vtime = org.served / weight
-            version = lane.version = lane.version + 1
-            while heap:
-                rank = heap[0][0]
-                if not dead or rank not in dead:
-                    heappush(top, (rank >> SEQ_BITS, share, vtime, rank, version, lane))
-                    break
-                heappop(heap)
-                dead.discard(rank)
-            else:
-                self._drop(lane)
+            org.reweigh()
+            self._list(lane)
             return tuple.__new__(Decision, (task, placement))
         return None
 
@@ -438,7 +352,7 @@ class Scheduler:
         return state
 
     def _forget(self, task: QueuedTask) -> None:
-        """Drop ``task`` from the index and counters; its heap item, if any, becomes dead."""
+        """Drop ``task`` from the index and counters; an item left in a lane becomes dead."""
         del self._index[task.id]
         self._orgs[task.org].queued -= 1
         if task.deadline is not None:
@@ -450,7 +364,7 @@ class Scheduler:
             item = heap[0]
             if not dead or item[0] not in dead:
                 return item
-            heappop(heap)
+            lane.pop()
             dead.discard(item[0])
         return None
 
@@ -464,38 +378,54 @@ class Scheduler:
         org, rank = lane.org, head[0]
         heappush(self._top, (rank >> SEQ_BITS, org.share, org.vtime, rank, lane.version, lane))
 
+    def _relist(self, org: _Org, *, unpark: bool) -> None:
+        for lane in list(org.lanes.values()):
+            if unpark:
+                lane.parked = False
+            if not lane.parked:
+                self._list(lane)
+
     def _drop(self, lane: _Lane) -> None:
         lanes = lane.org.lanes
-        if lanes.get(lane.key) is lane and not lane.heap:
+        if not lane and lanes.get(lane.key) is lane:
             del lanes[lane.key]
             lane.version += 1
             self._lanes -= 1
+
+    def _live_items(self, org: _Org) -> list[_Item]:
+        dead = self._dead
+        live: list[_Item] = []
+        for lane in org.lanes.values():
+            for item in lane:
+                if item[0] in dead:
+                    dead.discard(item[0])
+                else:
+                    live.append(item)
+        return live
 
     def _rekey(self, org: _Org) -> None:
         index, dead = self._index, self._dead
         for lane in org.lanes.values():
             fresh: list[_Item] = []
-            for item in lane.heap:
+            for item in lane:
                 task = item[1]
                 if item[0] in dead:
                     dead.discard(item[0])
-                else:
-                    band = org.bands[task.priority]
-                    key = key_of(task.priority, band, task.enqueued_at, self._aging)
-                    new = (rank_of(key, task.deadline, seq_of(item[0])), task)
-                    index[task.id] = new
-                    fresh.append(new)
-            heapify(fresh)
-            lane.heap = fresh
+                    continue
+                band = org.bands[task.priority]
+                key = key_of(task.priority, band, task.enqueued_at, self._aging)
+                new = (rank_of(key, task.deadline, seq_of(item[0])), task)
+                index[task.id] = new
+                fresh.append(new)
+            lane.rebuild(fresh)
 
     def _maybe_compact(self) -> None:
         dead = self._dead
         if len(dead) > len(self._index) + _SLACK:
             for org in self._orgs.values():
                 for lane in list(org.lanes.values()):
-                    lane.heap = [item for item in lane.heap if item[0] not in dead]
-                    heapify(lane.heap)
-                    if not lane.heap:
+                    lane.rebuild([item for item in lane if item[0] not in dead])
+                    if not lane:
                         self._drop(lane)
             dead.clear()
         if len(self._deadlines) > 2 * self._with_deadline + _SLACK:
@@ -510,6 +440,4 @@ class Scheduler:
     def _compact_top(self) -> None:
         self._top = []
         for org in self._orgs.values():
-            for lane in list(org.lanes.values()):
-                if not lane.parked:
-                    self._list(lane)
+            self._relist(org, unpark=False)

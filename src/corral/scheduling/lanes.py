@@ -1,0 +1,127 @@
+"""The scheduler's per-org state and its lanes: the queues a decision picks from.
+
+A lane holds one org's queued tasks for one role (or addressed to one agent) in rank order.
+Most tasks have no deadline and arrive in order, so tasks without a deadline that share a band
+and an ageing epoch wait in a FIFO run; only each run's first task and the tasks with a
+deadline sit in the lane's heap. Taking the head is then O(1) for the common case and the heap
+stays small, which matters at a million tasks, where every heap level is a cache miss.
+
+Internal to :mod:`corral.scheduling`; items are ``(rank, task)`` pairs (see :mod:`.ranks`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from heapq import heappop, heappush, heapreplace
+from typing import Generic, Protocol, TypeVar
+
+from corral.domain.ids import AgentId, OrgId
+from corral.domain.tasks import Priority, effective_priority
+from corral.scheduling.ranks import SEQ_BITS
+
+__all__ = ["Lane", "LaneKey", "OrgState"]
+
+
+class _HasDeadline(Protocol):
+    @property
+    def deadline(self) -> float | None: ...
+
+
+T = TypeVar("T", bound=_HasDeadline)
+LaneKey = tuple[str | None, AgentId | None]  # (role, addressed agent)
+
+
+class OrgState(Generic[T]):
+    """One org as the scheduler tracks it: plan, running work, fair-share position, lanes."""
+
+    __slots__ = (
+        "id",
+        "weight",
+        "plan_boost",
+        "bands",
+        "running",
+        "served",
+        "share",
+        "vtime",
+        "queued",
+        "lanes",
+    )
+
+    def __init__(self, org_id: OrgId, weight: float, plan_boost: int) -> None:
+        self.id = org_id
+        self.weight = weight
+        self.plan_boost = plan_boost
+        self.bands = {p: effective_priority(p, plan_boost) for p in Priority}
+        self.running = 0  # tasks dispatched or running
+        self.served = 0  # tasks ever handed out
+        self.queued = 0
+        self.lanes: dict[LaneKey, Lane[T]] = {}
+        self.share = self.vtime = 0.0
+        self.reweigh()
+
+    def reweigh(self) -> None:
+        # Sainte-Laguë: comparing (running + 1/2) / weight apportions the running slots in
+        # proportion to the weights without favouring small or large weights, where
+        # running / weight would round every small org up (a free org's 8.6 slots become 9).
+        self.share = (self.running + 0.5) / self.weight
+        self.vtime = self.served / self.weight  # breaks ties between equal shares
+
+
+class Lane(Generic[T]):
+    __slots__ = ("org", "key", "heap", "runs", "version", "parked", "reason")
+
+    def __init__(self, org: OrgState[T], key: LaneKey) -> None:
+        self.org = org
+        self.key = key
+        self.heap: list[tuple[int, T]] = []
+        # band-and-deadline → the run's tasks after its first, which is in the heap
+        self.runs: dict[int, deque[tuple[int, T]]] = {}
+        self.version = 0  # bumped whenever the lane's top-level entry is superseded
+        self.parked = False  # its head's placement said wait
+        self.reason = ""
+
+    def push(self, item: tuple[int, T]) -> None:
+        """Add ``item``; a task without a deadline must have a larger seq than any queued."""
+        if item[1].deadline is None:
+            band_deadline = item[0] >> SEQ_BITS
+            run = self.runs.get(band_deadline)
+            if run is not None:
+                run.append(item)
+                return
+            self.runs[band_deadline] = deque()
+        heappush(self.heap, item)
+
+    def pop(self) -> tuple[int, T]:
+        """Remove and return the head (the lane must not be empty)."""
+        heap = self.heap
+        item = heap[0]
+        if item[1].deadline is None:
+            band_deadline = item[0] >> SEQ_BITS
+            run = self.runs[band_deadline]
+            if run:
+                heapreplace(heap, run.popleft())
+                return item
+            del self.runs[band_deadline]
+        heappop(heap)
+        return item
+
+    def __iter__(self) -> Iterator[tuple[int, T]]:
+        """Every item, in no particular order."""
+        yield from self.heap
+        for run in self.runs.values():
+            yield from run
+
+    def __bool__(self) -> bool:
+        return bool(self.heap)
+
+    def rebuild(self, items: Iterable[tuple[int, T]]) -> None:
+        """Replace the contents with ``items`` (after re-ranking or dropping dead ones)."""
+        self.heap = []
+        self.runs = {}
+        for item in sorted(items, key=_rank):
+            self.push(item)  # in rank order every push lands at the heap's end: O(1)
+
+
+def _rank(item: tuple[int, object]) -> int:
+    return item[0]

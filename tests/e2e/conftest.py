@@ -1,0 +1,83 @@
+"""A whole running platform per test: store, vault, its own nats-server, local agent
+processes and the HTTP API on a free port — the real parts a user would run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.api.server import RunningServer, running
+from corral.settings import Settings
+from tests.support import eventually
+
+
+@dataclass
+class Live:
+    server: RunningServer
+    admin: httpx.AsyncClient
+    data_dir: Path
+
+    @property
+    def platform(self) -> Any:
+        return self.server.platform
+
+    def client(self, key: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+
+    async def org(
+        self, name: str, plan: str = "standard"
+    ) -> tuple[dict[str, Any], httpx.AsyncClient]:
+        r = await self.admin.post("/v1/orgs", json={"name": name, "plan": plan})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        return body, self.client(body["apiKey"])
+
+    async def agent(
+        self, org: str, name: str, role: str = "general", **extra: Any
+    ) -> dict[str, Any]:
+        r = await self.admin.post(
+            f"/v1/orgs/{org}/agents", json={"name": name, "role": role, "wait": True, **extra}
+        )
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def task(self, org: str, **body: Any) -> dict[str, Any]:
+        r = await self.admin.post(f"/v1/orgs/{org}/tasks", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def wait_task(self, org: str, task_id: str, *, timeout: float = 30.0) -> dict[str, Any]:
+        async def done() -> dict[str, Any] | None:
+            t = (await self.admin.get(f"/v1/orgs/{org}/tasks/{task_id}")).json()
+            terminal = {"completed", "blocked", "failed", "cancelled", "expired"}
+            return t if t["state"] in terminal else None
+
+        return await eventually(done, timeout=timeout, message=f"task {task_id} finished")
+
+
+def live_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        port=0,
+        heartbeat_seconds=1.0,
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[Live]:
+    data = tmp_path / "data"
+    async with running(live_settings(data)) as srv:
+        async with httpx.AsyncClient(
+            base_url=srv.url,
+            headers={"Authorization": f"Bearer {srv.platform.new_admin_key}"},
+            timeout=30,
+        ) as admin:
+            yield Live(srv, admin, data)

@@ -1,0 +1,176 @@
+"""Priority, plan boost, fairness across tenants, retries and deadlines — with real agents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from corral.api.server import running
+from tests.e2e.conftest import Live, live_settings
+from tests.support import eventually
+
+
+@pytest.fixture
+async def manual(tmp_path: Path) -> AsyncIterator[Live]:
+    """A platform that never provisions on its own: only the agents a test creates run."""
+    data = tmp_path / "data"
+    async with running(live_settings(data, auto_provision=False)) as srv:
+        headers = {"Authorization": f"Bearer {srv.platform.new_admin_key}"}
+        async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=30) as admin:
+            yield Live(srv, admin, data)
+
+
+def _at(task: dict[str, Any], state: str) -> datetime:
+    (when,) = [h["at"] for h in task["history"] if h["to"] == state]
+    return datetime.fromisoformat(when)
+
+
+async def _show(live: Live, org: str, task_id: str) -> dict[str, Any]:
+    return (await live.admin.get(f"/v1/orgs/{org}/tasks/{task_id}")).json()
+
+
+async def test_one_busy_agent_runs_critical_high_normal_low(manual: Live) -> None:
+    await manual.org("acme")
+    await manual.agent("acme", "solo", role="worker")
+    dispatcher = manual.platform.dispatcher
+    dispatcher.hold()
+    ids = {}
+    for prio in ("low", "normal", "high", "critical"):
+        t = await manual.task("acme", role="worker", priority=prio, payload={"op": "echo"})
+        ids[prio] = t["id"]
+    dispatcher.release()
+    done = [await manual.wait_task("acme", i) for i in ids.values()]
+    assert all(t["state"] == "completed" for t in done)
+    shown = {p: await _show(manual, "acme", i) for p, i in ids.items()}
+    order = sorted(shown, key=lambda p: _at(shown[p], "dispatched"))
+    assert order == ["critical", "high", "normal", "low"]
+
+
+async def test_enterprise_normal_runs_before_free_high(manual: Live) -> None:
+    await manual.org("big", plan="enterprise")
+    await manual.org("small", plan="free")
+    await manual.agent("big", "b", role="worker")
+    await manual.agent("small", "s", role="worker")
+    dispatcher = manual.platform.dispatcher
+    dispatcher.hold()
+    free_high = await manual.task("small", role="worker", priority="high", payload={})
+    ent_normal = await manual.task("big", role="worker", priority="normal", payload={})
+    dispatcher.release()
+    a = await manual.wait_task("big", ent_normal["id"])
+    b = await manual.wait_task("small", free_high["id"])
+    assert a["state"] == b["state"] == "completed"
+    assert _at(await _show(manual, "big", a["id"]), "dispatched") < _at(
+        await _show(manual, "small", b["id"]), "dispatched"
+    )
+
+
+async def test_a_full_org_does_not_delay_another_orgs_tasks(manual: Live) -> None:
+    await manual.org("full", plan="free")
+    await manual.org("other", plan="free")
+    await manual.agent("full", "only", role="worker")
+    await manual.agent("other", "w", role="worker")
+    # "full" is busy for a long while with a queue behind it; its quota admits no new agent
+    blocker = await manual.task("full", role="worker", payload={"op": "sleep", "seconds": 20})
+    queued = [
+        await manual.task("full", role="worker", priority="critical", payload={}) for _ in range(5)
+    ]
+    quick = await manual.task("other", role="worker", priority="low", payload={"op": "echo"})
+    done = await manual.wait_task("other", quick["id"], timeout=10)
+    assert done["state"] == "completed"
+    for t in queued:
+        assert (await _show(manual, "full", t["id"]))["state"] == "queued"
+    await manual.admin.post(f"/v1/orgs/full/tasks/{blocker['id']}/cancel")
+
+
+async def test_kill_9_of_an_agent_mid_task_retries_and_completes_once(manual: Live) -> None:
+    await manual.org("acme")
+    agent = await manual.agent("acme", "victim", role="worker")
+    t = await manual.task("acme", role="worker", payload={"op": "sleep", "seconds": 1.5})
+
+    async def running_now() -> bool:
+        return (await _show(manual, "acme", t["id"]))["state"] == "running"
+
+    await eventually(running_now, message="task running")
+    (pid,) = [
+        p.pid
+        for p in psutil.process_iter(["environ"])
+        if (p.info["environ"] or {}).get("CORRAL_AGENT_ID") == agent["id"]
+    ]
+    psutil.Process(pid).kill()
+    done = await manual.wait_task("acme", t["id"], timeout=40)
+    assert done["state"] == "completed"
+    shown = await _show(manual, "acme", t["id"])
+    assert shown["attempts"] == 2
+    assert [h["to"] for h in shown["history"]].count("completed") == 1
+    assert "queued" in [h["to"] for h in shown["history"][1:]]  # it went back to the queue
+
+
+async def test_a_task_past_its_deadline_expires_undispatched(manual: Live) -> None:
+    await manual.org("acme")
+    t = await manual.task("acme", role="nobody", deadline="1s", payload={})
+    done = await manual.wait_task("acme", t["id"], timeout=10)
+    assert done["state"] == "expired"
+    assert done["assignedAgent"] is None
+
+
+async def test_bad_tasks_are_refused_at_the_api(manual: Live) -> None:
+    await manual.org("acme")
+    cases = [
+        ({"payload": {}}, "exactly one of"),
+        ({"role": "w", "agent": "x", "payload": {}}, "exactly one of"),
+        ({"agent": "agent-acme-ghost-000000", "payload": {}}, "unknown agent"),
+        ({"role": "w", "priority": "urgent", "payload": {}}, "unknown priority"),
+        ({"role": "w", "deadline": "yesterday", "payload": {}}, "invalid deadline"),
+        ({"role": "w", "payload": {"blob": "x" * 300_000}}, "payload is"),
+        ({"role": "Bad Role", "payload": {}}, "DNS-1123"),
+    ]
+    for body, problem in cases:
+        r = await manual.admin.post("/v1/orgs/acme/tasks", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert problem in r.json()["error"]["message"], r.text
+    r = await manual.admin.post(
+        "/v1/orgs/acme/tasks",
+        content=b'{"role": "w", "payload": [1]}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422
+
+
+async def test_delegation_to_another_orgs_agent_is_refused(live: Live) -> None:
+    await live.org("acme")
+    await live.org("globex")
+    mgr = await live.agent("acme", "mgr", role="manager")
+    other = await live.agent("globex", "w", role="worker")
+    t = await live.task(
+        "acme",
+        agent=mgr["id"],
+        payload={"op": "delegate", "agent": other["id"], "payload": {"op": "echo"}},
+    )
+    done = await live.wait_task("acme", t["id"])
+    assert done["state"] == "blocked"
+    assert "delegation refused" in done["result"]["reason"]
+    globex_tasks = (await live.admin.get("/v1/orgs/globex/tasks")).json()["tasks"]
+    assert globex_tasks == []
+
+
+async def test_delegation_within_an_org_creates_a_child_with_its_parent(live: Live) -> None:
+    await live.org("acme")
+    mgr = await live.agent("acme", "mgr", role="manager")
+    t = await live.task(
+        "acme",
+        agent=mgr["id"],
+        payload={"op": "split", "text": "a b c\nd e\nf", "parts": 2, "role": "worker"},
+    )
+    done = await live.wait_task("acme", t["id"], timeout=40)
+    assert done["state"] == "completed" and done["result"]["words"] == 6
+    children = [
+        c for c in (await live.admin.get("/v1/orgs/acme/tasks")).json()["tasks"] if c["parent"]
+    ]
+    assert len(children) == 2 and {c["parent"] for c in children} == {t["id"]}
+    assert all(c["fromAgent"] == mgr["id"] and c["state"] == "completed" for c in children)
