@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
     max_body_bytes: int = 1024 * 1024
     max_payload_bytes: int = 256 * 1024
+    k8s_storage_class: str | None = None  # workspace PVCs (default: the cluster's default)
+    k8s_workspace_size: str = "10Gi"
+    k8s_nats_namespace: str = "nats"  # where NATS runs, for the allow-NATS NetworkPolicy
+    k8s_nats_port: int = 4222
+    kubeconfig: str | None = None  # default: in-cluster, then KUBECONFIG, then ~/.kube/config
     plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
     auto_provision: bool = True  # provision an agent for a role with queued work and no agent
     heartbeat_seconds: float = 5.0

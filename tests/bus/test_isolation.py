@@ -132,6 +132,7 @@ async def test_an_org_cannot_report_as_another_org(bus: PlatformBus, connect: Co
         ("a", "a1", EventKind.STATUS),
         ("b", "b1", EventKind.STATUS),
     ]
+    assert isinstance(events[0].message, StatusMessage)
     assert events[0].message.agent_id == "a1"  # the subject, not the payload's claim
     assert events[1].message.detail == {"real": "yes"}  # type: ignore[union-attr]
     with pytest.raises(PermissionDenied):

@@ -55,10 +55,12 @@ class Kubelet:
 
 
 class FakeGateway:
-    """Args:
-    linger: seconds a deleted pod or namespace stays, terminating, before it is gone.
-    pods_start: the phase a new pod gets: "Running" (its container started) or "Pending".
-    kubelet: what the containers do.
+    """An API server in a dict, for one test.
+
+    Args:
+        linger: seconds a deleted pod or namespace stays, terminating, before it is gone.
+        pods_start: the phase a new pod gets: "Running" (its container started) or "Pending".
+        kubelet: what the containers do.
     """
 
     def __init__(

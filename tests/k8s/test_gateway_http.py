@@ -345,3 +345,42 @@ def test_error_for_status_keeps_quota_refusals_apart_from_rbac_refusals() -> Non
 async def test_a_kind_corral_does_not_manage_is_refused(gateway: LightkubeGateway) -> None:
     with pytest.raises(InvalidInput, match="Deployment"):
         await gateway.get("Deployment", "x", namespace="org-acme-corp")
+
+
+async def test_stop_marks_deletes_and_waits_for_the_pod_over_http(server: Server) -> None:
+    gone = False
+
+    def respond(seen: Seen) -> httpx2.Response:
+        nonlocal gone
+        if seen.method == "GET" and seen.path.endswith("/pods/agent-a"):
+            if gone:
+                return httpx2.Response(404, json=status_body(404, "NotFound", "not found"))
+            return httpx2.Response(200, json=pod_json("agent-a", "Running"))
+        if seen.method == "PATCH":
+            return httpx2.Response(200, json=pod_json("agent-a", "Running"))
+        if seen.method == "DELETE" and "/pods/" in seen.path:
+            gone = True
+        return httpx2.Response(
+            200, json={"kind": "Status", "apiVersion": "v1", "status": "Success"}
+        )
+
+    server.respond = respond
+    config = KubeConfig.from_one(cluster=Cluster(server="https://k8s.test"), user=User(token="t"))
+    gw = LightkubeGateway(AsyncClient(config=config, transport=httpx2.MockTransport(server)))
+    await KubernetesRuntime(gw, poll_interval=0.001).stop("acme-corp", "agent-a", grace=2.5)
+    await gw.close()
+    ns = "/api/v1/namespaces/org-acme-corp"
+    assert [(s.method, s.path) for s in server.seen] == [
+        ("GET", f"{ns}/pods/agent-a"),
+        ("PATCH", f"{ns}/pods/agent-a"),
+        ("DELETE", f"{ns}/pods/agent-a"),
+        ("GET", f"{ns}/pods/agent-a"),
+        ("DELETE", f"{ns}/secrets/nats-creds-agent-a"),
+    ]
+    mark, delete = server.seen[1], server.seen[2]
+    assert mark.content_type == "application/merge-patch+json"
+    assert list(mark.body) == ["metadata"]
+    assert list(mark.body["metadata"]["annotations"]) == ["corral.dev/stop-requested"]
+    assert mark.query["fieldManager"] == ["corral"]
+    assert "force" not in mark.query
+    assert delete.query["gracePeriodSeconds"] == ["3"]

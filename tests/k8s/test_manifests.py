@@ -252,7 +252,7 @@ def test_the_agent_pod_is_hardened_and_mounts_its_credentials_read_only() -> Non
     assert volumes["creds"]["secret"]["secretName"] == creds["metadata"]["name"]
     assert volumes["workspace"]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["CORRAL_NATS_CREDS"] == "/var/run/corral/nats.creds"
+    assert env["CORRAL_CREDS_FILE"] == "/var/run/corral/nats.creds"
     assert env["CORRAL_ORG"] == "acme-corp"
     assert not any(spec.creds in e["value"] for e in container["env"])
 

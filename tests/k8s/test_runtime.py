@@ -380,6 +380,30 @@ async def test_a_pod_that_vanishes_while_running_is_a_crash(
             await watcher
 
 
+async def test_replacing_a_crashed_pod_does_not_report_its_crash_again(
+    runtime: KubernetesRuntime, fake: FakeGateway
+) -> None:
+    ends: list[RuntimeStatus] = []
+    await runtime.start(make_spec(agent_id="agent-a"))
+    fake.finish(NS, "agent-a", exit_code=1)
+    watcher = asyncio.create_task(collect(runtime, ends), name="collect-exits")
+    try:
+        await eventually(lambda: len(ends) == 1, timeout=2)  # listed when the watch starts
+        await runtime.start(make_spec(agent_id="agent-a"))
+        await runtime.stop("acme-corp", "agent-a")
+        await runtime.start(make_spec(agent_id="agent-b"))
+        fake.finish(NS, "agent-b", exit_code=0)
+        await eventually(lambda: len(ends) == 2, timeout=2)
+        assert [(e.agent_id, e.phase) for e in ends] == [
+            ("agent-a", Phase.CRASHED),
+            ("agent-b", Phase.EXITED),
+        ]
+    finally:
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+
+
 async def test_exits_keep_watching_after_the_api_server_is_unavailable(
     runtime: KubernetesRuntime, fake: FakeGateway
 ) -> None:

@@ -10,7 +10,7 @@ from corral import __version__
 from corral.api import errors
 from corral.api.errors import error_response
 from corral.api.ratelimit import RateLimiter
-from corral.api.routes import agents, dashboard, events, metrics, orgs, tasks
+from corral.api.routes import agents, dashboard, events, metrics, orgs, secrets, tasks
 from corral.control.platform import Platform
 
 __all__ = ["create_app"]
@@ -48,6 +48,6 @@ def create_app(platform: Platform) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (orgs, agents, tasks, events, metrics, dashboard):
+    for module in (orgs, agents, tasks, secrets, events, metrics, dashboard):
         app.include_router(module.router)
     return app

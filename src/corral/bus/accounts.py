@@ -232,9 +232,16 @@ class BusAuthority:
         """Record ``org`` with ``limits`` (new, or a plan change). True if anything changed.
 
         Raises:
+            InvalidInput: the limits contradict themselves.
             Conflict: its JetStream reservation would push the sum over the server's caps.
         """
         validate_token(org, what="org")
+        if limits.inbox_max_bytes > limits.jetstream_storage:
+            raise InvalidInput(
+                f"the inbox of {org!r} ({_mib(limits.inbox_max_bytes)}) cannot exceed its "
+                f"JetStream storage ({_mib(limits.jetstream_storage)})",
+                details={"org": org},
+            )
         record = self._orgs.get(org)
         if record is not None and record.limits == limits:
             return False

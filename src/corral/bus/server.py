@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import httpx
-
 from corral.bus.accounts import JetStreamCaps, ServerTrust
 from corral.domain.errors import Unavailable
 
@@ -182,18 +180,17 @@ class EmbeddedNats:
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + self.options.start_timeout
         ports_file = self.data_dir / "run" / f"{Path(self.binary).name}_{proc.pid}.ports"
-        async with httpx.AsyncClient(timeout=1.0) as http:
-            while time.monotonic() < deadline:
-                if proc.returncode is not None:
-                    raise Unavailable(
-                        f"nats-server exited with {proc.returncode} at start; "
-                        f"see {self.data_dir / 'nats-server.log'}"
-                    )
-                if self._port < 0 or self._http_port < 0:
-                    self._read_ports(ports_file)
-                elif await self._healthy(http):
-                    return
-                await asyncio.sleep(0.01)
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise Unavailable(
+                    f"nats-server exited with {proc.returncode} at start; "
+                    f"see {self.data_dir / 'nats-server.log'}"
+                )
+            if self._port < 0 or self._http_port < 0:
+                self._read_ports(ports_file)
+            elif await self._healthy():
+                return
+            await asyncio.sleep(0.01)
         raise Unavailable(f"nats-server not healthy within {self.options.start_timeout}s")
 
     def _read_ports(self, ports_file: Path) -> None:
@@ -204,12 +201,20 @@ class EmbeddedNats:
         except (OSError, ValueError, KeyError, IndexError):
             return  # not written yet
 
-    async def _healthy(self, http: httpx.AsyncClient) -> bool:
+    async def _healthy(self) -> bool:
+        """``GET /healthz`` answers 200 once clients and JetStream are served."""
         try:
-            response = await http.get(f"{self.monitor_url}/healthz")
-        except httpx.HTTPError:
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_connection(self.options.host, self._http_port)
+                try:
+                    writer.write(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    status = await reader.readline()
+                finally:
+                    writer.close()
+                    await writer.wait_closed()
+        except (OSError, TimeoutError):
             return False
-        return response.status_code == 200
+        return status.split(b" ")[1:2] == [b"200"]
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None

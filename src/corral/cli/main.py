@@ -67,13 +67,16 @@ def cli(
 
 
 def _register() -> None:
-    from corral.cli import agents, demo, orgs, tasks, up
+    from corral.cli import agents, demo, k8s, orgs, secrets, tasks, up
 
     cli.add_command(up.up)
     cli.add_command(demo.demo)
     cli.add_command(orgs.org)
     cli.add_command(agents.agent)
     cli.add_command(tasks.task)
+    cli.add_command(k8s.k8s)
+    for command in (secrets.secret, secrets.grant, secrets.audit):
+        cli.add_command(command)
 
 
 _register()

@@ -202,9 +202,16 @@ class Platform:
     # -- runtime --------------------------------------------------------------------------
     async def _start_runtime(self) -> AgentRuntime:
         if self.settings.runtime == "kubernetes":
+            from corral.runtime.k8s_gateway import LightkubeGateway
             from corral.runtime.kubernetes import KubernetesRuntime
 
-            runtime: AgentRuntime = await KubernetesRuntime.connect()  # type: ignore[attr-defined]
+            runtime: AgentRuntime = KubernetesRuntime(
+                LightkubeGateway.from_kubeconfig(self.settings.kubeconfig),
+                storage_class=self.settings.k8s_storage_class,
+                workspace_size=self.settings.k8s_workspace_size,
+                nats_namespace=self.settings.k8s_nats_namespace,
+                nats_port=self.settings.k8s_nats_port,
+            )
         else:
             from corral.runtime.local import LocalProcessRuntime
 
@@ -221,7 +228,7 @@ class Platform:
             await self.bus.remove_org(org.slug)
 
         async def runtime_up(org: Organization) -> None:
-            await self.runtime.prepare_org(org.slug, labels=org.labels)
+            await self.runtime.prepare_org(org.slug, labels={**org.labels, **org.annotations})
 
         async def runtime_down(org: Organization) -> None:
             for agent in await self.agents.find(org_id=org.id):

@@ -27,6 +27,9 @@ from corral.runtime.k8s_checks import is_dns1123_label, is_dns1123_subdomain, is
 
 __all__ = [
     "AGENT_UID",
+    "ANNOTATION_AGENT_ID",
+    "ANNOTATION_AGENT_NAME",
+    "ANNOTATION_ORG_ID",
     "ALLOW_DNS_POLICY",
     "ALLOW_NATS_POLICY",
     "CONTAINER_NAME",
@@ -45,6 +48,7 @@ __all__ = [
     "QUOTA_NAME",
     "SECRET_READER_BINDING",
     "SECRET_READER_ROLE",
+    "SECRET_VALUE_KEY",
     "SERVICE_ACCOUNT_NAME",
     "WORKSPACE_DIR",
     "agent_labels",
@@ -81,7 +85,7 @@ AGENT_UID = 10001
 CREDS_DIR = "/var/run/corral"
 CREDS_FILE = "nats.creds"
 WORKSPACE_DIR = "/workspace"
-ENV_CREDS_FILE = "CORRAL_NATS_CREDS"
+ENV_CREDS_FILE = "CORRAL_CREDS_FILE"  # what the SDK reads
 ENV_WORKSPACE = "CORRAL_WORKSPACE"
 GPU_RESOURCE = "nvidia.com/gpu"
 SECRET_VALUE_KEY = "value"

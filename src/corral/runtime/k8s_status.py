@@ -98,7 +98,7 @@ def pod_status(pod: Mapping[str, Any]) -> RuntimeStatus:
     stopped = STOP_ANNOTATION in annotations
     namespace = meta.get("namespace") or ""
     org = labels.get(manifests.LABEL_TENANT) or namespace.removeprefix("org-")
-    agent_id = annotations.get("corral.dev/agent-id") or meta.get("name", "")
+    agent_id = annotations.get(manifests.ANNOTATION_AGENT_ID) or meta.get("name", "")
     status = pod.get("status") or {}
     k8s_phase = status.get("phase") or "Pending"
     container = _agent_container(status)

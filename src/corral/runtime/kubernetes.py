@@ -70,9 +70,9 @@ def _namespace(org: str) -> str:
 
 
 def _check_agent(agent_id: str) -> str:
-    if not is_dns1123_subdomain(manifests.workspace_claim_name(agent_id)) or not (
-        is_dns1123_subdomain(agent_id)
-    ):
+    """The agent id, once it is known to name a pod and its claim (and so be safe in a path)."""
+    names = (agent_id, manifests.workspace_claim_name(agent_id))
+    if not all(is_dns1123_subdomain(name) for name in names):
         raise InvalidInput(
             f"agent id {agent_id!r} cannot name a Kubernetes Pod", details={"agent_id": agent_id}
         )
@@ -84,7 +84,8 @@ class KubernetesRuntime:
 
     Args:
         gateway: the cluster (``LightkubeGateway`` in production, a fake in tests).
-        storage_class: the workspaces' StorageClass; ``None`` uses the cluster's default.
+        storage_class: the workspaces' StorageClass; ``None`` or ``""`` uses the cluster's
+            default.
         workspace_size: each workspace PVC's requested size.
         nats_namespace: where NATS runs; the org's NetworkPolicy allows egress there only.
         nats_port: the NATS client port.
@@ -118,7 +119,7 @@ class KubernetesRuntime:
         if default_plan not in plans:
             raise InvalidInput(f"unknown default plan {default_plan!r}")
         self._gateway = gateway
-        self._storage_class = storage_class
+        self._storage_class = storage_class or None
         self._workspace_size = workspace_size
         self._nats_namespace = nats_namespace
         self._nats_port = nats_port
@@ -222,7 +223,7 @@ class KubernetesRuntime:
                     details={"org": spec.org, "agent_id": spec.agent_id},
                 )
             if not _is_terminating(existing):
-                await self._delete_quietly("Pod", spec.agent_id, namespace)
+                await self._remove_pod(namespace, spec.agent_id, grace_period=0)
             await self._wait_gone("Pod", spec.agent_id, namespace, self._delete_timeout)
         if self._check_pod_quota:
             await self._require_pod_room(spec.org)
@@ -246,20 +247,8 @@ class KubernetesRuntime:
         until it is gone and remove its credentials Secret. The workspace PVC stays."""
         namespace = _namespace(org)
         _check_agent(agent_id)
-        existing = await self._get("Pod", agent_id, namespace)
-        if existing is not None:
-            try:
-                await self._gateway.annotate(
-                    "Pod",
-                    agent_id,
-                    namespace=namespace,
-                    annotations={STOP_ANNOTATION: datetime.now(UTC).isoformat()},
-                )
-                await self._gateway.delete(
-                    "Pod", agent_id, namespace=namespace, grace_period=max(0, math.ceil(grace))
-                )
-            except NotFound:
-                pass  # gone meanwhile
+        if await self._get("Pod", agent_id, namespace) is not None:
+            await self._remove_pod(namespace, agent_id, grace_period=max(0, math.ceil(grace)))
             await self._wait_gone("Pod", agent_id, namespace, grace + self._delete_timeout)
         await self._delete_quietly("Secret", manifests.creds_secret_name(agent_id), namespace)
 
@@ -274,11 +263,10 @@ class KubernetesRuntime:
     async def logs(self, org: str, agent_id: str, *, tail: int = 200) -> str:
         """The pod's last ``tail`` log lines; empty when the pod is gone or not started yet."""
         namespace = _namespace(org)
+        _check_agent(agent_id)
         try:
-            return await self._gateway.pod_logs(
-                _check_agent(agent_id), namespace=namespace, tail=tail
-            )
-        except (NotFound, InvalidInput):
+            return await self._gateway.pod_logs(agent_id, namespace=namespace, tail=tail)
+        except (NotFound, InvalidInput):  # gone, or its container not started yet (400)
             return ""
 
     async def workspace_exists(self, org: str, agent_id: str) -> bool:
@@ -301,7 +289,7 @@ class KubernetesRuntime:
                     details={"org": org, "agent_id": agent_id},
                 )
             # a finished pod still mounts the claim, which Kubernetes keeps while it does
-            await self._delete_quietly("Pod", agent_id, namespace)
+            await self._remove_pod(namespace, agent_id, grace_period=0)
             await self._wait_gone("Pod", agent_id, namespace, self._delete_timeout)
         claim = manifests.workspace_claim_name(agent_id)
         await self._delete_quietly("PersistentVolumeClaim", claim, namespace)
@@ -396,6 +384,17 @@ class KubernetesRuntime:
                     "allowed": hard.render(),
                 },
             )
+
+    async def _remove_pod(self, namespace: str, name: str, *, grace_period: int) -> None:
+        """Mark the pod as removed on purpose (so no watcher reports its end), then delete it."""
+        with contextlib.suppress(NotFound):  # gone meanwhile
+            await self._gateway.annotate(
+                "Pod",
+                name,
+                namespace=namespace,
+                annotations={STOP_ANNOTATION: datetime.now(UTC).isoformat()},
+            )
+            await self._gateway.delete("Pod", name, namespace=namespace, grace_period=grace_period)
 
     async def _get(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:

@@ -2,9 +2,9 @@
 
 A lane holds one org's queued tasks for one role (or addressed to one agent) in rank order.
 Most tasks have no deadline and arrive in order, so tasks without a deadline that share a band
-and an ageing epoch wait in a FIFO run; only each run's first task and the tasks with a
-deadline sit in the lane's heap. Taking the head is then O(1) for the common case and the heap
-stays small, which matters at a million tasks, where every heap level is a cache miss.
+and an ageing epoch wait in a FIFO run (a deque), and a tiny heap orders the runs; only tasks
+with a deadline sit in a heap of their own. Taking the head is then O(1) in the common case,
+which matters at a million tasks, where every level of a large heap is a cache miss.
 
 Internal to :mod:`corral.scheduling`; items are ``(rank, task)`` pairs (see :mod:`.ranks`).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
-from heapq import heappop, heappush, heapreplace
+from heapq import heappop, heappush
 from typing import Generic, Protocol, TypeVar
 
 from corral.domain.ids import AgentId, OrgId
@@ -69,42 +69,63 @@ class OrgState(Generic[T]):
 
 
 class Lane(Generic[T]):
-    __slots__ = ("org", "key", "heap", "runs", "version", "parked", "reason")
+    __slots__ = (
+        "org",
+        "key",
+        "heap",
+        "runs",
+        "run_keys",
+        "version",
+        "listed",
+        "parked",
+        "reason",
+    )
 
     def __init__(self, org: OrgState[T], key: LaneKey) -> None:
         self.org = org
         self.key = key
-        self.heap: list[tuple[int, T]] = []
-        # band-and-deadline → the run's tasks after its first, which is in the heap
-        self.runs: dict[int, deque[tuple[int, T]]] = {}
+        self.heap: list[tuple[int, T]] = []  # the tasks with a deadline
+        self.runs: dict[int, deque[tuple[int, T]]] = {}  # band-and-deadline → FIFO run
+        self.run_keys: list[int] = []  # heap of the runs' band-and-deadline parts
         self.version = 0  # bumped whenever the lane's top-level entry is superseded
+        self.listed = 0  # the head's rank when the current top-level entry was pushed
         self.parked = False  # its head's placement said wait
         self.reason = ""
 
     def push(self, item: tuple[int, T]) -> None:
         """Add ``item``; a task without a deadline must have a larger seq than any queued."""
-        if item[1].deadline is None:
-            band_deadline = item[0] >> SEQ_BITS
-            run = self.runs.get(band_deadline)
-            if run is not None:
-                run.append(item)
-                return
-            self.runs[band_deadline] = deque()
-        heappush(self.heap, item)
+        if item[1].deadline is not None:
+            heappush(self.heap, item)
+            return
+        band_deadline = item[0] >> SEQ_BITS
+        run = self.runs.get(band_deadline)
+        if run is None:
+            self.runs[band_deadline] = deque((item,))
+            heappush(self.run_keys, band_deadline)
+        else:
+            run.append(item)
+
+    def first(self) -> tuple[int, T] | None:
+        """The head, or ``None`` if the lane is empty."""
+        heap = self.heap
+        if self.run_keys:
+            item = self.runs[self.run_keys[0]][0]
+            return heap[0] if heap and heap[0][0] < item[0] else item
+        return heap[0] if heap else None
 
     def pop(self) -> tuple[int, T]:
         """Remove and return the head (the lane must not be empty)."""
-        heap = self.heap
-        item = heap[0]
-        if item[1].deadline is None:
-            band_deadline = item[0] >> SEQ_BITS
+        heap, keys = self.heap, self.run_keys
+        if keys:
+            band_deadline = keys[0]
             run = self.runs[band_deadline]
-            if run:
-                heapreplace(heap, run.popleft())
+            if not heap or run[0][0] < heap[0][0]:
+                item = run.popleft()
+                if not run:
+                    heappop(keys)
+                    del self.runs[band_deadline]
                 return item
-            del self.runs[band_deadline]
-        heappop(heap)
-        return item
+        return heappop(heap)
 
     def __iter__(self) -> Iterator[tuple[int, T]]:
         """Every item, in no particular order."""
@@ -113,14 +134,15 @@ class Lane(Generic[T]):
             yield from run
 
     def __bool__(self) -> bool:
-        return bool(self.heap)
+        return bool(self.heap) or bool(self.run_keys)
 
     def rebuild(self, items: Iterable[tuple[int, T]]) -> None:
         """Replace the contents with ``items`` (after re-ranking or dropping dead ones)."""
         self.heap = []
         self.runs = {}
+        self.run_keys = []
         for item in sorted(items, key=_rank):
-            self.push(item)  # in rank order every push lands at the heap's end: O(1)
+            self.push(item)  # in rank order, runs fill in FIFO order
 
 
 def _rank(item: tuple[int, object]) -> int:

@@ -121,13 +121,17 @@ class Scheduler:
         if state is None:
             self._orgs[org] = OrgState(org, weight, plan_boost)
             return
-        if plan_boost != state.plan_boost:
-            state.plan_boost = plan_boost
-            state.bands = {p: effective_priority(p, plan_boost) for p in Priority}
-            self._rekey(state)
         state.weight = weight
         state.reweigh()
-        self._relist(state, unpark=False)
+        if plan_boost == state.plan_boost:
+            self._relist(state, unpark=False)
+            return
+        state.plan_boost = plan_boost
+        state.bands = {p: effective_priority(p, plan_boost) for p in Priority}
+        self._rekey(state)
+        for lane in list(state.lanes.values()):
+            if not lane.parked:
+                self._list(lane)  # ranks changed: list from the new heads
 
     def drop_org(self, org: OrgId) -> list[QueuedTask]:
         """Forget ``org``; returns its tasks that were still queued."""
@@ -214,7 +218,7 @@ class Scheduler:
             lane = org.lanes[lane_key] = Lane(org, lane_key)
             self._lanes += 1
         lane.push(item)
-        if lane.heap[0] is item:
+        if lane.first() is item:
             lane.parked = False  # a new head deserves its own placement attempt
             self._list(lane)
 
@@ -359,9 +363,8 @@ class Scheduler:
             self._with_deadline -= 1
 
     def _head(self, lane: _Lane) -> _Item | None:
-        heap, dead = lane.heap, self._dead
-        while heap:
-            item = heap[0]
+        dead = self._dead
+        while (item := lane.first()) is not None:
             if not dead or item[0] not in dead:
                 return item
             lane.pop()
@@ -375,15 +378,26 @@ class Scheduler:
         if head is None:
             self._drop(lane)
             return
-        org, rank = lane.org, head[0]
+        org = lane.org
+        rank = lane.listed = head[0]
         heappush(self._top, (rank >> SEQ_BITS, org.share, org.vtime, rank, lane.version, lane))
 
     def _relist(self, org: _Org, *, unpark: bool) -> None:
+        """Push fresh entries for ``org``'s lanes after its share changed.
+
+        A listed lane is relisted with the rank it was listed with, without touching its
+        tasks: if its head has gone since, the entry is better than the truth, which
+        pop_next() detects and corrects."""
+        top, share, vtime = self._top, org.share, org.vtime
         for lane in list(org.lanes.values()):
-            if unpark:
-                lane.parked = False
-            if not lane.parked:
-                self._list(lane)
+            if lane.parked:
+                if unpark:
+                    lane.parked = False
+                    self._list(lane)
+                continue
+            rank = lane.listed
+            lane.version += 1
+            heappush(top, (rank >> SEQ_BITS, share, vtime, rank, lane.version, lane))
 
     def _drop(self, lane: _Lane) -> None:
         lanes = lane.org.lanes

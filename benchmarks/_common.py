@@ -1,0 +1,151 @@
+"""What the end-to-end benchmarks share: a live platform in a temporary data directory, a
+plan with room for a hundred agents, percentiles, the side-by-side table, and the check that
+no process is left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import psutil
+
+from corral.control.platform import Platform
+from corral.domain import plans
+from corral.domain.tenancy import Organization
+from corral.settings import Settings
+
+BENCH_PLAN = "bench"
+
+#: Room for 200 agents with tiny requests, and no idle pause during a run.
+_PLAN_WIRE = {
+    "name": BENCH_PLAN,
+    "description": "benchmarks: many small agents",
+    "agentLimit": 200,
+    "quota": {
+        "requests.cpu": "200",
+        "requests.memory": "400Gi",
+        "limits.cpu": "400",
+        "limits.memory": "800Gi",
+        "pods": 200,
+        "persistentvolumeclaims": 200,
+    },
+    "limitRange": {
+        "default": {"cpu": "500m", "memory": "256Mi"},
+        "defaultRequest": {"cpu": "10m", "memory": "32Mi"},
+        "max": {"cpu": "2", "memory": "4Gi"},
+    },
+    "bus": {"maxConnections": 1000, "maxConsumers": 1000},
+    "apiRatePerSecond": 100000.0,
+    "apiBurst": 100000,
+    "idleTimeoutSeconds": 86400.0,
+}
+
+
+def importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+@contextlib.asynccontextmanager
+async def live_platform(*, heartbeat_seconds: float = 5.0) -> AsyncIterator[Platform]:
+    """A whole platform (SQLite, its own nats-server, local agent processes) in a temporary
+    directory that is removed afterwards; nothing provisions on its own."""
+    plans.register(plans.plan_from_wire(_PLAN_WIRE))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        settings = Settings(
+            data_dir=Path(tmp) / "data",
+            port=0,
+            heartbeat_seconds=heartbeat_seconds,
+            auto_provision=False,
+        )
+        async with Platform(settings) as platform:
+            yield platform
+
+
+async def bench_org(platform: Platform, name: str = "bench") -> Organization:
+    return (await platform.tenants.create(name, BENCH_PLAN)).org
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms" if seconds < 10 else f"{seconds:,.1f} s"
+
+
+def secs(seconds: float) -> str:
+    return f"{seconds:,.2f} s"
+
+
+def mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.1f} MiB"
+
+
+def rate(per_second: float) -> str:
+    return f"{per_second:,.0f}/s"
+
+
+class Table:
+    """Rows of ``figure | corral | target | peer (measured) | peer (notes)``."""
+
+    def __init__(self, title: str, peer: str) -> None:
+        self.title = title
+        self.peer = peer
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def add(
+        self, figure: str, value: str, target: str = "", *, measured: str = "", notes: str = ""
+    ) -> None:
+        self.rows.append((figure, value, target, measured, notes))
+
+    def print(self) -> None:
+        head = ("", "corral", "target", f"{self.peer} here", f"{self.peer} (notes)")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(5)]
+        print(f"\n{self.title}")
+        for row in [head, *self.rows]:
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def met(value: float, target: float, *, lower_is_better: bool = True) -> str:
+    ok = value <= target if lower_is_better else value >= target
+    return "met" if ok else "missed"
+
+
+def children() -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(os.getpid()).children(recursive=True)
+    return []
+
+
+def report_leftovers(before: set[int]) -> None:
+    """Say whether any process this run started is still alive (it should be none)."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = [p for p in children() if p.pid not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if left:
+        names = ", ".join(f"{p.pid} {p.name()}" for p in left[:10])
+        print(f"\nWARNING: {len(left)} process(es) left running: {names}")
+    else:
+        print("\nclean-up: no process left running")

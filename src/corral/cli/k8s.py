@@ -1,0 +1,64 @@
+"""``corral k8s render ORG``: the org's Kubernetes objects as YAML, for review or GitOps."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+
+from corral.cli.main import Context, pass_ctx, run
+from corral.domain.grants import SecretGrant
+from corral.domain.ids import OrgId, OrgSlug
+from corral.domain.plans import get_plan
+from corral.domain.tenancy import Organization
+from corral.runtime.k8s_manifests import org_manifests, render_yaml
+
+__all__ = ["k8s"]
+
+
+@click.group()
+def k8s() -> None:
+    """Kubernetes: render what the Kubernetes runtime applies."""
+
+
+@k8s.command("render")
+@click.argument("org")
+@click.option("--nats-namespace", default="nats", show_default=True)
+@click.option("--nats-port", type=int, default=4222, show_default=True)
+@pass_ctx
+def render(ctx: Context, org: str, nats_namespace: str, nats_port: int) -> None:
+    """Print ORG's Namespace, ResourceQuota, LimitRange, NetworkPolicies, ServiceAccount,
+    Role/RoleBinding and Secrets (names only: values are write-only) as YAML."""
+
+    def body() -> None:
+        data = ctx.client.get(f"/v1/orgs/{org}")
+        organization = Organization(
+            OrgId(data["id"]),
+            OrgSlug(data["name"]),
+            get_plan(data["plan"]),
+            datetime.fromisoformat(data["createdAt"]),
+        )
+        grants = [_grant(g) for g in ctx.client.get(f"/v1/orgs/{org}/grants").get("grants", [])]
+        names = [s["name"] for s in ctx.client.get(f"/v1/orgs/{org}/secrets").get("secrets", [])]
+        docs = org_manifests(
+            organization,
+            grants=grants,
+            secrets=dict.fromkeys(names, b""),
+            nats_namespace=nats_namespace,
+            nats_port=nats_port,
+        )
+        for doc in docs:
+            if doc.get("kind") == "Secret":
+                doc.pop("data", None)  # the vault keeps values; they are never printed
+        click.echo(render_yaml(docs), nl=False)
+
+    run(body)
+
+
+def _grant(g: dict[str, Any]) -> SecretGrant:
+    return SecretGrant(
+        pattern=str(g.get("pattern") or g.get("secret")),
+        role=g.get("role"),
+        agent=g.get("agent"),
+    )

@@ -1,0 +1,224 @@
+"""The control plane's bus API against a real server: tasks, events, control, tenants."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import nats.errors
+import pytest
+from nats.aio.msg import Msg
+
+from corral.bus import BusAuthority, BusEvent, EmbeddedNats, EventKind, PlatformBus
+from corral.domain import messages, subjects
+from corral.domain.errors import Conflict, NotFound, QuotaExceeded, Unavailable
+from corral.domain.messages import (
+    ControlKind,
+    ControlMessage,
+    MessageType,
+    StatusKind,
+    StatusMessage,
+    TaskMessage,
+)
+from tests.bus.conftest import CAPS, LIMITS, PLATFORM_STORAGE, Connect, MiB
+from tests.support import eventually
+
+
+def _task(task_id: str, to: str, **payload: object) -> TaskMessage:
+    return TaskMessage(task_id, "platform", to, MessageType.DELEGATE, dict(payload))
+
+
+def _status(agent: str, n: int) -> bytes:
+    return messages.encode(StatusMessage(agent, StatusKind.WORKING, detail={"n": n}).to_wire())
+
+
+async def _take(bus: PlatformBus, count: int, *, wait: float = 0.2) -> list[BusEvent]:
+    events: list[BusEvent] = []
+    async for event in bus.events(wait=wait):
+        events.append(event)
+        await event.ack()
+        if len(events) == count:
+            break
+    return events
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_a_delivered_task_is_pulled_and_acked_by_its_agent(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    task = _task("t-1", "a1", prompt="hello")
+    seq = await bus.deliver("a", "a1", task)
+    assert await bus.deliver("a", "a1", task) == seq  # a redelivery is stored once
+
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    pull = await a1.nc.jetstream().pull_subscribe_bind(durable="a1", stream=subjects.INBOX_STREAM)
+    [msg] = await pull.fetch(5, timeout=2)
+    assert TaskMessage.from_wire(json.loads(msg.data)) == task
+    await msg.ack_sync()
+
+    info = await pull.consumer_info()
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    admin = await connect(bus.authority.mint_org_admin_creds("a"), name="a-admin")
+    inbox = await admin.nc.jetstream().stream_info(subjects.INBOX_STREAM)
+    assert inbox.state.messages == 0  # a work queue forgets what was acked
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_delivering_to_an_unknown_org_or_a_full_inbox_fails_clearly(
+    bus: PlatformBus,
+) -> None:
+    with pytest.raises(NotFound):
+        await bus.deliver("nobody", "x", _task("t", "x"))
+    tiny = dataclasses.replace(LIMITS, inbox_max_bytes=4096)
+    await bus.ensure_org("a", tiny)  # a plan change shrinks the inbox
+    with pytest.raises(QuotaExceeded):
+        for i in range(20):
+            await bus.deliver("a", "a1", _task(f"t{i}", "a1", blob="x" * 512))
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_events_are_kept_while_no_platform_consumer_runs(
+    server: EmbeddedNats, authority: BusAuthority, bus: PlatformBus, connect: Connect
+) -> None:
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    await a1.nc.publish(subjects.agent_status("a", "a1"), _status("a1", 1))
+    await a1.nc.flush()
+    [first] = await _take(bus, 1)
+    assert (first.org, first.agent_id, first.kind) == ("a", "a1", EventKind.STATUS)
+
+    await bus.__aexit__(None, None, None)  # the control plane goes away
+    done = TaskMessage("t-9", "a1", "platform", MessageType.COMPLETE, {"result": 42})
+    await a1.nc.publish(subjects.agent_events("a", "a1"), messages.encode(done.to_wire()))
+    await a1.nc.publish(subjects.PLATFORM_STATUS, _status("a1", 2))
+    await a1.nc.flush()
+
+    async with PlatformBus(server.url, authority) as again:
+        later = await _take(again, 2)
+    assert [(e.org, e.agent_id, e.kind) for e in later] == [
+        ("a", "a1", EventKind.EVENTS),
+        ("a", "a1", EventKind.PLATFORM_STATUS),
+    ]
+    assert later[0].message == done
+    assert not later[1].agent_vouched
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_control_requests_reach_only_the_named_agent_and_return_its_reply(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+
+    async def checkpoint(msg: Msg) -> None:
+        asked = ControlMessage.from_wire(json.loads(msg.data))
+        await msg.respond(messages.encode({"saved": asked.kind.value}))
+
+    await a1.nc.subscribe(subjects.agent_control("a", "a1"), cb=checkpoint)
+    await a1.nc.flush()
+    reply = await bus.control("a", "a1", ControlMessage(ControlKind.CHECKPOINT), timeout=2)
+    assert reply == {"saved": "checkpoint"}
+    with pytest.raises(Unavailable):
+        await bus.control("a", "a2", ControlMessage(ControlKind.STOP), timeout=0.5)
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_a_broadcast_reaches_the_agents_of_every_org(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    got: dict[str, list[dict[str, object]]] = {"a": [], "b": []}
+    for org, agent in (("a", "a1"), ("b", "b1")):
+        peer = await connect(bus.mint_agent_creds(org, agent, ttl_seconds=60))
+
+        async def record(msg: Msg, org: str = org) -> None:
+            got[org].append(json.loads(msg.data))
+
+        await peer.nc.subscribe(f"{subjects.BROADCAST_PREFIX}.>", cb=record)
+        await peer.nc.flush()
+    await bus.broadcast("maintenance", {"at": "02:00"})
+    await eventually(lambda: got == {"a": [{"at": "02:00"}], "b": [{"at": "02:00"}]})
+
+
+async def test_onboarding_orgs_while_another_streams_drops_no_connection_and_no_message(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    await bus.ensure_org("b", LIMITS)
+    b1 = await connect(bus.mint_agent_creds("b", "b1", ttl_seconds=60))
+    small = dataclasses.replace(LIMITS, jetstream_storage=MiB, inbox_max_bytes=MiB // 2)
+    onboarded = asyncio.Event()
+    sent = 0
+
+    async def stream() -> None:
+        nonlocal sent
+        while not onboarded.is_set() or sent < 500:
+            await b1.nc.publish(
+                subjects.agent_status("b", "b1"),
+                _status("b1", sent),
+                headers={"Nats-Msg-Id": f"b1-{sent}"},  # as the SDK does: EVENTS keeps it once
+            )
+            sent += 1
+            if sent % 20 == 0:
+                await asyncio.sleep(0)
+        await b1.nc.flush()
+
+    async def onboard() -> None:
+        for k in range(6):
+            await bus.ensure_org(f"new{k}", small)
+        onboarded.set()
+
+    await asyncio.gather(stream(), onboard())
+    events = await _take(bus, sent)
+    assert sorted(e.message.detail["n"] for e in events) == list(range(sent))  # type: ignore[union-attr]
+    assert {e.org for e in events} == {"b"}
+    assert b1.disconnects == 0 and b1.nc.is_connected
+    assert bus.connection.is_connected
+
+
+async def test_a_tenant_over_the_servers_jetstream_caps_is_refused_with_the_numbers(
+    bus: PlatformBus,
+) -> None:
+    await bus.ensure_org("a", LIMITS)
+    huge = dataclasses.replace(LIMITS, jetstream_storage=CAPS.storage)
+    with pytest.raises(Conflict) as refused:
+        await bus.ensure_org("huge", huge)
+    assert "huge" in refused.value.message
+    assert "512 MiB storage" in refused.value.message
+    assert refused.value.details["reserved_storage"] == PLATFORM_STORAGE + LIMITS.jetstream_storage
+    assert bus.authority.orgs() == ["a"]
+    await bus.deliver("a", "x", _task("still-works", "x"))
+
+    fits = dataclasses.replace(huge, jetstream_storage=CAPS.storage - PLATFORM_STORAGE - 32 * MiB)
+    await bus.ensure_org("fits", fits)  # exactly up to the cap is fine
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_removing_an_org_closes_its_connections_and_frees_its_reservation(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    creds = bus.mint_agent_creds("b", "b1", ttl_seconds=60)
+    live = await connect(creds, reconnect=False)
+    await bus.remove_org("b")
+    await eventually(lambda: live.nc.is_closed, message="org connection closed")
+    with pytest.raises(nats.errors.Error):
+        await connect(creds, reconnect=False)
+    assert bus.authority.orgs() == ["a"]
+    with pytest.raises(NotFound):
+        await bus.deliver("b", "b1", _task("t", "b1"))
+    await bus.remove_org("b")  # idempotent
+    await bus.ensure_org("b", LIMITS)  # and the slug can come back, with a new account
+    await bus.prepare_agent("b", "b1")
+    assert await bus.deliver("b", "b1", _task("again", "b1")) == 1
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_removing_an_agent_revokes_it_and_drops_its_queue(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    await bus.deliver("a", "a1", _task("queued", "a1"))
+    live = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60), reconnect=False)
+    await bus.remove_agent("a", "a1")
+    await eventually(lambda: live.nc.is_closed)
+    admin = await connect(bus.authority.mint_org_admin_creds("a"), name="a-admin")
+    js = admin.nc.jetstream()
+    assert (await js.stream_info(subjects.INBOX_STREAM)).state.messages == 0
+    names = [c.name for c in await js.consumers_info(subjects.INBOX_STREAM)]
+    assert sorted(names) == ["a2"]

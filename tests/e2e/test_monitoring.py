@@ -1,0 +1,174 @@
+"""Monitoring across tenants: the admin sees every org, labelled; an org sees only itself —
+in its usage figures and in its event stream — with real agents at work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import Live
+from tests.support import eventually
+
+
+def _samples(text: str) -> dict[str, list[dict[str, str]]]:
+    """Metric sample name → the label sets it was exported with."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(dict(sample.labels))
+    return out
+
+
+@dataclass
+class Stream:
+    """What one server-sent event stream delivered, read in the background."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == kind]
+
+
+@contextlib.asynccontextmanager
+async def streaming(client: httpx.AsyncClient, path: str) -> AsyncIterator[Stream]:
+    stream = Stream()
+
+    async def read() -> None:
+        async with client.stream("GET", path, timeout=None) as r:
+            assert r.status_code == 200, await r.aread()
+            async for line in r.aiter_lines():
+                if line == ": connected":
+                    stream.connected.set()
+                elif line.startswith("data: "):
+                    stream.events.append(json.loads(line.removeprefix("data: ")))
+
+    reader = asyncio.create_task(read(), name="sse-reader")
+    try:
+        await eventually(
+            lambda: stream.connected.is_set() or reader.done(), message=f"{path} connected"
+        )
+        if reader.done():
+            reader.result()  # raises what went wrong
+        yield stream
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+async def _two_orgs(live: Live) -> tuple[httpx.AsyncClient, httpx.AsyncClient, str, str]:
+    _, acme = await live.org("acme", plan="standard")
+    _, globex = await live.org("globex", plan="enterprise")
+    a = await live.agent("acme", "worker")
+    b = await live.agent("globex", "worker")
+    return acme, globex, a["id"], b["id"]
+
+
+async def test_metrics_carry_org_and_tier_labels_for_every_org_and_need_the_admin_key(
+    live: Live,
+) -> None:
+    acme, globex, a_id, b_id = await _two_orgs(live)
+    t = await live.task("acme", agent=a_id, payload={"op": "echo"})
+    await live.wait_task("acme", t["id"])
+
+    r = await live.admin.get("/metrics")
+    assert r.status_code == 200, r.text
+    text = r.text
+    assert 'corral_agents{org="acme",tier="standard",state="running"} 1.0' in text
+    assert 'corral_agents{org="globex",tier="enterprise",state="running"} 1.0' in text
+    samples = _samples(text)
+    # the seed's two questions: running agents per org, and CPU used over CPU requested by tier
+    for name in (
+        "corral_agents",
+        "corral_agent_cpu_seconds_total",
+        "corral_agent_resource_requests",
+    ):
+        labelled = {(s["org"], s["tier"]) for s in samples.get(name, [])}
+        assert {("acme", "standard"), ("globex", "enterprise")} <= labelled, name
+    cpu_requests = [
+        s for s in samples["corral_agent_resource_requests"] if s["resource"] == "cpu"
+    ]
+    assert {s["agent"] for s in cpu_requests} >= {a_id, b_id}
+    assert {"org", "tier", "priority", "state"} <= set(samples["corral_tasks"][0])
+
+    for key in (acme, globex):
+        denied = await key.get("/metrics")
+        assert denied.status_code in (401, 403), denied.text
+        assert "corral_agents" not in denied.text
+    async with httpx.AsyncClient(base_url=live.server.url) as nobody:
+        assert (await nobody.get("/metrics")).status_code == 401
+
+
+async def test_an_orgs_usage_shows_nothing_of_another_org(live: Live) -> None:
+    acme, globex, a_id, b_id = await _two_orgs(live)
+    busy = await live.task("globex", agent=b_id, payload={"op": "sleep", "seconds": 1})
+    await live.wait_task("globex", busy["id"])
+
+    r = await acme.get("/v1/orgs/acme/usage")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["org"] == "acme" and body["agents"] == {"running": 1}
+    assert body["quota"]["pods"]["used"] == "1"
+    for foreign in ("globex", b_id, busy["id"]):
+        assert foreign not in r.text
+    assert "tasks" in body and sum(body["tasks"].values()) == 0  # globex's task not counted
+
+    other = await acme.get("/v1/orgs/globex/usage")
+    assert other.status_code == 404
+    assert other.json()["error"]["code"] == "not_found"
+    assert (await globex.get("/v1/orgs/acme/usage")).status_code == 404
+
+
+async def test_an_orgs_event_stream_carries_its_own_work_and_never_another_orgs(
+    live: Live,
+) -> None:
+    acme, _, a_id, b_id = await _two_orgs(live)
+    async with (
+        streaming(acme, "/v1/orgs/acme/events") as mine,
+        streaming(live.admin, "/v1/events") as everything,
+    ):
+        theirs = await live.task("globex", agent=b_id, payload={"op": "sleep", "seconds": 1})
+        ours = await live.task("acme", agent=a_id, payload={"op": "sleep", "seconds": 1})
+        await live.wait_task("acme", ours["id"])
+        await live.wait_task("globex", theirs["id"])
+
+        def states(stream: Stream, task_id: str) -> list[str]:
+            return [e["task"]["state"] for e in stream.of("task") if e["task"]["id"] == task_id]
+
+        await eventually(
+            lambda: "completed" in states(mine, ours["id"]), message="acme's completion streamed"
+        )
+        await eventually(
+            lambda: "completed" in states(everything, theirs["id"]),
+            message="globex's completion at the admin",
+        )
+
+    ours_seen = states(mine, ours["id"])
+    assert {"dispatched", "running", "completed"} <= set(ours_seen), ours_seen
+    progress = [e["progress"] for e in mine.of("progress") if e["task"] == ours["id"]]
+    assert len(progress) >= 5 and progress == sorted(progress) and progress[-1] == 1.0
+    assert {e["org"] for e in mine.events} == {"acme"}
+    raw = json.dumps(mine.events)
+    for foreign in ("globex", b_id, theirs["id"]):
+        assert foreign not in raw
+
+    assert {e["org"] for e in everything.events} == {"acme", "globex"}
+    assert any(e["task"] == theirs["id"] for e in everything.of("progress"))
+
+
+async def test_an_org_key_cannot_stream_another_org_or_everything(live: Live) -> None:
+    acme, globex, _, _ = await _two_orgs(live)
+    r = await acme.get("/v1/orgs/globex/events")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = await acme.get("/v1/events")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+    r = await globex.get("/v1/events")
+    assert r.status_code == 403
