@@ -81,9 +81,10 @@ async def bare() -> dict[str, list[float]]:
 async def main() -> None:
     peer = await bare()
     runs = {"auto": await corral("auto"), "rlimit": await corral("rlimit")}
-    probe = LocalProcessRuntime(Path(tempfile.mkdtemp()))
-    print(f"local runtime, {ROUNDS} agents one after another; auto = {probe.mechanism}")
-    await probe.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        async with LocalProcessRuntime(Path(tmp)) as probe:
+            auto = probe.mechanism
+    print(f"local runtime, {ROUNDS} agents one after another; auto = {auto}")
     for metric in ("start", "first line", "stop"):
         print(f"{metric}:")
         print(f"  corral (auto)    {ms(runs['auto'][metric])}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import tempfile
 import time
@@ -25,7 +26,14 @@ import nats
 from nats.aio.client import Client, RawCredentials
 from nats.aio.msg import Msg
 
-from corral.bus import BusAuthority, EmbeddedNats, JetStreamCaps, PlatformBus, ServerOptions
+from corral.bus import (
+    BusAuthority,
+    EmbeddedNats,
+    JetStreamCaps,
+    PlatformBus,
+    ServerOptions,
+    streams,
+)
 from corral.domain import messages, subjects
 from corral.domain.messages import ControlKind, ControlMessage, MessageType, TaskMessage
 from corral.domain.plans import BusLimits
@@ -48,7 +56,10 @@ def us(seconds: float) -> str:
 
 async def connect(url: str, creds: str, *, inbox_prefix: str = "_INBOX") -> Client:
     return await nats.connect(
-        url, user_credentials=RawCredentials(creds), inbox_prefix=inbox_prefix, pending_size=64 * MiB
+        url,
+        user_credentials=RawCredentials(creds),
+        inbox_prefix=inbox_prefix,
+        pending_size=64 * MiB,
     )
 
 
@@ -70,7 +81,7 @@ async def pull_all(nc: Client, durable: str, total: int) -> None:
     done = 0
     while done < total:
         try:
-            batch = await pull.fetch(min(256, total - done), timeout=5)
+            batch = await pull.fetch(min(streams.AGENT_MAX_ACK_PENDING, total - done), timeout=5)
         except nats.errors.TimeoutError:
             raise SystemExit(f"only {done} of {total} tasks arrived") from None
         for msg in batch:
@@ -83,7 +94,9 @@ async def inbox_rate(bus: PlatformBus, agent: Client, total: int, window: int) -
     start = time.perf_counter()
 
     async def one(i: int) -> None:
-        await bus.deliver("bench", "a1", TaskMessage(f"t{window}-{i}", "p", "a1", MessageType.DELEGATE, PAYLOAD))
+        await bus.deliver(
+            "bench", "a1", TaskMessage(f"t{window}-{i}", "p", "a1", MessageType.DELEGATE, PAYLOAD)
+        )
 
     await asyncio.gather(windowed(total, window, one), pull_all(agent, "a1", total))
     return total / (time.perf_counter() - start)
@@ -103,6 +116,8 @@ async def same_account_js_rate(admin: Client, agent: Client, total: int, window:
 
 
 async def core_pubsub_rate(pub: Client, sub: Client, total: int) -> float:
+    """Core publish → subscribe inside one account, flushed every 500 so that the subscriber
+    is not dropped as a slow consumer."""
     got = 0
     finished = asyncio.Event()
 
@@ -112,16 +127,21 @@ async def core_pubsub_rate(pub: Client, sub: Client, total: int) -> float:
         if got == total:
             finished.set()
 
-    await sub.subscribe("bench.core", cb=count, pending_msgs_limit=total + 1)
+    subscription = await sub.subscribe("bench.core", cb=count, pending_msgs_limit=total + 1)
     await sub.flush()
     body = b"x" * 170
     start = time.perf_counter()
     for i in range(total):
         await pub.publish("bench.core", body)
-        if i % 1000 == 0:
-            await asyncio.sleep(0)
-    await asyncio.wait_for(finished.wait(), 30)
-    return total / (time.perf_counter() - start)
+        if i % 500 == 499:
+            await pub.flush()
+    await pub.flush()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(finished.wait(), 10)
+    await subscription.unsubscribe()
+    if got < total:
+        print(f"  (core: {total - got} of {total} messages dropped)")
+    return got / (time.perf_counter() - start)
 
 
 async def latencies(ask: Callable[[], Awaitable[object]], count: int) -> list[float]:
@@ -135,34 +155,44 @@ async def latencies(ask: Callable[[], Awaitable[object]], count: int) -> list[fl
     return samples
 
 
-async def onboarding(bus: PlatformBus, orgs: int) -> list[tuple[int, float, int]]:
-    """(tenants, seconds for the next ensure_org, PLATFORM JWT bytes) at a few sizes."""
-    marks = {1, 10, 50, 100, 200, 400, 800} | {orgs}
+async def onboarding(tmp: Path, orgs: int, *, private: bool) -> list[tuple[int, float, int]]:
+    """(tenants, seconds for the next ensure_org, PLATFORM JWT bytes) at a few sizes, on a
+    server of its own."""
+    caps = JetStreamCaps(CAPS.memory, CAPS.storage + orgs * SMALL.jetstream_storage)
+    authority = BusAuthority(tmp / f"bus-{private}", caps=caps, private_exports=private)
+    marks = {1, 10, 25, 50, 100, 200, 400, 800} | {orgs}
     rows = []
-    for n in range(1, orgs + 1):
-        start = time.perf_counter()
-        await bus.ensure_org(f"t{n}", SMALL)
-        took = time.perf_counter() - start
-        if n in marks:
-            rows.append((n, took, len(bus.authority.platform_account_jwt())))
+    async with (
+        EmbeddedNats(tmp / f"nats-{private}", authority.trust(), ServerOptions(caps=caps)) as s,
+        PlatformBus(s.url, authority) as bus,
+    ):
+        for n in range(1, orgs + 1):
+            start = time.perf_counter()
+            await bus.ensure_org(f"t{n}", SMALL)
+            took = time.perf_counter() - start
+            if n in marks:
+                rows.append((n, took, len(authority.platform_account_jwt())))
     return rows
 
 
 async def main(tasks: int, requests: int, orgs: int) -> None:
     logging.basicConfig(level=logging.WARNING)
-    caps = JetStreamCaps(CAPS.memory, CAPS.storage + orgs * SMALL.jetstream_storage)
     with tempfile.TemporaryDirectory(prefix="corral-bus-bench-") as tmp:
-        authority = BusAuthority(Path(tmp) / "bus", caps=caps)
+        authority = BusAuthority(Path(tmp) / "bus", caps=CAPS)
         async with (
-            EmbeddedNats(Path(tmp) / "nats", authority.trust(), ServerOptions(caps=caps)) as server,
+            EmbeddedNats(Path(tmp) / "nats", authority.trust(), ServerOptions(caps=CAPS)) as server,
             PlatformBus(server.url, authority) as bus,
         ):
             await bus.ensure_org("bench", LIMITS)
             await bus.prepare_agent("bench", "a1")
             creds = bus.mint_agent_creds("bench", "a1", ttl_seconds=3600)
             agent = await connect(server.url, creds.creds, inbox_prefix=creds.inbox_prefix)
-            admin = await connect(server.url, authority.mint_org_admin_creds("bench", ttl_seconds=3600))
-            admin2 = await connect(server.url, authority.mint_org_admin_creds("bench", ttl_seconds=3600))
+            admin = await connect(
+                server.url, authority.mint_org_admin_creds("bench", ttl_seconds=3600)
+            )
+            admin2 = await connect(
+                server.url, authority.mint_org_admin_creds("bench", ttl_seconds=3600)
+            )
 
             async def answer(msg: Msg) -> None:
                 await msg.respond(b'{"ok":true}')
@@ -173,36 +203,57 @@ async def main(tasks: int, requests: int, orgs: int) -> None:
             await admin2.flush()
 
             print(f"nats-server {server.url}, one org, one agent, ~170-byte messages\n")
-            print("throughput                                          corral (boundary)   peer (one account)")
+            print(
+                "throughput                                          corral (boundary)   peer (one account)"
+            )
             seq = await inbox_rate(bus, agent, tasks // 5, 1)
             peer_seq = await same_account_js_rate(admin, agent, tasks // 5, 1)
-            print(f"  inbox: deliver awaiting each PubAck, pull + ack     {seq:>10,.0f}/s   {peer_seq:>10,.0f}/s  JetStream")
+            print(
+                f"  inbox: deliver awaiting each PubAck, pull + ack     {seq:>10,.0f}/s   {peer_seq:>10,.0f}/s  JetStream"
+            )
             win = await inbox_rate(bus, agent, tasks, 64)
             peer_win = await same_account_js_rate(admin, agent, tasks, 64)
-            print(f"  inbox: 64 deliveries in flight, pull + ack         {win:>10,.0f}/s   {peer_win:>10,.0f}/s  JetStream")
+            print(
+                f"  inbox: 64 deliveries in flight, pull + ack         {win:>10,.0f}/s   {peer_win:>10,.0f}/s  JetStream"
+            )
             core = await core_pubsub_rate(admin, admin2, tasks * 4)
-            print(f"  core publish → subscribe (no JetStream, no ack)    {'':>12}   {core:>10,.0f}/s  core NATS")
+            print(
+                f"  core publish → subscribe (no JetStream, no ack)    {'':>12}   {core:>10,.0f}/s  core NATS"
+            )
 
             control = ControlMessage(ControlKind.CHECKPOINT)
             body = messages.encode(control.to_wire())
-            cross = await latencies(lambda: bus.control("bench", "a1", control, timeout=2), requests)
+            cross = await latencies(
+                lambda: bus.control("bench", "a1", control, timeout=2), requests
+            )
             plain = await latencies(lambda: admin.request("bench.echo", body, timeout=2), requests)
-            print("\nround trip (sequential)                             corral (boundary)   peer (one account)")
+            print(
+                "\nround trip (sequential)                             corral (boundary)   peer (one account)"
+            )
             for p in (50, 99):
-                print(f"  request/reply p{p:<3}                                {us(pct(cross, p)):>12}   {us(pct(plain, p)):>12}  core NATS")
+                print(
+                    f"  request/reply p{p:<3}                                {us(pct(cross, p)):>12}   {us(pct(plain, p)):>12}  core NATS"
+                )
 
-            print("\nonboarding a tenant (account + PLATFORM JWT pushes, INBOX)")
-            for n, took, size in await onboarding(bus, orgs):
-                print(f"  tenant #{n:<5} {took * 1000:7.1f} ms   PLATFORM JWT {size / 1024:8.1f} KiB")
             for c in (agent, admin, admin2):
                 await c.close()
+
+        print("\nonboarding one more tenant (org JWT, PLATFORM JWT, INBOX), time and PLATFORM JWT")
+        print("  tenants   activation tokens (default)     public exports")
+        private = await onboarding(Path(tmp), orgs, private=True)
+        public = await onboarding(Path(tmp), orgs, private=False)
+        for (n, took, size), (_, took2, size2) in zip(private, public, strict=True):
+            print(
+                f"  #{n:<6} {took * 1000:9.1f} ms {size / 1024:8.1f} KiB"
+                f"   {took2 * 1000:9.1f} ms {size2 / 1024:8.1f} KiB"
+            )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=2_000)
-    parser.add_argument("--orgs", type=int, default=200)
+    parser.add_argument("--orgs", type=int, default=100)
     args = parser.parse_args()
     started = time.perf_counter()
     asyncio.run(main(args.tasks, args.requests, args.orgs))

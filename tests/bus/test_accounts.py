@@ -120,3 +120,12 @@ def test_names_that_cannot_be_subject_tokens_are_refused(authority: BusAuthority
         authority.mint_agent_creds("a", "a1.>", ttl_seconds=60)
     with pytest.raises(NotFound):
         authority.mint_agent_creds("zzz", "a1", ttl_seconds=60)
+
+
+def test_public_exports_carry_no_activation_tokens(tmp_path: Path) -> None:
+    authority = BusAuthority(tmp_path / "bus", caps=CAPS, private_exports=False)
+    authority.admit("a", LIMITS)
+    exports = jwt.decode(authority.org_account_jwt("a"))["nats"]["exports"]
+    assert not any(e.get("token_req") for e in exports)
+    imports = jwt.decode(authority.platform_account_jwt())["nats"]["imports"]
+    assert imports and not any("token" in i for i in imports)

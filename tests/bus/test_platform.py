@@ -5,12 +5,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from pathlib import Path
 
+import nats
 import nats.errors
 import pytest
+from nats.aio.client import RawCredentials
 from nats.aio.msg import Msg
 
-from corral.bus import BusAuthority, BusEvent, EmbeddedNats, EventKind, PlatformBus
+from corral.bus import (
+    BusAuthority,
+    BusEvent,
+    EmbeddedNats,
+    EventKind,
+    PlatformBus,
+    ServerOptions,
+)
 from corral.domain import messages, subjects
 from corral.domain.errors import Conflict, NotFound, QuotaExceeded, Unavailable
 from corral.domain.messages import (
@@ -222,3 +232,27 @@ async def test_removing_an_agent_revokes_it_and_drops_its_queue(
     assert (await js.stream_info(subjects.INBOX_STREAM)).state.messages == 0
     names = [c.name for c in await js.consumers_info(subjects.INBOX_STREAM)]
     assert sorted(names) == ["a2"]
+
+
+async def test_public_exports_deliver_and_report_the_same_way(tmp_path: Path) -> None:
+    authority = BusAuthority(tmp_path / "public", caps=CAPS, private_exports=False)
+    async with (
+        EmbeddedNats(tmp_path / "public-nats", authority.trust(), ServerOptions(caps=CAPS)) as s,
+        PlatformBus(s.url, authority) as bus,
+    ):
+        await bus.ensure_org("a", LIMITS)
+        await bus.prepare_agent("a", "a1")
+        assert await bus.deliver("a", "a1", _task("t", "a1")) == 1
+        creds = bus.mint_agent_creds("a", "a1", ttl_seconds=60)
+        a1 = await nats.connect(
+            s.url, user_credentials=RawCredentials(creds.creds), inbox_prefix=creds.inbox_prefix
+        )
+        try:
+            pull = await a1.jetstream().pull_subscribe_bind(durable="a1", stream="INBOX")
+            [msg] = await pull.fetch(1, timeout=2)
+            await msg.ack()
+            await a1.publish(subjects.agent_status("a", "a1"), _status("a1", 1))
+            [event] = await _take(bus, 1)
+            assert (event.org, event.agent_id) == ("a", "a1")
+        finally:
+            await a1.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Live
@@ -18,11 +19,11 @@ from tests.support import eventually
 
 
 def _samples(text: str) -> dict[str, list[dict[str, str]]]:
-    """Metric sample name → the label sets it was exported with."""
+    """Metric sample name → the label sets it was exported with (the value under ``=``)."""
     out: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out.setdefault(sample.name, []).append(dict(sample.labels))
+            out.setdefault(sample.name, []).append({**sample.labels, "=": str(sample.value)})
     return out
 
 
@@ -64,27 +65,39 @@ async def streaming(client: httpx.AsyncClient, path: str) -> AsyncIterator[Strea
             await reader
 
 
-async def _two_orgs(live: Live) -> tuple[httpx.AsyncClient, httpx.AsyncClient, str, str]:
+@dataclass
+class Pair:
+    """Org ``acme`` (standard) and ``globex`` (enterprise), each with its key and one agent."""
+
+    acme: httpx.AsyncClient
+    globex: httpx.AsyncClient
+    a_id: str
+    b_id: str
+
+
+@pytest.fixture
+async def pair(live: Live) -> AsyncIterator[Pair]:
     _, acme = await live.org("acme", plan="standard")
     _, globex = await live.org("globex", plan="enterprise")
-    a = await live.agent("acme", "worker")
-    b = await live.agent("globex", "worker")
-    return acme, globex, a["id"], b["id"]
+    async with acme, globex:
+        a = await live.agent("acme", "worker")
+        b = await live.agent("globex", "worker")
+        yield Pair(acme, globex, a["id"], b["id"])
 
 
 async def test_metrics_carry_org_and_tier_labels_for_every_org_and_need_the_admin_key(
-    live: Live,
+    live: Live, pair: Pair
 ) -> None:
-    acme, globex, a_id, b_id = await _two_orgs(live)
+    acme, globex, a_id, b_id = pair.acme, pair.globex, pair.a_id, pair.b_id
     t = await live.task("acme", agent=a_id, payload={"op": "echo"})
     await live.wait_task("acme", t["id"])
 
     r = await live.admin.get("/metrics")
     assert r.status_code == 200, r.text
-    text = r.text
-    assert 'corral_agents{org="acme",tier="standard",state="running"} 1.0' in text
-    assert 'corral_agents{org="globex",tier="enterprise",state="running"} 1.0' in text
-    samples = _samples(text)
+    samples = _samples(r.text)
+    running = {"state": "running", "=": "1.0"}
+    assert {"org": "acme", "tier": "standard", **running} in samples["corral_agents"]
+    assert {"org": "globex", "tier": "enterprise", **running} in samples["corral_agents"]
     # the seed's two questions: running agents per org, and CPU used over CPU requested by tier
     for name in (
         "corral_agents",
@@ -93,9 +106,7 @@ async def test_metrics_carry_org_and_tier_labels_for_every_org_and_need_the_admi
     ):
         labelled = {(s["org"], s["tier"]) for s in samples.get(name, [])}
         assert {("acme", "standard"), ("globex", "enterprise")} <= labelled, name
-    cpu_requests = [
-        s for s in samples["corral_agent_resource_requests"] if s["resource"] == "cpu"
-    ]
+    cpu_requests = [s for s in samples["corral_agent_resource_requests"] if s["resource"] == "cpu"]
     assert {s["agent"] for s in cpu_requests} >= {a_id, b_id}
     assert {"org", "tier", "priority", "state"} <= set(samples["corral_tasks"][0])
 
@@ -107,8 +118,8 @@ async def test_metrics_carry_org_and_tier_labels_for_every_org_and_need_the_admi
         assert (await nobody.get("/metrics")).status_code == 401
 
 
-async def test_an_orgs_usage_shows_nothing_of_another_org(live: Live) -> None:
-    acme, globex, a_id, b_id = await _two_orgs(live)
+async def test_an_orgs_usage_shows_nothing_of_another_org(live: Live, pair: Pair) -> None:
+    acme, globex, b_id = pair.acme, pair.globex, pair.b_id
     busy = await live.task("globex", agent=b_id, payload={"op": "sleep", "seconds": 1})
     await live.wait_task("globex", busy["id"])
 
@@ -128,9 +139,9 @@ async def test_an_orgs_usage_shows_nothing_of_another_org(live: Live) -> None:
 
 
 async def test_an_orgs_event_stream_carries_its_own_work_and_never_another_orgs(
-    live: Live,
+    live: Live, pair: Pair
 ) -> None:
-    acme, _, a_id, b_id = await _two_orgs(live)
+    acme, a_id, b_id = pair.acme, pair.a_id, pair.b_id
     async with (
         streaming(acme, "/v1/orgs/acme/events") as mine,
         streaming(live.admin, "/v1/events") as everything,
@@ -164,8 +175,8 @@ async def test_an_orgs_event_stream_carries_its_own_work_and_never_another_orgs(
     assert any(e["task"] == theirs["id"] for e in everything.of("progress"))
 
 
-async def test_an_org_key_cannot_stream_another_org_or_everything(live: Live) -> None:
-    acme, globex, _, _ = await _two_orgs(live)
+async def test_an_org_key_cannot_stream_another_org_or_everything(pair: Pair) -> None:
+    acme, globex = pair.acme, pair.globex
     r = await acme.get("/v1/orgs/globex/events")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = await acme.get("/v1/events")

@@ -181,17 +181,22 @@ async def test_a_killed_control_plane_leaves_no_agent_running(
         text = await eventually(lambda: record.is_file() and record.read_text())
         agent, child = map(int, str(text).split())
         assert alive(agent) and alive(child)
-    finally:
+
         standin.kill()
         await standin.wait()
-    await eventually(lambda: not alive(agent), message="the agent died with its control plane")
+        await eventually(lambda: not alive(agent), message="the agent died with its control plane")
 
-    # its child outlived it, orphaned; the next control plane finds it and stops it
-    assert alive(child)
-    fresh = make_runtime(mechanism=mechanism)
-    [leftover] = await fresh.list_agents()
-    assert (leftover.agent_id, leftover.phase) == ("agent-orphan", Phase.RUNNING)
-    assert leftover.pid is None  # the leader is gone, a member is not
-    await fresh.stop("acme", "agent-orphan", grace=1)
-    assert not alive(child)
-    assert await fresh.list_agents() == []
+        # its child outlived it, orphaned; the next control plane finds it and stops it
+        assert alive(child)
+        fresh = make_runtime(mechanism=mechanism)
+        [leftover] = await fresh.list_agents()
+        assert (leftover.agent_id, leftover.phase) == ("agent-orphan", Phase.RUNNING)
+        assert leftover.pid is None  # the leader is gone, a member is not
+        await fresh.stop("acme", "agent-orphan", grace=1)
+        assert not alive(child)
+        assert await fresh.list_agents() == []
+    finally:  # whatever failed above, leave nothing running
+        if standin.returncode is None:
+            standin.kill()
+            await standin.wait()
+        await make_runtime(mechanism=mechanism).stop("acme", "agent-orphan", grace=0)

@@ -13,6 +13,12 @@ Payload operations (``{"op": ...}``):
 - ``split``: a manager's job: splits ``text`` (or the bundled corpus when ``corpus`` is true)
   into ``parts`` chunks, delegates a ``wordcount`` of each to ``role`` and merges the counts.
 - ``fail``: ends the task blocked with ``reason``.
+- ``probe_workspace``: the workspace's path and mode, for isolation checks.
+- ``probe_bus``: for ``seconds`` (≤ 30), a second bus connection with this agent's own
+  credentials subscribes to everything (``>``), to org ``other``'s subjects and to every
+  reply inbox; returns which subscriptions the server refused, how many messages arrived and
+  how many of them were foreign (another org's subject, or naming ``other``). An isolation
+  probe: ``corral check-isolation`` runs it while ``other`` is busy.
 
 The agent counts the tasks it has done in its state, which survives pause and resume through
 its checkpoint.
@@ -24,11 +30,16 @@ import asyncio
 import collections
 import hashlib
 import re
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from corral.sdk import Agent, Blocked, TaskContext
+import nats
+from nats.aio.msg import Msg
+
+from corral.domain import subjects
+from corral.sdk import Agent, AgentConfig, Blocked, TaskContext
 
 __all__ = ["build", "count_words", "main"]
 
@@ -97,6 +108,11 @@ def build(agent: Agent) -> None:
             raise Blocked(str(p.get("reason", "asked to fail")))
         if op == "state":
             return {"state": agent.state}
+        if op == "probe_workspace":
+            mode = stat.S_IMODE(ctx.workspace.stat().st_mode)
+            return {"path": str(ctx.workspace.resolve()), "mode": f"{mode:04o}"}
+        if op == "probe_bus":
+            return await _probe_bus(agent.config, p)
         raise Blocked(f"unknown op {op!r}")
 
 
@@ -121,6 +137,71 @@ async def _split(ctx: TaskContext, p: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(one(c) for c in chunks))
     words = total.pop("__words__", 0)
     return {"parts": len(chunks), "words": words, "top": total.most_common(10)}
+
+
+async def _probe_bus(config: AgentConfig, p: dict[str, Any]) -> dict[str, Any]:
+    other = str(p.get("other", ""))
+    if not other:
+        raise Blocked("'other' must name the organization to look for")
+    seconds = float(p.get("seconds", 2))
+    if not 0 < seconds <= 30:
+        raise Blocked("'seconds' must be between 0 and 30")
+    own_prefixes = (
+        f"{subjects.org_prefix(config.org)}.",
+        f"{subjects.agent_inbox_prefix(config.agent_id)}.",
+        f"{subjects.BROADCAST_PREFIX}.",
+        subjects.PLATFORM_STATUS,
+    )
+    wanted = [">", f"{subjects.org_prefix(other)}.>", "_INBOX.>"]
+    errors: list[str] = []
+    received: list[Msg] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    async def record(msg: Msg) -> None:
+        received.append(msg)
+
+    try:
+        nc = await nats.connect(
+            config.nats_url,
+            user_credentials=str(config.creds_file),
+            inbox_prefix=subjects.agent_inbox_prefix(config.agent_id).encode(),
+            error_cb=on_error,
+            allow_reconnect=False,
+            name=f"{config.agent_id}-probe",
+        )
+    except Exception as exc:
+        raise Blocked(f"the probe cannot connect to the bus: {exc}") from exc
+    try:
+        for subject in wanted:
+            await nc.subscribe(subject, cb=record)
+        await nc.flush()
+        await asyncio.sleep(seconds)
+        await nc.flush()
+    finally:
+        await nc.close()
+
+    def is_foreign(msg: Msg) -> bool:
+        named = other in msg.subject or other.encode() in msg.data
+        return named or not msg.subject.startswith(own_prefixes)
+
+    def refused(subject: str) -> bool:
+        return any(
+            "permissions violation" in e.lower()
+            and f'subscription to "{subject.lower()}"' in e.lower()
+            for e in errors
+        )
+
+    foreign = [m.subject for m in received if is_foreign(m)]
+    return {
+        "subscribed": wanted,
+        "refused": [s for s in wanted if refused(s)],
+        "received": len(received),
+        "foreign": len(foreign),
+        "foreignSubjects": sorted(set(foreign))[:10],
+        "errors": errors[:10],
+    }
 
 
 def main() -> None:

@@ -133,6 +133,8 @@ class BusAuthority:
         platform_storage / platform_memory: PLATFORM's own JetStream reservation (EVENTS).
         operator_seed / system_seed: existing keys of an external NATS deployment; by default
             they are generated on first start and kept in ``directory``.
+        private_exports: orgs share with PLATFORM through activation tokens only PLATFORM
+            holds (see :mod:`corral.bus.claims` for the cost).
     """
 
     def __init__(
@@ -144,8 +146,10 @@ class BusAuthority:
         platform_memory: int = 0,
         operator_seed: str | None = None,
         system_seed: str | None = None,
+        private_exports: bool = True,
     ) -> None:
         self.directory = Path(directory)
+        self.private_exports = private_exports
         self.caps = caps
         self.platform_storage = platform_storage
         self.platform_memory = platform_memory
@@ -308,9 +312,10 @@ class BusAuthority:
             if org == excluding:
                 continue
             record = self._orgs[org]
-            if not record.activations:
+            if self.private_exports and not record.activations:
                 record.activations = self._activations(org, record)
-            imports += claims.platform_imports(org, record.account.public_key, record.activations)
+            activations = record.activations if self.private_exports else None
+            imports += claims.platform_imports(org, record.account.public_key, activations)
         self._platform_issued_at = max(int(time.time()), self._platform_issued_at)
         nats = {
             "type": "account",
@@ -347,7 +352,7 @@ class BusAuthority:
         nats: dict[str, Any] = {
             "type": "account",
             "limits": limits,
-            "exports": claims.org_exports(org),
+            "exports": claims.org_exports(org, private=self.private_exports),
             "imports": claims.org_imports(self._platform.public_key, record.account.public_key),
         }
         if revocations:

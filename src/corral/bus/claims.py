@@ -3,7 +3,8 @@
 The shape, hub and spoke:
 
 - each **org account** is its own subject space and JetStream namespace. It exports, to
-  PLATFORM only (``token_req`` plus an activation token signed by the org's key), the stream
+  PLATFORM only (``token_req`` plus an activation token signed by the org's key; see
+  ``private`` below), the stream
   ``org.<org>.agents.>`` and the stream ``platform.agents.status`` (what its agents report),
   and the services ``org.<org>.tasks.*.inbox`` (so the platform's publish into the INBOX stream
   gets its PubAck) and ``org.<org>.agents.*.control``. It imports PLATFORM's broadcast stream
@@ -14,6 +15,11 @@ The shape, hub and spoke:
   subject the platform receives says which org spoke, whatever the payload claims.
 - **users** inside an account only narrow further: an agent may pull from its own consumer,
   publish its own status and events, and read its own control subject and replies.
+
+``private=False`` drops the activation tokens: the exports become public and only the fact that
+Corral signs every account JWT keeps other accounts from importing them. The server verifies
+every token on every PLATFORM update, so with tokens onboarding a tenant costs about ten times
+more once there are a hundred (see benchmarks/bus.py).
 """
 
 from __future__ import annotations
@@ -103,15 +109,12 @@ def _org_export_subjects(org: str) -> list[tuple[str, str, str]]:
     ]
 
 
-def org_exports(org: str) -> list[dict[str, Any]]:
+def org_exports(org: str, *, private: bool = True) -> list[dict[str, Any]]:
     exports: list[dict[str, Any]] = []
     for name, subject, kind in _org_export_subjects(org):
-        export: dict[str, Any] = {
-            "name": name,
-            "subject": subject,
-            "type": kind,
-            "token_req": True,
-        }
+        export: dict[str, Any] = {"name": name, "subject": subject, "type": kind}
+        if private:
+            export["token_req"] = True
         if kind == "service":
             export["response_type"] = "Singleton"
         exports.append(export)
@@ -151,10 +154,10 @@ def platform_exports() -> list[dict[str, Any]]:
 
 
 def platform_imports(
-    org: str, org_account: str, activations: dict[str, str]
+    org: str, org_account: str, activations: dict[str, str] | None
 ) -> list[dict[str, Any]]:
     """PLATFORM's imports of one org; ``activations`` maps each export subject to the
-    activation token the org signed for PLATFORM."""
+    activation token the org signed for PLATFORM (None: the exports are public)."""
     imports: list[dict[str, Any]] = []
     for name, subject, kind in _org_export_subjects(org):
         entry: dict[str, Any] = {
@@ -162,8 +165,9 @@ def platform_imports(
             "subject": subject,
             "account": org_account,
             "type": kind,
-            "token": activations[subject],
         }
+        if activations is not None:
+            entry["token"] = activations[subject]
         if subject == subjects.PLATFORM_STATUS:
             entry["local_subject"] = platform_status_subject(org)
         imports.append(entry)

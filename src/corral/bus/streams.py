@@ -30,6 +30,7 @@ from corral.domain import subjects
 from corral.domain.plans import BusLimits
 
 __all__ = [
+    "AGENT_MAX_ACK_PENDING",
     "DUPLICATE_WINDOW",
     "ensure_agent_consumer",
     "ensure_events",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 DUPLICATE_WINDOW = 120.0  # seconds
+#: tasks an agent may hold unacknowledged; a fetch of more waits for its whole timeout
+AGENT_MAX_ACK_PENDING = 16
 
 
 def inbox_config(org: str, limits: BusLimits, *, replicas: int = 1) -> StreamConfig:
@@ -130,7 +133,7 @@ async def ensure_agent_consumer(js: JetStreamContext, org: str, agent: str) -> N
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=60.0,
-            max_ack_pending=16,
+            max_ack_pending=AGENT_MAX_ACK_PENDING,
         ),
     )
 

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from corral.api.server import RunningServer, running
-from corral.cli.main import run
+from corral.cli.context import run
 from corral.cli.orgs import quota_table
 from corral.domain.errors import CorralError
 from corral.settings import Settings
@@ -212,11 +212,15 @@ async def _story(srv: RunningServer) -> None:
     # 5. pause and wake
     console.rule("5. scale to zero: pause an idle agent, wake it with a new task")
     target = agents["globex"]["worker0"]
+    before = (await api.call("GET", "/v1/orgs/globex/usage"))["quota"]
     paused = await api.call("POST", f"/v1/orgs/globex/agents/{target}/pause")
-    check(paused["state"] == "paused", f"{target} paused at {paused['pausedAt']}; workspace kept")
-    usage = await api.call("GET", "/v1/orgs/globex/usage")
+    check(paused["state"] == "paused", f"{target} paused at {paused['pausedAt']}")
+    after = (await api.call("GET", "/v1/orgs/globex/usage"))["quota"]
+    pods = (before["pods"]["used"], after["pods"]["used"])
+    pvcs = (before["persistentvolumeclaims"]["used"], after["persistentvolumeclaims"]["used"])
     check(
-        usage["quota"]["persistentvolumeclaims"]["used"] == "3", "its workspace (PVC) is still held"
+        int(pods[1]) == int(pods[0]) - 1 and pvcs[0] == pvcs[1],
+        f"its pod slot is released (pods {pods[0]} → {pods[1]}), its workspace kept (PVCs {pvcs[1]})",
     )
     t = await api.call(
         "POST", "/v1/orgs/globex/tasks", json={"agent": target, "payload": {"op": "echo"}}

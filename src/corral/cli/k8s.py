@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from corral.cli.main import Context, pass_ctx, run
+from corral.cli.context import Context, pass_ctx, run
 from corral.domain.grants import SecretGrant
 from corral.domain.ids import OrgId, OrgSlug
 from corral.domain.plans import get_plan

@@ -2,49 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from corral.cli.client import ApiClient, resolve_target
-from corral.domain.errors import CorralError
+from corral.cli.context import Context, pass_ctx, run
 
 __all__ = ["Context", "main", "pass_ctx", "run"]
-
-
-class Context:
-    def __init__(self, url: str | None, key: str | None, data_dir: Path | None, as_json: bool):
-        self._url, self._key, self.data_dir, self.as_json = url, key, data_dir, as_json
-        self._client: ApiClient | None = None
-
-    @property
-    def client(self) -> ApiClient:
-        if self._client is None:
-            url, key = resolve_target(self._url, self._key, self.data_dir)
-            self._client = ApiClient(url, key)
-        return self._client
-
-    def emit(self, data: Any, human: Callable[[], None]) -> None:
-        if self.as_json:
-            click.echo(json.dumps(data, indent=2, default=str))
-        else:
-            human()
-
-
-pass_ctx = click.make_pass_decorator(Context)
-
-
-def run(fn: Callable[[], None]) -> None:
-    """Run a command body; an error becomes one line on stderr and its exit code."""
-    try:
-        fn()
-    except CorralError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,10 +28,11 @@ def cli(
 ) -> None:
     """Corral: run AI agents for many organizations, each in its own boundary."""
     ctx.obj = Context(url, api_key, data_dir, as_json)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _register() -> None:
-    from corral.cli import agents, demo, k8s, orgs, secrets, tasks, up
+    from corral.cli import agents, demo, isolation, k8s, orgs, secrets, tasks, up
 
     cli.add_command(up.up)
     cli.add_command(demo.demo)
@@ -77,6 +42,7 @@ def _register() -> None:
     cli.add_command(k8s.k8s)
     for command in (secrets.secret, secrets.grant, secrets.audit):
         cli.add_command(command)
+    cli.add_command(isolation.check_isolation)
 
 
 _register()

@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from corral.cli.main import Context, pass_ctx, run
+from corral.cli.context import Context, pass_ctx, run
 
 __all__ = ["org", "quota_table"]
 

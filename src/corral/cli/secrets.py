@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from corral.cli.main import Context, pass_ctx, run
+from corral.cli.context import Context, pass_ctx, run
 from corral.domain.errors import InvalidInput
 
 __all__ = ["audit", "grant", "secret"]

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from corral.cli.main import Context, pass_ctx, run
+from corral.cli.context import Context, pass_ctx, run
 from corral.domain.errors import InvalidInput
 
 __all__ = ["task"]

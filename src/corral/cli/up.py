@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from corral.api.server import RunningServer, serve
-from corral.cli.main import run
+from corral.cli.context import run
 from corral.settings import Settings
 
 __all__ = ["up"]

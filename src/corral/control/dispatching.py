@@ -98,6 +98,9 @@ class Dispatcher:
         self._background: set[asyncio.Task[Any]] = set()
         self.dispatch_latency: list[float] = []  # seconds queued→dispatched, for metrics
         self.held = False  # while held, tasks are accepted and queued but none is dispatched
+        # orgs whose capacity changed since the last round: events arrive while a round runs
+        # on an older snapshot, so parked lanes are woken at the start of the next round too
+        self._changed: set[str] = set()
 
     # -- start ----------------------------------------------------------------------------
     async def rebuild(self) -> None:
@@ -126,6 +129,13 @@ class Dispatcher:
 
     def kick(self) -> None:
         self._wake.set()
+
+    def capacity_changed(self, org_id: str) -> None:
+        """An agent of ``org_id`` became free or ready, or its quota was released."""
+        self._changed.add(org_id)
+        if org_id in self._orgs_by_id:
+            self.scheduler.wake(OrgId(org_id))
+        self.kick()
 
     def _enqueue(self, rec: TaskRecord, *, not_before: float | None = None) -> None:
         if rec.org_id not in self._orgs_by_id or TaskId(rec.id) in self.scheduler:
@@ -247,6 +257,10 @@ class Dispatcher:
 
     async def round(self) -> None:
         now = time.time()
+        changed, self._changed = self._changed, set()
+        for org_id in changed:
+            if org_id in self._orgs_by_id:
+                self.scheduler.wake(OrgId(org_id))
         if self._delayed:
             due = [q for t, q in self._delayed if t <= now]
             self._delayed = [(t, q) for t, q in self._delayed if t > now]
@@ -385,7 +399,7 @@ class Dispatcher:
         except CorralError as exc:
             log.warning("could not provision a %s agent for %s: %s", role, org.slug, exc.message)
             self._incoming[key] -= 1
-            self.scheduler.wake(OrgId(org.id))
+            self.capacity_changed(org.id)
             self.kick()
 
     async def _wake_agent(
@@ -396,7 +410,7 @@ class Dispatcher:
         except CorralError as exc:
             log.warning("could not resume %s: %s", agent_id, exc.message)
             self._incoming[key] -= 1
-            self.scheduler.wake(OrgId(org.id))
+            self.capacity_changed(org.id)
             self.kick()
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -484,7 +498,7 @@ class Dispatcher:
             key = (agent.org_id, agent.role)
             if self._incoming.get(key):
                 self._incoming[key] -= 1
-            self.scheduler.wake(OrgId(agent.org_id))
+            self.capacity_changed(agent.org_id)
             self.kick()
             return
         if status.current_task is None:
@@ -534,7 +548,7 @@ class Dispatcher:
             return  # a duplicate: recorded once
         await self.controller.agents.release(agent_id, rec.id)
         self.scheduler.on_finished(OrgId(rec.org_id))
-        self.scheduler.wake(OrgId(rec.org_id))
+        self.capacity_changed(rec.org_id)
         done = await self.tasks.get(rec.id)
         self._publish(done)
         await self._notify_parent(done)

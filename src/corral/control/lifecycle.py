@@ -67,6 +67,8 @@ class Controller:
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarts: set[asyncio.Task[None]] = set()
         self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        #: told the org id whenever quota is released (pause, terminate, failure)
+        self.on_capacity: Callable[[str], None] = lambda org_id: None
 
     def _lock(self, agent_id: str) -> asyncio.Lock:
         return self._locks.setdefault(agent_id, asyncio.Lock())
@@ -264,6 +266,7 @@ class Controller:
             )
             paused = await self.agents.get(agent_id)
             self._publish(paused)
+            self.on_capacity(org.id)
             return paused
 
     async def finish_pause(self, org: Organization, agent: Agent) -> None:
@@ -351,6 +354,7 @@ class Controller:
             )
             done = await self.agents.get(agent_id)
             self._publish(done)
+            self.on_capacity(org.id)
             return done
 
     # -- crashes --------------------------------------------------------------------------
@@ -382,6 +386,7 @@ class Controller:
                 with contextlib.suppress(CorralError):
                     await self.bus.revoke_agent(org.slug, agent.id)
             self._publish(await self.agents.get(agent.id))
+            self.on_capacity(org.id)
             return lost_task
         await self.agents.transition(
             agent.id,

@@ -156,6 +156,7 @@ class Platform:
             else (lambda org: org.plan.idle_timeout_seconds),
         )
         self._stack.push_async_callback(self.dispatcher.close)
+        self.controller.on_capacity = self.dispatcher.capacity_changed
         self._install_hooks()
         await self.dispatcher.rebuild()
         if self._services:

@@ -30,6 +30,7 @@ import os
 import re
 import resource
 import signal
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -108,8 +109,8 @@ class Placement:
     def join(self) -> Iterator[Callable[[], None]]:
         """Yield a hook for the forked child that puts it under the limits before exec.
 
-        Files are opened here, in the parent, so the child only writes: no allocation, lock
-        or path lookup between fork and exec.
+        The group files are opened here, in the parent, so between fork and exec the child
+        only writes its pid to open descriptors and sets rlimits: no path lookup, no open.
         """
         fds = [os.open(d / "cgroup.procs", os.O_WRONLY) for d in self.dirs.values()]
         lim = self.limits if self.mechanism is Mechanism.RLIMIT else None
@@ -220,6 +221,31 @@ class Limiter:
     def existing(self, org: str, agent_id: str) -> Placement:
         dirs = {k: d for k, d in self.group_dirs(org, agent_id).items() if d.is_dir()}
         return Placement(self.mechanism, dirs)
+
+    def sweep(self, *, older_than: float = 60.0) -> int:
+        """Remove empty agent groups, of any instance, that a dead control plane left.
+
+        A group counts as left behind only when it holds no process and was created more than
+        ``older_than`` seconds ago, so a group being set up right now is never touched.
+        Returns how many agent groups were removed.
+        """
+        removed, now = 0, time.time()
+
+        def stale(d: Path) -> bool:
+            return now - d.stat().st_mtime >= older_than
+
+        for base in self.bases.values():
+            top = base.parent  # <parent>/corral
+            for leaf in top.glob("*/*/*/"):
+                with contextlib.suppress(OSError):
+                    if stale(leaf) and not (leaf / "cgroup.procs").read_text().split():
+                        leaf.rmdir()
+                        removed += 1
+            for d in [*top.glob("*/*/"), *top.glob("*/")]:  # orgs, then instances
+                with contextlib.suppress(OSError):
+                    if d != base and stale(d):
+                        d.rmdir()
+        return removed
 
     def release(self) -> None:
         """Remove this instance's (empty) group directories; agents' groups stay if busy."""

@@ -167,6 +167,7 @@ class LocalProcessRuntime:
             except ValueError as exc:
                 raise Unavailable(str(exc), details={"mechanism": mechanism}) from exc
         self._limiter = limiter
+        limiter.sweep()
         self._pids_max = pids_max
         self._base_env = dict(base_env if base_env is not None else default_env())
         self._run_as = run_as

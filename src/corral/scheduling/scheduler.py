@@ -58,6 +58,7 @@ from corral.scheduling.ranks import SEQ_BITS, key_of, rank_of, seq_of
 __all__ = ["Decision", "Placer", "QueuedTask", "Scheduler"]
 
 _SLACK = 1024  # garbage (stale entries, dead items) tolerated before compaction
+_WAIT = Action.WAIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ class Scheduler:
         state = self._orgs.get(org) or self._org(org)
         if state.running > 0:
             state.running -= 1
-        state.reweigh()
+        state.share = (state.running + 0.5) / state.weight  # reweigh(): served is unchanged
         self._relist(state, unpark=True)
 
     def wake(self, org: OrgId) -> None:
@@ -218,7 +219,7 @@ class Scheduler:
             lane = org.lanes[lane_key] = Lane(org, lane_key)
             self._lanes += 1
         lane.push(item)
-        if lane.first() is item:
+        if self._head(lane) is item:
             lane.parked = False  # a new head deserves its own placement attempt
             self._list(lane)
 
@@ -301,13 +302,15 @@ class Scheduler:
         """
         if len(self._top) > 2 * self._lanes + _SLACK:
             self._compact_top()
-        top, index = self._top, self._index
+        top, dead = self._top, self._dead
         while top:
             entry = heappop(top)
             lane = entry[5]
             if entry[4] != lane.version:
                 continue  # superseded by a fresher entry, or the lane is parked
-            head = self._head(lane)
+            head = lane.first()
+            if dead and head is not None and head[0] in dead:
+                head = self._head(lane)
             if head is None:
                 self._drop(lane)
                 continue
@@ -316,7 +319,8 @@ class Scheduler:
                 self._list(lane)  # the lane got worse since it was listed
                 continue
             task = head[1]
-            if task.deadline is not None and task.deadline <= now:
+            deadline = task.deadline
+            if deadline is not None and deadline <= now:
                 lane.pop()
                 self._forget(task)
                 self._expired.append(task)
@@ -327,20 +331,30 @@ class Scheduler:
             except BaseException:
                 self._list(lane)  # keep the lane schedulable whatever the placer did
                 raise
-            if placement.action is Action.WAIT:
+            if placement.action is _WAIT:
                 lane.parked = True
                 lane.reason = placement.reason
                 lane.version += 1
                 continue
+            # Take the task and list the lane's next head: the hot path, written out.
             lane.pop()
-            del index[task.id]
+            del self._index[task.id]
             org.queued -= 1
-            if task.deadline is not None:
+            if deadline is not None:
                 self._with_deadline -= 1
-            org.running += 1
-            org.served += 1
-            org.reweigh()
-            self._list(lane)
+            running = org.running = org.running + 1
+            served = org.served = org.served + 1
+            share = org.share = (running + 0.5) / org.weight
+            vtime = org.vtime = served / org.weight
+            version = lane.version = lane.version + 1
+            head = lane.first()
+            if dead and head is not None and head[0] in dead:
+                head = self._head(lane)
+            if head is None:
+                self._drop(lane)
+            else:
+                rank = lane.listed = head[0]
+                heappush(top, (rank >> SEQ_BITS, share, vtime, rank, version, lane))
             return tuple.__new__(Decision, (task, placement))
         return None
 

@@ -136,8 +136,9 @@ class Agent:
         self._js: JetStreamContext | None = None
         self._stopping = asyncio.Event()
         self._pending: dict[str, asyncio.Future[TaskMessage]] = {}
-        self._current: asyncio.Task[None] | None = None
+        self._current: asyncio.Task[None] | None = None  # the worker running tasks in order
         self._current_id: str | None = None
+        self._work: asyncio.Queue[TaskMessage] = asyncio.Queue()
         self._errors: list[str] = []
 
     @classmethod
@@ -192,17 +193,21 @@ class Agent:
                 for msg in msgs:
                     await self._on_inbox(msg)
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            # Let the heartbeat finish rather than cancel it mid-flush: nats-py leaves a
+            # cancelled flush's PONG waiter queued, and the next flush then never completes.
+            self._stopping.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(beat, timeout=2.0)
             if self._current is not None and not self._current.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(self._current), timeout=2.0)
             self._save_checkpoint()
             with contextlib.suppress(Exception):
-                await self._status(StatusKind.STOPPING)
+                await asyncio.wait_for(self._status(StatusKind.STOPPING), timeout=1.0)
                 await control.unsubscribe()
-                await self._nc.drain()
+            # close, not drain: draining a pull subscription waits out its whole timeout
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), timeout=1.0)
 
     def _inbox_prefix(self) -> str:
         return subjects.agent_inbox_prefix(self.config.agent_id)
@@ -241,16 +246,21 @@ class Agent:
             return
         await msg.ack()
         if message.type is MessageType.DELEGATE:
-            if self._current is not None and not self._current.done():
-                # one task at a time; the platform never sends two, but be safe: nak it back
-                log.warning("busy with %s; refusing %s", self._current_id, message.task_id)
-                return
-            self._current_id = message.task_id
-            self._current = asyncio.create_task(self._run_task(message), name="corral-task")
+            # one task at a time, in arrival order: the next may arrive while the previous
+            # one is still reporting its end
+            self._work.put_nowait(message)
+            if self._current is None or self._current.done():
+                self._current = asyncio.create_task(self._drain(), name="corral-tasks")
         else:  # a delegated child's result
             fut = self._pending.pop(message.task_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(message)
+
+    async def _drain(self) -> None:
+        while not self._work.empty():
+            message = self._work.get_nowait()
+            self._current_id = message.task_id
+            await self._run_task(message)
 
     async def _run_task(self, message: TaskMessage) -> None:
         await self._status(StatusKind.ACCEPTED, message.task_id, 0.0)
@@ -370,8 +380,10 @@ class Agent:
         await self._nc.flush()
 
     async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_seconds)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.heartbeat_seconds)
+                return
             await self._status(StatusKind.HEARTBEAT, self._current_id)
 
     async def _on_control(self, msg: Msg) -> None:
