@@ -4,15 +4,22 @@ no process is left behind."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import logging
 import os
+import platform as host
+import signal
 import socket
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 
@@ -20,6 +27,8 @@ from corral.control.platform import Platform
 from corral.domain import plans
 from corral.domain.tenancy import Organization
 from corral.settings import Settings
+
+T = TypeVar("T")
 
 BENCH_PLAN = "bench"
 
@@ -149,3 +158,34 @@ def report_leftovers(before: set[int]) -> None:
         print(f"\nWARNING: {len(left)} process(es) left running: {names}")
     else:
         print("\nclean-up: no process left running")
+
+
+def header(name: str) -> None:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"corral benchmark: {name} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} cores, load average {load}, Python {host.python_version()}",
+        flush=True,
+    )
+
+
+def bounded(coro: Coroutine[Any, Any, T], limit: float, before: set[int]) -> T | None:
+    """Run ``coro``; if it (or the platform's shutdown) takes longer than ``limit`` seconds,
+    kill what this run started and exit, so a stuck run never lingers."""
+
+    def give_up() -> None:
+        print(f"\nERROR: gave up after {limit:.0f} s; killing what this run started", flush=True)
+        for proc in children():
+            if proc.pid not in before:
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGKILL)
+        sys.stdout.flush()
+        os._exit(2)
+
+    timer = threading.Timer(limit, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        return asyncio.run(coro)
+    finally:
+        timer.cancel()

@@ -93,10 +93,16 @@ async def test_bad_secret_input_is_422_naming_the_problem_without_the_value(
         assert r.json()["error"]["code"] == "invalid_input"
         assert problem in r.json()["error"]["message"], r.json()["error"]["message"]
         _assert_no_value(r, value)
-    r = await admin.put(
-        "/v1/orgs/acme/secrets/x", content=b"{", headers={"Content-Type": "application/json"}
-    )
-    assert r.status_code == 422
+    for content, problem in [
+        (b"{", "JSON"),
+        (b'{"value": "\\ud800"}', "not valid Unicode"),
+        (b"[]", "body"),
+    ]:
+        r = await admin.put(
+            "/v1/orgs/acme/secrets/x", content=content, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 422, (content, r.text)
+        assert problem in r.json()["error"]["message"], r.text
     assert (await admin.get("/v1/orgs/acme/secrets")).json()["secrets"] == []
     assert (await admin.get("/v1/orgs/acme/secrets/Bad_Name")).status_code == 422
 

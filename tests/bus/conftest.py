@@ -87,7 +87,7 @@ async def connect(server: EmbeddedNats) -> AsyncIterator[Connect]:
                 error_cb=recorder.on_error,
                 disconnected_cb=on_disconnect,
                 allow_reconnect=reconnect,
-                max_reconnect_attempts=-1 if reconnect else 0,
+                max_reconnect_attempts=1,  # nats-py: 0 would retry the first connect forever
                 reconnect_time_wait=0.2,  # type: ignore[arg-type]
                 connect_timeout=2,
                 name=name,

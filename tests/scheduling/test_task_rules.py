@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.domain.errors import Conflict, InvalidInput
@@ -48,6 +48,7 @@ def test_an_enterprise_normal_outranks_a_free_high() -> None:
     assert effective_priority(Priority.NORMAL, enterprise) > effective_priority(Priority.HIGH, free)
 
 
+@settings(deadline=None)  # wall-clock limits flake on a busy machine
 @given(critical_boost=boosts, boost=boosts, priority=non_critical)
 def test_critical_outranks_every_non_critical_of_any_plan(
     critical_boost: int, boost: int, priority: Priority
@@ -69,6 +70,7 @@ def test_a_waiting_task_gains_one_band_per_ageing_period() -> None:
     assert [band(t) for t in (0.0, 59.9, 60.0, 150.0, 600.0)] == [0, 0, 1, 2, 10]
 
 
+@settings(deadline=None)  # wall-clock limits flake on a busy machine
 @given(
     a_enqueued=st.floats(0, 10_000),
     b_enqueued=st.floats(0, 10_000),

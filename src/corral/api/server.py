@@ -42,7 +42,11 @@ async def running(settings: Settings) -> AsyncIterator[RunningServer]:
         host, port = sock.getsockname()[:2]
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         config = uvicorn.Config(
-            create_app(platform), log_level="warning", access_log=False, lifespan="off"
+            create_app(platform),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-http")
@@ -55,6 +59,7 @@ async def running(settings: Settings) -> AsyncIterator[RunningServer]:
             (settings.data_dir / "api.url").write_text(url + "\n")
             yield RunningServer(platform, url)
         finally:
+            platform.hub.close()  # ends every event stream so the server can stop
             server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -1,8 +1,8 @@
 """The bus authority: who may speak on the bus, and how much JetStream each tenant reserves.
 
 It keeps the operator, SYSTEM and PLATFORM keys and one account key per organization in a
-directory (files mode 0600, created on first start and reused after), builds every account JWT
-from that state, mints user credentials and records revocations. It does no network I/O:
+:class:`~corral.bus.keystore.KeyStore` (created on first start and reused after), builds every
+account JWT from that state, mints user credentials and records revocations. It does no network I/O:
 :class:`corral.bus.platform.PlatformBus` pushes what it builds to the server.
 
 Admission follows the server's own rule: every account's JetStream reservation (memory and
@@ -12,11 +12,9 @@ them is refused here, before the server silently gives it no JetStream.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from typing import Any
 from corral.bus import claims
 from corral.bus import jwt as nats_jwt
 from corral.bus.jwt import KeyKind, NKey
+from corral.bus.keystore import KeyStore, OrgRecord
+from corral.domain import subjects
 from corral.domain.errors import Conflict, InvalidInput, NotFound
 from corral.domain.plans import BusLimits
 
@@ -82,43 +82,6 @@ class AgentCredentials:
     creds: str = field(repr=False)
 
 
-@dataclass(slots=True)
-class _Org:
-    account: NKey
-    limits: BusLimits
-    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # pubkey → agent, expires
-    revocations: dict[str, int] = field(default_factory=dict)  # pubkey or "*" → time
-    issued_at: int = 0
-    activations: dict[str, str] = field(default_factory=dict)  # not persisted
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "account_seed": self.account.seed,
-            "limits": asdict(self.limits),
-            "users": self.users,
-            "revocations": self.revocations,
-            "issued_at": self.issued_at,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Org:
-        return cls(
-            account=NKey.from_seed(data["account_seed"]),
-            limits=BusLimits(**data["limits"]),
-            users=dict(data.get("users", {})),
-            revocations={k: int(v) for k, v in data.get("revocations", {}).items()},
-            issued_at=int(data.get("issued_at", 0)),
-        )
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _mib(n: int) -> str:
     return f"{n / _MiB:g} MiB"
 
@@ -153,34 +116,18 @@ class BusAuthority:
         self.caps = caps
         self.platform_storage = platform_storage
         self.platform_memory = platform_memory
-        (self.directory / "orgs").mkdir(parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
-        os.chmod(self.directory / "orgs", 0o700)
-        self._operator = self._key("operator", KeyKind.OPERATOR, operator_seed)
-        self._system = self._key("system", KeyKind.ACCOUNT, system_seed)
-        self._platform = self._key("platform", KeyKind.ACCOUNT, None)
-        self._orgs: dict[str, _Org] = {}
+        self._store = KeyStore(self.directory)
+        self._operator = self._store.key("operator", KeyKind.OPERATOR, operator_seed)
+        self._system = self._store.key("system", KeyKind.ACCOUNT, system_seed)
+        self._platform = self._store.key("platform", KeyKind.ACCOUNT)
+        self._orgs = self._store.load_orgs()
         self._platform_issued_at = 0
-        for path in sorted((self.directory / "orgs").glob("*.json")):
-            self._orgs[path.stem] = _Org.from_json(json.loads(path.read_text()))
         self._by_account = {r.account.public_key: org for org, r in self._orgs.items()}
 
-    def _key(self, name: str, kind: KeyKind, given: str | None) -> NKey:
-        if given is not None:
-            return NKey.from_seed(given)
-        path = self.directory / f"{name}.nk"
-        if path.exists():
-            return NKey.from_seed(path.read_text())
-        key = NKey.generate(kind)
-        _write_private(path, key.seed + "\n")
-        return key
-
     def _save(self, org: str) -> None:
-        _write_private(
-            self.directory / "orgs" / f"{org}.json", json.dumps(self._orgs[org].to_json())
-        )
+        self._store.save_org(org, self._orgs[org])
 
-    def _org(self, org: str) -> _Org:
+    def _org(self, org: str) -> OrgRecord:
         try:
             return self._orgs[org]
         except KeyError:
@@ -271,7 +218,9 @@ class BusAuthority:
                     },
                 )
         if record is None:
-            record = self._orgs[org] = _Org(account=NKey.generate(KeyKind.ACCOUNT), limits=limits)
+            record = self._orgs[org] = OrgRecord(
+                account=NKey.generate(KeyKind.ACCOUNT), limits=limits
+            )
             self._by_account[record.account.public_key] = org
         else:
             record.limits = limits
@@ -283,7 +232,7 @@ class BusAuthority:
         record = self._orgs.pop(org, None)
         if record is not None:
             self._by_account.pop(record.account.public_key, None)
-        (self.directory / "orgs" / f"{org}.json").unlink(missing_ok=True)
+        self._store.delete_org(org)
 
     # ---- account JWTs -------------------------------------------------------------------
 
@@ -327,7 +276,7 @@ class BusAuthority:
         }
         return self._account_jwt(self._platform, "PLATFORM", nats, self._platform_issued_at)
 
-    def _activations(self, org: str, record: _Org) -> dict[str, str]:
+    def _activations(self, org: str, record: OrgRecord) -> dict[str, str]:
         return {
             subject: nats_jwt.encode_claims(
                 record.account,
@@ -376,7 +325,7 @@ class BusAuthority:
         )
 
     @staticmethod
-    def _prune(record: _Org, now: int) -> None:
+    def _prune(record: OrgRecord, now: int) -> None:
         """Forget users whose JWT has expired: a revocation of them no longer matters."""
         expired = [key for key, user in record.users.items() if int(user["expires"]) < now]
         for key in expired:
@@ -412,7 +361,7 @@ class BusAuthority:
             agent_id=agent_id,
             public_key=user.public_key,
             expires_at=datetime.fromtimestamp(expires, UTC),
-            inbox_prefix=claims.agent_inbox_prefix(agent_id),
+            inbox_prefix=subjects.agent_inbox_prefix(agent_id),
             creds=text,
         )
 

@@ -35,7 +35,6 @@ __all__ = [
     "VAULT_TOKEN_POSITION",
     "account_limits",
     "activation_subjects",
-    "agent_inbox_prefix",
     "agent_permissions",
     "org_exports",
     "org_imports",
@@ -55,11 +54,6 @@ VAULT_TOKEN_POSITION = 4  # 1-based token of VAULT_IMPORTED_PREFIX + ".*" holdin
 
 def platform_status_subject(org: str) -> str:
     return f"{PLATFORM_STATUS_PREFIX}.{org}"
-
-
-def agent_inbox_prefix(agent: str) -> str:
-    """The reply-subject prefix an agent must connect with (``inbox_prefix=`` in nats-py)."""
-    return f"_INBOX.{agent}"
 
 
 def unlimited(*, jetstream_memory: int, jetstream_storage: int) -> dict[str, Any]:
@@ -197,7 +191,7 @@ def agent_permissions(org: str, agent: str) -> dict[str, Any]:
         },
         "sub": {
             "allow": [
-                f"{agent_inbox_prefix(agent)}.>",
+                f"{subjects.agent_inbox_prefix(agent)}.>",
                 subjects.agent_control(org, agent),
                 f"{subjects.BROADCAST_PREFIX}.>",
             ]

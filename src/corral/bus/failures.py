@@ -121,12 +121,16 @@ async def open_connection(
                 inbox_prefix=inbox_prefix,
                 connect_timeout=int(max(1, timeout)),
                 allow_reconnect=reconnect,
-                max_reconnect_attempts=-1 if reconnect else 0,
+                # nats-py applies this to the first connect too, where 0 and -1 both mean
+                # "forever": try twice now, and reconnect forever once connected.
+                max_reconnect_attempts=1,
                 reconnect_time_wait=1,
             )
         except BaseException:
             await nc.close()
             raise
+    if reconnect:
+        nc.options["max_reconnect_attempts"] = -1
     return nc
 
 

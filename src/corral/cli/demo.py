@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
@@ -27,11 +27,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from corral.api.server import RunningServer, running
 from corral.cli.context import run
 from corral.cli.orgs import quota_table
 from corral.domain.errors import CorralError
 from corral.settings import Settings
+
+if TYPE_CHECKING:
+    from corral.api.server import RunningServer
 
 __all__ = ["demo"]
 
@@ -326,6 +328,8 @@ def _our_processes(data_dir: Path) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def _platform(data_dir: Path) -> AsyncIterator[RunningServer]:
+    from corral.api.server import running  # the server's imports are heavy: only here
+
     settings = Settings(data_dir=data_dir, port=0, heartbeat_seconds=1.0)
     async with running(settings) as srv:
         yield srv

@@ -7,12 +7,15 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from corral.api.server import RunningServer, serve
 from corral.cli.context import run
 from corral.settings import Settings
+
+if TYPE_CHECKING:
+    from corral.api.server import RunningServer
 
 __all__ = ["up"]
 
@@ -55,6 +58,8 @@ def up(
             click.echo(f"  {srv.platform.new_admin_key}")
 
     async def main() -> None:
+        from corral.api.server import serve  # the server's imports are heavy: only here
+
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()

@@ -10,13 +10,22 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["EventHub"]
+__all__ = ["CLOSED", "EventHub"]
+
+#: The last item a subscriber receives when the hub closes.
+CLOSED: dict[str, Any] = {"kind": "closed"}
 
 
 class EventHub:
     def __init__(self, *, queue_size: int = 1000) -> None:
         self._subs: set[tuple[str | None, asyncio.Queue[dict[str, Any]]]] = set()
         self._size = queue_size
+
+    def close(self) -> None:
+        """Tell every subscriber the stream is over (the control plane is stopping)."""
+        for _, q in list(self._subs):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(CLOSED)
 
     def publish(self, org: str, kind: str, data: dict[str, Any]) -> None:
         event = {"org": org, "kind": kind, "at": datetime.now(UTC).isoformat(), **data}

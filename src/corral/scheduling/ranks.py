@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from corral.domain.errors import InvalidInput
 from corral.domain.tasks import Priority, age_epoch
 
 __all__ = ["SEQ_BITS", "band_deadline", "key_of", "rank_of", "seq_of"]
@@ -31,11 +32,22 @@ _NO_DEADLINE = (1 << _DEADLINE_BITS) - 1
 _DEADLINE_OFFSET = 1 << 59  # microseconds: deadlines within ±18,000 years of the clock's zero
 _KEY_OFFSET = 1 << 63
 _CRITICAL_LIFT = 1 << 62  # below every non-critical key whatever the epochs: the critical tier
+_MAX_EPOCH = 1 << 60
 
 
 def key_of(priority: Priority, band: int, enqueued_at: float, aging_seconds: float) -> int:
-    """The ageing order key: smaller is first; see :mod:`corral.domain.tasks`."""
-    key = age_epoch(enqueued_at, aging_seconds) - band
+    """The ageing order key: smaller is first; see :mod:`corral.domain.tasks`.
+
+    Raises:
+        InvalidInput: ``enqueued_at`` is not finite or so far from the clock's zero, in
+            ageing periods, that the key would not fit its bits.
+    """
+    if not math.isfinite(enqueued_at):
+        raise InvalidInput(f"enqueue time must be a finite number, got {enqueued_at}")
+    epoch = age_epoch(enqueued_at, aging_seconds)
+    if not -_MAX_EPOCH < epoch < _MAX_EPOCH:
+        raise InvalidInput(f"enqueue time {enqueued_at} is out of range")
+    key = epoch - band
     return key - _CRITICAL_LIFT if priority is Priority.CRITICAL else key
 
 

@@ -197,16 +197,16 @@ class Scheduler:
         Raises:
             NotFound: its org was not registered with :meth:`set_org`.
             Conflict: a task with this id is already queued.
-            InvalidInput: a time that is not a number, or an infinite enqueue time.
+            InvalidInput: a deadline that is not a number, an enqueue time that is not finite.
         """
         org = self._orgs.get(task.org) or self._org(task.org)
         if task.id in self._index:
             raise Conflict(f"task {task.id} is already queued", details={"task": task.id})
         deadline = task.deadline
-        if not math.isfinite(task.enqueued_at) or (deadline is not None and math.isnan(deadline)):
-            raise InvalidInput(f"task {task.id} has a time that is not a finite number")
-        seq = next(self._seq)
+        if deadline is not None and math.isnan(deadline):
+            raise InvalidInput(f"task {task.id} has a deadline that is not a number")
         key = key_of(task.priority, org.bands[task.priority], task.enqueued_at, self._aging)
+        seq = next(self._seq)
         item = (rank_of(key, deadline, seq), task)
         self._index[task.id] = item
         org.queued += 1
@@ -271,7 +271,7 @@ class Scheduler:
         return out
 
     def peek(self) -> QueuedTask | None:
-        """The task :meth:`pop_next` would offer first (parked lanes aside)."""
+        """The task :meth:`pop_next` would offer first, its deadline and placement aside."""
         top = self._top
         while top:
             entry = top[0]
@@ -295,7 +295,7 @@ class Scheduler:
         queued) and the next lane is offered; anything else dequeues the task, counts it as
         running for its org (call :meth:`on_finished` when it stops) and returns it. A head
         whose deadline is at or before ``now`` is not offered: it is set aside for
-        :meth:`expire`.
+        :meth:`expire`. ``placer`` must not change the scheduler.
 
         Returns:
             The task and its placement, or ``None`` when nothing queued can be placed now.
@@ -409,7 +409,7 @@ class Scheduler:
                     lane.parked = False
                     self._list(lane)
                 continue
-            rank = lane.listed
+            rank = lane.listed + (1 << 200)
             lane.version += 1
             heappush(top, (rank >> SEQ_BITS, share, vtime, rank, lane.version, lane))
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from corral.api.auth import Caller, admin_only, org_scope, platform
+from corral.control.hub import CLOSED
 from corral.domain.tenancy import Organization
 
 __all__ = ["router"]
@@ -34,6 +35,8 @@ def _stream(request: Request, org: str | None) -> StreamingResponse:
                         return
                     yield b": keepalive\n\n"
                     continue
+                if event is CLOSED:
+                    return
                 data = json.dumps(event, separators=(",", ":"), default=str)
                 yield f"event: {event['kind']}\ndata: {data}\n\n".encode()
 

@@ -41,7 +41,8 @@ class SecretPut(Strict):
         """The value's bytes.
 
         Raises:
-            InvalidInput: neither or both forms given, or ``valueBase64`` is not base64.
+            InvalidInput: neither or both forms given, ``value`` does not encode as UTF-8,
+                or ``valueBase64`` is not base64.
         """
         if (self.value is None) == (self.value_base64 is None):
             raise InvalidInput(
@@ -49,7 +50,13 @@ class SecretPut(Strict):
                 details={"fields": ["value", "valueBase64"]},
             )
         if self.value is not None:
-            return self.value.get_secret_value().encode("utf-8")
+            try:
+                return self.value.get_secret_value().encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput(
+                    "value is not valid Unicode text (a lone surrogate?); send it as valueBase64",
+                    details={"field": "value"},
+                ) from None
         assert self.value_base64 is not None
         try:
             return base64.b64decode(self.value_base64.get_secret_value(), validate=True)

@@ -1,0 +1,281 @@
+"""Agent lifecycle through the controller, with every real part: SQLite, the platform's own
+nats-server, the local runtime and the built-in agent as an OS process.
+
+Measured, one figure per line next to its target:
+
+- provision → ready: ``Controller.provision`` until the agent reported ready
+  (``wait_running``), one agent after another; p50 and p99.
+- a burst: 100 agents provisioned at once, wall time until the last one is ready.
+- pause: ``Controller.pause`` (checkpoint over the bus, stop the process, revoke, release)
+  until it returns, and resume → ready (``resume`` until the agent reported ready again).
+- idle memory: USS of each idle agent's process tree, from ``LocalProcessRuntime.usage``.
+
+The peer is Ray: the figures from ``shared notes`` (Ray 2.60 on a 2-core machine like this
+one) are always printed; where ``ray`` is importable the same figures are measured in this run
+(an actor created one at a time until its first ping answers; 100 actors at once until all
+answer; each actor's USS).
+
+Run: ``python benchmarks/agents.py [--sequential 30] [--burst 100] [--cycles 10] [--no-ray]``.
+Everything runs on loopback in a temporary data directory, and nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import _common as c
+
+from corral.control.platform import Platform
+from corral.domain.admission import ContainerRequest
+from corral.domain.tenancy import Organization
+
+TARGET_PROVISION_P50 = 0.150
+TARGET_BURST_100 = 5.0
+TARGET_RESUME_P50 = 0.200
+TARGET_PAUSE_P50 = 0.050
+TARGET_IDLE_MIB = 30.0
+
+RAY_NOTES = {
+    "create p50": 0.309,
+    "create p99": 0.540,
+    "burst 100": 24.6,
+    "uss": 42 * 2**20,
+    "init": 2.36,
+}
+
+READY_TIMEOUT = 120.0
+
+
+@dataclass
+class Figures:
+    provision_call: list[float] = field(default_factory=list)
+    provision_ready: list[float] = field(default_factory=list)
+    burst_n: int = 0
+    burst_wall: float = float("nan")
+    burst_each: list[float] = field(default_factory=list)
+    pause: list[float] = field(default_factory=list)
+    resume_ready: list[float] = field(default_factory=list)
+    idle_uss: list[int] = field(default_factory=list)
+    idle_rss: list[int] = field(default_factory=list)
+    terminate: list[float] = field(default_factory=list)
+
+
+async def _provision(p: Platform, org: Organization, name: str) -> tuple[str, float, float]:
+    """Provision one agent; (id, seconds until provision returned, seconds until ready)."""
+    t0 = time.perf_counter()
+    agent = await p.controller.provision(org, name=name, role="worker", request=ContainerRequest())
+    t1 = time.perf_counter()
+    await p.controller.wait_running(agent.id, timeout=READY_TIMEOUT)
+    return agent.id, t1 - t0, time.perf_counter() - t0
+
+
+async def _terminate_all(p: Platform, org: Organization, ids: list[str]) -> list[float]:
+    async def one(agent_id: str) -> float:
+        t0 = time.perf_counter()
+        await p.controller.terminate(org, agent_id, delete_workspace=True)
+        return time.perf_counter() - t0
+
+    return list(await asyncio.gather(*(one(i) for i in ids)))
+
+
+async def measure_corral(args: argparse.Namespace) -> Figures:
+    f = Figures()
+    async with c.live_platform() as p:
+        org = await c.bench_org(p)
+        print(f"local runtime limits: {p.runtime.mechanism}", flush=True)
+
+        ids: list[str] = []
+        for i in range(args.sequential):
+            agent_id, call, ready = await _provision(p, org, f"seq-{i}")
+            ids.append(agent_id)
+            f.provision_call.append(call)
+            f.provision_ready.append(ready)
+        print(f"  {args.sequential} sequential provisions done", flush=True)
+
+        await asyncio.sleep(2.0)  # let start-up garbage settle: idle means idle
+        for agent_id in ids:
+            usage = await p.runtime.usage(org.slug, agent_id)
+            if usage is not None:
+                f.idle_rss.append(usage.rss_bytes)
+                if usage.uss_bytes is not None:
+                    f.idle_uss.append(usage.uss_bytes)
+
+        for agent_id in ids[: args.cycles]:
+            t0 = time.perf_counter()
+            await p.controller.pause(org, agent_id)
+            f.pause.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await p.controller.resume(org, agent_id)
+            await p.controller.wait_running(agent_id, timeout=READY_TIMEOUT)
+            f.resume_ready.append(time.perf_counter() - t0)
+        print(f"  {len(f.pause)} pause/resume cycles done", flush=True)
+
+        f.terminate = await _terminate_all(p, org, ids)
+
+        if args.burst:
+            t0 = time.perf_counter()
+            results = await asyncio.gather(
+                *(_provision(p, org, f"burst-{i}") for i in range(args.burst))
+            )
+            f.burst_wall = time.perf_counter() - t0
+            f.burst_n = len(results)
+            f.burst_each = [r[2] for r in results]
+            print(f"  burst of {args.burst} done", flush=True)
+            f.terminate += await _terminate_all(p, org, [r[0] for r in results])
+    return f
+
+
+@dataclass
+class RayFigures:
+    init: float = float("nan")
+    create: list[float] = field(default_factory=list)
+    burst_n: int = 0
+    burst_wall: float = float("nan")
+    uss: list[int] = field(default_factory=list)
+
+
+def measure_ray(args: argparse.Namespace) -> RayFigures:
+    """Ray actors on this machine: create → first ping, one at a time and 100 at once."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves this machine
+    import psutil
+    import ray
+
+    @ray.remote
+    class Pinger:
+        def ping(self) -> int:
+            return os.getpid()
+
+    r = RayFigures()
+    t0 = time.perf_counter()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
+    r.init = time.perf_counter() - t0
+    try:
+        for _ in range(args.ray_sequential):
+            t0 = time.perf_counter()
+            actor = Pinger.remote()  # type: ignore[attr-defined]
+            ray.get(actor.ping.remote(), timeout=READY_TIMEOUT)
+            r.create.append(time.perf_counter() - t0)
+            ray.kill(actor)
+        print(f"  ray: {args.ray_sequential} sequential actors done", flush=True)
+        if args.burst:
+            t0 = time.perf_counter()
+            actors = [Pinger.remote() for _ in range(args.burst)]  # type: ignore[attr-defined]
+            pids = ray.get([a.ping.remote() for a in actors], timeout=READY_TIMEOUT * 3)
+            r.burst_wall = time.perf_counter() - t0
+            r.burst_n = len(actors)
+            time.sleep(2.0)
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    r.uss.append(psutil.Process(pid).memory_full_info().uss)
+            for a in actors:
+                ray.kill(a)
+            print(f"  ray: burst of {args.burst} done", flush=True)
+    finally:
+        ray.shutdown()
+    return r
+
+
+def report(args: argparse.Namespace, f: Figures, r: RayFigures | None) -> None:
+    t = c.Table("agent lifecycle (local runtime, through the controller)", "ray")
+    p50 = c.pct(f.provision_ready, 50)
+    t.add(
+        f"provision → ready p50 (n={len(f.provision_ready)})",
+        c.ms(p50),
+        f"≤ {c.ms(TARGET_PROVISION_P50)} ({c.met(p50, TARGET_PROVISION_P50)})",
+        measured=c.ms(c.pct(r.create, 50)) if r and r.create else "",
+        notes=c.ms(RAY_NOTES["create p50"]),
+    )
+    t.add(
+        "provision → ready p99",
+        c.ms(c.pct(f.provision_ready, 99)),
+        measured=c.ms(c.pct(r.create, 99)) if r and r.create else "",
+        notes=c.ms(RAY_NOTES["create p99"]),
+    )
+    t.add("  of which provision() returns p50", c.ms(c.pct(f.provision_call, 50)))
+    if f.burst_n:
+        t.add(
+            f"{f.burst_n} at once, until all ready",
+            c.secs(f.burst_wall),
+            f"≤ {c.secs(TARGET_BURST_100)} ({c.met(f.burst_wall, TARGET_BURST_100)})",
+            measured=c.secs(r.burst_wall) if r and r.burst_n else "",
+            notes=c.secs(RAY_NOTES["burst 100"]),
+        )
+        t.add(f"  each of the {f.burst_n}: ready p50", c.secs(c.pct(f.burst_each, 50)))
+    if f.pause:
+        pause50 = c.pct(f.pause, 50)
+        t.add(
+            f"pause p50 (n={len(f.pause)})",
+            c.ms(pause50),
+            f"≤ {c.ms(TARGET_PAUSE_P50)} ({c.met(pause50, TARGET_PAUSE_P50)})",
+        )
+        resume50 = c.pct(f.resume_ready, 50)
+        t.add(
+            f"resume → ready p50 (n={len(f.resume_ready)})",
+            c.ms(resume50),
+            f"≤ {c.ms(TARGET_RESUME_P50)} ({c.met(resume50, TARGET_RESUME_P50)})",
+        )
+    if f.idle_uss:
+        uss50 = statistics.median(f.idle_uss)
+        t.add(
+            f"idle agent USS p50 (n={len(f.idle_uss)})",
+            c.mib(uss50),
+            f"≤ {TARGET_IDLE_MIB:.0f} MiB ({c.met(uss50 / 2**20, TARGET_IDLE_MIB)})",
+            measured=c.mib(statistics.median(r.uss)) if r and r.uss else "",
+            notes=c.mib(RAY_NOTES["uss"]),
+        )
+        t.add("  idle agent USS max / RSS p50", f"{c.mib(max(f.idle_uss))} / "
+              f"{c.mib(statistics.median(f.idle_rss))}")  # fmt: skip
+    if f.terminate:
+        t.add(f"terminate p50 (n={len(f.terminate)}, concurrent)", c.ms(c.pct(f.terminate, 50)))
+    if r is not None:
+        t.add(
+            "runtime start (ray.init)", "", measured=c.secs(r.init), notes=c.secs(RAY_NOTES["init"])
+        )
+    t.print()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sequential", type=int, default=30, help="agents provisioned one by one")
+    ap.add_argument("--burst", type=int, default=100, help="agents provisioned at once (0: skip)")
+    ap.add_argument("--cycles", type=int, default=10, help="pause/resume cycles")
+    ap.add_argument("--ray-sequential", type=int, default=20, help="Ray actors one by one")
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray peer")
+    ap.add_argument("--limit", type=float, default=600.0, help="give up after this many seconds")
+    args = ap.parse_args()
+    args.cycles = min(args.cycles, args.sequential)
+
+    c.header("agents")
+    before = {p.pid for p in c.children()}
+    figures = c.bounded(measure_corral(args), args.limit, before)
+
+    ray_figures: RayFigures | None = None
+    if args.no_ray:
+        print("ray: skipped (--no-ray); its figures below are from the notes")
+    elif not c.importable("ray"):
+        print("ray: not importable here, skipped; its figures below are from the notes "
+              "(pip install ray to measure it side by side)")  # fmt: skip
+    else:
+        ray_figures = measure_ray(args)
+
+    if figures is not None:
+        report(args, figures, ray_figures)
+    c.report_leftovers(before)
+    sys.exit(0 if figures is not None else 1)
+
+
+if __name__ == "__main__":
+    main()
