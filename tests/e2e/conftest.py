@@ -74,10 +74,12 @@ def live_settings(data_dir: Path, **overrides: Any) -> Settings:
 @pytest.fixture
 async def live(tmp_path: Path) -> AsyncIterator[Live]:
     data = tmp_path / "data"
-    async with running(live_settings(data)) as srv:
-        async with httpx.AsyncClient(
+    async with (
+        running(live_settings(data)) as srv,
+        httpx.AsyncClient(
             base_url=srv.url,
             headers={"Authorization": f"Bearer {srv.platform.new_admin_key}"},
             timeout=30,
-        ) as admin:
-            yield Live(srv, admin, data)
+        ) as admin,
+    ):
+        yield Live(srv, admin, data)
