@@ -31,6 +31,7 @@ from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError, InvalidInput, NotFound, PermissionDenied
 from corral.domain.ids import AgentId, OrgId
+from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
 from corral.runtime.base import AgentRuntime, Phase
@@ -283,10 +284,22 @@ class Platform:
         import base64
 
         org = await self.orgs.get(request.org)
+        refusal = None
         if request.agent_id is None:
-            raise PermissionDenied("the caller is no agent of this organization")
-        if request.payload.get("agentId") != request.agent_id:
-            raise PermissionDenied("the request names another agent than the one connected")
+            refusal = "the caller is no agent of this organization"
+        elif request.payload.get("agentId") != request.agent_id:
+            refusal = "the request names another agent than the one connected"
+        if refusal is not None:
+            await self.vault.audit.record(
+                OrgId(org.id),
+                actor=f"agent:{request.agent_id or request.user}",
+                action=AuditAction.SECRET_READ,
+                target=str(request.payload.get("secret", ""))[:253],
+                allowed=False,
+                detail=refusal,
+            )
+            self.metrics.vault_errors.labels(org.slug, "permission_denied").inc()
+            raise PermissionDenied(refusal)
         try:
             value = await self.access.read(request.payload, org_id=OrgId(org.id), org_slug=org.slug)
         except CorralError as exc:

@@ -20,7 +20,13 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from corral.domain import subjects
-from corral.domain.errors import CorralError, InvalidInput, PermissionDenied, Unavailable
+from corral.domain.errors import (
+    CorralError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from corral.domain.messages import (
     ControlKind,
     ControlMessage,
@@ -347,7 +353,13 @@ class Agent:
             raise Unavailable("the vault did not answer in time") from exc
         data = decode(reply.data)
         if "error" in data:
-            raise PermissionDenied(str(data["error"].get("message", "denied")))
+            error = data["error"] if isinstance(data["error"], dict) else {}
+            message = str(error.get("message", "denied"))
+            if error.get("code") == "not_found":
+                raise NotFound(message)
+            if error.get("code") == "unavailable":
+                raise Unavailable(message)
+            raise PermissionDenied(message)
         value = data.get("value")
         if not isinstance(value, str):
             raise Unavailable("malformed vault reply")
