@@ -409,7 +409,7 @@ class Scheduler:
                     lane.parked = False
                     self._list(lane)
                 continue
-            rank = lane.listed + (1 << 200)
+            rank = lane.listed
             lane.version += 1
             heappush(top, (rank >> SEQ_BITS, share, vtime, rank, lane.version, lane))
 
