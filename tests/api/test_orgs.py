@@ -83,11 +83,13 @@ async def test_missing_or_wrong_keys_are_401(admin: httpx.AsyncClient) -> None:
 async def test_each_org_is_rate_limited_by_its_plan(admin: httpx.AsyncClient) -> None:
     a = (await admin.post("/v1/orgs", json={"name": "tiny", "plan": "free"})).json()
     async with as_key(admin, a["apiKey"]) as tiny:
-        statuses = [(await tiny.get("/v1/orgs/tiny/usage")).status_code for _ in range(40)]
-        assert 429 in statuses
-        limited = await tiny.get("/v1/orgs/tiny/usage")
-        assert limited.status_code == 429
-        assert int(limited.headers["Retry-After"]) >= 1
+        responses = [await tiny.get("/v1/orgs/tiny/agents") for _ in range(40)]
+        statuses = [r.status_code for r in responses]
+        assert statuses[:20] == [200] * 20  # the free plan's burst
+        limited = [r for r in responses if r.status_code == 429]
+        assert limited, statuses
+        assert int(limited[0].headers["Retry-After"]) >= 1
+        assert limited[0].json()["error"]["code"] == "rate_limited"
     # the admin key is not limited by the org's plan
     assert (await admin.get("/v1/orgs/tiny/usage")).status_code == 200
 

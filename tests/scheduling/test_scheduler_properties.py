@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from corral.domain.ids import AgentId, OrgId, TaskId
 from corral.domain.plans import PLANS
@@ -148,6 +148,7 @@ class PlacerLog:
 
 
 ORGS = ["a", "b", "c"]
+INITIAL_PLANS = ["standard", "standard", "enterprise"]  # equal weights tie on fair share
 ROLES = [None, "r"]
 AGENTS = [None, "agent-1"]
 LANES = [(o, r, a) for o in ORGS for r in ROLES for a in AGENTS]
@@ -155,6 +156,15 @@ LANES = [(o, r, a) for o in ORGS for r in ROLES for a in AGENTS]
 ages = st.integers(0, 8)
 deadlines = st.none() | st.integers(-4, 40)
 agents = st.sampled_from(AGENTS) | st.none()
+TaskSpec = tuple[str, Priority, int, int | None, str | None, str | None]
+task_specs = st.tuples(
+    st.sampled_from(ORGS),
+    st.sampled_from(PRIORITIES),
+    ages,
+    deadlines,
+    st.sampled_from(ROLES),
+    agents,
+)
 STEP = 2.5  # times on a coarse grid: no two deadlines closer than the scheduler's microsecond
 
 
@@ -165,7 +175,7 @@ class SchedulerAgreesWithReference(RuleBasedStateMachine):
         self.sched = Scheduler(aging_seconds=10.0)
         self.ref = Reference(aging=10.0)
         self.ids = itertools.count()
-        for org, plan in zip(ORGS, PLAN_NAMES, strict=True):
+        for org, plan in zip(ORGS, INITIAL_PLANS, strict=True):
             self.set_org(org, plan)
 
     def set_org(self, org: str, plan: str) -> None:
@@ -173,23 +183,12 @@ class SchedulerAgreesWithReference(RuleBasedStateMachine):
         self.sched.set_org(OrgId(org), weight=weight, plan_boost=boost)
         self.ref.set_org(org, weight, boost)
 
-    @rule(
-        batch=st.lists(
-            st.tuples(
-                st.sampled_from(ORGS),
-                st.sampled_from(PRIORITIES),
-                ages,
-                deadlines,
-                st.sampled_from(ROLES),
-                agents,
-            ),
-            min_size=1,
-            max_size=8,
-        )
-    )
-    def enqueue(
-        self, batch: list[tuple[str, Priority, int, int | None, str | None, str | None]]
-    ) -> None:
+    @initialize(batch=st.lists(task_specs, min_size=10, max_size=40))
+    def backlog(self, batch: list[TaskSpec]) -> None:
+        self.enqueue(batch)
+
+    @rule(batch=st.lists(task_specs, min_size=1, max_size=12))
+    def enqueue(self, batch: list[TaskSpec]) -> None:
         for org, priority, age, deadline, role, agent in batch:
             task = QueuedTask(
                 TaskId(f"t{next(self.ids)}"),
@@ -212,7 +211,7 @@ class SchedulerAgreesWithReference(RuleBasedStateMachine):
     @rule(
         advance=st.integers(0, 6),
         refused=st.sets(st.sampled_from(LANES), max_size=6),
-        decisions=st.integers(1, 6),
+        decisions=st.integers(1, 10),
     )
     def decide(self, advance: int, refused: set[LaneKey], decisions: int) -> None:
         self.now += advance * STEP

@@ -315,7 +315,7 @@ class Scheduler:
                 self._drop(lane)
                 continue
             org = lane.org
-            if head[0] != entry[3] or org.share != entry[1] or org.vtime != entry[2]:
+            if head[0] != entry[3]:
                 self._list(lane)  # the lane got worse since it was listed
                 continue
             task = head[1]
