@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -174,3 +175,31 @@ async def test_delegation_within_an_org_creates_a_child_with_its_parent(live: Li
     ]
     assert len(children) == 2 and {c["parent"] for c in children} == {t["id"]}
     assert all(c["fromAgent"] == mgr["id"] and c["state"] == "completed" for c in children)
+
+
+async def test_a_hung_agent_loses_its_heartbeat_and_its_task_is_retried(manual: Live) -> None:
+    await manual.org("acme")
+    agent = await manual.agent("acme", "sleepy", role="worker")
+    t = await manual.task("acme", role="worker", payload={"op": "sleep", "seconds": 1})
+
+    async def running_now() -> bool:
+        return (await _show(manual, "acme", t["id"]))["state"] == "running"
+
+    await eventually(running_now, message="task running")
+    (proc,) = [
+        p
+        for p in psutil.process_iter(["environ"])
+        if (p.info["environ"] or {}).get("CORRAL_AGENT_ID") == agent["id"]
+    ]
+    proc.suspend()  # alive but silent: no heartbeat, no progress
+    try:
+        done = await manual.wait_task("acme", t["id"], timeout=40)
+    finally:
+        with contextlib.suppress(psutil.Error):
+            proc.resume()
+    assert done["state"] == "completed"
+    shown = await _show(manual, "acme", t["id"])
+    assert shown["attempts"] == 2
+    assert any("lost" in h["detail"] for h in shown["history"])
+    restarted = (await manual.admin.get(f"/v1/orgs/acme/agents/{agent['id']}")).json()
+    assert restarted["restarts"] == 1 and restarted["state"] == "running"

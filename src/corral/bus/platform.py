@@ -316,7 +316,7 @@ class PlatformBus:
                 self._violations.check()
                 try:
                     batch_msgs: list[Msg] = await pull.fetch(batch, timeout=wait)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):  # nothing new: poll again
                     continue
                 except (nats.errors.Error, OSError) as exc:
                     error = translate(exc, doing="reading EVENTS")

@@ -29,6 +29,7 @@ from corral.domain.messages import MessageType, StatusKind, StatusMessage, TaskM
 from corral.domain.quantities import parse
 from corral.domain.tasks import Priority, Requirements, TaskState
 from corral.domain.tenancy import Organization
+from corral.runtime.base import Phase, RuntimeStatus
 from corral.scheduling.placement import (
     Action,
     AgentAvailability,
@@ -81,6 +82,7 @@ class Dispatcher:
         auto_provision: bool = True,
         idle_timeout: Callable[[Organization], float] = lambda org: org.plan.idle_timeout_seconds,
         aging_seconds: float = 300.0,
+        heartbeat_seconds: float = 5.0,
     ) -> None:
         self.tasks = tasks
         self.orgs = orgs
@@ -101,6 +103,10 @@ class Dispatcher:
         # orgs whose capacity changed since the last round: events arrive while a round runs
         # on an older snapshot, so parked lanes are woken at the start of the next round too
         self._changed: set[str] = set()
+        self.heartbeat_seconds = heartbeat_seconds
+        self._last_seen: dict[str, float] = {}
+        self._silenced: set[str] = set()  # being restarted for a lost heartbeat
+        self._last_silence_check = time.monotonic()
 
     # -- start ----------------------------------------------------------------------------
     async def rebuild(self) -> None:
@@ -273,6 +279,9 @@ class Dispatcher:
             ):
                 self._publish(await self.tasks.get(q.id))
         await self._reap_idle()
+        if time.monotonic() - self._last_silence_check > self.heartbeat_seconds:
+            self._last_silence_check = time.monotonic()
+            await self._reap_silent()
         if len(self.scheduler) == 0 or self.held:
             return
         views = await self._views()
@@ -445,6 +454,41 @@ class Dispatcher:
             await self._notify_parent(await self.tasks.get(task_id))
         self.kick()
 
+    async def _seen(self, agent_id: str) -> None:
+        """Record that the agent spoke (at most once per heartbeat interval in the store)."""
+        now = time.monotonic()
+        if now - self._last_seen.get(agent_id, 0.0) < self.heartbeat_seconds:
+            self._last_seen.setdefault(agent_id, now)
+            return
+        self._last_seen[agent_id] = now
+        await self.controller.agents.update(agent_id, last_seen_at=datetime.now(UTC))
+
+    async def _reap_silent(self) -> None:
+        """A running agent that stopped heartbeating is hung or cut off: restart it and
+        retry its work, as after a crash."""
+        limit = max(10.0, 5 * self.heartbeat_seconds)
+        now = datetime.now(UTC)
+        for agent in await self.controller.agents.find(states=[AgentState.RUNNING]):
+            seen = agent.last_seen_at or agent.resumed_at or agent.created_at
+            if (now - seen).total_seconds() < limit:
+                continue
+            org = self._orgs_by_id.get(agent.org_id)
+            if org is None or agent.id in self._silenced:
+                continue
+            self._silenced.add(agent.id)
+            log.warning("%s sent no heartbeat for %.0fs: restarting it", agent.id, limit)
+            self._spawn(self._restart_silent(org, agent), f"silent-{agent.id}")
+
+    async def _restart_silent(self, org: Organization, agent: Agent) -> None:
+        with contextlib.suppress(CorralError):
+            await self.controller.runtime.stop(org.slug, agent.id, grace=1.0)
+            await self.controller.on_exit(
+                RuntimeStatus(
+                    org.slug, agent.id, Phase.CRASHED, detail={"reason": "heartbeat lost"}
+                )
+            )
+        await self.on_agent_lost(agent.id)
+
     async def _reap_idle(self) -> None:
         now = datetime.now(UTC)
         running = await self.controller.agents.find(states=[AgentState.RUNNING])
@@ -487,6 +531,7 @@ class Dispatcher:
     async def _on_status(self, event: BusEvent, status: StatusMessage) -> None:
         agent_id = event.agent_id
         kind = status.status
+        await self._seen(agent_id)
         if kind is StatusKind.READY:
             try:
                 agent = await self.controller.agents.get(agent_id)

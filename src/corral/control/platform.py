@@ -152,6 +152,7 @@ class Platform:
             bus=self.bus,
             hub=self.hub,
             auto_provision=self.settings.auto_provision,
+            heartbeat_seconds=self.settings.heartbeat_seconds,
             idle_timeout=(lambda org: idle)
             if idle is not None
             else (lambda org: org.plan.idle_timeout_seconds),
