@@ -232,6 +232,28 @@ def test_two_orgs_with_weights_1_and_3_share_the_decisions_25_75() -> None:
     assert Counter(running) == {"one": 10, "three": 30}
 
 
+def test_slots_are_apportioned_to_the_nearest_whole_share() -> None:
+    """Seven slots for weights 1 and 4 (fair: 1.4 and 5.6) end as 1 and 6, not 2 and 5."""
+    sched = Scheduler()
+    sched.set_org(OrgId("small"), weight=1, plan_boost=0)
+    sched.set_org(OrgId("large"), weight=4, plan_boost=0)
+    for _ in range(10):
+        sched.enqueue(task("small"))
+        sched.enqueue(task("large"))
+    assert Counter(t.org for t in drain_n(sched, 7)) == {"small": 1, "large": 6}
+
+
+def test_equal_shares_go_to_the_org_handed_fewer_tasks() -> None:
+    sched = scheduler(("a", "standard"), ("b", "standard"))
+    for name in ("a1", "a2"):
+        sched.enqueue(task("a", name=name))
+    for name in ("b1", "b2"):
+        sched.enqueue(task("b", name=name))
+    first = drain_n(sched, 1)[0]
+    sched.on_finished(first.org)  # both orgs run nothing again; a has been served once
+    assert [first.id, drain_n(sched, 1)[0].id] == ["a1", "b1"]
+
+
 def test_running_work_counts_toward_fair_share() -> None:
     sched = scheduler(("busy", "standard"), ("idle", "standard"))
     sched.set_running(OrgId("busy"), 5)  # e.g. loaded from the store on start
@@ -283,6 +305,36 @@ def test_cancel_removes_a_queued_task() -> None:
     assert sched.remove(TaskId("cancelled")) is None
     assert sched.peek() is not None and sched.peek().id == "kept"  # type: ignore[union-attr]
     assert names(drain(sched)) == ["kept"]
+
+
+def test_a_task_put_back_keeps_its_place_and_its_org_its_share() -> None:
+    sched = scheduler(("a", "standard"), ("b", "standard"))
+    for name in ("a1", "a2"):
+        sched.enqueue(task("a", name=name))
+    sched.enqueue(task("b", name="b1"))
+    taken = drain_n(sched, 1)[0]  # a1: its agent must be woken first
+    sched.put_back(taken)
+    assert sched.running(OrgId("a")) == 0
+    assert names(drain(sched)) == ["a1", "b1", "a2"]
+
+
+def test_a_task_put_back_late_goes_to_the_back_of_its_band() -> None:
+    sched = scheduler(("a", "standard"))
+    for name in ("t1", "t2", "t3"):
+        sched.enqueue(task("a", name=name))
+    first, second = drain_n(sched, 2)
+    sched.put_back(first)  # not the last one handed out: its old place is not known
+    sched.put_back(second)
+    assert names(drain(sched)) == ["t2", "t3", "t1"]
+
+
+def test_a_queued_task_cannot_be_put_back() -> None:
+    sched = scheduler(("a", "standard"))
+    queued = task("a")
+    sched.enqueue(queued)
+    with pytest.raises(Conflict):
+        sched.put_back(queued)
+    assert len(sched) == 1
 
 
 def test_a_cancelled_task_may_be_queued_again() -> None:

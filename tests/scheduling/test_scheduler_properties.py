@@ -56,6 +56,7 @@ class Reference:
     parked: set[LaneKey] = field(default_factory=set)
     set_aside: list[QueuedTask] = field(default_factory=list)
     seq: itertools.count[int] = field(default_factory=itertools.count)
+    last: tuple[QueuedTask, int] | None = None
 
     def order(self, task: QueuedTask, seq: int) -> tuple[int, int, float, int]:
         band = effective_priority(task.priority, self.orgs[task.org].boost)
@@ -72,10 +73,21 @@ class Reference:
         state = self.orgs.setdefault(org, _RefOrg(weight, boost))
         state.weight, state.boost = weight, boost
 
-    def enqueue(self, task: QueuedTask) -> None:
-        self.tasks[task.id] = (task, next(self.seq))
+    def enqueue(self, task: QueuedTask, seq: int | None = None) -> None:
+        self.tasks[task.id] = (task, next(self.seq) if seq is None else seq)
         if self.head(lane_of(task)) is task:
             self.parked.discard(lane_of(task))
+
+    def put_back(self, task: QueuedTask) -> None:
+        """Back in its old place if it was the last handed out; counts undone."""
+        if self.last is not None and self.last[0] is task:
+            self.enqueue(task, self.last[1])
+            self.last = None
+        else:
+            self.enqueue(task)
+        org = self.orgs[task.org]
+        org.running = max(0, org.running - 1)
+        org.served = max(0, org.served - 1)
 
     def remove(self, task_id: str) -> QueuedTask | None:
         entry = self.tasks.pop(task_id, None)
@@ -104,7 +116,7 @@ class Reference:
             if placer(task).waits:
                 self.parked.add(best)
                 continue
-            del self.tasks[task.id]
+            self.last = (task, self.tasks.pop(task.id)[1])
             org = self.orgs[task.org]
             org.running += 1
             org.served += 1
@@ -175,6 +187,7 @@ class SchedulerAgreesWithReference(RuleBasedStateMachine):
         self.sched = Scheduler(aging_seconds=10.0)
         self.ref = Reference(aging=10.0)
         self.ids = itertools.count()
+        self.taken: list[QueuedTask] = []
         for org, plan in zip(ORGS, INITIAL_PLANS, strict=True):
             self.set_org(org, plan)
 
@@ -223,6 +236,17 @@ class SchedulerAgreesWithReference(RuleBasedStateMachine):
             assert ours.asked == theirs.asked
             if expected is None:
                 break
+            self.taken.append(expected)
+
+    @rule(data=st.data())
+    def put_back(self, data: st.DataObject) -> None:
+        """Put back the task handed out last, or an older one (which goes to the back)."""
+        candidates = [t for t in self.taken[-3:] if t.id not in self.ref.tasks]
+        if not candidates:
+            return
+        task = data.draw(st.sampled_from(candidates))
+        self.sched.put_back(task)
+        self.ref.put_back(task)
 
     @rule(org=st.sampled_from(ORGS))
     def finish(self, org: str) -> None:

@@ -343,8 +343,7 @@ class Dispatcher:
             await self._dispatch(org, task, placement.agent_id)
             return
         # WAKE or PROVISION: the task goes back to the queue until the agent is ready
-        self.scheduler.on_finished(task.org)
-        self.scheduler.enqueue(task)
+        self.scheduler.put_back(task)
         key = (org.id, task.role)
         self._incoming[key] += 1
         if placement.action is Action.WAKE and placement.agent_id is not None:
@@ -359,8 +358,7 @@ class Dispatcher:
     async def _dispatch(self, org: Organization, task: QueuedTask, agent_id: AgentId) -> None:
         agents = self.controller.agents
         if not await agents.claim(agent_id, task.id):
-            self.scheduler.on_finished(task.org)
-            self.scheduler.enqueue(task)
+            self.scheduler.put_back(task)
             return
         rec = await self.tasks.get(task.id)
         moved = await self.tasks.transition(

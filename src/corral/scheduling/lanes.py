@@ -93,7 +93,6 @@ class Lane(Generic[T]):
         self.reason = ""
 
     def push(self, item: tuple[int, T]) -> None:
-        """Add ``item``; a task without a deadline must have a larger seq than any queued."""
         if item[1].deadline is not None:
             heappush(self.heap, item)
             return
@@ -102,8 +101,14 @@ class Lane(Generic[T]):
         if run is None:
             self.runs[band_deadline] = deque((item,))
             heappush(self.run_keys, band_deadline)
+        elif item[0] > run[-1][0]:
+            run.append(item)  # the common case: arrivals come in order
+        elif item[0] < run[0][0]:
+            run.appendleft(item)  # a task put back where it was
         else:
-            run.append(item)
+            ordered = sorted((*run, item), key=_rank)
+            run.clear()
+            run.extend(ordered)
 
     def first(self) -> tuple[int, T] | None:
         """The head, or ``None`` if the lane is empty."""

@@ -33,8 +33,11 @@ tasks with :meth:`~Scheduler.enqueue` on start, then on each round::
         ...
     while (decision := scheduler.pop_next(now, placer)) is not None:
         ...                              # record dispatched, publish, update the agent view
+        # or, if it does not start now (waking/provisioning an agent first, agent taken):
+        # scheduler.put_back(decision.task)
     # on a task leaving dispatched/running: scheduler.on_finished(org)
-    # on an agent becoming idle or quota freed: scheduler.wake(org)
+    # on an agent becoming idle or quota freed: scheduler.wake(org); a retry: enqueue() again
+    # with the first enqueued_at; a cancel: remove()
 
 Pure: no I/O, no clock; ``now`` is always an argument.
 """
@@ -103,7 +106,9 @@ class Scheduler:
         self._deadlines: list[tuple[float, int, QueuedTask]] = []
         self._with_deadline = 0  # queued tasks that have a deadline
         self._expired: list[QueuedTask] = []  # met at a lane's head by pop_next
-        self._seq = itertools.count()
+        self._seq = itertools.count()  # arrival order: the FIFO tie-break
+        self._deadline_seq = itertools.count()
+        self._last: _Item | None = None  # what pop_next handed out last, for put_back()
 
     # -- organizations -------------------------------------------------------------------
 
@@ -167,7 +172,7 @@ class Scheduler:
         state = self._orgs.get(org) or self._org(org)
         if state.running > 0:
             state.running -= 1
-        state.share = (state.running + 0.5) / state.weight  # reweigh(): served is unchanged
+        state.reweigh()
         self._relist(state, unpark=True)
 
     def wake(self, org: OrgId) -> None:
@@ -200,19 +205,45 @@ class Scheduler:
             InvalidInput: a deadline that is not a number, an enqueue time that is not finite.
         """
         org = self._orgs.get(task.org) or self._org(task.org)
+        self._insert(org, task, next(self._seq))
+
+    def put_back(self, task: QueuedTask) -> None:
+        """Undo :meth:`pop_next` for a task that did not start after all (its placement wakes
+        or provisions an agent first, or the agent was taken meanwhile).
+
+        The task regains its place in the queue if it is the one handed out last, and its
+        org's running and served counts drop back. The lane is not parked: if the task still
+        cannot be placed, the next decision's placement says so.
+
+        Raises:
+            NotFound: its org is no longer registered.
+            Conflict: the task is queued already.
+        """
+        org = self._orgs.get(task.org) or self._org(task.org)
+        last = self._last
+        if last is not None and last[1] is task:
+            self._insert(org, task, seq_of(last[0]))
+            self._last = None
+        else:
+            self._insert(org, task, next(self._seq))
+        org.running = max(0, org.running - 1)
+        org.served = max(0, org.served - 1)
+        org.reweigh()
+        self._relist(org, unpark=False)
+
+    def _insert(self, org: _Org, task: QueuedTask, seq: int) -> None:
         if task.id in self._index:
             raise Conflict(f"task {task.id} is already queued", details={"task": task.id})
         deadline = task.deadline
         if deadline is not None and math.isnan(deadline):
             raise InvalidInput(f"task {task.id} has a deadline that is not a number")
         key = key_of(task.priority, org.bands[task.priority], task.enqueued_at, self._aging)
-        seq = next(self._seq)
         item = (rank_of(key, deadline, seq), task)
         self._index[task.id] = item
         org.queued += 1
         if deadline is not None:
             self._with_deadline += 1
-            heappush(self._deadlines, (deadline, seq, task))
+            heappush(self._deadlines, (deadline, next(self._deadline_seq), task))
         lane_key = (task.role, task.agent_id)
         lane = org.lanes.get(lane_key)
         if lane is None:
@@ -293,7 +324,8 @@ class Scheduler:
 
         Offers lane heads in order to ``placer``. A ``WAIT`` parks that lane (its tasks stay
         queued) and the next lane is offered; anything else dequeues the task, counts it as
-        running for its org (call :meth:`on_finished` when it stops) and returns it. A head
+        running for its org (call :meth:`on_finished` when it stops, or :meth:`put_back` if
+        it does not start) and returns it. A head
         whose deadline is at or before ``now`` is not offered: it is set aside for
         :meth:`expire`. ``placer`` must not change the scheduler.
 
@@ -315,7 +347,7 @@ class Scheduler:
                 self._drop(lane)
                 continue
             org = lane.org
-            if head[0] != entry[3]:
+            if head[0] != entry[3] or org.share != entry[1] or org.vtime != entry[2]:
                 self._list(lane)  # the lane got worse since it was listed
                 continue
             task = head[1]
@@ -337,14 +369,14 @@ class Scheduler:
                 lane.version += 1
                 continue
             # Take the task and list the lane's next head: the hot path, written out.
-            lane.pop()
+            self._last = lane.pop()
             del self._index[task.id]
             org.queued -= 1
             if deadline is not None:
                 self._with_deadline -= 1
             running = org.running = org.running + 1
             served = org.served = org.served + 1
-            share = org.share = (running + 0.5) / org.weight
+            share = org.share = (running + 0.5) / org.weight  # OrgState.reweigh(), inlined
             vtime = org.vtime = served / org.weight
             version = lane.version = lane.version + 1
             head = lane.first()
