@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -49,3 +55,51 @@ def wait_until(probe: Callable[[], T], *, timeout: float = 10.0, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         threading.Event().wait(interval)
+
+
+CORRAL = [sys.executable, "-m", "corral.cli"]
+
+
+def corral_env() -> dict[str, str]:
+    """This process's environment without any CORRAL_* setting, and a wide terminal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    return env | {"COLUMNS": "200"}
+
+
+@contextlib.contextmanager
+def corral_up(data: Path, *, env: dict[str, str] | None = None) -> Iterator[CorralUp]:
+    """``corral up`` as its own process, as a user runs it, until SIGTERM at the end; the
+    exit code and output are checked then (``CorralUp.output``)."""
+    (data / "api.url").unlink(missing_ok=True)  # left behind by a killed control plane
+    proc = subprocess.Popen(
+        [*CORRAL, "up", "--data-dir", str(data), "--port", "0"],
+        env=env or corral_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    up = CorralUp(proc, data)
+    try:
+        wait_until(lambda: (data / "api.url").exists() or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        yield up
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        up.output, _ = proc.communicate(timeout=30)
+        if not up.killed:
+            assert proc.returncode == 0, up.output
+
+
+class CorralUp:
+    def __init__(self, proc: subprocess.Popen[str], data: Path) -> None:
+        self.proc = proc
+        self.data = data
+        self.output = ""
+        self.killed = False
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        self.killed = True
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)

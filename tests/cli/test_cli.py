@@ -2,48 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import wait_until
-
-CORRAL = [sys.executable, "-m", "corral.cli"]
+from tests.support import CORRAL, corral_env, corral_up
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Path]:
-    data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    proc = subprocess.Popen(
-        [*CORRAL, "up", "--data-dir", str(data), "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until(lambda: (data / "api.url").exists() or proc.poll() is not None, timeout=30)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        yield data
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out
-        assert "admin key" in out and "crl_" in out
+    with corral_up(tmp_path / "data") as up:
+        yield up.data
+    assert "admin key" in up.output and "crl_" in up.output
 
 
 def corral(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    env["COLUMNS"] = "200"
     return subprocess.run(
         [*CORRAL, "--data-dir", str(data), *args],
-        env=env,
+        env=corral_env(),
         capture_output=True,
         text=True,
         timeout=30,

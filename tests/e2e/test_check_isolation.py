@@ -4,10 +4,7 @@ way an operator would run it against their own platform."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,41 +13,19 @@ from click.testing import CliRunner
 
 import corral.cli.main as cli_main  # first: it registers every command, this one too
 from corral.cli import isolation
-from tests.support import wait_until
-
-CORRAL = [sys.executable, "-m", "corral.cli"]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    env["COLUMNS"] = "200"
-    return env
+from tests.support import CORRAL, corral_env, corral_up
 
 
 @pytest.fixture
 def platform_dir(tmp_path: Path) -> Iterator[Path]:
-    data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [*CORRAL, "up", "--data-dir", str(data), "--port", "0"],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until(lambda: (data / "api.url").exists() or proc.poll() is not None, timeout=30)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        yield data
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out
+    with corral_up(tmp_path / "data") as up:
+        yield up.data
 
 
 def corral(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CORRAL, "--data-dir", str(data), *args],
-        env=_env(),
+        env=corral_env(),
         capture_output=True,
         text=True,
         timeout=90,

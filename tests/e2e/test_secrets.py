@@ -11,9 +11,7 @@ import json
 import logging
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ from corral.cli.main import cli
 from corral.domain import messages, subjects
 from corral.sdk.signing import sign_request
 from tests.e2e.conftest import Live
-from tests.support import eventually, wait_until
+from tests.support import CORRAL, corral_env, corral_up, eventually
 
 
 def _value() -> str:
@@ -362,34 +360,13 @@ async def test_no_value_on_disk_in_logs_or_in_agents_argv_and_env(
 
 # -- the command line -----------------------------------------------------------------------------
 
-CORRAL = [sys.executable, "-m", "corral.cli"]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    return env | {"COLUMNS": "200"}
-
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Path]:
     """``corral up`` as its own process, as a user runs it; yields its data dir."""
-    data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [*CORRAL, "up", "--data-dir", str(data), "--port", "0"],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until(lambda: (data / "api.url").exists() or proc.poll() is not None, timeout=30)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        yield data
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out
-        assert "ghp_" not in out  # no value in the control plane's log
+    with corral_up(tmp_path / "data") as running_up:
+        yield running_up.data
+    assert "ghp_" not in running_up.output  # no value in the control plane's log
 
 
 async def _corral(data: Path, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
@@ -398,7 +375,7 @@ async def _corral(data: Path, *args: str, stdin: bytes = b"") -> tuple[int, str,
         "--data-dir",
         str(data),
         *args,
-        env=_env(),
+        env=corral_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
