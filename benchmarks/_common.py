@@ -169,12 +169,23 @@ def header(name: str) -> None:
     )
 
 
-def bounded(coro: Coroutine[Any, Any, T], limit: float, before: set[int]) -> T | None:
-    """Run ``coro``; if it (or the platform's shutdown) takes longer than ``limit`` seconds,
-    kill what this run started and exit, so a stuck run never lingers."""
+@contextlib.contextmanager
+def watchdog(limit: float, before: set[int], loop: asyncio.AbstractEventLoop | None = None) -> Any:
+    """If the block (or the platform's shutdown in it) takes longer than ``limit`` seconds,
+    say where ``loop`` was stuck, kill what this run started and exit: a stuck run never
+    lingers."""
+
+    def dump() -> None:
+        for task in asyncio.all_tasks(loop):
+            print(f"--- {task.get_name()}", file=sys.stderr)
+            task.print_stack(limit=8, file=sys.stderr)
 
     def give_up() -> None:
         print(f"\nERROR: gave up after {limit:.0f} s; killing what this run started", flush=True)
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(dump)  # where it was stuck, on stderr
+            time.sleep(1.0)
         for proc in children():
             if proc.pid not in before:
                 with contextlib.suppress(OSError):
@@ -186,6 +197,13 @@ def bounded(coro: Coroutine[Any, Any, T], limit: float, before: set[int]) -> T |
     timer.daemon = True
     timer.start()
     try:
-        return asyncio.run(coro)
+        yield
     finally:
         timer.cancel()
+
+
+def bounded(coro: Coroutine[Any, Any, T], limit: float, before: set[int]) -> T:
+    """Run ``coro`` in a new event loop under a :func:`watchdog`."""
+    loop = asyncio.new_event_loop()
+    with watchdog(limit, before, loop), asyncio.Runner(loop_factory=lambda: loop) as runner:
+        return runner.run(coro)
