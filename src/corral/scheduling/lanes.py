@@ -92,6 +92,11 @@ class Lane(Generic[T]):
         self.parked = False  # its head's placement said wait
         self.reason = ""
 
+    def __lt__(self, other: Lane[T]) -> bool:
+        # Two top-level entries of one lane can tie on every key (a put-back task listed
+        # again at the same version); heapq then compares the lanes themselves.
+        return id(self) < id(other)
+
     def push(self, item: tuple[int, T]) -> None:
         if item[1].deadline is not None:
             heappush(self.heap, item)
