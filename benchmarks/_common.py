@@ -31,6 +31,7 @@ from corral.settings import Settings
 T = TypeVar("T")
 
 BENCH_PLAN = "bench"
+STALL_SECONDS = 10.0
 
 #: Room for 200 agents with tiny requests, and no idle pause during a run.
 _PLAN_WIRE = {
@@ -80,8 +81,32 @@ async def live_platform(*, heartbeat_seconds: float = 5.0) -> AsyncIterator[Plat
             heartbeat_seconds=heartbeat_seconds,
             auto_provision=False,
         )
-        async with Platform(settings) as platform:
+        platform = await Platform(settings).__aenter__()
+        try:
             yield platform
+        finally:
+            await _close(platform)
+
+
+async def _close(platform: Platform) -> None:
+    """Leave the platform; if its shutdown stalls on a service task that swallowed its
+    cancellation (a race in ``asyncio.wait_for`` on Python 3.11), say so and cancel it again,
+    so the run ends instead of hanging."""
+    closing = asyncio.create_task(platform.__aexit__(None, None, None), name="bench-close")
+    while True:
+        done, _ = await asyncio.wait({closing}, timeout=STALL_SECONDS)
+        if done:
+            closing.result()
+            return
+        for task in asyncio.all_tasks():
+            if task.cancelling() and not task.done():
+                print(
+                    f"warning: the platform's shutdown stalled {STALL_SECONDS:.0f} s on task "
+                    f"{task.get_name()!r}, which ignored its cancellation; cancelling it again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                task.cancel()
 
 
 async def bench_org(platform: Platform, name: str = "bench") -> Organization:
@@ -98,7 +123,7 @@ def pct(values: Sequence[float], p: float) -> float:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f} ms" if seconds < 10 else f"{seconds:,.1f} s"
+    return f"{seconds * 1000:,.1f} ms" if seconds < 1 else f"{seconds:,.2f} s"
 
 
 def secs(seconds: float) -> str:
@@ -177,8 +202,20 @@ def watchdog(limit: float, before: set[int], loop: asyncio.AbstractEventLoop | N
 
     def dump() -> None:
         for task in asyncio.all_tasks(loop):
-            print(f"--- {task.get_name()}", file=sys.stderr)
-            task.print_stack(limit=8, file=sys.stderr)
+            print(f"--- {task.get_name()} {task!r:.120}", file=sys.stderr)
+            link: Any = task.get_coro()
+            while link is not None:
+                frame = getattr(link, "cr_frame", None) or getattr(link, "ag_frame", None)
+                if frame is not None:
+                    code = frame.f_code
+                    print(
+                        f"    {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr
+                    )
+                link = getattr(link, "cr_await", None) or getattr(link, "ag_await", None)
+                if link is not None and not hasattr(link, "cr_frame"):
+                    print(f"    awaits {link!r:.160}", file=sys.stderr)
+                    if not hasattr(link, "ag_frame"):
+                        break
 
     def give_up() -> None:
         print(f"\nERROR: gave up after {limit:.0f} s; killing what this run started", flush=True)

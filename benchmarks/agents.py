@@ -24,9 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
+import logging
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +40,7 @@ import _common as c
 from corral.control.platform import Platform
 from corral.domain.admission import ContainerRequest
 from corral.domain.tenancy import Organization
+from corral.runtime.local import LocalProcessRuntime
 
 TARGET_PROVISION_P50 = 0.150
 TARGET_BURST_100 = 5.0
@@ -51,6 +57,7 @@ RAY_NOTES = {
 }
 
 READY_TIMEOUT = 120.0
+RAY_LINE = "RAY-FIGURES "
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Figures:
     burst_n: int = 0
     burst_wall: float = float("nan")
     burst_each: list[float] = field(default_factory=list)
+    burst_started: float = float("nan")  # until the last provision() returned
     pause: list[float] = field(default_factory=list)
     resume_ready: list[float] = field(default_factory=list)
     idle_uss: list[int] = field(default_factory=list)
@@ -89,7 +97,9 @@ async def measure_corral(args: argparse.Namespace) -> Figures:
     f = Figures()
     async with c.live_platform() as p:
         org = await c.bench_org(p)
-        print(f"local runtime limits: {p.runtime.mechanism}", flush=True)
+        runtime = p.runtime
+        assert isinstance(runtime, LocalProcessRuntime)
+        print(f"local runtime limits: {runtime.mechanism}", flush=True)
 
         ids: list[str] = []
         for i in range(args.sequential):
@@ -101,7 +111,7 @@ async def measure_corral(args: argparse.Namespace) -> Figures:
 
         await asyncio.sleep(2.0)  # let start-up garbage settle: idle means idle
         for agent_id in ids:
-            usage = await p.runtime.usage(org.slug, agent_id)
+            usage = await runtime.usage(org.slug, agent_id)
             if usage is not None:
                 f.idle_rss.append(usage.rss_bytes)
                 if usage.uss_bytes is not None:
@@ -127,6 +137,7 @@ async def measure_corral(args: argparse.Namespace) -> Figures:
             f.burst_wall = time.perf_counter() - t0
             f.burst_n = len(results)
             f.burst_each = [r[2] for r in results]
+            f.burst_started = max(r[1] for r in results)
             print(f"  burst of {args.burst} done", flush=True)
             f.terminate += await _terminate_all(p, org, [r[0] for r in results])
     return f
@@ -141,9 +152,16 @@ class RayFigures:
     uss: list[int] = field(default_factory=list)
 
 
-def measure_ray(args: argparse.Namespace) -> RayFigures:
-    """Ray actors on this machine: create → first ping, one at a time and 100 at once."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves this machine
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # nothing leaves this machine
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # its processes listen on 127.0.0.1 only
+}
+
+
+def ray_peer(args: argparse.Namespace) -> None:
+    """In a process of its own (Ray's own messages stay out of the report): Ray actors
+    created one at a time until their first ping answers, then ``--burst`` at once; prints
+    the figures as one JSON line."""
     import psutil
     import ray
 
@@ -154,13 +172,7 @@ def measure_ray(args: argparse.Namespace) -> RayFigures:
 
     r = RayFigures()
     t0 = time.perf_counter()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     r.init = time.perf_counter() - t0
     try:
         for _ in range(args.ray_sequential):
@@ -185,7 +197,35 @@ def measure_ray(args: argparse.Namespace) -> RayFigures:
             print(f"  ray: burst of {args.burst} done", flush=True)
     finally:
         ray.shutdown()
-    return r
+    print(RAY_LINE + json.dumps(dataclasses.asdict(r)), flush=True)
+
+
+def measure_ray(args: argparse.Namespace) -> RayFigures | None:
+    cmd = [sys.executable, __file__, "--ray-peer", "--burst", str(args.burst)]
+    cmd += ["--ray-sequential", str(args.ray_sequential)]
+    figures: RayFigures | None = None
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **RAY_ENV},
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(RAY_LINE):
+                figures = RayFigures(**json.loads(line[len(RAY_LINE) :]))
+            elif line.startswith("  ray:"):
+                print(line, end="", flush=True)
+        proc.wait()
+        if figures is None:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-1500:]
+            print(f"ray: the peer run failed (exit {proc.returncode}); skipped\n{tail}")
+    return figures
 
 
 def report(args: argparse.Namespace, f: Figures, r: RayFigures | None) -> None:
@@ -214,6 +254,7 @@ def report(args: argparse.Namespace, f: Figures, r: RayFigures | None) -> None:
             notes=c.secs(RAY_NOTES["burst 100"]),
         )
         t.add(f"  each of the {f.burst_n}: ready p50", c.secs(c.pct(f.burst_each, 50)))
+        t.add("  until the last provision() returned", c.secs(f.burst_started))
     if f.pause:
         pause50 = c.pct(f.pause, 50)
         t.add(
@@ -221,6 +262,7 @@ def report(args: argparse.Namespace, f: Figures, r: RayFigures | None) -> None:
             c.ms(pause50),
             f"≤ {c.ms(TARGET_PAUSE_P50)} ({c.met(pause50, TARGET_PAUSE_P50)})",
         )
+        t.add("pause max", c.ms(max(f.pause)))
         resume50 = c.pct(f.resume_ready, 50)
         t.add(
             f"resume → ready p50 (n={len(f.resume_ready)})",
@@ -255,7 +297,11 @@ def main() -> None:
     ap.add_argument("--ray-sequential", type=int, default=20, help="Ray actors one by one")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray peer")
     ap.add_argument("--limit", type=float, default=600.0, help="give up after this many seconds")
+    ap.add_argument("--ray-peer", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ray_peer:
+        ray_peer(args)
+        return
     args.cycles = min(args.cycles, args.sequential)
 
     c.header("agents")
@@ -269,12 +315,11 @@ def main() -> None:
         print("ray: not importable here, skipped; its figures below are from the notes "
               "(pip install ray to measure it side by side)")  # fmt: skip
     else:
-        ray_figures = measure_ray(args)
+        with c.watchdog(args.limit, before):
+            ray_figures = measure_ray(args)
 
-    if figures is not None:
-        report(args, figures, ray_figures)
+    report(args, figures, ray_figures)
     c.report_leftovers(before)
-    sys.exit(0 if figures is not None else 1)
 
 
 if __name__ == "__main__":
