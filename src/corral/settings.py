@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     k8s_nats_namespace: str = "nats"  # where NATS runs, for the allow-NATS NetworkPolicy
     k8s_nats_port: int = 4222
     kubeconfig: str | None = None  # default: in-cluster, then KUBECONFIG, then ~/.kube/config
+    log_level: str = "INFO"
     plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
     auto_provision: bool = True  # provision an agent for a role with queued work and no agent
     heartbeat_seconds: float = 5.0

@@ -172,7 +172,7 @@ SET = [
     "--set",
     "credentials.natsOperatorSeed=SOAEXAMPLE",
     "--set",
-    "credentials.natsSystemCreds=creds",
+    "credentials.natsSystemSeed=seed",
     "--set",
     "credentials.masterKey=key",
 ]

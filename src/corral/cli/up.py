@@ -48,7 +48,7 @@ def up(
         overrides["runtime"] = runtime
     settings = Settings(**overrides)  # type: ignore[arg-type]
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
     def ready(srv: RunningServer) -> None:
