@@ -31,7 +31,6 @@ import collections
 import hashlib
 import re
 import stat
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,8 @@ def count_words(text: str) -> collections.Counter[str]:
 
 
 def corpus() -> str:
+    from importlib import resources  # only the manager's split needs it
+
     return resources.files("corral.data").joinpath("corpus.txt").read_text(encoding="utf-8")
 
 

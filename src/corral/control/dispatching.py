@@ -106,7 +106,7 @@ class Dispatcher:
         self.heartbeat_seconds = heartbeat_seconds
         self._last_seen: dict[str, float] = {}
         self._silenced: set[str] = set()  # being restarted for a lost heartbeat
-        self._last_silence_check = time.monotonic()
+        self._last_reap = 0.0
 
     # -- start ----------------------------------------------------------------------------
     async def rebuild(self) -> None:
@@ -278,9 +278,9 @@ class Dispatcher:
                 q.id, expect=[TaskState.QUEUED], to=TaskState.EXPIRED, detail="deadline passed"
             ):
                 self._publish(await self.tasks.get(q.id))
-        await self._reap_idle()
-        if time.monotonic() - self._last_silence_check > self.heartbeat_seconds:
-            self._last_silence_check = time.monotonic()
+        if time.monotonic() - self._last_reap >= 1.0:  # not on every round: rounds follow events
+            self._last_reap = time.monotonic()
+            await self._reap_idle()
             await self._reap_silent()
         if len(self.scheduler) == 0 or self.held:
             return

@@ -188,10 +188,18 @@ class Agent:
         )
         await self._status(StatusKind.READY)
         beat = asyncio.create_task(self._heartbeat(), name="corral-heartbeat")
+        stopping = asyncio.create_task(self._stopping.wait(), name="corral-stopping")
         try:
             while not self._stopping.is_set():
+                fetch = asyncio.ensure_future(inbox.fetch(1, timeout=5.0))
+                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():  # asked to stop: do not wait out the long poll
+                    fetch.cancel()
+                    with contextlib.suppress(BaseException):
+                        await fetch
+                    break
                 try:
-                    msgs = await inbox.fetch(1, timeout=1.0)
+                    msgs = fetch.result()
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
@@ -199,6 +207,7 @@ class Agent:
                 for msg in msgs:
                     await self._on_inbox(msg)
         finally:
+            stopping.cancel()
             # Let the heartbeat finish rather than cancel it mid-flush: nats-py leaves a
             # cancelled flush's PONG waiter queued, and the next flush then never completes.
             self._stopping.set()
