@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import platform as host
 import signal
@@ -135,7 +136,7 @@ def mib(n_bytes: float) -> str:
 
 
 def rate(per_second: float) -> str:
-    return f"{per_second:,.0f}/s"
+    return "n/a" if math.isnan(per_second) else f"{per_second:,.0f}/s"
 
 
 class Table:
