@@ -20,13 +20,13 @@ BEHAVIOURS = {
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         print(READY, AGENT, flush=True)
         while True:
-            time.sleep(3600)
+            signal.pause()
     """,
     Behaviour.STUBBORN: """
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(READY, AGENT, flush=True)
         while True:
-            time.sleep(3600)
+            signal.pause()
     """,
     Behaviour.FAIL: """
         print(READY, AGENT, flush=True)

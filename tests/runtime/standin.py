@@ -12,12 +12,12 @@ from corral.runtime.local import LocalProcessRuntime
 from tests.runtime import agents
 
 FAMILY = """
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     with open("family.tmp", "w") as f:
         f.write(f"{os.getpid()} {child.pid}")
     os.replace("family.tmp", "family.txt")
     print(READY, AGENT, flush=True)
-    time.sleep(3600)
+    signal.pause()
 """
 
 

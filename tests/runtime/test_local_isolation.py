@@ -142,7 +142,7 @@ async def test_agents_under_distinct_uids_cannot_read_each_others_workspace(
                     print("READ", target, flush=True)
                 except PermissionError:
                     print("denied", target, flush=True)
-            time.sleep(3600)
+            signal.pause()
         """
         await rt.start(agents.spec("alpha", "agent-a", probe, executable=python))
 

@@ -157,7 +157,7 @@ async def test_usage_counts_the_agents_cpu_and_memory(runtime: LocalProcessRunti
         while time.process_time() < 0.2:
             pass
         print(READY, AGENT, flush=True)
-        time.sleep(3600)
+        signal.pause()
     """
     await runtime.start(agents.spec("acme", "agent-use", busy))
 

@@ -61,15 +61,15 @@ async def test_a_kill_9_is_reported_as_a_crash_and_cleaned_up(
 
 async def test_stop_leaves_no_process_of_the_agent(runtime: LocalProcessRuntime) -> None:
     escapee = """
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
         loner = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True
+            [sys.executable, "-c", "import signal; signal.pause()"], start_new_session=True
         )
         with open("family.tmp", "w") as f:
             f.write(f"{child.pid} {loner.pid}")
         os.replace("family.tmp", "family.txt")
         print(READY, AGENT, flush=True)
-        time.sleep(3600)
+        signal.pause()
     """
     status = await runtime.start(agents.spec("acme", "agent-tree", escapee))
     child, loner = await family(runtime, "acme", "agent-tree")
