@@ -10,10 +10,10 @@ Measured, one figure per line next to its target:
   until it returns, and resume → ready (``resume`` until the agent reported ready again).
 - idle memory: USS of each idle agent's process tree, from ``LocalProcessRuntime.usage``.
 
-The peer is Ray: the figures from ``shared notes`` (Ray 2.60 on a 2-core machine like this
-one) are always printed; where ``ray`` is importable the same figures are measured in this run
-(an actor created one at a time until its first ping answers; 100 actors at once until all
-answer; each actor's USS).
+The peer is Ray: the figures from the performance notes (Ray 2.60 on a 2-core machine like
+this one) are always printed; where ``ray`` is importable the same figures are measured in
+this run (an actor created one at a time until its first ping answers; 100 actors at once
+until all answer; each actor's USS).
 
 Run: ``python benchmarks/agents.py [--sequential 30] [--burst 100] [--cycles 10] [--no-ray]``.
 Everything runs on loopback in a temporary data directory, and nothing is left running.

@@ -367,11 +367,17 @@ class Platform:
         task.add_done_callback(self._tasks.discard)
 
     async def _stop_services(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for _ in range(3):  # a task that swallowed its cancel is asked again, never awaited forever
+            if not tasks:
+                return
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            for task in pending:
+                log.warning("background task %s did not stop; cancelling it again", task.get_name())
+                task.cancel()
+            tasks = list(pending)
 
     async def refresh_metrics(self) -> None:
         await refresh_metrics(self)

@@ -29,7 +29,8 @@ def _stream(request: Request, org: str | None) -> StreamingResponse:
             yield b": connected\n\n"
             while True:
                 try:
-                    event: dict[str, Any] = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        event: dict[str, Any] = await queue.get()
                 except TimeoutError:
                     if await request.is_disconnected():
                         return
