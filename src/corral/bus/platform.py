@@ -339,6 +339,13 @@ class PlatformBus:
             with suppress(nats.errors.Error):
                 await pull.unsubscribe()
 
+    async def events_backlog(self) -> int:
+        """Events stored in EVENTS that the control plane has not yet acknowledged."""
+        _, js, _ = self._open()
+        with translating("reading the EVENTS consumer", recorder=self._violations):
+            info = await js.consumer_info(subjects.EVENTS_STREAM, self._consumer)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
     async def serve_vault(self, handler: VaultHandler) -> Serving:
         """Answer ``platform.vault.get`` from every org's agents with ``handler``; it is told
         the org and agent the server vouched for (see :mod:`corral.bus.vault_requests`)."""

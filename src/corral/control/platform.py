@@ -309,10 +309,15 @@ class Platform:
         return {"value": base64.b64encode(value).decode()}
 
     # -- start-up reconciliation ----------------------------------------------------------
-    async def _drain_events(self) -> None:
-        """Give the event consumer a moment to record what agents reported while the control
-        plane was down, before in-flight work is judged lost."""
-        await asyncio.sleep(0.3)
+    async def _drain_events(self, *, timeout: float = 10.0) -> None:
+        """Let the event consumer record what agents reported while the control plane was
+        down, before in-flight work is judged lost: wait until EVENTS has no backlog."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await self.bus.events_backlog() > 0:
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("events still pending after %.0fs; reconciling anyway", timeout)
+                return
+            await asyncio.sleep(0.05)
 
     async def _reconcile(self) -> None:
         """Compare the registry with what runs: stop leftovers, restart what should run,
