@@ -17,6 +17,7 @@ def test_valid_names(name: str) -> None:
         ("acme-", "DNS-1123"),
         ("ACME", "DNS-1123"),
         ("a.b", "DNS-1123"),
+        ("acme\n", "DNS-1123"),
         ("", "empty"),
         ("x" * 60, "at most 59"),
     ],

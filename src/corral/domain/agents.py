@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +10,7 @@ from enum import StrEnum
 from corral.domain.admission import AdmittedResources
 from corral.domain.errors import Conflict, InvalidInput
 from corral.domain.ids import AgentId
+from corral.domain.tenancy import is_dns1123_label
 
 __all__ = [
     "Agent",
@@ -22,8 +22,6 @@ __all__ = [
     "require_transition",
     "validate_name",
 ]
-
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class AgentState(StrEnum):
@@ -76,7 +74,7 @@ def validate_name(kind: str, value: str) -> str:
     """Agent names and roles are DNS-1123 labels of at most 30 characters."""
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"{kind} must not be empty", details={"field": kind})
-    if len(value) > 30 or not _LABEL.match(value):
+    if not is_dns1123_label(value, max_length=30):
         raise InvalidInput(
             f"{kind} {value!r} must be a DNS-1123 label (lower-case letters, digits, '-') "
             "of at most 30 characters",

@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from corral.domain.errors import InvalidInput
+from corral.domain.tenancy import is_dns1123_label
 
 __all__ = ["MAX_PATTERN_LENGTH", "SecretGrant", "validate_pattern"]
 
@@ -21,7 +22,6 @@ MAX_PATTERN_LENGTH = 253
 _GLOB_CHARS = frozenset("*?[")
 # Secret-name characters plus the glob syntax fnmatch understands: * ? [seq] [!seq].
 _PATTERN = re.compile(r"^[a-z0-9.*?\[\]!-]+$")
-_ROLE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_ROLE = 63
 _MAX_AGENT = 128
@@ -62,9 +62,7 @@ def _check_subject(role: object, agent: object) -> None:
         raise InvalidInput(
             "a grant names a role or an agent, not both", details={"role": role, "agent": agent}
         )
-    if role is not None and (
-        not isinstance(role, str) or len(role) > _MAX_ROLE or not _ROLE.fullmatch(role)
-    ):
+    if role is not None and (not is_dns1123_label(role, max_length=_MAX_ROLE)):
         raise InvalidInput(
             f"grant role {role!r} is not a DNS-1123 label of at most {_MAX_ROLE} characters",
             details={"field": "role"},

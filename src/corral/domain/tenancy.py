@@ -10,11 +10,29 @@ from corral.domain.errors import InvalidInput
 from corral.domain.ids import OrgId, OrgSlug
 from corral.domain.plans import Plan
 
-__all__ = ["MANAGED_BY", "Organization", "namespace_for", "validate_slug"]
+__all__ = [
+    "DNS1123_LABEL",
+    "MANAGED_BY",
+    "Organization",
+    "is_dns1123_label",
+    "namespace_for",
+    "validate_slug",
+]
 
 MANAGED_BY = "corral"
 ANNOTATION_PREFIX = "corral.dev"
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def is_dns1123_label(text: object, *, max_length: int = 63) -> bool:
+    """Whether ``text`` is a DNS-1123 label (the whole string) of at most ``max_length``."""
+    return (
+        isinstance(text, str)
+        and len(text) <= max_length
+        and DNS1123_LABEL.fullmatch(text) is not None
+    )
+
+
 _MAX_SLUG = 63 - len("org-")
 
 
@@ -35,7 +53,7 @@ def validate_slug(name: str) -> OrgSlug:
             f"fit in the namespace 'org-<name>' (63)",
             details={"name": name, "max_length": _MAX_SLUG},
         )
-    if not _DNS1123_LABEL.match(name):
+    if not is_dns1123_label(name):
         raise InvalidInput(
             f"organization name {name!r} is not a DNS-1123 label: use lower-case letters, "
             "digits and '-', starting and ending with a letter or digit",

@@ -17,6 +17,7 @@ from typing import Any
 
 from corral.domain.errors import InvalidInput
 from corral.domain.quantities import parse
+from corral.domain.tenancy import DNS1123_LABEL, is_dns1123_label
 
 __all__ = [
     "Problem",
@@ -28,7 +29,6 @@ __all__ = [
     "is_label_value",
 ]
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
@@ -95,14 +95,10 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-def is_dns1123_label(name: object) -> bool:
-    return isinstance(name, str) and len(name) <= 63 and bool(_LABEL.match(name))
-
-
 def is_dns1123_subdomain(name: object) -> bool:
     if not isinstance(name, str) or not name or len(name) > 253:
         return False
-    return all(_LABEL.match(part) for part in name.split("."))
+    return all(DNS1123_LABEL.fullmatch(part) for part in name.split("."))
 
 
 def is_label_value(value: object) -> bool:
