@@ -156,29 +156,17 @@ async def _story(srv: RunningServer) -> None:
     await api.call(
         "POST", "/v1/orgs/acme/grants", json={"secret": "github-token", "role": "manager"}
     )
-    t = await api.call(
-        "POST",
-        "/v1/orgs/acme/tasks",
-        json={
-            "agent": agents["acme"]["manager"],
-            "payload": {"op": "secret", "name": "github-token"},
-        },
+    done = await _ask(
+        api, "acme", agents["acme"]["manager"], {"op": "secret", "name": "github-token"}
     )
-    done = await _wait(api, "acme", t["id"])
     want = hashlib.sha256(SECRET.encode()).hexdigest()
     check(
         done["state"] == "completed" and done["result"]["sha256"] == want,
         "acme's manager read the granted github-token (only its hash is shown)",
     )
-    t = await api.call(
-        "POST",
-        "/v1/orgs/acme/tasks",
-        json={
-            "agent": agents["acme"]["worker0"],
-            "payload": {"op": "secret", "name": "github-token"},
-        },
+    done = await _ask(
+        api, "acme", agents["acme"]["worker0"], {"op": "secret", "name": "github-token"}
     )
-    done = await _wait(api, "acme", t["id"])
     check(done["state"] == "blocked", "acme's worker has no grant: denied, and audited")
 
     # 4. scheduling
@@ -224,10 +212,7 @@ async def _story(srv: RunningServer) -> None:
         int(pods[1]) == int(pods[0]) - 1 and pvcs[0] == pvcs[1],
         f"its pod slot is released (pods {pods[0]} → {pods[1]}), its workspace kept (PVCs {pvcs[1]})",
     )
-    t = await api.call(
-        "POST", "/v1/orgs/globex/tasks", json={"agent": target, "payload": {"op": "echo"}}
-    )
-    done = await _wait(api, "globex", t["id"])
+    done = await _ask(api, "globex", target, {"op": "echo"})
     agent = await api.call("GET", f"/v1/orgs/globex/agents/{target}")
     check(
         done["state"] == "completed" and agent["resumedAt"] is not None,
@@ -244,15 +229,9 @@ async def _story(srv: RunningServer) -> None:
             check(r.status_code == 404, f"acme's key: GET {path} → 404")
     await api.call("PUT", "/v1/orgs/globex/secrets/globex-only", json={"value": SECRET})
     await api.call("POST", "/v1/orgs/globex/grants", json={"secret": "*", "role": "manager"})
-    t = await api.call(
-        "POST",
-        "/v1/orgs/acme/tasks",
-        json={
-            "agent": agents["acme"]["manager"],
-            "payload": {"op": "secret", "name": "globex-only"},
-        },
+    done = await _ask(
+        api, "acme", agents["acme"]["manager"], {"op": "secret", "name": "globex-only"}
     )
-    done = await _wait(api, "acme", t["id"])
     check(done["state"] == "blocked", "acme's manager cannot read globex's secret")
     probe = await _bus_probe(api, agents)
     if probe is not None:
@@ -287,20 +266,23 @@ async def _bus_probe(api: Api, agents: dict[str, dict[str, str]]) -> bool | None
         "/v1/orgs/globex/tasks",
         json={"agent": agents["globex"]["manager"], "payload": {"op": "sleep", "seconds": 2}},
     )
-    t = await api.call(
-        "POST",
-        "/v1/orgs/acme/tasks",
-        json={
-            "agent": agents["acme"]["manager"],
-            "payload": {"op": "probe_bus", "seconds": 1.5, "other": "globex"},
-        },
+    done = await _ask(
+        api,
+        "acme",
+        agents["acme"]["manager"],
+        {"op": "probe_bus", "seconds": 1.5, "other": "globex"},
     )
-    done = await _wait(api, "acme", t["id"])
     await _wait(api, "globex", busy["id"])
     result = done.get("result") or {}
     if done["state"] != "completed" or "foreign" not in result:
         return None  # this agent build has no bus probe
     return int(result["foreign"]) == 0
+
+
+async def _ask(api: Api, org: str, agent: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Give ``agent`` a task and wait for it to finish."""
+    t = await api.call("POST", f"/v1/orgs/{org}/tasks", json={"agent": agent, "payload": payload})
+    return await _wait(api, org, t["id"])
 
 
 async def _wait(api: Api, org: str, task_id: str, timeout: float = 60) -> dict[str, Any]:
