@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, Result, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from corral.domain.errors import NotFound, Unavailable
 from corral.domain.grants import SecretGrant
@@ -241,15 +241,17 @@ class SqlVaultStore:
         except IntegrityError as exc:
             raise _org_missing(record.org_id) from exc
 
-    async def delete_secret(self, org_id: OrgId, name: str, *, audit: AuditEntry) -> bool:
-        async with self._tx("deleting a secret") as s:
-            result = await s.execute(
-                delete(SecretRow).where(SecretRow.org_id == org_id, SecretRow.name == name)
-            )
-            if _rowcount(result) != 1:
+    async def _delete_audited(self, what: str, statement: Delete, audit: AuditEntry) -> bool:
+        """Delete one row and record ``audit`` in the same transaction; False if no row."""
+        async with self._tx(what) as s:
+            if _rowcount(await s.execute(statement)) != 1:
                 return False
             s.add(_audit_row(audit))
             return True
+
+    async def delete_secret(self, org_id: OrgId, name: str, *, audit: AuditEntry) -> bool:
+        statement = delete(SecretRow).where(SecretRow.org_id == org_id, SecretRow.name == name)
+        return await self._delete_audited("deleting a secret", statement, audit)
 
     # -- grants -------------------------------------------------------------------------------
 
@@ -280,14 +282,8 @@ class SqlVaultStore:
             return [_grant(r) for r in rows]
 
     async def remove_grant(self, org_id: OrgId, grant_id: str, *, audit: AuditEntry) -> bool:
-        async with self._tx("removing a grant") as s:
-            result = await s.execute(
-                delete(GrantRow).where(GrantRow.org_id == org_id, GrantRow.id == grant_id)
-            )
-            if _rowcount(result) != 1:
-                return False
-            s.add(_audit_row(audit))
-            return True
+        statement = delete(GrantRow).where(GrantRow.org_id == org_id, GrantRow.id == grant_id)
+        return await self._delete_audited("removing a grant", statement, audit)
 
     # -- organizations ------------------------------------------------------------------------
 
