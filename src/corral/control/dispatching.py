@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from corral.control.background import Background
 from corral.control.hub import EventHub
 from corral.control.lifecycle import Controller
 from corral.control.ports import BusEvent, BusPort
@@ -97,7 +98,7 @@ class Dispatcher:
         self._delayed: list[tuple[float, QueuedTask]] = []  # retries waiting for their backoff
         self._incoming: dict[tuple[str, str | None], int] = defaultdict(int)
         self._orgs_by_id: dict[str, Organization] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = Background()
         self.dispatch_latency: list[float] = []  # seconds queued→dispatched, for metrics
         self.held = False  # while held, tasks are accepted and queued but none is dispatched
         # orgs whose capacity changed since the last round: events arrive while a round runs
@@ -351,11 +352,11 @@ class Dispatcher:
         self._incoming[key] += 1
         if placement.action is Action.WAKE and placement.agent_id is not None:
             _mark(views, org.id, placement.agent_id, AgentAvailability.UNAVAILABLE)
-            self._spawn(
+            self._background.spawn(
                 self._wake_agent(org, placement.agent_id, key), f"wake-{placement.agent_id}"
             )
         else:
-            self._spawn(self._provision_for(org, task, key), f"provision-{org.slug}")
+            self._background.spawn(self._provision_for(org, task, key), f"provision-{org.slug}")
         # the placement is re-asked when the agent reports ready (scheduler.wake)
 
     async def _dispatch(self, org: Organization, task: QueuedTask, agent_id: AgentId) -> None:
@@ -423,11 +424,6 @@ class Dispatcher:
             self.capacity_changed(org.id)
             self.kick()
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _retry(self, task_id: str, why: str) -> None:
         rec = await self.tasks.get(task_id)
         if rec.state not in ACTIVE:
@@ -478,7 +474,7 @@ class Dispatcher:
                 continue
             self._silenced.add(agent.id)
             log.warning("%s sent no heartbeat for %.0fs: restarting it", agent.id, limit)
-            self._spawn(self._restart_silent(org, agent), f"silent-{agent.id}")
+            self._background.spawn(self._restart_silent(org, agent), f"silent-{agent.id}")
 
     async def _restart_silent(self, org: Organization, agent: Agent) -> None:
         with contextlib.suppress(CorralError):
@@ -502,7 +498,7 @@ class Dispatcher:
             last = max(agent.updated_at, agent.resumed_at or agent.created_at)
             if (now - last).total_seconds() >= self.idle_timeout(org):
                 log.info("pausing %s after %ss idle", agent.id, self.idle_timeout(org))
-                self._spawn(self._pause_idle(org, agent.id), f"idle-pause-{agent.id}")
+                self._background.spawn(self._pause_idle(org, agent.id), f"idle-pause-{agent.id}")
 
     async def _pause_idle(self, org: Organization, agent_id: str) -> None:
         with contextlib.suppress(CorralError):
@@ -675,11 +671,7 @@ class Dispatcher:
         self.hub.publish(rec.org, "task", {"task": rec.to_wire()})
 
     async def close(self) -> None:
-        for t in list(self._background):
-            t.cancel()
-        for t in list(self._background):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await self._background.close()
 
 
 def _request_for(req: Requirements) -> ContainerRequest:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.control.background import Background
 from corral.control.hub import EventHub
 from corral.control.ports import BusPort
 from corral.domain.admission import ContainerRequest, apply_limit_range, charge_for
@@ -65,7 +66,7 @@ class Controller:
         self.checkpoint_deadline = checkpoint_deadline
         self._extra_env = dict(extra_env or {})
         self._locks: dict[str, asyncio.Lock] = {}
-        self._restarts: set[asyncio.Task[None]] = set()
+        self._restarts = Background()
         self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: told the org id whenever quota is released (pause, terminate, failure)
         self.on_capacity: Callable[[str], None] = lambda org_id: None
@@ -398,11 +399,7 @@ class Controller:
         )
         self._publish(await self.agents.get(agent.id))
         delay = min(10.0, 0.2 * 2 ** (restarts - 1))
-        task = asyncio.create_task(
-            self._restart_later(org, agent.id, delay), name=f"restart-{agent.id}"
-        )
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
+        self._restarts.spawn(self._restart_later(org, agent.id, delay), f"restart-{agent.id}")
         return lost_task
 
     async def _restart_later(self, org: Organization, agent_id: AgentId, delay: float) -> None:
@@ -443,11 +440,7 @@ class Controller:
             await self._launch(org, await self.agents.get(agent.id), [])
 
     async def close(self) -> None:
-        for t in list(self._restarts):
-            t.cancel()
-        for t in list(self._restarts):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self._restarts.close()
 
     def _publish(self, agent: Agent) -> None:
         data: dict[str, Any] = {"agent": agent.to_wire()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +20,7 @@ from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
 from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
+from corral.control.background import Background
 from corral.control.dispatching import Dispatcher
 from corral.control.hub import EventHub
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
@@ -92,7 +92,7 @@ class Platform:
         self.new_admin_key: str | None = None  # set on the first start only
         self._services = services
         self._stack = AsyncExitStack()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
         # set in __aenter__
         self.vault: Vault
         self.access: SecretAccess
@@ -164,12 +164,12 @@ class Platform:
         if self._services:
             serving = await self.bus.serve_vault(self._answer_vault)
             self._stack.push_async_callback(serving.close)
-            self._spawn(self.dispatcher.consume(), "corral-events")
+            self._background.spawn(self.dispatcher.consume(), "corral-events")
             await self._drain_events()
             await self._reconcile()
-            self._spawn(self.dispatcher.run(), "corral-dispatch")
-            self._spawn(self._watch_exits(), "corral-exits")
-        self._stack.push_async_callback(self._stop_services)
+            self._background.spawn(self.dispatcher.run(), "corral-dispatch")
+            self._background.spawn(self._watch_exits(), "corral-exits")
+        self._stack.push_async_callback(self._background.close)
 
     # -- bus ------------------------------------------------------------------------------
     async def _start_bus(self) -> None:
@@ -357,32 +357,6 @@ class Platform:
                     self.dispatcher.kick()
             except Exception:
                 log.exception("handling the exit of %s failed", status.agent_id)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background task %s died", name)
-
-        task = asyncio.create_task(guarded(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _stop_services(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for _ in range(3):  # a task that swallowed its cancel is asked again, never awaited forever
-            if not tasks:
-                return
-            _, pending = await asyncio.wait(tasks, timeout=5.0)
-            for task in pending:
-                log.warning("background task %s did not stop; cancelling it again", task.get_name())
-                task.cancel()
-            tasks = list(pending)
 
     async def refresh_metrics(self) -> None:
         await refresh_metrics(self)

@@ -1,0 +1,48 @@
+"""Named, guarded background tasks: failures are logged, cancellation propagates, and
+stopping them is bounded even if one swallows its cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+__all__ = ["Background"]
+
+log = logging.getLogger("corral.background")
+
+
+class Background:
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run ``coro`` in the background; an exception is logged, never lost."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background task %s failed", name)
+
+        task = asyncio.create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, *, grace: float = 5.0) -> None:
+        """Cancel every task and wait for them; a task that swallowed its cancel is asked
+        again, never awaited forever."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for _ in range(3):
+            if not tasks:
+                return
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                log.warning("background task %s did not stop; cancelling it again", task.get_name())
+                task.cancel()
+            tasks = list(pending)
