@@ -220,7 +220,11 @@ async def measure_corral(args: argparse.Namespace) -> tuple[Phase, Phase]:
         org = await c.bench_org(p)
         agents = [
             await p.controller.provision(
-                org, name=f"worker-{i}", role="worker", request=ContainerRequest()
+                org,
+                name=f"worker-{i}",
+                role="worker",
+                request=ContainerRequest(),
+                slots=args.slots,
             )
             for i in range(AGENTS)
         ]
@@ -467,6 +471,12 @@ def main() -> None:
         type=int,
         default=1,
         help="callers submitting at once in the load phase (the peer's client is one)",
+    )
+    ap.add_argument(
+        "--slots",
+        type=int,
+        default=64,
+        help="tasks each agent runs at once (Celery's 2 workers prefetch 4 each)",
     )
     ap.add_argument("--no-celery", action="store_true", help="skip the Celery peer")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the peer's broker")

@@ -105,4 +105,6 @@ async def test_set_plan_and_delete(admin: httpx.AsyncClient, platform: Platform)
 
 async def test_plans_are_listed(admin: httpx.AsyncClient) -> None:
     names = [p["name"] for p in (await admin.get("/v1/plans")).json()["plans"]]
-    assert names == ["free", "standard", "enterprise"]
+    # the three built in come first; an operator's plans (registered by a test that ran
+    # earlier in this process) follow them
+    assert names[:3] == ["free", "standard", "enterprise"]

@@ -203,3 +203,80 @@ async def test_a_hung_agent_loses_its_heartbeat_and_its_task_is_retried(manual: 
     assert any("lost" in h["detail"] for h in shown["history"])
     restarted = (await manual.admin.get(f"/v1/orgs/acme/agents/{agent['id']}")).json()
     assert restarted["restarts"] == 1 and restarted["state"] == "running"
+
+
+def _overlap(tasks: list[dict[str, Any]]) -> int:
+    """The most tasks that were running at the same moment (from their histories)."""
+    edges: list[tuple[datetime, int]] = []
+    for t in tasks:
+        edges.append((_at(t, "running"), 1))
+        edges.append((_at(t, "completed"), -1))
+    most = now = 0
+    for _, step in sorted(edges):  # an end before a start at the same instant
+        now += step
+        most = max(most, now)
+    return most
+
+
+async def test_an_agent_with_three_slots_runs_three_tasks_at_once_and_never_four(
+    manual: Live,
+) -> None:
+    await manual.org("acme")
+    agent = await manual.agent("acme", "wide", role="worker", slots=3)
+    assert agent["slots"] == 3
+    ids = [
+        (await manual.task("acme", role="worker", payload={"op": "sleep", "seconds": 0.6}))["id"]
+        for _ in range(7)
+    ]
+    for i in ids:
+        assert (await manual.wait_task("acme", i))["state"] == "completed"
+    shown = [await _show(manual, "acme", i) for i in ids]
+    assert _overlap(shown) == 3
+
+
+async def test_an_agent_with_one_slot_runs_one_task_at_a_time(manual: Live) -> None:
+    await manual.org("acme")
+    await manual.agent("acme", "narrow", role="worker")
+    ids = [
+        (await manual.task("acme", role="worker", payload={"op": "sleep", "seconds": 0.2}))["id"]
+        for _ in range(3)
+    ]
+    for i in ids:
+        assert (await manual.wait_task("acme", i))["state"] == "completed"
+    assert _overlap([await _show(manual, "acme", i) for i in ids]) == 1
+
+
+async def test_a_stream_of_quick_tasks_through_few_slots_all_complete_once(
+    manual: Live,
+) -> None:
+    """A slot freed by one task's end is filled by the next while the agent's worker is still
+    winding down: every task must still find a worker."""
+    await manual.org("acme")
+    await manual.agent("acme", "quick", role="worker", slots=2)
+    platform = manual.platform
+    org = await platform.orgs.get("acme")
+    from corral.domain.tasks import Priority, Requirements
+
+    ids = [
+        (
+            await platform.dispatcher.submit(
+                org,
+                role="worker",
+                agent=None,
+                priority=Priority.NORMAL,
+                deadline=None,
+                requirements=Requirements(),
+                payload={"op": "echo"},
+            )
+        ).id
+        for _ in range(400)
+    ]
+
+    async def all_done() -> bool:
+        counts = {s: n for _, _, _, s, n in await platform.tasks.count_by_state()}
+        return counts.get("completed", 0) == len(ids)
+
+    await eventually(all_done, timeout=40, message="400 quick tasks completed")
+    for i in ids[::40]:
+        steps = [h["to"] for h in (await _show(manual, "acme", i))["history"]]
+        assert steps == ["queued", "dispatched", "running", "completed"]

@@ -300,7 +300,17 @@ class PlatformBus:
             await nc.publish(subjects.broadcast(topic), messages.encode(payload))
 
     async def events(self, *, batch: int = 64, wait: float = 1.0) -> AsyncIterator[BusEvent]:
-        """Every event agents reported, durably, oldest first; runs until cancelled.
+        """Every event agents reported, durably, oldest first; runs until cancelled."""
+        async for events in self.event_batches(batch=batch, wait=wait):
+            for event in events:
+                yield event
+
+    async def event_batches(
+        self, *, batch: int = 256, wait: float = 1.0
+    ) -> AsyncIterator[list[BusEvent]]:
+        """Events agents reported, durably, oldest first, as many as are waiting (up to
+        ``batch``) at a time, so that a consumer can record them in one transaction and then
+        acknowledge them; runs until cancelled.
 
         Malformed events are logged and terminated (never redelivered). Losing the server
         only pauses the iterator; a permission violation ends it.
@@ -327,6 +337,7 @@ class PlatformBus:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
+                events: list[BusEvent] = []
                 for msg in batch_msgs:
                     try:
                         org, agent, kind, message = parse_event(msg.subject, msg.data)
@@ -334,7 +345,11 @@ class PlatformBus:
                         log.warning("dropping a malformed event on %s: %s", msg.subject, exc)
                         await msg.term()
                         continue
-                    yield BusEvent(org, agent, kind, message, msg.metadata.sequence.stream, msg.ack)
+                    events.append(
+                        BusEvent(org, agent, kind, message, msg.metadata.sequence.stream, msg.ack)
+                    )
+                if events:
+                    yield events
         finally:
             with suppress(nats.errors.Error):
                 await pull.unsubscribe()

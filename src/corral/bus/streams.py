@@ -42,8 +42,10 @@ __all__ = [
 ]
 
 DUPLICATE_WINDOW = 120.0  # seconds
-#: tasks an agent may hold unacknowledged; a fetch of more waits for its whole timeout
-AGENT_MAX_ACK_PENDING = 16
+#: inbox messages an agent may hold unacknowledged. The SDK acknowledges each on receipt and
+#: fetches at most 64 at a time; a fetch of more than this waits out its whole timeout, so it
+#: must stay above any agent's fetch size (an agent runs up to 1,024 tasks at once)
+AGENT_MAX_ACK_PENDING = 1024
 
 
 def inbox_config(org: str, limits: BusLimits, *, replicas: int = 1) -> StreamConfig:

@@ -57,6 +57,13 @@ def agent() -> None:
     help="The agent program, as one shell-quoted string "
     "(default: the built-in general agent, python -m corral.agents.general).",
 )
+@click.option(
+    "--slots",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="Tasks the agent runs at once (its handler must allow it).",
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until ready.")
 @pass_ctx
 def provision(
@@ -70,13 +77,20 @@ def provision(
     memory_limit: str | None,
     gpu: int,
     command: str | None,
+    slots: int,
     wait: bool,
 ) -> None:
     """Provision an agent in ORG after the quota check."""
     import shlex
 
     def body() -> None:
-        payload: dict[str, Any] = {"name": name, "role": role, "gpu": gpu, "wait": wait}
+        payload: dict[str, Any] = {
+            "name": name,
+            "role": role,
+            "gpu": gpu,
+            "slots": slots,
+            "wait": wait,
+        }
         for key, value in (
             ("cpu", cpu),
             ("memory", memory),

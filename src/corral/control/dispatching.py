@@ -1,15 +1,24 @@
 """The dispatcher: durable tasks in the store, the pure scheduler in memory, delivery over the
 bus, and the agent events that move tasks along.
 
-The store is the truth: the queue is rebuilt from it on start, every transition is a
-compare-and-set with a history row, and an event delivered twice is recorded once. The loop
-never waits on an agent — it reacts to events, so tasks may run for hours.
+The store is the truth across restarts: the queue and the work in flight are rebuilt from it on
+start. While it runs, the dispatcher is the only writer of task state and keeps every
+unfinished task in memory; it decides each transition there (so an event delivered twice is
+recorded once) and makes it durable through the :class:`~corral.store.task_journal.TaskJournal`,
+which commits many transitions in one transaction. A task is acknowledged to its submitter, a
+task message leaves for an agent, and an agent's event is acknowledged on the bus only after
+the writes they depend on are committed; news of a transition goes out after its commit.
+
+An agent runs up to as many tasks at once as it announced when it became ready (its *slots*,
+one unless it says otherwise). The loop never waits on an agent — it reacts to events, so tasks
+may run for hours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -41,6 +50,7 @@ from corral.scheduling.placement import (
 )
 from corral.scheduling.scheduler import QueuedTask, Scheduler
 from corral.store.quota import QuotaLedger, UsageSnapshot
+from corral.store.task_journal import TaskJournal
 from corral.store.tasks import TaskRecord, TaskRepository
 from corral.store.tenants import OrgRepository
 
@@ -51,6 +61,9 @@ log = logging.getLogger("corral.dispatcher")
 MAX_ATTEMPTS = 5
 MAX_INCOMING_PER_ROLE = 2  # agents being provisioned/resumed at once for one (org, role)
 ACTIVE = (TaskState.DISPATCHED, TaskState.RUNNING)
+MAX_SLOTS = 1024  # the most tasks one agent may take at once, whatever it announces
+DECISIONS_PER_ROUND = 2000
+AGENT_LIST_TTL = 1.0  # seconds a snapshot of the agents' lifecycle states is reused
 
 
 def new_task_id() -> str:
@@ -75,6 +88,7 @@ class Dispatcher:
         self,
         *,
         tasks: TaskRepository,
+        journal: TaskJournal,
         orgs: OrgRepository,
         ledger: QuotaLedger,
         controller: Controller,
@@ -86,6 +100,7 @@ class Dispatcher:
         heartbeat_seconds: float = 5.0,
     ) -> None:
         self.tasks = tasks
+        self.journal = journal
         self.orgs = orgs
         self.ledger = ledger
         self.controller = controller
@@ -108,16 +123,33 @@ class Dispatcher:
         self._last_seen: dict[str, float] = {}
         self._silenced: set[str] = set()  # being restarted for a lost heartbeat
         self._last_reap = 0.0
+        # every unfinished task (queued, dispatched, running), as last decided
+        self._live: dict[str, TaskRecord] = {}
+        # agent id → the tasks it holds (dispatched or running); its announced slots
+        self._inflight: dict[str, set[str]] = defaultdict(set)
+        self._slots: dict[str, int] = {}
+        self._shown: dict[str, str | None] = {}  # the task each agent shows as current
+        self._agent_list: list[Agent] | None = None
+        self._agent_list_at = 0.0
+        self._leaving: set[str] = set()  # being paused for idleness: no new work
+        self._usage_snapshot: dict[str, UsageSnapshot] | None = None
+        self._usage_at = 0.0
 
     # -- start ----------------------------------------------------------------------------
     async def rebuild(self) -> None:
-        """Load every org and queued task from the store; requeue work whose agent is gone."""
+        """Load every org and unfinished task from the store; work in flight is counted
+        against its agent (requeued by :meth:`requeue_orphans` if that agent is gone)."""
         for org in await self.orgs.list():
             self._register(org)
         for rec in await self.tasks.find(states=[TaskState.QUEUED], limit=10_000_000):
-            self._enqueue(rec)
+            if rec.org_id in self._orgs_by_id:
+                self._live[rec.id] = rec
+                self._enqueue(rec)
         for rec in await self.tasks.find(states=list(ACTIVE), limit=10_000_000):
             if rec.org_id in self._orgs_by_id:
+                self._live[rec.id] = rec
+                if rec.agent_id is not None:
+                    self._inflight[rec.agent_id].add(rec.id)
                 self.scheduler.on_started(OrgId(rec.org_id))
 
     def _register(self, org: Organization) -> None:
@@ -133,6 +165,8 @@ class Dispatcher:
     def org_removed(self, org: Organization) -> None:
         self.scheduler.drop_org(OrgId(org.id))
         self._orgs_by_id.pop(org.id, None)
+        for task_id in [t for t, r in self._live.items() if r.org_id == org.id]:
+            del self._live[task_id]
 
     def kick(self) -> None:
         self._wake.set()
@@ -143,6 +177,17 @@ class Dispatcher:
         if org_id in self._orgs_by_id:
             self.scheduler.wake(OrgId(org_id))
         self.kick()
+
+    def agent_changed(self, agent: Agent) -> None:
+        """An agent's lifecycle state changed (the controller says so): forget the snapshot."""
+        self._agent_list = self._usage_snapshot = None
+        if agent.state is not AgentState.RUNNING:
+            self._slots.pop(agent.id, None)
+        gone = (AgentState.PAUSED, AgentState.TERMINATED, AgentState.FAILED)
+        if agent.state in gone and self._inflight.get(agent.id):
+            # paused with force, or ended, holding work: it is retried elsewhere
+            self._background.spawn(self.on_agent_lost(agent.id), f"requeue-{agent.id}")
+        self.capacity_changed(agent.org_id)
 
     def _enqueue(self, rec: TaskRecord, *, not_before: float | None = None) -> None:
         if rec.org_id not in self._orgs_by_id or TaskId(rec.id) in self.scheduler:
@@ -161,6 +206,58 @@ class Dispatcher:
             self._delayed.append((not_before, q))
         else:
             self.scheduler.enqueue(q)
+
+    # -- recording ------------------------------------------------------------------------
+    def _move(
+        self, rec: TaskRecord, to: TaskState, *, detail: str = "", **fields: Any
+    ) -> TaskRecord:
+        """Decide ``rec → to`` in memory and append it to the journal; news of it goes out
+        once it is committed."""
+        now = datetime.now(UTC)
+        self.journal.move(rec.id, rec.state, to, at=now, detail=detail, **fields)
+        done = dataclasses.replace(rec, state=to, updated_at=now, **fields)
+        if to.is_terminal:
+            self._live.pop(rec.id, None)
+        else:
+            self._live[rec.id] = done
+        self.journal.on_commit(lambda: self._publish(done))
+        if to.is_terminal and done.parent_id is not None and done.from_agent is not None:
+            self.journal.on_commit(
+                lambda: self._background.spawn(self._notify_parent(done), f"notify-{done.id}")
+            )
+        return done
+
+    def _take_slot(self, agent_id: str, task_id: str) -> None:
+        self._inflight[agent_id].add(task_id)
+        self._show_current(agent_id)
+
+    def _free_slot(self, rec: TaskRecord) -> None:
+        """``rec`` no longer holds a slot of its agent (finished, retried or cancelled)."""
+        if rec.agent_id is not None:
+            held = self._inflight.get(rec.agent_id)
+            if held is not None:
+                held.discard(rec.id)
+                if not held:
+                    del self._inflight[rec.agent_id]
+            self._show_current(rec.agent_id)
+        self.scheduler.on_finished(OrgId(rec.org_id))
+        self.capacity_changed(rec.org_id)
+
+    def _show_current(self, agent_id: str) -> None:
+        """Keep the agent's ``currentTask`` in the store pointing at one of its tasks; it is
+        written only when that changes, not for every task."""
+        held = self._inflight.get(agent_id)
+        shown = self._shown.get(agent_id)
+        if held:
+            if shown in held:
+                return
+            shown = min(held)
+        elif shown is None:
+            return
+        else:
+            shown = None
+        self._shown[agent_id] = shown
+        self.journal.agent_busy(agent_id, shown, at=datetime.now(UTC))
 
     # -- submit / cancel ------------------------------------------------------------------
     async def submit(
@@ -181,6 +278,7 @@ class Dispatcher:
 
         Raises:
             InvalidInput: neither or both of role/agent, an unknown agent, or a past deadline.
+            Conflict: a task of that id exists (a delegation sent twice).
         """
         if (role is None) == (agent is None):
             raise InvalidInput("give exactly one of 'role' or 'agent'")
@@ -201,43 +299,65 @@ class Dispatcher:
             reqs["cpu"] = requirements.cpu.render()
         if requirements.memory is not None:
             reqs["memory"] = requirements.memory.render()
-        rec = await self.tasks.create(
-            task_id=task_id or new_task_id(),
+        task_id = task_id or new_task_id()
+        if task_id in self._live:
+            raise Conflict(f"task {task_id} exists", details={"task": task_id})
+        now = datetime.now(UTC)
+        rec = TaskRecord(
+            id=task_id,
+            seq=time.time_ns(),
             org_id=org.id,
+            org=org.slug,
+            plan=org.plan.name,
             role=role,
             target_agent=agent,
+            agent_id=None,
+            parent_id=parent_id,
+            from_agent=from_agent,
             priority=priority,
             deadline=deadline,
             requirements=reqs,
             payload=payload,
-            parent_id=parent_id,
-            from_agent=from_agent,
+            result=None,
+            state=TaskState.QUEUED,
+            attempts=0,
+            progress=None,
+            not_before=None,
+            created_at=now,
+            updated_at=now,
         )
+        self.journal.create(_row(rec), at=now)
+        if task_id in await self.journal.flush():
+            raise Conflict(f"task {task_id} exists", details={"task": task_id})
         if org.id not in self._orgs_by_id:
             self._register(org)
+        self._live[rec.id] = rec
         self._enqueue(rec)
         self._publish(rec)
         self.kick()
         return rec
 
     async def cancel(self, org: Organization, task_id: str) -> TaskRecord:
-        rec = await self.tasks.get(task_id, org_id=org.id)
-        if rec.state.is_terminal:
+        """Cancel a task that has not ended; its agent, if it has one, is told nothing (its
+        late result is ignored) and its slot is free at once.
+
+        Raises:
+            NotFound: no such task in ``org``.
+            Conflict: the task already ended.
+        """
+        rec = self._live.get(task_id)
+        if rec is None or rec.org_id != org.id:
+            stored = await self.tasks.get(task_id, org_id=org.id)
             raise Conflict(
-                f"task {task_id} is already {rec.state.value}",
-                details={"task": task_id, "state": rec.state.value},
+                f"task {task_id} is already {stored.state.value}",
+                details={"task": task_id, "state": stored.state.value},
             )
-        moved = await self.tasks.transition(
-            task_id, expect=[rec.state], to=TaskState.CANCELLED, detail="cancelled by user"
-        )
-        if not moved:
-            return await self.cancel(org, task_id)
+        done = self._move(rec, TaskState.CANCELLED, detail="cancelled by user")
         self.scheduler.remove(TaskId(task_id))
         self._delayed = [(t, q) for t, q in self._delayed if q.id != task_id]
         if rec.state in ACTIVE:
-            self.scheduler.on_finished(OrgId(org.id))
-        done = await self.tasks.get(task_id)
-        self._publish(done)
+            self._free_slot(rec)
+        await self.journal.flush()
         self.kick()
         return done
 
@@ -278,31 +398,69 @@ class Dispatcher:
                 if q.id not in self.scheduler:
                     self.scheduler.enqueue(q)
         for q in self.scheduler.expire(now):
-            if await self.tasks.transition(
-                q.id, expect=[TaskState.QUEUED], to=TaskState.EXPIRED, detail="deadline passed"
-            ):
-                self._publish(await self.tasks.get(q.id))
+            rec = self._live.get(q.id)
+            if rec is not None and rec.state is TaskState.QUEUED:
+                self._move(rec, TaskState.EXPIRED, detail="deadline passed")
         if time.monotonic() - self._last_reap >= 1.0:  # not on every round: rounds follow events
             self._last_reap = time.monotonic()
             await self._reap_idle()
             await self._reap_silent()
         if len(self.scheduler) == 0 or self.held:
+            await self.journal.flush()
             return
-        views = await self._views()
-        usage = await self.ledger.all_usage()
+        views = self._views(await self._agents())
+        usage = await self._usage() if self.auto_provision else {}
+        sends: list[TaskRecord] = []
         decisions = 0
-        while decisions < 1000:
+        while decisions < DECISIONS_PER_ROUND:
             decision = self.scheduler.pop_next(now, lambda t: self._place(t, views, usage))
             if decision is None:
                 break
             decisions += 1
-            await self._act(decision.task, decision.placement, views)
+            sent = self._act(decision.task, decision.placement, views)
+            if sent is not None:
+                sends.append(sent)
+        await self.journal.flush()
+        if sends:
+            await asyncio.gather(*(self._send(rec) for rec in sends))
+        if decisions >= DECISIONS_PER_ROUND:
+            self.kick()  # more may be placeable: another round right away
 
-    async def _views(self) -> dict[str, list[AgentView]]:
+    async def _agents(self) -> list[Agent]:
+        """Every agent that is not terminated, from a snapshot at most a second old (changes
+        the controller reports drop it at once)."""
+        now = time.monotonic()
+        if self._agent_list is None or now - self._agent_list_at > AGENT_LIST_TTL:
+            live = [s for s in AgentState if s is not AgentState.TERMINATED]
+            self._agent_list = await self.controller.agents.find(states=live)
+            self._agent_list_at = now
+        return self._agent_list
+
+    async def _usage(self) -> dict[str, UsageSnapshot]:
+        """Each org's quota use, from a snapshot at most a second old (dropped whenever an
+        agent's lifecycle changes). A stale answer only costs a provision the ledger refuses:
+        the charge itself is atomic."""
+        now = time.monotonic()
+        if self._usage_snapshot is None or now - self._usage_at > AGENT_LIST_TTL:
+            self._usage_snapshot = await self.ledger.all_usage()
+            self._usage_at = now
+        return self._usage_snapshot
+
+    def _views(self, agents: list[Agent]) -> dict[str, list[AgentView]]:
         views: dict[str, list[AgentView]] = defaultdict(list)
-        live = [s for s in AgentState if s not in (AgentState.TERMINATED,)]
-        for a in await self.controller.agents.find(states=live):
-            views[a.org_id].append(_view(a))
+        for a in agents:
+            if a.state is AgentState.RUNNING and a.id not in self._leaving:
+                free = self._slots.get(a.id, 1) - len(self._inflight.get(a.id, ()))
+                availability = AgentAvailability.IDLE if free > 0 else AgentAvailability.BUSY
+                views[a.org_id].append(
+                    AgentView(a.id, a.role, availability, a.resources, max(0, free))
+                )
+            elif a.state is AgentState.RUNNING:
+                views[a.org_id].append(
+                    AgentView(a.id, a.role, AgentAvailability.UNAVAILABLE, a.resources)
+                )
+            else:
+                views[a.org_id].append(_view(a))
         return views
 
     def _place(
@@ -338,14 +496,26 @@ class Dispatcher:
             return wait(f"waiting for a {task.role!r} agent that is starting")
         return placement
 
-    async def _act(
+    def _act(
         self, task: QueuedTask, placement: Placement, views: dict[str, list[AgentView]]
-    ) -> None:
+    ) -> TaskRecord | None:
+        """Carry out one decision; returns the task to send once the round's writes are
+        committed."""
         org = self._orgs_by_id[task.org]
         if placement.action is Action.USE and placement.agent_id is not None:
-            _mark(views, org.id, placement.agent_id, AgentAvailability.BUSY)
-            await self._dispatch(org, task, placement.agent_id)
-            return
+            rec = self._live.get(task.id)
+            if rec is None or rec.state is not TaskState.QUEUED:  # ended meanwhile
+                self.scheduler.on_finished(task.org)
+                return None
+            _take(views, org.id, placement.agent_id)
+            self._take_slot(placement.agent_id, task.id)
+            return self._move(
+                rec,
+                TaskState.DISPATCHED,
+                detail=f"to {placement.agent_id}",
+                agent_id=placement.agent_id,
+                attempts=rec.attempts + 1,
+            )
         # WAKE or PROVISION: the task goes back to the queue until the agent is ready
         self.scheduler.put_back(task)
         key = (org.id, task.role)
@@ -358,42 +528,30 @@ class Dispatcher:
         else:
             self._background.spawn(self._provision_for(org, task, key), f"provision-{org.slug}")
         # the placement is re-asked when the agent reports ready (scheduler.wake)
+        return None
 
-    async def _dispatch(self, org: Organization, task: QueuedTask, agent_id: AgentId) -> None:
-        agents = self.controller.agents
-        if not await agents.claim(agent_id, task.id):
-            self.scheduler.put_back(task)
-            return
-        rec = await self.tasks.get(task.id)
-        moved = await self.tasks.transition(
-            task.id,
-            expect=[TaskState.QUEUED],
-            to=TaskState.DISPATCHED,
-            detail=f"to {agent_id}",
-            agent_id=agent_id,
-            attempts=rec.attempts + 1,
-        )
-        if not moved:  # cancelled meanwhile
-            await agents.release(agent_id, task.id)
-            self.scheduler.on_finished(task.org)
+    async def _send(self, rec: TaskRecord) -> None:
+        """Deliver a committed dispatch to its agent's inbox."""
+        current = self._live.get(rec.id)
+        if current is None or current.state is not TaskState.DISPATCHED:
+            return  # cancelled while the round committed
+        if current.attempts != rec.attempts or rec.agent_id is None:
             return
         message = TaskMessage(
-            task.id,
+            rec.id,
             rec.from_agent or "platform",
-            agent_id,
+            rec.agent_id,
             MessageType.DELEGATE,
             rec.payload,
-            rec.attempts + 1,
+            rec.attempts,
         )
         try:
-            await self.bus.deliver(org.slug, agent_id, message)
+            await self.bus.deliver(rec.org, rec.agent_id, message)
         except CorralError as exc:
-            log.warning("delivery of %s to %s failed: %s", task.id, agent_id, exc.message)
-            await agents.release(agent_id, task.id)
-            await self._retry(task.id, f"delivery failed: {exc.message}")
+            log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, exc.message)
+            await self._retry(rec.id, f"delivery failed: {exc.message}")
             return
         self.dispatch_latency.append(time.time() - rec.created_at.timestamp())
-        self._publish(await self.tasks.get(task.id))
 
     async def _provision_for(
         self, org: Organization, task: QueuedTask, key: tuple[str, str | None]
@@ -410,8 +568,8 @@ class Dispatcher:
         except CorralError as exc:
             log.warning("could not provision a %s agent for %s: %s", role, org.slug, exc.message)
             self._incoming[key] -= 1
+            self._usage_snapshot = None
             self.capacity_changed(org.id)
-            self.kick()
 
     async def _wake_agent(
         self, org: Organization, agent_id: AgentId, key: tuple[str, str | None]
@@ -421,34 +579,30 @@ class Dispatcher:
         except CorralError as exc:
             log.warning("could not resume %s: %s", agent_id, exc.message)
             self._incoming[key] -= 1
+            self._usage_snapshot = None
             self.capacity_changed(org.id)
-            self.kick()
 
     async def _retry(self, task_id: str, why: str) -> None:
-        rec = await self.tasks.get(task_id)
-        if rec.state not in ACTIVE:
+        """Put a dispatched or running task back in the queue with backoff, or fail it after
+        :data:`MAX_ATTEMPTS`; committed before it returns."""
+        rec = self._live.get(task_id)
+        if rec is None or rec.state not in ACTIVE:
             return
+        self._free_slot(rec)
         if rec.attempts >= MAX_ATTEMPTS:
-            moved = await self.tasks.transition(
-                task_id, expect=list(ACTIVE), to=TaskState.FAILED, detail=f"{why}; gave up"
-            )
+            self._move(rec, TaskState.FAILED, detail=f"{why}; gave up")
         else:
             backoff = min(30.0, 0.25 * 2 ** (rec.attempts - 1))
-            moved = await self.tasks.transition(
-                task_id,
-                expect=list(ACTIVE),
-                to=TaskState.QUEUED,
+            queued = self._move(
+                rec,
+                TaskState.QUEUED,
                 detail=f"{why}; retry in {backoff:.2f}s",
                 agent_id=None,
                 progress=None,
                 not_before=datetime.now(UTC) + timedelta(seconds=backoff),
             )
-            if moved:
-                self._enqueue(await self.tasks.get(task_id), not_before=time.time() + backoff)
-        if moved:
-            self.scheduler.on_finished(OrgId(rec.org_id))
-            self._publish(await self.tasks.get(task_id))
-            await self._notify_parent(await self.tasks.get(task_id))
+            self._enqueue(queued, not_before=time.time() + backoff)
+        await self.journal.flush()
         self.kick()
 
     async def _seen(self, agent_id: str) -> None:
@@ -490,7 +644,7 @@ class Dispatcher:
         now = datetime.now(UTC)
         running = await self.controller.agents.find(states=[AgentState.RUNNING])
         for agent in running:
-            if agent.busy_task is not None:
+            if self._inflight.get(agent.id) or agent.id in self._leaving:
                 continue
             org = self._orgs_by_id.get(agent.org_id)
             if org is None:
@@ -498,22 +652,36 @@ class Dispatcher:
             last = max(agent.updated_at, agent.resumed_at or agent.created_at)
             if (now - last).total_seconds() >= self.idle_timeout(org):
                 log.info("pausing %s after %ss idle", agent.id, self.idle_timeout(org))
+                self._leaving.add(agent.id)  # from now on it is given nothing
                 self._background.spawn(self._pause_idle(org, agent.id), f"idle-pause-{agent.id}")
 
     async def _pause_idle(self, org: Organization, agent_id: str) -> None:
-        with contextlib.suppress(CorralError):
-            await self.controller.pause(org, agent_id)
+        try:
+            with contextlib.suppress(CorralError):
+                await self.controller.pause(org, agent_id)
+        finally:
+            self._leaving.discard(agent_id)
+            self.capacity_changed(org.id)
 
     # -- events from agents ---------------------------------------------------------------
     async def consume(self) -> None:
-        async for event in self.bus.events():
+        """Record agents' events a batch at a time: handle each, commit what they decided in
+        one transaction, then acknowledge them (an event whose effects are not committed is
+        delivered again)."""
+        async for batch in self.bus.event_batches():
+            for event in batch:
+                try:
+                    await self.handle(event)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("event from %s/%s failed", event.org, event.agent_id)
             try:
-                await self.handle(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("event from %s/%s failed", event.org, event.agent_id)
-            finally:
+                await self.journal.flush()
+            except CorralError as exc:
+                log.error("events not recorded, they will come again: %s", exc.message)
+                continue
+            for event in batch:
                 with contextlib.suppress(Exception):
                     await event.ack()
 
@@ -529,6 +697,10 @@ class Dispatcher:
         agent_id = event.agent_id
         kind = status.status
         await self._seen(agent_id)
+        if kind in (StatusKind.READY, StatusKind.HEARTBEAT):
+            slots = status.detail.get("slots")
+            if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0:
+                self._slots[agent_id] = min(slots, MAX_SLOTS)
         if kind is StatusKind.READY:
             try:
                 agent = await self.controller.agents.get(agent_id)
@@ -537,64 +709,56 @@ class Dispatcher:
             if agent.org != event.org:
                 return
             await self.controller.on_ready(event.org, agent_id)
+            self._agent_list = None
             key = (agent.org_id, agent.role)
             if self._incoming.get(key):
                 self._incoming[key] -= 1
             self.capacity_changed(agent.org_id)
-            self.kick()
             return
         if status.current_task is None:
             return
-        rec = await self._owned_task(event.org, status.current_task)
-        if rec is None or rec.agent_id != agent_id:
+        rec = self._owned(event.org, agent_id, status.current_task)
+        if rec is None:
             return
         if kind is StatusKind.ACCEPTED:
-            if await self.tasks.transition(
-                rec.id, expect=[TaskState.DISPATCHED], to=TaskState.RUNNING, progress=0.0
-            ):
-                self._publish(await self.tasks.get(rec.id))
+            if rec.state is TaskState.DISPATCHED:
+                self._move(rec, TaskState.RUNNING, progress=0.0)
         elif kind is StatusKind.WORKING and status.progress is not None:
-            await self.tasks.set_progress(rec.id, status.progress)
+            if rec.state is TaskState.RUNNING:
+                self.journal.progress(rec.id, status.progress)
+                self._live[rec.id] = dataclasses.replace(rec, progress=status.progress)
             self.hub.publish(
                 event.org,
                 "progress",
                 {"task": rec.id, "progress": status.progress, **status.detail},
             )
 
-    async def _owned_task(self, org_slug: str, task_id: str) -> TaskRecord | None:
-        try:
-            rec = await self.tasks.get(task_id)
-        except NotFound:
+    def _owned(self, org_slug: str, agent_id: str, task_id: str) -> TaskRecord | None:
+        """The unfinished task ``task_id`` if ``agent_id`` of ``org_slug`` holds it now; an
+        older attempt's late event, a finished task's duplicate or a forgery get None."""
+        rec = self._live.get(task_id)
+        if rec is None or rec.org != org_slug or rec.agent_id != agent_id:
             return None
-        return rec if rec.org == org_slug else None
+        return rec
 
     async def _on_task_message(self, org_slug: str, agent_id: str, msg: TaskMessage) -> None:
         if msg.type is MessageType.DELEGATE:
             await self._on_delegate(org_slug, agent_id, msg)
             return
-        rec = await self._owned_task(org_slug, msg.task_id)
-        if rec is None or rec.agent_id != agent_id:
-            return  # not this agent's task (late event of an older attempt, or forged)
+        rec = self._owned(org_slug, agent_id, msg.task_id)
+        if rec is None or rec.state not in ACTIVE:
+            return  # not this agent's task, or recorded already: recorded once
         outcome = TaskState.COMPLETED if msg.type is MessageType.COMPLETE else TaskState.BLOCKED
         if rec.state is TaskState.DISPATCHED:
-            await self.tasks.transition(rec.id, expect=[TaskState.DISPATCHED], to=TaskState.RUNNING)
-        moved = await self.tasks.transition(
-            rec.id,
-            expect=[TaskState.RUNNING],
-            to=outcome,
+            rec = self._move(rec, TaskState.RUNNING)
+        self._move(
+            rec,
+            outcome,
             detail=str(msg.payload.get("reason", "")) if outcome is TaskState.BLOCKED else "",
             result=msg.payload,
             progress=1.0 if outcome is TaskState.COMPLETED else rec.progress,
         )
-        if not moved:
-            return  # a duplicate: recorded once
-        await self.controller.agents.release(agent_id, rec.id)
-        self.scheduler.on_finished(OrgId(rec.org_id))
-        self.capacity_changed(rec.org_id)
-        done = await self.tasks.get(rec.id)
-        self._publish(done)
-        await self._notify_parent(done)
-        self.kick()
+        self._free_slot(rec)
 
     async def _notify_parent(self, child: TaskRecord) -> None:
         """Deliver a finished child's result to the agent that delegated it."""
@@ -617,6 +781,8 @@ class Dispatcher:
 
     async def _on_delegate(self, org_slug: str, agent_id: str, msg: TaskMessage) -> None:
         """An agent asks for a child task; the org is the one the server stamped."""
+        if msg.task_id in self._live:
+            return  # the same request delivered twice
         try:
             org = await self.orgs.get(org_slug)
             sender = await self.controller.agents.get(agent_id, org_id=org.id)
@@ -627,6 +793,7 @@ class Dispatcher:
         target = msg.to_agent
         role = target.removeprefix("role:") if target.startswith("role:") else None
         agent = None if role is not None else target
+        parent = str(body.get("parent") or "") or self._shown.get(sender.id)
         try:
             if not isinstance(inner, dict):
                 raise InvalidInput("delegated payload must be an object")
@@ -640,10 +807,12 @@ class Dispatcher:
                 deadline=None,
                 requirements=Requirements(),
                 payload=inner,
-                parent_id=str(body.get("parent") or "") or sender.busy_task,
+                parent_id=parent,
                 from_agent=sender.id,
                 task_id=msg.task_id,
             )
+        except Conflict:
+            return  # recorded before (a redelivery after a restart)
         except CorralError as exc:
             refusal = TaskMessage(
                 msg.task_id,
@@ -658,20 +827,50 @@ class Dispatcher:
     # -- crashes --------------------------------------------------------------------------
     async def on_agent_lost(self, agent_id: str) -> None:
         """The agent died: its dispatched or running tasks are retried with backoff."""
-        for rec in await self.tasks.find(states=list(ACTIVE), agent_id=agent_id):
-            await self._retry(rec.id, f"agent {agent_id} was lost")
+        self._agent_list = None
+        self._slots.pop(agent_id, None)
+        for task_id in sorted(self._inflight.get(agent_id, set())):
+            await self._retry(task_id, f"agent {agent_id} was lost")
 
     async def requeue_orphans(self, live_agents: set[str]) -> None:
         """After a restart: work whose agent no longer runs goes back to the queue."""
-        for rec in await self.tasks.find(states=list(ACTIVE), limit=10_000_000):
-            if rec.agent_id not in live_agents:
-                await self._retry(rec.id, "the control plane restarted")
+        orphans = [
+            r.id for r in self._live.values() if r.state in ACTIVE and r.agent_id not in live_agents
+        ]
+        for task_id in orphans:
+            await self._retry(task_id, "the control plane restarted")
 
     def _publish(self, rec: TaskRecord) -> None:
         self.hub.publish(rec.org, "task", {"task": rec.to_wire()})
 
     async def close(self) -> None:
         await self._background.close()
+        await self.journal.close()
+
+
+def _row(rec: TaskRecord) -> dict[str, Any]:
+    """The ``tasks`` row of a new task."""
+    return {
+        "id": rec.id,
+        "seq": rec.seq,
+        "org_id": rec.org_id,
+        "role": rec.role,
+        "target_agent": rec.target_agent,
+        "agent_id": rec.agent_id,
+        "parent_id": rec.parent_id,
+        "from_agent": rec.from_agent,
+        "priority": rec.priority.value,
+        "deadline": rec.deadline,
+        "requirements": rec.requirements,
+        "payload": rec.payload,
+        "result": rec.result,
+        "state": rec.state.value,
+        "attempts": rec.attempts,
+        "progress": rec.progress,
+        "not_before": rec.not_before,
+        "created_at": rec.created_at,
+        "updated_at": rec.updated_at,
+    }
 
 
 def _request_for(req: Requirements) -> ContainerRequest:
@@ -679,13 +878,22 @@ def _request_for(req: Requirements) -> ContainerRequest:
 
 
 def _view(agent: Agent) -> AgentView:
-    if agent.state is AgentState.RUNNING:
-        availability = AgentAvailability.BUSY if agent.busy_task else AgentAvailability.IDLE
-    elif agent.state is AgentState.PAUSED:
+    """An agent that is not running, as placement sees it."""
+    if agent.state is AgentState.PAUSED:
         availability = AgentAvailability.PAUSED
     else:
         availability = AgentAvailability.UNAVAILABLE
     return AgentView(agent.id, agent.role, availability, agent.resources)
+
+
+def _take(views: dict[str, list[AgentView]], org_id: str, agent_id: AgentId) -> None:
+    """One slot of the agent is taken in this round's snapshot."""
+    lst = views.get(org_id, [])
+    for i, v in enumerate(lst):
+        if v.id == agent_id:
+            free = max(0, v.free_slots - 1)
+            availability = AgentAvailability.IDLE if free else AgentAvailability.BUSY
+            lst[i] = AgentView(v.id, v.role, availability, v.resources, free)
 
 
 def _mark(

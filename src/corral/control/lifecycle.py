@@ -26,7 +26,7 @@ from corral.domain.agents import (
     make_agent_id,
     validate_name,
 )
-from corral.domain.errors import Conflict, CorralError, Unavailable
+from corral.domain.errors import Conflict, CorralError, InvalidInput, Unavailable
 from corral.domain.ids import AgentId
 from corral.domain.messages import ControlKind, ControlMessage
 from corral.domain.tenancy import Organization
@@ -40,6 +40,8 @@ log = logging.getLogger("corral.controller")
 
 #: Without --command an agent runs the built-in general-purpose example agent.
 DEFAULT_AGENT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "corral.agents.general")
+#: The most tasks one agent may be given at once.
+MAX_SLOTS = 1024
 MAX_RESTARTS = 3
 CREDS_TTL_SECONDS = 24 * 3600
 
@@ -70,6 +72,8 @@ class Controller:
         self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: told the org id whenever quota is released (pause, terminate, failure)
         self.on_capacity: Callable[[str], None] = lambda org_id: None
+        #: told every agent whose lifecycle state it records (after the record)
+        self.on_change: Callable[[Agent], None] = lambda agent: None
 
     def _lock(self, agent_id: str) -> asyncio.Lock:
         return self._locks.setdefault(agent_id, asyncio.Lock())
@@ -83,6 +87,7 @@ class Controller:
         role: str,
         request: ContainerRequest,
         command: Sequence[str] | None = None,
+        slots: int = 1,
     ) -> Agent:
         """Admit, charge, register and start a new agent; it becomes ``running`` when it
         reports ready.
@@ -95,6 +100,10 @@ class Controller:
         """
         validate_name("name", name)
         validate_name("role", role)
+        if not 1 <= slots <= MAX_SLOTS:
+            raise InvalidInput(
+                f"slots must be between 1 and {MAX_SLOTS}, got {slots}", details={"slots": slots}
+            )
         agent_id = make_agent_id(org.slug, name)
         resources = apply_limit_range(request, org.plan.limit_range)
         charge = charge_for(resources)
@@ -110,6 +119,7 @@ class Controller:
                 role=role,
                 resources=resources,
                 command=argv,
+                slots=slots,
             )
             undo.append(lambda: self._forget(agent_id))
             await self._launch(org, await self.agents.get(agent_id), undo)
@@ -149,6 +159,7 @@ class Controller:
             "CORRAL_AGENT_NAME": agent.name,
             "CORRAL_ROLE": agent.role,
             "CORRAL_NATS_URL": self.bus.url,
+            "CORRAL_AGENT_SLOTS": str(agent.slots),
             **self._extra_env,
         }
         return LaunchSpec(
@@ -443,5 +454,6 @@ class Controller:
         await self._restarts.close()
 
     def _publish(self, agent: Agent) -> None:
+        self.on_change(agent)
         data: dict[str, Any] = {"agent": agent.to_wire()}
         self.hub.publish(agent.org, "agent", data)

@@ -39,6 +39,7 @@ from corral.settings import Settings
 from corral.store.agents import AgentRepository
 from corral.store.db import Database
 from corral.store.quota import QuotaLedger
+from corral.store.task_journal import TaskJournal
 from corral.store.tasks import TaskRepository
 from corral.store.tenants import OrgRepository
 from corral.store.vault_repo import SqlVaultStore
@@ -146,6 +147,7 @@ class Platform:
         idle = self.settings.idle_timeout
         self.dispatcher = Dispatcher(
             tasks=self.tasks,
+            journal=TaskJournal(self.db),
             orgs=self.orgs,
             ledger=self.ledger,
             controller=self.controller,
@@ -159,6 +161,7 @@ class Platform:
         )
         self._stack.push_async_callback(self.dispatcher.close)
         self.controller.on_capacity = self.dispatcher.capacity_changed
+        self.controller.on_change = self.dispatcher.agent_changed
         self._install_hooks()
         await self.dispatcher.rebuild()
         if self._services:

@@ -116,6 +116,7 @@ class Agent:
     resumed_at: datetime | None = None
     terminated_at: datetime | None = None
     detail: str = ""
+    slots: int = 1  # tasks it runs at once (the SDK's CORRAL_AGENT_SLOTS)
 
     @property
     def idle(self) -> bool:
@@ -135,6 +136,7 @@ class Agent:
             "currentTask": self.busy_task,
             "resources": self.resources.to_wire(),
             "command": list(self.command),
+            "slots": self.slots,
             "restarts": self.restarts,
             "createdAt": ts(self.created_at),
             "lastSeenAt": ts(self.last_seen_at),

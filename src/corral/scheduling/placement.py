@@ -4,7 +4,8 @@ The preference order is the cheapest first: an idle running agent that fits, the
 that fits (resuming keeps its workspace and costs about a second), then a new agent if the
 org's quota allows one more, else wait. An agent fits when its role matches (a task without a
 role takes any) and its admitted requests cover the task's requirements. Among fitting agents
-the smallest wins, so large agents stay free for large tasks. A task addressed to one agent
+the smallest wins, so large agents stay free for large tasks; among equal ones, the one with the
+most free slots, so that work spreads over agents that run several tasks at once. A task addressed to one agent
 (``agent_id``) goes to that agent or waits for it; role and requirements are the sender's
 business then.
 
@@ -41,8 +42,8 @@ __all__ = [
 class AgentAvailability(StrEnum):
     """An agent as placement sees it; the controller maps its lifecycle states onto these."""
 
-    IDLE = "idle"  # running and without a task: can take one now
-    BUSY = "busy"  # running a task
+    IDLE = "idle"  # running with a free slot: can take a task now
+    BUSY = "busy"  # running as many tasks as it has slots
     PAUSED = "paused"  # scaled to zero with its workspace kept: can be resumed
     UNAVAILABLE = "unavailable"  # provisioning, pausing, resuming, failed: not a candidate now
 
@@ -53,6 +54,7 @@ class AgentView:
     role: str
     availability: AgentAvailability
     resources: AdmittedResources
+    free_slots: int = 1  # tasks it can still take now (an agent may run several at once)
 
 
 class Action(StrEnum):
@@ -113,9 +115,9 @@ def fits(agent: AgentView, *, role: str | None, requirements: Requirements) -> b
     return res.gpu >= requirements.gpu
 
 
-def _size(agent: AgentView) -> tuple[int, Fraction, Fraction, str]:
+def _size(agent: AgentView) -> tuple[int, Fraction, Fraction, int, str]:
     res = agent.resources
-    return (res.gpu, res.cpu_request.value, res.memory_request.value, agent.id)
+    return (res.gpu, res.cpu_request.value, res.memory_request.value, -agent.free_slots, agent.id)
 
 
 def place(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ class AgentConfig:
     creds_file: Path
     workspace: Path
     heartbeat_seconds: float = 5.0
+    slots: int = 1  # tasks handled at once; announced to the platform when ready
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AgentConfig:
@@ -82,7 +84,18 @@ class AgentConfig:
             creds_file=Path(e["CORRAL_CREDS_FILE"]),
             workspace=Path(e.get("CORRAL_WORKSPACE") or Path.cwd()),
             heartbeat_seconds=float(e.get("CORRAL_HEARTBEAT_SECONDS", "5")),
+            slots=_slots(e.get("CORRAL_AGENT_SLOTS", "1")),
         )
+
+
+def _slots(text: str) -> int:
+    try:
+        slots = int(text)
+    except ValueError:
+        raise InvalidInput(f"CORRAL_AGENT_SLOTS must be a whole number, got {text!r}") from None
+    if not 1 <= slots <= 1024:
+        raise InvalidInput(f"CORRAL_AGENT_SLOTS must be between 1 and 1024, got {slots}")
+    return slots
 
 
 class TaskContext:
@@ -130,9 +143,16 @@ class TaskContext:
 
 
 class Agent:
-    """An agent process. Register one handler with :meth:`task`, then :meth:`run`."""
+    """An agent process. Register one handler with :meth:`task`, then :meth:`run`.
 
-    def __init__(self, config: AgentConfig) -> None:
+    ``slots`` (default: ``CORRAL_AGENT_SLOTS`` of the environment, else 1) is how many tasks
+    the handler may run at once; the platform never sends more. With one slot tasks run one at
+    a time in arrival order.
+    """
+
+    def __init__(self, config: AgentConfig, *, slots: int | None = None) -> None:
+        if slots is not None:
+            config = dataclasses.replace(config, slots=_slots(str(slots)))
         self.config = config
         self.state: dict[str, Any] = {}
         self._handler: Handler | None = None
@@ -142,14 +162,15 @@ class Agent:
         self._js: JetStreamContext | None = None
         self._stopping = asyncio.Event()
         self._pending: dict[str, asyncio.Future[TaskMessage]] = {}
-        self._current: asyncio.Task[None] | None = None  # the worker running tasks in order
-        self._current_id: str | None = None
+        self._workers: set[asyncio.Task[None]] = set()
+        self._active = 0  # workers taking tasks: at most ``slots``
+        self._running: dict[str, None] = {}  # the tasks being handled, oldest first
         self._work: asyncio.Queue[TaskMessage] = asyncio.Queue()
         self._errors: list[str] = []
 
     @classmethod
-    def from_env(cls) -> Agent:
-        return cls(AgentConfig.from_env())
+    def from_env(cls, *, slots: int | None = None) -> Agent:
+        return cls(AgentConfig.from_env(), slots=slots)
 
     # -- registration ---------------------------------------------------------------------
     def task(self, fn: Handler) -> Handler:
@@ -186,12 +207,12 @@ class Agent:
             durable=subjects.inbox_consumer(self.config.agent_id),
             stream=subjects.INBOX_STREAM,
         )
-        await self._status(StatusKind.READY)
+        await self._status(StatusKind.READY, detail=self._announce())
         beat = asyncio.create_task(self._heartbeat(), name="corral-heartbeat")
         stopping = asyncio.create_task(self._stopping.wait(), name="corral-stopping")
         try:
             while not self._stopping.is_set():
-                fetch = asyncio.ensure_future(inbox.fetch(1, timeout=5.0))
+                fetch = asyncio.ensure_future(inbox.fetch(64, timeout=5.0))
                 await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not fetch.done():  # asked to stop: do not wait out the long poll
                     fetch.cancel()
@@ -213,9 +234,8 @@ class Agent:
             self._stopping.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(beat, timeout=2.0)
-            if self._current is not None and not self._current.done():
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(self._current), timeout=2.0)
+            if self._workers:  # let the tasks in hand end, briefly
+                await asyncio.wait(set(self._workers), timeout=2.0)
             self._save_checkpoint()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._status(StatusKind.STOPPING), timeout=1.0)
@@ -261,21 +281,46 @@ class Agent:
             return
         await msg.ack()
         if message.type is MessageType.DELEGATE:
-            # one task at a time, in arrival order: the next may arrive while the previous
-            # one is still reporting its end
+            # up to ``slots`` workers take tasks in arrival order; results of delegations
+            # (below) never wait for a slot, so a task awaiting its child cannot deadlock
             self._work.put_nowait(message)
-            if self._current is None or self._current.done():
-                self._current = asyncio.create_task(self._drain(), name="corral-tasks")
+            if self._active < self.config.slots:
+                self._active += 1
+                worker = asyncio.create_task(self._drain(), name="corral-tasks")
+                self._workers.add(worker)
+                worker.add_done_callback(self._workers.discard)
         else:  # a delegated child's result
             fut = self._pending.pop(message.task_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(message)
 
     async def _drain(self) -> None:
-        while not self._work.empty():
-            message = self._work.get_nowait()
-            self._current_id = message.task_id
-            await self._run_task(message)
+        """A worker: takes tasks until none is waiting. It stops counting as a worker at the
+        moment it finds the queue empty, with no await in between, so a task queued just after
+        always finds a worker (or a free place for a new one)."""
+        counted = True
+        try:
+            while not self._work.empty():
+                message = self._work.get_nowait()
+                self._running[message.task_id] = None
+                try:
+                    await self._run_task(message)
+                finally:
+                    self._running.pop(message.task_id, None)
+            self._active -= 1
+            counted = False
+            if not self._running and self._work.empty():
+                await self._status(StatusKind.IDLE)
+        finally:
+            if counted:
+                self._active -= 1
+
+    def _announce(self) -> dict[str, Any]:
+        return {"slots": self.config.slots}
+
+    @property
+    def _current_id(self) -> str | None:
+        return next(iter(self._running), None)
 
     async def _run_task(self, message: TaskMessage) -> None:
         await self._status(StatusKind.ACCEPTED, message.task_id, 0.0)
@@ -301,8 +346,6 @@ class Agent:
                 message.attempt,
             )
         )
-        self._current_id = None
-        await self._status(StatusKind.IDLE)
 
     # -- delegation -----------------------------------------------------------------------
     async def delegate(
@@ -387,10 +430,11 @@ class Agent:
         if self._nc is None or self._nc.is_closed:
             return
         msg = StatusMessage(self.config.agent_id, kind, task, progress, detail or {})
+        # no flush per message: the client sends its buffer at once, in order; what an agent
+        # that dies loses is recovered by the platform (the agent is lost, its work retried)
         await self._nc.publish(
             subjects.agent_status(self.config.org, self.config.agent_id), encode(msg.to_wire())
         )
-        await self._nc.flush()
 
     async def _event(self, message: TaskMessage) -> None:
         assert self._nc is not None
@@ -398,14 +442,13 @@ class Agent:
             subjects.agent_events(self.config.org, self.config.agent_id),
             encode(message.to_wire()),
         )
-        await self._nc.flush()
 
     async def _heartbeat(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.config.heartbeat_seconds)
                 return
-            await self._status(StatusKind.HEARTBEAT, self._current_id)
+            await self._status(StatusKind.HEARTBEAT, self._current_id, detail=self._announce())
 
     async def _on_control(self, msg: Msg) -> None:
         try:

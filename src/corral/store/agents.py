@@ -66,6 +66,7 @@ def _agent(row: AgentRow, slug: str) -> Agent:
         resumed_at=_utc(row.resumed_at),
         terminated_at=_utc(row.terminated_at),
         detail=row.detail,
+        slots=int(row.command.get("slots", 1)),
     )
 
 
@@ -82,6 +83,7 @@ class AgentRepository:
         role: str,
         resources: AdmittedResources,
         command: Iterable[str],
+        slots: int = 1,
     ) -> None:
         now = datetime.now(UTC)
         try:
@@ -95,7 +97,7 @@ class AgentRepository:
                         state=AgentState.PROVISIONING.value,
                         busy_task=None,
                         resources=resources_to_json(resources),
-                        command={"argv": list(command)},
+                        command={"argv": list(command), "slots": slots},
                         public_key=None,
                         restarts=0,
                         holds_pod=True,

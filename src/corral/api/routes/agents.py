@@ -28,6 +28,7 @@ class AgentCreate(Strict):
     memory_limit: str | None = Field(default=None, max_length=32, alias="memoryLimit")
     gpu: int = Field(default=0, ge=0, le=16)
     command: list[str] | None = Field(default=None, max_length=64)
+    slots: int = Field(default=1, ge=1, le=1024, description="tasks the agent runs at once")
     wait: bool = Field(default=False, description="answer once the agent reports ready")
 
 
@@ -46,7 +47,12 @@ async def provision(body: AgentCreate, org: Org, request: Request) -> dict[str, 
         gpu=body.gpu,
     )
     agent = await p.controller.provision(
-        org, name=body.name, role=body.role, request=req, command=body.command
+        org,
+        name=body.name,
+        role=body.role,
+        request=req,
+        command=body.command,
+        slots=body.slots,
     )
     if body.wait:
         agent = await p.controller.wait_running(agent.id, timeout=30.0)
