@@ -37,7 +37,6 @@ class BusEvent:
     agent_id: str
     kind: EventKind
     message: StatusMessage | TaskMessage
-    sequence: int  # in EVENTS: increasing, for idempotent recording
     ack: Callable[[], Awaitable[None]] = dataclasses.field(repr=False, compare=False)
 
     @property

@@ -345,9 +345,7 @@ class PlatformBus:
                         log.warning("dropping a malformed event on %s: %s", msg.subject, exc)
                         await msg.term()
                         continue
-                    events.append(
-                        BusEvent(org, agent, kind, message, msg.metadata.sequence.stream, msg.ack)
-                    )
+                    events.append(BusEvent(org, agent, kind, message, msg.ack))
                 if events:
                     yield events
         finally:

@@ -841,7 +841,8 @@ class Dispatcher:
             await self._retry(task_id, "the control plane restarted")
 
     def _publish(self, rec: TaskRecord) -> None:
-        self.hub.publish(rec.org, "task", {"task": rec.to_wire()})
+        if self.hub.wants(rec.org):
+            self.hub.publish(rec.org, "task", {"task": rec.to_wire()})
 
     async def close(self) -> None:
         await self._background.close()

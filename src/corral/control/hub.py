@@ -27,6 +27,10 @@ class EventHub:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(CLOSED)
 
+    def wants(self, org: str) -> bool:
+        """Whether anyone listens to ``org`` now (so news nobody reads is not even built)."""
+        return any(scope is None or scope == org for scope, _ in self._subs)
+
     def publish(self, org: str, kind: str, data: dict[str, Any]) -> None:
         event = {"org": org, "kind": kind, "at": datetime.now(UTC).isoformat(), **data}
         for scope, q in list(self._subs):

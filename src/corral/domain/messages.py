@@ -8,9 +8,12 @@ See docs/protocol.md for the full protocol an agent in any language follows.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from corral.domain.errors import InvalidInput
 
@@ -48,14 +51,28 @@ class ControlKind(StrEnum):
 
 
 def encode(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON. orjson where it can (several times faster on the dispatch path); the
+    standard library for what orjson refuses (integers beyond 64 bits, say)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+#: 20 digits in a row may be an integer beyond 64 bits, which orjson would read as a float
+_LONG_NUMBER = re.compile(rb"\d{20}")
 
 
 def decode(data: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"message is not JSON: {exc}") from exc
+        if _LONG_NUMBER.search(data):
+            raise orjson.JSONDecodeError("long number", "", 0)  # exact integers: the stdlib
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"message is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise InvalidInput("message must be a JSON object")
     return obj

@@ -45,6 +45,9 @@ log = logging.getLogger("corral.sdk")
 
 Handler = Callable[["TaskContext"], Awaitable[dict[str, Any] | None]]
 CHECKPOINT_FILE = ".corral-checkpoint.json"
+#: A task still in hand after this long is reported ``accepted``; one that ends sooner reports
+#: only its end, which implies it ran (the platform records both steps then).
+ACCEPT_AFTER = 0.005
 
 
 class Blocked(Exception):  # noqa: N818 - reads as the outcome it is
@@ -114,6 +117,7 @@ class TaskContext:
 
     async def progress(self, fraction: float, **detail: Any) -> None:
         """Report progress (0..1) on this task, as the seed's ``working`` status."""
+        await self._agent._accept(self.task_id)
         await self._agent._status(
             StatusKind.WORKING, self.task_id, max(0.0, min(1.0, fraction)), detail
         )
@@ -164,6 +168,8 @@ class Agent:
         self._pending: dict[str, asyncio.Future[TaskMessage]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._active = 0  # workers taking tasks: at most ``slots``
+        self._accepted: set[str] = set()  # tasks reported ``accepted``
+        self._background: set[asyncio.Future[None]] = set()
         self._running: dict[str, None] = {}  # the tasks being handled, oldest first
         self._work: asyncio.Queue[TaskMessage] = asyncio.Queue()
         self._errors: list[str] = []
@@ -322,8 +328,28 @@ class Agent:
     def _current_id(self) -> str | None:
         return next(iter(self._running), None)
 
+    async def _accept(self, task_id: str) -> None:
+        """Report ``accepted`` for ``task_id`` once, if it is still in hand."""
+        if task_id in self._running and task_id not in self._accepted:
+            self._accepted.add(task_id)
+            await self._status(StatusKind.ACCEPTED, task_id, 0.0)
+
+    def _accept_soon(self, task_id: str) -> None:
+        job = asyncio.ensure_future(self._accept(task_id))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
     async def _run_task(self, message: TaskMessage) -> None:
-        await self._status(StatusKind.ACCEPTED, message.task_id, 0.0)
+        later = asyncio.get_running_loop().call_later(
+            ACCEPT_AFTER, self._accept_soon, message.task_id
+        )
+        try:
+            await self._handle(message)
+        finally:
+            later.cancel()
+            self._accepted.discard(message.task_id)
+
+    async def _handle(self, message: TaskMessage) -> None:
         ctx = TaskContext(self, message)
         outcome: MessageType = MessageType.COMPLETE
         payload: dict[str, Any]
