@@ -273,6 +273,50 @@ class PlatformBus:
             )
         return int(ack.seq)
 
+    async def deliver_many(
+        self, items: list[tuple[str, str, TaskMessage]]
+    ) -> list[int | CorralError]:
+        """Store many ``(org, agent, task)`` at once: every message is published before any
+        acknowledgement is awaited, and all are awaited together (one timeout for the lot).
+        Returns, in order, each message's INBOX sequence or the error that kept it out; a
+        redelivery of the same task and attempt is stored once, as with :meth:`deliver`."""
+        _, js, _ = self._open()
+        out: list[int | CorralError] = []
+        pending: list[tuple[int, asyncio.Future[Any]]] = []
+        for org, agent, task in items:
+            if self.authority.limits(org) is None:
+                out.append(NotFound(f"organization {org!r} has no bus account"))
+                continue
+            doing = f"delivering task {task.task_id} to {agent!r} of {org!r}"
+            try:
+                with translating(doing, recorder=self._violations):
+                    future = await js.publish_async(
+                        subjects.task_inbox(org, validate_token(agent, what="agent")),
+                        messages.encode(task.to_wire()),
+                        stream=subjects.INBOX_STREAM,
+                        headers={"Nats-Msg-Id": f"{task.task_id}.{task.type.value}.{task.attempt}"},
+                    )
+            except CorralError as exc:
+                out.append(exc)
+                continue
+            pending.append((len(out), future))
+            out.append(0)  # filled in below
+        if pending:
+            await asyncio.wait([f for _, f in pending], timeout=self.timeout)
+        for index, future in pending:
+            org, agent, task = items[index]
+            doing = f"delivering task {task.task_id} to {agent!r} of {org!r}"
+            if not future.done():
+                future.cancel()
+                out[index] = Unavailable(f"{doing}: no acknowledgement in time")
+            elif future.cancelled():
+                out[index] = Unavailable(f"{doing}: cancelled")
+            elif (failure := future.exception()) is not None:
+                out[index] = translate(failure, doing=doing)
+            else:
+                out[index] = int(future.result().seq)
+        return out
+
     async def control(
         self, org: str, agent: str, message: ControlMessage, *, timeout: float | None = None
     ) -> dict[str, Any]:

@@ -220,7 +220,8 @@ class Dispatcher:
             self._live.pop(rec.id, None)
         else:
             self._live[rec.id] = done
-        self.journal.on_commit(lambda: self._publish(done))
+        if self.hub.wants(done.org):
+            self.journal.on_commit(lambda: self._publish(done))
         if to.is_terminal and done.parent_id is not None and done.from_agent is not None:
             self.journal.on_commit(
                 lambda: self._background.spawn(self._notify_parent(done), f"notify-{done.id}")
@@ -422,7 +423,7 @@ class Dispatcher:
                 sends.append(sent)
         await self.journal.flush()
         if sends:
-            await asyncio.gather(*(self._send(rec) for rec in sends))
+            await self._send(sends)
         if decisions >= DECISIONS_PER_ROUND:
             self.kick()  # more may be placeable: another round right away
 
@@ -530,28 +531,36 @@ class Dispatcher:
         # the placement is re-asked when the agent reports ready (scheduler.wake)
         return None
 
-    async def _send(self, rec: TaskRecord) -> None:
-        """Deliver a committed dispatch to its agent's inbox."""
-        current = self._live.get(rec.id)
-        if current is None or current.state is not TaskState.DISPATCHED:
-            return  # cancelled while the round committed
-        if current.attempts != rec.attempts or rec.agent_id is None:
+    async def _send(self, recs: list[TaskRecord]) -> None:
+        """Deliver committed dispatches to their agents' inboxes, all at once."""
+        out: list[tuple[str, str, TaskMessage]] = []
+        sent: list[TaskRecord] = []
+        for rec in recs:
+            current = self._live.get(rec.id)
+            if current is None or current.state is not TaskState.DISPATCHED:
+                continue  # cancelled while the round committed
+            if current.attempts != rec.attempts or rec.agent_id is None:
+                continue
+            message = TaskMessage(
+                rec.id,
+                rec.from_agent or "platform",
+                rec.agent_id,
+                MessageType.DELEGATE,
+                rec.payload,
+                rec.attempts,
+            )
+            out.append((rec.org, rec.agent_id, message))
+            sent.append(rec)
+        if not out:
             return
-        message = TaskMessage(
-            rec.id,
-            rec.from_agent or "platform",
-            rec.agent_id,
-            MessageType.DELEGATE,
-            rec.payload,
-            rec.attempts,
-        )
-        try:
-            await self.bus.deliver(rec.org, rec.agent_id, message)
-        except CorralError as exc:
-            log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, exc.message)
-            await self._retry(rec.id, f"delivery failed: {exc.message}")
-            return
-        self.dispatch_latency.append(time.time() - rec.created_at.timestamp())
+        results = await self.bus.deliver_many(out)
+        now = time.time()
+        for rec, result in zip(sent, results, strict=True):
+            if isinstance(result, CorralError):
+                log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, result.message)
+                await self._retry(rec.id, f"delivery failed: {result.message}")
+            else:
+                self.dispatch_latency.append(now - rec.created_at.timestamp())
 
     async def _provision_for(
         self, org: Organization, task: QueuedTask, key: tuple[str, str | None]

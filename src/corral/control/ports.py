@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from corral.bus.accounts import AgentCredentials
 from corral.bus.events import BusEvent, EventKind
+from corral.domain.errors import CorralError
 from corral.domain.messages import ControlMessage, TaskMessage
 from corral.domain.plans import BusLimits
 
@@ -30,6 +31,10 @@ class BusPort(Protocol):
     async def remove_agent(self, org: str, agent: str) -> None: ...
 
     async def deliver(self, org: str, agent: str, task: TaskMessage) -> int: ...
+
+    async def deliver_many(
+        self, items: list[tuple[str, str, TaskMessage]]
+    ) -> list[int | CorralError]: ...
 
     async def control(
         self, org: str, agent: str, message: ControlMessage, *, timeout: float | None = None
