@@ -88,6 +88,42 @@ async def test_delivering_to_an_unknown_org_or_a_full_inbox_fails_clearly(
 
 
 @pytest.mark.usefixtures("orgs")
+async def test_many_tasks_are_delivered_at_once_each_with_its_own_outcome(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    tasks = [_task(f"t-{i}", "a1", n=i) for i in range(50)]
+    items = [("a", "a1", t) for t in tasks]
+    items.insert(10, ("nobody", "x", _task("lost", "x")))  # an org without an account
+    results = await bus.deliver_many(items)
+    assert isinstance(results[10], NotFound) and "nobody" in results[10].message
+    seqs = [r for i, r in enumerate(results) if i != 10]
+    assert all(isinstance(r, int) for r in seqs) and len(set(seqs)) == 50
+    again = await bus.deliver_many([("a", "a1", tasks[0])])
+    assert again == [seqs[0]]  # the same task and attempt is stored once
+
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    pull = await a1.nc.jetstream().pull_subscribe_bind(durable="a1", stream=subjects.INBOX_STREAM)
+    got: list[TaskMessage] = []
+    while len(got) < 50:
+        for msg in await pull.fetch(50, timeout=2):
+            got.append(TaskMessage.from_wire(json.loads(msg.data)))
+            await msg.ack()
+    assert got == tasks  # in order, nothing lost, nothing twice
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_a_full_inbox_fails_only_the_tasks_that_did_not_fit(bus: PlatformBus) -> None:
+    await bus.ensure_org("a", dataclasses.replace(LIMITS, inbox_max_bytes=4096))
+    results = await bus.deliver_many(
+        [("a", "a1", _task(f"t{i}", "a1", blob="x" * 512)) for i in range(20)]
+    )
+    stored = [r for r in results if isinstance(r, int)]
+    refused = [r for r in results if not isinstance(r, int)]
+    assert stored and refused
+    assert all(isinstance(r, QuotaExceeded) for r in refused), refused
+
+
+@pytest.mark.usefixtures("orgs")
 async def test_events_are_kept_while_no_platform_consumer_runs(
     server: EmbeddedNats, authority: BusAuthority, bus: PlatformBus, connect: Connect
 ) -> None:

@@ -26,6 +26,7 @@ from nats.js.client import JetStreamContext
 
 from corral.bus import streams
 from corral.bus.accounts import AgentCredentials, BusAuthority, validate_token
+from corral.bus.acks import PipelinedPublisher
 from corral.bus.claims import VAULT_IMPORTED_PREFIX
 from corral.bus.events import BusEvent, parse_event
 from corral.bus.failures import ViolationRecorder, open_connection, translate, translating
@@ -93,6 +94,7 @@ class PlatformBus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._platform_stale = True
+        self._pipeline: PipelinedPublisher | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -111,6 +113,8 @@ class PlatformBus:
             )
             self._stack.push_async_callback(self._nc.close)
             self._js = self._nc.jetstream(timeout=self.timeout)
+            self._pipeline = PipelinedPublisher(self._nc)
+            self._stack.push_async_callback(self._pipeline.close)
             with translating("creating the EVENTS stream", recorder=self._violations):
                 await streams.ensure_events(
                     self._js,
@@ -280,9 +284,10 @@ class PlatformBus:
         acknowledgement is awaited, and all are awaited together (one timeout for the lot).
         Returns, in order, each message's INBOX sequence or the error that kept it out; a
         redelivery of the same task and attempt is stored once, as with :meth:`deliver`."""
-        _, js, _ = self._open()
+        self._open()
+        assert self._pipeline is not None
         out: list[int | CorralError] = []
-        pending: list[tuple[int, asyncio.Future[Any]]] = []
+        pending: list[tuple[int, asyncio.Future[dict[str, Any]]]] = []
         for org, agent, task in items:
             if self.authority.limits(org) is None:
                 out.append(NotFound(f"organization {org!r} has no bus account"))
@@ -290,11 +295,13 @@ class PlatformBus:
             doing = f"delivering task {task.task_id} to {agent!r} of {org!r}"
             try:
                 with translating(doing, recorder=self._violations):
-                    future = await js.publish_async(
+                    future = await self._pipeline.publish(
                         subjects.task_inbox(org, validate_token(agent, what="agent")),
                         messages.encode(task.to_wire()),
-                        stream=subjects.INBOX_STREAM,
-                        headers={"Nats-Msg-Id": f"{task.task_id}.{task.type.value}.{task.attempt}"},
+                        headers={
+                            "Nats-Msg-Id": f"{task.task_id}.{task.type.value}.{task.attempt}",
+                            "Nats-Expected-Stream": subjects.INBOX_STREAM,
+                        },
                     )
             except CorralError as exc:
                 out.append(exc)
@@ -314,7 +321,7 @@ class PlatformBus:
             elif (failure := future.exception()) is not None:
                 out[index] = translate(failure, doing=doing)
             else:
-                out[index] = int(future.result().seq)
+                out[index] = int(future.result().get("seq", 0))
         return out
 
     async def control(
