@@ -124,6 +124,46 @@ async def test_a_full_inbox_fails_only_the_tasks_that_did_not_fit(bus: PlatformB
 
 
 @pytest.mark.usefixtures("orgs")
+async def test_an_earlier_per_event_consumer_is_replaced_without_losing_or_repeating(
+    server: EmbeddedNats, authority: BusAuthority, bus: PlatformBus, connect: Connect
+) -> None:
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    await bus.__aexit__(None, None, None)
+    admin = await connect(authority.mint_platform_creds(), name="platform-admin")
+    js = admin.nc.jetstream()
+    await js.delete_consumer(subjects.EVENTS_STREAM, "control-plane")
+    await js.add_consumer(  # as an earlier version made it
+        subjects.EVENTS_STREAM,
+        ConsumerConfig(
+            durable_name="control-plane",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30.0,
+            max_ack_pending=1000,
+        ),
+    )
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    for n in range(5):
+        await a1.nc.publish(subjects.agent_status("a", "a1"), _status("a1", n))
+    await a1.nc.flush()
+    old = await js.pull_subscribe_bind(durable="control-plane", stream=subjects.EVENTS_STREAM)
+    for msg in await old.fetch(2, timeout=2):
+        await msg.ack_sync()  # the earlier control plane recorded two
+    await old.unsubscribe()
+
+    async with PlatformBus(server.url, authority) as again:
+        later = await _take(again, 3)
+        info = await js.consumer_info(subjects.EVENTS_STREAM, "control-plane")
+        assert info.config.ack_policy == AckPolicy.ALL
+    seen = [e.message.detail["n"] for e in later if isinstance(e.message, StatusMessage)]
+    assert seen == [2, 3, 4]
+
+    async with PlatformBus(server.url, authority) as third:  # a later start keeps it as is
+        assert await third.events_backlog() == 0
+
+
+@pytest.mark.usefixtures("orgs")
 async def test_events_are_kept_while_no_platform_consumer_runs(
     server: EmbeddedNats, authority: BusAuthority, bus: PlatformBus, connect: Connect
 ) -> None:

@@ -209,12 +209,22 @@ class Dispatcher:
 
     # -- recording ------------------------------------------------------------------------
     def _move(
-        self, rec: TaskRecord, to: TaskState, *, detail: str = "", **fields: Any
+        self,
+        rec: TaskRecord,
+        to: TaskState,
+        *,
+        detail: str = "",
+        via: TaskState | None = None,
+        **fields: Any,
     ) -> TaskRecord:
-        """Decide ``rec → to`` in memory and append it to the journal; news of it goes out
-        once it is committed."""
+        """Decide ``rec → to`` (through ``via`` first, if given) in memory and append it to
+        the journal; news of it goes out once it is committed."""
         now = datetime.now(UTC)
-        self.journal.move(rec.id, rec.state, to, at=now, detail=detail, **fields)
+        if via is not None:
+            self.journal.move(rec.id, rec.state, via, at=now)
+            self.journal.move(rec.id, via, to, at=now, detail=detail, **fields)
+        else:
+            self.journal.move(rec.id, rec.state, to, at=now, detail=detail, **fields)
         done = dataclasses.replace(rec, state=to, updated_at=now, **fields)
         if to.is_terminal:
             self._live.pop(rec.id, None)
@@ -690,9 +700,8 @@ class Dispatcher:
             except CorralError as exc:
                 log.error("events not recorded, they will come again: %s", exc.message)
                 continue
-            for event in batch:
-                with contextlib.suppress(Exception):
-                    await event.ack()
+            with contextlib.suppress(Exception):
+                await batch[-1].ack()  # acknowledges the whole batch
 
     async def handle(self, event: BusEvent) -> None:
         if not event.agent_vouched:
@@ -758,11 +767,10 @@ class Dispatcher:
         if rec is None or rec.state not in ACTIVE:
             return  # not this agent's task, or recorded already: recorded once
         outcome = TaskState.COMPLETED if msg.type is MessageType.COMPLETE else TaskState.BLOCKED
-        if rec.state is TaskState.DISPATCHED:
-            rec = self._move(rec, TaskState.RUNNING)
         self._move(
             rec,
             outcome,
+            via=TaskState.RUNNING if rec.state is TaskState.DISPATCHED else None,
             detail=str(msg.payload.get("reason", "")) if outcome is TaskState.BLOCKED else "",
             result=msg.payload,
             progress=1.0 if outcome is TaskState.COMPLETED else rec.progress,

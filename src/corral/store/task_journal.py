@@ -335,10 +335,7 @@ def _sqlite_time(v: datetime | None) -> str | None:
     """As the ORM's SQLite DATETIME stores it: the value's wall clock (always UTC here)."""
     if v is None:
         return None
-    return (
-        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
-        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
-    )
+    return v.isoformat(" ", "microseconds")[:26]  # without the offset
 
 
 def _sqlite_json(v: Any) -> str:
@@ -349,12 +346,24 @@ def _sqlite_json(v: Any) -> str:
         return json.dumps(v)
 
 
-def _sqlite_value(column: str, v: Any) -> Any:
-    if column in _JSON_COLUMNS:
-        return _sqlite_json(v)
-    if column in _TIME_COLUMNS:
-        return _sqlite_time(v)
+def _as_is(v: Any) -> Any:
     return v
+
+
+def _converter(column: str) -> Callable[[Any], Any]:
+    if column in _JSON_COLUMNS:
+        return _sqlite_json
+    if column in _TIME_COLUMNS:
+        return _sqlite_time
+    return _as_is
+
+
+_CONVERT = {c: _converter(c) for c in _TASK_COLUMNS}
+_ROW_CONVERTERS = tuple((c, _CONVERT[c]) for c in _TASK_COLUMNS)
+
+
+def _sqlite_value(column: str, v: Any) -> Any:
+    return _CONVERT[column](v)
 
 
 class _SqliteWriter:
@@ -387,7 +396,7 @@ class _SqliteWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             inserts = [
-                tuple(_sqlite_value(c, w.insert.get(c)) for c in _TASK_COLUMNS)
+                tuple([convert(w.insert.get(c)) for c, convert in _ROW_CONVERTERS])
                 for _, w in writes
                 if w.insert is not None
             ]
