@@ -242,6 +242,8 @@ def watchdog(limit: float, before: set[int], loop: asyncio.AbstractEventLoop | N
 
 def bounded(coro: Coroutine[Any, Any, T], limit: float, before: set[int]) -> T:
     """Run ``coro`` in a new event loop under a :func:`watchdog`."""
-    loop = asyncio.new_event_loop()
+    import uvloop  # as ``corral up`` runs (corral.cli.loop)
+
+    loop = uvloop.new_event_loop()
     with watchdog(limit, before, loop), asyncio.Runner(loop_factory=lambda: loop) as runner:
         return runner.run(coro)

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from corral.cli.context import run
+from corral.cli.loop import run_loop
 from corral.cli.orgs import quota_table
 from corral.domain.errors import CorralError
 from corral.settings import Settings
@@ -336,7 +337,7 @@ def demo(keep: bool) -> None:
     def body() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="corral-demo-"))
         try:
-            asyncio.run(_main(tmp))
+            run_loop(_main(tmp))
         finally:
             if keep:
                 console.print(f"data dir kept at {tmp}")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from corral.cli.context import run
+from corral.cli.loop import run_loop
 from corral.settings import Settings
 
 if TYPE_CHECKING:
@@ -69,4 +70,4 @@ def up(
             await serve(settings, on_ready=ready)
         click.echo("corral stopped")
 
-    run(lambda: asyncio.run(main()))
+    run(lambda: run_loop(main()))
