@@ -420,8 +420,15 @@ class _SqliteWriter:
                         len(params) - cur.rowcount,
                         len(params),
                     )
+            times: dict[datetime, str | None] = {}  # moves decided together share a clock
             history = [
-                (h["task_id"], h["from_state"], h["to_state"], _sqlite_time(h["at"]), h["detail"])
+                (
+                    h["task_id"],
+                    h["from_state"],
+                    h["to_state"],
+                    times.get(h["at"]) or times.setdefault(h["at"], _sqlite_time(h["at"])),
+                    h["detail"],
+                )
                 for _, w in writes
                 for h in w.history
             ]
