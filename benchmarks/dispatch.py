@@ -469,8 +469,10 @@ def main() -> None:
     ap.add_argument(
         "--submitters",
         type=int,
-        default=1,
-        help="callers submitting at once in the load phase (the peer's client is one)",
+        default=16,
+        help="callers submitting at once in the load phase, as an API serves many clients "
+        "(the peer's client is one synchronous caller: Celery's delay() does not wait for "
+        "the broker to keep the task, only for its reply)",
     )
     ap.add_argument(
         "--slots",
