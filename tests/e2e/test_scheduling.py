@@ -280,3 +280,31 @@ async def test_a_stream_of_quick_tasks_through_few_slots_all_complete_once(
     for i in ids[::40]:
         steps = [h["to"] for h in (await _show(manual, "acme", i))["history"]]
         assert steps == ["queued", "dispatched", "running", "completed"]
+
+
+async def test_tasks_run_end_to_end_on_each_database(tmp_path: Path, database_url: str) -> None:
+    """The journal's two writers (SQLite's own connection, the engine on PostgreSQL) carry a
+    whole task's life, its history and its agent's current task."""
+    settings = live_settings(tmp_path / "data", auto_provision=False, database_url=database_url)
+    async with running(settings) as srv:
+        headers = {"Authorization": f"Bearer {srv.platform.new_admin_key}"}
+        async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=30) as admin:
+            live = Live(srv, admin, tmp_path / "data")
+            await live.org("acme")
+            await live.agent("acme", "w", role="worker", slots=4)
+            ids = [
+                (await live.task("acme", role="worker", payload={"op": "echo", "n": i}))["id"]
+                for i in range(20)
+            ]
+            done = [await live.wait_task("acme", i) for i in ids]
+            assert [t["state"] for t in done] == ["completed"] * 20
+            assert [t["result"]["echo"]["n"] for t in done] == list(range(20))
+            shown = await _show(live, "acme", ids[0])
+            assert [h["to"] for h in shown["history"]] == [
+                "queued",
+                "dispatched",
+                "running",
+                "completed",
+            ]
+            (agent,) = (await admin.get("/v1/orgs/acme/agents")).json()["agents"]
+            assert agent["currentTask"] is None  # nothing in hand any more
