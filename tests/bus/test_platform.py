@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -332,3 +333,31 @@ async def test_public_exports_deliver_and_report_the_same_way(tmp_path: Path) ->
             assert (event.org, event.agent_id) == ("a", "a1")
         finally:
             await a1.close()
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_an_orgs_admin_connection_is_shared_then_replaced_before_it_expires(
+    bus: PlatformBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.bus import platform as module
+
+    opened: list[str] = []
+    real_open = module.open_connection
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        opened.append(kwargs["name"])
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(module, "open_connection", counting)
+    await asyncio.gather(*(bus.prepare_agent("a", f"p{i}") for i in range(3)))
+    assert opened == []  # onboarding the org opened it; these three reuse it
+    first = bus._admins["a"][0]
+    assert first.is_connected  # one connection served all three
+    monkeypatch.setattr(module, "ADMIN_REUSE_SECONDS", 0.0)
+    await bus.prepare_agent("a", "p-late")
+    assert opened == ["a-platform-admin"]
+    second = bus._admins["a"][0]
+    assert second is not first and second.is_connected
+    assert first.is_closed
+    await bus.remove_org("a")
+    assert "a" not in bus._admins and second.is_closed

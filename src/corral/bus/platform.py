@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
@@ -46,6 +48,11 @@ from corral.domain.plans import BusLimits
 __all__ = ["PlatformBus", "Serving"]
 
 log = logging.getLogger(__name__)
+
+#: An org's admin connection is reused this long, then replaced before its credentials expire.
+ADMIN_REUSE_SECONDS = 240.0
+ADMIN_TTL_SECONDS = 300
+MAX_ADMIN_CONNECTIONS = 128
 
 
 class Serving:
@@ -95,10 +102,14 @@ class PlatformBus:
         self._js: JetStreamContext | None = None
         self._platform_stale = True
         self._pipeline: PipelinedPublisher | None = None
+        # org → (admin connection, when it was opened): see _org_js
+        self._admins: OrderedDict[str, tuple[Client, float]] = OrderedDict()
+        self._admin_locks: dict[str, asyncio.Lock] = {}
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> PlatformBus:
+        self._stack.push_async_callback(self._drop_admins)
         try:
             creds = self.authority.mint_system_creds()
             resolver = ResolverClient(self.url, creds, timeout=self.timeout)
@@ -199,6 +210,7 @@ class PlatformBus:
             except CorralError as exc:  # e.g. an external resolver without allow_delete
                 log.warning("org %s: account disabled but not deleted: %s", org, exc.message)
             self.authority.forget(org)
+            await self._drop_admin(org)
 
     async def sync(self) -> None:
         """Push every account again (after a server lost its resolver directory)."""
@@ -210,21 +222,49 @@ class PlatformBus:
 
     @asynccontextmanager
     async def _org_js(self, org: str) -> AsyncIterator[JetStreamContext]:
+        """The org's JetStream, through an admin connection of that org that is kept (and
+        shared by concurrent callers) for a while rather than opened per call: provisioning
+        an agent no longer costs a connection handshake."""
         self._open()
-        creds = self.authority.mint_org_admin_creds(org)
-        recorder = ViolationRecorder(name=f"{org}-platform-admin")
-        nc = await open_connection(
-            self.url,
-            creds,
-            name=f"{org}-platform-admin",
-            recorder=recorder,
-            timeout=self.timeout,
-            reconnect=False,
-        )
-        try:
-            yield nc.jetstream(timeout=self.timeout)
-        finally:
-            await nc.close()
+        nc = await self._org_admin(org)
+        yield nc.jetstream(timeout=self.timeout)
+
+    async def _org_admin(self, org: str) -> Client:
+        now = time.monotonic()
+        kept = self._admins.get(org)
+        if kept is not None and kept[0].is_connected and now - kept[1] < ADMIN_REUSE_SECONDS:
+            self._admins.move_to_end(org)
+            return kept[0]
+        lock = self._admin_locks.setdefault(org, asyncio.Lock())
+        async with lock:
+            kept = self._admins.get(org)
+            if kept is not None and kept[0].is_connected and now - kept[1] < ADMIN_REUSE_SECONDS:
+                return kept[0]
+            await self._drop_admin(org)
+            creds = self.authority.mint_org_admin_creds(org, ttl_seconds=ADMIN_TTL_SECONDS)
+            nc = await open_connection(
+                self.url,
+                creds,
+                name=f"{org}-platform-admin",
+                recorder=ViolationRecorder(name=f"{org}-platform-admin"),
+                timeout=self.timeout,
+                reconnect=False,
+            )
+            self._admins[org] = (nc, time.monotonic())
+            while len(self._admins) > MAX_ADMIN_CONNECTIONS:  # the least recently used goes
+                oldest = next(iter(self._admins))
+                await self._drop_admin(oldest)
+            return nc
+
+    async def _drop_admin(self, org: str) -> None:
+        kept = self._admins.pop(org, None)
+        if kept is not None:
+            with suppress(Exception):
+                await kept[0].close()
+
+    async def _drop_admins(self) -> None:
+        for org in list(self._admins):
+            await self._drop_admin(org)
 
     # ---- agents -------------------------------------------------------------------------
 
