@@ -129,7 +129,7 @@ class Dispatcher:
         self._inflight: dict[str, set[str]] = defaultdict(set)
         self._slots: dict[str, int] = {}
         self._shown: dict[str, str | None] = {}  # the task each agent shows as current
-        self._agent_list: list[Agent] | None = None
+        self._agent_list: dict[str, list[Agent]] | None = None
         self._agent_list_at = 0.0
         self._leaving: set[str] = set()  # being paused for idleness: no new work
         self._usage_snapshot: dict[str, UsageSnapshot] | None = None
@@ -419,7 +419,7 @@ class Dispatcher:
         if len(self.scheduler) == 0 or self.held:
             await self.journal.flush()
             return
-        views = self._views(await self._agents())
+        views = _Views(await self._agents(), self._view_of)
         usage = await self._usage() if self.auto_provision else {}
         sends: list[TaskRecord] = []
         decisions = 0
@@ -437,13 +437,16 @@ class Dispatcher:
         if decisions >= DECISIONS_PER_ROUND:
             self.kick()  # more may be placeable: another round right away
 
-    async def _agents(self) -> list[Agent]:
-        """Every agent that is not terminated, from a snapshot at most a second old (changes
-        the controller reports drop it at once)."""
+    async def _agents(self) -> dict[str, list[Agent]]:
+        """Every agent that is not terminated, by org, from a snapshot at most a second old
+        (changes the controller reports drop it at once)."""
         now = time.monotonic()
         if self._agent_list is None or now - self._agent_list_at > AGENT_LIST_TTL:
             live = [s for s in AgentState if s is not AgentState.TERMINATED]
-            self._agent_list = await self.controller.agents.find(states=live)
+            by_org: dict[str, list[Agent]] = defaultdict(list)
+            for agent in await self.controller.agents.find(states=live):
+                by_org[agent.org_id].append(agent)
+            self._agent_list = dict(by_org)
             self._agent_list_at = now
         return self._agent_list
 
@@ -457,22 +460,15 @@ class Dispatcher:
             self._usage_at = now
         return self._usage_snapshot
 
-    def _views(self, agents: list[Agent]) -> dict[str, list[AgentView]]:
-        views: dict[str, list[AgentView]] = defaultdict(list)
-        for a in agents:
-            if a.state is AgentState.RUNNING and a.id not in self._leaving:
-                free = self._slots.get(a.id, 1) - len(self._inflight.get(a.id, ()))
-                availability = AgentAvailability.IDLE if free > 0 else AgentAvailability.BUSY
-                views[a.org_id].append(
-                    AgentView(a.id, a.role, availability, a.resources, max(0, free))
-                )
-            elif a.state is AgentState.RUNNING:
-                views[a.org_id].append(
-                    AgentView(a.id, a.role, AgentAvailability.UNAVAILABLE, a.resources)
-                )
-            else:
-                views[a.org_id].append(_view(a))
-        return views
+    def _view_of(self, a: Agent) -> AgentView:
+        """The agent as placement sees it now: its free slots come from the work in flight."""
+        if a.state is AgentState.RUNNING and a.id not in self._leaving:
+            free = self._slots.get(a.id, 1) - len(self._inflight.get(a.id, ()))
+            availability = AgentAvailability.IDLE if free > 0 else AgentAvailability.BUSY
+            return AgentView(a.id, a.role, availability, a.resources, max(0, free))
+        if a.state is AgentState.RUNNING:
+            return AgentView(a.id, a.role, AgentAvailability.UNAVAILABLE, a.resources)
+        return _view(a)
 
     def _place(
         self, task: QueuedTask, views: dict[str, list[AgentView]], usage: dict[str, UsageSnapshot]
@@ -502,7 +498,7 @@ class Dispatcher:
                 return False
             return True
 
-        placement = place(task, views.get(org.id, []), may_provision=may_provision)
+        placement = place(task, views[org.id], may_provision=may_provision)
         if placement.action is Action.WAIT and self._incoming[(org.id, task.role)]:
             return wait(f"waiting for a {task.role!r} agent that is starting")
         return placement
@@ -903,6 +899,23 @@ def _row(rec: TaskRecord) -> dict[str, Any]:
     }
 
 
+class _Views(dict[str, list[AgentView]]):
+    """One round's snapshot of agents as placement sees them, built per org on first use:
+    a round touches only the orgs whose tasks it places, however many agents exist."""
+
+    def __init__(
+        self, agents: dict[str, list[Agent]], view_of: Callable[[Agent], AgentView]
+    ) -> None:
+        super().__init__()
+        self._agents = agents
+        self._view_of = view_of
+
+    def __missing__(self, org_id: str) -> list[AgentView]:
+        views = [self._view_of(a) for a in self._agents.get(org_id, ())]
+        self[org_id] = views
+        return views
+
+
 def _request_for(req: Requirements) -> ContainerRequest:
     return ContainerRequest(cpu_request=req.cpu, memory_request=req.memory, gpu=req.gpu)
 
@@ -918,7 +931,7 @@ def _view(agent: Agent) -> AgentView:
 
 def _take(views: dict[str, list[AgentView]], org_id: str, agent_id: AgentId) -> None:
     """One slot of the agent is taken in this round's snapshot."""
-    lst = views.get(org_id, [])
+    lst = views[org_id]
     for i, v in enumerate(lst):
         if v.id == agent_id:
             free = max(0, v.free_slots - 1)
@@ -932,7 +945,7 @@ def _mark(
     agent_id: AgentId,
     availability: AgentAvailability,
 ) -> None:
-    lst = views.get(org_id, [])
+    lst = views[org_id]
     for i, v in enumerate(lst):
         if v.id == agent_id:
             lst[i] = AgentView(v.id, v.role, availability, v.resources)
