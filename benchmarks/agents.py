@@ -1,10 +1,13 @@
 """Agent lifecycle through the controller, with every real part: SQLite, the platform's own
-nats-server, the local runtime and the built-in agent as an OS process.
+nats-server, the local runtime and the built-in agent as an OS process, forked by the local
+runtime's fork server (``--no-zygote``: forked from the control plane and exec'd as a fresh
+interpreter, as every agent was started before the fork server).
 
 Measured, one figure per line next to its target:
 
 - provision → ready: ``Controller.provision`` until the agent reported ready
-  (``wait_running``), one agent after another; p50 and p99.
+  (``wait_running``), one agent after another; p50 and p99 (the first provision also starts
+  the fork server).
 - a burst: 100 agents provisioned at once, wall time until the last one is ready.
 - pause: ``Controller.pause`` (checkpoint over the bus, stop the process, revoke, release)
   until it returns, and resume → ready (``resume`` until the agent reported ready again).
@@ -15,7 +18,8 @@ this one) are always printed; where ``ray`` is importable the same figures are m
 this run (an actor created one at a time until its first ping answers; 100 actors at once
 until all answer; each actor's USS).
 
-Run: ``python benchmarks/agents.py [--sequential 30] [--burst 100] [--cycles 10] [--no-ray]``.
+Run: ``python benchmarks/agents.py [--sequential 30] [--burst 100] [--cycles 10] [--no-ray]
+[--no-zygote]``.
 Everything runs on loopback in a temporary data directory, and nothing is left running.
 """
 
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import _common as c
 
@@ -108,6 +113,8 @@ async def measure_corral(args: argparse.Namespace) -> Figures:
             f.provision_call.append(call)
             f.provision_ready.append(ready)
         print(f"  {args.sequential} sequential provisions done", flush=True)
+        server = runtime.zygote_pid
+        print(f"  fork server: {f'pid {server}' if server else 'none, agents exec'}", flush=True)
 
         await asyncio.sleep(2.0)  # let start-up garbage settle: idle means idle
         for agent_id in ids:
@@ -289,6 +296,17 @@ def report(args: argparse.Namespace, f: Figures, r: RayFigures | None) -> None:
     t.print()
 
 
+def exec_every_agent() -> None:
+    """``--no-zygote``: the platform's local runtime forks and execs every agent."""
+    import corral.runtime.local as local
+
+    class ExecOnly(LocalProcessRuntime):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs, zygote=False)
+
+    local.LocalProcessRuntime = ExecOnly  # type: ignore[misc]  # the platform imports it late
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sequential", type=int, default=30, help="agents provisioned one by one")
@@ -296,6 +314,7 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=10, help="pause/resume cycles")
     ap.add_argument("--ray-sequential", type=int, default=20, help="Ray actors one by one")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray peer")
+    ap.add_argument("--no-zygote", action="store_true", help="exec every agent (no fork server)")
     ap.add_argument("--limit", type=float, default=600.0, help="give up after this many seconds")
     ap.add_argument("--ray-peer", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -303,6 +322,8 @@ def main() -> None:
         ray_peer(args)
         return
     args.cycles = min(args.cycles, args.sequential)
+    if args.no_zygote:
+        exec_every_agent()
 
     c.header("agents")
     before = {p.pid for p in c.children()}

@@ -1,13 +1,22 @@
 """Local runtime latencies: start() until RUNNING, until the agent's first line, and stop().
 
-The peer is a bare ``asyncio.create_subprocess_exec`` of the same program with none of the
-runtime's work (workspace, creds file, limits, pid file, supervision), so the difference is
-what Corral's bookkeeping costs.
+The agent is a module run as ``python -m`` that first imports what the built-in agent imports
+(``corral.agents.general``: the SDK, the NATS client), then prints its line: the command
+shape the runtime hands to its fork server. Measured three ways:
+
+- the fork server (the default), under the strongest limits mechanism ("auto") and rlimits;
+  its own start-up (once per runtime) is the first agent's, shown on its own line and left
+  out of the percentiles;
+- ``zygote=False``: the same command forked from the control plane and exec'd as a fresh
+  interpreter, as every agent was started before the fork server;
+- the peer: a bare ``asyncio.create_subprocess_exec`` of the same command with none of the
+  runtime's work (workspace, creds file, limits, pid file, supervision).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -17,15 +26,19 @@ from pathlib import Path
 from corral.domain.admission import AdmittedResources
 from corral.domain.quantities import parse
 from corral.runtime.base import LaunchSpec
-from corral.runtime.local import LocalProcessRuntime
+from corral.runtime.local import LocalProcessRuntime, default_env
 
 ROUNDS = 20
+MODULE = "corral_bench_agent"
 PROGRAM = """
 import signal, sys, time
+import corral.agents.general  # what the built-in agent loads before it does anything
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 print("ready", flush=True)
 time.sleep(3600)
 """
+COMMAND = [sys.executable, "-m", MODULE]
+METRICS = ("start", "first line", "stop")
 
 
 def ms(values: list[float]) -> str:
@@ -39,33 +52,45 @@ async def wait_for_line(path: Path, text: str) -> None:
         await asyncio.sleep(0.001)
 
 
-async def corral(mechanism: str) -> dict[str, list[float]]:
+async def corral(
+    mechanism: str, env: dict[str, str], *, zygote: bool
+) -> tuple[dict[str, list[float]], float]:
+    """Figures per metric, and the first agent's start to first line (left out of them)."""
     res = AdmittedResources(parse("500m"), parse("1"), parse("256Mi"), parse("512Mi"))
-    out: dict[str, list[float]] = {"start": [], "first line": [], "stop": []}
+    out: dict[str, list[float]] = {m: [] for m in METRICS}
+    first = float("nan")
     with tempfile.TemporaryDirectory() as tmp:
-        async with LocalProcessRuntime(Path(tmp), mechanism=mechanism) as rt:
-            for i in range(ROUNDS):
+        async with LocalProcessRuntime(
+            Path(tmp), mechanism=mechanism, base_env=env, zygote=zygote
+        ) as rt:
+            for i in range(ROUNDS + 1):
                 spec = LaunchSpec(
-                    "bench", "org_bench", f"agent-{i}", f"a{i}", "worker", res,
-                    [sys.executable, "-c", PROGRAM], {}, "creds",
+                    "bench", "org_bench", f"agent-{i}", f"a{i}", "worker", res, COMMAND, {},
+                    "creds",
                 )  # fmt: skip
                 t0 = time.perf_counter()
                 await rt.start(spec)
-                out["start"].append(time.perf_counter() - t0)
+                started = time.perf_counter() - t0
                 await wait_for_line(rt.paths("bench", spec.agent_id).log, "ready")
-                out["first line"].append(time.perf_counter() - t0)
+                line = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 await rt.stop("bench", spec.agent_id)
+                if i == 0:
+                    first = line
+                    continue
+                out["start"].append(started)
+                out["first line"].append(line)
                 out["stop"].append(time.perf_counter() - t1)
-    return out
+            assert (rt.zygote_pid is not None) == zygote
+    return out, first
 
 
-async def bare() -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"start": [], "first line": [], "stop": []}
+async def bare(env: dict[str, str]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {m: [] for m in METRICS}
     for _ in range(ROUNDS):
         t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PROGRAM, stdout=asyncio.subprocess.PIPE
+            *COMMAND, stdout=asyncio.subprocess.PIPE, env=env
         )
         out["start"].append(time.perf_counter() - t0)
         assert proc.stdout is not None
@@ -79,17 +104,28 @@ async def bare() -> dict[str, list[float]]:
 
 
 async def main() -> None:
-    peer = await bare()
-    runs = {"auto": await corral("auto"), "rlimit": await corral("rlimit")}
+    with tempfile.TemporaryDirectory() as code:
+        (Path(code) / f"{MODULE}.py").write_text(PROGRAM)
+        paths = [code, *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**default_env(), "PYTHONPATH": os.pathsep.join(paths)}
+        peer = await bare(env)
+        runs = {
+            "fork server (auto)": await corral("auto", env, zygote=True),
+            "fork server (rlimit)": await corral("rlimit", env, zygote=True),
+            "exec (auto)": await corral("auto", env, zygote=False),
+        }
     with tempfile.TemporaryDirectory() as tmp:
         async with LocalProcessRuntime(Path(tmp)) as probe:
             auto = probe.mechanism
     print(f"local runtime, {ROUNDS} agents one after another; auto = {auto}")
-    for metric in ("start", "first line", "stop"):
+    for metric in METRICS:
         print(f"{metric}:")
-        print(f"  corral (auto)    {ms(runs['auto'][metric])}")
-        print(f"  corral (rlimit)  {ms(runs['rlimit'][metric])}")
-        print(f"  bare subprocess  {ms(peer[metric])}")
+        for name, (figures, _) in runs.items():
+            print(f"  {'corral, ' + name:30} {ms(figures[metric])}")
+        print(f"  {'bare subprocess':30} {ms(peer[metric])}")
+    print("first agent, start to first line (a fork server's own start-up included):")
+    for name, (_, first) in runs.items():
+        print(f"  {'corral, ' + name:30} {first * 1000:7.1f} ms")
 
 
 if __name__ == "__main__":

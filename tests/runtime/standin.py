@@ -1,5 +1,6 @@
 """A control plane stand-in: starts one agent (which starts a child of its own) with the local
-runtime, says so on stdout, then waits to be killed. Run as ``python standin.py ROOT MECHANISM``.
+runtime, says so on stdout (``started <agent pid> <fork server pid, or 0>``), then waits to be
+killed. Run as ``python standin.py ROOT MECHANISM LAUNCH`` (LAUNCH: ``exec`` or ``zygote``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ FAMILY = """
 """
 
 
-async def main(root: Path, mechanism: str) -> None:
+async def main(root: Path, mechanism: str, launch: str) -> None:
     runtime = LocalProcessRuntime(root, mechanism=mechanism)
-    status = await runtime.start(agents.spec("acme", "agent-orphan", FAMILY))
-    sys.stdout.write(f"started {status.pid}\n")
+    status = await runtime.start(agents.spec("acme", "agent-orphan", FAMILY, launch=launch))
+    sys.stdout.write(f"started {status.pid} {runtime.zygote_pid or 0}\n")
     sys.stdout.flush()
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2]))
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3]))

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from corral.runtime.local import LocalProcessRuntime
@@ -57,7 +58,7 @@ async def test_creds_are_removed_when_the_agent_stops(runtime: LocalProcessRunti
 
 
 async def test_the_agent_inherits_nothing_from_the_control_planes_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launch: str
 ) -> None:
     monkeypatch.setenv("CORRAL_MASTER_KEY", "platform-master-key")
     monkeypatch.setenv("CORRAL_API_KEY", "platform-admin-key")
@@ -119,9 +120,10 @@ def shared_root() -> Iterator[Path]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="running agents as other uids needs root")
 async def test_agents_under_distinct_uids_cannot_read_each_others_workspace(
-    shared_root: Path,
+    shared_root: Path, launch: str
 ) -> None:
-    python = _python_for_others()
+    # a forked agent needs no interpreter of its own: the fork server (ours) has one
+    python = sys.executable if launch == "zygote" else _python_for_others()
     if python is None:
         pytest.skip("no Python interpreter that another uid may run")
     uids = {"alpha": (61001, 61001), "beta": (61002, 61002)}
@@ -136,6 +138,7 @@ async def test_agents_under_distinct_uids_cannot_read_each_others_workspace(
             open(own, "w").write("ok")
             creds = open(os.environ["CORRAL_CREDS_FILE"]).read()
             print("own workspace and creds ok", os.getuid(), bool(creds), flush=True)
+            print("ids", os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())
             for target in ({str(beta.workspace / "plans.txt")!r}, {str(beta.creds)!r}):
                 try:
                     open(target).read()
@@ -144,7 +147,7 @@ async def test_agents_under_distinct_uids_cannot_read_each_others_workspace(
                     print("denied", target, flush=True)
             signal.pause()
         """
-        await rt.start(agents.spec("alpha", "agent-a", probe, executable=python))
+        status = await rt.start(agents.spec("alpha", "agent-a", probe, executable=python))
 
         async def finished() -> str:
             text = await rt.logs("alpha", "agent-a")
@@ -152,7 +155,11 @@ async def test_agents_under_distinct_uids_cannot_read_each_others_workspace(
 
         logs = await eventually(finished)
         assert "own workspace and creds ok 61001 True" in logs
+        assert "ids 61001 61001 61001 61001 []" in logs
         assert "READ" not in logs
+        assert status.pid is not None
+        parent = psutil.Process(status.pid).ppid()
+        assert parent == (rt.zygote_pid if launch == "zygote" else os.getpid())
         alpha = rt.paths("alpha", "agent-a")
         assert alpha.workspace.stat().st_uid == 61001
         assert alpha.creds.stat().st_uid == 61001 and mode(alpha.creds) == 0o600

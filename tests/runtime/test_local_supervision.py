@@ -93,7 +93,7 @@ async def test_a_crashed_agents_children_are_not_left_behind(
     assert not alive(child)  # gone before the crash was reported
 
 
-async def test_close_stops_every_agent(tmp_path: Path) -> None:
+async def test_close_stops_every_agent(tmp_path: Path, launch: str) -> None:
     rt = LocalProcessRuntime(tmp_path / "data")
     pids = [(await rt.start(agents.spec("acme", f"agent-{i}"))).pid for i in range(3)]
     await rt.close()
@@ -125,7 +125,7 @@ async def test_a_command_that_cannot_start_leaves_nothing_behind(
 
 
 async def test_a_restarted_control_plane_finds_and_stops_a_leftover(
-    make_runtime: Callable[..., LocalProcessRuntime],
+    make_runtime: Callable[..., LocalProcessRuntime], launch: str
 ) -> None:
     first = make_runtime()
     started = await first.start(agents.spec("acme", "agent-left"))
@@ -160,7 +160,7 @@ async def test_a_recycled_pid_is_not_taken_for_the_agent(
 
 
 async def test_a_killed_control_plane_leaves_no_agent_running(
-    tmp_path: Path, mechanism: str, make_runtime: Callable[..., LocalProcessRuntime]
+    tmp_path: Path, mechanism: str, launch: str, make_runtime: Callable[..., LocalProcessRuntime]
 ) -> None:
     root = tmp_path / "data"
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}
@@ -169,6 +169,7 @@ async def test_a_killed_control_plane_leaves_no_agent_running(
         str(Path(__file__).with_name("standin.py")),
         str(root),
         mechanism,
+        launch,
         stdout=asyncio.subprocess.PIPE,
         env=env,
         cwd=REPO,
@@ -177,14 +178,17 @@ async def test_a_killed_control_plane_leaves_no_agent_running(
         assert standin.stdout is not None
         line = await asyncio.wait_for(standin.stdout.readline(), timeout=20)
         assert line.startswith(b"started")
+        zygote = int(line.split()[2])  # 0 when the agent was exec'd
         record = root / "orgs/acme/agents/agent-orphan/workspace/family.txt"
         text = await eventually(lambda: record.is_file() and record.read_text())
         agent, child = map(int, str(text).split())
         assert alive(agent) and alive(child)
+        assert psutil.Process(agent).ppid() == (zygote or standin.pid)
 
         standin.kill()
         await standin.wait()
         await eventually(lambda: not alive(agent), message="the agent died with its control plane")
+        assert not zygote or not alive(zygote)
 
         # its child outlived it, orphaned; the next control plane finds it and stops it
         assert alive(child)

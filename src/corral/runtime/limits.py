@@ -18,8 +18,11 @@ Groups are named ``corral/<instance>/<org>/<agent>`` below this process's own cg
 operator-given parent), so agents stay inside whatever the control plane is confined to and two
 installations on one host (``instance`` derives from the data directory) never collide.
 
-The child joins its group between fork and exec (the ``join`` hook below runs in the child), so
-not one byte of the agent's own allocations escapes the limit.
+A new agent process joins its group first thing after the fork, before exec or, when a fork
+server starts it, before the agent's module runs (:class:`Entry`, from :meth:`Placement.join`),
+so not one byte of the agent's own allocations escapes the limit. Pages a fork server's child
+shares with the server (the interpreter and the modules it preloaded) stay charged to the
+server's group until the child writes to them.
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ import re
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from corral.domain.admission import AdmittedResources
 
-__all__ = ["Limiter", "Limits", "Mechanism", "Placement", "probe"]
+__all__ = ["Entry", "Limiter", "Limits", "Mechanism", "Placement", "probe"]
 
 CPU_PERIOD_US = 100_000
 _MIN_QUOTA_US = 1_000  # the kernel refuses smaller quotas
@@ -84,6 +87,25 @@ def _read_counter(path: Path, key: str) -> int:
     return 0
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """How a new process enters an agent's confinement; calling it does so (in that process).
+
+    Kept as data as well as a hook, so that a fork server can be handed the open group files
+    and the rlimits instead of a closure it could not receive.
+    """
+
+    procs: tuple[int, ...]  # open ``cgroup.procs`` files, one per hierarchy
+    rlimits: tuple[tuple[int, int], ...]  # (resource, soft and hard limit)
+
+    def __call__(self) -> None:
+        me = str(os.getpid()).encode()
+        for fd in self.procs:
+            os.write(fd, me)
+        for res, value in self.rlimits:
+            resource.setrlimit(res, (value, value))
+
+
 @dataclass(slots=True)
 class Placement:
     """One agent's confinement: its cgroup directories (none under rlimit) and how to join."""
@@ -105,27 +127,25 @@ class Placement:
             out[f"cgroup.{name}"] = str(path)
         return out
 
-    @contextlib.contextmanager
-    def join(self) -> Iterator[Callable[[], None]]:
-        """Yield a hook for the forked child that puts it under the limits before exec.
+    def rlimits(self) -> tuple[tuple[int, int], ...]:
+        """``(resource, limit)`` pairs a new process of the agent sets on itself (rlimit only)."""
+        lim = self.limits
+        if self.mechanism is not Mechanism.RLIMIT or lim is None or not lim.memory_bytes:
+            return ()
+        cap = 2 * lim.memory_bytes + _AS_HEADROOM
+        return ((resource.RLIMIT_DATA, lim.memory_bytes), (resource.RLIMIT_AS, cap))
 
-        The group files are opened here, in the parent, so between fork and exec the child
-        only writes its pid to open descriptors and sets rlimits: no path lookup, no open.
+    @contextlib.contextmanager
+    def join(self) -> Iterator[Entry]:
+        """Yield what a new process of the agent does to come under the limits.
+
+        The group files are opened here, in the parent, so in the new process, between fork
+        and exec (or before a fork server's child runs the agent), joining is only writing its
+        pid to open descriptors and setting rlimits: no path lookup, no open.
         """
         fds = [os.open(d / "cgroup.procs", os.O_WRONLY) for d in self.dirs.values()]
-        lim = self.limits if self.mechanism is Mechanism.RLIMIT else None
-
-        def hook() -> None:
-            me = str(os.getpid()).encode()
-            for fd in fds:
-                os.write(fd, me)
-            if lim is not None and lim.memory_bytes:
-                resource.setrlimit(resource.RLIMIT_DATA, (lim.memory_bytes, lim.memory_bytes))
-                cap = 2 * lim.memory_bytes + _AS_HEADROOM
-                resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
         try:
-            yield hook
+            yield Entry(tuple(fds), self.rlimits())
         finally:
             for fd in fds:
                 os.close(fd)

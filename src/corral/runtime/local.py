@@ -13,8 +13,17 @@ only the kernel's help:
 - no orphans: agents die with the control plane (``PR_SET_PDEATHSIG``); ``agent.pid`` lets a
   restarted control plane find and stop anything left behind; stopping an agent stops its tree.
 
-Agents are started from the event loop's thread, and the kernel's parent-death signal follows
-that thread: run the runtime on a loop that lives as long as the control plane.
+Two ways to start an agent, with the same result. A command ``[sys.executable, "-m", MODULE]``
+(the built-in agent's) goes to the fork server (:mod:`.zygote`), started on the first such
+start and again after it dies: a process that has already imported the agent-side modules and
+forks a child per agent, so neither the control plane's memory is copied nor ~90 ms of imports
+repeated. The server reaps its children and reports their exit statuses; it dies with the
+control plane, and its children with it. Any other command is forked and exec'd from here
+(``zygote=False`` sends every command that way).
+
+Agents (and the fork server) are started from the event loop's thread, and the kernel's
+parent-death signal follows that thread: run the runtime on a loop that lives as long as the
+control plane.
 
 Output goes straight from the agent to ``logs/agent.log`` (no pipe through the control plane),
 so logs survive a control plane restart and a chatty agent cannot block on a full pipe.
@@ -36,7 +45,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import psutil
 
@@ -56,6 +65,8 @@ from corral.runtime.processes import (
     write_ref,
 )
 from corral.runtime.workspaces import AgentPaths, check_name, ensure_dir, tail_lines, write_private
+from corral.runtime.zygote import Launch
+from corral.runtime.zygote_client import Zygote, ZygoteChild, runnable_module
 
 __all__ = ["AgentUsage", "LocalProcessRuntime", "RunAs", "default_env"]
 
@@ -65,6 +76,7 @@ RunAs = Callable[[str, str], tuple[int, int] | None]
 """``(org, agent_id) -> (uid, gid)`` to run that agent under, or None for the runtime's own."""
 
 _KILL_TIMEOUT = 5.0  # after SIGKILL; only a process stuck in the kernel takes longer
+_LAUNCHING = 16  # starts past set-up at once: each holds its log and cgroup files open
 
 
 def default_env() -> dict[str, str]:
@@ -79,11 +91,20 @@ def default_env() -> dict[str, str]:
     return env
 
 
+class _Child(Protocol):
+    """An agent's leader as started: an ``asyncio`` subprocess or a fork server's child."""
+
+    @property
+    def pid(self) -> int: ...
+
+    async def wait(self) -> int: ...
+
+
 @dataclass(eq=False, slots=True)
 class _Agent:
     paths: AgentPaths
     placement: Placement
-    proc: asyncio.subprocess.Process
+    proc: _Child
     ref: ProcessRef
     oom_before: int
     note: str
@@ -138,6 +159,8 @@ class LocalProcessRuntime:
         base_env: the variables every agent gets (default :func:`default_env`).
         run_as: which uid/gid each agent runs as (default: the runtime's own).
         limiter: an already probed :class:`Limiter` (tests use fake cgroup trees).
+        zygote: start ``[sys.executable, "-m", MODULE]`` commands from the fork server
+            (the default); False forks and execs every agent from the control plane.
 
     Raises:
         Unavailable: ``mechanism`` names one this host cannot provide.
@@ -155,6 +178,7 @@ class LocalProcessRuntime:
         base_env: Mapping[str, str] | None = None,
         run_as: RunAs | None = None,
         limiter: Limiter | None = None,
+        zygote: bool = True,
     ) -> None:
         self._root = Path(root).absolute()
         self._dir_mode = 0o711 if run_as is not None else 0o700
@@ -176,6 +200,10 @@ class LocalProcessRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._exits: asyncio.Queue[RuntimeStatus | None] = asyncio.Queue()
         self._closed = False
+        self._use_zygote = zygote and hasattr(os, "memfd_create")
+        self._zygote: Zygote | None = None
+        self._zygote_lock = asyncio.Lock()
+        self._launching = asyncio.Semaphore(_LAUNCHING)
 
     @property
     def root(self) -> Path:
@@ -198,6 +226,12 @@ class LocalProcessRuntime:
     def limits_note(self) -> str:
         """Why a stronger mechanism was not used ("" when none was passed over)."""
         return self._limiter.reason
+
+    @property
+    def zygote_pid(self) -> int | None:
+        """The fork server's pid while one runs (it starts with the first agent it can run)."""
+        zygote = self._zygote
+        return zygote.pid if zygote is not None and zygote.running else None
 
     async def __aenter__(self) -> Self:
         return self
@@ -291,6 +325,8 @@ class LocalProcessRuntime:
             oom_before = placement.oom_kills()
             stage = f"running {spec.command[0]}"
             proc = await self._spawn(spec, paths, placement, ids)
+            if not isinstance(proc, ZygoteChild):  # a forked child wrote it itself
+                self._note(paths, f"started pid {proc.pid} ({_describe(placement)})")
         except BaseException as exc:
             if placement is not None:
                 await self._remove_placement(placement)
@@ -303,17 +339,16 @@ class LocalProcessRuntime:
             details = {"org": spec.org, "agent_id": spec.agent_id}
             if isinstance(exc, ValueError):  # e.g. a NUL byte in argv or env
                 raise InvalidInput(f"cannot start agent {spec.agent_id}: {exc}") from exc
-            if isinstance(exc, OSError | subprocess.SubprocessError):
-                self._note(paths, f"could not start: {stage}: {exc}")
+            if isinstance(exc, OSError | subprocess.SubprocessError | Unavailable):
+                why = exc.message if isinstance(exc, Unavailable) else str(exc)
+                self._note(paths, f"could not start: {stage}: {why}")
                 raise Unavailable(
-                    f"cannot start agent {spec.agent_id}: {stage}: {exc}", details=details
+                    f"cannot start agent {spec.agent_id}: {stage}: {why}", details=details
                 ) from exc
             raise
         cgroups = {k: str(v) for k, v in placement.dirs.items()}
         ref = ProcessRef.of(proc.pid, mechanism=placement.mechanism.value, cgroups=cgroups)
         write_ref(paths.pidfile, ref)
-        desc = ", ".join(f"{k} {v}" for k, v in placement.describe().items() if "." not in k)
-        self._note(paths, f"started pid {proc.pid} ({desc})")
         return _Agent(paths, placement, proc, ref, oom_before, self._limiter.reason)
 
     async def _spawn(
@@ -322,28 +357,63 @@ class LocalProcessRuntime:
         paths: AgentPaths,
         placement: Placement,
         ids: tuple[int, int] | None,
-    ) -> asyncio.subprocess.Process:
+    ) -> _Child:
         env = {**self._base_env, "HOME": str(paths.workspace), "TMPDIR": str(paths.tmp)}
         env.update(spec.env)
         env["CORRAL_WORKSPACE"] = str(paths.workspace)
         env["CORRAL_CREDS_FILE"] = str(paths.creds)
-        out = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            with placement.join() as join:
-                setup = child_setup(join=join, parent_pid=os.getpid(), ids=ids)
-                return await asyncio.create_subprocess_exec(
-                    *spec.command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=paths.workspace,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=setup,
-                    close_fds=True,
-                )
-        finally:
-            os.close(out)
+        module = runnable_module(spec.command) if self._use_zygote else None
+        async with self._launching:
+            zygote = await self._zygote_for() if module is not None else None
+            out = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                with placement.join() as join:
+                    if module is not None and zygote is not None and zygote.accepts(env):
+                        # the child writes this line itself: it precedes all the agent prints
+                        note = f"started pid {{pid}} ({_describe(placement)}, by the fork server)"
+                        launch = Launch(
+                            module,
+                            (spec.command[0], *spec.command[3:]),
+                            env,
+                            str(paths.workspace),
+                            ids,
+                            join.rlimits,
+                            note=_note_line(note),
+                        )
+                        return await zygote.spawn(launch, log=out, procs=join.procs)
+                    setup = child_setup(join=join, parent_pid=os.getpid(), ids=ids)
+                    return await asyncio.create_subprocess_exec(
+                        *spec.command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        cwd=paths.workspace,
+                        env=env,
+                        start_new_session=True,
+                        preexec_fn=setup,
+                        close_fds=True,
+                    )
+            finally:
+                os.close(out)
+
+    async def _zygote_for(self) -> Zygote | None:
+        """The running fork server, started if there is none (or it died); None if it cannot
+        be started, and the agent is then exec'd instead."""
+        async with self._zygote_lock:
+            if self._closed:
+                raise Unavailable("the local runtime is closed")
+            current = self._zygote
+            if current is not None and current.running:
+                return current
+            self._zygote = None
+            if current is not None:
+                await current.close()  # reaps it
+                log.warning("the fork server %d died; starting another", current.pid)
+            try:
+                self._zygote = await Zygote.start(self._base_env)
+            except Unavailable as exc:
+                log.warning("no fork server (%s); agents are exec'd instead", exc.message)
+            return self._zygote
 
     async def _watch(self, agent: _Agent) -> None:
         try:
@@ -351,6 +421,7 @@ class LocalProcessRuntime:
             agent.exited.set()
             requested = agent.stopping
             oom = agent.placement.oom_kills() > agent.oom_before
+            lost = isinstance(agent.proc, ZygoteChild) and agent.proc.lost
             try:
                 await self._teardown(
                     agent.paths, agent.ref, agent.placement, agent.stop_deadline, agent.signalled
@@ -358,6 +429,8 @@ class LocalProcessRuntime:
             except Exception:  # the exit is still news; a failed cleanup must not hide it
                 log.exception("agent %s/%s: cleanup after exit failed", *agent.paths.key)
             agent.exit_code, agent.detail = _exit_detail(returncode, oom=oom)
+            if lost and not oom:
+                agent.detail["reason"] = "fork-server-died"
             if requested:
                 agent.detail["stopped"] = "true"
             agent.phase = Phase.EXITED if requested or returncode == 0 else Phase.CRASHED
@@ -490,6 +563,9 @@ class LocalProcessRuntime:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with self._zygote_lock:
+            if self._zygote is not None:
+                await self._zygote.close()
         self._limiter.release()
         self._exits.put_nowait(None)
 
@@ -565,14 +641,22 @@ class LocalProcessRuntime:
 
     def _note(self, paths: AgentPaths, text: str) -> None:
         """Append a line of the runtime's own to the agent's log."""
-        stamp = datetime.now(UTC).isoformat(timespec="seconds")
         with contextlib.suppress(OSError), paths.log.open("a", encoding="utf-8") as f:
-            f.write(f"[corral {stamp}] {text}\n")
+            f.write(_note_line(text))
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(_guard(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _note_line(text: str) -> str:
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    return f"[corral {stamp}] {text}\n"
+
+
+def _describe(placement: Placement) -> str:
+    return ", ".join(f"{k} {v}" for k, v in placement.describe().items() if "." not in k)
 
 
 async def _guard(coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -3,7 +3,9 @@
 Three guarantees, each with its own mechanism:
 
 - An agent dies with the control plane: the child asks the kernel for ``SIGKILL`` when its
-  parent goes (``PR_SET_PDEATHSIG``), set between fork and exec.
+  parent goes (``PR_SET_PDEATHSIG``), set between fork and exec (:func:`child_setup`) or, for
+  a child of the fork server, before the agent runs; the fork server asks the same of the
+  control plane (:func:`corral.runtime.zygote.die_with`).
 - A control plane that restarts finds what is still running: ``agent.pid`` holds the pid and
   the process's start time, and a pid counts as the agent only if the start time matches, so a
   recycled pid is never mistaken for (or killed as) an agent.
@@ -16,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from corral.runtime.workspaces import write_private
+from corral.runtime.zygote import die_with
 
 __all__ = [
     "AgentUsage",
@@ -42,12 +43,7 @@ __all__ = [
     "write_ref",
 ]
 
-_PR_SET_PDEATHSIG = 1
 _START_TIME_TOLERANCE = 0.05  # seconds; start times are derived from clock ticks
-_libc = ctypes.CDLL(None, use_errno=True)
-_prctl = _libc.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_prctl.restype = ctypes.c_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +134,14 @@ def read_ref(path: Path) -> ProcessRef | None:
 def child_setup(
     *, join: Callable[[], None], parent_pid: int, ids: tuple[int, int] | None
 ) -> Callable[[], None]:
-    """The hook run in the forked child before exec: limits, identity, death signal.
+    """The hook run in the forked child before exec: limits, identity, death signal, and no
+    descriptor of the control plane past the exec.
 
     The death signal comes last because the kernel clears it when credentials change; if the
-    parent died before it was set, the child exits instead of running unsupervised.
+    parent died before it was set, the child exits instead of running unsupervised. Every
+    descriptor above stderr is marked close-on-exec: not every event loop's spawn closes what
+    the parent had open (uvloop's does not), and an agent must not inherit the control plane's
+    files or sockets.
     """
 
     def setup() -> None:
@@ -151,9 +151,14 @@ def child_setup(
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
-        if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent_pid:
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2:
+                with contextlib.suppress(OSError):  # the directory's own descriptor
+                    os.set_inheritable(fd, False)
+        try:
+            die_with(parent_pid)
+        except ProcessLookupError:
             os._exit(1)
 
     return setup
