@@ -113,7 +113,7 @@ async def measure_corral(args: argparse.Namespace) -> Figures:
             f.provision_call.append(call)
             f.provision_ready.append(ready)
         print(f"  {args.sequential} sequential provisions done", flush=True)
-        server = runtime.zygote_pid
+        server = runtime.zygote_pid(org.slug)
         print(f"  fork server: {f'pid {server}' if server else 'none, agents exec'}", flush=True)
 
         await asyncio.sleep(2.0)  # let start-up garbage settle: idle means idle

@@ -81,7 +81,7 @@ async def corral(
                 out["start"].append(started)
                 out["first line"].append(line)
                 out["stop"].append(time.perf_counter() - t1)
-            assert (rt.zygote_pid is not None) == zygote
+            assert (rt.zygote_pid("bench") is not None) == zygote
     return out, first
 
 

@@ -25,7 +25,7 @@ FAMILY = """
 async def main(root: Path, mechanism: str, launch: str) -> None:
     runtime = LocalProcessRuntime(root, mechanism=mechanism)
     status = await runtime.start(agents.spec("acme", "agent-orphan", FAMILY, launch=launch))
-    sys.stdout.write(f"started {status.pid} {runtime.zygote_pid or 0}\n")
+    sys.stdout.write(f"started {status.pid} {runtime.zygote_pid('acme') or 0}\n")
     sys.stdout.flush()
     await asyncio.Event().wait()
 

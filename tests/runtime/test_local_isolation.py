@@ -159,7 +159,7 @@ async def test_agents_under_distinct_uids_cannot_read_each_others_workspace(
         assert "READ" not in logs
         assert status.pid is not None
         parent = psutil.Process(status.pid).ppid()
-        assert parent == (rt.zygote_pid if launch == "zygote" else os.getpid())
+        assert parent == (rt.zygote_pid("alpha") if launch == "zygote" else os.getpid())
         alpha = rt.paths("alpha", "agent-a")
         assert alpha.workspace.stat().st_uid == 61001
         assert alpha.creds.stat().st_uid == 61001 and mode(alpha.creds) == 0o600

@@ -122,7 +122,7 @@ async def test_without_the_server_the_same_command_is_execd(tmp_path: Path, laun
         status = await rt.start(agents.spec("acme", "agent-exec"))
         assert status.pid is not None
         assert psutil.Process(status.pid).ppid() == os.getpid()
-        assert rt.zygote_pid is None
+        assert rt.zygote_pid("acme") is None
 
 
 async def test_what_the_server_cannot_honour_is_execd(runtime: LocalProcessRuntime) -> None:
@@ -144,7 +144,7 @@ async def test_what_the_server_cannot_honour_is_execd(runtime: LocalProcessRunti
     assert parents == {
         "agent-path": os.getpid(),
         "agent-huge": os.getpid(),
-        "agent-normal": runtime.zygote_pid,
+        "agent-normal": runtime.zygote_pid("acme"),
     }
 
 
@@ -174,9 +174,9 @@ async def test_a_forked_agent_is_set_up_as_an_execd_one(
     seen = await report(runtime, "acme", "agent-probe")
     paths = runtime.paths("acme", "agent-probe")
     pid = status.pid
-    assert pid is not None and runtime.zygote_pid is not None
+    assert pid is not None and runtime.zygote_pid("acme") is not None
 
-    assert psutil.Process(pid).ppid() == runtime.zygote_pid == seen["ppid"]
+    assert psutil.Process(pid).ppid() == runtime.zygote_pid("acme") == seen["ppid"]
     assert seen["sid"] == seen["pgid"] == pid  # a session and process group of its own
     expected = {
         **default_env(),
@@ -242,7 +242,7 @@ async def test_killing_the_server_kills_its_agents_and_the_next_start_gets_a_new
             await ready(runtime, "acme", agent_id)
             assert status.pid is not None
             pids.append(status.pid)
-        first = runtime.zygote_pid
+        first = runtime.zygote_pid("acme")
         assert first is not None
         os.kill(first, signal.SIGKILL)
         events = [await next_exit(exits), await next_exit(exits)]
@@ -251,19 +251,19 @@ async def test_killing_the_server_kills_its_agents_and_the_next_start_gets_a_new
         assert (event.phase, event.exit_code) == (Phase.CRASHED, 137)
         assert event.detail["reason"] == "fork-server-died"
     assert not any(alive(pid) for pid in pids)
-    assert runtime.zygote_pid is None
+    assert runtime.zygote_pid("acme") is None
 
     status = await runtime.start(agents.spec("acme", "agent-one"))
     await ready(runtime, "acme", "agent-one")
-    assert runtime.zygote_pid not in (None, first)
+    assert runtime.zygote_pid("acme") not in (None, first)
     assert status.pid is not None
-    assert psutil.Process(status.pid).ppid() == runtime.zygote_pid
+    assert psutil.Process(status.pid).ppid() == runtime.zygote_pid("acme")
     assert "reason fork-server-died" in await runtime.logs("acme", "agent-two")
 
 
 async def test_a_start_cancelled_anywhere_leaves_no_process(runtime: LocalProcessRuntime) -> None:
     await runtime.start(agents.spec("acme", "agent-warm"))  # the server is up: cancel starts
-    server = runtime.zygote_pid
+    server = runtime.zygote_pid("acme")
     assert server is not None
     for steps in range(100):  # cancel after 0, 1, 2 ... turns of the event loop
         agent_id = f"agent-c{steps}"
@@ -283,14 +283,14 @@ async def test_a_start_cancelled_anywhere_leaves_no_process(runtime: LocalProces
         return [c.pid for c in psutil.Process(server).children()] == [warm]
 
     await eventually(only_the_warm_one, message="no child of the server but the first agent")
-    assert runtime.zygote_pid == server
+    assert runtime.zygote_pid("acme") == server
 
 
 async def test_closing_the_runtime_ends_the_server(tmp_path: Path, launch: str) -> None:
     rt = LocalProcessRuntime(tmp_path / "data")
     try:
         status = await rt.start(agents.spec("acme", "agent-x"))
-        server = rt.zygote_pid
+        server = rt.zygote_pid("acme")
         assert server is not None and status.pid is not None
     finally:
         await rt.close()
@@ -309,9 +309,9 @@ def test_the_server_works_on_the_control_planes_own_loop(tmp_path: Path, launch:
         async with LocalProcessRuntime(tmp_path / "data") as rt, watching(rt) as exits:
             status = await rt.start(agents.spec("acme", "agent-uv"))
             await ready(rt, "acme", "agent-uv")
-            assert status.pid is not None and rt.zygote_pid is not None
-            assert psutil.Process(status.pid).ppid() == rt.zygote_pid
-            assert os.getsid(rt.zygote_pid) == rt.zygote_pid
+            assert status.pid is not None and rt.zygote_pid("acme") is not None
+            assert psutil.Process(status.pid).ppid() == rt.zygote_pid("acme")
+            assert os.getsid(rt.zygote_pid("acme")) == rt.zygote_pid("acme")
             assert sorted(os.listdir(f"/proc/{status.pid}/fd")) == ["0", "1", "2"]
             os.kill(status.pid, signal.SIGKILL)
             event = await next_exit(exits)
@@ -335,7 +335,7 @@ def test_an_execd_agent_holds_no_descriptor_of_the_control_plane_on_uvloop(
             async with LocalProcessRuntime(tmp_path / "data", zygote=False) as rt:
                 status = await rt.start(agents.spec("acme", "agent-exec-uv"))
                 await ready(rt, "acme", "agent-exec-uv")
-                assert status.pid is not None and rt.zygote_pid is None
+                assert status.pid is not None and rt.zygote_pid("acme") is None
                 assert psutil.Process(status.pid).ppid() == os.getpid()
                 assert sorted(os.listdir(f"/proc/{status.pid}/fd")) == ["0", "1", "2"]
                 await rt.stop("acme", "agent-exec-uv", grace=1.0)
@@ -356,9 +356,11 @@ async def test_neither_the_server_nor_a_later_agent_holds_anything_of_an_agent(
     await ready(runtime, org, "agent-a")
     b = await runtime.start(agents.spec("other", "agent-b"))
     await ready(runtime, "other", "agent-b")
-    assert a.pid is not None and b.pid is not None and runtime.zygote_pid is not None
+    own, others = runtime.zygote_pid(org), runtime.zygote_pid("other")
+    assert a.pid is not None and b.pid is not None and own is not None and others is not None
+    assert own != others  # a server per org: no layout, canary or hash seed shared
     assert writable_memory_holds(a.pid, marker.encode())  # the probe finds what is there
-    for pid in (runtime.zygote_pid, b.pid):
+    for pid in (own, others, b.pid):  # a's own server too: a later agent of a's org forks it
         for needle in (marker, secret, org):
             assert not writable_memory_holds(pid, needle.encode()), (pid, needle)
 
@@ -432,3 +434,31 @@ def test_behaviours_run_the_same_either_way() -> None:
     forked = agents.spec("acme", "agent-x", Behaviour.FAIL, launch="zygote")
     assert execd.command[2] == forked.env["CORRAL_TEST_CODE"]
     assert runnable_module(forked.command) == agents.CODE_AGENT
+
+
+async def test_each_org_has_its_own_server_closed_once_it_has_no_agent(
+    runtime: LocalProcessRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.runtime import local
+
+    monkeypatch.setattr(local, "ZYGOTE_IDLE_SECONDS", 0.2)
+    a = await runtime.start(agents.spec("acme", "agent-1"))
+    b = await runtime.start(agents.spec("globex", "agent-2"))
+    await ready(runtime, "acme", "agent-1")
+    await ready(runtime, "globex", "agent-2")
+    acme, globex = runtime.zygote_pid("acme"), runtime.zygote_pid("globex")
+    assert acme is not None and globex is not None and acme != globex
+    assert a.pid is not None and b.pid is not None
+    assert psutil.Process(a.pid).ppid() == acme and psutil.Process(b.pid).ppid() == globex
+
+    await runtime.stop("globex", "agent-2", grace=1.0)
+
+    def globex_server_gone() -> bool:
+        return runtime.zygote_pid("globex") is None and not alive(globex)
+
+    await eventually(globex_server_gone, message="the idle org's fork server closed")
+    assert runtime.zygote_pid("acme") == acme and alive(acme)  # acme still has an agent
+    again = await runtime.start(agents.spec("globex", "agent-3"))
+    await ready(runtime, "globex", "agent-3")
+    assert again.pid is not None
+    assert psutil.Process(again.pid).ppid() == runtime.zygote_pid("globex") != globex

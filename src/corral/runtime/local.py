@@ -14,12 +14,17 @@ only the kernel's help:
   restarted control plane find and stop anything left behind; stopping an agent stops its tree.
 
 Two ways to start an agent, with the same result. A command ``[sys.executable, "-m", MODULE]``
-(the built-in agent's) goes to the fork server (:mod:`.zygote`), started on the first such
-start and again after it dies: a process that has already imported the agent-side modules and
-forks a child per agent, so neither the control plane's memory is copied nor ~90 ms of imports
-repeated. The server reaps its children and reports their exit statuses; it dies with the
-control plane, and its children with it. Any other command is forked and exec'd from here
-(``zygote=False`` sends every command that way).
+(the built-in agent's) goes to its organization's fork server (:mod:`.zygote`), started on the
+org's first such start and again after it dies: a process that has already imported the
+agent-side modules and forks a child per agent, so neither the control plane's memory is copied
+nor ~90 ms of imports repeated. The server reaps its children and reports their exit statuses;
+it dies with the control plane, and its children with it. Any other command is forked and
+exec'd from here (``zygote=False`` sends every command that way).
+
+One fork server per organization, never shared: children of one server share its address-space
+layout (ASLR), its stack canary and its hash seed, which must not leak from one tenant's agent
+to another's. A server with no agent of its org left running is closed after
+``ZYGOTE_IDLE_SECONDS``.
 
 Agents (and the fork server) are started from the event loop's thread, and the kernel's
 parent-death signal follows that thread: run the runtime on a loop that lives as long as the
@@ -77,6 +82,8 @@ RunAs = Callable[[str, str], tuple[int, int] | None]
 
 _KILL_TIMEOUT = 5.0  # after SIGKILL; only a process stuck in the kernel takes longer
 _LAUNCHING = 16  # starts past set-up at once: each holds its log and cgroup files open
+#: An org's fork server with no agent of the org running is closed after this long.
+ZYGOTE_IDLE_SECONDS = 120.0
 
 
 def default_env() -> dict[str, str]:
@@ -201,8 +208,9 @@ class LocalProcessRuntime:
         self._exits: asyncio.Queue[RuntimeStatus | None] = asyncio.Queue()
         self._closed = False
         self._use_zygote = zygote and hasattr(os, "memfd_create")
-        self._zygote: Zygote | None = None
-        self._zygote_lock = asyncio.Lock()
+        self._zygotes: dict[str, Zygote] = {}  # org → its fork server
+        self._zygote_locks: dict[str, asyncio.Lock] = {}
+        self._zygote_idle: dict[str, asyncio.TimerHandle] = {}
         self._launching = asyncio.Semaphore(_LAUNCHING)
 
     @property
@@ -227,10 +235,10 @@ class LocalProcessRuntime:
         """Why a stronger mechanism was not used ("" when none was passed over)."""
         return self._limiter.reason
 
-    @property
-    def zygote_pid(self) -> int | None:
-        """The fork server's pid while one runs (it starts with the first agent it can run)."""
-        zygote = self._zygote
+    def zygote_pid(self, org: str) -> int | None:
+        """The pid of ``org``'s fork server while one runs (it starts with the first agent of
+        the org it can run)."""
+        zygote = self._zygotes.get(org)
         return zygote.pid if zygote is not None and zygote.running else None
 
     async def __aenter__(self) -> Self:
@@ -255,6 +263,7 @@ class LocalProcessRuntime:
         await asyncio.gather(*(self.stop(org, agent_id) for agent_id in ids))
         for agent_id in ids:
             self._agents.pop((org, agent_id), None)
+        await self._close_zygote(org)
         shutil.rmtree(org_dir, ignore_errors=True)
 
     async def workspace_exists(self, org: str, agent_id: str) -> bool:
@@ -364,7 +373,7 @@ class LocalProcessRuntime:
         env["CORRAL_CREDS_FILE"] = str(paths.creds)
         module = runnable_module(spec.command) if self._use_zygote else None
         async with self._launching:
-            zygote = await self._zygote_for() if module is not None else None
+            zygote = await self._zygote_for(spec.org) if module is not None else None
             out = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 with placement.join() as join:
@@ -396,24 +405,59 @@ class LocalProcessRuntime:
             finally:
                 os.close(out)
 
-    async def _zygote_for(self) -> Zygote | None:
-        """The running fork server, started if there is none (or it died); None if it cannot
-        be started, and the agent is then exec'd instead."""
-        async with self._zygote_lock:
+    async def _zygote_for(self, org: str) -> Zygote | None:
+        """``org``'s running fork server, started if there is none (or it died); None if it
+        cannot be started, and the agent is then exec'd instead."""
+        idle = self._zygote_idle.pop(org, None)
+        if idle is not None:
+            idle.cancel()
+        async with self._zygote_locks.setdefault(org, asyncio.Lock()):
             if self._closed:
                 raise Unavailable("the local runtime is closed")
-            current = self._zygote
+            current = self._zygotes.get(org)
             if current is not None and current.running:
                 return current
-            self._zygote = None
+            self._zygotes.pop(org, None)
             if current is not None:
                 await current.close()  # reaps it
-                log.warning("the fork server %d died; starting another", current.pid)
+                log.warning("the fork server %d of %s died; starting another", current.pid, org)
             try:
-                self._zygote = await Zygote.start(self._base_env)
+                self._zygotes[org] = await Zygote.start(self._base_env)
             except Unavailable as exc:
                 log.warning("no fork server (%s); agents are exec'd instead", exc.message)
-            return self._zygote
+            return self._zygotes.get(org)
+
+    def _zygote_maybe_idle(self, org: str) -> None:
+        """After an agent of ``org`` ended: with none left running, close its server later."""
+        if org not in self._zygotes or self._closed:
+            return
+        if any(o == org and not a.done.is_set() for (o, _), a in self._agents.items()):
+            return
+        old = self._zygote_idle.pop(org, None)
+        if old is not None:
+            old.cancel()
+        self._zygote_idle[org] = asyncio.get_running_loop().call_later(
+            ZYGOTE_IDLE_SECONDS,
+            lambda: self._spawn_task(self._close_idle_zygote(org), f"zygote-idle:{org}"),
+        )
+
+    async def _close_idle_zygote(self, org: str) -> None:
+        self._zygote_idle.pop(org, None)
+        async with self._zygote_locks.setdefault(org, asyncio.Lock()):
+            if any(o == org and not a.done.is_set() for (o, _), a in self._agents.items()):
+                return  # an agent started meanwhile
+            zygote = self._zygotes.pop(org, None)
+            if zygote is not None:
+                await zygote.close()
+
+    async def _close_zygote(self, org: str) -> None:
+        idle = self._zygote_idle.pop(org, None)
+        if idle is not None:
+            idle.cancel()
+        async with self._zygote_locks.setdefault(org, asyncio.Lock()):
+            zygote = self._zygotes.pop(org, None)
+            if zygote is not None:
+                await zygote.close()
 
     async def _watch(self, agent: _Agent) -> None:
         try:
@@ -442,6 +486,7 @@ class LocalProcessRuntime:
         finally:
             agent.exited.set()
             agent.done.set()
+            self._zygote_maybe_idle(agent.paths.key[0])
 
     async def stop(self, org: str, agent_id: str, *, grace: float = 5.0) -> None:
         paths = AgentPaths.of(self._root, org, agent_id)
@@ -563,9 +608,8 @@ class LocalProcessRuntime:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        async with self._zygote_lock:
-            if self._zygote is not None:
-                await self._zygote.close()
+        for org in list(self._zygotes):
+            await self._close_zygote(org)
         self._limiter.release()
         self._exits.put_nowait(None)
 
