@@ -48,6 +48,8 @@ CHECKPOINT_FILE = ".corral-checkpoint.json"
 #: A task still in hand after this long is reported ``accepted``; one that ends sooner reports
 #: only its end, which implies it ran (the platform records both steps then).
 ACCEPT_AFTER = 0.005
+#: ``idle`` is reported once nothing has been in hand this long.
+IDLE_AFTER = 0.05
 
 
 class Blocked(Exception):  # noqa: N818 - reads as the outcome it is
@@ -169,6 +171,7 @@ class Agent:
         self._workers: set[asyncio.Task[None]] = set()
         self._active = 0  # workers taking tasks: at most ``slots``
         self._accepted: set[str] = set()  # tasks reported ``accepted``
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[None]] = set()
         self._running: dict[str, None] = {}  # the tasks being handled, oldest first
         self._work: asyncio.Queue[TaskMessage] = asyncio.Queue()
@@ -316,10 +319,25 @@ class Agent:
             self._active -= 1
             counted = False
             if not self._running and self._work.empty():
-                await self._status(StatusKind.IDLE)
+                self._idle_soon()
         finally:
             if counted:
                 self._active -= 1
+
+    def _idle_soon(self) -> None:
+        """Report ``idle`` once nothing has been in hand for :data:`IDLE_AFTER`: an agent kept
+        busy by a stream of quick tasks goes idle between every two of them, and saying so each
+        time would double the events the platform reads."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(IDLE_AFTER, self._idle_now)
+
+    def _idle_now(self) -> None:
+        self._idle_timer = None
+        if not self._running and self._work.empty() and not self._stopping.is_set():
+            job = asyncio.ensure_future(self._status(StatusKind.IDLE))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
 
     def _announce(self) -> dict[str, Any]:
         return {"slots": self.config.slots}
