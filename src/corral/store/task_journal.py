@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
@@ -359,7 +360,18 @@ def _converter(column: str) -> Callable[[Any], Any]:
 
 
 _CONVERT = {c: _converter(c) for c in _TASK_COLUMNS}
-_ROW_CONVERTERS = tuple((c, _CONVERT[c]) for c in _TASK_COLUMNS)
+_ROW_VALUES = operator.itemgetter(*_TASK_COLUMNS)
+#: (position, converter) of the columns stored in another form than Python's
+_ROW_CONVERTING = tuple(
+    (i, _CONVERT[c]) for i, c in enumerate(_TASK_COLUMNS) if _CONVERT[c] is not _as_is
+)
+
+
+def _sqlite_row(row: dict[str, Any]) -> list[Any]:
+    values = list(_ROW_VALUES(row))
+    for i, convert in _ROW_CONVERTING:
+        values[i] = convert(values[i])
+    return values
 
 
 def _sqlite_value(column: str, v: Any) -> Any:
@@ -395,11 +407,7 @@ class _SqliteWriter:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            inserts = [
-                tuple([convert(w.insert.get(c)) for c, convert in _ROW_CONVERTERS])
-                for _, w in writes
-                if w.insert is not None
-            ]
+            inserts = [_sqlite_row(w.insert) for _, w in writes if w.insert is not None]
             if inserts:
                 conn.executemany(_INSERT_TASK, inserts)
             groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
