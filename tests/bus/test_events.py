@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.bus.events import EventKind, parse_event
+from corral.bus.events import MAX_BATCH, EventKind, parse_event, parse_events
 from corral.domain import messages, subjects
 from corral.domain.errors import InvalidInput
 from corral.domain.messages import MessageType, StatusKind, StatusMessage, TaskMessage
@@ -49,3 +49,36 @@ def test_the_platform_wide_status_is_vouched_for_its_org_only() -> None:
 def test_anything_else_is_invalid_input(subject: str, data: bytes) -> None:
     with pytest.raises(InvalidInput):
         parse_event(subject, data)
+
+
+def test_a_batch_stands_for_its_task_messages_in_order() -> None:
+    subject = subjects.agent_events("a", "a1")
+    done = [
+        TaskMessage(f"t{i}", "a1", "platform", MessageType.COMPLETE, {"n": i}) for i in range(3)
+    ]
+    data = messages.encode({"batch": [m.to_wire() for m in done]})
+    assert parse_events(subject, data) == ("a", "a1", EventKind.EVENTS, done)
+    single = messages.encode(done[0].to_wire())
+    assert parse_events(subject, single) == ("a", "a1", EventKind.EVENTS, [done[0]])
+    status = parse_events(subjects.agent_status("a", "a1"), _status("a1"))
+    assert status[3] == [StatusMessage("a1", StatusKind.WORKING, "t1", 0.5)]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"batch": []}',
+        b'{"batch": {"taskId": "t"}}',
+        b'{"batch": [1, 2]}',
+        b'{"batch": [{"taskId": "t"}]}',
+        messages.encode({"batch": [{}] * (MAX_BATCH + 1)}),
+    ],
+)
+def test_a_malformed_batch_is_invalid_input(data: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        parse_events(subjects.agent_events("a", "a1"), data)
+
+
+def test_a_batch_on_a_status_subject_is_not_a_batch() -> None:
+    with pytest.raises(InvalidInput):
+        parse_events(subjects.agent_status("a", "a1"), b'{"batch": [{"taskId": "t"}]}')

@@ -165,6 +165,34 @@ async def test_an_earlier_per_event_consumer_is_replaced_without_losing_or_repea
 
 
 @pytest.mark.usefixtures("orgs")
+async def test_an_agents_batch_arrives_as_its_events_and_is_acknowledged_once(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    done = [
+        TaskMessage(f"t-{i}", "a1", "platform", MessageType.COMPLETE, {"n": i}) for i in range(5)
+    ]
+    batch = messages.encode({"batch": [m.to_wire() for m in done]})
+    await a1.nc.publish(subjects.agent_events("a", "a1"), batch)
+    await a1.nc.publish(subjects.agent_events("a", "a1"), b'{"batch": []}')  # malformed
+    await a1.nc.flush()
+    events: list[BusEvent] = []
+    async for got in bus.event_batches(wait=0.2):
+        events.extend(got)
+        if len(events) >= 5:
+            break
+    assert [e.message for e in events] == done
+    assert {(e.org, e.agent_id, e.kind) for e in events} == {("a", "a1", EventKind.EVENTS)}
+    for event in events:  # each event may be acknowledged: the message is, once
+        await event.ack()
+
+    async def settled() -> bool:
+        return await bus.events_backlog() == 0
+
+    await eventually(settled, message="the batch acknowledged, the malformed one dropped")
+
+
+@pytest.mark.usefixtures("orgs")
 async def test_events_are_kept_while_no_platform_consumer_runs(
     server: EmbeddedNats, authority: BusAuthority, bus: PlatformBus, connect: Connect
 ) -> None:

@@ -19,7 +19,10 @@ from corral.domain import messages
 from corral.domain.errors import InvalidInput
 from corral.domain.messages import StatusMessage, TaskMessage
 
-__all__ = ["BusEvent", "EventKind", "parse_event"]
+__all__ = ["MAX_BATCH", "BusEvent", "EventKind", "parse_event", "parse_events"]
+
+#: The most task messages one events message may carry as a batch.
+MAX_BATCH = 1000
 
 
 class EventKind(StrEnum):
@@ -68,3 +71,32 @@ def parse_event(
         status = StatusMessage.from_wire(messages.decode(data))
         return tokens[-1], status.agent_id, EventKind.PLATFORM_STATUS, status
     raise InvalidInput(f"not an agent event subject: {subject!r}", details={"subject": subject})
+
+
+def parse_events(
+    subject: str, data: bytes
+) -> tuple[str, str, EventKind, list[StatusMessage | TaskMessage]]:
+    """Like :func:`parse_event`, for a message that may carry a batch: on an agent's events
+    subject ``{"batch": [TaskMessage, ...]}`` stands for those messages published in order (an
+    agent finishing many tasks at once sends one message, not one each).
+
+    Raises:
+        InvalidInput: as :func:`parse_event`; a batch that is empty, too long or holds
+            anything but task messages.
+    """
+    tokens = subject.split(".")
+    if len(tokens) == 5 and tokens[0] == "org" and tokens[2] == "agents" and tokens[4] == "events":
+        obj = messages.decode(data)
+        batch = obj.get("batch")
+        if batch is not None:
+            if not isinstance(batch, list) or not 0 < len(batch) <= MAX_BATCH:
+                raise InvalidInput(f"'batch' must list 1 to {MAX_BATCH} task messages")
+            items: list[StatusMessage | TaskMessage] = []
+            for item in batch:
+                if not isinstance(item, dict):
+                    raise InvalidInput("each item of 'batch' must be a task message")
+                items.append(TaskMessage.from_wire(item))
+            return tokens[1], tokens[3], EventKind.EVENTS, items
+        return tokens[1], tokens[3], EventKind.EVENTS, [TaskMessage.from_wire(obj)]
+    org, agent, kind, message = parse_event(subject, data)
+    return org, agent, kind, [message]

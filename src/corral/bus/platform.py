@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any
@@ -30,7 +30,7 @@ from corral.bus import streams
 from corral.bus.accounts import AgentCredentials, BusAuthority, validate_token
 from corral.bus.acks import PipelinedPublisher
 from corral.bus.claims import VAULT_IMPORTED_PREFIX
-from corral.bus.events import BusEvent, parse_event
+from corral.bus.events import BusEvent, parse_events
 from corral.bus.failures import ViolationRecorder, open_connection, translate, translating
 from corral.bus.resolver import ResolverClient
 from corral.bus.vault_requests import VaultHandler, answer
@@ -64,6 +64,19 @@ class Serving:
     async def close(self) -> None:
         with suppress(nats.errors.Error):  # the connection may already be gone
             await self._subscription.unsubscribe()
+
+
+def _ack_once(msg: Msg) -> Callable[[], Awaitable[None]]:
+    """The message's acknowledgement, safe to call once per event it carried."""
+    done = False
+
+    async def ack() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            await msg.ack()
+
+    return ack
 
 
 class PlatformBus:
@@ -431,12 +444,13 @@ class PlatformBus:
                 events: list[BusEvent] = []
                 for msg in batch_msgs:
                     try:
-                        org, agent, kind, message = parse_event(msg.subject, msg.data)
+                        org, agent, kind, items = parse_events(msg.subject, msg.data)
                     except InvalidInput as exc:
                         log.warning("dropping a malformed event on %s: %s", msg.subject, exc)
                         await msg.term()
                         continue
-                    events.append(BusEvent(org, agent, kind, message, msg.ack))
+                    ack = _ack_once(msg)
+                    events.extend(BusEvent(org, agent, kind, item, ack) for item in items)
                 if events:
                     yield events
         finally:

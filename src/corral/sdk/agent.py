@@ -50,6 +50,8 @@ CHECKPOINT_FILE = ".corral-checkpoint.json"
 ACCEPT_AFTER = 0.005
 #: ``idle`` is reported once nothing has been in hand this long.
 IDLE_AFTER = 0.05
+#: The most task messages one events message carries (the platform takes up to 1,000).
+MAX_EVENTS_BATCH = 256
 
 
 class Blocked(Exception):  # noqa: N818 - reads as the outcome it is
@@ -172,6 +174,8 @@ class Agent:
         self._active = 0  # workers taking tasks: at most ``slots``
         self._accepted: set[str] = set()  # tasks reported ``accepted``
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._outbox: list[dict[str, Any]] = []  # events not yet published, in order
+        self._sending: asyncio.Future[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
         self._running: dict[str, None] = {}  # the tasks being handled, oldest first
         self._work: asyncio.Queue[TaskMessage] = asyncio.Queue()
@@ -245,6 +249,9 @@ class Agent:
                 await asyncio.wait_for(beat, timeout=2.0)
             if self._workers:  # let the tasks in hand end, briefly
                 await asyncio.wait(set(self._workers), timeout=2.0)
+            if self._sending is not None and not self._sending.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._sending), timeout=1.0)
             self._save_checkpoint()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._status(StatusKind.STOPPING), timeout=1.0)
@@ -481,11 +488,31 @@ class Agent:
         )
 
     async def _event(self, message: TaskMessage) -> None:
-        assert self._nc is not None
-        await self._nc.publish(
-            subjects.agent_events(self.config.org, self.config.agent_id),
-            encode(message.to_wire()),
-        )
+        """Queue ``message`` for the events subject. What is queued in one turn of the event
+        loop leaves as one message (``{"batch": [...]}`` when there are several, in order): an
+        agent finishing many tasks at once costs the platform one message, not one each."""
+        self._outbox.append(message.to_wire())
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.ensure_future(self._send_events())
+        elif len(self._outbox) >= MAX_EVENTS_BATCH:
+            await asyncio.shield(self._sending)  # let a long batch leave before adding more
+
+    async def _send_events(self) -> None:
+        await asyncio.sleep(0)  # the rest of this turn's events join the batch
+        subject = subjects.agent_events(self.config.org, self.config.agent_id)
+        while self._outbox:
+            batch, self._outbox = self._outbox[:MAX_EVENTS_BATCH], self._outbox[MAX_EVENTS_BATCH:]
+            if self._nc is None or self._nc.is_closed:
+                return
+            if len(batch) == 1:
+                await self._nc.publish(subject, encode(batch[0]))
+                continue
+            data = encode({"batch": batch})
+            if len(data) <= self._nc.max_payload:
+                await self._nc.publish(subject, data)
+            else:  # too big together: one at a time
+                for item in batch:
+                    await self._nc.publish(subject, encode(item))
 
     async def _heartbeat(self) -> None:
         while not self._stopping.is_set():
