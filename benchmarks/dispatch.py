@@ -469,10 +469,10 @@ def main() -> None:
     ap.add_argument(
         "--submitters",
         type=int,
-        default=16,
-        help="callers submitting at once in the load phase, as an API serves many clients "
-        "(the peer's client is one synchronous caller: Celery's delay() does not wait for "
-        "the broker to keep the task, only for its reply)",
+        default=64,
+        help="callers submitting at once in the load phase, each waiting until its task is "
+        "durable, as an API serves many clients (the peer's client is one synchronous caller; "
+        "its workers, not its client, are what limits it)",
     )
     ap.add_argument(
         "--slots",

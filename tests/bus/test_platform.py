@@ -113,6 +113,33 @@ async def test_many_tasks_are_delivered_at_once_each_with_its_own_outcome(
 
 
 @pytest.mark.usefixtures("orgs")
+async def test_an_agent_that_reads_batches_gets_its_tasks_together_within_the_size_limit(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    small = [_task(f"s-{i}", "a1", n=i) for i in range(10)]
+    big = [_task(f"b-{i}", "a1", blob="x" * (100 * 1024)) for i in range(3)]  # 2 fit in 256 KiB
+    other = _task("o-1", "a2")
+    items = [("a", "a1", t) for t in small] + [("a", "a2", other)] + [("a", "a1", t) for t in big]
+    results = await bus.deliver_many(items, batching={"a1"})
+    assert all(isinstance(r, int) for r in results)
+    a1_seqs = results[:10] + results[11:]
+    assert len(set(a1_seqs[:12])) == 1 and a1_seqs[12] != a1_seqs[0]  # 12 fit in one message
+    assert results[10] not in a1_seqs  # a2 does not read batches: alone
+    assert await bus.deliver_many(items, batching={"a1"}) == results  # stored once
+
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    pull = await a1.nc.jetstream().pull_subscribe_bind(durable="a1", stream=subjects.INBOX_STREAM)
+    bodies = []
+    while sum(len(b.get("batch", [b])) for b in bodies) < 13:
+        for msg in await pull.fetch(10, timeout=2):
+            bodies.append(json.loads(msg.data))
+            await msg.ack()
+    assert [len(b["batch"]) if "batch" in b else 1 for b in bodies] == [12, 1]
+    got = [TaskMessage.from_wire(m) for b in bodies for m in b.get("batch", [b])]
+    assert got == small + big  # in order, nothing lost, nothing twice
+
+
+@pytest.mark.usefixtures("orgs")
 async def test_a_full_inbox_fails_only_the_tasks_that_did_not_fit(bus: PlatformBus) -> None:
     await bus.ensure_org("a", dataclasses.replace(LIMITS, inbox_max_bytes=4096))
     results = await bus.deliver_many(

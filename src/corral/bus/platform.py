@@ -11,10 +11,11 @@ server reported asynchronously is raised as :class:`PermissionDenied` by the nex
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any
@@ -64,6 +65,43 @@ class Serving:
     async def close(self) -> None:
         with suppress(nats.errors.Error):  # the connection may already be gone
             await self._subscription.unsubscribe()
+
+
+#: The most tasks one inbox message carries to an agent that reads batches.
+INBOX_BATCH = 64
+
+
+def _groups(
+    items: list[tuple[str, str, TaskMessage]], batching: Collection[str]
+) -> list[tuple[str, str, list[int]]]:
+    """Positions of ``items`` by the message they travel in: an agent in ``batching`` gets its
+    tasks together (in their order), any other agent one message per task."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    alone: list[tuple[str, str, list[int]]] = []
+    for i, (org, agent, _) in enumerate(items):
+        if agent in batching:
+            groups.setdefault((org, agent), []).append(i)
+        else:
+            alone.append((org, agent, [i]))
+    return [(org, agent, idx) for (org, agent), idx in groups.items()] + alone
+
+
+def _chunks(encoded: list[tuple[int, bytes]], *, limit: int) -> list[list[tuple[int, bytes]]]:
+    """Consecutive runs of at most :data:`INBOX_BATCH` messages that fit in ``limit`` bytes
+    together (with the batch's own wrapping); a message too big to share goes alone."""
+    chunks: list[list[tuple[int, bytes]]] = []
+    current: list[tuple[int, bytes]] = []
+    size = 16  # {"batch":[ ... ]}
+    for item in encoded:
+        extra = len(item[1]) + 1
+        if current and (len(current) >= INBOX_BATCH or size + extra > limit):
+            chunks.append(current)
+            current, size = [], 16
+        current.append(item)
+        size += extra
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _ack_once(msg: Msg) -> Callable[[], Awaitable[None]]:
@@ -331,50 +369,80 @@ class PlatformBus:
         return int(ack.seq)
 
     async def deliver_many(
-        self, items: list[tuple[str, str, TaskMessage]]
+        self,
+        items: list[tuple[str, str, TaskMessage]],
+        *,
+        batching: Collection[str] = (),
     ) -> list[int | CorralError]:
         """Store many ``(org, agent, task)`` at once: every message is published before any
         acknowledgement is awaited, and all are awaited together (one timeout for the lot).
-        Returns, in order, each message's INBOX sequence or the error that kept it out; a
-        redelivery of the same task and attempt is stored once, as with :meth:`deliver`."""
+
+        Tasks for an agent in ``batching`` (it said it reads batches) travel together, as
+        ``{"batch": [...]}`` messages of at most :data:`INBOX_BATCH` tasks within the org's
+        message size; any other task travels alone. Returns, in order, each task's INBOX
+        sequence or the error that kept it out; a redelivery of the same tasks and attempts is
+        stored once, as with :meth:`deliver`."""
         self._open()
         assert self._pipeline is not None
-        out: list[int | CorralError] = []
-        pending: list[tuple[int, asyncio.Future[dict[str, Any]]]] = []
-        for org, agent, task in items:
-            if self.authority.limits(org) is None:
-                out.append(NotFound(f"organization {org!r} has no bus account"))
+        out: list[int | CorralError] = [0] * len(items)
+        pending: list[tuple[list[int], str, asyncio.Future[dict[str, Any]]]] = []
+        for org, agent, indexes in _groups(items, batching):
+            limits = self.authority.limits(org)
+            if limits is None:
+                for i in indexes:
+                    out[i] = NotFound(f"organization {org!r} has no bus account")
                 continue
-            doing = f"delivering task {task.task_id} to {agent!r} of {org!r}"
             try:
-                with translating(doing, recorder=self._violations):
-                    future = await self._pipeline.publish(
-                        subjects.task_inbox(org, validate_token(agent, what="agent")),
-                        messages.encode(task.to_wire()),
-                        headers={
-                            "Nats-Msg-Id": f"{task.task_id}.{task.type.value}.{task.attempt}",
-                            "Nats-Expected-Stream": subjects.INBOX_STREAM,
-                        },
-                    )
+                subject = subjects.task_inbox(org, validate_token(agent, what="agent"))
             except CorralError as exc:
-                out.append(exc)
+                for i in indexes:
+                    out[i] = exc
                 continue
-            pending.append((len(out), future))
-            out.append(0)  # filled in below
+            encoded = [(i, messages.encode(items[i][2].to_wire())) for i in indexes]
+            for chunk in _chunks(encoded, limit=limits.max_payload):
+                tasks = [items[i][2] for i, _ in chunk]
+                doing = (
+                    f"delivering task {tasks[0].task_id} to {agent!r} of {org!r}"
+                    if len(tasks) == 1
+                    else f"delivering {len(tasks)} tasks to {agent!r} of {org!r}"
+                )
+                if len(chunk) == 1:
+                    data = chunk[0][1]
+                    msg_id = f"{tasks[0].task_id}.{tasks[0].type.value}.{tasks[0].attempt}"
+                else:
+                    data = b'{"batch":[' + b",".join(d for _, d in chunk) + b"]}"
+                    ids = ";".join(f"{t.task_id}.{t.type.value}.{t.attempt}" for t in tasks)
+                    msg_id = "batch." + hashlib.sha256(ids.encode()).hexdigest()[:40]
+                try:
+                    with translating(doing, recorder=self._violations):
+                        future = await self._pipeline.publish(
+                            subject,
+                            data,
+                            headers={
+                                "Nats-Msg-Id": msg_id,
+                                "Nats-Expected-Stream": subjects.INBOX_STREAM,
+                            },
+                        )
+                except CorralError as exc:
+                    for i, _ in chunk:
+                        out[i] = exc
+                    continue
+                pending.append(([i for i, _ in chunk], doing, future))
         if pending:
-            await asyncio.wait([f for _, f in pending], timeout=self.timeout)
-        for index, future in pending:
-            org, agent, task = items[index]
-            doing = f"delivering task {task.task_id} to {agent!r} of {org!r}"
+            await asyncio.wait([f for _, _, f in pending], timeout=self.timeout)
+        for indexes, doing, future in pending:
+            result: int | CorralError
             if not future.done():
                 future.cancel()
-                out[index] = Unavailable(f"{doing}: no acknowledgement in time")
+                result = Unavailable(f"{doing}: no acknowledgement in time")
             elif future.cancelled():
-                out[index] = Unavailable(f"{doing}: cancelled")
+                result = Unavailable(f"{doing}: cancelled")
             elif (failure := future.exception()) is not None:
-                out[index] = translate(failure, doing=doing)
+                result = translate(failure, doing=doing)
             else:
-                out[index] = int(future.result().get("seq", 0))
+                result = int(future.result().get("seq", 0))
+            for i in indexes:
+                out[i] = result
         return out
 
     async def control(

@@ -128,6 +128,7 @@ class Dispatcher:
         # agent id → the tasks it holds (dispatched or running); its announced slots
         self._inflight: dict[str, set[str]] = defaultdict(set)
         self._slots: dict[str, int] = {}
+        self._batching: set[str] = set()  # agents that said they read batches of tasks
         self._shown: dict[str, str | None] = {}  # the task each agent shows as current
         self._agent_list: dict[str, list[Agent]] | None = None
         self._agent_list_at = 0.0
@@ -559,7 +560,7 @@ class Dispatcher:
             sent.append(rec)
         if not out:
             return
-        results = await self.bus.deliver_many(out)
+        results = await self.bus.deliver_many(out, batching=self._batching)
         now = time.time()
         for rec, result in zip(sent, results, strict=True):
             if isinstance(result, CorralError):
@@ -715,6 +716,10 @@ class Dispatcher:
             slots = status.detail.get("slots")
             if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0:
                 self._slots[agent_id] = min(slots, MAX_SLOTS)
+            if status.detail.get("batches") is True:
+                self._batching.add(agent_id)
+            elif kind is StatusKind.READY:
+                self._batching.discard(agent_id)
         if kind is StatusKind.READY:
             try:
                 agent = await self.controller.agents.get(agent_id)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any, Protocol
 
 from corral.bus.accounts import AgentCredentials
@@ -33,7 +33,10 @@ class BusPort(Protocol):
     async def deliver(self, org: str, agent: str, task: TaskMessage) -> int: ...
 
     async def deliver_many(
-        self, items: list[tuple[str, str, TaskMessage]]
+        self,
+        items: list[tuple[str, str, TaskMessage]],
+        *,
+        batching: Collection[str] = (),
     ) -> list[int | CorralError]: ...
 
     async def control(

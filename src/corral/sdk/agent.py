@@ -105,6 +105,16 @@ def _slots(text: str) -> int:
     return slots
 
 
+def _inbox_messages(obj: dict[str, Any]) -> list[TaskMessage]:
+    """The task messages of one inbox message: itself, or its ``batch`` in order."""
+    batch = obj.get("batch")
+    if batch is None:
+        return [TaskMessage.from_wire(obj)]
+    if not isinstance(batch, list) or not batch or not all(isinstance(m, dict) for m in batch):
+        raise InvalidInput("'batch' must list task messages")
+    return [TaskMessage.from_wire(m) for m in batch]
+
+
 class TaskContext:
     """One task being handled: its payload, progress reports and delegation."""
 
@@ -290,12 +300,16 @@ class Agent:
     # -- inbox ----------------------------------------------------------------------------
     async def _on_inbox(self, msg: Msg) -> None:
         try:
-            message = TaskMessage.from_wire(decode(msg.data))
+            received = _inbox_messages(decode(msg.data))
         except CorralError as exc:
             log.warning("dropping malformed inbox message: %s", exc.message)
             await msg.term()
             return
         await msg.ack()
+        for message in received:
+            self._take(message)
+
+    def _take(self, message: TaskMessage) -> None:
         if message.type is MessageType.DELEGATE:
             # up to ``slots`` workers take tasks in arrival order; results of delegations
             # (below) never wait for a slot, so a task awaiting its child cannot deadlock
@@ -347,7 +361,7 @@ class Agent:
             job.add_done_callback(self._background.discard)
 
     def _announce(self) -> dict[str, Any]:
-        return {"slots": self.config.slots}
+        return {"slots": self.config.slots, "batches": True}
 
     @property
     def _current_id(self) -> str | None:
