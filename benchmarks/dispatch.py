@@ -117,7 +117,9 @@ async def _store_times(p: Platform, ids: set[str]) -> dict[str, dict[str, Any]]:
     return times
 
 
-def _fill_from_store(phase: Phase, times: dict[str, dict[str, Any]]) -> tuple[float, float]:
+def _fill_from_store(
+    phase: Phase, times: dict[str, dict[str, Any]], *, one_at_a_time: bool = True
+) -> tuple[float, float]:
     """Latencies and per-step durations; returns (first queued, last completed)."""
     first, last = float("inf"), float("-inf")
     per_agent: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -137,7 +139,7 @@ def _fill_from_store(phase: Phase, times: dict[str, dict[str, Any]]) -> tuple[fl
         for a, b in chain:
             if a in t and b in t:
                 phase.steps[f"{a} → {b}"].append(t[b] - t[a])
-        if t.get("agent") and "dispatched" in t:
+        if one_at_a_time and t.get("agent") and "dispatched" in t:
             per_agent[t["agent"]].append((t["dispatched"], done))
     for runs in per_agent.values():  # how long an agent sat idle between two tasks
         runs.sort()
@@ -173,7 +175,9 @@ async def _completed_count(p: Platform) -> int:
         return int((await s.execute(q)).scalar_one())
 
 
-async def _load(p: Platform, org: Organization, n: int, budget: float, *, submitters: int) -> Phase:
+async def _load(
+    p: Platform, org: Organization, n: int, budget: float, *, submitters: int, slots: int
+) -> Phase:
     phase = Phase(n=n)
     ids: list[str] = []
     baseline = await _completed_count(p)
@@ -209,7 +213,9 @@ async def _load(p: Platform, org: Organization, n: int, budget: float, *, submit
         await all_in
         phase.all_in_at = float("nan")  # not all were accepted in time
     phase.submitted = len(ids)
-    first, last = _fill_from_store(phase, await _store_times(p, set(ids)))
+    # an agent's idle time between two tasks means something only if it runs one at a time
+    times = await _store_times(p, set(ids))
+    first, last = _fill_from_store(phase, times, one_at_a_time=slots == 1)
     phase.started_at = first = min(first, wall0)
     phase.window = (last if phase.completed >= n else cut) - first
     return phase
@@ -233,7 +239,9 @@ async def measure_corral(args: argparse.Namespace) -> tuple[Phase, Phase]:
         await _idle(p, org, WARMUP, record=False)
         idle = await _idle(p, org, args.idle, record=True)
         print(f"  corral: {args.idle} tasks one at a time done", flush=True)
-        load = await _load(p, org, args.tasks, args.budget, submitters=args.submitters)
+        load = await _load(
+            p, org, args.tasks, args.budget, submitters=args.submitters, slots=args.slots
+        )
         print(f"  corral: load phase done ({load.completed:,} of {load.n:,})", flush=True)
     return idle, load
 
