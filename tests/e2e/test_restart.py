@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
+from tests.e2e.conftest import live_settings
 from tests.support import wait_until
 
 
@@ -90,3 +92,16 @@ def test_kill_9_of_corral_up_then_restart_completes_every_task_once(tmp_path: Pa
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     wait_until(lambda: not _agent_pids(data), timeout=10)
+
+
+async def test_a_second_control_plane_on_the_same_data_is_refused(tmp_path: Path) -> None:
+    from corral.control.platform import Platform
+    from corral.domain.errors import Conflict
+
+    settings = live_settings(tmp_path / "data")
+    async with Platform(settings):
+        with pytest.raises(Conflict, match="another control plane is running"):
+            async with Platform(settings):
+                pass
+    async with Platform(settings) as again:  # the first one stopped: free again
+        assert again.dispatcher is not None

@@ -15,22 +15,20 @@ log = logging.getLogger("corral.background")
 
 class Background:
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        """Run ``coro`` in the background; an exception is logged, never lost."""
-
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background task %s failed", name)
-
-        task = asyncio.create_task(guarded(), name=name)
+        """Run ``coro`` in the background; an exception is logged, never lost. The coroutine
+        is the task itself (no wrapper), so one cancelled before it ever ran is closed
+        properly rather than left never awaited."""
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=exc)
 
     async def close(self, *, grace: float = 5.0) -> None:
         """Cancel every task and wait for them; a task that swallowed its cancel is asked

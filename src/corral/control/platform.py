@@ -43,6 +43,7 @@ from corral.store.task_journal import TaskJournal
 from corral.store.tasks import TaskRepository
 from corral.store.tenants import OrgRepository
 from corral.store.vault_repo import SqlVaultStore
+from corral.store.writer_lock import WriterLock
 from corral.vault.access import SecretAccess
 from corral.vault.keys import Keyring
 from corral.vault.service import Vault
@@ -126,6 +127,9 @@ class Platform:
             load_plans(self.settings.plans_file)
         await self.db.start()
         self._stack.push_async_callback(self.db.close)
+        writer = WriterLock(self.db)
+        await writer.acquire()  # one control plane per database: see corral.store.writer_lock
+        self._stack.push_async_callback(writer.release)
         await self._ensure_admin_key()
 
         self.vault = Vault(SqlVaultStore(self.db), Keyring.open(self.data_dir))
