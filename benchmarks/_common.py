@@ -70,9 +70,12 @@ def port_open(host: str, port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def live_platform(*, heartbeat_seconds: float = 5.0) -> AsyncIterator[Platform]:
-    """A whole platform (SQLite, its own nats-server, local agent processes) in a temporary
-    directory that is removed afterwards; nothing provisions on its own."""
+async def live_platform(
+    *, heartbeat_seconds: float = 5.0, database_url: str | None = None
+) -> AsyncIterator[Platform]:
+    """A whole platform (SQLite, or ``database_url``; its own nats-server; local agent
+    processes) in a temporary directory that is removed afterwards; nothing provisions on its
+    own. A PostgreSQL database given here is emptied first."""
     plans.register(plans.plan_from_wire(_PLAN_WIRE))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
@@ -81,12 +84,26 @@ async def live_platform(*, heartbeat_seconds: float = 5.0) -> AsyncIterator[Plat
             port=0,
             heartbeat_seconds=heartbeat_seconds,
             auto_provision=False,
+            database_url=database_url,
         )
+        if database_url is not None and database_url.startswith("postgres"):
+            await _empty_postgres(database_url)
         platform = await Platform(settings).__aenter__()
         try:
             yield platform
         finally:
             await _close(platform)
+
+
+async def _empty_postgres(url: str) -> None:
+    import asyncpg
+
+    plain = "postgresql://" + url.split("://", 1)[1]
+    conn = await asyncpg.connect(plain)
+    try:
+        await conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;")
+    finally:
+        await conn.close()
 
 
 async def _close(platform: Platform) -> None:

@@ -222,7 +222,7 @@ async def _load(
 
 
 async def measure_corral(args: argparse.Namespace) -> tuple[Phase, Phase]:
-    async with c.live_platform() as p:
+    async with c.live_platform(database_url=args.database_url) as p:
         org = await c.bench_org(p)
         agents = [
             await p.controller.provision(
@@ -487,6 +487,11 @@ def main() -> None:
         type=int,
         default=64,
         help="tasks each agent runs at once (Celery's 2 workers prefetch 4 each)",
+    )
+    ap.add_argument(
+        "--database-url",
+        default=None,
+        help="run on this database instead of SQLite (a PostgreSQL database is EMPTIED first)",
     )
     ap.add_argument("--no-celery", action="store_true", help="skip the Celery peer")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the peer's broker")

@@ -177,3 +177,66 @@ async def test_an_agents_current_task_is_written_with_the_batch(db: Database) ->
     journal.agent_busy("agent-acme-a-1234", None, at=datetime.now(UTC))
     await journal.close()
     assert (await agents.get("agent-acme-a-1234")).busy_task is None
+
+
+async def test_a_batch_the_store_failed_is_retried_until_it_commits_and_nothing_overtakes_it(
+    db: Database,
+) -> None:
+    from corral.domain.errors import Unavailable
+
+    org = await _org(db)
+    journal = TaskJournal(db)
+    real = journal._writer.apply
+    failures = [Unavailable("the store is away"), Unavailable("still away")]
+    order: list[list[str]] = []
+
+    async def flaky(writes: Any, busy: Any) -> None:
+        if failures:
+            raise failures.pop(0)
+        order.append([task_id for task_id, _ in writes])
+        await real(writes, busy)
+
+    journal._writer.apply = flaky  # type: ignore[method-assign]
+    now = datetime.now(UTC)
+    journal.create(_row("task_a", org), at=now)
+    first = asyncio.ensure_future(journal.flush())
+    await asyncio.sleep(0)  # the first batch is taken (and fails) before the second comes
+    journal.create(_row("task_b", org), at=now)
+    assert await journal.flush() == set()
+    assert await first == set()
+    assert order == [["task_a"], ["task_b"]] and journal.failures == 2
+    repo = TaskRepository(db)
+    assert {r.id for r in await repo.find(org_id=org.id)} == {"task_a", "task_b"}
+    await journal.close()
+
+
+async def test_a_split_batch_retried_after_a_failure_writes_nothing_twice(db: Database) -> None:
+    from corral.domain.errors import Unavailable
+
+    org = await _org(db)
+    journal = TaskJournal(db)
+    now = datetime.now(UTC)
+    journal.create(_row("task_dup", org), at=now)
+    await journal.flush()
+    real = journal._writer.apply
+    calls: list[list[str]] = []
+    failed_once = False
+
+    async def flaky(writes: Any, busy: Any) -> None:
+        nonlocal failed_once
+        ids = [task_id for task_id, _ in writes]
+        calls.append(ids)
+        if ids == ["task_2"] and not failed_once:
+            failed_once = True
+            raise Unavailable("the store went away midway")
+        await real(writes, busy)
+
+    journal._writer.apply = flaky  # type: ignore[method-assign]
+    for task_id in ("task_1", "task_dup", "task_2"):
+        journal.create(_row(task_id, org), at=now)
+    assert await journal.flush() == {"task_dup"}
+    # whole batch refused (the duplicate), then one by one; task_1 is not written again
+    assert calls.count(["task_1"]) == 1 and calls.count(["task_2"]) == 2
+    history = await TaskRepository(db).history("task_1")
+    assert [t.to_state for t in history] == ["queued"]
+    await journal.close()

@@ -49,7 +49,13 @@ class PipelinedPublisher:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
         future.add_done_callback(lambda _: self._waiting.pop(token, None))
-        await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+        try:
+            await self._nc.publish(
+                subject, payload, reply=f"{self._prefix}.{token}", headers=headers
+            )
+        except BaseException:
+            future.cancel()  # never sent: nothing will answer it
+            raise
         return future
 
     async def _on_reply(self, msg: Msg) -> None:

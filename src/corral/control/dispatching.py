@@ -132,6 +132,7 @@ class Dispatcher:
         self._shown: dict[str, str | None] = {}  # the task each agent shows as current
         self._agent_list: dict[str, list[Agent]] | None = None
         self._agent_list_at = 0.0
+        self._agent_generation = 0  # bumped by every change: a snapshot read across one is stale
         self._leaving: set[str] = set()  # being paused for idleness: no new work
         self._usage_snapshot: dict[str, UsageSnapshot] | None = None
         self._usage_at = 0.0
@@ -167,7 +168,12 @@ class Dispatcher:
         self.scheduler.drop_org(OrgId(org.id))
         self._orgs_by_id.pop(org.id, None)
         for task_id in [t for t, r in self._live.items() if r.org_id == org.id]:
-            del self._live[task_id]
+            rec = self._live.pop(task_id)
+            if rec.agent_id is not None and rec.agent_id in self._inflight:
+                self._inflight[rec.agent_id].discard(task_id)
+                if not self._inflight[rec.agent_id]:
+                    del self._inflight[rec.agent_id]
+        self._delayed = [(t, q) for t, q in self._delayed if q.org != org.id]
 
     def kick(self) -> None:
         self._wake.set()
@@ -182,6 +188,7 @@ class Dispatcher:
     def agent_changed(self, agent: Agent) -> None:
         """An agent's lifecycle state changed (the controller says so): forget the snapshot."""
         self._agent_list = self._usage_snapshot = None
+        self._agent_generation += 1
         if agent.state is not AgentState.RUNNING:
             self._slots.pop(agent.id, None)
         gone = (AgentState.PAUSED, AgentState.TERMINATED, AgentState.FAILED)
@@ -442,13 +449,18 @@ class Dispatcher:
         """Every agent that is not terminated, by org, from a snapshot at most a second old
         (changes the controller reports drop it at once)."""
         now = time.monotonic()
-        if self._agent_list is None or now - self._agent_list_at > AGENT_LIST_TTL:
-            live = [s for s in AgentState if s is not AgentState.TERMINATED]
+        if self._agent_list is not None and now - self._agent_list_at <= AGENT_LIST_TTL:
+            return self._agent_list
+        live = [s for s in AgentState if s is not AgentState.TERMINATED]
+        while True:
+            generation = self._agent_generation
             by_org: dict[str, list[Agent]] = defaultdict(list)
             for agent in await self.controller.agents.find(states=live):
                 by_org[agent.org_id].append(agent)
-            self._agent_list = dict(by_org)
-            self._agent_list_at = now
+            if generation == self._agent_generation:  # no change while it was read
+                break
+        self._agent_list = dict(by_org)
+        self._agent_list_at = now
         return self._agent_list
 
     async def _usage(self) -> dict[str, UsageSnapshot]:
@@ -464,7 +476,8 @@ class Dispatcher:
     def _view_of(self, a: Agent) -> AgentView:
         """The agent as placement sees it now: its free slots come from the work in flight."""
         if a.state is AgentState.RUNNING and a.id not in self._leaving:
-            free = self._slots.get(a.id, 1) - len(self._inflight.get(a.id, ()))
+            # what it announced, never more than it was provisioned with
+            free = min(self._slots.get(a.id, 1), a.slots) - len(self._inflight.get(a.id, ()))
             availability = AgentAvailability.IDLE if free > 0 else AgentAvailability.BUSY
             return AgentView(a.id, a.role, availability, a.resources, max(0, free))
         if a.state is AgentState.RUNNING:
@@ -560,7 +573,10 @@ class Dispatcher:
             sent.append(rec)
         if not out:
             return
-        results = await self.bus.deliver_many(out, batching=self._batching)
+        try:
+            results = await self.bus.deliver_many(out, batching=self._batching)
+        except CorralError as exc:  # the bus as a whole (closed, a violation): all of them
+            results = [exc] * len(out)
         now = time.time()
         for rec, result in zip(sent, results, strict=True):
             if isinstance(result, CorralError):
@@ -729,6 +745,7 @@ class Dispatcher:
                 return
             await self.controller.on_ready(event.org, agent_id)
             self._agent_list = None
+            self._agent_generation += 1
             key = (agent.org_id, agent.role)
             if self._incoming.get(key):
                 self._incoming[key] -= 1
@@ -767,6 +784,8 @@ class Dispatcher:
         rec = self._owned(org_slug, agent_id, msg.task_id)
         if rec is None or rec.state not in ACTIVE:
             return  # not this agent's task, or recorded already: recorded once
+        if msg.attempt < rec.attempts:
+            return  # a late result of an earlier attempt (still in an inbox when retried)
         outcome = TaskState.COMPLETED if msg.type is MessageType.COMPLETE else TaskState.BLOCKED
         via = TaskState.RUNNING if rec.state is TaskState.DISPATCHED else None
         detail = str(msg.payload.get("reason", "")) if outcome is TaskState.BLOCKED else ""
@@ -858,6 +877,7 @@ class Dispatcher:
     async def on_agent_lost(self, agent_id: str) -> None:
         """The agent died: its dispatched or running tasks are retried with backoff."""
         self._agent_list = None
+        self._agent_generation += 1
         self._slots.pop(agent_id, None)
         for task_id in sorted(self._inflight.get(agent_id, set())):
             await self._retry(task_id, f"agent {agent_id} was lost")

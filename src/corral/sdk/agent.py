@@ -514,19 +514,42 @@ class Agent:
     async def _send_events(self) -> None:
         await asyncio.sleep(0)  # the rest of this turn's events join the batch
         subject = subjects.agent_events(self.config.org, self.config.agent_id)
+        backoff = 0.05
         while self._outbox:
-            batch, self._outbox = self._outbox[:MAX_EVENTS_BATCH], self._outbox[MAX_EVENTS_BATCH:]
             if self._nc is None or self._nc.is_closed:
-                return
-            if len(batch) == 1:
-                await self._nc.publish(subject, encode(batch[0]))
+                return  # gone: the platform sees the agent lost and retries its work
+            batch, self._outbox = self._outbox[:MAX_EVENTS_BATCH], self._outbox[MAX_EVENTS_BATCH:]
+            try:
+                await self._publish_events(subject, batch)
+            except Exception as exc:  # e.g. the buffer is full during a long reconnect
+                log.warning("could not report %d events (%s); retrying", len(batch), exc)
+                self._outbox = batch + self._outbox  # nothing is dropped, order is kept
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
                 continue
-            data = encode({"batch": batch})
-            if len(data) <= self._nc.max_payload:
-                await self._nc.publish(subject, data)
-            else:  # too big together: one at a time
-                for item in batch:
-                    await self._nc.publish(subject, encode(item))
+            backoff = 0.05
+
+    async def _publish_events(self, subject: str, batch: list[dict[str, Any]]) -> None:
+        assert self._nc is not None
+        limit = self._nc.max_payload
+        data = encode(batch[0]) if len(batch) == 1 else encode({"batch": batch})
+        if len(data) <= limit:
+            await self._nc.publish(subject, data)
+            return
+        for item in batch:  # too big together: one at a time
+            one = encode(item)
+            if len(one) > limit:  # a result the bus cannot carry: the task ends blocked
+                log.error(
+                    "the result of %s is %d bytes, over %d", item.get("taskId"), len(one), limit
+                )
+                one = encode(
+                    {
+                        **item,
+                        "type": MessageType.BLOCKED.value,
+                        "payload": {"reason": f"result too large ({len(one)} bytes, max {limit})"},
+                    }
+                )
+            await self._nc.publish(subject, one)
 
     async def _heartbeat(self) -> None:
         while not self._stopping.is_set():

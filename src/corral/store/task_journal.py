@@ -69,6 +69,9 @@ class _Batch:
     busy: dict[str, tuple[str | None, datetime]] = field(default_factory=dict)
     after: list[Callable[[], None]] = field(default_factory=list)
     done: asyncio.Future[set[str]] | None = None
+    split: bool = False  # committed task by task (a constraint refused the whole)
+    settled: set[str] = field(default_factory=set)  # tasks committed or refused, when split
+    refused: set[str] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.writes) + len(self.busy) + len(self.after)
@@ -123,6 +126,7 @@ class TaskJournal:
         self._closed = False
         self.commits = 0  # transactions committed, for metrics and tests
         self.rows = 0  # task writes committed
+        self.failures = 0  # commits the store failed (each retried until it succeeds)
 
     # -- appending ------------------------------------------------------------------------
     def create(self, row: dict[str, Any], *, at: datetime) -> None:
@@ -188,12 +192,10 @@ class TaskJournal:
         return len(self._batch)
 
     async def flush(self) -> set[str]:
-        """Wait until everything appended so far is committed; returns the ids of tasks whose
-        writes were refused (a constraint), which are not in the store.
-
-        Raises:
-            Unavailable: the store failed; nothing of the batch was committed.
-        """
+        """Wait until everything appended so far is committed (batches commit in order, and
+        one the store failed is retried until it commits, so this may wait out an outage);
+        returns the ids of tasks whose writes were refused by a constraint, which are not in
+        the store."""
         if len(self._batch) == 0:
             if self._committing is not None and not self._committing.done():
                 return await asyncio.shield(self._committing)
@@ -218,18 +220,11 @@ class TaskJournal:
             done = batch.done or asyncio.get_running_loop().create_future()
             self._committing = done
             try:
-                failed = await self._commit(batch)
-            except BaseException as exc:
+                failed = await self._commit_until_done(batch)
+            except asyncio.CancelledError:
                 if not done.done():
-                    if isinstance(exc, asyncio.CancelledError):
-                        done.cancel()
-                    else:
-                        done.set_exception(exc)
-                        done.exception()  # retrieved: a batch nobody awaited is only logged
-                        log.error("a batch of %d task writes failed: %s", len(batch), exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
+                    done.cancel()
+                raise
             done.set_result(failed)
             for callback in batch.after:
                 try:
@@ -237,38 +232,72 @@ class TaskJournal:
                 except Exception:
                     log.exception("a callback after a commit of task writes failed")
 
+    async def _commit_until_done(self, batch: _Batch) -> set[str]:
+        """Commit ``batch``, however long the store takes to come back. A batch is never
+        dropped: the dispatcher has already acted on it (a task moved, a slot freed), and a
+        later batch must not land before it. While the store is away, writers wait."""
+        backoff = 0.05
+        while True:
+            try:
+                return await self._commit(batch)
+            except Unavailable as exc:
+                self.failures += 1
+                log.error(
+                    "a batch of %d task writes was not committed (%s); retrying in %.2fs",
+                    len(batch),
+                    exc.message,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
     async def _commit(self, batch: _Batch) -> set[str]:
         if not batch.writes and not batch.busy:
             return set()
-        try:
-            await self._writer.apply(list(batch.writes.items()), batch.busy)
-            self.commits += 1
-            self.rows += len(batch.writes)
-            return set()
-        except _Refused:
-            if len(batch.writes) <= 1 and not batch.busy:
-                return set(batch.writes)
-        # one bad row: commit each task alone, so that only it fails
-        failed: set[str] = set()
-        for item in batch.writes.items():
+        if not batch.split:
             try:
-                await self._writer.apply([item], {})
+                await self._writer.apply(list(batch.writes.items()), batch.busy)
+                self.commits += 1
+                self.rows += len(batch.writes)
+                return set()
+            except _Refused:
+                if len(batch.writes) <= 1 and not batch.busy:
+                    return set(batch.writes)
+            batch.split = True
+        # one bad row: commit each task alone, so that only it fails; what is committed is
+        # remembered, so a retry after the store failed midway does not write it twice
+        for task_id, write in batch.writes.items():
+            if task_id in batch.settled:
+                continue
+            try:
+                await self._writer.apply([(task_id, write)], {})
             except _Refused as exc:
-                log.warning("task %s not recorded: %s", item[0], exc)
-                failed.add(item[0])
+                log.warning("task %s not recorded: %s", task_id, exc)
+                batch.refused.add(task_id)
+            batch.settled.add(task_id)
         if batch.busy:
             with contextlib.suppress(_Refused):  # an agent row that is gone
                 await self._writer.apply([], batch.busy)
         self.commits += 1
-        self.rows += len(batch.writes) - len(failed)
-        return failed
+        self.rows += len(batch.writes) - len(batch.refused)
+        return set(batch.refused)
 
-    async def close(self) -> None:
-        """Commit what is pending, then refuse new writes."""
-        if len(self._batch):
-            await self.flush()
-        if self._runner is not None and not self._runner.done():
-            await self._runner
+    async def close(self, *, timeout: float = 10.0) -> None:
+        """Commit what is pending (waiting at most ``timeout`` for a store that is away: what
+        is then lost is redone from the store's state at the next start), then refuse new
+        writes."""
+        try:
+            async with asyncio.timeout(timeout):
+                if len(self._batch):
+                    await self.flush()
+                if self._runner is not None and not self._runner.done():
+                    await asyncio.shield(self._runner)
+        except TimeoutError:
+            log.error("closing with %d task writes not committed: the store is away", self.pending)
+            if self._runner is not None:
+                self._runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._runner
         self._closed = True
         await self._writer.close()
 
