@@ -93,6 +93,7 @@ async def test_a_task_created_and_moved_in_one_batch_is_inserted_in_its_last_sta
         "queued",
         "dispatched",
     ]
+    await journal.close()
 
 
 async def test_an_update_whose_guard_does_not_hold_changes_nothing(db: Database) -> None:
@@ -104,6 +105,7 @@ async def test_an_update_whose_guard_does_not_hold_changes_nothing(db: Database)
     journal.move("task_a", R, C, at=now)  # the task is queued, not running
     await journal.flush()
     assert (await TaskRepository(db).get("task_a")).state is Q
+    await journal.close()
 
 
 async def test_one_duplicate_id_fails_alone_and_the_rest_of_the_batch_lands(db: Database) -> None:
@@ -118,6 +120,7 @@ async def test_one_duplicate_id_fails_alone_and_the_rest_of_the_batch_lands(db: 
     repo = TaskRepository(db)
     assert {r.id for r in await repo.find(org_id=org.id)} == {"task_1", "task_2", "task_dup"}
     assert (await repo.get("task_dup")).payload == {"op": "echo"}  # the first one stands
+    await journal.close()
 
 
 async def test_news_goes_out_only_after_the_commit(db: Database) -> None:
@@ -136,6 +139,7 @@ async def test_news_goes_out_only_after_the_commit(db: Database) -> None:
     await journal.flush()
     assert seen == ["called"]
     assert (await TaskRepository(db).get("task_a")).state is Q
+    await journal.close()
 
 
 async def test_concurrent_flushers_all_wait_for_their_own_writes(db: Database) -> None:
@@ -151,6 +155,7 @@ async def test_concurrent_flushers_all_wait_for_their_own_writes(db: Database) -
     ids = await asyncio.gather(*(submit(i) for i in range(300)))
     assert len(set(ids)) == 300
     assert journal.commits < 300  # group commit: callers shared transactions
+    await journal.close()
 
 
 async def test_an_agents_current_task_is_written_with_the_batch(db: Database) -> None:
