@@ -152,7 +152,7 @@ async def test_a_full_inbox_fails_only_the_tasks_that_did_not_fit(bus: PlatformB
 
 
 @pytest.mark.usefixtures("orgs")
-async def test_an_earlier_per_event_consumer_is_replaced_without_losing_or_repeating(
+async def test_an_earlier_per_message_consumer_is_kept_and_acknowledged_message_by_message(
     server: EmbeddedNats, authority: BusAuthority, bus: PlatformBus, connect: Connect
 ) -> None:
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -181,14 +181,21 @@ async def test_an_earlier_per_event_consumer_is_replaced_without_losing_or_repea
     await old.unsubscribe()
 
     async with PlatformBus(server.url, authority) as again:
-        later = await _take(again, 3)
         info = await js.consumer_info(subjects.EVENTS_STREAM, "control-plane")
-        assert info.config.ack_policy == AckPolicy.ALL
+        assert info.config.ack_policy == AckPolicy.EXPLICIT  # kept: no delete, no replay
+        later: list[BusEvent] = []
+        async for got in again.event_batches(wait=0.2):
+            later.extend(got)
+            if len(later) >= 3:
+                break
+        await again.acknowledge(later)  # each message, as this consumer needs
+
+        async def settled() -> bool:
+            return await again.events_backlog() == 0
+
+        await eventually(settled, message="every remaining event acknowledged")
     seen = [e.message.detail["n"] for e in later if isinstance(e.message, StatusMessage)]
     assert seen == [2, 3, 4]
-
-    async with PlatformBus(server.url, authority) as third:  # a later start keeps it as is
-        assert await third.events_backlog() == 0
 
 
 @pytest.mark.usefixtures("orgs")
@@ -416,3 +423,38 @@ async def test_an_orgs_admin_connection_is_shared_then_replaced_before_it_expire
     assert first.is_closed
     await bus.remove_org("a")
     assert "a" not in bus._admins and second.is_closed
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_a_recorded_batch_is_acknowledged_by_its_last_message(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    from nats.js.api import AckPolicy
+
+    info = await bus._open()[1].consumer_info(subjects.EVENTS_STREAM, "control-plane")
+    assert info.config.ack_policy == AckPolicy.ALL
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    for n in range(4):
+        await a1.nc.publish(subjects.agent_status("a", "a1"), _status("a1", n))
+    await a1.nc.flush()
+    got: list[BusEvent] = []
+    async for batch in bus.event_batches(wait=0.2):
+        got.extend(batch)
+        if len(got) >= 4:
+            break
+    acked: list[int] = []
+    for i, event in enumerate(got):
+        real = event.ack
+
+        async def counting(real: Any = real, i: int = i) -> None:
+            acked.append(i)
+            await real()
+
+        got[i] = dataclasses.replace(event, ack=counting)
+    await bus.acknowledge(got)
+    assert acked == [3]  # the last message alone
+
+    async def settled() -> bool:
+        return await bus.events_backlog() == 0
+
+    await eventually(settled, message="the whole batch acknowledged")

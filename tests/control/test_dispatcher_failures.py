@@ -72,6 +72,10 @@ class StandInBus:
         self.sent.append((org, agent, task))
         return 1
 
+    async def acknowledge(self, events: list[BusEvent]) -> None:
+        for event in events:
+            await event.ack()
+
     async def event_batches(self, **_: Any) -> AsyncIterator[list[BusEvent]]:
         while True:
             yield await self.events.get()

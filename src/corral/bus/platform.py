@@ -153,6 +153,7 @@ class PlatformBus:
         self._js: JetStreamContext | None = None
         self._platform_stale = True
         self._pipeline: PipelinedPublisher | None = None
+        self._ack_all = True  # the EVENTS consumer acknowledges cumulatively (see streams)
         # org → (admin connection, when it was opened): see _org_js
         self._admins: OrderedDict[str, tuple[Client, float]] = OrderedDict()
         self._admin_locks: dict[str, asyncio.Lock] = {}
@@ -178,7 +179,7 @@ class PlatformBus:
             self._pipeline = PipelinedPublisher(self._nc)
             self._stack.push_async_callback(self._pipeline.close)
             with translating("creating the EVENTS stream", recorder=self._violations):
-                await streams.ensure_events(
+                self._ack_all = await streams.ensure_events(
                     self._js,
                     max_bytes=self._events_max_bytes,
                     consumer=self._consumer,
@@ -524,6 +525,14 @@ class PlatformBus:
         finally:
             with suppress(nats.errors.Error):
                 await pull.unsubscribe()
+
+    async def acknowledge(self, events: list[BusEvent]) -> None:
+        """Acknowledge a recorded batch of events from :meth:`event_batches`: its last message
+        alone where the consumer acknowledges cumulatively, else each message once."""
+        targets = events[-1:] if self._ack_all else events
+        for event in targets:
+            with suppress(nats.errors.Error):
+                await event.ack()
 
     async def events_backlog(self) -> int:
         """Events stored in EVENTS that the control plane has not yet acknowledged."""

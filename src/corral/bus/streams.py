@@ -110,34 +110,34 @@ async def ensure_inbox(
 
 async def ensure_events(
     js: JetStreamContext, *, max_bytes: int, consumer: str, replicas: int = 1
-) -> None:
+) -> bool:
     """Create EVENTS and the control plane's durable consumer on it (``js`` is PLATFORM's).
+    Returns whether the consumer acknowledges cumulatively.
 
-    The consumer acknowledges cumulatively (``AckPolicy.ALL``): the control plane records a
-    batch of events in one transaction and then acknowledges its last. A consumer made by an
-    earlier version (one acknowledgement per event) is replaced by one that starts after its
-    acknowledged floor, so nothing unrecorded is skipped and nothing recorded comes again.
+    A new consumer acknowledges cumulatively (``AckPolicy.ALL``): the control plane records a
+    batch of events in one transaction and then acknowledges its last message. A consumer made
+    by an earlier version (one acknowledgement per message) is kept as it is and acknowledged
+    message by message: replacing it would need a delete before the add, and a crash between
+    the two would replay the whole stream.
     """
     await _ensure_stream(js, events_config(max_bytes, replicas=replicas))
-    config = ConsumerConfig(
-        durable_name=consumer,
-        ack_policy=AckPolicy.ALL,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=30.0,
-        max_ack_pending=10_000,
-    )
     try:
         have = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
     except NotFoundError:
         have = None
-    if have is not None and have.config.ack_policy == AckPolicy.ALL:
-        return  # made by this version already (its start may differ from a fresh one's)
     if have is not None:
-        floor = have.ack_floor.stream_seq if have.ack_floor is not None else 0
-        await js.delete_consumer(subjects.EVENTS_STREAM, consumer)
-        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-        config.opt_start_seq = (floor or 0) + 1
-    await js.add_consumer(subjects.EVENTS_STREAM, config)
+        return bool(have.config.ack_policy == AckPolicy.ALL)
+    await js.add_consumer(
+        subjects.EVENTS_STREAM,
+        ConsumerConfig(
+            durable_name=consumer,
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30.0,
+            max_ack_pending=10_000,
+        ),
+    )
+    return True
 
 
 async def ensure_agent_consumer(js: JetStreamContext, org: str, agent: str) -> None:

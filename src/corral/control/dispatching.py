@@ -714,7 +714,7 @@ class Dispatcher:
                 log.error("events not recorded, they will come again: %s", exc.message)
                 continue
             with contextlib.suppress(Exception):
-                await batch[-1].ack()  # acknowledges the whole batch
+                await self.bus.acknowledge(batch)
 
     async def handle(self, event: BusEvent) -> None:
         if not event.agent_vouched:
