@@ -283,8 +283,24 @@ async def test_a_broadcast_reaches_the_agents_of_every_org(
 
         await peer.nc.subscribe(f"{subjects.BROADCAST_PREFIX}.>", cb=record)
         await peer.nc.flush()
+
+    async def both_listening() -> bool:
+        # core NATS delivers to whoever listens now: make sure both orgs' interest has reached
+        # the platform's account before the broadcast that is counted
+        await bus.broadcast("hello", {"probe": True})
+        return all(any(m.get("probe") for m in got[org]) for org in got)
+
+    await eventually(both_listening, interval=0.05, message="both orgs' agents listening")
+    for org in got:
+        got[org].clear()
     await bus.broadcast("maintenance", {"at": "02:00"})
-    await eventually(lambda: got == {"a": [{"at": "02:00"}], "b": [{"at": "02:00"}]})
+
+    def exactly_once() -> bool:
+        later = {org: [m for m in msgs if not m.get("probe")] for org, msgs in got.items()}
+        assert later == {"a": [{"at": "02:00"}], "b": [{"at": "02:00"}]}, later
+        return True
+
+    await eventually(exactly_once, message="the broadcast reached each org once")
 
 
 async def test_onboarding_orgs_while_another_streams_drops_no_connection_and_no_message(
