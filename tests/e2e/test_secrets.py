@@ -536,3 +536,14 @@ async def test_cli_errors_are_one_line_and_never_show_the_value(live: Live, tmp_
     r = await _cli(live, "secret", "set", "acme", "x", value)
     assert r.exit_code == 2 and "Got unexpected extra argument" in r.stderr
     assert (await live.admin.get("/v1/orgs/acme/secrets")).json()["secrets"] == []
+
+
+async def test_cli_agent_provision_takes_slots_and_refuses_a_bad_count(live: Live) -> None:
+    await live.org("acme")
+    r = await _cli(live, "--json", "agent", "provision", "acme", "--name", "wide", "--slots", "8")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["slots"] == 8
+    r = await _cli(live, "agent", "provision", "acme", "--name", "bad", "--slots", "0")
+    assert r.exit_code == 2 and "slots" in r.output.lower()
+    names = [a["name"] for a in (await live.admin.get("/v1/orgs/acme/agents")).json()["agents"]]
+    assert names == ["wide"]  # the refused one left nothing
