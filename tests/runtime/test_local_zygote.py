@@ -462,3 +462,96 @@ async def test_each_org_has_its_own_server_closed_once_it_has_no_agent(
     await ready(runtime, "globex", "agent-3")
     assert again.pid is not None
     assert psutil.Process(again.pid).ppid() == runtime.zygote_pid("globex") != globex
+
+
+_PTH_PROBE = """
+import asyncio, json, os, sys
+from corral.runtime.zygote import Launch
+from corral.runtime.zygote_client import Zygote
+
+async def main(home, out):
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ["PYTHONPATH"]}
+    server = await Zygote.start(env, preload=())
+    log = os.open(os.path.join(out, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        launch = Launch("json.tool", ("python", "--help"), {**env, "HOME": home}, out, None)
+        child = await server.spawn(launch, log=log, procs=())
+        print("exit", await child.wait(), flush=True)
+    finally:
+        os.close(log)
+        await server.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_code_in_the_agents_user_site_finds_nothing_of_the_server(tmp_path: Path) -> None:
+    """An agent's HOME is its writable workspace, so a ``.pth`` there runs as the agent's own
+    code the next time it starts: by then only its stdio may be open (not the server's channel,
+    the launch description or the set-up pipe, through which it could read another agent's
+    launch or forge exit reports)."""
+    import site
+    import subprocess
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    user_site_on = subprocess.run(
+        [base, "-c", "import site, sys; sys.exit(0 if site.ENABLE_USER_SITE else 1)"],
+        check=False,
+    )
+    if user_site_on.returncode != 0:
+        pytest.skip("the base interpreter has no user site: a .pth there cannot run")
+    home, out = tmp_path / "home", tmp_path / "out"
+    out.mkdir()
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    user_site = home / ".local" / "lib" / version / "site-packages"
+    user_site.mkdir(parents=True)
+    seen = out / "seen.json"
+    (user_site / "probe.pth").write_text(
+        "import json, os; open("
+        f"{str(seen)!r}, 'w').write(json.dumps("
+        "{int(f): os.readlink('/proc/self/fd/' + f) for f in os.listdir('/proc/self/fd') "
+        "if os.path.exists('/proc/self/fd/' + f)}))\n"
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    paths = [str(src), *site.getsitepackages()]
+    done = subprocess.run(
+        [base, "-c", _PTH_PROBE, str(home), str(out)],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(paths)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and "exit 0" in done.stdout, done.stderr
+    held = {int(fd): target for fd, target in json.loads(seen.read_text()).items()}
+    probe = ("probe.pth", "seen.json")  # the probe itself: the file it runs and the one it writes
+    extra = {fd: t for fd, t in held.items() if fd > 2 and not t.endswith(probe)}
+    assert extra == {}, extra
+
+
+async def test_an_orgs_server_is_not_closed_for_idleness_while_a_start_is_in_flight(
+    runtime: LocalProcessRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.runtime import local
+
+    monkeypatch.setattr(local, "ZYGOTE_IDLE_SECONDS", 0.05)
+    await runtime.start(agents.spec("acme", "agent-1"))
+    await ready(runtime, "acme", "agent-1")
+    server = runtime._zygotes["acme"]
+    gate, entered = asyncio.Event(), asyncio.Event()
+    real_spawn = server.spawn
+
+    async def held_spawn(*args: object, **kwargs: object) -> object:
+        entered.set()
+        await gate.wait()
+        return await real_spawn(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server, "spawn", held_spawn)
+    second = asyncio.create_task(runtime.start(agents.spec("acme", "agent-2")))
+    await entered.wait()  # agent-2's start holds the server
+    await runtime.stop("acme", "agent-1", grace=1.0)  # the org's last running agent ends
+    assert "acme" not in runtime._zygote_idle  # no idle close armed under a start
+    gate.set()
+    status = await second
+    await ready(runtime, "acme", "agent-2")
+    assert status.pid is not None and psutil.Process(status.pid).ppid() == server.pid

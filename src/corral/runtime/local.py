@@ -46,7 +46,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,6 +211,7 @@ class LocalProcessRuntime:
         self._zygotes: dict[str, Zygote] = {}  # org → its fork server
         self._zygote_locks: dict[str, asyncio.Lock] = {}
         self._zygote_idle: dict[str, asyncio.TimerHandle] = {}
+        self._starting: dict[str, int] = {}  # org → starts in flight
         self._launching = asyncio.Semaphore(_LAUNCHING)
 
     @property
@@ -372,6 +373,18 @@ class LocalProcessRuntime:
         env["CORRAL_WORKSPACE"] = str(paths.workspace)
         env["CORRAL_CREDS_FILE"] = str(paths.creds)
         module = runnable_module(spec.command) if self._use_zygote else None
+        with self._starting_in(spec.org):
+            return await self._start_child(spec, paths, placement, ids, env, module)
+
+    async def _start_child(
+        self,
+        spec: LaunchSpec,
+        paths: AgentPaths,
+        placement: Placement,
+        ids: tuple[int, int] | None,
+        env: dict[str, str],
+        module: str | None,
+    ) -> _Child:
         async with self._launching:
             zygote = await self._zygote_for(spec.org) if module is not None else None
             out = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -427,25 +440,43 @@ class LocalProcessRuntime:
                 log.warning("no fork server (%s); agents are exec'd instead", exc.message)
             return self._zygotes.get(org)
 
+    @contextlib.contextmanager
+    def _starting_in(self, org: str) -> Iterator[None]:
+        """Count a start of ``org`` in flight: its server is not idle while one is."""
+        self._starting[org] = self._starting.get(org, 0) + 1
+        try:
+            yield
+        finally:
+            self._starting[org] -= 1
+            if not self._starting[org]:
+                del self._starting[org]
+
+    def _org_busy(self, org: str) -> bool:
+        if self._starting.get(org):
+            return True
+        return any(o == org and not a.done.is_set() for (o, _), a in self._agents.items())
+
     def _zygote_maybe_idle(self, org: str) -> None:
         """After an agent of ``org`` ended: with none left running, close its server later."""
-        if org not in self._zygotes or self._closed:
-            return
-        if any(o == org and not a.done.is_set() for (o, _), a in self._agents.items()):
+        if org not in self._zygotes or self._closed or self._org_busy(org):
             return
         old = self._zygote_idle.pop(org, None)
         if old is not None:
             old.cancel()
-        self._zygote_idle[org] = asyncio.get_running_loop().call_later(
-            ZYGOTE_IDLE_SECONDS,
-            lambda: self._spawn_task(self._close_idle_zygote(org), f"zygote-idle:{org}"),
-        )
+        handle: asyncio.TimerHandle | None = None
+
+        def fire() -> None:
+            if self._zygote_idle.get(org) is handle:
+                del self._zygote_idle[org]
+            self._spawn_task(self._close_idle_zygote(org), f"zygote-idle:{org}")
+
+        handle = asyncio.get_running_loop().call_later(ZYGOTE_IDLE_SECONDS, fire)
+        self._zygote_idle[org] = handle
 
     async def _close_idle_zygote(self, org: str) -> None:
-        self._zygote_idle.pop(org, None)
         async with self._zygote_locks.setdefault(org, asyncio.Lock()):
-            if any(o == org and not a.done.is_set() for (o, _), a in self._agents.items()):
-                return  # an agent started meanwhile
+            if self._org_busy(org) or org in self._zygote_idle:
+                return  # an agent started (or is starting), or a later timer took over
             zygote = self._zygotes.pop(org, None)
             if zygote is not None:
                 await zygote.close()

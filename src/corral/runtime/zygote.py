@@ -316,6 +316,9 @@ def _become_agent(sock: socket.socket, fds: list[int], zygote: int) -> NoReturn:
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        # nothing of the server (its channel, the launch, the cgroup files) past this point:
+        # only stdio and the report, which goes before any of the agent's code can run
+        _close_inherited(keep=report)
         if launch.ids is not None:
             uid, gid = launch.ids
             os.setgroups([])
@@ -324,12 +327,14 @@ def _become_agent(sock: socket.socket, fds: list[int], zygote: int) -> NoReturn:
             _prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # as after an exec: the agent's own uid may see it
         die_with(zygote)
         _replace_environment(launch.env)
-        _as_if_started_with_m(launch)
-        if launch.note:  # last: only a child that will run says it started
+        if launch.note:  # only a child that will run says it started
             os.write(1, launch.note.replace("{pid}", str(os.getpid())).encode())
         os.write(report, b"ok")
-        _close_inherited()
+        os.close(report)
         report = -1
+        # from here the agent's own code may run (a .pth in its user site, in its writable
+        # HOME): it finds only stdio open, as after an exec
+        _as_if_started_with_m(launch)
         code = _run(launch.module)
     except BaseException as exc:
         if report >= 0:
@@ -392,11 +397,12 @@ def _as_if_started_with_m(launch: Launch) -> None:
     time.tzset()
 
 
-def _close_inherited() -> None:
-    """Close every descriptor but 0, 1 and 2: the zygote's, and the ones sent for set-up."""
+def _close_inherited(*, keep: int = -1) -> None:
+    """Close every descriptor but 0, 1, 2 and ``keep``: the zygote's, and the ones sent for
+    set-up."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2:
+        if fd > 2 and fd != keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
 

@@ -37,6 +37,8 @@ ENV_ROOM = 8192
 """Bytes of padding in the server's environment, so a child can show an environment that
 large as its own in /proc; a larger one goes the exec path."""
 _READY_TIMEOUT = 30.0  # start-up imports, on a loaded machine
+#: For the server to fork and for the child to set itself up (a few ms when all is well).
+SPAWN_TIMEOUT = 30.0
 _EXIT_TIMEOUT = 5.0  # for the server to leave once its channel is closed
 
 
@@ -230,9 +232,22 @@ class Zygote:
                 os.close(spec)
                 os.close(report_w)  # the child holds the only other copy now
                 report_w = -1
-            pid, exited = await answer
+            try:  # a stuck start must not hold a slot; a late answer's child is killed
+                async with asyncio.timeout(SPAWN_TIMEOUT):
+                    pid, exited = await answer
+            except TimeoutError:
+                raise Unavailable(
+                    f"the fork server did not fork within {SPAWN_TIMEOUT:.0f}s"
+                ) from None
             try:
-                report = await self._read_to_end(report_r)
+                async with asyncio.timeout(SPAWN_TIMEOUT):
+                    report = await self._read_to_end(report_r)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                raise Unavailable(
+                    f"the agent's process did not set itself up within {SPAWN_TIMEOUT:.0f}s"
+                ) from None
             except BaseException:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)  # abandoned half-way: it must not run
@@ -332,6 +347,12 @@ class Zygote:
         log.warning("fork server %d exited with status %s", self._proc.pid, status)
 
     def _dispatch(self, record: bytes) -> None:
+        try:
+            self._handle_record(record)
+        except ValueError:  # not a number where one belongs: nothing the server would say
+            log.warning("fork server %d said %r", self._proc.pid, record)
+
+    def _handle_record(self, record: bytes) -> None:
         match record.decode(errors="replace").split():
             case ["spawned", request, pid]:
                 exited: asyncio.Future[int | None] = self._loop.create_future()
