@@ -224,10 +224,13 @@ async def test_an_agent_with_three_slots_runs_three_tasks_at_once_and_never_four
     await manual.org("acme")
     agent = await manual.agent("acme", "wide", role="worker", slots=3)
     assert agent["slots"] == 3
+    dispatcher = manual.platform.dispatcher
+    dispatcher.hold()  # all seven queued first, so that they compete for the three slots
     ids = [
         (await manual.task("acme", role="worker", payload={"op": "sleep", "seconds": 0.6}))["id"]
         for _ in range(7)
     ]
+    dispatcher.release()
     for i in ids:
         assert (await manual.wait_task("acme", i))["state"] == "completed"
     shown = [await _show(manual, "acme", i) for i in ids]
