@@ -35,22 +35,18 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import JSON, DateTime, Table, bindparam, insert, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import JSON, DateTime, Table
 
 from corral.domain.errors import Unavailable
 from corral.domain.tasks import TaskState
 from corral.store.db import Database
-from corral.store.schema import AgentRow, TaskEventRow, TaskRow
+from corral.store.schema import TaskRow
 
 __all__ = ["TaskJournal"]
 
 log = logging.getLogger("corral.store.journal")
 
 _TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
-_EVENTS: Table = TaskEventRow.__table__  # type: ignore[assignment]
-_AGENTS: Table = AgentRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -91,30 +87,10 @@ class _Writer(Protocol):
     async def close(self) -> None: ...
 
 
-class _EngineWriter:
-    """Through the SQLAlchemy engine (PostgreSQL)."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def apply(self, writes: _Items, busy: _Busy) -> None:
-        try:
-            async with self._db.engine.begin() as conn:
-                await _apply(conn, writes, busy)
-        except IntegrityError as exc:
-            raise _Refused(str(exc.orig)) from exc
-        except SQLAlchemyError as exc:
-            raise Unavailable(f"the store refused task writes: {exc}") from exc
-
-    async def close(self) -> None:
-        return None
-
-
 class TaskJournal:
     """Group-committed task writes. ``await close()`` commits what is left."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
         self._writer: _Writer = (
             _SqliteWriter(db.url.split(":///", 1)[1])
             if db.dialect == "sqlite"
@@ -306,47 +282,6 @@ def _history(task_id: str, frm: str | None, to: str, at: datetime, detail: str) 
     return {"task_id": task_id, "from_state": frm, "to_state": to, "at": at, "detail": detail}
 
 
-async def _apply(
-    conn: AsyncConnection,
-    writes: list[tuple[str, _Write]],
-    busy: dict[str, tuple[str | None, datetime]],
-) -> None:
-    inserts = [w.insert for _, w in writes if w.insert is not None]
-    if inserts:
-        await conn.execute(insert(_TASKS), inserts)
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-    for task_id, w in writes:
-        if w.insert is None and w.fields:
-            keys = tuple(sorted(w.fields))
-            groups[keys].append(
-                {"k_id": task_id, "k_guard": w.guard, **{f"v_{k}": v for k, v in w.fields.items()}}
-            )
-    for keys, params in groups.items():
-        stmt = (
-            update(_TASKS)
-            .where(_TASKS.c.id == bindparam("k_id"), _TASKS.c.state == bindparam("k_guard"))
-            .values({k: bindparam(f"v_{k}", type_=_TASKS.c[k].type) for k in keys})
-        )
-        result = await conn.execute(stmt, params)
-        applied = result.rowcount
-        if applied is not None and 0 <= applied < len(params):
-            log.warning(
-                "%d of %d task updates found the task changed by another writer",
-                len(params) - applied,
-                len(params),
-            )
-    history = [h for _, w in writes for h in w.history]
-    if history:
-        await conn.execute(insert(_EVENTS), history)
-    if busy:
-        await conn.execute(
-            update(_AGENTS)
-            .where(_AGENTS.c.id == bindparam("k_id"))
-            .values(busy_task=bindparam("v_busy"), updated_at=bindparam("v_at")),
-            [{"k_id": a, "v_busy": t, "v_at": at} for a, (t, at) in busy.items()],
-        )
-
-
 # -- SQLite: one connection, one thread, a batch per hop ---------------------------------------
 
 _TASK_COLUMNS = tuple(c.name for c in _TASKS.columns)
@@ -396,9 +331,12 @@ _ROW_CONVERTING = tuple(
 )
 
 
-def _sqlite_row(row: dict[str, Any]) -> list[Any]:
+def _row_values(
+    row: dict[str, Any], converting: tuple[tuple[int, Callable[[Any], Any]], ...]
+) -> list[Any]:
+    """A ``tasks`` row's values in column order, converted where the driver wants another form."""
     values = list(_ROW_VALUES(row))
-    for i, convert in _ROW_CONVERTING:
+    for i, convert in converting:
         values[i] = convert(values[i])
     return values
 
@@ -436,7 +374,9 @@ class _SqliteWriter:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            inserts = [_sqlite_row(w.insert) for _, w in writes if w.insert is not None]
+            inserts = [
+                _row_values(w.insert, _ROW_CONVERTING) for _, w in writes if w.insert is not None
+            ]
             if inserts:
                 conn.executemany(_INSERT_TASK, inserts)
             groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
@@ -505,11 +445,8 @@ _PG_UPDATE_BUSY = "UPDATE agents SET busy_task = $1, updated_at = $2 WHERE id = 
 _PG_CONVERTING = tuple((i, _sqlite_json) for i, c in enumerate(_TASK_COLUMNS) if c in _JSON_COLUMNS)
 
 
-def _pg_row(row: dict[str, Any]) -> list[Any]:
-    values = list(_ROW_VALUES(row))
-    for i, convert in _PG_CONVERTING:
-        values[i] = convert(values[i])
-    return values
+def _pg_value(column: str, v: Any) -> Any:
+    return _sqlite_json(v) if column in _JSON_COLUMNS else v
 
 
 class _PostgresWriter:
@@ -528,17 +465,16 @@ class _PostgresWriter:
                 self._conn = await asyncpg.connect(self._url)
             conn = self._conn
             async with conn.transaction():
-                inserts = [_pg_row(w.insert) for _, w in writes if w.insert is not None]
+                inserts = [
+                    _row_values(w.insert, _PG_CONVERTING) for _, w in writes if w.insert is not None
+                ]
                 if inserts:
                     await conn.executemany(_PG_INSERT_TASK, inserts)
                 groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
                 for task_id, w in writes:
                     if w.insert is None and w.fields:
                         keys = tuple(sorted(w.fields))
-                        values = tuple(
-                            _sqlite_json(w.fields[k]) if k in _JSON_COLUMNS else w.fields[k]
-                            for k in keys
-                        )
+                        values = tuple(_pg_value(k, w.fields[k]) for k in keys)
                         groups[keys].append((*values, task_id, w.guard))
                 for keys, params in groups.items():
                     sets = ", ".join(f"{k} = ${i + 1}" for i, k in enumerate(keys))
