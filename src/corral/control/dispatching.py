@@ -227,12 +227,7 @@ class Dispatcher:
     ) -> TaskRecord:
         """Decide ``rec → to`` (through ``via`` first, if given) in memory and append it to
         the journal; news of it goes out once it is committed."""
-        now = datetime.now(UTC)
-        if via is not None:
-            self.journal.move(rec.id, rec.state, via, at=now)
-            self.journal.move(rec.id, via, to, at=now, detail=detail, **fields)
-        else:
-            self.journal.move(rec.id, rec.state, to, at=now, detail=detail, **fields)
+        now = self._journal_move(rec, to, via=via, detail=detail, **fields)
         done = dataclasses.replace(rec, state=to, updated_at=now, **fields)
         if to.is_terminal:
             self._live.pop(rec.id, None)
@@ -245,6 +240,16 @@ class Dispatcher:
                 lambda: self._background.spawn(self._notify_parent(done), f"notify-{done.id}")
             )
         return done
+
+    def _journal_move(
+        self, rec: TaskRecord, to: TaskState, *, via: TaskState | None, detail: str, **fields: Any
+    ) -> datetime:
+        """Append ``rec → (via →) to`` to the journal; returns the time it was decided."""
+        now = datetime.now(UTC)
+        if via is not None:
+            self.journal.move(rec.id, rec.state, via, at=now)
+        self.journal.move(rec.id, via or rec.state, to, at=now, detail=detail, **fields)
+        return now
 
     def _take_slot(self, agent_id: str, task_id: str) -> None:
         self._inflight[agent_id].add(task_id)
@@ -792,17 +797,8 @@ class Dispatcher:
         progress = 1.0 if outcome is TaskState.COMPLETED else rec.progress
         if rec.parent_id is None and not self.hub.wants(rec.org):
             # the common case under load: nobody needs the finished record, only the store
-            now = datetime.now(UTC)
-            if via is not None:
-                self.journal.move(rec.id, rec.state, via, at=now)
-            self.journal.move(
-                rec.id,
-                via or rec.state,
-                outcome,
-                at=now,
-                detail=detail,
-                result=msg.payload,
-                progress=progress,
+            self._journal_move(
+                rec, outcome, via=via, detail=detail, result=msg.payload, progress=progress
             )
             del self._live[rec.id]
         else:
