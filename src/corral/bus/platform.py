@@ -356,18 +356,10 @@ class PlatformBus:
             QuotaExceeded: the org's INBOX is full.
             Unavailable: no acknowledgement in time.
         """
-        _, js, _ = self._open()
-        if self.authority.limits(org) is None:
-            raise NotFound(f"organization {org!r} has no bus account", details={"org": org})
-        doing = f"delivering task {task.task_id} to {agent!r} of {org!r}"
-        with translating(doing, recorder=self._violations):
-            ack = await js.publish(
-                subjects.task_inbox(org, validate_token(agent, what="agent")),
-                messages.encode(task.to_wire()),
-                stream=subjects.INBOX_STREAM,
-                headers={"Nats-Msg-Id": f"{task.task_id}.{task.type.value}.{task.attempt}"},
-            )
-        return int(ack.seq)
+        [result] = await self.deliver_many([(org, agent, task)])
+        if isinstance(result, CorralError):
+            raise result
+        return result
 
     async def deliver_many(
         self,
@@ -391,7 +383,9 @@ class PlatformBus:
             limits = self.authority.limits(org)
             if limits is None:
                 for i in indexes:
-                    out[i] = NotFound(f"organization {org!r} has no bus account")
+                    out[i] = NotFound(
+                        f"organization {org!r} has no bus account", details={"org": org}
+                    )
                 continue
             try:
                 subject = subjects.task_inbox(org, validate_token(agent, what="agent"))
