@@ -13,6 +13,7 @@ from corral.store.db import Database
 from corral.store.task_journal import TaskJournal
 from corral.store.tasks import TaskRepository
 from corral.store.tenants import OrgRepository
+from tests.support import eventually
 
 Q, D, R, C = TaskState.QUEUED, TaskState.DISPATCHED, TaskState.RUNNING, TaskState.COMPLETED
 
@@ -205,7 +206,8 @@ async def test_a_batch_the_store_failed_is_retried_until_it_commits_and_nothing_
     now = datetime.now(UTC)
     journal.create(_row("task_a", org), at=now)
     first = asyncio.ensure_future(journal.flush())
-    await asyncio.sleep(0)  # the first batch is taken (and fails) before the second comes
+    # the first batch is taken (and has failed) before the second comes
+    await eventually(lambda: journal.failures >= 1, message="the first commit failed")
     journal.create(_row("task_b", org), at=now)
     assert await journal.flush() == set()
     assert await first == set()
