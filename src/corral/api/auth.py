@@ -3,17 +3,28 @@ org answers 404, exactly as an org that does not exist."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from starlette.types import Scope
 
+from corral.api.guard import AddressLimiter, client_address
 from corral.control.keys import split_key
 from corral.control.platform import Platform
 from corral.domain.errors import NotFound, PermissionDenied, Unauthenticated
 from corral.domain.tenancy import Organization
 
-__all__ = ["Caller", "admin_only", "caller", "org_scope", "platform"]
+__all__ = [
+    "Caller",
+    "admin_only",
+    "authenticate",
+    "caller",
+    "org_scope",
+    "platform",
+    "scope_authenticator",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,21 +53,57 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def caller(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> Caller:
-    key = _bearer(authorization) or x_api_key or request.query_params.get("key")
+async def authenticate(p: Platform, key: str | None) -> Caller:
+    """The caller a key belongs to.
+
+    Raises:
+        Unauthenticated: no key, a malformed one, or one that is unknown or revoked.
+    """
     if not key:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     parts = split_key(key)
     if parts is None:
         raise Unauthenticated("malformed API key")
-    found = await platform(request).orgs.authenticate(*parts)
+    found = await p.orgs.authenticate(*parts)
     if found is None:
         raise Unauthenticated("unknown or revoked API key")
     return Caller(found.key_id, found.org_id)
+
+
+def scope_authenticator(p: Platform) -> Callable[[Scope], Awaitable[Caller]]:
+    """Authenticates an ASGI scope from its headers (and ``?key=``), before any body is read."""
+
+    async def from_scope(scope: Scope) -> Caller:
+        request = Request(scope)
+        key = (
+            _bearer(request.headers.get("authorization"))
+            or request.headers.get("x-api-key")
+            or request.query_params.get("key")
+        )
+        return await authenticate(p, key)
+
+    return from_scope
+
+
+async def caller(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Caller:
+    known: Caller | None = getattr(request.state, "caller", None)
+    if known is not None:
+        return known  # the guard authenticated this request before reading its body
+    limiter: AddressLimiter = request.app.state.address_limiter
+    address = client_address(request.scope)
+    limiter.check(address)
+    try:
+        return await authenticate(
+            platform(request),
+            _bearer(authorization) or x_api_key or request.query_params.get("key"),
+        )
+    except Unauthenticated:
+        limiter.failed(address)
+        raise
 
 
 async def admin_only(who: Annotated[Caller, Depends(caller)]) -> Caller:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from corral.domain.documents import check_raw_depth
 from corral.domain.errors import InvalidInput
 
 __all__ = [
@@ -64,6 +65,7 @@ _LONG_NUMBER = re.compile(rb"\d{20}")
 
 
 def decode(data: bytes) -> dict[str, Any]:
+    check_raw_depth(data, what="message")
     try:
         if _LONG_NUMBER.search(data):
             raise orjson.JSONDecodeError("long number", "", 0)  # exact integers: the stdlib
@@ -71,7 +73,7 @@ def decode(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         try:
             obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidInput(f"message is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise InvalidInput("message must be a JSON object")

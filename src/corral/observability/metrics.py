@@ -43,6 +43,7 @@ class Snapshot:
     oldest_wait: list[tuple[str, str, float]] = field(default_factory=list)  # org, tier, seconds
     quota: list[tuple[str, str, str, float, float]] = field(default_factory=list)  # used, hard
     usage: list[AgentUsage] = field(default_factory=list)
+    quarantined: int = 0  # stored tasks that could not be loaded and were failed
 
 
 class _SnapshotCollector(Collector):
@@ -51,6 +52,11 @@ class _SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._m.snapshot
+        yield CounterMetricFamily(
+            "corral_tasks_quarantined",
+            "Stored tasks that could not be loaded, failed with the reason instead",
+            value=s.quarantined,
+        )
         g = GaugeMetricFamily(
             "corral_agents", "Agents by org, tier and state", labels=["org", "tier", "state"]
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
@@ -12,9 +14,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from corral.domain import documents
 from corral.domain.errors import InvalidInput, Unavailable
 
-__all__ = ["Database", "sqlite_url"]
+__all__ = ["Database", "Unreadable", "load_json", "sqlite_url"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -36,13 +39,37 @@ def _normalize(url: str) -> str:
     )
 
 
+class Unreadable(dict[str, Any]):
+    """Stands for a stored JSON value that cannot be loaded safely (not JSON, or nested
+    deeper than :data:`~corral.domain.documents.MAX_DEPTH`): the repository that meets it
+    quarantines its row instead of failing the whole query."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+def load_json(text: str | bytes) -> Any:
+    """The engine's JSON decoder: never raises, never recurses on what it was given."""
+    try:
+        value = orjson.loads(text)  # refuses past 1,024 levels instead of recursing
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(text)  # what orjson refuses: integers beyond 64 bits
+        except (ValueError, RecursionError) as exc:
+            return Unreadable(f"stored value is not loadable JSON ({type(exc).__name__})")
+    if documents.depth(value) > documents.MAX_DEPTH:
+        return Unreadable(f"stored value nests deeper than {documents.MAX_DEPTH} levels")
+    return value
+
+
 class Database:
     """One engine and its session factory; ``await db.start()`` migrates to head."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = _normalize(url)
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
-        kwargs: dict[str, Any] = {"echo": echo}
+        kwargs: dict[str, Any] = {"echo": echo, "json_deserializer": load_json}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
         else:

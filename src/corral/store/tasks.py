@@ -3,6 +3,7 @@ row in the same transaction, so an event delivered twice is recorded once."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,10 +14,12 @@ from sqlalchemy import func, select, update
 
 from corral.domain.errors import NotFound
 from corral.domain.tasks import Priority, TaskState
-from corral.store.db import Database
+from corral.store.db import Database, Unreadable
 from corral.store.schema import OrgRow, TaskEventRow, TaskRow
 
 __all__ = ["TaskRecord", "TaskRepository", "Transition"]
+
+log = logging.getLogger("corral.store")
 
 
 def _utc(v: datetime | None) -> datetime | None:
@@ -90,7 +93,26 @@ class TaskRecord:
         return out
 
 
+_STATES = frozenset(s.value for s in TaskState)
+
+
+class _Unloadable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _record(row: TaskRow, slug: str, plan: str) -> TaskRecord:
+    for value in (row.requirements, row.payload, row.result):
+        if isinstance(value, Unreadable):
+            raise _Unloadable(value.reason)
+    try:
+        return _build(row, slug, plan)
+    except (ValueError, TypeError) as exc:
+        raise _Unloadable(f"stored row is malformed: {exc}") from exc
+
+
+def _build(row: TaskRow, slug: str, plan: str) -> TaskRecord:
     return TaskRecord(
         id=row.id,
         seq=row.seq,
@@ -122,6 +144,56 @@ _SELECT = select(TaskRow, OrgRow.slug, OrgRow.plan).join(OrgRow, OrgRow.id == Ta
 class TaskRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: rows found unloadable and quarantined since start (see :meth:`_quarantine`)
+        self.quarantined = 0
+
+    async def _load(
+        self, rows: Iterable[Any], *, states: frozenset[TaskState] | None = None
+    ) -> list[TaskRecord]:
+        """Records of ``rows``; a row that cannot be loaded is quarantined, and then kept only
+        if the query asked for failed tasks."""
+        out: list[TaskRecord] = []
+        for row in rows:
+            try:
+                out.append(_record(row[0], row[1], row[2]))
+            except _Unloadable as exc:
+                await self._quarantine(row[0].id, exc.reason)
+                if states is None or TaskState.FAILED in states:
+                    out.append(await self.get(row[0].id))
+        return out
+
+    async def _quarantine(self, task_id: str, reason: str) -> None:
+        """Fail a task whose stored row cannot be loaded, replacing what cannot be read, so
+        that no later query trips on it (nor a start-up that rebuilds from the store)."""
+        now = datetime.now(UTC)
+        detail = f"quarantined: {reason}"
+        async with self._db.sessions() as s, s.begin():
+            current = (
+                await s.execute(select(TaskRow.state).where(TaskRow.id == task_id))
+            ).scalar_one_or_none()
+            await s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id)
+                .values(
+                    state=TaskState.FAILED.value,
+                    priority=Priority.NORMAL.value,
+                    requirements={},
+                    payload={},
+                    result={"error": detail},
+                    updated_at=now,
+                )
+            )
+            s.add(
+                TaskEventRow(
+                    task_id=task_id,
+                    from_state=current if current in _STATES else None,
+                    to_state=TaskState.FAILED.value,
+                    at=now,
+                    detail=detail,
+                )
+            )
+        self.quarantined += 1
+        log.warning("task %s quarantined: %s", task_id, reason)
 
     async def create(
         self,
@@ -176,7 +248,8 @@ class TaskRepository:
             row = (await s.execute(q)).first()
         if row is None:
             raise NotFound(f"task {task_id!r} not found", details={"task": task_id})
-        return _record(row[0], row[1], row[2])
+        loaded = await self._load([row])
+        return loaded[0] if loaded else await self.get(task_id, org_id=org_id)
 
     async def history(self, task_id: str) -> list[Transition]:
         q = select(TaskEventRow).where(TaskEventRow.task_id == task_id).order_by(TaskEventRow.id)
@@ -199,12 +272,13 @@ class TaskRepository:
         if org_id is not None:
             q = q.where(TaskRow.org_id == org_id)
         if states is not None:
+            states = list(states)
             q = q.where(TaskRow.state.in_([s.value for s in states]))
         if agent_id is not None:
             q = q.where(TaskRow.agent_id == agent_id)
         async with self._db.sessions() as s:
             rows = (await s.execute(q.order_by(TaskRow.seq).limit(limit))).all()
-        return [_record(r[0], r[1], r[2]) for r in rows]
+        return await self._load(rows, states=None if states is None else frozenset(states))
 
     async def transition(
         self,

@@ -160,7 +160,9 @@ async def audit(
     org: Org,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    before: Annotated[int | None, Query(ge=0, description="page: the last id seen")] = None,
+    before: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="page: the last id seen")
+    ] = None,
 ) -> dict[str, Any]:
     """The org's vault audit log, newest first: writes, deletes, grants, reads and denials."""
     records = await platform(request).vault.audit.list(OrgId(org.id), limit=limit, before_id=before)

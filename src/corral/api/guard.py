@@ -1,0 +1,180 @@
+"""What every request passes before any route sees it: who is calling, how big and how deep
+its body is, and whether its address has been failing to authenticate.
+
+Why here and not in the routes: FastAPI reads and decodes a body before it resolves the
+dependency that authenticates, and buffers a body sent without ``Content-Length`` whole. So a
+caller with no key at all could make the control plane hold any number of bytes, and a payload
+nested a thousand deep reached the decoder. This ASGI layer, in order:
+
+1. refuses a declared ``Content-Length`` over the limit (413) without reading anything;
+2. authenticates a request that may carry a body (``POST``/``PUT``/``PATCH``/``DELETE`` under
+   ``/v1/``) from its headers alone, and answers 401 before reading the body if the key is bad;
+   the caller it found travels in the request's state so the route does not look it up again;
+3. reads the body while counting, and answers 413 as soon as it passes the limit;
+4. refuses JSON nested deeper than :data:`corral.domain.documents.MAX_DEPTH` (422);
+5. limits requests without a valid key per client address (429 once its bucket is empty).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.api.errors import error_response
+from corral.domain.documents import check_raw_depth
+from corral.domain.errors import CorralError, RateLimited, Unauthenticated
+
+__all__ = ["AddressLimiter", "BodyGuard", "Authenticator"]
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+#: resolves an ASGI scope's credentials to a caller, raising Unauthenticated
+Authenticator = Callable[[Scope], Any]
+
+
+class AddressLimiter:
+    """Token buckets per client address for requests that fail to authenticate.
+
+    Bounded: it remembers at most ``max_addresses`` addresses, forgetting the least recently
+    seen first (an address forgotten starts again with a full bucket, which only helps it by
+    one burst).
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float = 2.0,
+        burst: int = 20,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._max = max_addresses
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, last = self._buckets.get(address, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.rate)
+
+    def check(self, address: str) -> None:
+        """Raise :class:`RateLimited` if ``address`` has no failure left to spend."""
+        now = self._clock()
+        tokens = self._tokens(address, now)
+        if tokens < 1.0:
+            raise RateLimited(
+                f"too many requests without a valid API key from {address}; "
+                f"at most {self.rate:g}/s (burst {self.burst})",
+                retry_after=(1.0 - tokens) / self.rate,
+            )
+
+    def failed(self, address: str) -> None:
+        """Spend one token for a request from ``address`` that failed to authenticate."""
+        now = self._clock()
+        tokens = self._tokens(address, now)
+        self._buckets[address] = (max(0.0, tokens - 1.0), now)
+        self._buckets.move_to_end(address)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class BodyGuard:
+    """The ASGI middleware described in this module's docstring."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        authenticate: Authenticator,
+        limiter: AddressLimiter,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.authenticate = authenticate
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self._guard(scope, receive, send)
+        except CorralError as exc:
+            response = error_response(exc.http_status, exc.code, exc.message, exc.details)
+            if isinstance(exc, RateLimited):
+                response.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
+            await response(scope, receive, send)
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", ())}
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await self._too_large(scope, receive, send)
+            return
+        if scope["method"] not in _BODY_METHODS or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        address = client_address(scope)
+        self.limiter.check(address)
+        try:
+            who = await self.authenticate(scope)
+        except Unauthenticated:
+            self.limiter.failed(address)
+            raise
+        scope.setdefault("state", {})["caller"] = who
+        body = await self._read(receive)
+        if body is None:
+            await self._too_large(scope, receive, send)
+            return
+        if body and b"json" in headers.get("content-type", b"json"):
+            check_raw_depth(body, what="request body")
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it is over the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, "payload_too_large", f"request body is over the {self.max_body}-byte limit"
+        )
+        response.headers["Connection"] = "close"  # what is left of the body is not read
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """The body read already, then whatever the client sends next (its disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
