@@ -477,3 +477,35 @@ async def test_a_recorded_batch_is_acknowledged_by_its_last_message(
         return await bus.events_backlog() == 0
 
     await eventually(settled, message="the whole batch acknowledged")
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_events_the_control_plane_acknowledged_are_trimmed_from_the_stream(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    js = bus._open()[1]
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    for n in range(300):
+        await a1.nc.publish(subjects.agent_status("a", "a1"), _status("a1", n))
+    await a1.nc.flush()
+
+    async def stored() -> int:
+        return int((await js.stream_info(subjects.EVENTS_STREAM)).state.messages)
+
+    await eventually(lambda: _at_least(stored, 300), message="300 events stored")
+    got: list[BusEvent] = []
+    async for batch in bus.event_batches(wait=0.2):
+        got.extend(batch)
+        if len(got) >= 200:
+            break
+    await bus.acknowledge(got[:200])  # the rest stays unacknowledged
+    floor = await bus.trim_events()
+    left = await stored()
+    assert 100 <= left <= 300 - 200 + 56, left  # only what is not yet acknowledged remains
+    assert floor > 1
+    # nothing unacknowledged was lost: the consumer still has the rest to read
+    assert await bus.events_backlog() == left
+
+
+async def _at_least(read: Any, n: int) -> bool:
+    return bool(await read() >= n)

@@ -46,7 +46,10 @@ from corral.domain.errors import (
 from corral.domain.messages import ControlMessage, TaskMessage
 from corral.domain.plans import BusLimits
 
-__all__ = ["PlatformBus", "Serving"]
+__all__ = ["TRIM_INTERVAL", "PlatformBus", "Serving"]
+
+#: how often, at most, EVENTS is trimmed of what the control plane acknowledged (seconds)
+TRIM_INTERVAL = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +157,8 @@ class PlatformBus:
         self._platform_stale = True
         self._pipeline: PipelinedPublisher | None = None
         self._ack_all = True  # the EVENTS consumer acknowledges cumulatively (see streams)
+        self._trimmed_below = 0  # EVENTS holds nothing below this stream sequence
+        self._next_trim = 0.0  # monotonic time of the next trim
         # org → (admin connection, when it was opened): see _org_js
         self._admins: OrderedDict[str, tuple[Client, float]] = OrderedDict()
         self._admin_locks: dict[str, asyncio.Lock] = {}
@@ -527,6 +532,28 @@ class PlatformBus:
         for event in targets:
             with suppress(nats.errors.Error):
                 await event.ack()
+        if time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + TRIM_INTERVAL
+            with suppress(CorralError):
+                await self.trim_events()
+
+    async def trim_events(self) -> int:
+        """Drop from EVENTS everything the control plane has acknowledged; returns the stream
+        sequence below which nothing is kept.
+
+        EVENTS keeps messages by limits (so that what agents report while no control plane
+        runs is kept), so without this it would only grow until its ``max_bytes`` and then
+        refuse every tenant's events. The consumer's acknowledgement floor is the server's
+        own record of what has been recorded; nothing above it is touched.
+        """
+        _, js, _ = self._open()
+        with translating("trimming EVENTS", recorder=self._violations):
+            info = await js.consumer_info(subjects.EVENTS_STREAM, self._consumer)
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            if floor + 1 > self._trimmed_below:
+                await js.purge_stream(subjects.EVENTS_STREAM, seq=floor + 1)
+                self._trimmed_below = floor + 1
+        return self._trimmed_below
 
     async def events_backlog(self) -> int:
         """Events stored in EVENTS that the control plane has not yet acknowledged."""
