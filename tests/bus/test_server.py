@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from corral.bus import BusAuthority, EmbeddedNats, PlatformBus, ServerOptions
+from corral.domain.errors import Unavailable
 from corral.domain.messages import MessageType, TaskMessage
 from tests.bus.conftest import CAPS, LIMITS
 from tests.support import eventually
@@ -26,10 +27,27 @@ def _gone(pid: int) -> bool:
         return True
 
 
-async def test_the_server_starts_healthy_on_its_own_ports_and_stops_cleanly(
+async def test_by_default_the_server_listens_on_its_client_port_alone(
     tmp_path: Path, authority: BusAuthority
 ) -> None:
     async with EmbeddedNats(tmp_path / "nats", authority.trust(), ServerOptions(caps=CAPS)) as s:
+        assert s.pid is not None
+        listening = {
+            c.laddr.port
+            for c in psutil.Process(s.pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {int(s.url.rsplit(":", 1)[1])}  # no monitoring port to reach
+        assert "http" not in (tmp_path / "nats" / "server.conf").read_text()
+        with pytest.raises(Unavailable, match="monitoring is off"):
+            _ = s.monitor_url
+
+
+async def test_the_server_starts_healthy_on_its_own_ports_and_stops_cleanly(
+    tmp_path: Path, authority: BusAuthority
+) -> None:
+    options = ServerOptions(caps=CAPS, monitoring=True)
+    async with EmbeddedNats(tmp_path / "nats", authority.trust(), options) as s:
         assert s.url.startswith("nats://127.0.0.1:") and not s.url.endswith(":4222")
         pid = s.pid
         assert pid is not None

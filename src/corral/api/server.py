@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import uvicorn
 
@@ -56,7 +58,7 @@ async def running(settings: Settings) -> AsyncIterator[RunningServer]:
                     task.result()
                     raise RuntimeError("the HTTP server stopped while starting")
                 await asyncio.sleep(0.01)
-            (settings.data_dir / "api.url").write_text(url + "\n")
+            _write_private(settings.data_dir / "api.url", url + "\n")
             yield RunningServer(platform, url)
         finally:
             platform.hub.close()  # ends every event stream so the server can stop
@@ -73,3 +75,13 @@ async def serve(settings: Settings, *, on_ready: Callable[[RunningServer], None]
     async with running(settings) as srv:
         on_ready(srv)
         await asyncio.Event().wait()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the control plane's user alone."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask, and if the file was there before
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)

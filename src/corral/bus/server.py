@@ -52,6 +52,7 @@ def find_nats_server() -> str:
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
     def hook() -> None:  # runs in the child between fork and exec
+        os.umask(0o077)  # what the server writes (its ports file, JetStream) is ours alone
         if sys.platform.startswith("linux"):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -68,6 +69,10 @@ class ServerOptions:
     caps: JetStreamCaps = JetStreamCaps(memory=256 * _MiB, storage=4096 * _MiB)
     host: str = "127.0.0.1"
     port: int = -1  # -1: any free port, kept across restarts
+    #: nats-server's HTTP monitoring port. Off by default: it answers without credentials and
+    #: lists every tenant's connections, user JWTs, subscriptions and streams, and the
+    #: platform's own metrics cover what operators need. ``http_port`` -1: any free port.
+    monitoring: bool = False
     http_port: int = -1
     max_payload: int = 8 * _MiB  # PLATFORM's JWT is pushed whole: ~3.9 KiB per org (0.8 public)
     start_timeout: float = 10.0
@@ -102,6 +107,8 @@ class EmbeddedNats:
 
     @property
     def monitor_url(self) -> str:
+        if not self.options.monitoring:
+            raise Unavailable("nats-server monitoring is off (ServerOptions.monitoring)")
         return f"http://{self.options.host}:{self._http_port}"
 
     @property
@@ -115,7 +122,6 @@ class EmbeddedNats:
         lines = {
             "server_name": "corral",
             "listen": f"{o.host}:{self._port}",
-            "http": f"{o.host}:{self._http_port}",
             "ports_file_dir": str(d / "run"),
             "max_payload": o.max_payload,
             "operator": t.operator_jwt,
@@ -128,6 +134,8 @@ class EmbeddedNats:
                 "max_file_store": o.caps.storage,
             },
         }
+        if o.monitoring:
+            lines["http"] = f"{o.host}:{self._http_port}"
         return "".join(f"{key}: {json.dumps(value)}\n" for key, value in lines.items())
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -135,6 +143,7 @@ class EmbeddedNats:
     async def __aenter__(self) -> EmbeddedNats:
         for sub in ("run", "jwt", "jetstream"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.data_dir / sub, 0o700)
         os.chmod(self.data_dir, 0o700)
         await self._start()
         self._supervisor = asyncio.create_task(self._supervise(), name="corral.bus.nats-server")
@@ -159,7 +168,11 @@ class EmbeddedNats:
         os.chmod(conf, 0o600)
         for old in (self.data_dir / "run").glob("*.ports"):
             old.unlink(missing_ok=True)
-        with open(self.data_dir / "nats-server.log", "ab") as log_file:
+        log_path = self.data_dir / "nats-server.log"
+        with open(
+            os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+        ) as log_file:
+            os.fchmod(log_file.fileno(), 0o600)
             self._proc = await asyncio.create_subprocess_exec(
                 self.binary,
                 "-c",
@@ -186,7 +199,7 @@ class EmbeddedNats:
                     f"nats-server exited with {proc.returncode} at start; "
                     f"see {self.data_dir / 'nats-server.log'}"
                 )
-            if self._port < 0 or self._http_port < 0:
+            if self._port < 0 or (self.options.monitoring and self._http_port < 0):
                 self._read_ports(ports_file)
             elif await self._healthy():
                 return
@@ -197,12 +210,17 @@ class EmbeddedNats:
         try:
             ports = json.loads(ports_file.read_text())
             self._port = int(ports["nats"][0].rsplit(":", 1)[1])
-            self._http_port = int(ports["monitoring"][0].rsplit(":", 1)[1])
+            if self.options.monitoring:
+                self._http_port = int(ports["monitoring"][0].rsplit(":", 1)[1])
         except (OSError, ValueError, KeyError, IndexError):
             return  # not written yet
 
     async def _healthy(self) -> bool:
-        """``GET /healthz`` answers 200 once clients and JetStream are served."""
+        """Clients are served (the server enables JetStream before it accepts any): its
+        ``GET /healthz`` answers 200 where monitoring is on, else it greets a client with
+        ``INFO``."""
+        if not self.options.monitoring:
+            return await self._greets()
         try:
             async with asyncio.timeout(1.0):
                 reader, writer = await asyncio.open_connection(self.options.host, self._http_port)
@@ -215,6 +233,19 @@ class EmbeddedNats:
         except (OSError, TimeoutError):
             return False
         return status.split(b" ")[1:2] == [b"200"]
+
+    async def _greets(self) -> bool:
+        try:
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_connection(self.options.host, self._port)
+                try:
+                    line = await reader.readline()
+                finally:
+                    writer.close()
+                    await writer.wait_closed()
+        except (OSError, TimeoutError):
+            return False
+        return line.startswith(b"INFO ")
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None

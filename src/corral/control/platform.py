@@ -127,6 +127,8 @@ class Platform:
             load_plans(self.settings.plans_file)
         await self.db.start()
         self._stack.push_async_callback(self.db.close)
+        for kept in self.data_dir.glob("corral.db*"):  # the SQLite file, its WAL and lock
+            kept.chmod(0o600)
         writer = WriterLock(self.db)
         await writer.acquire()  # one control plane per database: see corral.store.writer_lock
         self._stack.push_async_callback(writer.release)
@@ -181,6 +183,8 @@ class Platform:
     # -- bus ------------------------------------------------------------------------------
     async def _start_bus(self) -> None:
         nats_dir = self.data_dir / "nats"
+        nats_dir.mkdir(mode=0o700, exist_ok=True)
+        nats_dir.chmod(0o700)
         caps = JetStreamCaps(
             memory=self.settings.nats_max_memory, storage=self.settings.nats_max_storage
         )
@@ -199,7 +203,11 @@ class Platform:
             url = self.settings.nats_url
         else:
             authority = BusAuthority(nats_dir / "auth", caps=caps)
-            server = EmbeddedNats(nats_dir / "server", authority.trust(), ServerOptions(caps=caps))
+            server = EmbeddedNats(
+                nats_dir / "server",
+                authority.trust(),
+                ServerOptions(caps=caps, monitoring=self.settings.nats_monitoring),
+            )
             self.nats = await self._stack.enter_async_context(server)
             url = server.url
         self.bus = await self._stack.enter_async_context(PlatformBus(url, authority))
