@@ -37,5 +37,5 @@ def create_app(platform: Platform) -> FastAPI:
         return {"status": "ok"}
 
     for module in (orgs, agents, tasks, secrets, events, metrics, dashboard):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     return app

@@ -9,13 +9,44 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.domain.errors import CorralError, RateLimited
 
-__all__ = ["error_response", "install"]
+__all__ = ["ERROR_RESPONSES", "ErrorBody", "error_response", "install"]
 
 log = logging.getLogger("corral.api")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable: invalid_input, not_found, conflict, ...")
+    message: str = Field(description="one line, for people")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    """The shape of every error the API answers."""
+
+    error: ErrorDetail
+
+
+def _described(text: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": text}
+
+
+#: what any route may answer besides its success, declared once for the OpenAPI document
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _described("the body is not valid JSON"),
+    401: _described("no API key, or an unknown or revoked one"),
+    403: _described("the key may not do this (an org key on an admin route)"),
+    404: _described("not found, or another organization's"),
+    409: _described("the current state does not allow it, or a quota or limit refuses it"),
+    413: _described("the request body is over the size limit"),
+    422: _described("invalid input: the message names the field and the problem"),
+    429: _described("over the plan's request rate; Retry-After says when to retry"),
+    503: _described("a dependency (the store or the bus) is unavailable"),
+}
 
 
 def error_response(
@@ -55,9 +86,11 @@ def install(app: FastAPI) -> None:
             405: "method_not_allowed",
             413: "payload_too_large",
         }
-        return error_response(
+        response = error_response(
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
         )
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
