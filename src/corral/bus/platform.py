@@ -261,14 +261,6 @@ class PlatformBus:
             self.authority.forget(org)
             await self._drop_admin(org)
 
-    async def sync(self) -> None:
-        """Push every account again (after a server lost its resolver directory)."""
-        _, _, resolver = self._open()
-        async with self._lock:
-            for org in self.authority.orgs():
-                await resolver.push(self.authority.org_account_jwt(org), name=org)
-            await self._push_platform()
-
     @asynccontextmanager
     async def _org_js(self, org: str) -> AsyncIterator[JetStreamContext]:
         """The org's JetStream, through an admin connection of that org that is kept (and
