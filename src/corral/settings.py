@@ -26,7 +26,6 @@ class Settings(BaseSettings):
     nats_max_memory: int = 256 * 1024 * 1024  # embedded server's JetStream memory cap
     nats_max_storage: int = 8 * 1024 * 1024 * 1024  # embedded server's JetStream file cap
     nats_monitoring: bool = False  # embedded server: open its HTTP monitoring port (localhost)
-    master_key: SecretStr | None = None  # default: <data dir>/master.key
     host: str = "127.0.0.1"
     port: int = 8470
     runtime: Literal["local", "kubernetes"] = "local"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from corral.bus.events import MAX_BATCH, EventKind, parse_event, parse_events
+from corral.bus.events import EventKind, parse_event, parse_events
 from corral.domain import messages, subjects
 from corral.domain.errors import InvalidInput
 from corral.domain.messages import MessageType, StatusKind, StatusMessage, TaskMessage
+from corral.domain.wire import EVENTS_BATCH_MAX
 
 
 def _status(agent: str) -> bytes:
@@ -71,7 +72,7 @@ def test_a_batch_stands_for_its_task_messages_in_order() -> None:
         b'{"batch": {"taskId": "t"}}',
         b'{"batch": [1, 2]}',
         b'{"batch": [{"taskId": "t"}]}',
-        messages.encode({"batch": [{}] * (MAX_BATCH + 1)}),
+        messages.encode({"batch": [{}] * (EVENTS_BATCH_MAX + 1)}),
     ],
 )
 def test_a_malformed_batch_is_invalid_input(data: bytes) -> None:

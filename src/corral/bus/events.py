@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from corral.bus import claims
-from corral.domain import messages
+from corral.domain import messages, wire
 from corral.domain.errors import InvalidInput
 from corral.domain.messages import StatusMessage, TaskMessage
 
-__all__ = ["MAX_BATCH", "BusEvent", "EventKind", "parse_event", "parse_events"]
-
-#: The most task messages one events message may carry as a batch.
-MAX_BATCH = 1000
+__all__ = ["BusEvent", "EventKind", "parse_event", "parse_events"]
 
 
 class EventKind(StrEnum):
@@ -81,22 +78,13 @@ def parse_events(
     agent finishing many tasks at once sends one message, not one each).
 
     Raises:
-        InvalidInput: as :func:`parse_event`; a batch that is empty, too long or holds
-            anything but task messages.
+        InvalidInput: as :func:`parse_event`; a batch that is empty, over
+            :data:`~corral.domain.wire.EVENTS_BATCH_MAX` or holds anything but task messages.
     """
     tokens = subject.split(".")
     if len(tokens) == 5 and tokens[0] == "org" and tokens[2] == "agents" and tokens[4] == "events":
-        obj = messages.decode(data)
-        batch = obj.get("batch")
-        if batch is not None:
-            if not isinstance(batch, list) or not 0 < len(batch) <= MAX_BATCH:
-                raise InvalidInput(f"'batch' must list 1 to {MAX_BATCH} task messages")
-            items: list[StatusMessage | TaskMessage] = []
-            for item in batch:
-                if not isinstance(item, dict):
-                    raise InvalidInput("each item of 'batch' must be a task message")
-                items.append(TaskMessage.from_wire(item))
-            return tokens[1], tokens[3], EventKind.EVENTS, items
-        return tokens[1], tokens[3], EventKind.EVENTS, [TaskMessage.from_wire(obj)]
+        batch = wire.batch_from_wire(messages.decode(data), cap=wire.EVENTS_BATCH_MAX)
+        items: list[StatusMessage | TaskMessage] = [TaskMessage.from_wire(m) for m in batch]
+        return tokens[1], tokens[3], EventKind.EVENTS, items
     org, agent, kind, message = parse_event(subject, data)
     return org, agent, kind, [message]

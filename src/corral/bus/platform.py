@@ -35,7 +35,7 @@ from corral.bus.events import BusEvent, parse_events
 from corral.bus.failures import ViolationRecorder, open_connection, translate, translating
 from corral.bus.resolver import ResolverClient
 from corral.bus.vault_requests import VaultHandler, answer
-from corral.domain import messages, subjects
+from corral.domain import messages, subjects, wire
 from corral.domain.errors import (
     CorralError,
     InvalidInput,
@@ -70,10 +70,6 @@ class Serving:
             await self._subscription.unsubscribe()
 
 
-#: The most tasks one inbox message carries to an agent that reads batches.
-INBOX_BATCH = 64
-
-
 def _groups(
     items: list[tuple[str, str, TaskMessage]], batching: Collection[str]
 ) -> list[tuple[str, str, list[int]]]:
@@ -90,16 +86,17 @@ def _groups(
 
 
 def _chunks(encoded: list[tuple[int, bytes]], *, limit: int) -> list[list[tuple[int, bytes]]]:
-    """Consecutive runs of at most :data:`INBOX_BATCH` messages that fit in ``limit`` bytes
-    together (with the batch's own wrapping); a message too big to share goes alone."""
+    """Consecutive runs of at most :data:`~corral.domain.wire.INBOX_BATCH_MAX` messages that
+    fit in ``limit`` bytes together (with the batch's own wrapping); a message too big to share
+    goes alone."""
     chunks: list[list[tuple[int, bytes]]] = []
     current: list[tuple[int, bytes]] = []
-    size = 16  # {"batch":[ ... ]}
+    size = wire.BATCH_OVERHEAD
     for item in encoded:
         extra = len(item[1]) + 1
-        if current and (len(current) >= INBOX_BATCH or size + extra > limit):
+        if current and (len(current) >= wire.INBOX_BATCH_MAX or size + extra > limit):
             chunks.append(current)
-            current, size = [], 16
+            current, size = [], wire.BATCH_OVERHEAD
         current.append(item)
         size += extra
     if current:
@@ -269,14 +266,6 @@ class PlatformBus:
             self.authority.forget(org)
             await self._drop_admin(org)
 
-    async def sync(self) -> None:
-        """Push every account again (after a server lost its resolver directory)."""
-        _, _, resolver = self._open()
-        async with self._lock:
-            for org in self.authority.orgs():
-                await resolver.push(self.authority.org_account_jwt(org), name=org)
-            await self._push_platform()
-
     @asynccontextmanager
     async def _org_js(self, org: str) -> AsyncIterator[JetStreamContext]:
         """The org's JetStream, through an admin connection of that org that is kept (and
@@ -376,10 +365,10 @@ class PlatformBus:
         acknowledgement is awaited, and all are awaited together (one timeout for the lot).
 
         Tasks for an agent in ``batching`` (it said it reads batches) travel together, as
-        ``{"batch": [...]}`` messages of at most :data:`INBOX_BATCH` tasks within the org's
-        message size; any other task travels alone. Returns, in order, each task's INBOX
-        sequence or the error that kept it out; a redelivery of the same tasks and attempts is
-        stored once, as with :meth:`deliver`."""
+        ``{"batch": [...]}`` messages of at most :data:`~corral.domain.wire.INBOX_BATCH_MAX`
+        tasks within the org's message size; any other task travels alone. Returns, in order,
+        each task's INBOX sequence or the error that kept it out; a redelivery of the same tasks
+        and attempts is stored once, as with :meth:`deliver`."""
         self._open()
         assert self._pipeline is not None
         out: list[int | CorralError] = [0] * len(items)
@@ -406,11 +395,10 @@ class PlatformBus:
                     if len(tasks) == 1
                     else f"delivering {len(tasks)} tasks to {agent!r} of {org!r}"
                 )
+                data = wire.join_batch([d for _, d in chunk], cap=wire.INBOX_BATCH_MAX)
                 if len(chunk) == 1:
-                    data = chunk[0][1]
                     msg_id = f"{tasks[0].task_id}.{tasks[0].type.value}.{tasks[0].attempt}"
                 else:
-                    data = b'{"batch":[' + b",".join(d for _, d in chunk) + b"]}"
                     ids = ";".join(f"{t.task_id}.{t.type.value}.{t.attempt}" for t in tasks)
                     msg_id = "batch." + hashlib.sha256(ids.encode()).hexdigest()[:40]
                 try:

@@ -27,6 +27,7 @@ from nats.js.errors import NotFoundError
 
 from corral.bus import claims
 from corral.domain import subjects
+from corral.domain.agents import MAX_SLOTS
 from corral.domain.plans import BusLimits
 
 __all__ = [
@@ -44,8 +45,8 @@ __all__ = [
 DUPLICATE_WINDOW = 120.0  # seconds
 #: inbox messages an agent may hold unacknowledged. The SDK acknowledges each on receipt and
 #: fetches at most 64 at a time; a fetch of more than this waits out its whole timeout, so it
-#: must stay above any agent's fetch size (an agent runs up to 1,024 tasks at once)
-AGENT_MAX_ACK_PENDING = 1024
+#: must stay above any agent's fetch size (an agent runs up to MAX_SLOTS tasks at once)
+AGENT_MAX_ACK_PENDING = MAX_SLOTS
 
 
 def inbox_config(org: str, limits: BusLimits, *, replicas: int = 1) -> StreamConfig:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral.cli.context import Context, pass_ctx, run
+from corral.domain.agents import MAX_SLOTS
 
 __all__ = ["agent"]
 
@@ -59,7 +60,7 @@ def agent() -> None:
 )
 @click.option(
     "--slots",
-    type=click.IntRange(1, 1024),
+    type=click.IntRange(1, MAX_SLOTS),
     default=1,
     show_default=True,
     help="Tasks the agent runs at once (its handler must allow it).",

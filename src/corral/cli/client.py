@@ -8,23 +8,10 @@ from typing import Any
 
 import httpx
 
-from corral.domain import errors
+from corral.domain import errors, wire
 from corral.settings import default_data_dir
 
 __all__ = ["ApiClient", "resolve_target"]
-
-_BY_CODE: dict[str, type[errors.CorralError]] = {
-    cls.code: cls
-    for cls in (
-        errors.InvalidInput,
-        errors.NotFound,
-        errors.Conflict,
-        errors.QuotaExceeded,
-        errors.Unauthenticated,
-        errors.PermissionDenied,
-        errors.Unavailable,
-    )
-}
 
 
 def resolve_target(
@@ -64,14 +51,12 @@ class ApiClient:
         except ValueError:
             body = {}
         if resp.status_code >= 400:
-            err = body.get("error", {}) if isinstance(body, dict) else {}
-            message = err.get("message") or f"HTTP {resp.status_code}"
+            error = wire.error_from_wire(body, message=f"HTTP {resp.status_code}")
             if resp.status_code == 429:
                 raise errors.RateLimited(
-                    message, retry_after=float(resp.headers.get("Retry-After", 1))
+                    error.message, retry_after=float(resp.headers.get("Retry-After", 1))
                 )
-            cls = _BY_CODE.get(err.get("code", ""), errors.CorralError)
-            raise cls(message, details=err.get("details"))
+            raise error
         return body
 
     def get(self, path: str, **kwargs: Any) -> Any:

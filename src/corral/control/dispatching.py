@@ -32,9 +32,9 @@ from corral.control.hub import EventHub
 from corral.control.lifecycle import Controller
 from corral.control.ports import BusEvent, BusPort
 from corral.domain.admission import ContainerRequest, apply_limit_range, charge_for, check_quota
-from corral.domain.agents import Agent, AgentState
+from corral.domain.agents import MAX_SLOTS, Agent, AgentState
 from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound, QuotaExceeded
-from corral.domain.ids import AgentId, OrgId, TaskId
+from corral.domain.ids import AgentId, OrgId, TaskId, new_task_id
 from corral.domain.messages import MessageType, StatusKind, StatusMessage, TaskMessage
 from corral.domain.quantities import parse
 from corral.domain.tasks import Priority, Requirements, TaskState
@@ -61,13 +61,8 @@ log = logging.getLogger("corral.dispatcher")
 MAX_ATTEMPTS = 5
 MAX_INCOMING_PER_ROLE = 2  # agents being provisioned/resumed at once for one (org, role)
 ACTIVE = (TaskState.DISPATCHED, TaskState.RUNNING)
-MAX_SLOTS = 1024  # the most tasks one agent may take at once, whatever it announces
 DECISIONS_PER_ROUND = 2000
 AGENT_LIST_TTL = 1.0  # seconds a snapshot of the agents' lifecycle states is reused
-
-
-def new_task_id() -> str:
-    return f"task_{secrets.token_hex(8)}"
 
 
 def _ts(dt: datetime | None) -> float | None:

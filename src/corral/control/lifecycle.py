@@ -21,6 +21,7 @@ from corral.control.ports import BusPort
 from corral.domain.admission import ContainerRequest, apply_limit_range, charge_for
 from corral.domain.agents import (
     HOLDS_POD,
+    MAX_SLOTS,
     Agent,
     AgentState,
     make_agent_id,
@@ -40,8 +41,6 @@ log = logging.getLogger("corral.controller")
 
 #: Without --command an agent runs the built-in general-purpose example agent.
 DEFAULT_AGENT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "corral.agents.general")
-#: The most tasks one agent may be given at once.
-MAX_SLOTS = 1024
 MAX_RESTARTS = 3
 CREDS_TTL_SECONDS = 24 * 3600
 

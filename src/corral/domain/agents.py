@@ -13,6 +13,7 @@ from corral.domain.ids import AgentId
 from corral.domain.tenancy import is_dns1123_label
 
 __all__ = [
+    "MAX_SLOTS",
     "Agent",
     "AgentState",
     "HOLDS_POD",
@@ -22,6 +23,10 @@ __all__ = [
     "require_transition",
     "validate_name",
 ]
+
+
+#: The most tasks one agent may take at once, whatever it asks for or announces.
+MAX_SLOTS = 1024
 
 
 class AgentState(StrEnum):

@@ -149,9 +149,6 @@ class Metrics:
             ),
             registry=self.registry,
         )
-        self.bus_errors = Counter(
-            "corral_bus_errors", "Bus operations that failed", ["kind"], registry=self.registry
-        )
         self.vault_errors = Counter(
             "corral_vault_errors",
             "Vault operations that failed or were denied",

@@ -14,8 +14,17 @@ workspace when it is paused and resumed. It depends only on the domain and the N
         return {"ok": True}
 
     agent.run()
+
+One module per concept: ``config`` (the environment), ``context`` (what a handler sees, and
+the :class:`~corral.sdk.context.TaskHost` protocol it reaches the agent through), ``workers``
+(the slot pool), ``outbox`` (statuses and batched task events), ``vault`` (secret reads),
+``checkpoints`` (state in the workspace), ``signing`` (the agent's signature on a secret
+request) and ``agent`` (the serve loop, delegation and the control channel, wiring the rest).
+The context never imports the agent, and only the agent imports the rooms it wires.
 """
 
-from corral.sdk.agent import Agent, AgentConfig, Blocked, TaskContext
+from corral.sdk.agent import Agent
+from corral.sdk.config import AgentConfig
+from corral.sdk.context import Blocked, TaskContext
 
 __all__ = ["Agent", "AgentConfig", "Blocked", "TaskContext"]

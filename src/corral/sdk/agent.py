@@ -1,18 +1,21 @@
-"""The Agent runtime loop: inbox, status, delegation, checkpoints, secrets, graceful stop."""
+"""The agent process: the serve loop over its inbox, delegation, and the control channel.
+
+:class:`Agent` wires the rooms of this package together: it connects to the bus, reads its
+durable inbox (a task message, or a batch of them), hands tasks to the slot pool
+(:mod:`~corral.sdk.workers`), routes the results of delegated children back to the tasks
+awaiting them, reports through the outbox (:mod:`~corral.sdk.outbox`), answers checkpoint
+and stop requests, and on a graceful stop lets its tasks end and saves a checkpoint
+(:mod:`~corral.sdk.checkpoints`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
-import os
-import secrets
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -20,144 +23,41 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from corral.domain import subjects
-from corral.domain.errors import (
-    CorralError,
-    InvalidInput,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
-)
+from corral.domain import subjects, wire
+from corral.domain.errors import CorralError, InvalidInput, Unavailable
+from corral.domain.ids import new_task_id
 from corral.domain.messages import (
     ControlKind,
     ControlMessage,
     MessageType,
     StatusKind,
-    StatusMessage,
     TaskMessage,
     decode,
     encode,
 )
+from corral.sdk import checkpoints
+from corral.sdk.config import AgentConfig, parse_slots
+from corral.sdk.context import Blocked, TaskContext
+from corral.sdk.outbox import Outbox
+from corral.sdk.vault import read_secret
+from corral.sdk.workers import Workers
 
-__all__ = ["Agent", "AgentConfig", "Blocked", "TaskContext"]
+__all__ = ["Agent", "Handler", "inbox_messages"]
 
 log = logging.getLogger("corral.sdk")
 
-Handler = Callable[["TaskContext"], Awaitable[dict[str, Any] | None]]
-CHECKPOINT_FILE = ".corral-checkpoint.json"
-#: A task still in hand after this long is reported ``accepted``; one that ends sooner reports
-#: only its end, which implies it ran (the platform records both steps then).
-ACCEPT_AFTER = 0.005
-#: ``idle`` is reported once nothing has been in hand this long.
-IDLE_AFTER = 0.05
-#: The most task messages one events message carries (the platform takes up to 1,000).
-MAX_EVENTS_BATCH = 256
+Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
 
 
-class Blocked(Exception):  # noqa: N818 - reads as the outcome it is
-    """Raise from a handler to end the task as ``blocked`` with a reason."""
+def inbox_messages(obj: dict[str, Any]) -> list[TaskMessage]:
+    """The task messages of one inbox message: itself, or its ``batch`` in order.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    org: str
-    agent_id: str
-    role: str
-    nats_url: str
-    creds_file: Path
-    workspace: Path
-    heartbeat_seconds: float = 5.0
-    slots: int = 1  # tasks handled at once; announced to the platform when ready
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> AgentConfig:
-        e = dict(os.environ if env is None else env)
-        missing = [
-            k
-            for k in ("CORRAL_ORG", "CORRAL_AGENT_ID", "CORRAL_NATS_URL", "CORRAL_CREDS_FILE")
-            if not e.get(k)
-        ]
-        if missing:
-            raise InvalidInput(f"agent environment is missing {', '.join(missing)}")
-        return cls(
-            org=e["CORRAL_ORG"],
-            agent_id=e["CORRAL_AGENT_ID"],
-            role=e.get("CORRAL_ROLE", "general"),
-            nats_url=e["CORRAL_NATS_URL"],
-            creds_file=Path(e["CORRAL_CREDS_FILE"]),
-            workspace=Path(e.get("CORRAL_WORKSPACE") or Path.cwd()),
-            heartbeat_seconds=float(e.get("CORRAL_HEARTBEAT_SECONDS", "5")),
-            slots=_slots(e.get("CORRAL_AGENT_SLOTS", "1")),
-        )
-
-
-def _slots(text: str) -> int:
-    try:
-        slots = int(text)
-    except ValueError:
-        raise InvalidInput(f"CORRAL_AGENT_SLOTS must be a whole number, got {text!r}") from None
-    if not 1 <= slots <= 1024:
-        raise InvalidInput(f"CORRAL_AGENT_SLOTS must be between 1 and 1024, got {slots}")
-    return slots
-
-
-def _inbox_messages(obj: dict[str, Any]) -> list[TaskMessage]:
-    """The task messages of one inbox message: itself, or its ``batch`` in order."""
-    batch = obj.get("batch")
-    if batch is None:
-        return [TaskMessage.from_wire(obj)]
-    if not isinstance(batch, list) or not batch or not all(isinstance(m, dict) for m in batch):
-        raise InvalidInput("'batch' must list task messages")
+    Raises:
+        InvalidInput: not a task message, or a batch that is empty, over
+            :data:`~corral.domain.wire.INBOX_BATCH_MAX` or holds anything but task messages.
+    """
+    batch = wire.batch_from_wire(obj, cap=wire.INBOX_BATCH_MAX)
     return [TaskMessage.from_wire(m) for m in batch]
-
-
-class TaskContext:
-    """One task being handled: its payload, progress reports and delegation."""
-
-    def __init__(self, agent: Agent, message: TaskMessage) -> None:
-        self._agent = agent
-        self.message = message
-        self.task_id = message.task_id
-        self.payload = message.payload
-        self.attempt = message.attempt
-
-    @property
-    def workspace(self) -> Path:
-        return self._agent.config.workspace
-
-    async def progress(self, fraction: float, **detail: Any) -> None:
-        """Report progress (0..1) on this task, as the seed's ``working`` status."""
-        await self._agent._accept(self.task_id)
-        await self._agent._status(
-            StatusKind.WORKING, self.task_id, max(0.0, min(1.0, fraction)), detail
-        )
-
-    async def delegate(
-        self,
-        payload: dict[str, Any],
-        *,
-        role: str | None = None,
-        agent: str | None = None,
-        priority: str = "normal",
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Ask the platform to run a child task on another agent or role of this org, and
-        wait (asynchronously) for its result.
-
-        Raises:
-            Blocked: the child task ended blocked or failed (its reason is carried).
-            asyncio.TimeoutError: no result within ``timeout``.
-        """
-        return await self._agent.delegate(
-            self.task_id, payload, role=role, agent=agent, priority=priority, timeout=timeout
-        )
-
-    async def secret(self, name: str) -> bytes:
-        return await self._agent.secret(name)
 
 
 class Agent:
@@ -170,7 +70,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, slots: int | None = None) -> None:
         if slots is not None:
-            config = dataclasses.replace(config, slots=_slots(str(slots)))
+            config = dataclasses.replace(config, slots=parse_slots(str(slots)))
         self.config = config
         self.state: dict[str, Any] = {}
         self._handler: Handler | None = None
@@ -179,16 +79,14 @@ class Agent:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._stopping = asyncio.Event()
-        self._pending: dict[str, asyncio.Future[TaskMessage]] = {}
-        self._workers: set[asyncio.Task[None]] = set()
-        self._active = 0  # workers taking tasks: at most ``slots``
-        self._accepted: set[str] = set()  # tasks reported ``accepted``
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._outbox: list[dict[str, Any]] = []  # events not yet published, in order
-        self._sending: asyncio.Future[None] | None = None
-        self._background: set[asyncio.Future[None]] = set()
-        self._running: dict[str, None] = {}  # the tasks being handled, oldest first
-        self._work: asyncio.Queue[TaskMessage] = asyncio.Queue()
+        self._pending: dict[str, asyncio.Future[TaskMessage]] = {}  # delegated children
+        self._outbox = Outbox(config.org, config.agent_id)
+        self._workers = Workers(
+            slots=config.slots,
+            run=self._handle,
+            report=self._outbox.status,
+            stopping=self._stopping,
+        )
         self._errors: list[str] = []
 
     @classmethod
@@ -230,7 +128,7 @@ class Agent:
             durable=subjects.inbox_consumer(self.config.agent_id),
             stream=subjects.INBOX_STREAM,
         )
-        await self._status(StatusKind.READY, detail=self._announce())
+        await self._outbox.status(StatusKind.READY, detail=self._announce())
         beat = asyncio.create_task(self._heartbeat(), name="corral-heartbeat")
         stopping = asyncio.create_task(self._stopping.wait(), name="corral-stopping")
         try:
@@ -257,21 +155,15 @@ class Agent:
             self._stopping.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(beat, timeout=2.0)
-            if self._workers:  # let the tasks in hand end, briefly
-                await asyncio.wait(set(self._workers), timeout=2.0)
-            if self._sending is not None and not self._sending.done():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(self._sending), timeout=1.0)
+            await self._workers.finish(timeout=2.0)  # let the tasks in hand end, briefly
+            await self._outbox.settle(timeout=1.0)
             self._save_checkpoint()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._status(StatusKind.STOPPING), timeout=1.0)
+                await asyncio.wait_for(self._outbox.status(StatusKind.STOPPING), timeout=1.0)
                 await control.unsubscribe()
             # close, not drain: draining a pull subscription waits out its whole timeout
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), timeout=1.0)
-
-    def _inbox_prefix(self) -> str:
-        return subjects.agent_inbox_prefix(self.config.agent_id)
 
     async def _connect(self) -> None:
         async def on_error(exc: Exception) -> None:
@@ -286,7 +178,7 @@ class Agent:
             self._nc = await nats.connect(
                 self.config.nats_url,
                 user_credentials=str(self.config.creds_file),
-                inbox_prefix=self._inbox_prefix().encode(),
+                inbox_prefix=subjects.agent_inbox_prefix(self.config.agent_id).encode(),
                 error_cb=on_error,
                 closed_cb=on_closed,
                 max_reconnect_attempts=60,
@@ -296,97 +188,29 @@ class Agent:
         except Exception as exc:
             raise Unavailable(f"agent cannot connect to the bus: {exc}") from exc
         self._js = self._nc.jetstream()
+        self._outbox.client = self._nc
+
+    def _announce(self) -> dict[str, Any]:
+        return {"slots": self.config.slots, "batches": True}
 
     # -- inbox ----------------------------------------------------------------------------
     async def _on_inbox(self, msg: Msg) -> None:
         try:
-            received = _inbox_messages(decode(msg.data))
+            received = inbox_messages(decode(msg.data))
         except CorralError as exc:
             log.warning("dropping malformed inbox message: %s", exc.message)
             await msg.term()
             return
         await msg.ack()
         for message in received:
-            self._take(message)
-
-    def _take(self, message: TaskMessage) -> None:
-        if message.type is MessageType.DELEGATE:
-            # up to ``slots`` workers take tasks in arrival order; results of delegations
-            # (below) never wait for a slot, so a task awaiting its child cannot deadlock
-            self._work.put_nowait(message)
-            if self._active < self.config.slots:
-                self._active += 1
-                worker = asyncio.create_task(self._drain(), name="corral-tasks")
-                self._workers.add(worker)
-                worker.add_done_callback(self._workers.discard)
-        else:  # a delegated child's result
-            fut = self._pending.pop(message.task_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(message)
-
-    async def _drain(self) -> None:
-        """A worker: takes tasks until none is waiting. It stops counting as a worker at the
-        moment it finds the queue empty, with no await in between, so a task queued just after
-        always finds a worker (or a free place for a new one)."""
-        counted = True
-        try:
-            while not self._work.empty():
-                message = self._work.get_nowait()
-                self._running[message.task_id] = None
-                try:
-                    await self._run_task(message)
-                finally:
-                    self._running.pop(message.task_id, None)
-            self._active -= 1
-            counted = False
-            if not self._running and self._work.empty():
-                self._idle_soon()
-        finally:
-            if counted:
-                self._active -= 1
-
-    def _idle_soon(self) -> None:
-        """Report ``idle`` once nothing has been in hand for :data:`IDLE_AFTER`: an agent kept
-        busy by a stream of quick tasks goes idle between every two of them, and saying so each
-        time would double the events the platform reads."""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = asyncio.get_running_loop().call_later(IDLE_AFTER, self._idle_now)
-
-    def _idle_now(self) -> None:
-        self._idle_timer = None
-        if not self._running and self._work.empty() and not self._stopping.is_set():
-            job = asyncio.ensure_future(self._status(StatusKind.IDLE))
-            self._background.add(job)
-            job.add_done_callback(self._background.discard)
-
-    def _announce(self) -> dict[str, Any]:
-        return {"slots": self.config.slots, "batches": True}
-
-    @property
-    def _current_id(self) -> str | None:
-        return next(iter(self._running), None)
-
-    async def _accept(self, task_id: str) -> None:
-        """Report ``accepted`` for ``task_id`` once, if it is still in hand."""
-        if task_id in self._running and task_id not in self._accepted:
-            self._accepted.add(task_id)
-            await self._status(StatusKind.ACCEPTED, task_id, 0.0)
-
-    def _accept_soon(self, task_id: str) -> None:
-        job = asyncio.ensure_future(self._accept(task_id))
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
-
-    async def _run_task(self, message: TaskMessage) -> None:
-        later = asyncio.get_running_loop().call_later(
-            ACCEPT_AFTER, self._accept_soon, message.task_id
-        )
-        try:
-            await self._handle(message)
-        finally:
-            later.cancel()
-            self._accepted.discard(message.task_id)
+            if message.type is MessageType.DELEGATE:
+                # results of delegations (below) never wait for a slot, so a task awaiting its
+                # child cannot deadlock
+                self._workers.take(message)
+            else:  # a delegated child's result
+                fut = self._pending.pop(message.task_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(message)
 
     async def _handle(self, message: TaskMessage) -> None:
         ctx = TaskContext(self, message)
@@ -401,7 +225,7 @@ class Agent:
         except Exception as exc:
             log.exception("task %s failed", message.task_id)
             outcome, payload = MessageType.BLOCKED, {"reason": f"{type(exc).__name__}: {exc}"}
-        await self._event(
+        await self._outbox.event(
             TaskMessage(
                 message.task_id,
                 self.config.agent_id,
@@ -412,7 +236,13 @@ class Agent:
             )
         )
 
-    # -- delegation -----------------------------------------------------------------------
+    # -- what a task context asks (see corral.sdk.context.TaskHost) -----------------------
+    async def report_progress(self, task_id: str, fraction: float, detail: dict[str, Any]) -> None:
+        """Report progress (clamped to 0..1) on a task in hand, ``accepted`` first if not yet
+        said; what :meth:`TaskContext.progress` calls."""
+        await self._workers.accept(task_id)
+        await self._outbox.status(StatusKind.WORKING, task_id, max(0.0, min(1.0, fraction)), detail)
+
     async def delegate(
         self,
         parent_task: str,
@@ -425,11 +255,11 @@ class Agent:
     ) -> dict[str, Any]:
         if (role is None) == (agent is None):
             raise InvalidInput("delegate to exactly one of role= or agent=")
-        child = f"task_{secrets.token_hex(8)}"
+        child = new_task_id()
         fut: asyncio.Future[TaskMessage] = asyncio.get_running_loop().create_future()
         self._pending[child] = fut
         target = agent if agent is not None else f"role:{role}"
-        await self._event(
+        await self._outbox.event(
             TaskMessage(
                 child,
                 self.config.agent_id,
@@ -446,117 +276,24 @@ class Agent:
             raise Blocked(str(reply.payload.get("reason", "delegated task did not complete")))
         return reply.payload
 
-    # -- secrets --------------------------------------------------------------------------
     async def secret(self, name: str) -> bytes:
         """Read a secret granted to this agent (or its role).
 
         Raises:
             PermissionDenied: no grant covers it (the denial is audited).
         """
-        from corral.sdk.signing import sign_request
-
         assert self._nc is not None
-        body = sign_request(
-            creds=self.config.creds_file.read_text(),
-            org=self.config.org,
-            agent_id=self.config.agent_id,
-            secret=name,
-        )
-        try:
-            reply = await self._nc.request(subjects.VAULT_GET, encode(body), timeout=5.0)
-        except nats.errors.NoRespondersError as exc:
-            raise Unavailable("the vault is not answering") from exc
-        except nats.errors.TimeoutError as exc:
-            raise Unavailable("the vault did not answer in time") from exc
-        data = decode(reply.data)
-        if "error" in data:
-            error = data["error"] if isinstance(data["error"], dict) else {}
-            message = str(error.get("message", "denied"))
-            if error.get("code") == "not_found":
-                raise NotFound(message)
-            if error.get("code") == "unavailable":
-                raise Unavailable(message)
-            raise PermissionDenied(message)
-        value = data.get("value")
-        if not isinstance(value, str):
-            raise Unavailable("malformed vault reply")
-        import base64
+        return await read_secret(self._nc, self.config, name)
 
-        return base64.b64decode(value)
-
-    # -- status, events, control ----------------------------------------------------------
-    async def _status(
-        self,
-        kind: StatusKind,
-        task: str | None = None,
-        progress: float | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        if self._nc is None or self._nc.is_closed:
-            return
-        msg = StatusMessage(self.config.agent_id, kind, task, progress, detail or {})
-        # no flush per message: the client sends its buffer at once, in order; what an agent
-        # that dies loses is recovered by the platform (the agent is lost, its work retried)
-        await self._nc.publish(
-            subjects.agent_status(self.config.org, self.config.agent_id), encode(msg.to_wire())
-        )
-
-    async def _event(self, message: TaskMessage) -> None:
-        """Queue ``message`` for the events subject. What is queued in one turn of the event
-        loop leaves as one message (``{"batch": [...]}`` when there are several, in order): an
-        agent finishing many tasks at once costs the platform one message, not one each."""
-        self._outbox.append(message.to_wire())
-        if self._sending is None or self._sending.done():
-            self._sending = asyncio.ensure_future(self._send_events())
-        elif len(self._outbox) >= MAX_EVENTS_BATCH:
-            await asyncio.shield(self._sending)  # let a long batch leave before adding more
-
-    async def _send_events(self) -> None:
-        await asyncio.sleep(0)  # the rest of this turn's events join the batch
-        subject = subjects.agent_events(self.config.org, self.config.agent_id)
-        backoff = 0.05
-        while self._outbox:
-            if self._nc is None or self._nc.is_closed:
-                return  # gone: the platform sees the agent lost and retries its work
-            batch, self._outbox = self._outbox[:MAX_EVENTS_BATCH], self._outbox[MAX_EVENTS_BATCH:]
-            try:
-                await self._publish_events(subject, batch)
-            except Exception as exc:  # e.g. the buffer is full during a long reconnect
-                log.warning("could not report %d events (%s); retrying", len(batch), exc)
-                self._outbox = batch + self._outbox  # nothing is dropped, order is kept
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.05
-
-    async def _publish_events(self, subject: str, batch: list[dict[str, Any]]) -> None:
-        assert self._nc is not None
-        limit = self._nc.max_payload
-        data = encode(batch[0]) if len(batch) == 1 else encode({"batch": batch})
-        if len(data) <= limit:
-            await self._nc.publish(subject, data)
-            return
-        for item in batch:  # too big together: one at a time
-            one = encode(item)
-            if len(one) > limit:  # a result the bus cannot carry: the task ends blocked
-                log.error(
-                    "the result of %s is %d bytes, over %d", item.get("taskId"), len(one), limit
-                )
-                one = encode(
-                    {
-                        **item,
-                        "type": MessageType.BLOCKED.value,
-                        "payload": {"reason": f"result too large ({len(one)} bytes, max {limit})"},
-                    }
-                )
-            await self._nc.publish(subject, one)
-
+    # -- heartbeat and control ------------------------------------------------------------
     async def _heartbeat(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.config.heartbeat_seconds)
                 return
-            await self._status(StatusKind.HEARTBEAT, self._current_id, detail=self._announce())
+            await self._outbox.status(
+                StatusKind.HEARTBEAT, self._workers.current, detail=self._announce()
+            )
 
     async def _on_control(self, msg: Msg) -> None:
         try:
@@ -565,7 +302,7 @@ class Agent:
             return
         if control.kind is ControlKind.CHECKPOINT:
             saved = self._save_checkpoint()
-            await self._status(StatusKind.CHECKPOINTED, detail={"bytes": saved})
+            await self._outbox.status(StatusKind.CHECKPOINTED, detail={"bytes": saved})
             if msg.reply:
                 await msg.respond(encode({"ok": True, "bytes": saved}))
         elif control.kind is ControlKind.STOP:
@@ -573,28 +310,13 @@ class Agent:
                 await msg.respond(encode({"ok": True}))
             self._stopping.set()
 
-    # -- checkpoints ----------------------------------------------------------------------
-    def _checkpoint_path(self) -> Path:
-        return self.config.workspace / CHECKPOINT_FILE
-
     def _save_checkpoint(self) -> int:
         state = self._on_checkpoint() if self._on_checkpoint else self.state
-        data = json.dumps(state).encode()
-        tmp = self._checkpoint_path().with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(self._checkpoint_path())
-        return len(data)
+        return checkpoints.save(self.config.workspace, state)
 
     def _restore(self) -> None:
-        path = self._checkpoint_path()
-        if not path.exists():
-            return
-        try:
-            state = json.loads(path.read_text())
-        except ValueError:
-            log.warning("ignoring an unreadable checkpoint")
-            return
-        if isinstance(state, dict):
+        state = checkpoints.load(self.config.workspace)
+        if state is not None:
             self.state = state
             if self._on_restore:
                 self._on_restore(state)

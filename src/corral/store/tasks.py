@@ -1,10 +1,10 @@
-"""Tasks and their history. Every transition is a compare-and-set on the state plus a history
-row in the same transaction, so an event delivered twice is recorded once."""
+"""Tasks and their history, as read. The task journal (:mod:`corral.store.task_journal`) writes
+them: every transition is a compare-and-set on the state plus a history row in the same
+transaction, so an event delivered twice is recorded once."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,51 +195,6 @@ class TaskRepository:
         self.quarantined += 1
         log.warning("task %s quarantined: %s", task_id, reason)
 
-    async def create(
-        self,
-        *,
-        task_id: str,
-        org_id: str,
-        role: str | None,
-        target_agent: str | None,
-        priority: Priority,
-        deadline: datetime | None,
-        requirements: dict[str, Any],
-        payload: dict[str, Any],
-        parent_id: str | None = None,
-        from_agent: str | None = None,
-    ) -> TaskRecord:
-        now = datetime.now(UTC)
-        async with self._db.sessions() as s, s.begin():
-            s.add(
-                TaskRow(
-                    id=task_id,
-                    seq=time.time_ns(),
-                    org_id=org_id,
-                    role=role,
-                    target_agent=target_agent,
-                    agent_id=None,
-                    parent_id=parent_id,
-                    from_agent=from_agent,
-                    priority=priority.value,
-                    deadline=deadline,
-                    requirements=requirements,
-                    payload=payload,
-                    result=None,
-                    state=TaskState.QUEUED.value,
-                    attempts=0,
-                    progress=None,
-                    not_before=None,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            await s.flush()
-            s.add(
-                TaskEventRow(task_id=task_id, from_state=None, to_state="queued", at=now, detail="")
-            )
-        return await self.get(task_id)
-
     async def get(self, task_id: str, *, org_id: str | None = None) -> TaskRecord:
         q = _SELECT.where(TaskRow.id == task_id)
         if org_id is not None:
@@ -279,47 +234,6 @@ class TaskRepository:
         async with self._db.sessions() as s:
             rows = (await s.execute(q.order_by(TaskRow.seq).limit(limit))).all()
         return await self._load(rows, states=None if states is None else frozenset(states))
-
-    async def transition(
-        self,
-        task_id: str,
-        *,
-        expect: Iterable[TaskState],
-        to: TaskState,
-        detail: str = "",
-        **fields: Any,
-    ) -> bool:
-        """Move the task to ``to`` if it is in ``expect``; record the transition. False when
-        it was not (already moved by someone else, or a duplicate event)."""
-        expect_values = [e.value for e in expect]
-        now = datetime.now(UTC)
-        async with self._db.sessions() as s, s.begin():
-            current = (
-                await s.execute(select(TaskRow.state).where(TaskRow.id == task_id))
-            ).scalar_one_or_none()
-            if current is None or current not in expect_values:
-                return False
-            result = await s.execute(
-                update(TaskRow)
-                .where(TaskRow.id == task_id, TaskRow.state == current)
-                .values(state=to.value, updated_at=now, **fields)
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
-                return False
-            s.add(
-                TaskEventRow(
-                    task_id=task_id, from_state=current, to_state=to.value, at=now, detail=detail
-                )
-            )
-        return True
-
-    async def set_progress(self, task_id: str, progress: float) -> None:
-        async with self._db.sessions() as s, s.begin():
-            await s.execute(
-                update(TaskRow)
-                .where(TaskRow.id == task_id, TaskRow.state == TaskState.RUNNING.value)
-                .values(progress=progress)
-            )
 
     async def count_by_state(self) -> list[tuple[str, str, str, str, int]]:
         """(org slug, plan, priority, state, count) for metrics."""

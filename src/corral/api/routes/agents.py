@@ -10,6 +10,7 @@ from pydantic import Field
 from corral.api.auth import org_scope, platform
 from corral.api.schemas import Strict
 from corral.domain.admission import ContainerRequest
+from corral.domain.agents import MAX_SLOTS
 from corral.domain.quantities import parse
 from corral.domain.tenancy import Organization
 
@@ -28,7 +29,7 @@ class AgentCreate(Strict):
     memory_limit: str | None = Field(default=None, max_length=32, alias="memoryLimit")
     gpu: int = Field(default=0, ge=0, le=16)
     command: list[str] | None = Field(default=None, max_length=64)
-    slots: int = Field(default=1, ge=1, le=1024, description="tasks the agent runs at once")
+    slots: int = Field(default=1, ge=1, le=MAX_SLOTS, description="tasks the agent runs at once")
     wait: bool = Field(default=False, description="answer once the agent reports ready")
 
 

@@ -1,0 +1,64 @@
+"""An agent's configuration: who it is, where its bus is, how many tasks it takes at once.
+
+Read from the environment the platform gives every agent process (``CORRAL_*``), so that an
+agent program needs no flags or files of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.domain.agents import MAX_SLOTS
+from corral.domain.errors import InvalidInput
+
+__all__ = ["AgentConfig", "parse_slots"]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    org: str
+    agent_id: str
+    role: str
+    nats_url: str
+    creds_file: Path
+    workspace: Path
+    heartbeat_seconds: float = 5.0
+    slots: int = 1  # tasks handled at once; announced to the platform when ready
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> AgentConfig:
+        e = dict(os.environ if env is None else env)
+        missing = [
+            k
+            for k in ("CORRAL_ORG", "CORRAL_AGENT_ID", "CORRAL_NATS_URL", "CORRAL_CREDS_FILE")
+            if not e.get(k)
+        ]
+        if missing:
+            raise InvalidInput(f"agent environment is missing {', '.join(missing)}")
+        return cls(
+            org=e["CORRAL_ORG"],
+            agent_id=e["CORRAL_AGENT_ID"],
+            role=e.get("CORRAL_ROLE", "general"),
+            nats_url=e["CORRAL_NATS_URL"],
+            creds_file=Path(e["CORRAL_CREDS_FILE"]),
+            workspace=Path(e.get("CORRAL_WORKSPACE") or Path.cwd()),
+            heartbeat_seconds=float(e.get("CORRAL_HEARTBEAT_SECONDS", "5")),
+            slots=parse_slots(e.get("CORRAL_AGENT_SLOTS", "1")),
+        )
+
+
+def parse_slots(text: str) -> int:
+    """A slot count as the environment spells it.
+
+    Raises:
+        InvalidInput: not a whole number from 1 to :data:`~corral.domain.agents.MAX_SLOTS`.
+    """
+    try:
+        slots = int(text)
+    except ValueError:
+        raise InvalidInput(f"CORRAL_AGENT_SLOTS must be a whole number, got {text!r}") from None
+    if not 1 <= slots <= MAX_SLOTS:
+        raise InvalidInput(f"CORRAL_AGENT_SLOTS must be between 1 and {MAX_SLOTS}, got {slots}")
+    return slots
