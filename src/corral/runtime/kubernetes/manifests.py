@@ -404,29 +404,19 @@ def agent_manifests(
     }
     if storage_class is not None:
         claim_spec["storageClassName"] = storage_class
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _meta(
-            names.workspace_claim_name(spec.agent_id),
-            namespace,
-            {**labels, names.LABEL_COMPONENT: "workspace"},
-            {names.ANNOTATION_AGENT_ID: spec.agent_id},
-        ),
-        "spec": claim_spec,
-    }
-    creds = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(
-            names.creds_secret_name(spec.agent_id),
-            namespace,
-            {**labels, names.LABEL_COMPONENT: "agent-creds"},
-            {names.ANNOTATION_AGENT_ID: spec.agent_id},
-        ),
-        "type": "Opaque",
-        "data": {names.CREDS_FILE: _b64(spec.creds.encode())},
-    }
+
+    def part(kind: str, name: str, component: str) -> dict[str, Any]:
+        """The start of one of the agent's objects besides its pod."""
+        agent = {names.ANNOTATION_AGENT_ID: spec.agent_id}
+        component_labels = {**labels, names.LABEL_COMPONENT: component}
+        meta = _meta(name, namespace, component_labels, agent)
+        return {"apiVersion": "v1", "kind": kind, "metadata": meta}
+
+    claim = part("PersistentVolumeClaim", names.workspace_claim_name(spec.agent_id), "workspace")
+    claim["spec"] = claim_spec
+    creds = part("Secret", names.creds_secret_name(spec.agent_id), "agent-creds")
+    creds["type"] = "Opaque"
+    creds["data"] = {names.CREDS_FILE: _b64(spec.creds.encode())}
     return [claim, creds, _pod(spec, namespace, labels)]
 
 

@@ -161,49 +161,41 @@ class Launcher:
         env["CORRAL_CREDS_FILE"] = str(paths.creds)
         module = runnable_module(spec.command) if self._use_forkservers else None
         with self._forkservers.starting(spec.org):
-            return await self._start_child(spec, paths, placement, ids, env, module)
-
-    async def _start_child(
-        self,
-        spec: LaunchSpec,
-        paths: AgentPaths,
-        placement: Placement,
-        ids: tuple[int, int] | None,
-        env: dict[str, str],
-        module: str | None,
-    ) -> Child:
-        async with self._launching:
-            zygote = await self._forkservers.server_for(spec.org) if module is not None else None
-            out = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                with placement.join() as join:
-                    if module is not None and zygote is not None and zygote.accepts(env):
-                        # the child writes this line itself: it precedes all the agent prints
-                        line = f"started pid {{pid}} ({_describe(placement)}, by the fork server)"
-                        launch = Launch(
-                            module,
-                            (spec.command[0], *spec.command[3:]),
-                            env,
-                            str(paths.workspace),
-                            ids,
-                            join.rlimits,
-                            note=note_line(line),
+            async with self._launching:
+                zygote = await self._forkservers.server_for(spec.org) if module else None
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                out = os.open(paths.log, flags, 0o600)
+                try:
+                    with placement.join() as join:
+                        if module is not None and zygote is not None and zygote.accepts(env):
+                            # the child writes this line itself: it precedes all agent prints
+                            line = (
+                                f"started pid {{pid}} ({_describe(placement)}, by the fork server)"
+                            )
+                            launch = Launch(
+                                module,
+                                (spec.command[0], *spec.command[3:]),
+                                env,
+                                str(paths.workspace),
+                                ids,
+                                join.rlimits,
+                                note=note_line(line),
+                            )
+                            return await zygote.spawn(launch, log=out, procs=join.procs)
+                        setup = child_setup(join=join, parent_pid=os.getpid(), ids=ids)
+                        return await asyncio.create_subprocess_exec(
+                            *spec.command,
+                            stdin=subprocess.DEVNULL,
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                            cwd=paths.workspace,
+                            env=env,
+                            start_new_session=True,
+                            preexec_fn=setup,
+                            close_fds=True,
                         )
-                        return await zygote.spawn(launch, log=out, procs=join.procs)
-                    setup = child_setup(join=join, parent_pid=os.getpid(), ids=ids)
-                    return await asyncio.create_subprocess_exec(
-                        *spec.command,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        cwd=paths.workspace,
-                        env=env,
-                        start_new_session=True,
-                        preexec_fn=setup,
-                        close_fds=True,
-                    )
-            finally:
-                os.close(out)
+                finally:
+                    os.close(out)
 
 
 def _describe(placement: Placement) -> str:
