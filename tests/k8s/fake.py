@@ -20,7 +20,7 @@ from typing import Any
 
 from corral.domain.errors import CorralError, InvalidInput
 from corral.domain.quantities import ZERO, Quantity, parse
-from corral.runtime.k8s_gateway import API_VERSIONS, error_for_status
+from corral.runtime.kubernetes.gateway import API_VERSIONS, error_for_status
 
 __all__ = ["FakeGateway", "Kubelet"]
 

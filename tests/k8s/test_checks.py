@@ -10,16 +10,10 @@ import kubernetes_validate
 import pytest
 
 from corral.domain.grants import SecretGrant
-from corral.runtime import k8s_manifests as m
-from corral.runtime.k8s_checks import (
-    Problem,
-    check_manifest,
-    check_manifests,
-    is_dns1123_label,
-    is_dns1123_subdomain,
-    is_label_key,
-    is_label_value,
-)
+from corral.domain.tenancy import is_dns1123_label
+from corral.runtime.kubernetes import manifests as m
+from corral.runtime.kubernetes.names import is_dns1123_subdomain, is_label_key, is_label_value
+from tests.k8s.checks import Problem, check_manifest, check_manifests
 from tests.k8s.factories import make_org, make_spec
 
 Objs = list[dict[str, Any]]

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from corral.domain.errors import NotFound
-from corral.runtime import k8s_manifests as m
 from corral.runtime.base import LaunchSpec
-from corral.runtime.kubernetes import KubernetesRuntime
+from corral.runtime.kubernetes import KubernetesRuntime, names
 from tests.k8s.fake import FakeGateway, Kubelet
 from tests.runtime import agents
 from tests.runtime.contract import READY, Behaviour, ContractHarness, RuntimeContract
@@ -65,7 +64,7 @@ def k8s_harness(runtime: KubernetesRuntime, fake: FakeGateway) -> ContractHarnes
         return dataclasses.replace(base, command=[COMMAND, behaviour.value, agent_id])
 
     def volume(org: str, agent_id: str) -> dict[str, str]:
-        key = (f"org-{org}", m.workspace_claim_name(agent_id))
+        key = (f"org-{org}", names.workspace_claim_name(agent_id))
         if key not in fake.volumes:
             raise NotFound(f"no workspace for {agent_id} in {org}")
         return fake.volumes[key]

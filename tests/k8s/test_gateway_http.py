@@ -27,10 +27,10 @@ from corral.domain.errors import (
     Unavailable,
 )
 from corral.domain.grants import SecretGrant
-from corral.runtime import k8s_manifests as m
 from corral.runtime.base import Phase
-from corral.runtime.k8s_gateway import LightkubeGateway, error_for_status
 from corral.runtime.kubernetes import KubernetesRuntime
+from corral.runtime.kubernetes import manifests as m
+from corral.runtime.kubernetes.gateway import LightkubeGateway, error_for_status
 from tests.k8s.factories import make_org, make_spec
 
 APPLY = "application/apply-patch+yaml"

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from corral.domain.grants import SecretGrant
-from corral.runtime.k8s_checks import check_manifests
 from corral.runtime.kubernetes import KubernetesRuntime
+from tests.k8s.checks import check_manifests
 from tests.k8s.factories import make_org, make_spec
 from tests.k8s.fake import FakeGateway
 from tests.support import eventually

@@ -15,8 +15,9 @@ from kubernetes_validate.utils import all_versions
 from corral.domain.errors import InvalidInput
 from corral.domain.grants import SecretGrant
 from corral.domain.plans import PLANS
-from corral.runtime import k8s_manifests as m
-from corral.runtime.k8s_checks import check_manifests
+from corral.runtime.kubernetes import manifests as m
+from corral.runtime.kubernetes import names
+from tests.k8s.checks import check_manifests
 from tests.k8s.factories import make_org, make_spec
 
 # The oldest and newest Kubernetes versions kubernetes-validate bundles schemas for.
@@ -233,7 +234,7 @@ def test_the_agent_pod_is_hardened_and_mounts_its_credentials_read_only() -> Non
     assert pod_spec["enableServiceLinks"] is False
     assert pod_spec["serviceAccountName"] == "agent-worker-sa"
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
-    assert pod_spec["securityContext"]["runAsUser"] == m.AGENT_UID
+    assert pod_spec["securityContext"]["runAsUser"] == names.AGENT_UID
     assert pod_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod_spec["containers"]
     sc = container["securityContext"]
@@ -287,7 +288,7 @@ def test_a_long_role_becomes_a_valid_stable_label_value() -> None:
     *_, pod = m.agent_manifests(make_org(), make_spec(role=role))
     value = pod["metadata"]["labels"]["corral.dev/role"]
     assert len(value) <= 63
-    assert value == m.label_safe(role)
+    assert value == names.label_safe(role)
     assert check_manifests([pod]) == []
 
 

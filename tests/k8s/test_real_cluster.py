@@ -37,10 +37,10 @@ from corral.domain.ids import OrgId, OrgSlug
 from corral.domain.plans import PLANS
 from corral.domain.quantities import ZERO
 from corral.domain.tenancy import Organization
-from corral.runtime import k8s_manifests as m
 from corral.runtime.base import LaunchSpec, Phase
-from corral.runtime.k8s_gateway import LightkubeGateway
-from corral.runtime.kubernetes import KubernetesRuntime
+from corral.runtime.kubernetes import KubernetesRuntime, names
+from corral.runtime.kubernetes import manifests as m
+from corral.runtime.kubernetes.gateway import LightkubeGateway
 from tests.runtime.contract import READY, Behaviour, ContractHarness, RuntimeContract
 from tests.support import eventually
 
@@ -106,7 +106,7 @@ async def kubectl(*args: str, stdin: str | None = None) -> tuple[int, str]:
 
 
 async def write_file(org: str, agent_id: str, path: str, text: str) -> None:
-    target = shlex.quote(f"{m.WORKSPACE_DIR}/{path}")
+    target = shlex.quote(f"{names.WORKSPACE_DIR}/{path}")
     script = f"mkdir -p $(dirname {target}) && cat > {target}"
     code, out = await kubectl(
         "exec", "-i", "-n", f"org-{org}", agent_id, "--", "sh", "-c", script, stdin=text
@@ -115,7 +115,7 @@ async def write_file(org: str, agent_id: str, path: str, text: str) -> None:
 
 
 async def read_file(org: str, agent_id: str, path: str) -> str | None:
-    target = shlex.quote(f"{m.WORKSPACE_DIR}/{path}")
+    target = shlex.quote(f"{names.WORKSPACE_DIR}/{path}")
     script = f"if [ -f {target} ]; then cat {target}; else exit 44; fi"
     code, out = await kubectl("exec", "-n", f"org-{org}", agent_id, "--", "sh", "-c", script)
     if code == 44:
@@ -181,9 +181,9 @@ async def test_the_org_boundary_reads_back_as_applied(
         labels = ns["metadata"]["labels"]
         assert labels["tenant"] == org.slug
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
-        quota = await gw.get("ResourceQuota", m.QUOTA_NAME, namespace=org.namespace)
+        quota = await gw.get("ResourceQuota", names.QUOTA_NAME, namespace=org.namespace)
         assert quota["spec"]["hard"]["pods"] == "15"
-        for name in (m.DEFAULT_DENY_POLICY, m.ALLOW_DNS_POLICY, m.ALLOW_NATS_POLICY):
+        for name in (names.DEFAULT_DENY_POLICY, names.ALLOW_DNS_POLICY, names.ALLOW_NATS_POLICY):
             await gw.get("NetworkPolicy", name, namespace=org.namespace)
     finally:
         await gw.close()
@@ -272,7 +272,7 @@ async def test_the_secret_reader_role_grants_only_the_granted_names(
         grants=[SecretGrant("github-token"), SecretGrant("agent-ssh-*")],
         secrets={"github-token": b"x", "agent-ssh-ci": b"k", "db-password": b"p"},
     )
-    user = f"system:serviceaccount:{org.namespace}:{m.SERVICE_ACCOUNT_NAME}"
+    user = f"system:serviceaccount:{org.namespace}:{names.SERVICE_ACCOUNT_NAME}"
 
     async def allowed(namespace: str, name: str, verb: str = "get") -> bool:
         review = SubjectAccessReview(
@@ -302,7 +302,7 @@ async def test_a_forced_apply_takes_back_fields_another_manager_changed(
         changed = {**quota, "spec": {"hard": {**quota["spec"]["hard"], "pods": "1000"}}}
         await intruder.apply(changed)
         await runtime.ensure_org(org)
-        back = await intruder.get("ResourceQuota", m.QUOTA_NAME, namespace=org.namespace)
+        back = await intruder.get("ResourceQuota", names.QUOTA_NAME, namespace=org.namespace)
         assert back["spec"]["hard"]["pods"] == "15"
     finally:
         await intruder.close()

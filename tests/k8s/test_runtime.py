@@ -11,9 +11,9 @@ from corral.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from corral.domain.grants import SecretGrant
 from corral.domain.quantities import parse
 from corral.runtime.base import AgentRuntime, Phase, RuntimeStatus
-from corral.runtime.k8s_manifests import agent_manifests
-from corral.runtime.k8s_status import pod_status
 from corral.runtime.kubernetes import KubernetesRuntime, QuotaDrift
+from corral.runtime.kubernetes.manifests import agent_manifests
+from corral.runtime.kubernetes.status import pod_status
 from tests.k8s.factories import make_org, make_spec
 from tests.k8s.fake import FakeGateway
 from tests.support import eventually

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.runtime.limits import Mechanism
 from corral.runtime.local import LocalProcessRuntime
+from corral.runtime.local.limits import Mechanism
 from tests.runtime import agents
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from corral.domain.quantities import Quantity
-from corral.runtime.limits import Limits, Mechanism, probe
+from corral.runtime.local.limits import Limits, Mechanism
+from corral.runtime.local.probing import probe
 from tests.runtime.agents import resources
 
 LIMITS = Limits(memory_bytes=64 << 20, cpu_millis=500, pids=100)

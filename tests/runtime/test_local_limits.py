@@ -10,8 +10,8 @@ import pytest
 
 from corral.domain.errors import Unavailable
 from corral.runtime.base import Phase, RuntimeStatus
-from corral.runtime.limits import Limits, Mechanism
 from corral.runtime.local import LocalProcessRuntime
+from corral.runtime.local.limits import Limits, Mechanism
 from tests.runtime import agents
 from tests.support import eventually
 

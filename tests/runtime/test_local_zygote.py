@@ -21,8 +21,8 @@ import pytest
 from corral.domain.errors import InvalidInput, Unavailable
 from corral.runtime.base import Phase, RuntimeStatus
 from corral.runtime.local import LocalProcessRuntime, default_env
-from corral.runtime.zygote import Launch
-from corral.runtime.zygote_client import Zygote, runnable_module
+from corral.runtime.local.forkclient import Zygote, runnable_module
+from corral.runtime.local.forkserver import Launch
 from tests.runtime import agents
 from tests.runtime.contract import READY, Behaviour, watching
 from tests.support import eventually
@@ -439,9 +439,9 @@ def test_behaviours_run_the_same_either_way() -> None:
 async def test_each_org_has_its_own_server_closed_once_it_has_no_agent(
     runtime: LocalProcessRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from corral.runtime import local
+    from corral.runtime.local import forkpool
 
-    monkeypatch.setattr(local, "ZYGOTE_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(forkpool, "ZYGOTE_IDLE_SECONDS", 0.2)
     a = await runtime.start(agents.spec("acme", "agent-1"))
     b = await runtime.start(agents.spec("globex", "agent-2"))
     await ready(runtime, "acme", "agent-1")
@@ -466,8 +466,8 @@ async def test_each_org_has_its_own_server_closed_once_it_has_no_agent(
 
 _PTH_PROBE = """
 import asyncio, json, os, sys
-from corral.runtime.zygote import Launch
-from corral.runtime.zygote_client import Zygote
+from corral.runtime.local.forkserver import Launch
+from corral.runtime.local.forkclient import Zygote
 
 async def main(home, out):
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ["PYTHONPATH"]}
@@ -532,12 +532,12 @@ def test_code_in_the_agents_user_site_finds_nothing_of_the_server(tmp_path: Path
 async def test_an_orgs_server_is_not_closed_for_idleness_while_a_start_is_in_flight(
     runtime: LocalProcessRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from corral.runtime import local
+    from corral.runtime.local import forkpool
 
-    monkeypatch.setattr(local, "ZYGOTE_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(forkpool, "ZYGOTE_IDLE_SECONDS", 0.05)
     await runtime.start(agents.spec("acme", "agent-1"))
     await ready(runtime, "acme", "agent-1")
-    server = runtime._zygotes["acme"]
+    server = runtime._forkservers._servers["acme"]
     gate, entered = asyncio.Event(), asyncio.Event()
     real_spawn = server.spawn
 
@@ -550,7 +550,7 @@ async def test_an_orgs_server_is_not_closed_for_idleness_while_a_start_is_in_fli
     second = asyncio.create_task(runtime.start(agents.spec("acme", "agent-2")))
     await entered.wait()  # agent-2's start holds the server
     await runtime.stop("acme", "agent-1", grace=1.0)  # the org's last running agent ends
-    assert "acme" not in runtime._zygote_idle  # no idle close armed under a start
+    assert "acme" not in runtime._forkservers._idle  # no idle close armed under a start
     gate.set()
     status = await second
     await ready(runtime, "acme", "agent-2")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from corral.domain.errors import InvalidInput
-from corral.runtime.workspaces import AgentPaths, check_name, tail_lines, write_private
+from corral.runtime.local.workspaces import AgentPaths, check_name, tail_lines, write_private
 
 
 @pytest.mark.parametrize("name", ["acme", "acme-corp", "agent-acme-w1-3f9a", "A.b_c"])

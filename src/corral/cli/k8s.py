@@ -12,7 +12,7 @@ from corral.domain.grants import SecretGrant
 from corral.domain.ids import OrgId, OrgSlug
 from corral.domain.plans import get_plan
 from corral.domain.tenancy import Organization
-from corral.runtime.k8s_manifests import org_manifests, render_yaml
+from corral.runtime.kubernetes.manifests import org_manifests, render_yaml
 
 __all__ = ["k8s"]
 

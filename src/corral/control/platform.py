@@ -220,8 +220,8 @@ class Platform:
     # -- runtime --------------------------------------------------------------------------
     async def _start_runtime(self) -> AgentRuntime:
         if self.settings.runtime == "kubernetes":
-            from corral.runtime.k8s_gateway import LightkubeGateway
             from corral.runtime.kubernetes import KubernetesRuntime
+            from corral.runtime.kubernetes.gateway import LightkubeGateway
 
             runtime: AgentRuntime = KubernetesRuntime(
                 LightkubeGateway.from_kubeconfig(self.settings.kubeconfig),

@@ -13,8 +13,8 @@ from typing import Any
 
 from corral.domain.plans import QUOTA_RESOURCES
 from corral.domain.quantities import ZERO, Quantity, parse
-from corral.runtime import k8s_manifests as manifests
 from corral.runtime.base import Phase, RuntimeStatus
+from corral.runtime.kubernetes import names
 
 __all__ = [
     "STOP_ANNOTATION",
@@ -79,7 +79,7 @@ def quantities(values: Mapping[str, Any] | None) -> dict[str, Quantity]:
 def _agent_container(status: Mapping[str, Any]) -> Mapping[str, Any]:
     statuses = status.get("containerStatuses") or []
     for cs in statuses:
-        if cs.get("name") == manifests.CONTAINER_NAME:
+        if cs.get("name") == names.CONTAINER_NAME:
             return dict(cs)
     return dict(statuses[0]) if statuses else {}
 
@@ -97,8 +97,8 @@ def pod_status(pod: Mapping[str, Any]) -> RuntimeStatus:
     annotations = meta.get("annotations") or {}
     stopped = STOP_ANNOTATION in annotations
     namespace = meta.get("namespace") or ""
-    org = labels.get(manifests.LABEL_TENANT) or namespace.removeprefix("org-")
-    agent_id = annotations.get(manifests.ANNOTATION_AGENT_ID) or meta.get("name", "")
+    org = labels.get(names.LABEL_TENANT) or namespace.removeprefix("org-")
+    agent_id = annotations.get(names.ANNOTATION_AGENT_ID) or meta.get("name", "")
     status = pod.get("status") or {}
     k8s_phase = status.get("phase") or "Pending"
     container = _agent_container(status)

@@ -5,7 +5,7 @@ Three guarantees, each with its own mechanism:
 - An agent dies with the control plane: the child asks the kernel for ``SIGKILL`` when its
   parent goes (``PR_SET_PDEATHSIG``), set between fork and exec (:func:`child_setup`) or, for
   a child of the fork server, before the agent runs; the fork server asks the same of the
-  control plane (:func:`corral.runtime.zygote.die_with`).
+  control plane (:func:`corral.runtime.local.forkserver.die_with`).
 - A control plane that restarts finds what is still running: ``agent.pid`` holds the pid and
   the process's start time, and a pid counts as the agent only if the start time matches, so a
   recycled pid is never mistaken for (or killed as) an agent.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import psutil
 
-from corral.runtime.workspaces import write_private
-from corral.runtime.zygote import die_with
+from corral.runtime.local.forkserver import die_with
+from corral.runtime.local.workspaces import write_private
 
 __all__ = [
     "AgentUsage",

@@ -8,7 +8,8 @@ The local runtime keeps every agent's state in one directory tree::
             tmp/                       0700, the agent's TMPDIR, so /tmp is not a shared channel
             agent.creds                0600, the agent's bus credentials while it runs
             agent.pid                  0600, pid and start time, for reconciliation after restart
-            logs/agent.log             0700 dir; the agent's stdout and stderr, appended
+            logs/agent.log             0700 dir; the agent's stdout and stderr, appended, and the
+                                       runtime's own lines (:func:`note`)
 
 The runtime owns the agent directory, the agent owns only its workspace, tmp and creds, so an
 agent running under its own uid cannot forge the pid file the runtime trusts. Names become path
@@ -22,11 +23,20 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from corral.domain.errors import InvalidInput
 
-__all__ = ["AgentPaths", "check_name", "ensure_dir", "tail_lines", "write_private"]
+__all__ = [
+    "AgentPaths",
+    "check_name",
+    "ensure_dir",
+    "note",
+    "note_line",
+    "tail_lines",
+    "write_private",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 
@@ -145,3 +155,15 @@ def tail_lines(path: Path, n: int, *, block: int = 8192) -> str:
             data = f.read(step) + data
     lines = data.splitlines(keepends=True)[-n:]
     return b"".join(lines).decode("utf-8", errors="replace")
+
+
+def note_line(text: str) -> str:
+    """A line of the runtime's own for an agent's log, stamped and marked as the runtime's."""
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    return f"[corral {stamp}] {text}\n"
+
+
+def note(paths: AgentPaths, text: str) -> None:
+    """Append a line of the runtime's own to the agent's log (never failing the caller)."""
+    with contextlib.suppress(OSError), paths.log.open("a", encoding="utf-8") as f:
+        f.write(note_line(text))

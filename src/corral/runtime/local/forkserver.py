@@ -8,10 +8,10 @@ imports once; its child is ready to run the agent's module right after the fork,
 those modules' pages with its siblings (copy-on-write, kept clean by ``gc.freeze``), so each
 agent's private memory is smaller as well.
 
-:class:`corral.runtime.zygote_client.Zygote` starts it, with the environment agents get and in a
-session of its own, as::
+:class:`corral.runtime.local.forkclient.Zygote` starts it, with the environment agents get and
+in a session of its own, as::
 
-    python -m corral.runtime.zygote CHANNEL_FD PARENT_PID [MODULE ...]
+    python -m corral.runtime.local.forkserver CHANNEL_FD PARENT_PID [MODULE ...]
 
 ``CHANNEL_FD`` is its end of a ``SOCK_SEQPACKET`` socket pair. It imports the MODULEs, says
 ``ready <pid> <env-room>`` and then serves, one record per message:
@@ -293,7 +293,7 @@ def _become_agent(sock: socket.socket, fds: list[int], zygote: int) -> NoReturn:
     """Turn this fresh fork into the agent's process, run the agent, exit with its status.
 
     The same steps, in the same order, as the runtime's fork-and-exec path
-    (:func:`corral.runtime.processes.child_setup` and :mod:`subprocess`): session, limits,
+    (:func:`corral.runtime.local.processes.child_setup` and :mod:`subprocess`): session, limits,
     working directory, stdio, ids, death signal; then what a new interpreter would differ in.
     Until the report says ``ok`` a failure is the control plane's to raise; nothing here may
     ever return into the zygote's loop.

@@ -3,7 +3,7 @@
 Kubernetes does the work: the namespace is the tenant's boundary, ResourceQuota and LimitRange
 hold it to its plan, NetworkPolicies cut it off from every other tenant, the kubelet runs and
 kills the pods. This runtime only declares objects (server-side apply through a
-:class:`~corral.runtime.k8s_gateway.K8sGateway`) and reads pods back.
+:class:`~corral.runtime.kubernetes.gateway.K8sGateway`) and reads pods back.
 
 Pausing deletes the pod and keeps the PVC; resuming recreates a pod of the same name, which the
 API server refuses while the old one is still terminating, so :meth:`KubernetesRuntime.start`
@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.domain.errors import (
     Conflict,
@@ -34,11 +34,9 @@ from corral.domain.ids import OrgId, OrgSlug
 from corral.domain.plans import PLANS, Plan
 from corral.domain.quantities import ZERO, Quantity, parse
 from corral.domain.tenancy import Organization, namespace_for, validate_slug
-from corral.runtime import k8s_manifests as manifests
 from corral.runtime.base import LaunchSpec, Phase, RuntimeStatus
-from corral.runtime.k8s_checks import is_dns1123_subdomain
-from corral.runtime.k8s_gateway import K8sGateway
-from corral.runtime.k8s_status import (
+from corral.runtime.kubernetes import manifests, names
+from corral.runtime.kubernetes.status import (
     STOP_ANNOTATION,
     QuotaDrift,
     QuotaStatus,
@@ -47,6 +45,9 @@ from corral.runtime.k8s_status import (
     quantities,
     quota_drift,
 )
+
+if TYPE_CHECKING:  # the lightkube client is for whoever builds the gateway to import
+    from corral.runtime.kubernetes.gateway import K8sGateway
 
 __all__ = ["KubernetesRuntime", "QuotaDrift", "QuotaStatus"]
 
@@ -71,8 +72,8 @@ def _namespace(org: str) -> str:
 
 def _check_agent(agent_id: str) -> str:
     """The agent id, once it is known to name a pod and its claim (and so be safe in a path)."""
-    names = (agent_id, manifests.workspace_claim_name(agent_id))
-    if not all(is_dns1123_subdomain(name) for name in names):
+    taken = (agent_id, names.workspace_claim_name(agent_id))
+    if not all(names.is_dns1123_subdomain(name) for name in taken):
         raise InvalidInput(
             f"agent id {agent_id!r} cannot name a Kubernetes Pod", details={"agent_id": agent_id}
         )
@@ -250,7 +251,7 @@ class KubernetesRuntime:
         if await self._get("Pod", agent_id, namespace) is not None:
             await self._remove_pod(namespace, agent_id, grace_period=max(0, math.ceil(grace)))
             await self._wait_gone("Pod", agent_id, namespace, grace + self._delete_timeout)
-        await self._delete_quietly("Secret", manifests.creds_secret_name(agent_id), namespace)
+        await self._delete_quietly("Secret", names.creds_secret_name(agent_id), namespace)
 
     async def status(self, org: str, agent_id: str) -> RuntimeStatus:
         pod = await self._get("Pod", _check_agent(agent_id), _namespace(org))
@@ -270,7 +271,7 @@ class KubernetesRuntime:
             return ""
 
     async def workspace_exists(self, org: str, agent_id: str) -> bool:
-        claim = manifests.workspace_claim_name(_check_agent(agent_id))
+        claim = names.workspace_claim_name(_check_agent(agent_id))
         found = await self._get("PersistentVolumeClaim", claim, _namespace(org))
         return found is not None and not _is_terminating(found)
 
@@ -291,14 +292,14 @@ class KubernetesRuntime:
             # a finished pod still mounts the claim, which Kubernetes keeps while it does
             await self._remove_pod(namespace, agent_id, grace_period=0)
             await self._wait_gone("Pod", agent_id, namespace, self._delete_timeout)
-        claim = manifests.workspace_claim_name(agent_id)
+        claim = names.workspace_claim_name(agent_id)
         await self._delete_quietly("PersistentVolumeClaim", claim, namespace)
         await self._wait_gone("PersistentVolumeClaim", claim, namespace, self._delete_timeout)
-        await self._delete_quietly("Secret", manifests.creds_secret_name(agent_id), namespace)
+        await self._delete_quietly("Secret", names.creds_secret_name(agent_id), namespace)
 
     async def list_agents(self) -> list[RuntimeStatus]:
         """Every agent pod Corral made, in every organization's namespace."""
-        pods = await self._gateway.list_pods(labels=manifests.agent_selector())
+        pods = await self._gateway.list_pods(labels=names.agent_selector())
         return [pod_status(p) for p in pods]
 
     async def exits(self) -> AsyncIterator[RuntimeStatus]:
@@ -311,7 +312,7 @@ class KubernetesRuntime:
         reported: set[str] = set()
         while True:
             try:
-                async for event, pod in self._gateway.watch_pods(labels=manifests.agent_selector()):
+                async for event, pod in self._gateway.watch_pods(labels=names.agent_selector()):
                     end = end_of(event, pod, reported)
                     if end is not None:
                         yield end
@@ -331,7 +332,7 @@ class KubernetesRuntime:
             NotFound: the org has no ResourceQuota (not prepared).
         """
         quota = await self._gateway.get(
-            "ResourceQuota", manifests.QUOTA_NAME, namespace=_namespace(org)
+            "ResourceQuota", names.QUOTA_NAME, namespace=_namespace(org)
         )
         status = quota.get("status") or {}
         hard = status.get("hard") or (quota.get("spec") or {}).get("hard")

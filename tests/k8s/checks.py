@@ -5,32 +5,24 @@ fields, but a schema says nothing of enum values (``imagePullPolicy: Sometimes``
 quantities (``1 gigabyte``), DNS-1123 names, Pod Security ``restricted`` compliance, or whether
 an organization's namespace comes with the NetworkPolicies that keep it apart. The API server
 would refuse some of these at admission and silently accept others; these checks say so before
-anything is sent. Pure: plain dicts in, a list of :class:`Problem` out.
+anything is sent. Pure: plain dicts in, a list of :class:`Problem` out. Only the tests use
+them, on what the manifest builders and the Helm chart produce; the naming rules they apply
+are the runtime's own (:mod:`corral.runtime.kubernetes.names`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from corral.domain.errors import InvalidInput
 from corral.domain.quantities import parse
-from corral.domain.tenancy import DNS1123_LABEL, is_dns1123_label
+from corral.domain.tenancy import is_dns1123_label
+from corral.runtime.kubernetes.names import is_dns1123_subdomain, is_label_key, is_label_value
 
-__all__ = [
-    "Problem",
-    "check_manifest",
-    "check_manifests",
-    "is_dns1123_label",
-    "is_dns1123_subdomain",
-    "is_label_key",
-    "is_label_value",
-]
+__all__ = ["Problem", "check_manifest", "check_manifests"]
 
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 _IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _RESTART_POLICIES = ("Always", "OnFailure", "Never")
@@ -93,26 +85,6 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.obj}: {self.path}" if self.path else self.obj
         return f"{where}: {self.message}"
-
-
-def is_dns1123_subdomain(name: object) -> bool:
-    if not isinstance(name, str) or not name or len(name) > 253:
-        return False
-    return all(DNS1123_LABEL.fullmatch(part) for part in name.split("."))
-
-
-def is_label_value(value: object) -> bool:
-    return isinstance(value, str) and len(value) <= 63 and bool(_LABEL_VALUE.match(value))
-
-
-def is_label_key(key: object) -> bool:
-    """A qualified name: ``[prefix/]name``, prefix a DNS-1123 subdomain, name at most 63."""
-    if not isinstance(key, str) or not key:
-        return False
-    prefix, slash, name = key.rpartition("/")
-    if slash and not is_dns1123_subdomain(prefix):
-        return False
-    return len(name) <= 63 and bool(_QUALIFIED_NAME.match(name))
 
 
 class _Report:

@@ -4,14 +4,14 @@ One namespace per organization (``org-<slug>``) carries the tenant's whole bound
 Security ``restricted``, the plan's ResourceQuota and LimitRange, NetworkPolicies that deny
 everything but DNS and NATS, a ServiceAccount without an API token, and a Role that reads only
 the secrets the organization granted. Each agent is a Pod with a PVC for its workspace and a
-Secret for its NATS credentials. Pure builders: no client, no I/O; ``k8s_checks`` and the
-schemas check what comes out, ``kubernetes`` sends it.
+Secret for its NATS credentials. Pure builders: no client, no I/O; the objects' names and
+labels are :mod:`.names`'s, :mod:`.runtime` sends what comes out (and the tests check it
+against the schemas and Corral's own manifest checks).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,74 +21,16 @@ from corral.domain.errors import InvalidInput
 from corral.domain.grants import SecretGrant
 from corral.domain.plans import QUOTA_RESOURCES
 from corral.domain.quantities import Quantity, parse
-from corral.domain.tenancy import MANAGED_BY, Organization, namespace_for
+from corral.domain.tenancy import Organization, is_dns1123_label, namespace_for
 from corral.runtime.base import LaunchSpec
-from corral.runtime.k8s_checks import is_dns1123_label, is_dns1123_subdomain, is_label_value
+from corral.runtime.kubernetes import names
 
 __all__ = [
-    "AGENT_UID",
-    "ANNOTATION_AGENT_ID",
-    "ANNOTATION_AGENT_NAME",
-    "ANNOTATION_ORG_ID",
-    "ALLOW_DNS_POLICY",
-    "ALLOW_NATS_POLICY",
-    "CONTAINER_NAME",
-    "CREDS_DIR",
-    "CREDS_FILE",
-    "DEFAULT_DENY_POLICY",
-    "ENV_CREDS_FILE",
-    "ENV_WORKSPACE",
-    "GPU_RESOURCE",
-    "LABEL_AGENT",
-    "LABEL_COMPONENT",
-    "LABEL_MANAGED_BY",
-    "LABEL_ROLE",
-    "LABEL_TENANT",
-    "LIMIT_RANGE_NAME",
-    "QUOTA_NAME",
-    "SECRET_READER_BINDING",
-    "SECRET_READER_ROLE",
-    "SECRET_VALUE_KEY",
-    "SERVICE_ACCOUNT_NAME",
-    "WORKSPACE_DIR",
-    "agent_labels",
     "agent_manifests",
-    "agent_selector",
-    "creds_secret_name",
-    "label_safe",
     "org_manifests",
     "render_yaml",
     "secret_reader_names",
-    "workspace_claim_name",
 ]
-
-QUOTA_NAME = "tenant-quota"
-LIMIT_RANGE_NAME = "agent-limits"
-SERVICE_ACCOUNT_NAME = "agent-worker-sa"
-SECRET_READER_ROLE = "agent-secret-reader"
-SECRET_READER_BINDING = "agent-secret-binding"
-DEFAULT_DENY_POLICY = "default-deny-all"
-ALLOW_DNS_POLICY = "allow-dns"
-ALLOW_NATS_POLICY = "allow-nats"
-
-LABEL_TENANT = "tenant"
-LABEL_MANAGED_BY = "managed-by"
-LABEL_COMPONENT = "corral.dev/component"
-LABEL_AGENT = "corral.dev/agent"
-LABEL_ROLE = "corral.dev/role"
-ANNOTATION_AGENT_ID = "corral.dev/agent-id"
-ANNOTATION_ORG_ID = "corral.dev/org-id"
-ANNOTATION_AGENT_NAME = "corral.dev/agent-name"
-
-CONTAINER_NAME = "agent"
-AGENT_UID = 10001
-CREDS_DIR = "/var/run/corral"
-CREDS_FILE = "nats.creds"
-WORKSPACE_DIR = "/workspace"
-ENV_CREDS_FILE = "CORRAL_CREDS_FILE"  # what the SDK reads
-ENV_WORKSPACE = "CORRAL_WORKSPACE"
-GPU_RESOURCE = "nvidia.com/gpu"
-SECRET_VALUE_KEY = "value"
 
 _PSA = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
 _TERMINATION_GRACE_SECONDS = 30
@@ -102,38 +44,6 @@ def _b64(data: bytes) -> str:
 def _cpu(q: Quantity) -> str:
     """CPU in millicores, as the seed writes a LimitRange (``2000m``)."""
     return f"{q.milli}m"
-
-
-def label_safe(value: str) -> str:
-    """``value`` if it is a valid label value, else a stable shortened form of it."""
-    if is_label_value(value):
-        return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:10]
-    head = "".join(c if c.isalnum() or c in "-_." else "-" for c in value)[:52].strip("-_.")
-    return f"{head}-{digest}" if head else digest
-
-
-def workspace_claim_name(agent_id: str) -> str:
-    return f"workspace-{agent_id}"
-
-
-def creds_secret_name(agent_id: str) -> str:
-    return f"nats-creds-{agent_id}"
-
-
-def agent_selector() -> dict[str, str]:
-    """The labels every agent pod Corral runs carries, in every organization."""
-    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "agent"}
-
-
-def agent_labels(org: str, agent_id: str, role: str, *, component: str = "agent") -> dict[str, str]:
-    return {
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_TENANT: org,
-        LABEL_COMPONENT: component,
-        LABEL_AGENT: label_safe(agent_id),
-        LABEL_ROLE: label_safe(role),
-    }
 
 
 def _meta(
@@ -161,11 +71,11 @@ def secret_reader_names(grants: Iterable[SecretGrant], secret_names: Iterable[st
     org shares one ServiceAccount, so the Role holds the union of all grants; narrowing a grant
     to a role or an agent is enforced by Corral's vault, not by RBAC.
     """
-    names = list(secret_names)
+    existing = list(secret_names)
     allowed: set[str] = set()
     for grant in grants:
         if grant.is_glob:
-            allowed.update(n for n in names if grant.matches(n))
+            allowed.update(n for n in existing if grant.matches(n))
         else:
             allowed.add(grant.pattern)
     return sorted(allowed)
@@ -183,11 +93,11 @@ def _resource_quota(org: Organization) -> dict[str, Any]:
     plan = org.plan
     hard = {r: plan.quota[r].render() for r in QUOTA_RESOURCES if r in plan.quota}
     if plan.gpu_limit > 0:
-        hard[f"requests.{GPU_RESOURCE}"] = str(plan.gpu_limit)
+        hard[f"requests.{names.GPU_RESOURCE}"] = str(plan.gpu_limit)
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
-        "metadata": _meta(QUOTA_NAME, org.namespace, org.labels),
+        "metadata": _meta(names.QUOTA_NAME, org.namespace, org.labels),
         "spec": {"hard": hard},
     }
 
@@ -197,7 +107,7 @@ def _limit_range(org: Organization) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "LimitRange",
-        "metadata": _meta(LIMIT_RANGE_NAME, org.namespace, org.labels),
+        "metadata": _meta(names.LIMIT_RANGE_NAME, org.namespace, org.labels),
         "spec": {
             "limits": [
                 {
@@ -229,9 +139,9 @@ def _network_policies(
         return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
 
     return [
-        policy(DEFAULT_DENY_POLICY, {"policyTypes": ["Ingress", "Egress"]}),
+        policy(names.DEFAULT_DENY_POLICY, {"policyTypes": ["Ingress", "Egress"]}),
         policy(
-            ALLOW_DNS_POLICY,
+            names.ALLOW_DNS_POLICY,
             {
                 "policyTypes": ["Egress"],
                 "egress": [
@@ -248,7 +158,7 @@ def _network_policies(
             },
         ),
         policy(
-            ALLOW_NATS_POLICY,
+            names.ALLOW_NATS_POLICY,
             {
                 "policyTypes": ["Egress"],
                 "egress": [
@@ -280,25 +190,29 @@ def _rbac(org: Organization, reader_names: Sequence[str]) -> list[dict[str, Any]
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta(SERVICE_ACCOUNT_NAME, org.namespace, org.labels),
+            "metadata": _meta(names.SERVICE_ACCOUNT_NAME, org.namespace, org.labels),
             "automountServiceAccountToken": False,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _meta(SECRET_READER_ROLE, org.namespace, org.labels),
+            "metadata": _meta(names.SECRET_READER_ROLE, org.namespace, org.labels),
             "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _meta(SECRET_READER_BINDING, org.namespace, org.labels),
+            "metadata": _meta(names.SECRET_READER_BINDING, org.namespace, org.labels),
             "subjects": [
-                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT_NAME, "namespace": org.namespace}
+                {
+                    "kind": "ServiceAccount",
+                    "name": names.SERVICE_ACCOUNT_NAME,
+                    "namespace": org.namespace,
+                }
             ],
             "roleRef": {
                 "kind": "Role",
-                "name": SECRET_READER_ROLE,
+                "name": names.SECRET_READER_ROLE,
                 "apiGroup": "rbac.authorization.k8s.io",
             },
         },
@@ -306,7 +220,7 @@ def _rbac(org: Organization, reader_names: Sequence[str]) -> list[dict[str, Any]
 
 
 def _org_secret(org: Organization, name: str, value: bytes) -> dict[str, Any]:
-    if not is_dns1123_subdomain(name):
+    if not names.is_dns1123_subdomain(name):
         raise InvalidInput(
             f"secret name {name!r} cannot name a Kubernetes Secret: use lower-case letters, "
             "digits, '-' and '.'",
@@ -315,9 +229,9 @@ def _org_secret(org: Organization, name: str, value: bytes) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(name, org.namespace, {**org.labels, LABEL_COMPONENT: "secret"}),
+        "metadata": _meta(name, org.namespace, {**org.labels, names.LABEL_COMPONENT: "secret"}),
         "type": "Opaque",
-        "data": {SECRET_VALUE_KEY: _b64(value)},
+        "data": {names.SECRET_VALUE_KEY: _b64(value)},
     }
 
 
@@ -366,7 +280,7 @@ def _resources(spec: LaunchSpec) -> dict[str, Any]:
     res = spec.resources
     limits: dict[str, str] = {"cpu": res.cpu_limit.render(), "memory": res.memory_limit.render()}
     if res.gpu > 0:
-        limits[GPU_RESOURCE] = str(res.gpu)
+        limits[names.GPU_RESOURCE] = str(res.gpu)
     return {
         "requests": {"cpu": res.cpu_request.render(), "memory": res.memory_request.render()},
         "limits": limits,
@@ -374,25 +288,25 @@ def _resources(spec: LaunchSpec) -> dict[str, Any]:
 
 
 def _env(spec: LaunchSpec) -> list[dict[str, str]]:
-    env = {"HOME": WORKSPACE_DIR, "TMPDIR": "/tmp", **spec.env}
-    env[ENV_CREDS_FILE] = f"{CREDS_DIR}/{CREDS_FILE}"
-    env[ENV_WORKSPACE] = WORKSPACE_DIR
+    env = {"HOME": names.WORKSPACE_DIR, "TMPDIR": "/tmp", **spec.env}
+    env[names.ENV_CREDS_FILE] = f"{names.CREDS_DIR}/{names.CREDS_FILE}"
+    env[names.ENV_WORKSPACE] = names.WORKSPACE_DIR
     return [{"name": k, "value": v} for k, v in sorted(env.items())]
 
 
 def _pod(spec: LaunchSpec, namespace: str, labels: Mapping[str, str]) -> dict[str, Any]:
     restricted: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     annotations = {
-        ANNOTATION_AGENT_ID: spec.agent_id,
-        ANNOTATION_ORG_ID: spec.org_id,
-        ANNOTATION_AGENT_NAME: spec.name,
+        names.ANNOTATION_AGENT_ID: spec.agent_id,
+        names.ANNOTATION_ORG_ID: spec.org_id,
+        names.ANNOTATION_AGENT_NAME: spec.name,
     }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _meta(spec.agent_id, namespace, labels, annotations),
         "spec": {
-            "serviceAccountName": SERVICE_ACCOUNT_NAME,
+            "serviceAccountName": names.SERVICE_ACCOUNT_NAME,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             # Corral decides whether a crashed agent comes back; the kubelet does not restart it.
@@ -400,14 +314,14 @@ def _pod(spec: LaunchSpec, namespace: str, labels: Mapping[str, str]) -> dict[st
             "terminationGracePeriodSeconds": _TERMINATION_GRACE_SECONDS,
             "securityContext": {
                 "runAsNonRoot": True,
-                "runAsUser": AGENT_UID,
-                "runAsGroup": AGENT_UID,
-                "fsGroup": AGENT_UID,
+                "runAsUser": names.AGENT_UID,
+                "runAsGroup": names.AGENT_UID,
+                "fsGroup": names.AGENT_UID,
                 **restricted,
             },
             "containers": [
                 {
-                    "name": CONTAINER_NAME,
+                    "name": names.CONTAINER_NAME,
                     "image": spec.image,
                     "imagePullPolicy": "IfNotPresent",
                     "args": list(spec.command),
@@ -415,15 +329,15 @@ def _pod(spec: LaunchSpec, namespace: str, labels: Mapping[str, str]) -> dict[st
                     "resources": _resources(spec),
                     "securityContext": {
                         "runAsNonRoot": True,
-                        "runAsUser": AGENT_UID,
+                        "runAsUser": names.AGENT_UID,
                         "allowPrivilegeEscalation": False,
                         "readOnlyRootFilesystem": True,
                         "capabilities": {"drop": ["ALL"]},
                         **restricted,
                     },
                     "volumeMounts": [
-                        {"name": "creds", "mountPath": CREDS_DIR, "readOnly": True},
-                        {"name": "workspace", "mountPath": WORKSPACE_DIR},
+                        {"name": "creds", "mountPath": names.CREDS_DIR, "readOnly": True},
+                        {"name": "workspace", "mountPath": names.WORKSPACE_DIR},
                         {"name": "tmp", "mountPath": "/tmp"},
                     ],
                 }
@@ -432,14 +346,16 @@ def _pod(spec: LaunchSpec, namespace: str, labels: Mapping[str, str]) -> dict[st
                 {
                     "name": "creds",
                     "secret": {
-                        "secretName": creds_secret_name(spec.agent_id),
+                        "secretName": names.creds_secret_name(spec.agent_id),
                         "defaultMode": 0o440,
-                        "items": [{"key": CREDS_FILE, "path": CREDS_FILE}],
+                        "items": [{"key": names.CREDS_FILE, "path": names.CREDS_FILE}],
                     },
                 },
                 {
                     "name": "workspace",
-                    "persistentVolumeClaim": {"claimName": workspace_claim_name(spec.agent_id)},
+                    "persistentVolumeClaim": {
+                        "claimName": names.workspace_claim_name(spec.agent_id)
+                    },
                 },
                 {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE}},
             ],
@@ -467,46 +383,40 @@ def agent_manifests(
     """
     slug = org.slug if isinstance(org, Organization) else org
     namespace = namespace_for(slug)
-    names = (spec.agent_id, workspace_claim_name(spec.agent_id), creds_secret_name(spec.agent_id))
-    if not all(is_dns1123_subdomain(n) for n in names):
+    taken = (
+        spec.agent_id,
+        names.workspace_claim_name(spec.agent_id),
+        names.creds_secret_name(spec.agent_id),
+    )
+    if not all(names.is_dns1123_subdomain(n) for n in taken):
         raise InvalidInput(
             f"agent id {spec.agent_id!r} cannot name a Kubernetes Pod: use lower-case letters, "
             "digits and '-', starting and ending with a letter or digit",
             details={"agent_id": spec.agent_id},
         )
     size = parse(workspace_size).render()
-    if storage_class is not None and not is_dns1123_subdomain(storage_class):
+    if storage_class is not None and not names.is_dns1123_subdomain(storage_class):
         raise InvalidInput(f"storage class {storage_class!r} is not a valid name")
-    labels = agent_labels(slug, spec.agent_id, spec.role)
+    labels = names.agent_labels(slug, spec.agent_id, spec.role)
     claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": size}},
     }
     if storage_class is not None:
         claim_spec["storageClassName"] = storage_class
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _meta(
-            workspace_claim_name(spec.agent_id),
-            namespace,
-            {**labels, LABEL_COMPONENT: "workspace"},
-            {ANNOTATION_AGENT_ID: spec.agent_id},
-        ),
-        "spec": claim_spec,
-    }
-    creds = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(
-            creds_secret_name(spec.agent_id),
-            namespace,
-            {**labels, LABEL_COMPONENT: "agent-creds"},
-            {ANNOTATION_AGENT_ID: spec.agent_id},
-        ),
-        "type": "Opaque",
-        "data": {CREDS_FILE: _b64(spec.creds.encode())},
-    }
+
+    def part(kind: str, name: str, component: str) -> dict[str, Any]:
+        """The start of one of the agent's objects besides its pod."""
+        agent = {names.ANNOTATION_AGENT_ID: spec.agent_id}
+        component_labels = {**labels, names.LABEL_COMPONENT: component}
+        meta = _meta(name, namespace, component_labels, agent)
+        return {"apiVersion": "v1", "kind": kind, "metadata": meta}
+
+    claim = part("PersistentVolumeClaim", names.workspace_claim_name(spec.agent_id), "workspace")
+    claim["spec"] = claim_spec
+    creds = part("Secret", names.creds_secret_name(spec.agent_id), "agent-creds")
+    creds["type"] = "Opaque"
+    creds["data"] = {names.CREDS_FILE: _b64(spec.creds.encode())}
     return [claim, creds, _pod(spec, namespace, labels)]
 
 

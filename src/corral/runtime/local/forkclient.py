@@ -1,4 +1,4 @@
-"""The control plane's handle on the local runtime's fork server (see :mod:`.zygote`).
+"""The control plane's handle on the local runtime's fork server (see :mod:`.forkserver`).
 
 :class:`Zygote` starts the server without blocking the event loop, hands it one launch at a
 time and turns what it reports back into a per-child :class:`ZygoteChild` whose :meth:`wait`
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from corral.domain.errors import InvalidInput, Unavailable
-from corral.runtime.zygote import ENV_ROOM_VARIABLE, MAX_FDS, RECORD, Launch
+from corral.runtime.local.forkserver import ENV_ROOM_VARIABLE, MAX_FDS, RECORD, Launch
 
 __all__ = ["DEFAULT_PRELOAD", "ENV_ROOM", "Zygote", "ZygoteChild", "runnable_module"]
 
@@ -116,7 +116,9 @@ class Zygote:
         self._send_lock = asyncio.Lock()
         self._running = True
         self._closed = False
-        self._reader = asyncio.create_task(self._read(), name="corral.runtime.zygote:reader")
+        self._reader = asyncio.create_task(
+            self._read(), name="corral.runtime.local.forkclient:reader"
+        )
 
     @classmethod
     async def start(
@@ -142,7 +144,7 @@ class Zygote:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "corral.runtime.zygote",
+                "corral.runtime.local.forkserver",
                 str(theirs.fileno()),
                 str(os.getpid()),
                 *preload,
