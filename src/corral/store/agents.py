@@ -166,28 +166,6 @@ class AgentRepository:
         async with self._db.sessions() as s, s.begin():
             await s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
-    async def claim(self, agent_id: str, task_id: str) -> bool:
-        """Mark a running idle agent busy with ``task_id``; False if it is not idle."""
-        async with self._db.sessions() as s, s.begin():
-            result = await s.execute(
-                update(AgentRow)
-                .where(
-                    AgentRow.id == agent_id,
-                    AgentRow.state == AgentState.RUNNING.value,
-                    AgentRow.busy_task.is_(None),
-                )
-                .values(busy_task=task_id, updated_at=datetime.now(UTC))
-            )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def release(self, agent_id: str, task_id: str) -> None:
-        async with self._db.sessions() as s, s.begin():
-            await s.execute(
-                update(AgentRow)
-                .where(AgentRow.id == agent_id, AgentRow.busy_task == task_id)
-                .values(busy_task=None, updated_at=datetime.now(UTC))
-            )
-
     async def count_by_state(self) -> list[tuple[str, str, str, int]]:
         """(org slug, plan, state, count) for metrics."""
         q = (

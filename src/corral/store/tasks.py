@@ -1,15 +1,15 @@
-"""Tasks and their history. Every transition is a compare-and-set on the state plus a history
-row in the same transaction, so an event delivered twice is recorded once."""
+"""Tasks and their history, as read back from the store. Every write goes through the
+dispatcher's task book and its :class:`~corral.store.task_journal.TaskJournal`, which records
+each transition as a compare-and-set on the state plus a history row in the same transaction."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from corral.domain.errors import NotFound
 from corral.domain.tasks import Priority, TaskState
@@ -123,51 +123,6 @@ class TaskRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(
-        self,
-        *,
-        task_id: str,
-        org_id: str,
-        role: str | None,
-        target_agent: str | None,
-        priority: Priority,
-        deadline: datetime | None,
-        requirements: dict[str, Any],
-        payload: dict[str, Any],
-        parent_id: str | None = None,
-        from_agent: str | None = None,
-    ) -> TaskRecord:
-        now = datetime.now(UTC)
-        async with self._db.sessions() as s, s.begin():
-            s.add(
-                TaskRow(
-                    id=task_id,
-                    seq=time.time_ns(),
-                    org_id=org_id,
-                    role=role,
-                    target_agent=target_agent,
-                    agent_id=None,
-                    parent_id=parent_id,
-                    from_agent=from_agent,
-                    priority=priority.value,
-                    deadline=deadline,
-                    requirements=requirements,
-                    payload=payload,
-                    result=None,
-                    state=TaskState.QUEUED.value,
-                    attempts=0,
-                    progress=None,
-                    not_before=None,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            await s.flush()
-            s.add(
-                TaskEventRow(task_id=task_id, from_state=None, to_state="queued", at=now, detail="")
-            )
-        return await self.get(task_id)
-
     async def get(self, task_id: str, *, org_id: str | None = None) -> TaskRecord:
         q = _SELECT.where(TaskRow.id == task_id)
         if org_id is not None:
@@ -205,47 +160,6 @@ class TaskRepository:
         async with self._db.sessions() as s:
             rows = (await s.execute(q.order_by(TaskRow.seq).limit(limit))).all()
         return [_record(r[0], r[1], r[2]) for r in rows]
-
-    async def transition(
-        self,
-        task_id: str,
-        *,
-        expect: Iterable[TaskState],
-        to: TaskState,
-        detail: str = "",
-        **fields: Any,
-    ) -> bool:
-        """Move the task to ``to`` if it is in ``expect``; record the transition. False when
-        it was not (already moved by someone else, or a duplicate event)."""
-        expect_values = [e.value for e in expect]
-        now = datetime.now(UTC)
-        async with self._db.sessions() as s, s.begin():
-            current = (
-                await s.execute(select(TaskRow.state).where(TaskRow.id == task_id))
-            ).scalar_one_or_none()
-            if current is None or current not in expect_values:
-                return False
-            result = await s.execute(
-                update(TaskRow)
-                .where(TaskRow.id == task_id, TaskRow.state == current)
-                .values(state=to.value, updated_at=now, **fields)
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
-                return False
-            s.add(
-                TaskEventRow(
-                    task_id=task_id, from_state=current, to_state=to.value, at=now, detail=detail
-                )
-            )
-        return True
-
-    async def set_progress(self, task_id: str, progress: float) -> None:
-        async with self._db.sessions() as s, s.begin():
-            await s.execute(
-                update(TaskRow)
-                .where(TaskRow.id == task_id, TaskRow.state == TaskState.RUNNING.value)
-                .values(progress=progress)
-            )
 
     async def count_by_state(self) -> list[tuple[str, str, str, str, int]]:
         """(org slug, plan, priority, state, count) for metrics."""
