@@ -18,7 +18,7 @@ import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral.control.hub import EventHub
@@ -30,10 +30,12 @@ from corral.scheduling.scheduler import QueuedTask, Scheduler
 from corral.store.task_journal import TaskJournal
 from corral.store.tasks import TaskRecord
 
-__all__ = ["ACTIVE", "TaskBook", "requirements_of", "row_of"]
+__all__ = ["ACTIVE", "MAX_ATTEMPTS", "TaskBook", "requirements_of", "row_of"]
 
 #: The states in which a task holds a slot of its agent.
 ACTIVE = (TaskState.DISPATCHED, TaskState.RUNNING)
+#: Dispatches of one task before it fails for good.
+MAX_ATTEMPTS = 5
 
 
 def requirements_of(rec: TaskRecord) -> Requirements:
@@ -186,6 +188,29 @@ class TaskBook:
         check_transition(via or rec.state, to)
         self.journal.move(rec.id, via or rec.state, to, at=now, detail=detail, **fields)
         return now
+
+    async def retry(self, task_id: str, why: str) -> bool:
+        """Put a dispatched or running task back in the queue with backoff, or fail it after
+        :data:`MAX_ATTEMPTS`; committed before it returns. False if it was neither."""
+        rec = self.live.get(task_id)
+        if rec is None or rec.state not in ACTIVE:
+            return False
+        self.free_slot(rec)
+        if rec.attempts >= MAX_ATTEMPTS:
+            self.move(rec, TaskState.FAILED, detail=f"{why}; gave up")
+        else:
+            backoff = min(30.0, 0.25 * 2 ** (rec.attempts - 1))
+            queued = self.move(
+                rec,
+                TaskState.QUEUED,
+                detail=f"{why}; retry in {backoff:.2f}s",
+                agent_id=None,
+                progress=None,
+                not_before=datetime.now(UTC) + timedelta(seconds=backoff),
+            )
+            self.enqueue(queued, not_before=time.time() + backoff)
+        await self.journal.flush()
+        return True
 
     def progress(self, rec: TaskRecord, progress: float) -> None:
         self.journal.progress(rec.id, progress)

@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from corral.control.background import Background
@@ -51,7 +51,6 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger("corral.dispatcher")
 
-MAX_ATTEMPTS = 5
 DECISIONS_PER_ROUND = 2000
 
 
@@ -203,12 +202,8 @@ class Dispatcher:
         from_agent: str | None = None,
         task_id: str | None = None,
     ) -> TaskRecord:
-        """Accept a task durably (``queued``), then let the loop place it.
-
-        Raises:
-            InvalidInput: neither or both of role/agent, an unknown agent, or a past deadline.
-            Conflict: a task of that id exists (a delegation sent twice).
-        """
+        """Accept a task durably (``queued``), then let the loop place it (see
+        :meth:`Intake.submit <corral.control.dispatch.intake.Intake.submit>`)."""
         return await self.intake.submit(
             org,
             role=role,
@@ -418,27 +413,10 @@ class Dispatcher:
         self.capacity_changed(org.id)
 
     async def _retry(self, task_id: str, why: str) -> None:
-        """Put a dispatched or running task back in the queue with backoff, or fail it after
-        :data:`MAX_ATTEMPTS`; committed before it returns."""
-        rec = self.book.live.get(task_id)
-        if rec is None or rec.state not in ACTIVE:
-            return
-        self.book.free_slot(rec)
-        if rec.attempts >= MAX_ATTEMPTS:
-            self.book.move(rec, TaskState.FAILED, detail=f"{why}; gave up")
-        else:
-            backoff = min(30.0, 0.25 * 2 ** (rec.attempts - 1))
-            queued = self.book.move(
-                rec,
-                TaskState.QUEUED,
-                detail=f"{why}; retry in {backoff:.2f}s",
-                agent_id=None,
-                progress=None,
-                not_before=datetime.now(UTC) + timedelta(seconds=backoff),
-            )
-            self.book.enqueue(queued, not_before=time.time() + backoff)
-        await self.journal.flush()
-        self.kick()
+        """Put a dispatched or running task back in the queue with backoff, or fail it;
+        committed before it returns."""
+        if await self.book.retry(task_id, why):
+            self.kick()
 
     async def close(self) -> None:
         await self._background.close()
