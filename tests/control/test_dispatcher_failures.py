@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.bus.events import BusEvent, EventKind
-from corral.control.dispatching import Dispatcher
+from corral.control.dispatch import Dispatcher
 from corral.control.hub import EventHub
 from corral.domain.admission import AdmittedResources
 from corral.domain.agents import Agent, AgentState

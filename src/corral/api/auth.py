@@ -64,7 +64,7 @@ async def authenticate(p: Platform, key: str | None) -> Caller:
     parts = split_key(key)
     if parts is None:
         raise Unauthenticated("malformed API key")
-    found = await p.orgs.authenticate(*parts)
+    found = await p.tenants.authenticate(*parts)
     if found is None:
         raise Unauthenticated("unknown or revoked API key")
     return Caller(found.key_id, found.org_id)
@@ -118,7 +118,7 @@ async def org_scope(
     """Resolve ``{org}`` for this caller (404 for other tenants) and apply its rate limit."""
     p = platform(request)
     try:
-        found = await p.orgs.get(org)
+        found = await p.tenants.get(org)
     except NotFound:
         raise NotFound(f"organization {org!r} not found", details={"org": org}) from None
     if not who.is_admin and found.id != who.org_id:

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.domain.admission import UsageSnapshot
 from corral.domain.plans import QUOTA_RESOURCES
 from corral.domain.tenancy import Organization
-from corral.store.quota import UsageSnapshot
 
 __all__ = ["OrgCreate", "OrgPatch", "org_to_wire", "usage_to_wire"]
 

@@ -8,11 +8,11 @@ from typing import Any
 import click
 
 from corral.cli.context import Context, pass_ctx, run
+from corral.control.manifests import render_org
 from corral.domain.grants import SecretGrant
 from corral.domain.ids import OrgId, OrgSlug
 from corral.domain.plans import get_plan
 from corral.domain.tenancy import Organization
-from corral.runtime.kubernetes.manifests import org_manifests, render_yaml
 
 __all__ = ["k8s"]
 
@@ -41,17 +41,14 @@ def render(ctx: Context, org: str, nats_namespace: str, nats_port: int) -> None:
         )
         grants = [_grant(g) for g in ctx.client.get(f"/v1/orgs/{org}/grants").get("grants", [])]
         names = [s["name"] for s in ctx.client.get(f"/v1/orgs/{org}/secrets").get("secrets", [])]
-        docs = org_manifests(
+        rendered = render_org(
             organization,
             grants=grants,
-            secrets=dict.fromkeys(names, b""),
+            secret_names=names,
             nats_namespace=nats_namespace,
             nats_port=nats_port,
         )
-        for doc in docs:
-            if doc.get("kind") == "Secret":
-                doc.pop("data", None)  # the vault keeps values; they are never printed
-        click.echo(render_yaml(docs), nl=False)
+        click.echo(rendered, nl=False)
 
     run(body)
 

@@ -3,6 +3,12 @@
 Admission is the domain's; quota is charged atomically in the store before anything is
 created, and every failure undoes what was done so far, in reverse, so a refused or failed
 provision leaves no process, workspace, credential or quota charge behind.
+
+Everything that happens to an agent's lifecycle comes here: it reports ready, it is heard from,
+it exits, it stops heartbeating. Every state change is held to the domain's agent state machine
+(:mod:`corral.control.records`). When an agent stops running the work it was
+given, the controller tells the dispatcher once, through ``on_lost``; which task an agent is
+busy with is the dispatcher's knowledge, asked through ``current_task``.
 """
 
 from __future__ import annotations
@@ -10,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from corral.control.background import Background
 from corral.control.hub import EventHub
+from corral.control.launching import DEFAULT_AGENT_COMMAND, Launcher, Undo, undo
 from corral.control.ports import BusPort
+from corral.control.records import AgentRecords
 from corral.domain.admission import ContainerRequest, apply_limit_range, charge_for
 from corral.domain.agents import (
     HOLDS_POD,
@@ -27,11 +34,11 @@ from corral.domain.agents import (
     make_agent_id,
     validate_name,
 )
-from corral.domain.errors import Conflict, CorralError, InvalidInput, Unavailable
+from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound, Unavailable
 from corral.domain.ids import AgentId
 from corral.domain.messages import ControlKind, ControlMessage
 from corral.domain.tenancy import Organization
-from corral.runtime.base import AgentRuntime, LaunchSpec, Phase, RuntimeStatus
+from corral.runtime.base import AgentRuntime, Phase, RuntimeStatus
 from corral.store.agents import AgentRepository
 from corral.store.quota import QuotaLedger
 
@@ -39,13 +46,10 @@ __all__ = ["DEFAULT_AGENT_COMMAND", "Controller"]
 
 log = logging.getLogger("corral.controller")
 
-#: Without --command an agent runs the built-in general-purpose example agent.
-DEFAULT_AGENT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "corral.agents.general")
 MAX_RESTARTS = 3
-CREDS_TTL_SECONDS = 24 * 3600
 
 
-class Controller:
+class Controller(AgentRecords):
     def __init__(
         self,
         *,
@@ -57,25 +61,37 @@ class Controller:
         org_lookup: Callable[[str], Awaitable[Organization]],
         checkpoint_deadline: float = 5.0,
         extra_env: dict[str, str] | None = None,
+        heartbeat_seconds: float = 5.0,
     ) -> None:
-        self.agents = agents
+        super().__init__(agents=agents, hub=hub)
         self.ledger = ledger
         self.bus = bus
         self.runtime = runtime
-        self.hub = hub
         self._org_by_id = org_lookup
         self.checkpoint_deadline = checkpoint_deadline
-        self._extra_env = dict(extra_env or {})
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.heartbeat_seconds = heartbeat_seconds
+        self._launcher = Launcher(agents=agents, bus=bus, runtime=runtime, extra_env=extra_env)
         self._restarts = Background()
         self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        #: told the org id whenever quota is released (pause, terminate, failure)
-        self.on_capacity: Callable[[str], None] = lambda org_id: None
-        #: told every agent whose lifecycle state it records (after the record)
-        self.on_change: Callable[[Agent], None] = lambda agent: None
+        self._last_seen: dict[str, float] = {}
 
-    def _lock(self, agent_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(agent_id, asyncio.Lock())
+    # -- questions ------------------------------------------------------------------------
+    async def find_agents(self, org: Organization) -> list[Agent]:
+        """Every agent of ``org``, terminated ones included, oldest first."""
+        return await self.agents.find(org_id=org.id)
+
+    async def get_agent(self, org: Organization, agent_id: str) -> Agent:
+        """Raises: NotFound: no such agent in ``org``."""
+        return await self.agents.get(agent_id, org_id=org.id)
+
+    async def agent_logs(self, org: Organization, agent_id: str, *, tail: int = 200) -> str:
+        """The last ``tail`` lines the agent's process wrote.
+
+        Raises:
+            NotFound: no such agent in ``org``.
+        """
+        await self.agents.get(agent_id, org_id=org.id)
+        return await self.runtime.logs(org.slug, agent_id, tail=tail)
 
     # -- provision ------------------------------------------------------------------------
     async def provision(
@@ -107,9 +123,9 @@ class Controller:
         resources = apply_limit_range(request, org.plan.limit_range)
         charge = charge_for(resources)
         argv = tuple(command) if command else DEFAULT_AGENT_COMMAND
-        undo: list[Callable[[], Awaitable[None]]] = []
+        steps: Undo = []
         await self.ledger.reserve(org.id, org.plan, charge, agents=1, gpus=resources.gpu)
-        undo.append(lambda: self.ledger.release(org.id, charge, agents=1, gpus=resources.gpu))
+        steps.append(lambda: self.ledger.release(org.id, charge, agents=1, gpus=resources.gpu))
         try:
             await self.agents.create(
                 agent_id=agent_id,
@@ -120,97 +136,56 @@ class Controller:
                 command=argv,
                 slots=slots,
             )
-            undo.append(lambda: self._forget(agent_id))
-            await self._launch(org, await self.agents.get(agent_id), undo)
+            steps.append(lambda: self.agents.delete(agent_id))
+            await self._launcher.launch(org, await self.agents.get(agent_id), steps)
         except BaseException:
-            await self._undo(undo)
+            await undo(steps)
             raise
         agent = await self.agents.get(agent_id)
         self._publish(agent)
         return agent
 
-    async def _launch(
-        self, org: Organization, agent: Agent, undo: list[Callable[[], Awaitable[None]]]
-    ) -> None:
-        """Credentials, inbox consumer and process for ``agent``; pushes undo steps."""
-        creds = self.bus.mint_agent_creds(org.slug, agent.id, ttl_seconds=CREDS_TTL_SECONDS)
-        undo.append(lambda: self.bus.revoke_agent(org.slug, agent.id))
-        await self.agents.update(agent.id, public_key=creds.public_key)
-        await self.bus.prepare_agent(org.slug, agent.id)
-        fresh = not await self.runtime.workspace_exists(org.slug, agent.id)
-        spec = self._spec(org, agent, creds.creds)
-        try:
-            await self.runtime.start(spec)
-        except CorralError:
-            if fresh:
-                with contextlib.suppress(CorralError):
-                    await self.runtime.delete_workspace(org.slug, agent.id)
-            raise
-        undo.append(lambda: self.runtime.stop(org.slug, agent.id, grace=1.0))
-        if fresh:
-            undo.append(lambda: self.runtime.delete_workspace(org.slug, agent.id))
-
-    def _spec(self, org: Organization, agent: Agent, creds: str) -> LaunchSpec:
-        env = {
-            "CORRAL_ORG": org.slug,
-            "CORRAL_ORG_ID": org.id,
-            "CORRAL_AGENT_ID": agent.id,
-            "CORRAL_AGENT_NAME": agent.name,
-            "CORRAL_ROLE": agent.role,
-            "CORRAL_NATS_URL": self.bus.url,
-            "CORRAL_AGENT_SLOTS": str(agent.slots),
-            **self._extra_env,
-        }
-        return LaunchSpec(
-            org=org.slug,
-            org_id=org.id,
-            agent_id=agent.id,
-            name=agent.name,
-            role=agent.role,
-            resources=agent.resources,
-            command=agent.command,
-            env=env,
-            creds=creds,
-        )
-
-    async def _forget(self, agent_id: str) -> None:
-        await self.agents.delete(agent_id)
-
-    async def _undo(self, steps: list[Callable[[], Awaitable[None]]]) -> None:
-        for step in reversed(steps):
-            try:
-                await step()
-            except Exception:  # keep undoing; the original error is what the caller sees
-                log.exception("cleanup step failed")
-
-    # -- readiness ------------------------------------------------------------------------
-    async def on_ready(self, org: str, agent_id: str) -> None:
-        """The agent said it is up and consuming its inbox."""
+    # -- readiness and heartbeats ---------------------------------------------------------
+    async def on_ready(self, org: str, agent_id: str) -> Agent | None:
+        """The agent said it is up and consuming its inbox; returns it, or None if no such
+        agent of ``org`` exists (the server says another org spoke: ignored, never trusted)."""
         now = datetime.now(UTC)
-        agent = await self.agents.get(agent_id)
-        if agent.org != org:  # the server says another org spoke: ignore, never trust
-            return
+        try:
+            agent = await self.agents.get(agent_id)
+        except NotFound:
+            return None
+        if agent.org != org:
+            return None
         if agent.state is AgentState.RESUMING:
-            await self.agents.transition(
+            await self._transition(
                 agent_id,
                 expect=[AgentState.RESUMING],
                 to=AgentState.RUNNING,
                 resumed_at=now,
                 last_seen_at=now,
-                busy_task=None,
             )
         else:
-            await self.agents.transition(
+            await self._transition(
                 agent_id,
                 expect=[AgentState.PROVISIONING],
                 to=AgentState.RUNNING,
                 last_seen_at=now,
-                busy_task=None,
             )
         for fut in self._ready_waiters.pop(agent_id, []):
             if not fut.done():
                 fut.set_result(None)
-        self._publish(await self.agents.get(agent_id))
+        ready = await self.agents.get(agent_id)
+        self._publish(ready)
+        return ready
+
+    async def heard_from(self, agent_id: str) -> None:
+        """Record that the agent spoke (at most once per heartbeat interval in the store)."""
+        now = time.monotonic()
+        if now - self._last_seen.get(agent_id, 0.0) < self.heartbeat_seconds:
+            self._last_seen.setdefault(agent_id, now)
+            return
+        self._last_seen[agent_id] = now
+        await self.agents.update(agent_id, last_seen_at=datetime.now(UTC))
 
     async def wait_running(self, agent_id: str, *, timeout: float) -> Agent:
         """Wait until the agent is running (for CLI ``--wait`` and tests)."""
@@ -233,18 +208,19 @@ class Controller:
     # -- pause / resume -------------------------------------------------------------------
     async def pause(self, org: Organization, agent_id: str, *, force: bool = False) -> Agent:
         """Checkpoint (with a deadline), stop the process, keep the workspace, revoke the
-        credentials, release the pod slot; ``paused`` with ``pausedAt``."""
+        credentials, release the pod slot; ``paused`` with ``pausedAt``. Work it held is
+        retried elsewhere."""
         async with self._lock(agent_id):
             agent = await self.agents.get(agent_id, org_id=org.id)
             if agent.state is AgentState.PAUSED:
                 return agent
-            if agent.busy_task and not force:
+            busy = self.current_task(agent_id)
+            if busy and not force:
                 raise Conflict(
-                    f"agent {agent_id} is busy with task {agent.busy_task}; "
-                    "wait for it or pause with force",
-                    details={"agent": agent_id, "task": agent.busy_task},
+                    f"agent {agent_id} is busy with task {busy}; wait for it or pause with force",
+                    details={"agent": agent_id, "task": busy},
                 )
-            if not await self.agents.transition(
+            if not await self._transition(
                 agent_id, expect=[AgentState.RUNNING], to=AgentState.PAUSING
             ):
                 raise Conflict(
@@ -266,15 +242,15 @@ class Controller:
             await self.runtime.stop(org.slug, agent_id, grace=self.checkpoint_deadline)
             await self.bus.revoke_agent(org.slug, agent.id)
             await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
-            await self.agents.transition(
+            await self._transition(
                 agent_id,
                 expect=[AgentState.PAUSING],
                 to=AgentState.PAUSED,
                 paused_at=datetime.now(UTC),
                 public_key=None,
-                busy_task=None,
                 detail=detail,
             )
+            await self.on_lost(agent_id)
             paused = await self.agents.get(agent_id)
             self._publish(paused)
             self.on_capacity(org.id)
@@ -284,13 +260,12 @@ class Controller:
         """Complete a pause the control plane was interrupted in (the process is stopped)."""
         await self.bus.revoke_agent(org.slug, agent.id)
         await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
-        await self.agents.transition(
+        await self._transition(
             agent.id,
             expect=[AgentState.PAUSING],
             to=AgentState.PAUSED,
             paused_at=datetime.now(UTC),
             public_key=None,
-            busy_task=None,
         )
 
     async def resume(self, org: Organization, agent_id: str) -> Agent:
@@ -312,30 +287,29 @@ class Controller:
             previous = agent.state
             charge = charge_for(agent.resources, pvc=False)
             await self.ledger.reserve(org.id, org.plan, charge)
-            undo: list[Callable[[], Awaitable[None]]] = [
-                lambda: self.ledger.release(org.id, charge)
-            ]
-            await self.agents.transition(
+            steps: Undo = [lambda: self.ledger.release(org.id, charge)]
+            await self._transition(
                 agent_id, expect=[previous], to=AgentState.RESUMING, restarts=0, detail=""
             )
-            undo.append(lambda: self._set_state(agent_id, AgentState.RESUMING, previous))
+            steps.append(lambda: self._set_state(agent_id, AgentState.RESUMING, previous))
             try:
-                await self._launch(org, agent, undo)
+                await self._launcher.launch(org, agent, steps)
             except BaseException:
-                await self._undo(undo)
+                await undo(steps)
                 raise
             resumed = await self.agents.get(agent_id)
             self._publish(resumed)
             return resumed
 
     async def _set_state(self, agent_id: str, expect: AgentState, to: AgentState) -> None:
-        await self.agents.transition(agent_id, expect=[expect], to=to)
+        await self._transition(agent_id, expect=[expect], to=to)
 
     # -- terminate ------------------------------------------------------------------------
     async def terminate(
         self, org: Organization, agent_id: str, *, delete_workspace: bool = True
     ) -> Agent:
-        """Stop the agent for good and release its quota; the workspace kept or deleted."""
+        """Stop the agent for good and release its quota; the workspace kept or deleted.
+        Work it held is retried elsewhere before this returns."""
         async with self._lock(agent_id):
             agent = await self.agents.get(agent_id, org_id=org.id)
             if agent.state is AgentState.TERMINATED:
@@ -355,41 +329,55 @@ class Controller:
             )
             if delete_workspace:
                 await self.runtime.delete_workspace(org.slug, agent_id)
-            await self.agents.transition(
+            await self._transition(
                 agent_id,
-                expect=list(AgentState),
+                expect=[s for s in AgentState if s is not AgentState.TERMINATED],
                 to=AgentState.TERMINATED,
                 terminated_at=datetime.now(UTC),
                 public_key=None,
-                busy_task=None,
             )
+            await self.on_lost(agent_id)
             done = await self.agents.get(agent_id)
             self._publish(done)
             self.on_capacity(org.id)
             return done
 
     # -- crashes --------------------------------------------------------------------------
-    async def on_exit(self, status: RuntimeStatus) -> str | None:
-        """A process exited without being asked. Restart with backoff, or mark ``failed``
-        after repeated crashes. Returns the task it was running, for the dispatcher."""
+    async def on_exit(self, status: RuntimeStatus) -> None:
+        """A process exited without being asked: restart it with backoff, or mark it
+        ``failed`` after repeated crashes; the work it held is retried."""
         if status.phase is not Phase.CRASHED:
-            return None
+            return
+        await self._record_crash(status)
+        await self.on_lost(status.agent_id)
+
+    async def heartbeat_lost(self, org: Organization, agent: Agent) -> None:
+        """A running agent stopped heartbeating (hung or cut off): stop it and restart it as
+        after a crash; the work it held is retried."""
+        with contextlib.suppress(CorralError):
+            await self.runtime.stop(org.slug, agent.id, grace=1.0)
+            await self._record_crash(
+                RuntimeStatus(
+                    org.slug, agent.id, Phase.CRASHED, detail={"reason": "heartbeat lost"}
+                )
+            )
+        await self.on_lost(agent.id)
+
+    async def _record_crash(self, status: RuntimeStatus) -> None:
         try:
             agent = await self.agents.get(status.agent_id)
         except CorralError:
-            return None
+            return
         if agent.state not in (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING):
-            return None
+            return
         org = await self._org_by_id(agent.org_id)
         restarts = agent.restarts + 1
-        lost_task = agent.busy_task
         if restarts > MAX_RESTARTS:
-            await self.agents.transition(
+            await self._transition(
                 agent.id,
                 expect=[agent.state],
                 to=AgentState.FAILED,
                 restarts=restarts,
-                busy_task=None,
                 detail=f"crashed {restarts} times (last exit {status.exit_code})",
             )
             await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
@@ -398,19 +386,17 @@ class Controller:
                     await self.bus.revoke_agent(org.slug, agent.id)
             self._publish(await self.agents.get(agent.id))
             self.on_capacity(org.id)
-            return lost_task
-        await self.agents.transition(
+            return
+        await self._transition(
             agent.id,
             expect=[agent.state],
             to=AgentState.PROVISIONING,
             restarts=restarts,
-            busy_task=None,
             detail=f"restarting after exit {status.exit_code} ({restarts}/{MAX_RESTARTS})",
         )
         self._publish(await self.agents.get(agent.id))
         delay = min(10.0, 0.2 * 2 ** (restarts - 1))
         self._restarts.spawn(self._restart_later(org, agent.id, delay), f"restart-{agent.id}")
-        return lost_task
 
     async def _restart_later(self, org: Organization, agent_id: AgentId, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -422,10 +408,10 @@ class Controller:
                 if agent.public_key:
                     with contextlib.suppress(CorralError):
                         await self.bus.revoke_agent(org.slug, agent.id)
-                await self._launch(org, agent, [])
+                await self._launcher.launch(org, agent, [])
         except CorralError as exc:
             log.error("restart of %s failed: %s", agent_id, exc.message)
-            await self.agents.transition(
+            await self._transition(
                 agent_id,
                 expect=[AgentState.PROVISIONING],
                 to=AgentState.FAILED,
@@ -446,13 +432,8 @@ class Controller:
                 if agent.state is AgentState.RESUMING
                 else AgentState.PROVISIONING
             )
-            await self.agents.transition(agent.id, expect=[agent.state], to=target, busy_task=None)
-            await self._launch(org, await self.agents.get(agent.id), [])
+            await self._transition(agent.id, expect=[agent.state], to=target)
+            await self._launcher.launch(org, await self.agents.get(agent.id), [])
 
     async def close(self) -> None:
         await self._restarts.close()
-
-    def _publish(self, agent: Agent) -> None:
-        self.on_change(agent)
-        data: dict[str, Any] = {"agent": agent.to_wire()}
-        self.hub.publish(agent.org, "agent", data)

@@ -21,7 +21,7 @@ from corral.bus.platform import PlatformBus
 from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
 from corral.control.background import Background
-from corral.control.dispatching import Dispatcher
+from corral.control.dispatch import Dispatcher
 from corral.control.hub import EventHub
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
@@ -148,6 +148,7 @@ class Platform:
             hub=self.hub,
             org_lookup=self.orgs.get_by_id,
             extra_env=self._agent_env(),
+            heartbeat_seconds=self.settings.heartbeat_seconds,
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
@@ -168,6 +169,8 @@ class Platform:
         self._stack.push_async_callback(self.dispatcher.close)
         self.controller.on_capacity = self.dispatcher.capacity_changed
         self.controller.on_change = self.dispatcher.agent_changed
+        self.controller.on_lost = self.dispatcher.agent_lost
+        self.controller.current_task = self.dispatcher.current_task
         self._install_hooks()
         await self.dispatcher.rebuild()
         if self._services:
@@ -336,7 +339,8 @@ class Platform:
 
     async def _reconcile(self) -> None:
         """Compare the registry with what runs: stop leftovers, restart what should run,
-        finish interrupted pauses, requeue work whose agent is gone."""
+        finish interrupted pauses. Every agent's process was stopped or restarted, so the work
+        any of them held is lost: it is retried."""
         records: dict[str, Agent] = {a.id: a for a in await self.agents.find()}
         for found in await self.runtime.list_agents():
             rec = records.get(found.agent_id)
@@ -345,7 +349,6 @@ class Platform:
             ):
                 log.info("stopping leftover agent process %s", found.agent_id)
                 await self.runtime.stop(found.org, found.agent_id, grace=1.0)
-        live: set[str] = set()
         for agent in records.values():
             org = await self.orgs.get_by_id(agent.org_id)
             if agent.state in (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING):
@@ -359,22 +362,24 @@ class Platform:
             elif agent.state is AgentState.PAUSING:
                 await self.runtime.stop(org.slug, agent.id, grace=1.0)
                 await self.controller.finish_pause(org, agent)
-        await self.dispatcher.requeue_orphans(live)
+        for agent_id in self.dispatcher.holders():
+            await self.dispatcher.agent_lost(agent_id, why="the control plane restarted")
 
     # -- background -----------------------------------------------------------------------
     async def _watch_exits(self) -> None:
         async for status in self.runtime.exits():
             try:
-                lost = await self.controller.on_exit(status)
-                if status.phase is Phase.CRASHED:
-                    await self.dispatcher.on_agent_lost(status.agent_id)
-                if lost:
-                    self.dispatcher.kick()
+                await self.controller.on_exit(status)
             except Exception:
                 log.exception("handling the exit of %s failed", status.agent_id)
 
     async def refresh_metrics(self) -> None:
         await refresh_metrics(self)
+
+    async def metrics_text(self) -> bytes:
+        """Every tenant's metrics, freshly measured, in the Prometheus text format."""
+        await self.refresh_metrics()
+        return self.metrics.render()
 
     async def _ensure_admin_key(self) -> None:
         path = self.data_dir / ADMIN_KEY_FILE

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from corral.control.keys import new_key
+from corral.domain.admission import UsageSnapshot
 from corral.domain.ids import OrgId
 from corral.domain.plans import get_plan
 from corral.domain.tenancy import Organization, validate_slug
-from corral.store.quota import QuotaLedger, UsageSnapshot
-from corral.store.tenants import OrgRepository
+from corral.store.quota import QuotaLedger
+from corral.store.tenants import ApiKey, OrgRepository
 
 __all__ = ["CreatedOrg", "OrgHooks", "TenantService"]
 
@@ -69,6 +70,10 @@ class TenantService:
 
     async def get(self, slug: str) -> Organization:
         return await self.orgs.get(slug)
+
+    async def authenticate(self, key_id: str, key_secret: str) -> ApiKey | None:
+        """The API key ``key_id`` if ``key_secret`` is its secret; None otherwise."""
+        return await self.orgs.authenticate(key_id, key_secret)
 
     async def list(self) -> list[Organization]:
         return await self.orgs.list()

@@ -18,6 +18,7 @@ __all__ = [
     "AdmittedResources",
     "ContainerRequest",
     "Usage",
+    "UsageSnapshot",
     "admit",
     "apply_limit_range",
     "charge_for",
@@ -26,6 +27,17 @@ __all__ = [
 ]
 
 Usage = Mapping[str, Quantity]
+
+
+class UsageSnapshot:
+    """What an org uses now: quota resources, agents and GPUs (as the ledger counts them)."""
+
+    __slots__ = ("agents", "gpus", "used")
+
+    def __init__(self, used: dict[str, Quantity], agents: int, gpus: int) -> None:
+        self.used = used
+        self.agents = agents
+        self.gpus = gpus
 
 
 @dataclass(frozen=True, slots=True)

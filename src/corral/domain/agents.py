@@ -47,9 +47,11 @@ HOLDS_POD = frozenset(
 HOLDS_WORKSPACE = HOLDS_POD | {AgentState.PAUSED, AgentState.FAILED}
 LIVE_STATES = HOLDS_WORKSPACE
 
+# A restart re-enters ``provisioning`` (or ``resuming``, for the reconciler's restart of an
+# agent that was resuming) from the state the agent crashed in.
 _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.PROVISIONING: frozenset(
-        {AgentState.RUNNING, AgentState.FAILED, AgentState.TERMINATED}
+        {AgentState.PROVISIONING, AgentState.RUNNING, AgentState.FAILED, AgentState.TERMINATED}
     ),
     AgentState.RUNNING: frozenset(
         {AgentState.PAUSING, AgentState.FAILED, AgentState.TERMINATED, AgentState.PROVISIONING}
@@ -59,7 +61,14 @@ _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     ),
     AgentState.PAUSED: frozenset({AgentState.RESUMING, AgentState.TERMINATED}),
     AgentState.RESUMING: frozenset(
-        {AgentState.RUNNING, AgentState.PAUSED, AgentState.FAILED, AgentState.TERMINATED}
+        {
+            AgentState.RESUMING,
+            AgentState.PROVISIONING,
+            AgentState.RUNNING,
+            AgentState.PAUSED,
+            AgentState.FAILED,
+            AgentState.TERMINATED,
+        }
     ),
     AgentState.FAILED: frozenset({AgentState.RESUMING, AgentState.TERMINATED}),
     AgentState.TERMINATED: frozenset(),

@@ -19,6 +19,7 @@ from corral.domain.grants import SecretGrant
 from corral.domain.ids import OrgId
 
 __all__ = [
+    "MAX_AUDIT_PAGE",
     "MAX_SECRET_BYTES",
     "MAX_SECRET_NAME",
     "AuditAction",
@@ -34,6 +35,8 @@ __all__ = [
 
 MAX_SECRET_NAME = 253
 MAX_SECRET_BYTES = 64 * 1024
+#: The most audit records one page may hold.
+MAX_AUDIT_PAGE = 1000
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )

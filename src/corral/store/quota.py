@@ -8,7 +8,7 @@ from fractions import Fraction
 
 from sqlalchemy import ColumnElement, and_, case, select, update
 
-from corral.domain.admission import check_quota, empty_usage
+from corral.domain.admission import UsageSnapshot, check_quota, empty_usage
 from corral.domain.errors import NotFound
 from corral.domain.plans import Plan
 from corral.domain.quantities import Format, Quantity
@@ -37,15 +37,6 @@ def _as_quantity(n: int, how: str, resource: str) -> Quantity:
         return Quantity.of(Fraction(n, 1000))
     fmt = Format.BINARY_SI if resource.endswith("memory") else Format.DECIMAL_SI
     return Quantity.of(n, fmt)
-
-
-class UsageSnapshot:
-    __slots__ = ("agents", "gpus", "used")
-
-    def __init__(self, used: dict[str, Quantity], agents: int, gpus: int) -> None:
-        self.used = used
-        self.agents = agents
-        self.gpus = gpus
 
 
 class QuotaLedger:

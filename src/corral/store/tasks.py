@@ -1,6 +1,6 @@
-"""Tasks and their history, as read. The task journal (:mod:`corral.store.task_journal`) writes
-them: every transition is a compare-and-set on the state plus a history row in the same
-transaction, so an event delivered twice is recorded once."""
+"""Tasks and their history, as read back from the store. Every write goes through the
+dispatcher's task book and its :class:`~corral.store.task_journal.TaskJournal`, which records
+each transition as a compare-and-set on the state plus a history row in the same transaction."""
 
 from __future__ import annotations
 

@@ -12,12 +12,12 @@ from datetime import datetime
 
 from corral.domain.errors import InvalidInput
 from corral.domain.ids import OrgId
-from corral.domain.secrets import AuditAction, AuditEntry, AuditRecord
+from corral.domain.secrets import MAX_AUDIT_PAGE, AuditAction, AuditEntry, AuditRecord
 from corral.vault.storage import VaultStore
 
 __all__ = ["MAX_PAGE", "AuditLog"]
 
-MAX_PAGE = 1000
+MAX_PAGE = MAX_AUDIT_PAGE
 _MAX_ACTOR = 160
 _MAX_TARGET = 253
 _MAX_DETAIL = 1000

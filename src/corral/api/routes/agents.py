@@ -64,13 +64,13 @@ async def provision(body: AgentCreate, org: Org, request: Request) -> dict[str, 
 async def list_agents(
     org: Org, request: Request, state: Annotated[str | None, Query(max_length=16)] = None
 ) -> dict[str, Any]:
-    agents = await platform(request).controller.agents.find(org_id=org.id)
+    agents = await platform(request).controller.find_agents(org)
     return {"agents": [a.to_wire() for a in agents if state is None or a.state.value == state]}
 
 
 @router.get("/{agent}")
 async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
-    found = await platform(request).controller.agents.get(agent, org_id=org.id)
+    found = await platform(request).controller.get_agent(org, agent)
     return found.to_wire()
 
 
@@ -78,9 +78,8 @@ async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
 async def logs(
     agent: str, org: Org, request: Request, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
 ) -> dict[str, Any]:
-    p = platform(request)
-    await p.controller.agents.get(agent, org_id=org.id)
-    return {"agent": agent, "logs": await p.runtime.logs(org.slug, agent, tail=tail)}
+    text = await platform(request).controller.agent_logs(org, agent, tail=tail)
+    return {"agent": agent, "logs": text}
 
 
 @router.post("/{agent}/pause")
@@ -101,7 +100,5 @@ async def resume(agent: str, org: Org, request: Request, wait: bool = False) -> 
 async def terminate(
     agent: str, org: Org, request: Request, keep_workspace: bool = False
 ) -> Response:
-    p = platform(request)
-    await p.controller.terminate(org, agent, delete_workspace=not keep_workspace)
-    await p.dispatcher.on_agent_lost(agent)
+    await platform(request).controller.terminate(org, agent, delete_workspace=not keep_workspace)
     return Response(status_code=204)

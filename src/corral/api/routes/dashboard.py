@@ -58,9 +58,9 @@ async def dashboard(request: Request) -> HTMLResponse:
             for r in QUOTA_RESOURCES
         )
         bars += f"<tr><td>agents</td><td>{_bar(str(usage.agents), str(org.plan.agent_limit), usage.agents, org.plan.agent_limit)}</td></tr>"
-        agents = await p.controller.agents.find(org_id=org.id)
+        agents = await p.controller.find_agents(org)
         agent_rows = "".join(_agent_row(a.to_wire()) for a in agents)
-        tasks = await p.dispatcher.tasks.find(org_id=org.id, limit=200)
+        tasks = await p.dispatcher.find_tasks(org, limit=200)
         task_rows = "".join(_task_row(t.to_wire()) for t in reversed(tasks))
         sections.append(
             f'<section class="org" id="org-{_esc(org.slug)}" data-org="{_esc(org.slug)}">'

@@ -16,6 +16,4 @@ router = APIRouter()
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request, _: Annotated[Caller, Depends(admin_only)]) -> Response:
-    p = platform(request)
-    await p.refresh_metrics()
-    return Response(p.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await platform(request).metrics_text(), media_type=CONTENT_TYPE_LATEST)

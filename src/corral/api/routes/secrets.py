@@ -20,9 +20,8 @@ from corral.api.schemas import Strict
 from corral.domain.errors import InvalidInput, NotFound
 from corral.domain.grants import SecretGrant
 from corral.domain.ids import OrgId
-from corral.domain.secrets import GrantRecord
+from corral.domain.secrets import MAX_AUDIT_PAGE, GrantRecord
 from corral.domain.tenancy import Organization
-from corral.vault.audit import MAX_PAGE
 
 __all__ = ["grant_to_wire", "router"]
 
@@ -130,7 +129,7 @@ async def add_grant(body: GrantCreate, org: Org, who: Who, request: Request) -> 
     p = platform(request)
     if body.agent is not None:
         try:
-            await p.agents.get(body.agent, org_id=org.id)
+            await p.controller.get_agent(org, body.agent)
         except NotFound:
             raise InvalidInput(
                 f"no agent {body.agent!r} in organization {org.slug!r}",
@@ -159,7 +158,7 @@ async def remove_grant(grant_id: str, org: Org, who: Who, request: Request) -> R
 async def audit(
     org: Org,
     request: Request,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_PAGE)] = 100,
     before: Annotated[
         int | None, Query(ge=0, le=2**63 - 1, description="page: the last id seen")
     ] = None,

@@ -103,15 +103,14 @@ async def list_tasks(
             raise InvalidInput(
                 f"unknown state in {state!r}: use {', '.join(s.value for s in TaskState)}"
             ) from None
-    recs = await platform(request).dispatcher.tasks.find(org_id=org.id, states=states, limit=limit)
+    recs = await platform(request).dispatcher.find_tasks(org, states=states, limit=limit)
     return {"tasks": [r.to_wire() for r in recs]}
 
 
 @router.get("/{task}")
 async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
-    tasks = platform(request).dispatcher.tasks
-    rec = await tasks.get(task, org_id=org.id)
-    return rec.to_wire(await tasks.history(task))
+    rec, history = await platform(request).dispatcher.get_task(org, task)
+    return rec.to_wire(history)
 
 
 @router.post("/{task}/cancel")

@@ -1,0 +1,423 @@
+"""The dispatcher: durable tasks in the store, the pure scheduler in memory, and the loop that
+places queued tasks on agents and delivers them over the bus.
+
+The store is the truth across restarts: the queue and the work in flight are rebuilt from it on
+start. While it runs, the dispatcher is the only writer of task state (see
+:mod:`corral.control.dispatch.book`). A task is acknowledged to its submitter, a task message
+leaves for an agent, and an agent's event is acknowledged on the bus only after the writes they
+depend on are committed.
+
+An agent runs up to as many tasks at once as it announced when it became ready (its *slots*,
+one unless it says otherwise). The loop never waits on an agent — it reacts to events, so tasks
+may run for hours. When an agent is lost (it crashed, was paused with work in hand, was
+terminated, or the control plane restarted under it) the controller says so through
+:meth:`Dispatcher.agent_lost`, the one way in for that news; its tasks are retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from corral.control.background import Background
+from corral.control.dispatch.book import ACTIVE, TaskBook
+from corral.control.dispatch.events import AgentEvents
+from corral.control.dispatch.intake import Intake
+from corral.control.dispatch.reaping import Reaper
+from corral.control.dispatch.snapshot import AgentSnapshot, Views, mark, request_for, take
+from corral.control.hub import EventHub
+from corral.control.lifecycle import Controller
+from corral.control.ports import BusEvent, BusPort
+from corral.domain.agents import Agent
+from corral.domain.errors import CorralError
+from corral.domain.ids import AgentId, OrgId
+from corral.domain.messages import MessageType, TaskMessage
+from corral.domain.tasks import Priority, Requirements, TaskState
+from corral.domain.tenancy import Organization
+from corral.scheduling.placement import Action, AgentAvailability, Placement
+from corral.scheduling.scheduler import QueuedTask, Scheduler
+from corral.store.quota import QuotaLedger
+from corral.store.task_journal import TaskJournal
+from corral.store.tasks import TaskRecord, TaskRepository, Transition
+from corral.store.tenants import OrgRepository
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("corral.dispatcher")
+
+DECISIONS_PER_ROUND = 2000
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        tasks: TaskRepository,
+        journal: TaskJournal,
+        orgs: OrgRepository,
+        ledger: QuotaLedger,
+        controller: Controller,
+        bus: BusPort,
+        hub: EventHub,
+        auto_provision: bool = True,
+        idle_timeout: Callable[[Organization], float] = lambda org: org.plan.idle_timeout_seconds,
+        aging_seconds: float = 300.0,
+        heartbeat_seconds: float = 5.0,
+    ) -> None:
+        self.tasks = tasks
+        self.journal = journal
+        self.orgs = orgs
+        self.controller = controller
+        self.bus = bus
+        self.auto_provision = auto_provision
+        self._wake = asyncio.Event()
+        self._background = Background()
+        self.dispatch_latency: list[float] = []  # seconds queued→dispatched, for metrics
+        self.held = False  # while held, tasks are accepted and queued but none is dispatched
+        # orgs whose capacity changed since the last round: events arrive while a round runs
+        # on an older snapshot, so parked lanes are woken at the start of the next round too
+        self._changed: set[str] = set()
+        self.book = TaskBook(
+            journal=journal,
+            hub=hub,
+            scheduler=Scheduler(aging_seconds=aging_seconds),
+            on_capacity=self.capacity_changed,
+            on_child_ended=self._child_ended,
+        )
+        self.scheduler = self.book.scheduler
+        self.snapshot = AgentSnapshot(
+            find_agents=lambda states: controller.agents.find(states=states),
+            ledger=ledger,
+            inflight=self.book.inflight,
+        )
+        self.reaper = Reaper(
+            controller=controller,
+            orgs=self.book.orgs,
+            inflight=self.book.inflight,
+            leaving=self.snapshot.leaving,
+            background=self._background,
+            on_capacity=self.capacity_changed,
+            idle_timeout=idle_timeout,
+            heartbeat_seconds=heartbeat_seconds,
+        )
+        self.intake = Intake(book=self.book, tasks=tasks, controller=controller, kick=self.kick)
+        self.events = AgentEvents(
+            bus=bus,
+            book=self.book,
+            snapshot=self.snapshot,
+            controller=controller,
+            orgs=orgs,
+            hub=hub,
+            submit=self.intake.submit,
+            on_capacity=self.capacity_changed,
+        )
+
+    # the book's state under the names the dispatcher always gave it
+    @property
+    def _live(self) -> dict[str, TaskRecord]:
+        return self.book.live
+
+    @property
+    def _inflight(self) -> dict[str, set[str]]:
+        return self.book.inflight
+
+    @property
+    def _delayed(self) -> list[tuple[float, QueuedTask]]:
+        return self.book.delayed
+
+    @_delayed.setter
+    def _delayed(self, value: list[tuple[float, QueuedTask]]) -> None:
+        self.book.delayed = value
+
+    # -- start ----------------------------------------------------------------------------
+    async def rebuild(self) -> None:
+        """Load every org and unfinished task from the store; work in flight is counted
+        against its agent (retried through :meth:`agent_lost` if that agent is gone)."""
+        for org in await self.orgs.list():
+            self.book.register(org)
+        for rec in await self.tasks.find(states=[TaskState.QUEUED], limit=10_000_000):
+            self.book.load(rec)
+        for rec in await self.tasks.find(states=list(ACTIVE), limit=10_000_000):
+            self.book.load(rec)
+        for agent in await self.controller.agents.find():
+            if agent.busy_task is not None:
+                self.book.adopt_shown(agent.id, agent.busy_task)
+
+    # -- organizations and capacity -------------------------------------------------------
+    def org_changed(self, org: Organization) -> None:
+        self.book.register(org)
+        self.kick()
+
+    def org_removed(self, org: Organization) -> None:
+        self.book.drop_org(org.id)
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def capacity_changed(self, org_id: str) -> None:
+        """An agent of ``org_id`` became free or ready, or its quota was released."""
+        self._changed.add(org_id)
+        if org_id in self.book.orgs:
+            self.scheduler.wake(OrgId(org_id))
+        self.kick()
+
+    def agent_changed(self, agent: Agent) -> None:
+        """An agent's lifecycle state changed (the controller says so): forget the snapshot."""
+        self.snapshot.agent_changed(agent)
+        self.capacity_changed(agent.org_id)
+
+    def current_task(self, agent_id: str) -> str | None:
+        """The task the agent is busy with, as the task book knows it (``None``: none)."""
+        return self.book.current_task(agent_id)
+
+    def holders(self) -> list[str]:
+        """Every agent that holds dispatched or running work."""
+        return self.book.holders()
+
+    # -- lost agents ----------------------------------------------------------------------
+    async def agent_lost(self, agent_id: str, *, why: str | None = None) -> None:
+        """The agent is gone or no longer runs its tasks: they are retried with backoff."""
+        self.snapshot.agent_lost(agent_id)
+        for task_id in self.book.held_by(agent_id):
+            await self._retry(task_id, why or f"agent {agent_id} was lost")
+
+    # -- intake ---------------------------------------------------------------------------
+    async def submit(
+        self,
+        org: Organization,
+        *,
+        role: str | None,
+        agent: str | None,
+        priority: Priority,
+        deadline: datetime | None,
+        requirements: Requirements,
+        payload: dict[str, Any],
+        parent_id: str | None = None,
+        from_agent: str | None = None,
+        task_id: str | None = None,
+    ) -> TaskRecord:
+        """Accept a task durably (``queued``), then let the loop place it (see
+        :meth:`Intake.submit <corral.control.dispatch.intake.Intake.submit>`)."""
+        return await self.intake.submit(
+            org,
+            role=role,
+            agent=agent,
+            priority=priority,
+            deadline=deadline,
+            requirements=requirements,
+            payload=payload,
+            parent_id=parent_id,
+            from_agent=from_agent,
+            task_id=task_id,
+        )
+
+    async def cancel(self, org: Organization, task_id: str) -> TaskRecord:
+        """Cancel a task that has not ended (see :meth:`Intake.cancel`).
+
+        Raises:
+            NotFound: no such task in ``org``.
+            Conflict: the task already ended.
+        """
+        return await self.intake.cancel(org, task_id)
+
+    async def find_tasks(
+        self, org: Organization, *, states: list[TaskState] | None = None, limit: int = 500
+    ) -> list[TaskRecord]:
+        """``org``'s tasks in submission order, at most ``limit``, of ``states`` if given."""
+        return await self.intake.find(org, states=states, limit=limit)
+
+    async def get_task(
+        self, org: Organization, task_id: str
+    ) -> tuple[TaskRecord, list[Transition]]:
+        """One task of ``org`` and its history.
+
+        Raises:
+            NotFound: no such task in ``org``.
+        """
+        return await self.intake.get(org, task_id)
+
+    # -- events from agents ---------------------------------------------------------------
+    async def consume(self) -> None:
+        """Record agents' events (see :class:`~corral.control.dispatch.events.AgentEvents`)."""
+        await self.events.consume()
+
+    async def handle(self, event: BusEvent) -> None:
+        await self.events.handle(event)
+
+    def _child_ended(self, child: TaskRecord) -> None:
+        self._background.spawn(self.events.notify_parent(child), f"notify-{child.id}")
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+            # arrives as the event is set, and the loop would then never stop
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch round failed")
+
+    def hold(self) -> None:
+        """Stop dispatching (tasks are still accepted, queued, expired and cancelled)."""
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self.kick()
+
+    async def round(self) -> None:
+        now = time.time()
+        changed, self._changed = self._changed, set()
+        for org_id in changed:
+            if org_id in self.book.orgs:
+                self.scheduler.wake(OrgId(org_id))
+        self.book.release_due(now)
+        for q in self.scheduler.expire(now):
+            rec = self.book.live.get(q.id)
+            if rec is not None and rec.state is TaskState.QUEUED:
+                self.book.move(rec, TaskState.EXPIRED, detail="deadline passed")
+        await self.reaper.reap()
+        if len(self.scheduler) == 0 or self.held:
+            await self.journal.flush()
+            return
+        views = await self.snapshot.views()
+        usage = await self.snapshot.usage() if self.auto_provision else {}
+        sends: list[TaskRecord] = []
+        decisions = 0
+        while decisions < DECISIONS_PER_ROUND:
+            decision = self.scheduler.pop_next(
+                now,
+                lambda t: self.snapshot.place(
+                    t, self.book.orgs[t.org], views, usage, auto_provision=self.auto_provision
+                ),
+            )
+            if decision is None:
+                break
+            decisions += 1
+            sent = self._act(decision.task, decision.placement, views)
+            if sent is not None:
+                sends.append(sent)
+        await self.journal.flush()
+        if sends:
+            await self._send(sends)
+        if decisions >= DECISIONS_PER_ROUND:
+            self.kick()  # more may be placeable: another round right away
+
+    def _act(self, task: QueuedTask, placement: Placement, views: Views) -> TaskRecord | None:
+        """Carry out one decision; returns the task to send once the round's writes are
+        committed."""
+        org = self.book.orgs[task.org]
+        if placement.action is Action.USE and placement.agent_id is not None:
+            rec = self.book.live.get(task.id)
+            if rec is None or rec.state is not TaskState.QUEUED:  # ended meanwhile
+                self.scheduler.on_finished(task.org)
+                return None
+            take(views, org.id, placement.agent_id)
+            self.book.take_slot(placement.agent_id, task.id)
+            return self.book.move(
+                rec,
+                TaskState.DISPATCHED,
+                detail=f"to {placement.agent_id}",
+                agent_id=placement.agent_id,
+                attempts=rec.attempts + 1,
+            )
+        # WAKE or PROVISION: the task goes back to the queue until the agent is ready
+        self.scheduler.put_back(task)
+        key = (org.id, task.role)
+        self.snapshot.incoming[key] += 1
+        if placement.action is Action.WAKE and placement.agent_id is not None:
+            mark(views, org.id, placement.agent_id, AgentAvailability.UNAVAILABLE)
+            self._background.spawn(
+                self._wake_agent(org, placement.agent_id, key), f"wake-{placement.agent_id}"
+            )
+        else:
+            self._background.spawn(self._provision_for(org, task, key), f"provision-{org.slug}")
+        # the placement is re-asked when the agent reports ready (scheduler.wake)
+        return None
+
+    async def _send(self, recs: list[TaskRecord]) -> None:
+        """Deliver committed dispatches to their agents' inboxes, all at once."""
+        out: list[tuple[str, str, TaskMessage]] = []
+        sent: list[TaskRecord] = []
+        for rec in recs:
+            current = self.book.live.get(rec.id)
+            if current is None or current.state is not TaskState.DISPATCHED:
+                continue  # cancelled while the round committed
+            if current.attempts != rec.attempts or rec.agent_id is None:
+                continue
+            message = TaskMessage(
+                rec.id,
+                rec.from_agent or "platform",
+                rec.agent_id,
+                MessageType.DELEGATE,
+                rec.payload,
+                rec.attempts,
+            )
+            out.append((rec.org, rec.agent_id, message))
+            sent.append(rec)
+        if not out:
+            return
+        try:
+            results = await self.bus.deliver_many(out, batching=self.snapshot.batching)
+        except CorralError as exc:  # the bus as a whole (closed, a violation): all of them
+            results = [exc] * len(out)
+        now = time.time()
+        for rec, result in zip(sent, results, strict=True):
+            if isinstance(result, CorralError):
+                log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, result.message)
+                await self._retry(rec.id, f"delivery failed: {result.message}")
+            else:
+                self.dispatch_latency.append(now - rec.created_at.timestamp())
+
+    async def _provision_for(
+        self, org: Organization, task: QueuedTask, key: tuple[str, str | None]
+    ) -> None:
+        role = task.role or "general"
+        try:
+            agent = await self.controller.provision(
+                org,
+                name=f"{role[:20]}-{secrets.token_hex(2)}",
+                role=role,
+                request=request_for(task.requirements),
+            )
+            log.info("provisioned %s for queued %s work", agent.id, role)
+        except CorralError as exc:
+            log.warning("could not provision a %s agent for %s: %s", role, org.slug, exc.message)
+            self._not_coming(org, key)
+
+    async def _wake_agent(
+        self, org: Organization, agent_id: AgentId, key: tuple[str, str | None]
+    ) -> None:
+        try:
+            await self.controller.resume(org, agent_id)
+        except CorralError as exc:
+            log.warning("could not resume %s: %s", agent_id, exc.message)
+            self._not_coming(org, key)
+
+    def _not_coming(self, org: Organization, key: tuple[str, str | None]) -> None:
+        """An agent on its way for ``key`` will not come: place its tasks again."""
+        self.snapshot.incoming[key] -= 1
+        self.snapshot.forget_usage()
+        self.capacity_changed(org.id)
+
+    async def _retry(self, task_id: str, why: str) -> None:
+        """Put a dispatched or running task back in the queue with backoff, or fail it;
+        committed before it returns."""
+        if await self.book.retry(task_id, why):
+            self.kick()
+
+    async def close(self) -> None:
+        await self._background.close()
+        await self.journal.close()

@@ -1,0 +1,106 @@
+"""The reaper: agents that sat idle past their org's timeout are paused to zero, and running
+agents that stopped heartbeating are handed to the controller to restart.
+
+It runs from the dispatch loop, at most once a second (rounds follow events, so they may come
+far more often), because idleness is the dispatcher's knowledge: an agent is idle when the task
+book holds nothing for it. From the moment it is chosen for a pause an agent is given no new
+work. What a pause or a restart does to an agent is the controller's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
+
+from corral.control.background import Background
+from corral.control.lifecycle import Controller
+from corral.domain.agents import Agent, AgentState
+from corral.domain.errors import CorralError
+from corral.domain.tenancy import Organization
+
+__all__ = ["Reaper"]
+
+log = logging.getLogger("corral.dispatcher")
+
+REAP_EVERY = 1.0  # seconds between two looks at the agents
+
+
+class Reaper:
+    def __init__(
+        self,
+        *,
+        controller: Controller,
+        orgs: Mapping[str, Organization],
+        inflight: Mapping[str, Collection[str]],
+        leaving: set[str],
+        background: Background,
+        on_capacity: Callable[[str], None],
+        idle_timeout: Callable[[Organization], float],
+        heartbeat_seconds: float,
+    ) -> None:
+        self._controller = controller
+        self._orgs = orgs  # the task book's organizations, by id
+        self._inflight = inflight  # the task book's: agent id → tasks it holds
+        self._leaving = leaving  # the snapshot's: agents given no new work
+        self._background = background
+        self._on_capacity = on_capacity
+        self.idle_timeout = idle_timeout
+        self.heartbeat_seconds = heartbeat_seconds
+        self._silenced: set[str] = set()  # being restarted for a lost heartbeat
+        self._last = 0.0
+
+    async def reap(self) -> None:
+        """Look at the running agents, unless that was done less than a second ago."""
+        if time.monotonic() - self._last < REAP_EVERY:
+            return
+        self._last = time.monotonic()
+        await self._reap_idle()
+        await self._reap_silent()
+
+    async def _reap_silent(self) -> None:
+        """A running agent that stopped heartbeating is hung or cut off: the controller
+        restarts it and its work is retried, as after a crash."""
+        limit = max(10.0, 5 * self.heartbeat_seconds)
+        now = datetime.now(UTC)
+        for agent in await self._controller.agents.find(states=[AgentState.RUNNING]):
+            seen = agent.last_seen_at or agent.resumed_at or agent.created_at
+            if (now - seen).total_seconds() < limit:
+                continue
+            org = self._orgs.get(agent.org_id)
+            if org is None or agent.id in self._silenced:
+                continue
+            self._silenced.add(agent.id)
+            log.warning("%s sent no heartbeat for %.0fs: restarting it", agent.id, limit)
+            self._background.spawn(
+                self._controller.heartbeat_lost(org, agent), f"silent-{agent.id}"
+            )
+
+    async def _reap_idle(self) -> None:
+        now = datetime.now(UTC)
+        running = await self._controller.agents.find(states=[AgentState.RUNNING])
+        for agent in running:
+            if self._inflight.get(agent.id) or agent.id in self._leaving:
+                continue
+            org = self._orgs.get(agent.org_id)
+            if org is None:
+                continue
+            if _idle_for(agent, now) >= self.idle_timeout(org):
+                log.info("pausing %s after %ss idle", agent.id, self.idle_timeout(org))
+                self._leaving.add(agent.id)  # from now on it is given nothing
+                self._background.spawn(self._pause_idle(org, agent.id), f"idle-pause-{agent.id}")
+
+    async def _pause_idle(self, org: Organization, agent_id: str) -> None:
+        try:
+            with contextlib.suppress(CorralError):
+                await self._controller.pause(org, agent_id)
+        finally:
+            self._leaving.discard(agent_id)
+            self._on_capacity(org.id)
+
+
+def _idle_for(agent: Agent, now: datetime) -> float:
+    last = max(agent.updated_at, agent.resumed_at or agent.created_at)
+    return (now - last).total_seconds()

@@ -1,0 +1,242 @@
+"""What the dispatcher knows of agents when it places work: a snapshot of their lifecycle
+states and of each org's quota use, the slots each agent announced, and each round's placement
+views built from them.
+
+Reading every agent for every round would cost a query per event under load, so the snapshot is
+reused for up to a second; any change the controller reports drops it at once, and a snapshot
+read across such a change is read again (a generation counter tells). Placement itself is the
+pure :func:`corral.scheduling.placement.place`; this module feeds it and remembers which agents
+are already on their way (being provisioned or woken) so that a burst of tasks starts a few
+agents, not one per task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+from corral.domain.admission import (
+    ContainerRequest,
+    UsageSnapshot,
+    apply_limit_range,
+    charge_for,
+    check_quota,
+)
+from corral.domain.agents import MAX_SLOTS, Agent, AgentState
+from corral.domain.errors import InvalidInput, QuotaExceeded
+from corral.domain.ids import AgentId
+from corral.domain.messages import StatusKind
+from corral.domain.tasks import Requirements
+from corral.domain.tenancy import Organization
+from corral.scheduling.placement import (
+    Action,
+    AgentAvailability,
+    AgentView,
+    Placement,
+    place,
+    wait,
+)
+from corral.scheduling.scheduler import QueuedTask
+from corral.store.quota import QuotaLedger
+
+__all__ = ["AgentSnapshot", "Views", "mark", "request_for", "take"]
+
+MAX_INCOMING_PER_ROLE = 2  # agents being provisioned/resumed at once for one (org, role)
+AGENT_LIST_TTL = 1.0  # seconds a snapshot of the agents' lifecycle states is reused
+
+Incoming = tuple[str, str | None]  # (org id, role) of agents on their way
+
+
+class AgentSnapshot:
+    def __init__(
+        self,
+        *,
+        find_agents: Callable[[list[AgentState]], Awaitable[list[Agent]]],
+        ledger: QuotaLedger,
+        inflight: Mapping[str, Collection[str]],
+    ) -> None:
+        self._find = find_agents
+        self._ledger = ledger
+        self._inflight = inflight  # the task book's: agent id → tasks it holds
+        self.slots: dict[str, int] = {}  # what each running agent announced
+        self.batching: set[str] = set()  # agents that said they read batches of tasks
+        self.leaving: set[str] = set()  # being paused for idleness: no new work
+        self.incoming: dict[Incoming, int] = defaultdict(int)
+        self._agents: dict[str, list[Agent]] | None = None
+        self._agents_at = 0.0
+        self._generation = 0  # bumped by every change: a snapshot read across one is stale
+        self._usage: dict[str, UsageSnapshot] | None = None
+        self._usage_at = 0.0
+
+    # -- what changed ---------------------------------------------------------------------
+    def forget(self, *, usage: bool = False) -> None:
+        """An agent changed: the next round reads the agents (and, if asked, usage) again."""
+        self._agents = None
+        self._generation += 1
+        if usage:
+            self._usage = None
+
+    def forget_usage(self) -> None:
+        self._usage = None
+
+    def agent_changed(self, agent: Agent) -> None:
+        self.forget(usage=True)
+        if agent.state is not AgentState.RUNNING:
+            self.slots.pop(agent.id, None)
+
+    def agent_lost(self, agent_id: str) -> None:
+        self.forget()
+        self.slots.pop(agent_id, None)
+
+    def agent_ready(self, agent: Agent) -> None:
+        """The agent reported ready: one fewer on its way for its (org, role)."""
+        self.forget()
+        key = (agent.org_id, agent.role)
+        if self.incoming.get(key):
+            self.incoming[key] -= 1
+
+    def announce(self, agent_id: str, kind: StatusKind, detail: Mapping[str, Any]) -> None:
+        """What a ready or heartbeating agent says of itself: its slots, whether it reads
+        batches of tasks."""
+        slots = detail.get("slots")
+        if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0:
+            self.slots[agent_id] = min(slots, MAX_SLOTS)
+        if detail.get("batches") is True:
+            self.batching.add(agent_id)
+        elif kind is StatusKind.READY:
+            self.batching.discard(agent_id)
+
+    # -- reading --------------------------------------------------------------------------
+    async def agents(self) -> dict[str, list[Agent]]:
+        """Every agent that is not terminated, by org, from a snapshot at most a second old
+        (changes the controller reports drop it at once)."""
+        now = time.monotonic()
+        if self._agents is not None and now - self._agents_at <= AGENT_LIST_TTL:
+            return self._agents
+        live: list[AgentState] = [s for s in AgentState if s is not AgentState.TERMINATED]
+        while True:
+            generation = self._generation
+            by_org: dict[str, list[Agent]] = defaultdict(list)
+            for agent in await self._find(live):
+                by_org[agent.org_id].append(agent)
+            if generation == self._generation:  # no change while it was read
+                break
+        self._agents = dict(by_org)
+        self._agents_at = now
+        return self._agents
+
+    async def usage(self) -> dict[str, UsageSnapshot]:
+        """Each org's quota use, from a snapshot at most a second old (dropped whenever an
+        agent's lifecycle changes). A stale answer only costs a provision the ledger refuses:
+        the charge itself is atomic."""
+        now = time.monotonic()
+        if self._usage is None or now - self._usage_at > AGENT_LIST_TTL:
+            self._usage = await self._ledger.all_usage()
+            self._usage_at = now
+        return self._usage
+
+    async def views(self) -> Views:
+        return Views(await self.agents(), self.view_of)
+
+    def view_of(self, a: Agent) -> AgentView:
+        """The agent as placement sees it now: its free slots come from the work in flight."""
+        if a.state is AgentState.RUNNING and a.id not in self.leaving:
+            # what it announced, never more than it was provisioned with
+            free = min(self.slots.get(a.id, 1), a.slots) - len(self._inflight.get(a.id, ()))
+            availability = AgentAvailability.IDLE if free > 0 else AgentAvailability.BUSY
+            return AgentView(a.id, a.role, availability, a.resources, max(0, free))
+        if a.state is AgentState.RUNNING:
+            return AgentView(a.id, a.role, AgentAvailability.UNAVAILABLE, a.resources)
+        return _view(a)
+
+    # -- placing --------------------------------------------------------------------------
+    def place(
+        self,
+        task: QueuedTask,
+        org: Organization,
+        views: Views,
+        usage: dict[str, UsageSnapshot],
+        *,
+        auto_provision: bool,
+    ) -> Placement:
+        def may_provision() -> bool:
+            if not auto_provision or task.role is None:
+                return False
+            if self.incoming[(org.id, task.role)] >= MAX_INCOMING_PER_ROLE:
+                return False
+            snap = usage.get(org.id)
+            if snap is None:
+                return False
+            try:
+                res = apply_limit_range(request_for(task.requirements), org.plan.limit_range)
+                check_quota(
+                    org.plan,
+                    snap.used,
+                    charge_for(res),
+                    agents_used=snap.agents,
+                    new_agents=1,
+                    gpus_used=snap.gpus,
+                    new_gpus=res.gpu,
+                )
+            except (QuotaExceeded, InvalidInput):
+                return False
+            return True
+
+        placement = place(task, views[org.id], may_provision=may_provision)
+        if placement.action is Action.WAIT and self.incoming[(org.id, task.role)]:
+            return wait(f"waiting for a {task.role!r} agent that is starting")
+        return placement
+
+
+class Views(dict[str, list[AgentView]]):
+    """One round's snapshot of agents as placement sees them, built per org on first use:
+    a round touches only the orgs whose tasks it places, however many agents exist."""
+
+    def __init__(
+        self, agents: dict[str, list[Agent]], view_of: Callable[[Agent], AgentView]
+    ) -> None:
+        super().__init__()
+        self._agents = agents
+        self._view_of = view_of
+
+    def __missing__(self, org_id: str) -> list[AgentView]:
+        views = [self._view_of(a) for a in self._agents.get(org_id, ())]
+        self[org_id] = views
+        return views
+
+
+def request_for(req: Requirements) -> ContainerRequest:
+    return ContainerRequest(cpu_request=req.cpu, memory_request=req.memory, gpu=req.gpu)
+
+
+def _view(agent: Agent) -> AgentView:
+    """An agent that is not running, as placement sees it."""
+    if agent.state is AgentState.PAUSED:
+        availability = AgentAvailability.PAUSED
+    else:
+        availability = AgentAvailability.UNAVAILABLE
+    return AgentView(agent.id, agent.role, availability, agent.resources)
+
+
+def take(views: dict[str, list[AgentView]], org_id: str, agent_id: AgentId) -> None:
+    """One slot of the agent is taken in this round's snapshot."""
+    lst = views[org_id]
+    for i, v in enumerate(lst):
+        if v.id == agent_id:
+            free = max(0, v.free_slots - 1)
+            availability = AgentAvailability.IDLE if free else AgentAvailability.BUSY
+            lst[i] = AgentView(v.id, v.role, availability, v.resources, free)
+
+
+def mark(
+    views: dict[str, list[AgentView]],
+    org_id: str,
+    agent_id: AgentId,
+    availability: AgentAvailability,
+) -> None:
+    lst = views[org_id]
+    for i, v in enumerate(lst):
+        if v.id == agent_id:
+            lst[i] = AgentView(v.id, v.role, availability, v.resources)

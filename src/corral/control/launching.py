@@ -1,0 +1,96 @@
+"""Launching an agent: its bus credentials, its inbox, its environment and its process.
+
+Provision, resume and every restart start an agent the same way; what differs is what has to
+be undone if a later step fails. Each step pushes its own undo, and :func:`undo` runs them in
+reverse, so a failed start leaves no process, workspace or credential behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+
+from corral.control.ports import BusPort
+from corral.domain.agents import Agent
+from corral.domain.errors import CorralError
+from corral.domain.tenancy import Organization
+from corral.runtime.base import AgentRuntime, LaunchSpec
+from corral.store.agents import AgentRepository
+
+__all__ = ["CREDS_TTL_SECONDS", "DEFAULT_AGENT_COMMAND", "Launcher", "Undo", "undo"]
+
+log = logging.getLogger("corral.controller")
+
+#: Without --command an agent runs the built-in general-purpose example agent.
+DEFAULT_AGENT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "corral.agents.general")
+CREDS_TTL_SECONDS = 24 * 3600
+
+Undo = list[Callable[[], Awaitable[None]]]
+
+
+async def undo(steps: Undo) -> None:
+    """Run undo steps in reverse; a failing step is logged and the rest still run."""
+    for step in reversed(steps):
+        try:
+            await step()
+        except Exception:  # keep undoing; the original error is what the caller sees
+            log.exception("cleanup step failed")
+
+
+class Launcher:
+    def __init__(
+        self,
+        *,
+        agents: AgentRepository,
+        bus: BusPort,
+        runtime: AgentRuntime,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self._agents = agents
+        self._bus = bus
+        self._runtime = runtime
+        self._extra_env = dict(extra_env or {})
+
+    async def launch(self, org: Organization, agent: Agent, steps: Undo) -> None:
+        """Credentials, inbox consumer and process for ``agent``; pushes undo steps."""
+        creds = self._bus.mint_agent_creds(org.slug, agent.id, ttl_seconds=CREDS_TTL_SECONDS)
+        steps.append(lambda: self._bus.revoke_agent(org.slug, agent.id))
+        await self._agents.update(agent.id, public_key=creds.public_key)
+        await self._bus.prepare_agent(org.slug, agent.id)
+        fresh = not await self._runtime.workspace_exists(org.slug, agent.id)
+        spec = self.spec(org, agent, creds.creds)
+        try:
+            await self._runtime.start(spec)
+        except CorralError:
+            if fresh:
+                with contextlib.suppress(CorralError):
+                    await self._runtime.delete_workspace(org.slug, agent.id)
+            raise
+        steps.append(lambda: self._runtime.stop(org.slug, agent.id, grace=1.0))
+        if fresh:
+            steps.append(lambda: self._runtime.delete_workspace(org.slug, agent.id))
+
+    def spec(self, org: Organization, agent: Agent, creds: str) -> LaunchSpec:
+        env = {
+            "CORRAL_ORG": org.slug,
+            "CORRAL_ORG_ID": org.id,
+            "CORRAL_AGENT_ID": agent.id,
+            "CORRAL_AGENT_NAME": agent.name,
+            "CORRAL_ROLE": agent.role,
+            "CORRAL_NATS_URL": self._bus.url,
+            "CORRAL_AGENT_SLOTS": str(agent.slots),
+            **self._extra_env,
+        }
+        return LaunchSpec(
+            org=org.slug,
+            org_id=org.id,
+            agent_id=agent.id,
+            name=agent.name,
+            role=agent.role,
+            resources=agent.resources,
+            command=agent.command,
+            env=env,
+            creds=creds,
+        )

@@ -1,0 +1,59 @@
+"""The agent records as the controller keeps them: every state change held to the domain's
+agent state machine, one lock per agent for the operations that must not interleave, and news
+of each recorded change to the hub and to whoever listens (the dispatcher).
+
+This is the base of :class:`~corral.control.lifecycle.Controller`; nothing else writes an
+agent's lifecycle state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from corral.control.hub import EventHub
+from corral.domain.agents import Agent, AgentState, require_transition
+from corral.store.agents import AgentRepository
+
+__all__ = ["AgentRecords"]
+
+
+async def _nothing_lost(agent_id: str) -> None:
+    return None
+
+
+class AgentRecords:
+    def __init__(self, *, agents: AgentRepository, hub: EventHub) -> None:
+        self.agents = agents
+        self.hub = hub
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: told the org id whenever quota is released (pause, terminate, failure)
+        self.on_capacity: Callable[[str], None] = lambda org_id: None
+        #: told every agent whose lifecycle state it records (after the record)
+        self.on_change: Callable[[Agent], None] = lambda agent: None
+        #: told, and awaited, when an agent stops running the work it was given
+        self.on_lost: Callable[[str], Awaitable[None]] = _nothing_lost
+        #: asked which task an agent is busy with (``None``: it holds none)
+        self.current_task: Callable[[str], str | None] = lambda agent_id: None
+
+    def _lock(self, agent_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(agent_id, asyncio.Lock())
+
+    async def _transition(
+        self, agent_id: str, *, expect: Sequence[AgentState], to: AgentState, **fields: Any
+    ) -> bool:
+        """Move the agent from one of ``expect`` to ``to`` if it is in one of them (a
+        compare-and-set in the store); False if it was in none.
+
+        Raises:
+            Conflict: the agent state machine has no edge from one of ``expect`` to ``to``.
+        """
+        for state in expect:
+            require_transition(agent_id, state, to)
+        return await self.agents.transition(agent_id, expect=list(expect), to=to, **fields)
+
+    def _publish(self, agent: Agent) -> None:
+        self.on_change(agent)
+        data: dict[str, Any] = {"agent": agent.to_wire()}
+        self.hub.publish(agent.org, "agent", data)
