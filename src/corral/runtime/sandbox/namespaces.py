@@ -34,6 +34,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 
+_PR_SET_DUMPABLE = 4
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
@@ -52,8 +53,11 @@ def map_own_ids(uid: int, gid: int) -> None:
     to themselves, and nothing else, so files keep their owners and no other id exists.
 
     ``setgroups`` is denied first, as the kernel requires of an unprivileged writer (and so
-    no one in the namespace can drop a group that a file's mode excludes).
+    no one in the namespace can drop a group that a file's mode excludes). A process that
+    changed ids without an exec is not dumpable, which makes its ``/proc/self`` files root's:
+    it is made dumpable for the writes (the sandbox turns that off again later).
     """
+    _libc.prctl(_PR_SET_DUMPABLE, 1, what="prctl(PR_SET_DUMPABLE, 1)")
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
     _write("/proc/self/gid_map", f"{gid} {gid} 1\n")

@@ -141,11 +141,14 @@ class SandboxPolicy:
         gid: int | None = None,
         read_only: tuple[str, ...] = (),
         mode: SandboxMode = SandboxMode.STRICT,
+        identity: IdentityMode | None = None,
     ) -> SandboxPolicy:
         """The default policy for an agent: root switches to ``uid``/``gid``, an ordinary user
-        gets a user namespace; new PID, mount and IPC namespaces; Landlock and seccomp."""
-        root = os.geteuid() == 0
-        identity = IdentityMode.SWITCH if root else IdentityMode.USER_NAMESPACE
+        gets a user namespace (``identity`` overrides, for a policy built for another launcher);
+        new PID, mount and IPC namespaces; Landlock and seccomp."""
+        if identity is None:
+            root = os.geteuid() == 0
+            identity = IdentityMode.SWITCH if root else IdentityMode.USER_NAMESPACE
         if mode is SandboxMode.OFF:
             identity = IdentityMode.SWITCH if uid and gid else IdentityMode.INHERIT
         return cls(
