@@ -175,7 +175,12 @@ def main(config: dict[str, object]) -> dict[str, dict[str, object]]:
     attempt("userfaultfd", lambda: os.close(sys_call("userfaultfd", os.O_CLOEXEC)))
 
     # controls: what an agent must still do
-    attempt("works_workspace", lambda: write(os.path.join(ws, "out.txt")) and read(os.path.join(ws, "out.txt")) == "mine now")
+    attempt(
+        "works_workspace",
+        lambda: (
+            write(os.path.join(ws, "out.txt")) and read(os.path.join(ws, "out.txt")) == "mine now"
+        ),
+    )
     attempt("works_tmp", lambda: write(os.path.join(tmp, "t.txt")))
     attempt("works_imports", lambda: _imports())
     attempt("works_connect_allowed_port", lambda: connect(allowed))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 __all__ = [
     "ARCH",
@@ -30,12 +29,18 @@ _prctl.restype = ctypes.c_int
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _mount = libc.mount
 _mount.restype = ctypes.c_int
-_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
 _unshare = libc.unshare
 _unshare.restype = ctypes.c_int
 _unshare.argtypes = [ctypes.c_int]
 
-ARCH = platform.machine()
+ARCH = os.uname().machine
 
 # The numbers the sandbox itself calls. Landlock's and the newer calls are the same on both
 # architectures (the unified table from 5.x on); the older ones differ.

@@ -204,7 +204,7 @@ def _fork_into_pid_namespace(parent: int | None) -> int:
     _wait_and_mirror(pid, mask, keep=alive_w)
 
 
-def _wait_and_mirror(child: int, mask: set[signal.Signals], *, keep: int) -> NoReturn:
+def _wait_and_mirror(child: int, mask: set[int | signal.Signals], *, keep: int) -> NoReturn:
     code = 1
     try:
 

@@ -44,9 +44,9 @@ class _Data(ctypes.Structure):
     ]
 
 
-def capabilities() -> dict[str, int]:
-    """This thread's capability sets as bit masks: effective, permitted, inheritable,
-    ambient and bounding."""
+def capabilities(*, every_set: bool = True) -> dict[str, int]:
+    """This thread's capability sets as bit masks: effective, permitted, inheritable, and with
+    ``every_set`` also ambient and bounding (one ``prctl`` per capability)."""
     header = _Header(_CAP_VERSION_3, 0)
     data = (_Data * 2)()
     _libc.syscall(
@@ -58,6 +58,8 @@ def capabilities() -> dict[str, int]:
         name: getattr(data[0], name) | getattr(data[1], name) << 32
         for name in ("effective", "permitted", "inheritable")
     }
+    if not every_set:
+        return sets
     sets["ambient"] = sets["bounding"] = 0
     for cap in range(64):
         try:
@@ -89,7 +91,7 @@ def drop_capabilities() -> None:
     Raises:
         PermissionError: a set is not empty afterwards (naming it).
     """
-    if capabilities()["bounding"] and _capable(_CAP_SETPCAP):
+    if _capable(_CAP_SETPCAP):
         _clear_bounding_set()
     _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, what="prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
     header = _Header(_CAP_VERSION_3, 0)
@@ -99,7 +101,8 @@ def drop_capabilities() -> None:
         ctypes.cast(ctypes.pointer(header), ctypes.c_void_p),
         ctypes.cast(data, ctypes.c_void_p),
     )
-    left = {k: v for k, v in capabilities().items() if v and k != "bounding"}
+    # ambient is a subset of permitted and inheritable: empty when they are
+    left = {k: v for k, v in capabilities(every_set=False).items() if v}
     if left:
         raise PermissionError(errno.EPERM, f"capabilities left after dropping: {left}")
 
@@ -115,7 +118,7 @@ def not_dumpable() -> None:
 
 
 def _capable(cap: int) -> bool:
-    return bool(capabilities()["effective"] >> cap & 1)
+    return bool(capabilities(every_set=False)["effective"] >> cap & 1)
 
 
 def _clear_bounding_set() -> None:

@@ -154,7 +154,7 @@ class SandboxPolicy:
         return cls(
             workspace=os.path.realpath(workspace),
             tmp=os.path.realpath(tmp) if tmp else None,
-            read_only=default_read_only(*read_only),
+            read_only=_not_exposing(default_read_only(), hide) + read_only,
             devices=default_devices(),
             tcp_connect=tcp_connect,
             identity=identity,
@@ -208,6 +208,12 @@ class SandboxPolicy:
         if not isinstance(data, dict):
             raise ValueError("a sandbox policy is a JSON object")
         return cls.from_wire(data)
+
+
+def _not_exposing(paths: tuple[str, ...], hidden: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop the defaults that contain a hidden directory (a ``sys.path`` entry such as a
+    checkout holding the data directory): Landlock would let the agent list it."""
+    return tuple(p for p in paths if not any(_contains(p, h) for h in hidden))
 
 
 def _contains(path: str, inner: str) -> bool:

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
 from corral.runtime.sandbox import landlock, seccomp
@@ -196,6 +193,10 @@ def _seccomp_filter_available() -> bool:
 
 
 def _trial(who: str) -> str:
+    import shutil  # here, not at the top: the exec path's trampoline imports this package
+    import subprocess
+    import tempfile
+
     workspace = tempfile.mkdtemp(prefix="corral-sandbox-probe-")
     try:
         if who == "user" and os.geteuid() == 0:

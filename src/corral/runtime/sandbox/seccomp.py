@@ -35,14 +35,56 @@ AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _X32_BIT = 0x40000000
 
 # refused with EPERM; names missing from an architecture's table do not exist there
-DENIED = (
-    "ptrace process_vm_readv process_vm_writev pidfd_getfd pidfd_open process_madvise "
-    "process_mrelease kcmp mount umount2 mount_setattr fsopen fsconfig fsmount fspick move_mount "
-    "open_tree pivot_root chroot unshare setns bpf perf_event_open userfaultfd kexec_load "
-    "kexec_file_load init_module finit_module delete_module keyctl add_key request_key swapon "
-    "swapoff reboot open_by_handle_at name_to_handle_at iopl ioperm acct quotactl quotactl_fd "
-    "syslog lookup_dcookie uselib io_uring_setup io_uring_enter io_uring_register"
-).split()
+DENIED = (  # fmt: skip
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "pidfd_open",
+    "process_madvise",
+    "process_mrelease",
+    "kcmp",
+    "mount",
+    "umount2",
+    "mount_setattr",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "iopl",
+    "ioperm",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
+    "syslog",
+    "lookup_dcookie",
+    "uselib",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+)
 
 _TABLES: dict[str, dict[str, int]] = {
     "x86_64": {
