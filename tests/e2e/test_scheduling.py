@@ -125,7 +125,6 @@ async def test_bad_tasks_are_refused_at_the_api(manual: Live) -> None:
     cases = [
         ({"payload": {}}, "exactly one of"),
         ({"role": "w", "agent": "x", "payload": {}}, "exactly one of"),
-        ({"agent": "agent-acme-ghost-000000", "payload": {}}, "unknown agent"),
         ({"role": "w", "priority": "urgent", "payload": {}}, "unknown priority"),
         ({"role": "w", "deadline": "yesterday", "payload": {}}, "invalid deadline"),
         ({"role": "w", "payload": {"blob": "x" * 300_000}}, "payload is"),
@@ -135,6 +134,9 @@ async def test_bad_tasks_are_refused_at_the_api(manual: Live) -> None:
         r = await manual.admin.post("/v1/orgs/acme/tasks", json=body)
         assert r.status_code == 422, (body, r.text)
         assert problem in r.json()["error"]["message"], r.text
+    ghost = {"agent": "agent-acme-ghost-000000", "payload": {}}
+    r = await manual.admin.post("/v1/orgs/acme/tasks", json=ghost)
+    assert r.status_code == 404 and "unknown agent" in r.json()["error"]["message"], r.text
     r = await manual.admin.post(
         "/v1/orgs/acme/tasks",
         content=b'{"role": "w", "payload": [1]}',

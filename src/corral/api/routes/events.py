@@ -18,6 +18,18 @@ from corral.domain.tenancy import Organization
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1")
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a stream of server-sent events (`event: <kind>` / `data: <json>`)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -41,21 +53,20 @@ def _stream(request: Request, org: str | None) -> StreamingResponse:
                 data = json.dumps(event, separators=(",", ":"), default=str)
                 yield f"event: {event['kind']}\ndata: {data}\n\n".encode()
 
-    return StreamingResponse(
+    return EventStream(
         body(),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-@router.get("/orgs/{org}/events")
+@router.get("/orgs/{org}/events", response_class=EventStream, responses=_SSE)
 async def org_events(
     request: Request, found: Annotated[Organization, Depends(org_scope)]
 ) -> StreamingResponse:
     return _stream(request, found.slug)
 
 
-@router.get("/events")
+@router.get("/events", response_class=EventStream, responses=_SSE)
 async def all_events(
     request: Request, _: Annotated[Caller, Depends(admin_only)]
 ) -> StreamingResponse:

@@ -55,7 +55,9 @@ class Intake:
         """Accept a task durably (``queued``), then let the loop place it.
 
         Raises:
-            InvalidInput: neither or both of role/agent, an unknown agent, or a past deadline.
+            InvalidInput: neither or both of role/agent.
+            NotFound: an unknown agent.
+            Conflict: a terminated or failed agent, or a past deadline.
             Conflict: a task of that id exists (a delegation sent twice).
         """
         if (role is None) == (agent is None):
@@ -64,14 +66,14 @@ class Intake:
             try:
                 target = await self._controller.agents.get(agent, org_id=org.id)
             except NotFound:
-                raise InvalidInput(
+                raise NotFound(
                     f"unknown agent {agent!r} in organization {org.slug!r}",
                     details={"agent": agent},
                 ) from None
             if target.state in (AgentState.TERMINATED, AgentState.FAILED):
-                raise InvalidInput(f"agent {agent!r} is {target.state.value}")
+                raise Conflict(f"agent {agent!r} is {target.state.value}")
         if deadline is not None and deadline <= datetime.now(UTC):
-            raise InvalidInput("the deadline is already past", details={"deadline": str(deadline)})
+            raise Conflict("the deadline is already past", details={"deadline": str(deadline)})
         reqs: dict[str, Any] = {"gpu": requirements.gpu}
         if requirements.cpu is not None:
             reqs["cpu"] = requirements.cpu.render()

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from corral.domain.errors import InvalidInput, Unavailable
+from corral.domain.errors import Conflict, InvalidInput, Unavailable
 from corral.runtime.base import LaunchSpec
 from corral.runtime.local.forkclient import ZygoteChild, runnable_module
 from corral.runtime.local.forkpool import ForkServerPool
@@ -136,6 +136,13 @@ class Launcher:
             details = {"org": spec.org, "agent_id": spec.agent_id}
             if isinstance(exc, ValueError):  # e.g. a NUL byte in argv or env
                 raise InvalidInput(f"cannot start agent {spec.agent_id}: {exc}") from exc
+            if isinstance(exc, FileNotFoundError | PermissionError) and proc_stage(stage):
+                note(paths, f"could not start: {stage}: {exc.strerror}")
+                raise Conflict(  # the host lacks it: nothing the schema could have said
+                    f"cannot start agent {spec.agent_id}: its command {spec.command[0]!r} "
+                    f"cannot be run ({exc.strerror}); give a path or a program on PATH",
+                    details={**details, "command": spec.command[0]},
+                ) from exc
             if isinstance(exc, OSError | subprocess.SubprocessError | Unavailable):
                 why = exc.message if isinstance(exc, Unavailable) else str(exc)
                 note(paths, f"could not start: {stage}: {why}")
@@ -200,3 +207,8 @@ class Launcher:
 
 def _describe(placement: Placement) -> str:
     return ", ".join(f"{k} {v}" for k, v in placement.describe().items() if "." not in k)
+
+
+def proc_stage(stage: str) -> bool:
+    """Whether a launch failed while running the agent's own command."""
+    return stage.startswith("running ")
