@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     port: int = 8470
     runtime: Literal["local", "kubernetes"] = "local"
     idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
+    task_retention: float | None = None  # override every plan's finished-task retention (s)
+    prune_interval: float = 60.0  # seconds between passes pruning finished tasks
     max_body_bytes: int = 1024 * 1024
     max_payload_bytes: int = 256 * 1024
     k8s_storage_class: str | None = None  # workspace PVCs (default: the cluster's default)

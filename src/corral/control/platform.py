@@ -26,6 +26,7 @@ from corral.control.hub import EventHub
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
 from corral.control.monitoring import refresh_metrics
+from corral.control.retention import Retention, retention_of
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.agents import Agent, AgentState
@@ -152,6 +153,11 @@ class Platform:
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
+        self.retention = Retention(
+            self.tasks,
+            interval=self.settings.prune_interval,
+            override=self.settings.task_retention,
+        )
         self.dispatcher = Dispatcher(
             tasks=self.tasks,
             journal=TaskJournal(self.db),
@@ -162,6 +168,7 @@ class Platform:
             hub=self.hub,
             auto_provision=self.settings.auto_provision,
             heartbeat_seconds=self.settings.heartbeat_seconds,
+            retention=lambda org: retention_of(org.plan, self.settings.task_retention),
             idle_timeout=(lambda org: idle)
             if idle is not None
             else (lambda org: org.plan.idle_timeout_seconds),
@@ -181,6 +188,7 @@ class Platform:
             await self._reconcile()
             self._background.spawn(self.dispatcher.run(), "corral-dispatch")
             self._background.spawn(self._watch_exits(), "corral-exits")
+            self._background.spawn(self.retention.run(), "corral-retention")
         self._stack.push_async_callback(self._background.close)
 
     # -- bus ------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class Dispatcher:
         idle_timeout: Callable[[Organization], float] = lambda org: org.plan.idle_timeout_seconds,
         aging_seconds: float = 300.0,
         heartbeat_seconds: float = 5.0,
+        retention: Callable[[Organization], float] = lambda org: org.plan.task_retention_seconds,
     ) -> None:
         self.tasks = tasks
         self.journal = journal
@@ -106,7 +107,13 @@ class Dispatcher:
             idle_timeout=idle_timeout,
             heartbeat_seconds=heartbeat_seconds,
         )
-        self.intake = Intake(book=self.book, tasks=tasks, controller=controller, kick=self.kick)
+        self.intake = Intake(
+            book=self.book,
+            tasks=tasks,
+            controller=controller,
+            kick=self.kick,
+            retention=retention,
+        )
         self.events = AgentEvents(
             bus=bus,
             book=self.book,
