@@ -62,9 +62,6 @@ async def refresh_metrics(p: Platform) -> None:
             )
         )
     p.metrics.snapshot = snap
-    for lat in p.dispatcher.dispatch_latency[-10_000:]:
-        p.metrics.dispatch_latency.labels("all").observe(lat)
-    p.dispatcher.dispatch_latency.clear()
 
 
 async def org_figures(p: Platform, org_slug: str) -> dict[str, Any]:

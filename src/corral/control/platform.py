@@ -174,6 +174,7 @@ class Platform:
             else (lambda org: org.plan.idle_timeout_seconds),
         )
         self._stack.push_async_callback(self.dispatcher.close)
+        self.dispatcher.on_dispatched = self.metrics.dispatch_latency.labels("all").observe
         self.controller.on_capacity = self.dispatcher.capacity_changed
         self.controller.on_change = self.dispatcher.agent_changed
         self.controller.on_lost = self.dispatcher.agent_lost
