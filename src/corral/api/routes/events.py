@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from corral.api.auth import Caller, admin_only, org_scope, platform
 from corral.control.hub import CLOSED
+from corral.domain.errors import RateLimited
 from corral.domain.tenancy import Organization
 
 __all__ = ["router"]
@@ -33,8 +34,20 @@ class EventStream(StreamingResponse):
 KEEPALIVE_SECONDS = 15.0
 
 
+#: event streams one organization may hold open at once (each costs a queue and a share of
+#: every event's fan-out)
+MAX_STREAMS_PER_ORG = 16
+
+
 def _stream(request: Request, org: str | None) -> StreamingResponse:
     hub = platform(request).hub
+    if org is not None and hub.streams(org) >= MAX_STREAMS_PER_ORG:
+        raise RateLimited(
+            f"organization {org!r} already has {MAX_STREAMS_PER_ORG} event streams open; "
+            "close one first",
+            retry_after=5.0,
+            details={"org": org, "limit": MAX_STREAMS_PER_ORG},
+        )
 
     async def body() -> AsyncIterator[bytes]:
         async with hub.subscribe(org) as queue:
