@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterable
 
 from corral.runtime.sandbox import _libc
@@ -26,6 +27,7 @@ __all__ = [
     "make_mounts_private",
     "map_own_ids",
     "mount_proc",
+    "open_up",
     "unshare",
 ]
 
@@ -93,6 +95,46 @@ def hide(directory: str, *, keep: Iterable[str] = ()) -> None:
         for _, fd in kept:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def open_up(keep: Iterable[str], *, uid: int, gid: int) -> list[str]:
+    """Make each path of ``keep`` reachable by ``uid``/``gid`` (no supplementary group):
+    every outermost ancestor they could not traverse (a 0700 home holding the interpreter, a
+    private temporary directory holding the data) is covered by a 0755 tmpfs and the kept
+    paths under it are bound back, as bubblewrap builds a root. The agent then sees, there,
+    only what it was given. Returns the directories covered.
+
+    Call as root, in a mount namespace of the agent's own, before the identity drop.
+    """
+    paths = [os.path.realpath(p) for p in keep]
+    covered: list[str] = []
+    for path in paths:
+        parent = os.path.dirname(path)
+        ancestors: list[str] = []
+        while parent not in ancestors:  # "/" is its own parent
+            ancestors.append(parent)
+            parent = os.path.dirname(parent)
+        for ancestor in reversed(ancestors):  # from "/" down: the outermost refusal
+            if any(ancestor == c or _contains(c, ancestor) for c in covered):
+                break  # already covered: what lies below it is bound back or created 0755
+            if not _traversable(os.stat(ancestor), uid, gid):
+                covered.append(ancestor)
+                break
+    for directory in covered:
+        hide(directory, keep=paths)
+    return covered
+
+
+def _traversable(info: os.stat_result, uid: int, gid: int) -> bool:
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid == gid:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
+
+
+def _contains(outer: str, inner: str) -> bool:
+    return os.path.commonpath([outer, inner]) == outer
 
 
 def mount_proc() -> None:
