@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "default_data_dir"]
 
@@ -41,6 +41,28 @@ class Settings(BaseSettings):
     plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
     auto_provision: bool = True  # provision an agent for a role with queued work and no agent
     heartbeat_seconds: float = 5.0
+    # the local runtime's sandbox (README "Sandbox"): auto is strict where the kernel allows
+    sandbox: Literal["auto", "strict", "best-effort", "off"] = "auto"
+    sandbox_uid_base: int = Field(default=200_000, ge=1000)  # as root: each org's own uid...
+    sandbox_uid_count: int = Field(default=65_536, ge=1)  # ...from this range
+    # TCP ports agents may connect to besides the bus's: CORRAL_SANDBOX_ALLOW_PORTS=443,8080
+    sandbox_allow_ports: Annotated[tuple[int, ...], NoDecode] = ()
+    fork_server: bool = True  # start built-in agents from a per-org fork server (else exec)
+
+    @field_validator("sandbox_allow_ports", mode="before")
+    @classmethod
+    def _ports(cls, value: object) -> object:
+        """A comma-separated list from the environment, a sequence from code."""
+        if isinstance(value, str):
+            return tuple(int(p) for p in value.replace(" ", "").split(",") if p)
+        return value
+
+    @field_validator("sandbox_allow_ports")
+    @classmethod
+    def _ports_in_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not all(0 < port < 65536 for port in value):
+            raise ValueError(f"a port is out of range: {list(value)}")
+        return value
 
     @property
     def resolved_database_url(self) -> str:

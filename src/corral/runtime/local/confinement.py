@@ -133,7 +133,13 @@ class Confinement:
             )
         lines = [f"sandbox: {self.level()}", self.report.describe()]
         ports = ", ".join(str(p) for p in self.tcp_ports) or "none"
-        lines.append(f"  agents may connect to TCP ports: {ports}")
+        lines.append(f"  agents may connect to TCP ports: {ports} (no other TCP, no listening)")
+        missing = [layer.name for layer in self.report.layers() if not layer.available]
+        if missing and self.mode is SandboxMode.STRICT:
+            lines.append(
+                f"STRICT: this host lacks {', '.join(missing)}: every agent start will be "
+                "refused (run with --sandbox best-effort to accept less)"
+            )
         return "\n".join(lines)
 
     def policy(
