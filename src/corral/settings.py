@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     sandbox_uid_count: int = Field(default=65_536, ge=1)  # ...from this range
     # TCP ports agents may connect to besides the bus's: CORRAL_SANDBOX_ALLOW_PORTS=443,8080
     sandbox_allow_ports: Annotated[tuple[int, ...], NoDecode] = ()
+    # more paths agents may read (their programs, if not under /usr, /opt or the interpreter):
+    # CORRAL_SANDBOX_READ_ONLY=/srv/agents,/opt/tools
+    sandbox_read_only: Annotated[tuple[str, ...], NoDecode] = ()
     fork_server: bool = True  # start built-in agents from a per-org fork server (else exec)
 
     @field_validator("sandbox_allow_ports", mode="before")
@@ -55,6 +58,13 @@ class Settings(BaseSettings):
         """A comma-separated list from the environment, a sequence from code."""
         if isinstance(value, str):
             return tuple(int(p) for p in value.replace(" ", "").split(",") if p)
+        return value
+
+    @field_validator("sandbox_read_only", mode="before")
+    @classmethod
+    def _paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
 
     @field_validator("sandbox_allow_ports")

@@ -73,5 +73,7 @@ def own_descriptors(leader: int) -> dict[int, str]:
     agent watches it by and its view of the host's /proc (empty when not confined)."""
     if leader == agent_pid(leader):
         return {}
-    fds = {int(fd): os.readlink(f"/proc/{leader}/fd/{fd}") for fd in os.listdir(f"/proc/{leader}/fd")}
+    fds = {
+        int(fd): os.readlink(f"/proc/{leader}/fd/{fd}") for fd in os.listdir(f"/proc/{leader}/fd")
+    }
     return {fd: target for fd, target in fds.items() if fd > 2}

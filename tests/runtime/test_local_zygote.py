@@ -24,8 +24,8 @@ from corral.runtime.local import LocalProcessRuntime, default_env
 from corral.runtime.local.forkclient import Zygote, runnable_module
 from corral.runtime.local.forkserver import Launch
 from tests.runtime import agents
-from tests.runtime.pidns import agent_pid, confined, own_descriptors
 from tests.runtime.contract import READY, Behaviour, watching
+from tests.runtime.pidns import agent_pid, confined, own_descriptors
 from tests.support import eventually
 
 PROBE = """
@@ -211,9 +211,7 @@ async def test_a_forked_agent_is_set_up_as_an_execd_one(
     assert seen["sigchld_default"] is True
     assert seen["threads"] == 1
 
-    fds = {
-        int(fd): os.readlink(f"/proc/{agent}/fd/{fd}") for fd in os.listdir(f"/proc/{agent}/fd")
-    }
+    fds = {int(fd): os.readlink(f"/proc/{agent}/fd/{fd}") for fd in os.listdir(f"/proc/{agent}/fd")}
     assert fds == {0: os.devnull, 1: str(paths.log), 2: str(paths.log)}
     assert_own(pid)
     await ready(runtime, "acme", "agent-probe")

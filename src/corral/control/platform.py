@@ -265,6 +265,7 @@ class Platform:
             self.settings.sandbox,
             tcp_ports=[*ports, *self.settings.sandbox_allow_ports],
             hide=[str(self.data_dir)],
+            read_only=self.settings.sandbox_read_only,
         )
 
     async def _org_uid(self, org: Organization) -> None:
