@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     k8s_workspace_size: str = "10Gi"
     k8s_nats_namespace: str = "nats"  # where NATS runs, for the allow-NATS NetworkPolicy
     k8s_nats_port: int = 4222
+    # plan → RuntimeClass of its agents' Pods (gVisor, Kata): CORRAL_K8S_RUNTIME_CLASSES=
+    # "free=gvisor,*=kata" ("*": every other plan); empty: the nodes' default runtime
+    k8s_runtime_classes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     kubeconfig: str | None = None  # default: in-cluster, then KUBECONFIG, then ~/.kube/config
     log_level: str = "INFO"
     plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
@@ -65,6 +68,16 @@ class Settings(BaseSettings):
     def _paths(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("k8s_runtime_classes", mode="before")
+    @classmethod
+    def _classes(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [p.split("=", 1) for p in value.replace(" ", "").split(",") if p]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected PLAN=RUNTIMECLASS pairs separated by commas")
+            return dict(pairs)
         return value
 
     @field_validator("sandbox_allow_ports")

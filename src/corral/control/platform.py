@@ -237,6 +237,7 @@ class Platform:
                 workspace_size=self.settings.k8s_workspace_size,
                 nats_namespace=self.settings.k8s_nats_namespace,
                 nats_port=self.settings.k8s_nats_port,
+                runtime_classes=self.settings.k8s_runtime_classes,
             )
         else:
             from corral.runtime.local import LocalProcessRuntime
