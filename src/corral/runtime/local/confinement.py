@@ -34,6 +34,7 @@ from corral.runtime.sandbox import (
     SandboxUnavailable,
     probe,
 )
+from corral.runtime.sandbox.policy import default_devices, default_read_only
 
 __all__ = ["MODES", "Confinement", "OrgIds", "host_report"]
 
@@ -104,7 +105,9 @@ class Confinement:
         if not all(0 < port < 65536 for port in tcp_ports):
             raise InvalidInput(f"a TCP port to allow is out of range: {list(tcp_ports)}")
         report = None if mode == "off" else host_report()
-        chosen = SandboxMode(mode) if mode != "auto" else report.default_mode  # type: ignore[union-attr]
+        chosen = SandboxMode.OFF if report is None else report.default_mode
+        if mode != "auto":
+            chosen = SandboxMode(mode)
         paths = tuple(os.path.realpath(p) for p in hide)
         return cls(chosen, report, tuple(dict.fromkeys(tcp_ports)), paths, tuple(read_only))
 
@@ -157,32 +160,33 @@ class Confinement:
         if not self.enabled:
             return None
         root = os.geteuid() == 0
-        if root and ids is None and self.mode is SandboxMode.STRICT:
+        if root and ids is None:  # never an agent as root, whatever the mode
             raise Unavailable(
                 f"cannot confine agent {paths.agent_id}: its organization has no uid to run "
-                "as (the uid range is exhausted?)",
+                "as (is the sandbox's uid range exhausted?)",
                 details={"org": paths.org, "agent_id": paths.agent_id, "sandbox": "identity"},
             )
-        identity = IdentityMode.USER_NAMESPACE
-        if root:
-            identity = IdentityMode.SWITCH if ids is not None else IdentityMode.INHERIT
-        hide = (*self.hide, str(paths.root))
+        identity = IdentityMode.SWITCH if root else IdentityMode.USER_NAMESPACE
+        hide = _resolved((*self.hide, str(paths.root)))
         extra = [*self.read_only]
         extra += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
+        readable = [p for p in _resolved(tuple(extra)) if os.path.exists(p)]
+        readable = [p for p in readable if not _under(p, hide)]
+        agent_dir = os.path.realpath(paths.agent_dir)  # the policy names resolved paths
         # its own credentials, bound back into the hidden data directory for it alone
-        readable = [p for p in dict.fromkeys(extra) if os.path.exists(p) and not _under(p, hide)]
-        readable.append(str(paths.creds))
+        readable.append(os.path.join(agent_dir, paths.creds.name))
         try:
-            policy = SandboxPolicy.for_agent(
-                str(paths.workspace),
-                tmp=str(paths.tmp),
+            policy = SandboxPolicy(
+                workspace=os.path.join(agent_dir, paths.workspace.name),
+                tmp=os.path.join(agent_dir, paths.tmp.name),
+                read_only=_system_read_only(hide) + tuple(readable),
+                devices=_devices(),
                 tcp_connect=self.tcp_ports,
-                hide=hide,
+                identity=identity,
                 uid=ids[0] if ids else None,
                 gid=ids[1] if ids else None,
-                read_only=tuple(readable),
+                hide=hide,
                 mode=self.mode,
-                identity=identity,
             )
             if self.report is not None:
                 self.report.check(policy)
@@ -198,6 +202,27 @@ class Confinement:
                 details={"org": paths.org, "agent_id": paths.agent_id},
             ) from exc
         return policy
+
+
+@functools.cache
+def _resolved(paths: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
+
+
+@functools.cache
+def _system_read_only(hide: tuple[str, ...]) -> tuple[str, ...]:
+    """What every agent reads (the interpreter, its libraries, a few files of /etc), found once
+    per process: the same for every agent, and a few hundred system calls to find. Without a
+    path that holds a hidden directory (a checkout holding the data directory), which Landlock
+    would let the agent list."""
+    return tuple(
+        p for p in default_read_only() if not any(os.path.commonpath([p, h]) == p for h in hide)
+    )
+
+
+@functools.cache
+def _devices() -> tuple[str, ...]:
+    return default_devices()
 
 
 def _under(path: str, dirs: Sequence[str]) -> bool:

@@ -97,8 +97,8 @@ class LocalProcessRuntime:
             run_as = OrgIds()  # as root, no agent runs as root: each org gets its own uid
         # agents of other uids traverse the runtime's directories only without a mount
         # namespace of their own: with one, the sandbox binds their workspace in for them
-        binds = confinement.enabled and confinement.report is not None
-        binds = binds and confinement.report.namespaces  # type: ignore[union-attr]
+        report = confinement.report
+        binds = confinement.enabled and report is not None and report.namespaces
         self._dir_mode = 0o711 if run_as is not None and not binds else 0o700
         self._root.mkdir(parents=True, exist_ok=True)
         ensure_dir(self._root / "orgs", self._dir_mode)

@@ -117,9 +117,11 @@ def apply(policy: SandboxPolicy, *, parent: int | None = None) -> Applied:
             cwd = os.getcwd()
             namespaces.make_mounts_private()
             keep = [p for p in (policy.workspace, policy.tmp) if p]
-            keep += [*policy.read_only, *policy.read_write, *policy.devices]
+            keep = namespaces.outermost(
+                [*keep, *policy.read_only, *policy.read_write, *policy.devices]
+            )
             for hidden in policy.hide:
-                namespaces.hide(hidden, keep=keep)
+                namespaces.hide(hidden, keep=keep, resolved=True)
             if policy.identity is IdentityMode.SWITCH:
                 assert policy.uid is not None and policy.gid is not None
                 namespaces.open_up(keep, uid=policy.uid, gid=policy.gid)

@@ -28,6 +28,7 @@ __all__ = [
     "map_own_ids",
     "mount_proc",
     "open_up",
+    "outermost",
     "unshare",
 ]
 
@@ -70,16 +71,16 @@ def make_mounts_private() -> None:
     _libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def hide(directory: str, *, keep: Iterable[str] = ()) -> None:
+def hide(directory: str, *, keep: Iterable[str] = (), resolved: bool = False) -> None:
     """Put an empty tmpfs over ``directory``, then bind each path of ``keep`` that lies under
     it back at its own place. The kept paths are opened first: once covered, they could no
-    longer be reached by name."""
+    longer be reached by name. ``resolved``: ``keep`` is already :func:`outermost`'s."""
     directory = os.path.realpath(directory)
+    inside = directory.rstrip("/") + "/"
     kept: list[tuple[str, int]] = []
     try:
-        for path in keep:
-            real = os.path.realpath(path)
-            if os.path.commonpath([real, directory]) == directory and real != directory:
+        for real in keep if resolved else outermost(keep):
+            if real.startswith(inside):
                 kept.append((real, os.open(real, os.O_PATH | os.O_CLOEXEC)))
         _libc.mount(
             "tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k"
@@ -106,8 +107,9 @@ def open_up(keep: Iterable[str], *, uid: int, gid: int) -> list[str]:
 
     Call as root, in a mount namespace of the agent's own, before the identity drop.
     """
-    paths = [os.path.realpath(p) for p in keep]
+    paths = outermost(keep)
     covered: list[str] = []
+    checked: dict[str, bool] = {}  # many paths share ancestors: one stat each
     for path in paths:
         parent = os.path.dirname(path)
         ancestors: list[str] = []
@@ -115,14 +117,28 @@ def open_up(keep: Iterable[str], *, uid: int, gid: int) -> list[str]:
             ancestors.append(parent)
             parent = os.path.dirname(parent)
         for ancestor in reversed(ancestors):  # from "/" down: the outermost refusal
-            if any(ancestor == c or _contains(c, ancestor) for c in covered):
+            if ancestor in covered:
                 break  # already covered: what lies below it is bound back or created 0755
-            if not _traversable(os.stat(ancestor), uid, gid):
+            if ancestor not in checked:
+                checked[ancestor] = _traversable(os.stat(ancestor), uid, gid)
+            if not checked[ancestor]:
                 covered.append(ancestor)
                 break
     for directory in covered:
-        hide(directory, keep=paths)
+        hide(directory, keep=paths, resolved=True)
     return covered
+
+
+def outermost(paths: Iterable[str]) -> list[str]:
+    """``paths`` resolved, without those inside another one of them: binding a directory
+    back (recursively) brings what lies inside it along, so each costs one mount less."""
+    real = sorted({os.path.realpath(p) for p in paths})
+    kept: list[str] = []
+    for path in real:  # sorted: a directory comes just before what lies inside it
+        if kept and (path == kept[-1] or path.startswith(kept[-1].rstrip("/") + "/")):
+            continue
+        kept.append(path)
+    return kept
 
 
 def _traversable(info: os.stat_result, uid: int, gid: int) -> bool:
@@ -131,10 +147,6 @@ def _traversable(info: os.stat_result, uid: int, gid: int) -> bool:
     if info.st_gid == gid:
         return bool(info.st_mode & stat.S_IXGRP)
     return bool(info.st_mode & stat.S_IXOTH)
-
-
-def _contains(outer: str, inner: str) -> bool:
-    return os.path.commonpath([outer, inner]) == outer
 
 
 def mount_proc() -> None:
