@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
@@ -36,6 +38,7 @@ from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
 from corral.runtime.base import AgentRuntime, Phase
+from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 from corral.store.agents import AgentRepository
 from corral.store.db import Database
@@ -102,6 +105,8 @@ class Platform:
         self.bus: PlatformBus
         self.nats: EmbeddedNats | None = None
         self.runtime: AgentRuntime
+        self.sandbox: Confinement | None = None  # the local runtime's; None on Kubernetes
+        self._org_uids: dict[str, int] = {}  # org slug → its agents' uid (root, sandbox on)
         self.controller: Controller
         self.dispatcher: Dispatcher
 
@@ -241,13 +246,50 @@ class Platform:
                 workspace_size=self.settings.k8s_workspace_size,
                 nats_namespace=self.settings.k8s_nats_namespace,
                 nats_port=self.settings.k8s_nats_port,
+                runtime_classes=self.settings.k8s_runtime_classes,
             )
         else:
             from corral.runtime.local import LocalProcessRuntime
 
-            runtime = LocalProcessRuntime(self.data_dir / "agents")
+            self.sandbox = self._confinement()
+            run_as = None
+            if self.sandbox.enabled and os.geteuid() == 0:  # each org's agents: its own uid
+                for org in await self.orgs.list():
+                    await self._org_uid(org)
+                run_as = self._run_as
+            runtime = LocalProcessRuntime(
+                self.data_dir / "agents",
+                run_as=run_as,
+                zygote=self.settings.fork_server,
+                sandbox=self.sandbox,
+            )
         self._stack.push_async_callback(runtime.close)
         return runtime
+
+    def _confinement(self) -> Confinement:
+        """The sandbox of local agents: what the host allows and the operator asked for, with
+        the bus's port (and the operator's) the only TCP ports agents may connect to, and the
+        data directory hidden from them."""
+        ports = [p for p in (urlsplit(u.strip()).port for u in self.bus.url.split(",")) if p]
+        return Confinement.detect(
+            self.settings.sandbox,
+            tcp_ports=[*ports, *self.settings.sandbox_allow_ports],
+            hide=[str(self.data_dir)],
+            read_only=self.settings.sandbox_read_only,
+        )
+
+    async def _org_uid(self, org: Organization) -> None:
+        uid = await self.orgs.sandbox_uid(
+            org.id, base=self.settings.sandbox_uid_base, count=self.settings.sandbox_uid_count
+        )
+        if uid is None:
+            log.error("no sandbox uid left for %s: its agents cannot start", org.slug)
+        else:
+            self._org_uids[org.slug] = uid
+
+    def _run_as(self, org: str, agent_id: str) -> tuple[int, int] | None:
+        uid = self._org_uids.get(org)
+        return None if uid is None else (uid, uid)
 
     # -- organizations --------------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -258,6 +300,8 @@ class Platform:
             await self.bus.remove_org(org.slug)
 
         async def runtime_up(org: Organization) -> None:
+            if self.sandbox is not None and self.sandbox.enabled and os.geteuid() == 0:
+                await self._org_uid(org)
             await self.runtime.prepare_org(org.slug, labels={**org.labels, **org.annotations})
 
         async def runtime_down(org: Organization) -> None:

@@ -88,8 +88,13 @@ async def list_agents(
 
 @router.get("/{agent}")
 async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
-    found = await platform(request).controller.get_agent(org, agent)
-    return found.to_wire()
+    controller = platform(request).controller
+    found = await controller.get_agent(org, agent)
+    wire = found.to_wire()
+    sandbox = await controller.sandbox_level(org, found.id)
+    if sandbox is not None:  # the local runtime's confinement of its running process
+        wire["sandbox"] = sandbox
+    return wire
 
 
 @router.get("/{agent}/logs")

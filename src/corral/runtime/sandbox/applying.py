@@ -17,8 +17,9 @@ The cost, measured by ``benchmarks/sandbox.py``: one more fork (well under a mil
 small process) and one more resident process per agent, which shares almost all its pages with
 the agent's parent (it allocates nothing but a few frames); in the exec path it is the trampoline's
 interpreter that stays. Inside, the agent is pid 1: the kernel drops signals it has no handler
-for, except SIGKILL from outside. Python handles SIGINT; an agent that wants SIGTERM must handle
-it (the SDK does), or it ends at the SIGKILL that follows.
+for, except SIGKILL from outside. So the waiter, when it forwards a signal the agent neither
+catches nor ignores, ends the agent itself (SIGKILL) and then ends by the signal it was sent:
+a bare command stops at SIGTERM as it would outside a namespace.
 """
 
 from __future__ import annotations
@@ -113,13 +114,23 @@ def apply(policy: SandboxPolicy, *, parent: int | None = None) -> Applied:
 
     if made and policy.mount_namespace:
         with _step("mounts", applied, strict):
+            cwd = os.getcwd()
             namespaces.make_mounts_private()
             keep = [p for p in (policy.workspace, policy.tmp) if p]
-            keep += [*policy.read_only, *policy.read_write, *policy.devices]
+            keep = namespaces.outermost(
+                [*keep, *policy.read_only, *policy.read_write, *policy.devices]
+            )
             for hidden in policy.hide:
-                namespaces.hide(hidden, keep=keep)
+                namespaces.hide(hidden, keep=keep, resolved=True)
+            if policy.identity is IdentityMode.SWITCH:
+                assert policy.uid is not None and policy.gid is not None
+                namespaces.open_up(keep, uid=policy.uid, gid=policy.gid)
             if alive >= 0:
                 namespaces.mount_proc()
+            # the working directory by its name again: the old one is under a covering
+            # tmpfs, and ".." from it would lead into what that tmpfs hides
+            with contextlib.suppress(OSError):
+                os.chdir(cwd)
             applied.layers.append("mounts")
 
     with _step("identity", applied, strict):
@@ -189,39 +200,81 @@ def _fork_into_pid_namespace(parent: int | None) -> int:
         if os.getppid() != parent:
             raise ProcessLookupError(f"parent {parent} is gone")
     alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+    # the waiter's view of the child's /proc entry: the child mounts its own /proc over this
+    # one in the mount namespace they share, where the waiter's pids no longer mean anything
+    proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     try:
         pid = os.fork()
     except OSError:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(proc)
         raise
     if pid == 0:
         os.close(alive_w)
+        os.close(proc)
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return alive_r
     os.close(alive_r)
-    _wait_and_mirror(pid, mask, keep=alive_w)
+    _wait_and_mirror(pid, mask, keep=(alive_w, proc))
 
 
-def _wait_and_mirror(child: int, mask: set[int | signal.Signals], *, keep: int) -> NoReturn:
+def _handles(proc: int, child: int, signum: int) -> bool:
+    """Whether ``child`` catches or ignores ``signum`` (its ``/proc`` status says): the kernel
+    gives a namespace's pid 1 only the signals it has a handler for."""
+    try:
+        fd = os.open(f"{child}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+        try:
+            text = os.read(fd, 1 << 14).decode("ascii", "replace")
+        finally:
+            os.close(fd)
+    except OSError:
+        return True  # cannot tell: pass the signal on, as a plain forward
+    masks = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    bit = 1 << (signum - 1)
+    caught = int(masks.get("SigCgt", "0").strip(), 16) | int(masks.get("SigIgn", "0").strip(), 16)
+    return bool(caught & bit)
+
+
+def _wait_and_mirror(
+    child: int, mask: set[int | signal.Signals], *, keep: tuple[int, int]
+) -> NoReturn:
+    """Forward the signals a supervisor sends, wait for the child, end as it ended.
+
+    A forwarded signal the child neither catches nor ignores would be dropped by the kernel
+    (the child is its namespace's pid 1), where outside a namespace its default action
+    would end the process: the waiter does that instead, with SIGKILL, and then ends by the
+    signal that was sent, so a bare command stops at SIGTERM as it would unconfined.
+    """
     code = 1
+    emulated: list[int] = []
+    proc = keep[1]
     try:
 
         def forward(signum: int, _frame: object) -> None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+                if _handles(proc, child, signum):
+                    os.kill(child, signum)
+                else:
+                    emulated.append(signum)
+                    os.kill(child, signal.SIGKILL)
 
         for sig in _FORWARDED:
             signal.signal(sig, forward)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.closerange(3, keep)  # nothing of the launcher's: a report pipe must see its EOF
-        os.closerange(keep + 1, 1 << 20)
-        _, status = os.waitpid(child, 0)
+        low, high = sorted(keep)
+        os.closerange(3, low)  # nothing of the launcher's: a report pipe must see its EOF
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, 1 << 20)
+        _, status = os.waitpid(child, 0)  # a handled signal interrupts it; it is retried
         code = os.waitstatus_to_exitcode(status)
+        if code == -signal.SIGKILL and emulated:
+            code = -emulated[0]
         if code < 0:  # killed: end the same way (without a core of this process)
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            signal.signal(-code, signal.SIG_DFL)
+            if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those have no handler to reset
+                signal.signal(-code, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
             os.kill(os.getpid(), -code)
             code = 128 - code

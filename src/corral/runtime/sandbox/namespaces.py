@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterable
 
 from corral.runtime.sandbox import _libc
@@ -26,6 +27,8 @@ __all__ = [
     "make_mounts_private",
     "map_own_ids",
     "mount_proc",
+    "open_up",
+    "outermost",
     "unshare",
 ]
 
@@ -68,16 +71,16 @@ def make_mounts_private() -> None:
     _libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def hide(directory: str, *, keep: Iterable[str] = ()) -> None:
+def hide(directory: str, *, keep: Iterable[str] = (), resolved: bool = False) -> None:
     """Put an empty tmpfs over ``directory``, then bind each path of ``keep`` that lies under
     it back at its own place. The kept paths are opened first: once covered, they could no
-    longer be reached by name."""
+    longer be reached by name. ``resolved``: ``keep`` is already :func:`outermost`'s."""
     directory = os.path.realpath(directory)
+    inside = directory.rstrip("/") + "/"
     kept: list[tuple[str, int]] = []
     try:
-        for path in keep:
-            real = os.path.realpath(path)
-            if os.path.commonpath([real, directory]) == directory and real != directory:
+        for real in keep if resolved else outermost(keep):
+            if real.startswith(inside):
                 kept.append((real, os.open(real, os.O_PATH | os.O_CLOEXEC)))
         _libc.mount(
             "tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k"
@@ -93,6 +96,57 @@ def hide(directory: str, *, keep: Iterable[str] = ()) -> None:
         for _, fd in kept:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def open_up(keep: Iterable[str], *, uid: int, gid: int) -> list[str]:
+    """Make each path of ``keep`` reachable by ``uid``/``gid`` (no supplementary group):
+    every outermost ancestor they could not traverse (a 0700 home holding the interpreter, a
+    private temporary directory holding the data) is covered by a 0755 tmpfs and the kept
+    paths under it are bound back, as bubblewrap builds a root. The agent then sees, there,
+    only what it was given. Returns the directories covered.
+
+    Call as root, in a mount namespace of the agent's own, before the identity drop.
+    """
+    paths = outermost(keep)
+    covered: list[str] = []
+    checked: dict[str, bool] = {}  # many paths share ancestors: one stat each
+    for path in paths:
+        parent = os.path.dirname(path)
+        ancestors: list[str] = []
+        while parent not in ancestors:  # "/" is its own parent
+            ancestors.append(parent)
+            parent = os.path.dirname(parent)
+        for ancestor in reversed(ancestors):  # from "/" down: the outermost refusal
+            if ancestor in covered:
+                break  # already covered: what lies below it is bound back or created 0755
+            if ancestor not in checked:
+                checked[ancestor] = _traversable(os.stat(ancestor), uid, gid)
+            if not checked[ancestor]:
+                covered.append(ancestor)
+                break
+    for directory in covered:
+        hide(directory, keep=paths, resolved=True)
+    return covered
+
+
+def outermost(paths: Iterable[str]) -> list[str]:
+    """``paths`` resolved, without those inside another one of them: binding a directory
+    back (recursively) brings what lies inside it along, so each costs one mount less."""
+    real = sorted({os.path.realpath(p) for p in paths})
+    kept: list[str] = []
+    for path in real:  # sorted: a directory comes just before what lies inside it
+        if kept and (path == kept[-1] or path.startswith(kept[-1].rstrip("/") + "/")):
+            continue
+        kept.append(path)
+    return kept
+
+
+def _traversable(info: os.stat_result, uid: int, gid: int) -> bool:
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid == gid:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
 
 
 def mount_proc() -> None:

@@ -124,9 +124,9 @@ class SandboxPolicy:
             raise ValueError(f"bad TCP port in {self.tcp_connect}")
         if self.pid_namespace and not self.mount_namespace:
             raise ValueError("a PID namespace needs a mount namespace for its own /proc")
-        for hidden in self.hide:
+        for hidden in self.hide if not self.mount_namespace else ():  # else tmpfs and binds
             exposed = [p for p in (*self.read_only, *self.read_write) if _contains(p, hidden)]
-            if exposed and not self.mount_namespace:
+            if exposed:
                 raise ValueError(f"{exposed} would expose the hidden {hidden}")
 
     @classmethod
