@@ -124,8 +124,7 @@ class EventFeeds:
         cumulatively, else each message once."""
         if not events:
             return
-        last = events[-1].ack
-        cumulative = isinstance(last, _Ack) and last.cumulative
+        cumulative = bool(getattr(events[-1].ack, "cumulative", False))
         for event in events[-1:] if cumulative else events:
             await event.ack()
 

@@ -34,6 +34,12 @@ _EXPIRED = "408"
 _CONFLICT = "409"  # e.g. "Message Size Exceeds MaxBytes", "Exceeded MaxWaiting"
 
 
+def _batch_completed(msg: Msg) -> bool:
+    """The status that follows a request fulfilled by its count when it had ``max_bytes``."""
+    headers = msg.headers or {}
+    return headers.get(_STATUS) == _CONFLICT and headers.get(_DESCRIPTION) == "Batch Completed"
+
+
 class Puller:
     """Batches from one durable pull consumer over ``nc``; :meth:`start` before
     :meth:`fetch`, :meth:`stop` when done."""
@@ -97,8 +103,8 @@ class Puller:
             status = msg.headers.get(_STATUS) if msg.headers else None
             if status is None:
                 got.append(msg)
-            elif status == _HEARTBEAT:
-                continue
+            elif status == _HEARTBEAT or _batch_completed(msg):
+                continue  # an earlier request's end: it was counted complete already
             elif status in (_NO_MESSAGES, _EXPIRED) or (status == _CONFLICT and got):
                 break
             else:
