@@ -38,6 +38,9 @@ log = logging.getLogger("corral.sdk")
 #: takes (:data:`~corral.domain.wire.EVENTS_BATCH_MAX`); a longer queue leaves in several.
 EVENTS_PER_MESSAGE = 256
 assert EVENTS_PER_MESSAGE <= wire.EVENTS_BATCH_MAX
+#: the largest events message that carries several events: within every plan's payload limit
+#: (the server announces its own limit, not the org's); a larger event travels alone
+BATCH_MAX_BYTES = 256 * 1024
 #: seconds to wait for the stream's acknowledgement of an events message
 ACK_TIMEOUT = 5.0
 _LOG_EVERY = 10.0  # seconds between two logs of refused statuses
@@ -145,7 +148,7 @@ class Outbox:
                 log.warning(
                     "the platform did not keep %d events (%s); retrying in %.2fs",
                     len(batch),
-                    exc or type(exc).__name__,
+                    str(exc) or type(exc).__name__,
                     backoff,
                 )
                 self._queue = batch + self._queue  # nothing is dropped, order is kept
@@ -156,12 +159,12 @@ class Outbox:
 
     async def _publish(self, batch: list[dict[str, Any]]) -> None:
         assert self.client is not None
-        limit = self.client.max_payload
+        limit = self.client.max_payload  # the server's; the org's plan may allow less
         data = encode(wire.batch_to_wire(batch, cap=EVENTS_PER_MESSAGE))
-        if len(data) <= limit:
+        if len(data) <= limit and (len(data) <= BATCH_MAX_BYTES or len(batch) == 1):
             await self._publish_event(data)
             return
-        for item in batch:  # too big together: one at a time
+        for item in batch:  # too big together: one at a time, as large as the server takes
             one = encode(item)
             if len(one) > limit:  # a result the bus cannot carry: the task ends blocked
                 log.error(
