@@ -97,7 +97,9 @@ async def test_an_org_cannot_read_another_orgs_streams_or_consumers(
     assert inbox.config.subjects == [subjects.org_inboxes("a")]
     assert inbox.state.messages == 0
     events = await js.stream_info(subjects.EVENTS_STREAM)
-    assert all(s.startswith("org.a.") or s == subjects.PLATFORM_STATUS for s in events.config.subjects)
+    assert all(
+        s.startswith("org.a.") or s == subjects.PLATFORM_STATUS for s in events.config.subjects
+    )
     with pytest.raises(NotFoundError):
         await js.consumer_info(subjects.INBOX_STREAM, subjects.inbox_consumer("b1"))
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 import nats
 import nats.errors
 import pytest
-from nats.aio.client import RawCredentials
 from nats.aio.msg import Msg
 
 from corral.bus import (
@@ -20,7 +18,6 @@ from corral.bus import (
     EmbeddedNats,
     EventKind,
     PlatformBus,
-    ServerOptions,
 )
 from corral.domain import messages, subjects
 from corral.domain.errors import Conflict, NotFound, QuotaExceeded, Unavailable

@@ -33,7 +33,9 @@ async def _ensure_all(bus: PlatformBus, orgs: list[str]) -> None:
 async def test_three_hundred_free_orgs_fit_and_come_back_after_a_restart(tmp_path: Path) -> None:
     authority = BusAuthority(tmp_path / "many", caps=CAPS)
     orgs = [f"org-{n:03d}" for n in range(ORGS)]
-    async with EmbeddedNats(tmp_path / "many-nats", authority.trust(), ServerOptions(caps=CAPS)) as s:
+    async with EmbeddedNats(
+        tmp_path / "many-nats", authority.trust(), ServerOptions(caps=CAPS)
+    ) as s:
         async with PlatformBus(s.url, authority, idle_seconds=2.0) as bus:
             await bus.ensure_org(orgs[0], FREE)
             one = len(authority.platform_account_jwt())

@@ -99,9 +99,9 @@ def parse_events(
                 f"{subject!r} read in the account of {org!r}", details={"subject": subject}
             )
     tokens = subject.split(".")
-    is_status = tokens[-1] == EventKind.STATUS or tokens[:-1] == claims.PLATFORM_STATUS_PREFIX.split(
-        "."
-    )
+    is_status = tokens[-1] == EventKind.STATUS or tokens[
+        :-1
+    ] == claims.PLATFORM_STATUS_PREFIX.split(".")
     if is_status and len(data) > STATUS_MAX_BYTES:
         raise InvalidInput(
             f"a status of {len(data)} bytes (at most {STATUS_MAX_BYTES})",

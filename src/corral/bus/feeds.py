@@ -278,4 +278,3 @@ class EventFeeds:
             self._legacy.cancel()
             with suppress(BaseException):
                 await self._legacy
-
