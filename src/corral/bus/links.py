@@ -71,10 +71,12 @@ class OrgLink:
         return not self.retiring and not self.nc.is_closed
 
     async def close(self) -> None:
+        """Close the connection; bounded, since a client closing in the middle of a
+        reconnect may otherwise wait for a server that is not there."""
         with suppress(Exception):
-            await self.publisher.close()
+            await asyncio.wait_for(self.publisher.close(), 2.0)
         with suppress(Exception):
-            await self.nc.close()
+            await asyncio.wait_for(self.nc.close(), 5.0)
 
 
 class OrgLinks:
@@ -229,7 +231,7 @@ class OrgLinks:
             if feed is not None and not feed.done():
                 feed.cancel()
                 with suppress(BaseException):
-                    await feed
+                    await asyncio.wait_for(feed, 5.0)
         if link is not None:
             link.retiring = True
             await link.close()
@@ -240,7 +242,7 @@ class OrgLinks:
         for feed in list(self._feeds.values()):
             feed.cancel()
             with suppress(BaseException):
-                await feed
+                await asyncio.wait_for(feed, 5.0)
         self._feeds.clear()
         for closing in list(self._closing):
             closing.cancel()
