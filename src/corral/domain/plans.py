@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from corral.domain.errors import InvalidInput
+from corral.domain.policies import DEFAULT_TASK_POLICY, RetryPolicy, TaskPolicy
 from corral.domain.quantities import Quantity, parse
 
 __all__ = [
@@ -78,6 +79,8 @@ class Plan:
     idle_timeout_seconds: float
     gpu_limit: int = 0
     description: str = field(default="")
+    #: what a task of this org may cost when its submitter does not say (retries, timeouts)
+    task_policy: TaskPolicy = DEFAULT_TASK_POLICY
 
     def to_wire(self) -> dict[str, object]:
         lr = self.limit_range
@@ -109,6 +112,7 @@ class Plan:
             "apiRatePerSecond": self.api_rate_per_second,
             "apiBurst": self.api_burst,
             "idleTimeoutSeconds": self.idle_timeout_seconds,
+            "taskDefaults": self.task_policy.to_wire(),
         }
 
 
@@ -143,6 +147,7 @@ FREE = Plan(
     api_rate_per_second=5.0,
     api_burst=20,
     idle_timeout_seconds=300.0,
+    task_policy=TaskPolicy(RetryPolicy(max_attempts=3), run_timeout=3600.0),
 )
 
 STANDARD = Plan(
@@ -172,6 +177,7 @@ ENTERPRISE = Plan(
     api_burst=200,
     idle_timeout_seconds=3600.0,
     gpu_limit=4,
+    task_policy=TaskPolicy(RetryPolicy(), run_timeout=24 * 3600.0),
 )
 
 _REGISTRY: dict[str, Plan] = {p.name: p for p in (FREE, STANDARD, ENTERPRISE)}
@@ -231,6 +237,10 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
         int(bus_in.get("maxConsumers", b.max_consumers)),
         int(bus_in.get("inboxMaxBytes", b.inbox_max_bytes)),
     )
+    defaults = d.get("taskDefaults")
+    if defaults is not None and not isinstance(defaults, dict):
+        raise InvalidInput(f"plan {name!r}: taskDefaults must be a mapping")
+    task_policy = TaskPolicy.from_wire(defaults, base=base.task_policy)
     try:
         return Plan(
             name=name,
@@ -245,6 +255,7 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
             api_burst=int(d.get("apiBurst", base.api_burst)),
             idle_timeout_seconds=float(d.get("idleTimeoutSeconds", base.idle_timeout_seconds)),
             gpu_limit=int(d.get("gpuLimit", base.gpu_limit)),
+            task_policy=task_policy,
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"plan {name!r}: {exc}") from exc

@@ -12,8 +12,9 @@ from pydantic import Field
 from corral.api.auth import org_scope, platform
 from corral.api.schemas import Strict
 from corral.domain.errors import InvalidInput
+from corral.domain.policies import TaskPolicy
 from corral.domain.quantities import parse
-from corral.domain.tasks import Priority, Requirements, TaskState
+from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
 from corral.domain.tenancy import Organization
 
 __all__ = ["parse_deadline", "router"]
@@ -28,6 +29,14 @@ class RequirementsIn(Strict):
     gpu: int = Field(default=0, ge=0, le=16)
 
 
+class RetryIn(Strict):
+    max_attempts: int | None = Field(default=None, alias="maxAttempts", ge=1, le=100)
+    initial_backoff: float | str | None = Field(default=None, alias="initialBackoff")
+    max_backoff: float | str | None = Field(default=None, alias="maxBackoff")
+    multiplier: float | None = Field(default=None, ge=1, le=100)
+    non_retryable: list[str] | None = Field(default=None, alias="nonRetryable", max_length=32)
+
+
 class TaskCreate(Strict):
     role: str | None = Field(default=None, max_length=30)
     agent: str | None = Field(default=None, max_length=128)
@@ -37,6 +46,31 @@ class TaskCreate(Strict):
     )
     requirements: RequirementsIn = Field(default_factory=RequirementsIn)
     payload: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryIn | None = Field(default=None, description="overrides of the plan's retries")
+    run_timeout: float | str | None = Field(
+        default=None, alias="runTimeout", description="seconds, or 30s, 10m, 2h: dispatch to end"
+    )
+    heartbeat_timeout: float | str | None = Field(
+        default=None, alias="heartbeatTimeout", description="longest silence between progress"
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="idempotencyKey",
+        min_length=1,
+        max_length=128,
+        description="the same key answers with the task it created the first time",
+    )
+
+    def policy(self, base: TaskPolicy) -> TaskPolicy:
+        """The task's policy: ``base`` (its plan's) with what this body overrides."""
+        over: dict[str, Any] = {}
+        if self.retry is not None:
+            over["retry"] = self.retry.model_dump(by_alias=True, exclude_none=True)
+        if self.run_timeout is not None:
+            over["runTimeout"] = self.run_timeout
+        if self.heartbeat_timeout is not None:
+            over["heartbeatTimeout"] = self.heartbeat_timeout
+        return TaskPolicy.from_wire(over, base=base)
 
 
 def parse_deadline(text: str | None, *, now: datetime | None = None) -> datetime | None:
@@ -84,33 +118,55 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
         deadline=parse_deadline(body.deadline),
         requirements=reqs,
         payload=body.payload,
+        policy=body.policy(org.plan.task_policy),
+        idempotency_key=body.idempotency_key,
     )
     return rec.to_wire()
+
+
+def _states(text: str) -> tuple[TaskState, ...]:
+    try:
+        return tuple(TaskState(s.strip()) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"unknown state in {text!r}: use {', '.join(s.value for s in TaskState)}",
+            details={"state": text},
+        ) from None
 
 
 @router.get("")
 async def list_tasks(
     org: Org,
     request: Request,
-    state: Annotated[str | None, Query(max_length=16)] = None,
+    state: Annotated[str | None, Query(max_length=200, description="e.g. queued,running")] = None,
+    role: Annotated[str | None, Query(max_length=63)] = None,
+    agent: Annotated[str | None, Query(max_length=128, description="sent to or run by")] = None,
+    priority: Annotated[str | None, Query(max_length=64, description="e.g. high,critical")] = None,
+    parent: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> dict[str, Any]:
-    states = None
-    if state is not None:
-        try:
-            states = [TaskState(s) for s in state.split(",")]
-        except ValueError:
-            raise InvalidInput(
-                f"unknown state in {state!r}: use {', '.join(s.value for s in TaskState)}"
-            ) from None
-    recs = await platform(request).dispatcher.find_tasks(org, states=states, limit=limit)
-    return {"tasks": [r.to_wire() for r in recs]}
+    """The org's tasks, newest first, a page at a time: pass ``nextCursor`` back as
+    ``cursor`` for the next page (it is null on the last)."""
+    where = TaskFilter(
+        states=_states(state) if state else None,
+        role=role,
+        agent=agent,
+        priorities=tuple(Priority.parse(p.strip()) for p in priority.split(",") if p.strip())
+        if priority
+        else None,
+        parent=parent,
+    )
+    recs, next_cursor = await platform(request).dispatcher.find_tasks(
+        org, where=where, cursor=cursor, limit=limit
+    )
+    return {"tasks": [r.to_wire() for r in recs], "nextCursor": next_cursor}
 
 
 @router.get("/{task}")
 async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
-    rec, history = await platform(request).dispatcher.get_task(org, task)
-    return rec.to_wire(history)
+    rec, history, waiting = await platform(request).dispatcher.get_task(org, task)
+    return {**rec.to_wire(history), "waiting": waiting}
 
 
 @router.post("/{task}/cancel")
