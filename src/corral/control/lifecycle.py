@@ -243,9 +243,9 @@ class Controller(AgentRecords):
                 public_key=None,
                 detail=detail,
             )
-            await self.on_lost(agent_id, f"agent {agent_id} was paused")
             paused = await self.agents.get(agent_id)
-            self._publish(paused)
+            self._publish(paused)  # at once: placement may wake it from now on
+            await self.on_lost(agent_id, f"agent {agent_id} was paused")
             self.on_capacity(org.id)
             return paused
 

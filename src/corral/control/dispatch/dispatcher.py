@@ -140,11 +140,14 @@ class Dispatcher:
             self.book.load(rec)
         for rec in await self.tasks.find(states=list(ACTIVE), limit=10_000_000):
             self.book.load(rec)
+        gone: dict[str, Agent] = {}
         for agent in await self.controller.agents.find():
             if agent.busy_task is not None:
                 self.book.adopt_shown(agent.id, agent.busy_task)
             if agent.state in (AgentState.TERMINATED, AgentState.FAILED):
-                self.book.fail_pinned(agent.id, _gone(agent))
+                gone[agent.id] = agent
+        for agent_id in gone.keys() & {r.target_agent for r in self.book.live.values()}:
+            self.book.fail_pinned(agent_id, _gone(gone[agent_id]))  # sent to it alone
         await self.journal.flush()
 
     # -- organizations and capacity -------------------------------------------------------
@@ -176,8 +179,7 @@ class Dispatcher:
         self.capacity_changed(agent.org_id)
 
     def current_task(self, agent_id: str) -> str | None:
-        """The task the agent is busy with, as the task book knows it (``None``: none)."""
-        return self.book.current_task(agent_id)
+        return self.book.current_task(agent_id)  # None: it holds no task
 
     def holders(self) -> list[str]:
         """Every agent that holds dispatched or running work."""
@@ -336,8 +338,7 @@ class Dispatcher:
             self.kick()  # more may be placeable: another round right away
 
     def _act(self, task: QueuedTask, placement: Placement, views: Views) -> TaskRecord | None:
-        """Carry out one decision; returns the task to send once the round's writes are
-        committed."""
+        """Carry out one decision; returns the task to send once the round is committed."""
         org = self.book.orgs[task.org]
         if placement.action is Action.USE and placement.agent_id is not None:
             rec = self.book.live.get(task.id)
@@ -433,8 +434,7 @@ class Dispatcher:
         self.capacity_changed(org.id)
 
     async def _retry(self, task_id: str, why: str, error_type: str | None = None) -> None:
-        """Put a dispatched or running task back in the queue with backoff, or fail it;
-        committed before it returns."""
+        """A dispatched or running task back in the queue, or failed; committed on return."""
         if await self.book.retry(task_id, why, error_type=error_type):
             self.kick()
 
