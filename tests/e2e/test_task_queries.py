@@ -55,7 +55,11 @@ async def test_an_idle_agent_pauses_by_itself_and_a_task_wakes_it(quick_idle: Li
     await eventually(paused, timeout=30, message="paused after 2 s without a task")
     t = await live.task("acme", role="worker", payload={"op": "echo"})
     done = await live.wait_task("acme", t["id"], timeout=40)
-    assert done["state"] == "completed" and done["assignedAgent"] == a["id"]
+    agents = (await live.admin.get("/v1/orgs/acme/agents")).json()["agents"]
+    assert done["state"] == "completed" and done["assignedAgent"] == a["id"], (
+        done["history"],
+        [(x["id"], x["state"], x["pausedAt"], x["resumedAt"], x["detail"]) for x in agents],
+    )
     history = [h["to"] for h in done["history"]]
     assert history[:2] == ["queued", "dispatched"]
 

@@ -173,6 +173,13 @@ class AgentSnapshot:
                 return False
             if self.incoming[(org.id, task.role)] >= MAX_INCOMING_PER_ROLE:
                 return False
+            coming = self.incoming[(org.id, task.role)]
+            for a in (self._agents or {}).get(org.id, ()):
+                if a.role == task.role and (
+                    a.state in _WAKING or (coming and a.state is AgentState.PAUSED)
+                ):  # waking it is cheaper than a new agent, and it will take the task
+                    refused.append(f"agent {a.id} of the role is {a.state.value}")
+                    return False
             snap = usage.get(org.id)
             if snap is None:
                 return False
@@ -226,6 +233,7 @@ class AgentSnapshot:
 
 
 _RESUMING = AgentState.RESUMING
+_WAKING = frozenset({AgentState.PAUSING, AgentState.RESUMING})
 
 
 class Views(dict[str, list[AgentView]]):
