@@ -234,24 +234,24 @@ async def test_a_result_larger_than_the_bus_fails_the_task_and_the_agent_stays_h
     assert shown["state"] == "running" and shown["restarts"] == 0
 
 
-async def test_an_agent_that_exits_with_code_0_is_restarted_and_its_task_retried(
+async def test_an_exit_with_code_0_is_an_exit_the_task_fails_and_the_agent_restarts(
     live: Live,
 ) -> None:
     await live.org("acme")
     a = await _agent(live, "acme", "w")
-    t = await live.task("acme", agent=a["id"], payload={"op": "exit", "code": 0}, retry=FAST)
-
-    async def retried() -> bool:
-        shown = await _show(live, "acme", t["id"])
-        return any("exited (code 0)" in h["detail"] for h in shown["history"])
-
-    await eventually(retried, timeout=30, message="the exit is seen")
+    t = await live.task(
+        "acme", agent=a["id"], payload={"op": "exit", "code": 0}, retry={"maxAttempts": 1}
+    )
+    done = await live.wait_task("acme", t["id"], timeout=30)
+    assert done["state"] == "failed" and "exited (code 0)" in done["result"]["reason"]
 
     async def back() -> bool:
         shown = await _agent_state(live, "acme", a["id"])
-        return shown["state"] == "running" and shown["restarts"] >= 1
+        return shown["state"] == "running" and shown["restarts"] == 1
 
     await eventually(back, timeout=30, message="the agent is restarted")
+    after = await live.task("acme", agent=a["id"], payload={"op": "echo"})
+    assert (await live.wait_task("acme", after["id"], timeout=30))["state"] == "completed"
 
 
 async def test_the_checkpoint_file_is_the_agents_alone(live: Live) -> None:
