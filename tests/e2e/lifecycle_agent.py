@@ -1,12 +1,14 @@
 """An agent that misbehaves on request, for the task lifecycle tests: it raises, exits, sleeps
 (noting in its workspace whether its handler ran to the end or was cancelled), returns results
-too large for the bus, and delegates. Provisioned with ``command=[python, this file]``."""
+too large for the bus, and delegates. Provisioned with ``command=[python, this file]``; it
+starts only once no file ``hold`` is in its workspace."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
 import os
+import time
 from typing import Any
 
 from corral.sdk import Agent, TaskContext
@@ -53,4 +55,7 @@ async def _sleep(ctx: TaskContext, seconds: float, *, beat: bool) -> dict[str, A
 
 
 if __name__ == "__main__":
+    # a test holds the agent before it reports ready with a file in its workspace
+    while (agent.config.workspace / "hold").exists():
+        time.sleep(0.05)
     agent.run()

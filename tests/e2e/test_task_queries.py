@@ -3,6 +3,7 @@ why a task waits — on a live platform."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from corral.api.server import running
 from corral.domain.tasks import Priority, Requirements
 from tests.e2e.conftest import Live, live_settings
 from tests.support import eventually
+
+AGENT = [sys.executable, str(Path(__file__).with_name("lifecycle_agent.py"))]
 
 
 @pytest.fixture
@@ -135,14 +138,18 @@ async def test_a_waiting_task_says_why(live: Live) -> None:
 
 async def test_a_task_for_a_paused_agent_says_it_is_waking(manual: Live) -> None:
     await manual.org("acme")
-    a = await manual.agent("acme", "w", role="worker")
+    a = await manual.agent("acme", "w", role="worker", command=AGENT)
     r = await manual.admin.post(f"/v1/orgs/acme/agents/{a['id']}/pause")
     assert r.status_code == 200
+    (checkpoint,) = (manual.data_dir / "agents").rglob(".corral-checkpoint.json")
+    hold = checkpoint.parent / "hold"  # its workspace: it waits there before it is ready
+    hold.write_text("")
     t = await manual.task("acme", agent=a["id"], payload={"op": "echo"})
 
     async def why() -> str | None:
         shown = (await manual.admin.get(f"/v1/orgs/acme/tasks/{t['id']}")).json()
-        return shown["waiting"] if shown["waiting"] and "waking" in shown["waiting"] else None
+        return shown["waiting"]
 
     assert await eventually(why, timeout=20) == f"agent {a['id']} is waking from a pause"
+    hold.unlink()
     assert (await manual.wait_task("acme", t["id"], timeout=40))["state"] == "completed"

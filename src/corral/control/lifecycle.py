@@ -284,15 +284,14 @@ class Controller(AgentRecords):
             await self._transition(
                 agent_id, expect=[previous], to=AgentState.RESUMING, restarts=0, detail=""
             )
+            self._publish(await self.agents.get(agent_id))  # placement waits for it from now
             steps.append(lambda: self._set_state(agent_id, AgentState.RESUMING, previous))
             try:
                 await self._launcher.launch(org, agent, steps)
             except BaseException:
                 await undo(steps)
                 raise
-            resumed = await self.agents.get(agent_id)
-            self._publish(resumed)
-            return resumed
+            return await self.agents.get(agent_id)
 
     async def _set_state(self, agent_id: str, expect: AgentState, to: AgentState) -> None:
         await self._transition(agent_id, expect=[expect], to=to)

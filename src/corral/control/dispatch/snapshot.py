@@ -215,7 +215,8 @@ class AgentSnapshot:
         agents = (self._agents or {}).get(org.id, [])
         if task.agent_id is not None:
             state = next((a.state for a in agents if a.id == task.agent_id), None)
-            if state is AgentState.RESUMING:
+            woken = state is AgentState.PAUSED and self.incoming[(org.id, task.role)]
+            if state is AgentState.RESUMING or woken:
                 return f"agent {task.agent_id} is waking from a pause"
             return None if state is None else f"agent {task.agent_id} is {state.value}"
         if task.role is None:
