@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from corral.domain.errors import InvalidInput
+from corral.domain.policies import DEFAULT_TASK_POLICY, RetryPolicy, TaskPolicy
 from corral.domain.quantities import Quantity, parse
 
 __all__ = [
@@ -84,6 +85,8 @@ class Plan:
     #: how long a finished task (and its history) is kept before it is pruned
     task_retention_seconds: float = 7 * 86400.0
     description: str = field(default="")
+    #: what a task of this org may cost when its submitter does not say (retries, timeouts)
+    task_policy: TaskPolicy = DEFAULT_TASK_POLICY
 
     def to_wire(self) -> dict[str, object]:
         lr = self.limit_range
@@ -117,6 +120,7 @@ class Plan:
             "apiBurst": self.api_burst,
             "idleTimeoutSeconds": self.idle_timeout_seconds,
             "taskRetentionSeconds": self.task_retention_seconds,
+            "taskDefaults": self.task_policy.to_wire(),
         }
 
 
@@ -152,6 +156,7 @@ FREE = Plan(
     api_burst=20,
     idle_timeout_seconds=300.0,
     task_retention_seconds=86400.0,
+    task_policy=TaskPolicy(RetryPolicy(max_attempts=3), run_timeout=3600.0),
 )
 
 STANDARD = Plan(
@@ -182,6 +187,7 @@ ENTERPRISE = Plan(
     idle_timeout_seconds=3600.0,
     gpu_limit=4,
     task_retention_seconds=30 * 86400.0,
+    task_policy=TaskPolicy(RetryPolicy(), run_timeout=24 * 3600.0),
 )
 
 _REGISTRY: dict[str, Plan] = {p.name: p for p in (FREE, STANDARD, ENTERPRISE)}
@@ -242,6 +248,10 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
         int(bus_in.get("inboxMaxBytes", b.inbox_max_bytes)),
         int(bus_in.get("eventsMaxBytes", b.events_max_bytes)),
     )
+    defaults = d.get("taskDefaults")
+    if defaults is not None and not isinstance(defaults, dict):
+        raise InvalidInput(f"plan {name!r}: taskDefaults must be a mapping")
+    task_policy = TaskPolicy.from_wire(defaults, base=base.task_policy)
     try:
         return Plan(
             name=name,
@@ -259,6 +269,7 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
                 d.get("taskRetentionSeconds", base.task_retention_seconds)
             ),
             gpu_limit=int(d.get("gpuLimit", base.gpu_limit)),
+            task_policy=task_policy,
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"plan {name!r}: {exc}") from exc

@@ -54,8 +54,9 @@ class Outbox:
     """An agent's reports to the platform over :attr:`client` (None until connected; nothing
     is sent while it is None or closed)."""
 
-    def __init__(self, org: str, agent_id: str) -> None:
+    def __init__(self, org: str, agent_id: str, *, max_payload: int = 1024 * 1024) -> None:
         self.client: Client | None = None
+        self._max_payload = max_payload  # what the org's bus account carries
         self._agent_id = agent_id
         self._status_subject = subjects.agent_status(org, agent_id)
         self._events_subject = subjects.agent_events(org, agent_id)
@@ -159,22 +160,27 @@ class Outbox:
 
     async def _publish(self, batch: list[dict[str, Any]]) -> None:
         assert self.client is not None
-        limit = self.client.max_payload  # the server's; the org's plan may allow less
+        limit = min(self.client.max_payload or self._max_payload, self._max_payload)
         data = encode(wire.batch_to_wire(batch, cap=EVENTS_PER_MESSAGE))
         if len(data) <= limit and (len(data) <= BATCH_MAX_BYTES or len(batch) == 1):
             await self._publish_event(data)
             return
         for item in batch:  # too big together: one at a time, as large as the server takes
             one = encode(item)
-            if len(one) > limit:  # a result the bus cannot carry: the task ends blocked
+            if len(one) > limit:  # a result the bus cannot carry: the task fails
                 log.error(
                     "the result of %s is %d bytes, over %d", item.get("taskId"), len(one), limit
                 )
+                reason = f"result too large ({len(one)} bytes, max {limit})"
                 one = encode(
                     {
                         **item,
-                        "type": MessageType.BLOCKED.value,
-                        "payload": {"reason": f"result too large ({len(one)} bytes, max {limit})"},
+                        "type": MessageType.FAILED.value,
+                        "payload": {
+                            "error": {"type": "InvalidInput", "message": reason},
+                            "reason": reason,
+                            "retryable": False,
+                        },
                     }
                 )
             await self._publish_event(one)
