@@ -172,7 +172,11 @@ async def list_tasks(
     request: Request,
     state: Annotated[
         str | None,
-        Query(max_length=200, pattern=_STATES, description="one state, or several: a,b,c"),
+        Query(
+            max_length=200,
+            json_schema_extra={"pattern": _STATES},
+            description="one state, or several: a,b,c",
+        ),
     ] = None,
     role: Annotated[
         str | None, Query(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -182,10 +186,21 @@ async def list_tasks(
     ] = None,
     priority: Annotated[
         str | None,
-        Query(max_length=64, pattern=_PRIORITIES, description="one priority, or several: a,b"),
+        Query(
+            max_length=64,
+            json_schema_extra={"pattern": _PRIORITIES},
+            description="one priority, or several: a,b",
+        ),
     ] = None,
     parent: Annotated[str | None, Query(max_length=64)] = None,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            pattern=r"^[0-8]?[0-9]{1,18}\.[A-Za-z0-9_]{1,64}$",
+            description="the nextCursor of the page before",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> dict[str, Any]:
     """The org's tasks, newest first, a page at a time: pass ``nextCursor`` back as
