@@ -35,7 +35,28 @@ async def handle(ctx: TaskContext) -> dict[str, Any]:
         return {"blob": "x" * int(p["bytes"])}
     if op == "delegate":
         return await ctx.delegate(dict(p.get("payload", {})), role=str(p["role"]))
+    if op == "flood-delegate":  # ask for many children at once; say what the platform said
+        return await _flood(ctx, int(p["n"]), str(p["role"]))
     raise ValueError(f"unknown op {op!r}")
+
+
+async def _flood(ctx: TaskContext, n: int, role: str) -> dict[str, Any]:
+    async def one() -> str:
+        try:
+            await ctx.delegate({"op": "echo"}, role=role, timeout=5.0)
+            return "done"
+        except TimeoutError:
+            return "accepted"  # queued for a role nobody serves: accepted, not refused
+        except Exception as exc:  # a refusal reaches the handler as an exception
+            return f"refused: {exc}"
+
+    outcomes = await asyncio.gather(*(one() for _ in range(n)))
+    refused = [o for o in outcomes if o.startswith("refused")]
+    return {
+        "refused": len(refused),
+        "accepted": n - len(refused),
+        "firstRefusal": refused[0] if refused else "",
+    }
 
 
 async def _sleep(ctx: TaskContext, seconds: float, *, beat: bool) -> dict[str, Any]:

@@ -84,6 +84,9 @@ class Plan:
     gpu_limit: int = 0
     #: how long a finished task (and its history) is kept before it is pruned
     task_retention_seconds: float = 7 * 86400.0
+    #: how many of its tasks may wait at once (queued or backing off); past it, a submit or a
+    #: delegation is refused, so one org's backlog cannot grow the platform's without bound
+    max_queued_tasks: int = 100_000
     description: str = field(default="")
     #: what a task of this org may cost when its submitter does not say (retries, timeouts)
     task_policy: TaskPolicy = DEFAULT_TASK_POLICY
@@ -120,6 +123,7 @@ class Plan:
             "apiBurst": self.api_burst,
             "idleTimeoutSeconds": self.idle_timeout_seconds,
             "taskRetentionSeconds": self.task_retention_seconds,
+            "maxQueuedTasks": self.max_queued_tasks,
             "taskDefaults": self.task_policy.to_wire(),
         }
 
@@ -156,6 +160,7 @@ FREE = Plan(
     api_burst=20,
     idle_timeout_seconds=300.0,
     task_retention_seconds=86400.0,
+    max_queued_tasks=10_000,
     task_policy=TaskPolicy(RetryPolicy(max_attempts=3), run_timeout=3600.0),
 )
 
@@ -187,6 +192,7 @@ ENTERPRISE = Plan(
     idle_timeout_seconds=3600.0,
     gpu_limit=4,
     task_retention_seconds=30 * 86400.0,
+    max_queued_tasks=1_000_000,
     task_policy=TaskPolicy(RetryPolicy(), run_timeout=24 * 3600.0),
 )
 
@@ -268,6 +274,7 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
             task_retention_seconds=float(
                 d.get("taskRetentionSeconds", base.task_retention_seconds)
             ),
+            max_queued_tasks=int(d.get("maxQueuedTasks", base.max_queued_tasks)),
             gpu_limit=int(d.get("gpuLimit", base.gpu_limit)),
             task_policy=task_policy,
         )

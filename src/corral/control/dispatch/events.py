@@ -28,6 +28,7 @@ from corral.control.ports import BusEvent, BusPort
 from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound
 from corral.domain.ids import TASK_ID_PREFIX
 from corral.domain.messages import MessageType, StatusKind, StatusMessage, TaskMessage
+from corral.domain.rates import TokenBuckets
 from corral.domain.tasks import Priority, Requirements, TaskState
 from corral.domain.tenancy import Organization
 from corral.store.tasks import TaskRecord
@@ -70,6 +71,8 @@ class AgentEvents:
         on_heard: Callable[[str], None] = lambda agent_id: None,
         on_completed: Callable[[str], None] = lambda agent_id: None,
     ) -> None:
+        #: delegations an org's agents may ask for: ten times its plan's API rate and burst
+        self._delegations = TokenBuckets()
         self._bus = bus
         self._book = book
         self._snapshot = snapshot
@@ -230,6 +233,19 @@ class AgentEvents:
         parent = str(body.get("parent") or "") or self._book.current_task(sender.id)
         asked = body.get("priority")
         parent_rec = self._book.live.get(parent) if parent else None
+        plan = org.plan
+        wait = self._delegations.take(
+            org.id, rate=plan.api_rate_per_second * 10, burst=plan.api_burst * 10
+        )
+        if wait > 0:
+            await self._refuse(
+                org.slug,
+                sender.id,
+                msg.task_id,
+                f"delegations are over the {plan.name} plan's rate of "
+                f"{plan.api_rate_per_second * 10:g}/s; retry in {wait:.1f}s",
+            )
+            return
         try:
             if asked is None and parent_rec is not None:
                 priority = parent_rec.priority  # a child inherits its parent's priority

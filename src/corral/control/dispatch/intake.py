@@ -21,8 +21,8 @@ from typing import Any
 from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.lifecycle import Controller
 from corral.domain.agents import AgentState
-from corral.domain.errors import Conflict, InvalidInput, NotFound
-from corral.domain.ids import TaskId, new_task_id, task_created_at
+from corral.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from corral.domain.ids import OrgId, TaskId, new_task_id, task_created_at
 from corral.domain.policies import TaskPolicy
 from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
 from corral.domain.tenancy import Organization
@@ -82,6 +82,13 @@ class Intake:
                 return known
         if (role is None) == (agent is None):
             raise InvalidInput("give exactly one of 'role' or 'agent'")
+        waiting = self._book.scheduler.queued(OrgId(org.id))
+        if waiting >= org.plan.max_queued_tasks:
+            raise QuotaExceeded(
+                f"organization {org.slug!r} has {waiting} tasks waiting; its "
+                f"{org.plan.name} plan allows {org.plan.max_queued_tasks} at once",
+                details={"waiting": waiting, "limit": org.plan.max_queued_tasks},
+            )
         if agent is not None:
             try:
                 target = await self._controller.agents.get(agent, org_id=org.id)
