@@ -64,10 +64,9 @@ class Controller(AgentRecords):
         extra_env: dict[str, str] | None = None,
         heartbeat_seconds: float = 5.0,
     ) -> None:
-        super().__init__(agents=agents, hub=hub)
+        super().__init__(agents=agents, hub=hub, runtime=runtime)
         self.ledger = ledger
         self.bus = bus
-        self.runtime = runtime
         self._org_by_id = org_lookup
         self.checkpoint_deadline = checkpoint_deadline
         self.heartbeat_seconds = heartbeat_seconds
@@ -76,21 +75,6 @@ class Controller(AgentRecords):
         self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._last_seen: dict[str, float] = {}
         self._crashing: set[str] = set()  # agents restarted since their last completed task
-
-    async def agent_logs(self, org: Organization, agent_id: str, *, tail: int = 200) -> str:
-        """The last ``tail`` lines the agent's process wrote.
-
-        Raises:
-            NotFound: no such agent in ``org``.
-        """
-        await self.agents.get(agent_id, org_id=org.id)
-        return await self.runtime.logs(org.slug, agent_id, tail=tail)
-
-    async def sandbox_level(self, org: Organization, agent_id: str) -> str | None:
-        """How the agent's running process is confined ("strict", "best-effort (missing:
-        ...)", "off"), as its runtime says; None when it runs nowhere (or on Kubernetes)."""
-        status = await self.runtime.status(org.slug, agent_id)
-        return status.detail.get("sandbox")
 
     # -- provision ------------------------------------------------------------------------
     async def provision(

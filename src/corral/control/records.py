@@ -15,6 +15,7 @@ from typing import Any
 from corral.control.hub import EventHub
 from corral.domain.agents import Agent, AgentState, require_transition
 from corral.domain.tenancy import Organization
+from corral.runtime.base import AgentRuntime
 from corral.store.agents import AgentRepository
 
 __all__ = ["AgentRecords"]
@@ -25,9 +26,10 @@ async def _nothing_lost(agent_id: str, why: str | None = None) -> None:
 
 
 class AgentRecords:
-    def __init__(self, *, agents: AgentRepository, hub: EventHub) -> None:
+    def __init__(self, *, agents: AgentRepository, hub: EventHub, runtime: AgentRuntime) -> None:
         self.agents = agents
         self.hub = hub
+        self.runtime = runtime
         self._locks: dict[str, asyncio.Lock] = {}
         #: told the org id whenever quota is released (pause, terminate, failure)
         self.on_capacity: Callable[[str], None] = lambda org_id: None
@@ -68,3 +70,19 @@ class AgentRecords:
         self.on_change(agent)
         data: dict[str, Any] = {"agent": agent.to_wire()}
         self.hub.publish(agent.org, "agent", data)
+
+    # -- what the API asks of a running agent -------------------------------------------
+    async def agent_logs(self, org: Organization, agent_id: str, *, tail: int = 200) -> str:
+        """The last ``tail`` lines the agent's process wrote.
+
+        Raises:
+            NotFound: no such agent in ``org``.
+        """
+        await self.agents.get(agent_id, org_id=org.id)
+        return await self.runtime.logs(org.slug, agent_id, tail=tail)
+
+    async def sandbox_level(self, org: Organization, agent_id: str) -> str | None:
+        """How the agent's running process is confined ("strict", "best-effort (missing:
+        ...)", "off"), as its runtime says; None when it runs nowhere (or on Kubernetes)."""
+        status = await self.runtime.status(org.slug, agent_id)
+        return status.detail.get("sandbox")
