@@ -459,7 +459,7 @@ class Controller(AgentRecords):
             await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
             self._publish(await self.agents.get(agent_id))
             self.on_capacity(org.id)
-        await self.on_lost(agent_id)
+        await self.on_lost(agent_id, f"agent {agent_id} was {reason}")
         return True
 
     async def close(self) -> None:
