@@ -5,8 +5,9 @@ trip is timed (submit → ``completed`` seen on the platform's event hub). First
 while org A's agent (standard plan, a hostile program: ``benchmarks/_flooder.py``) publishes
 ~0.9 MB messages on its own status and events subjects as fast as it can for ``--seconds``.
 It prints B's latency p50/p99 quiet and under the flood, how many of B's tasks completed
-during the flood, whether B's agent was restarted (lost heartbeats), and what A saw (messages
-sent, refused, and the first refusal).
+during the flood, whether B's agent was restarted (lost heartbeats), and what became of A: taken
+off the bus over its plan's ingress budget (how soon, and the reason recorded), or, if it
+flooded to the end, what it saw (messages sent, refused, and the first refusal).
 
 Run: ``python benchmarks/neighbours.py [--quiet 100] [--seconds 10]``.
 """
@@ -52,6 +53,15 @@ async def _round_trip(
             return time.perf_counter() - t0
 
 
+async def _taken_off(events: asyncio.Queue[dict[str, Any]], agent_id: str, t0: float) -> float:
+    """Seconds from ``t0`` until the flooder is recorded ``failed`` (taken off the bus)."""
+    while True:
+        ev = await events.get()
+        agent = ev.get("agent") if ev.get("kind") == "agent" else None
+        if agent and agent["id"] == agent_id and agent["state"] == "failed":
+            return time.perf_counter() - t0
+
+
 async def run(args: argparse.Namespace) -> None:
     async with c.live_platform(heartbeat_seconds=1.0) as p:
         b = (await p.tenants.create("neighbour-b", "standard")).org
@@ -60,7 +70,7 @@ async def run(args: argparse.Namespace) -> None:
             b, name="worker", role="worker", request=ContainerRequest()
         )
         await p.controller.wait_running(worker.id, timeout=60)
-        async with p.hub.subscribe(b.slug) as events:
+        async with p.hub.subscribe(b.slug) as events, p.hub.subscribe(a.slug) as a_events:
             quiet = [await _round_trip(p, b, events) for _ in range(args.quiet)]
             flooder = await p.controller.provision(
                 a,
@@ -73,8 +83,11 @@ async def run(args: argparse.Namespace) -> None:
             )
             flood: list[float] = []
             t0 = time.perf_counter()
+            cut = asyncio.create_task(_taken_off(a_events, flooder.id, t0))
             while time.perf_counter() - t0 < args.seconds:
                 flood.append(await _round_trip(p, b, events))
+            cut_after = cut.result() if cut.done() else None
+            cut.cancel()
         report_file = (
             p.data_dir
             / "agents"
@@ -86,7 +99,8 @@ async def run(args: argparse.Namespace) -> None:
             / "flood.json"
         )
         after = await p.controller.get_agent(b, worker.id)
-        deadline = time.monotonic() + 60
+        a_after = await p.controller.get_agent(a, flooder.id)
+        deadline = time.monotonic() + (0 if cut_after is not None else 60)
         while not report_file.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)  # the flooder writes its report when its flood is over
         seen = json.loads(report_file.read_text()) if report_file.exists() else {}
@@ -97,7 +111,10 @@ async def run(args: argparse.Namespace) -> None:
     ratio = c.pct(flood, 95) / c.pct(quiet, 95) if quiet and flood else float("inf")
     print(f"B's p95 under the flood: {ratio:.2f}× its quiet figure (goal ≤ 2×)")
     print(f"B's agent restarts: {after.restarts} (goal 0)")
-    if seen:
+    if cut_after is not None:
+        print(f"A's flooder: cut off {cut_after:.2f} s into its flood, {a_after.state.value}:")
+        print(f"  {a_after.detail}")
+    elif seen:
         print(
             f"A's flooder: {seen.get('sent', 0):,} messages sent, "
             f"{seen.get('refused', 0):,} refused; first refusal: {seen.get('firstRefusal') or '-'}"

@@ -4,7 +4,11 @@ Org A's agent (a hostile program: ``benchmarks/_flooder.py``) publishes ~0.9 MB 
 its own status and events subjects as fast as it can for 10 s. Meanwhile org B's tasks keep
 completing and B's agent keeps its heartbeats (never restarted); A is told its messages are
 refused once its own share is full; afterwards, and after a restart of the control plane,
-both orgs work. (How much slower B gets is a figure: ``benchmarks/neighbours.py``.)"""
+both orgs work. (How much slower B gets is a figure: ``benchmarks/neighbours.py``.)
+
+A's plan here has no practical ingress budget, so that the flood runs its course and what is
+tested is the fence of the streams; with an ordinary plan the flooder is taken off the bus
+within a second (``test_ingress_budget.py``)."""
 
 from __future__ import annotations
 
@@ -39,17 +43,24 @@ async def _finished(client: httpx.AsyncClient, org: str, task_id: str) -> dict[s
     return found
 
 
+#: a plan whose agents may publish all they can: the ingress budget out of the way
+UNFENCED = [{"name": "unfenced", "bus": {"ingressBytesPerSecond": 1 << 40}}]
+
+
 async def test_a_flooding_tenant_fills_only_its_own_share(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    async with running(live_settings(data)) as srv:
+    plans = tmp_path / "plans.yaml"
+    plans.write_text(json.dumps(UNFENCED))  # JSON is YAML
+    async with running(live_settings(data, plans_file=plans)) as srv:
         admin = httpx.AsyncClient(
             base_url=srv.url,
             headers={"Authorization": f"Bearer {srv.platform.new_admin_key}"},
             timeout=60,
         )
         async with admin:
-            for org in ("org-a", "org-b"):
-                assert (await admin.post("/v1/orgs", json={"name": org})).status_code == 201
+            for org, plan in (("org-a", "unfenced"), ("org-b", "standard")):
+                r = await admin.post("/v1/orgs", json={"name": org, "plan": plan})
+                assert r.status_code == 201, r.text
             worker = await admin.post(
                 "/v1/orgs/org-b/agents", json={"name": "w", "role": "worker", "wait": True}
             )
@@ -91,7 +102,7 @@ async def test_a_flooding_tenant_fills_only_its_own_share(tmp_path: Path) -> Non
             t = await _finished(admin, "org-a", await _task(admin, "org-a", "worker"))
             assert t["state"] == "completed", t
     # and after a restart of the control plane, both orgs work
-    async with running(live_settings(data)) as srv:
+    async with running(live_settings(data, plans_file=plans)) as srv:
         key = (data / "admin.key").read_text().strip()
         admin = httpx.AsyncClient(
             base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=60

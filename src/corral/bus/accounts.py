@@ -189,6 +189,10 @@ class BusAuthority:
             raise InvalidInput(
                 f"the INBOX and EVENTS of {org!r} need a positive size", details={"org": org}
             )
+        if limits.ingress_bytes_per_second <= 0 or limits.ingress_msgs_per_second <= 0:
+            raise InvalidInput(
+                f"the ingress budget of {org!r} must be positive", details={"org": org}
+            )
         if streams > limits.jetstream_storage:
             raise InvalidInput(
                 f"the INBOX ({_mib(limits.inbox_max_bytes)}) and EVENTS "

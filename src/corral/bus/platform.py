@@ -35,6 +35,7 @@ from corral.bus.claims import VAULT_IMPORTED_PREFIX
 from corral.bus.events import BusEvent
 from corral.bus.failures import ViolationRecorder, open_connection, translating
 from corral.bus.feeds import EventFeeds
+from corral.bus.ingress import IngressMeter, IngressReading
 from corral.bus.links import IDLE_SECONDS, MAX_LINKS, OrgLink, OrgLinks
 from corral.bus.pulls import Puller
 from corral.bus.resolver import ResolverClient
@@ -121,6 +122,7 @@ class PlatformBus:
             idle_seconds=idle_seconds,
         )
         self._vault_buckets = TokenBuckets(rate=vault_rate, burst=vault_burst)
+        self._meter = IngressMeter(authority)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -292,6 +294,16 @@ class PlatformBus:
         async with self._links.use(org) as link:
             with translating(f"deleting the inbox consumer of {agent!r} in {org!r}"):
                 await streams.remove_agent_consumer(link.js, org, agent)
+
+    async def ingress(self) -> IngressReading:
+        """What each agent among the server's busiest publishers sent since the previous call
+        (see :mod:`corral.bus.ingress`). Raises: Unavailable: the server did not answer."""
+        _, resolver = self._open()
+
+        async def ask(subject: str, body: bytes) -> dict[str, Any]:
+            return await resolver.ask(subject, body, doing="reading the server's connections")
+
+        return await self._meter.read(ask)
 
     # ---- messages -----------------------------------------------------------------------
 

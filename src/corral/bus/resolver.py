@@ -73,6 +73,15 @@ class ResolverClient:
         data: dict[str, Any] = answer.get("data") or {}
         return data
 
+    async def ask(self, subject: str, body: bytes, *, doing: str) -> dict[str, Any]:
+        """A request to the server's own API (``$SYS.REQ.SERVER...``): its reply's ``data``.
+
+        Raises:
+            Conflict: the server answered with an error.
+            Unavailable: no answer.
+        """
+        return await self._request(subject, body.decode(), doing=doing)
+
     async def push(self, account_jwt: str, *, name: str) -> None:
         """Create or update one account.
 

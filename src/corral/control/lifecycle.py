@@ -427,6 +427,25 @@ class Controller(AgentRecords):
             await self._transition(agent.id, expect=[agent.state], to=target)
             await self._launcher.launch(org, await self.agents.get(agent.id), [])
 
+    async def take_off(self, org: Organization, agent_id: str, *, reason: str) -> bool:
+        """Stop an agent that broke a platform rule (its org's bus ingress budget, say): it is
+        ``failed`` with ``reason``, not restarted; its work is retried. False: it was not live."""
+        async with self._lock(agent_id):
+            agent = await self.agents.get(agent_id, org_id=org.id)
+            live = (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING)
+            if agent.state not in live or not await self._transition(
+                agent_id, expect=[agent.state], to=AgentState.FAILED, detail=reason
+            ):
+                return False
+            with contextlib.suppress(CorralError):
+                await self.bus.revoke_agent(org.slug, agent_id)
+            await self.runtime.stop(org.slug, agent_id, grace=0.5)
+            await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
+            self._publish(await self.agents.get(agent_id))
+            self.on_capacity(org.id)
+        await self.on_lost(agent_id, f"agent {agent_id} was {reason}")
+        return True
+
     async def close(self) -> None:
         await self._restarts.close()
 

@@ -2,8 +2,9 @@
 
 Start order: store → vault (proves the master key) → bus (embedded nats-server or an
 external one, then the PLATFORM connection) → runtime → reconcile what was left running →
-services (dispatcher, event consumer, crash watcher, vault responder). Stop in reverse; on
-exit the local runtime stops every agent it started, so nothing runs unsupervised.
+services (dispatcher, event consumer, crash watcher, vault responder, the bus ingress
+watchdog). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
+runs unsupervised.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from corral.bus.vault_requests import VaultRequest
 from corral.control.background import Background
 from corral.control.dispatch import Dispatcher
 from corral.control.hub import EventHub
+from corral.control.ingress import watch as watch_ingress
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
 from corral.control.monitoring import refresh_metrics
@@ -195,6 +197,7 @@ class Platform:
             self._background.spawn(self.dispatcher.run(), "corral-dispatch")
             self._background.spawn(self._watch_exits(), "corral-exits")
             self._background.spawn(self.retention.run(), "corral-retention")
+            self._background.spawn(watch_ingress(self), "corral-ingress")
         self._stack.push_async_callback(self._background.close)
 
     # -- bus ------------------------------------------------------------------------------

@@ -57,7 +57,13 @@ class LimitRange:
 
 @dataclass(frozen=True, slots=True)
 class BusLimits:
-    """NATS account limits for one organization."""
+    """NATS account limits for one organization.
+
+    The ingress budget is what the org's agents together may publish into the shared server,
+    sustained over a few seconds (short bursts above it are allowed): NATS has no per-connection
+    rate limit, and one tenant's flood would otherwise slow the server for every tenant. The
+    control plane measures it and takes an agent over it off the bus (``corral.control.ingress``).
+    """
 
     max_connections: int
     max_payload: int  # bytes
@@ -67,6 +73,8 @@ class BusLimits:
     max_consumers: int
     inbox_max_bytes: int  # the org's inbox work-queue stream
     events_max_bytes: int = 4 * _MiB  # the org's EVENTS stream: what its agents report
+    ingress_bytes_per_second: int = 8 * _MiB  # what its agents may publish, all together
+    ingress_msgs_per_second: int = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +126,8 @@ class Plan:
                 "maxConsumers": self.bus.max_consumers,
                 "inboxMaxBytes": self.bus.inbox_max_bytes,
                 "eventsMaxBytes": self.bus.events_max_bytes,
+                "ingressBytesPerSecond": self.bus.ingress_bytes_per_second,
+                "ingressMessagesPerSecond": self.bus.ingress_msgs_per_second,
             },
             "apiRatePerSecond": self.api_rate_per_second,
             "apiBurst": self.api_burst,
@@ -155,7 +165,7 @@ FREE = Plan(
     agent_limit=2,
     plan_boost=0,
     fair_share_weight=1,
-    bus=BusLimits(20, 256 * 1024, 0, 8 * _MiB, 4, 32, 4 * _MiB, 4 * _MiB),
+    bus=BusLimits(20, 256 * 1024, 0, 8 * _MiB, 4, 32, 4 * _MiB, 4 * _MiB, 2 * _MiB, 10_000),
     api_rate_per_second=5.0,
     api_burst=20,
     idle_timeout_seconds=300.0,
@@ -172,7 +182,7 @@ STANDARD = Plan(
     agent_limit=10,
     plan_boost=1,
     fair_share_weight=2,
-    bus=BusLimits(100, 1024 * 1024, 0, 32 * _MiB, 8, 128, 16 * _MiB, 16 * _MiB),
+    bus=BusLimits(100, 1024 * 1024, 0, 32 * _MiB, 8, 128, 16 * _MiB, 16 * _MiB, 8 * _MiB, 50_000),
     api_rate_per_second=20.0,
     api_burst=50,
     idle_timeout_seconds=900.0,
@@ -186,7 +196,9 @@ ENTERPRISE = Plan(
     agent_limit=50,
     plan_boost=2,
     fair_share_weight=4,
-    bus=BusLimits(500, 1024 * 1024, 0, 256 * _MiB, 32, 512, 128 * _MiB, 128 * _MiB),
+    bus=BusLimits(
+        500, 1024 * 1024, 0, 256 * _MiB, 32, 512, 128 * _MiB, 128 * _MiB, 32 * _MiB, 200_000
+    ),
     api_rate_per_second=100.0,
     api_burst=200,
     idle_timeout_seconds=3600.0,
@@ -253,6 +265,8 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
         int(bus_in.get("maxConsumers", b.max_consumers)),
         int(bus_in.get("inboxMaxBytes", b.inbox_max_bytes)),
         int(bus_in.get("eventsMaxBytes", b.events_max_bytes)),
+        int(bus_in.get("ingressBytesPerSecond", b.ingress_bytes_per_second)),
+        int(bus_in.get("ingressMessagesPerSecond", b.ingress_msgs_per_second)),
     )
     defaults = d.get("taskDefaults")
     if defaults is not None and not isinstance(defaults, dict):
