@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     nats_monitoring: bool = False  # embedded server: open its HTTP monitoring port (localhost)
     host: str = "127.0.0.1"
     port: int = 8470
+    gateway_port: int | None = None  # the model gateway's own port (default: port + 1)
     runtime: Literal["local", "kubernetes"] = "local"
     idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
     max_body_bytes: int = 1024 * 1024
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
     auto_provision: bool = True  # provision an agent for a role with queued work and no agent
     heartbeat_seconds: float = 5.0
+
+    @property
+    def resolved_gateway_port(self) -> int:
+        if self.gateway_port is not None:
+            return self.gateway_port
+        return 0 if self.port == 0 else self.port + 1
 
     @property
     def resolved_database_url(self) -> str:

@@ -54,6 +54,7 @@ def up(
 
     def ready(srv: RunningServer) -> None:
         click.echo(f"corral is up at {srv.url} (data dir {settings.data_dir})")
+        click.echo(f"model gateway for agents at {srv.gateway_url}/v1")
         if srv.platform.new_admin_key:
             click.echo(f"admin key (shown once; also in {settings.data_dir / 'admin.key'}):")
             click.echo(f"  {srv.platform.new_admin_key}")

@@ -22,6 +22,7 @@ from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
 from corral.control.background import Background
 from corral.control.dispatch import Dispatcher
+from corral.control.gateway.running import GatewayService
 from corral.control.hub import EventHub
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
@@ -103,6 +104,7 @@ class Platform:
         self.runtime: AgentRuntime
         self.controller: Controller
         self.dispatcher: Dispatcher
+        self.models: GatewayService  # the model gateway: models, budgets, metering
 
     async def __aenter__(self) -> Platform:
         try:
@@ -137,6 +139,17 @@ class Platform:
         self.vault = Vault(SqlVaultStore(self.db), Keyring.open(self.data_dir))
         await self.vault.start()
         self.access = SecretAccess(self.vault, self._registered_agent)
+        self.models = await self._stack.enter_async_context(
+            GatewayService(
+                self.db,
+                self.vault,
+                self.metrics,
+                self.agents,
+                self.orgs.get_by_id,
+                host=self.settings.host,
+                port=self.settings.resolved_gateway_port,
+            )
+        )
 
         await self._start_bus()
         self.runtime = await self._start_runtime()
@@ -149,6 +162,7 @@ class Platform:
             org_lookup=self.orgs.get_by_id,
             extra_env=self._agent_env(),
             heartbeat_seconds=self.settings.heartbeat_seconds,
+            agent_env=self.models.agent_env,
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
@@ -168,7 +182,8 @@ class Platform:
         )
         self._stack.push_async_callback(self.dispatcher.close)
         self.controller.on_capacity = self.dispatcher.capacity_changed
-        self.controller.on_change = self.dispatcher.agent_changed
+        self.controller.on_change = self._agent_changed
+        self.models.follow_tasks(self.dispatcher.current_task)
         self.controller.on_lost = self.dispatcher.agent_lost
         self.controller.current_task = self.dispatcher.current_task
         self._install_hooks()
@@ -182,6 +197,10 @@ class Platform:
             self._background.spawn(self.dispatcher.run(), "corral-dispatch")
             self._background.spawn(self._watch_exits(), "corral-exits")
         self._stack.push_async_callback(self._background.close)
+
+    def _agent_changed(self, agent: Agent) -> None:
+        self.dispatcher.agent_changed(agent)
+        self.models.agent_changed(agent)
 
     # -- bus ------------------------------------------------------------------------------
     async def _start_bus(self) -> None:

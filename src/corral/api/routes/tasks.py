@@ -11,7 +11,10 @@ from pydantic import Field
 
 from corral.api.auth import org_scope, platform
 from corral.api.schemas import Strict
+from corral.domain.budgets import Budget
 from corral.domain.errors import InvalidInput
+from corral.domain.ids import new_task_id
+from corral.domain.models import parse_dollars
 from corral.domain.quantities import parse
 from corral.domain.tasks import Priority, Requirements, TaskState
 from corral.domain.tenancy import Organization
@@ -37,6 +40,17 @@ class TaskCreate(Strict):
     )
     requirements: RequirementsIn = Field(default_factory=RequirementsIn)
     payload: dict[str, Any] = Field(default_factory=dict)
+    max_tokens: int | None = Field(
+        default=None,
+        alias="maxTokens",
+        ge=0,
+        description="model tokens it and its children may use",
+    )
+    max_cost: str | float | None = Field(
+        default=None,
+        alias="maxCost",
+        description="dollars of model calls it and its children may spend",
+    )
 
 
 def parse_deadline(text: str | None, *, now: datetime | None = None) -> datetime | None:
@@ -76,15 +90,26 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
         memory=parse(body.requirements.memory) if body.requirements.memory else None,
         gpu=body.requirements.gpu,
     )
-    rec = await p.dispatcher.submit(
-        org,
-        role=body.role,
-        agent=body.agent,
-        priority=Priority.parse(body.priority),
-        deadline=parse_deadline(body.deadline),
-        requirements=reqs,
-        payload=body.payload,
-    )
+    task_id, unbudget = None, None
+    if body.max_tokens is not None or body.max_cost is not None:
+        task_id = new_task_id()
+        cost = None if body.max_cost is None else parse_dollars(body.max_cost, what="maxCost")
+        unbudget = await p.models.set_task_budget(org, task_id, Budget(body.max_tokens, cost))
+    try:
+        rec = await p.dispatcher.submit(
+            org,
+            role=body.role,
+            agent=body.agent,
+            priority=Priority.parse(body.priority),
+            deadline=parse_deadline(body.deadline),
+            requirements=reqs,
+            payload=body.payload,
+            task_id=task_id,
+        )
+    except BaseException:
+        if unbudget is not None:
+            await unbudget()
+        raise
     return rec.to_wire()
 
 
@@ -109,8 +134,9 @@ async def list_tasks(
 
 @router.get("/{task}")
 async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
-    rec, history = await platform(request).dispatcher.get_task(org, task)
-    return rec.to_wire(history)
+    p = platform(request)
+    rec, history = await p.dispatcher.get_task(org, task)
+    return {**rec.to_wire(history), "modelUsage": await p.models.task_usage(org, rec.id)}
 
 
 @router.post("/{task}/cancel")
