@@ -117,8 +117,8 @@ class ModelGateway:
         try:
             body = _object(raw)
             model_name = _model_name(body)
-            model = await self.catalog.model(principal.org_id, model_name, slug=principal.org_slug)
             task_id, chain = await self._tasks(principal, task)
+            model = await self.catalog.model(principal.org_id, model_name, slug=principal.org_slug)
             limits = self.catalog.limits(principal.plan)
             self.rates.admit(principal.org_slug, limits)
             stream = bool(body.get("stream")) and kind == "chat"
