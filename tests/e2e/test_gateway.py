@@ -5,6 +5,8 @@ adds up, and a paused agent's credential stops working."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import secrets
 import sys
@@ -16,7 +18,9 @@ import httpx
 import openai
 import psutil
 import pytest
+from click.testing import CliRunner, Result
 
+from corral.cli.main import cli
 from tests.e2e.conftest import Live
 from tests.support import eventually
 from tests.upstream import StandIn, serving
@@ -281,3 +285,111 @@ async def test_a_paused_agents_gateway_credential_is_refused(live: Live, upstrea
     assert _agent_env(agent["id"])["OPENAI_API_KEY"] != token
     refusals = [e for e in await _audit(live.admin, "acme") if e["action"] == "model.call"]
     assert any("paused" in e["detail"] or "pausing" in e["detail"] for e in refusals)
+
+
+MANAGER = Path(__file__).parent / "llm_manager_agent.py"
+
+
+async def test_ctx_llm_tags_calls_and_delegated_children_share_the_task_budget(
+    live: Live, upstream: StandIn
+) -> None:
+    await live.org("acme")
+    await _model(live, "acme", upstream)
+    boss = await live.agent("acme", "boss", role="manager", command=[sys.executable, str(MANAGER)])
+    await _llm_agent(live, "acme")
+    task = await live.task(
+        "acme",
+        agent=boss["id"],
+        payload={"model": "small", "childCalls": 60},
+        maxTokens=600,
+    )
+    done = await live.wait_task("acme", task["id"])
+    assert done["state"] == "completed", done
+    result = done["result"]
+    assert (result["own"], result["streamed"], result["missing"]) == (12, 12, "not_found")
+    child = result["child"]["results"]
+    admitted = [r for r in child if r["ok"]]
+    refused = [r for r in child if not r["ok"]]
+    assert admitted and refused
+    assert all(f"task {task['id']}'s token budget" in r["details"] for r in refused)
+
+    # the parent's own calls are its; the children's are theirs; together within the budget
+    shown = (await live.admin.get(f"/v1/orgs/acme/tasks/{task['id']}")).json()
+    assert shown["modelUsage"]["tokens"] == 24
+    usage = await _usage(live.admin, "acme")
+    assert usage["total"]["tokens"] == 24 + 12 * len(admitted) <= 600
+    by_role = {r["role"]: r["tokensIn"] + r["tokensOut"] for r in usage["byRole"]}
+    assert by_role == {"manager": 24, "writer": 12 * len(admitted)}
+
+
+async def _cli(live: Live, *args: str) -> Result:
+    target = ["--url", live.server.url, "--api-key", live.platform.new_admin_key]
+    return await asyncio.to_thread(
+        CliRunner().invoke, cli, [*target, *args], env={"COLUMNS": "200"}
+    )
+
+
+async def test_cli_declares_models_sets_budgets_and_shows_task_usage(
+    live: Live, upstream: StandIn
+) -> None:
+    await live.org("acme")
+    r = await live.admin.put("/v1/orgs/acme/secrets/provider-key", json={"value": upstream.key})
+    assert r.status_code == 201, r.text
+    missing = await _cli(
+        live, "model", "add", "acme", "small", "--base-url", upstream.url, "--key-secret", "nope"
+    )
+    assert missing.exit_code == 2 and "no secret 'nope'" in missing.output
+    added = await _cli(
+        live,
+        "model",
+        "add",
+        "acme",
+        "small",
+        "--base-url",
+        upstream.url,
+        "--key-secret",
+        "provider-key",
+        "--upstream-model",
+        "standin-1",
+        "--price-in",
+        "0.15",
+        "--price-out",
+        "0.6",
+    )
+    assert added.exit_code == 0, added.output
+    listed = await _cli(live, "model", "list", "acme")
+    assert "standin-1" in listed.output and "0.15" in listed.output
+    assert upstream.key not in listed.output + added.output
+
+    assert (await _cli(live, "budget", "set", "acme", "--tokens", "5000")).exit_code == 0
+    shown = await _cli(live, "budget", "show", "acme")
+    assert "0 of 5000 tokens" in shown.output and "its own budget" in shown.output
+
+    agent = await _llm_agent(live, "acme")
+    submitted = await _cli(
+        live,
+        "--json",
+        "task",
+        "submit",
+        "acme",
+        "--agent",
+        agent["id"],
+        "--payload",
+        '{"model": "small", "calls": 2}',
+        "--max-tokens",
+        "1000",
+    )
+    assert submitted.exit_code == 0, submitted.output
+    task_id = json.loads(submitted.output)["id"]
+    await live.wait_task("acme", task_id)
+    show = await _cli(live, "task", "show", "acme", task_id)
+    assert "model usage: 24 tokens" in show.output, show.output
+    usage = await _cli(live, "model", "usage", "acme")
+    assert "2 calls, 24 tokens" in usage.output, usage.output
+
+    removed = await _cli(live, "model", "remove", "acme", "small")
+    assert removed.exit_code == 0
+    gone = await _cli(live, "model", "remove", "acme", "small")
+    assert gone.exit_code == 4 and "no model 'small'" in gone.output
+    actions = [e["action"] for e in await _audit(live.admin, "acme")]
+    assert {"model.declare", "model.remove", "model.budget"} <= set(actions)
