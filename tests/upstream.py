@@ -152,3 +152,25 @@ async def serving(stand_in: StandIn) -> AsyncIterator[StandIn]:
         server.should_exit = True
         await task
         sock.close()
+
+
+def main() -> None:
+    """``python -m tests.upstream KEY``: serve a stand-in (recording nothing) until killed;
+    prints its base URL on the first line."""
+    import sys
+
+    async def serve() -> None:
+        async with serving(StandIn(key=sys.argv[1], record=False)) as stand_in:
+            print(stand_in.url, flush=True)  # noqa: T201
+            await asyncio.Event().wait()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

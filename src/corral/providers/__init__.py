@@ -6,6 +6,6 @@ which model, budgets or metering (that is :mod:`corral.control.gateway`'s); this
 imports the control plane.
 """
 
-from corral.providers.openai_compat import UpstreamReply, Upstreams
+from corral.providers.openai_compat import UpstreamReply, Upstreams, UpstreamStream
 
-__all__ = ["UpstreamReply", "Upstreams"]
+__all__ = ["UpstreamReply", "UpstreamStream", "Upstreams"]

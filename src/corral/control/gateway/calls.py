@@ -175,7 +175,7 @@ class ModelGateway:
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
-                    if data != "[DONE]":
+                    if _may_hold_usage(data):
                         try:
                             chunk = orjson.loads(data)
                         except orjson.JSONDecodeError:
@@ -290,6 +290,11 @@ class ModelGateway:
             ),
             p.org_slug,
         )
+
+
+def _may_hold_usage(data: str) -> bool:
+    """Whether a stream chunk is worth parsing: most say ``"usage": null`` or nothing."""
+    return '"usage"' in data and '"usage":null' not in data and '"usage": null' not in data
 
 
 def _object(raw: bytes) -> dict[str, Any]:
