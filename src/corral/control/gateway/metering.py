@@ -27,7 +27,8 @@ __all__ = ["Meter"]
 
 log = logging.getLogger("corral.gateway")
 
-_BATCH = 500
+_BATCH = 5000
+_PAUSE = 0.2
 
 
 class Meter:
@@ -118,30 +119,35 @@ class Meter:
             self._wake.set()
 
     async def run(self) -> None:
-        """Write what was metered, in batches, until stopped (then write the rest)."""
-        while True:
+        """Write what was metered, a batch at most every :data:`_PAUSE` seconds, until
+        stopped (:meth:`flush` then writes the rest)."""
+        while not self._stopping:
             await self._wake.wait()
+            await asyncio.sleep(_PAUSE)  # let a batch gather
             self._wake.clear()
-            await asyncio.sleep(0.05)  # gather a batch
-            await self.flush()
-            if self._stopping:
-                return
+            try:
+                await self._write_once()
+            except Exception:
+                log.exception("could not record model calls; retrying")
+                self._wake.set()
 
     async def flush(self) -> None:
-        """Write every metered call and refusal still held (also after a cancelled run)."""
+        """Write every metered call and refusal held now (before a read, and on stop)."""
         while self._calls or self._audits:
-            calls, self._calls = self._calls[:_BATCH], self._calls[_BATCH:]
-            audits, self._audits = self._audits[:_BATCH], self._audits[_BATCH:]
-            try:
-                await self._store.record_calls(calls)
-                calls = []
-                await self._store.append_audit(audits)
-            except BaseException as exc:
-                self._calls[:0], self._audits[:0] = calls, audits  # kept for the next flush
-                if not isinstance(exc, Exception) or self._stopping:
-                    raise
-                log.exception("could not record %d model calls; retrying", len(calls))
-                await asyncio.sleep(0.5)
+            await self._write_once()
+
+    async def _write_once(self) -> None:
+        calls, self._calls = self._calls[:_BATCH], self._calls[_BATCH:]
+        audits, self._audits = self._audits[:_BATCH], self._audits[_BATCH:]
+        try:
+            await self._store.record_calls(calls)
+            calls = []
+            await self._store.append_audit(audits)
+        except BaseException:
+            self._calls[:0], self._audits[:0] = calls, audits  # kept for the next write
+            raise
+        if self._calls or self._audits:
+            self._wake.set()
 
     def stop(self) -> None:
         self._stopping = True
