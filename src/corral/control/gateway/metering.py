@@ -38,6 +38,7 @@ class Meter:
         self.ledger = Ledger()
         self._loaded_periods: dict[str, dict[str, tuple[int, int]]] = {}
         self._task_budgets: dict[str, Budget | None] = {}
+        self._scope_plans: dict[Scope, str] = {}
         self._calls: list[MeteredCall] = []
         self._audits: list[AuditEntry] = []
         self._wake = asyncio.Event()
@@ -73,7 +74,12 @@ class Meter:
     async def org_scope(self, org_id: str, plan: str, now: datetime) -> Scope:
         period = period_of(now)
         scope: Scope = ("org", f"{org_id}:{period}")
-        if not self.ledger.knows(scope):
+        if self.ledger.knows(scope):
+            if self._scope_plans.get(scope, plan) != plan:  # the org changed plans
+                self.ledger.set_budget(scope, await self._catalog.period_budget(org_id, plan))
+                self._scope_plans[scope] = plan
+        else:
+            self._scope_plans[scope] = plan
             totals = self._loaded_periods.get(period)
             if totals is None:
                 totals = await self._store.period_totals(period)
