@@ -52,9 +52,10 @@ class StandIn:
             if self.record:
                 self.received.append(body)
                 self.keys_seen.add(auth)
-            if auth != f"Bearer {self.key}":
+            if auth != f"Bearer {self.key}":  # as providers do, quoting the key back
+                message = f"Incorrect API key provided: {auth.removeprefix('Bearer ')}"
                 return JSONResponse(
-                    {"error": {"message": "bad key", "type": "invalid_request_error"}}, 401
+                    {"error": {"message": message, "type": "invalid_request_error"}}, 401
                 )
             usage = self._usage(body)
             created = int(time.time())

@@ -393,3 +393,26 @@ async def test_cli_declares_models_sets_budgets_and_shows_task_usage(
     assert gone.exit_code == 4 and "no model 'small'" in gone.output
     actions = [e["action"] for e in await _audit(live.admin, "acme")]
     assert {"model.declare", "model.remove", "model.budget"} <= set(actions)
+
+
+async def test_a_provider_refusing_the_key_is_reported_without_quoting_it(
+    live: Live, upstream: StandIn
+) -> None:
+    await live.org("acme")
+    await _model(live, "acme", upstream)
+    wrong = f"sk-wrong-{secrets.token_hex(8)}"
+    r = await live.admin.put("/v1/orgs/acme/secrets/provider-key", json={"value": wrong})
+    assert r.status_code == 200, r.text
+    agent = await _llm_agent(live, "acme")
+    token = _agent_env(agent["id"])["OPENAI_API_KEY"]
+    async with openai.AsyncOpenAI(
+        base_url=f"{live.server.gateway_url}/v1", api_key=token, max_retries=0
+    ) as client:
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.chat.completions.create(
+                model="small", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            )
+    assert refused.value.status_code == 502
+    assert "provider key" in str(refused.value) and "provider-key" in str(refused.value)
+    assert wrong not in str(refused.value) and wrong not in refused.value.response.text
+    assert upstream.keys_seen == {f"Bearer {wrong}"}  # it was sent, and only upstream

@@ -158,5 +158,7 @@ def create_gateway_app(gateway: ModelGateway, *, max_body: int = 8 * 1024 * 1024
             await send({"type": "http.response.body", "body": b"data: " + body + b"\n\n"})
         finally:
             await events.aclose()  # type: ignore[attr-defined]
+            if answer.finish is not None:
+                await answer.finish()  # a stream never started still settles
 
     return app

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ class CallAnswer:
     content_type: str = "application/json"
     body: bytes = b""
     events: AsyncIterator[bytes] | None = None  # a stream's server-sent events
+    finish: Callable[[], Awaitable[None]] | None = None  # a stream's end, read or not
 
 
 @dataclass(slots=True)
@@ -156,6 +157,8 @@ class ModelGateway:
             self._settle(call, usage or Usage(bound_in, bound_out), outcome="ok")
         else:
             self._settle(call, usage or Usage(0, 0), outcome=f"upstream_{reply.status}")
+        if reply.status != 200:
+            return _upstream_error(call.model, reply.status, reply.body, key)
         return CallAnswer(reply.status, reply.content_type or "application/json", reply.body)
 
     async def _stream(
@@ -166,10 +169,23 @@ class ModelGateway:
         if up.status != 200:
             await stack.aclose()
             self._settle(call, Usage(0, 0), outcome=f"upstream_{up.status}")
-            return CallAnswer(up.status, up.content_type or "application/json", up.body)
+            return _upstream_error(call.model, up.status, up.body, key)
+        usage: Usage | None = None
+
+        async def finish() -> None:
+            """Close the upstream and settle, once, whether or not the stream was read."""
+            if call.hold.settled:
+                return
+            try:
+                await stack.aclose()
+            finally:
+                if usage is not None:
+                    self._settle(call, usage, outcome="ok")
+                else:
+                    self._settle(call, Usage(call.bound_in, call.bound_out), outcome="no_usage")
 
         async def events() -> AsyncIterator[bytes]:
-            usage: Usage | None = None
+            nonlocal usage
             try:
                 async for line in up.lines:
                     if not line.startswith("data:"):
@@ -186,13 +202,9 @@ class ModelGateway:
                                 continue
                     yield b"data: " + data.encode() + b"\n\n"
             finally:
-                await stack.aclose()
-                if usage is not None:
-                    self._settle(call, usage, outcome="ok")
-                else:
-                    self._settle(call, Usage(call.bound_in, call.bound_out), outcome="no_usage")
+                await finish()
 
-        return CallAnswer(200, "text/event-stream", events=events())
+        return CallAnswer(200, "text/event-stream", events=events(), finish=finish)
 
     # -- parts ----------------------------------------------------------------------------
     async def _who(self, token: str | None) -> Principal:
@@ -290,6 +302,20 @@ class ModelGateway:
             ),
             p.org_slug,
         )
+
+
+def _upstream_error(model: ModelEndpoint, status: int, body: bytes, key: str) -> CallAnswer:
+    """An upstream's error for the agent: a refused provider key is the org admin's to fix
+    and is not described (providers quote part of the key back); other errors pass with the
+    key scrubbed out of them."""
+    if status in (401, 403):
+        message = (
+            f"the upstream of model {model.name} refused the organization's provider key "
+            f"(HTTP {status}): the org admin should check secret {model.key_secret}"
+        )
+        error = {"message": message, "type": "upstream_error", "code": "upstream_auth"}
+        return CallAnswer(502, body=orjson.dumps({"error": error}))
+    return CallAnswer(status, body=body.replace(key.encode(), b"[provider key]") if key else body)
 
 
 def _may_hold_usage(data: str) -> bool:
