@@ -71,7 +71,11 @@ def port_open(host: str, port: int) -> bool:
 
 @contextlib.asynccontextmanager
 async def live_platform(
-    *, heartbeat_seconds: float = 5.0, database_url: str | None = None
+    *,
+    heartbeat_seconds: float = 5.0,
+    database_url: str | None = None,
+    sandbox: str = "auto",
+    **overrides: Any,
 ) -> AsyncIterator[Platform]:
     """A whole platform (SQLite, or ``database_url``; its own nats-server; local agent
     processes) in a temporary directory that is removed afterwards; nothing provisions on its
@@ -85,6 +89,8 @@ async def live_platform(
             heartbeat_seconds=heartbeat_seconds,
             auto_provision=False,
             database_url=database_url,
+            sandbox=sandbox,  # type: ignore[arg-type]
+            **overrides,
         )
         if database_url is not None and database_url.startswith("postgres"):
             await _empty_postgres(database_url)

@@ -18,8 +18,11 @@ this one) are always printed; where ``ray`` is importable the same figures are m
 this run (an actor created one at a time until its first ping answers; 100 actors at once
 until all answer; each actor's USS).
 
+The sandbox is on by default (as in ``corral up``); ``--sandbox both`` (the default) measures
+with it on and then off in the same run and prints both tables, so its cost shows side by side.
+
 Run: ``python benchmarks/agents.py [--sequential 30] [--burst 100] [--cycles 10] [--no-ray]
-[--no-zygote]``.
+[--no-zygote] [--sandbox both|on|off]``.
 Everything runs on loopback in a temporary data directory, and nothing is left running.
 """
 
@@ -47,11 +50,12 @@ from corral.domain.admission import ContainerRequest
 from corral.domain.tenancy import Organization
 from corral.runtime.local import LocalProcessRuntime
 
-TARGET_PROVISION_P50 = 0.150
-TARGET_BURST_100 = 5.0
-TARGET_RESUME_P50 = 0.200
+# with the sandbox on (every agent in its own uid, namespaces, Landlock and seccomp)
+TARGET_PROVISION_P50 = 0.050
+TARGET_BURST_100 = 3.0
+TARGET_RESUME_P50 = 0.060
 TARGET_PAUSE_P50 = 0.050
-TARGET_IDLE_MIB = 30.0
+TARGET_IDLE_MIB = 10.0
 
 RAY_NOTES = {
     "create p50": 0.309,
@@ -98,13 +102,14 @@ async def _terminate_all(p: Platform, org: Organization, ids: list[str]) -> list
     return list(await asyncio.gather(*(one(i) for i in ids)))
 
 
-async def measure_corral(args: argparse.Namespace) -> Figures:
+async def measure_corral(args: argparse.Namespace, sandbox: str) -> Figures:
     f = Figures()
-    async with c.live_platform() as p:
+    async with c.live_platform(sandbox=sandbox) as p:
         org = await c.bench_org(p)
         runtime = p.runtime
         assert isinstance(runtime, LocalProcessRuntime)
         print(f"local runtime limits: {runtime.mechanism}", flush=True)
+        print(f"sandbox: {runtime.sandbox.level()}", flush=True)
 
         ids: list[str] = []
         for i in range(args.sequential):
@@ -235,8 +240,10 @@ def measure_ray(args: argparse.Namespace) -> RayFigures | None:
     return figures
 
 
-def report(args: argparse.Namespace, f: Figures, r: RayFigures | None) -> None:
-    t = c.Table("agent lifecycle (local runtime, through the controller)", "ray")
+def report(args: argparse.Namespace, f: Figures, r: RayFigures | None, sandbox: str) -> None:
+    t = c.Table(
+        f"agent lifecycle (local runtime, through the controller; sandbox {sandbox})", "ray"
+    )
     p50 = c.pct(f.provision_ready, 50)
     t.add(
         f"provision → ready p50 (n={len(f.provision_ready)})",
@@ -315,6 +322,13 @@ def main() -> None:
     ap.add_argument("--ray-sequential", type=int, default=20, help="Ray actors one by one")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray peer")
     ap.add_argument("--no-zygote", action="store_true", help="exec every agent (no fork server)")
+    ap.add_argument(
+        "--sandbox",
+        choices=["both", "on", "off"],
+        default="both",
+        help="measure with the sandbox on (its default, strict where the kernel allows), off, "
+        "or both in this run (the default: on first, then off, side by side)",
+    )
     ap.add_argument("--limit", type=float, default=600.0, help="give up after this many seconds")
     ap.add_argument("--ray-peer", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -327,7 +341,11 @@ def main() -> None:
 
     c.header("agents")
     before = {p.pid for p in c.children()}
-    figures = c.bounded(measure_corral(args), args.limit, before)
+    modes = {"both": ["auto", "off"], "on": ["auto"], "off": ["off"]}[args.sandbox]
+    runs = {}
+    for mode in modes:
+        print(f"-- sandbox {'on' if mode == 'auto' else 'off'}", flush=True)
+        runs[mode] = c.bounded(measure_corral(args, mode), args.limit, before)
 
     ray_figures: RayFigures | None = None
     if args.no_ray:
@@ -339,7 +357,8 @@ def main() -> None:
         with c.watchdog(args.limit, before):
             ray_figures = measure_ray(args)
 
-    report(args, figures, ray_figures)
+    for mode, figures in runs.items():
+        report(args, figures, ray_figures, "on" if mode == "auto" else "off")
     c.report_leftovers(before)
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "default_data_dir"]
 
@@ -31,17 +31,64 @@ class Settings(BaseSettings):
     gateway_port: int | None = None  # the model gateway's own port (default: port + 1)
     runtime: Literal["local", "kubernetes"] = "local"
     idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
+    task_retention: float | None = None  # override every plan's finished-task retention (s)
+    prune_interval: float = 60.0  # seconds between passes pruning finished tasks
     max_body_bytes: int = 1024 * 1024
     max_payload_bytes: int = 256 * 1024
     k8s_storage_class: str | None = None  # workspace PVCs (default: the cluster's default)
     k8s_workspace_size: str = "10Gi"
     k8s_nats_namespace: str = "nats"  # where NATS runs, for the allow-NATS NetworkPolicy
     k8s_nats_port: int = 4222
+    # plan → RuntimeClass of its agents' Pods (gVisor, Kata): CORRAL_K8S_RUNTIME_CLASSES=
+    # "free=gvisor,*=kata" ("*": every other plan); empty: the nodes' default runtime
+    k8s_runtime_classes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     kubeconfig: str | None = None  # default: in-cluster, then KUBECONFIG, then ~/.kube/config
     log_level: str = "INFO"
     plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
     auto_provision: bool = True  # provision an agent for a role with queued work and no agent
     heartbeat_seconds: float = 5.0
+    # the local runtime's sandbox (README "Sandbox"): auto is strict where the kernel allows
+    sandbox: Literal["auto", "strict", "best-effort", "off"] = "auto"
+    sandbox_uid_base: int = Field(default=200_000, ge=1000)  # as root: each org's own uid...
+    sandbox_uid_count: int = Field(default=65_536, ge=1)  # ...from this range
+    # TCP ports agents may connect to besides the bus's: CORRAL_SANDBOX_ALLOW_PORTS=443,8080
+    sandbox_allow_ports: Annotated[tuple[int, ...], NoDecode] = ()
+    # more paths agents may read (their programs, if not under /usr, /opt or the interpreter):
+    # CORRAL_SANDBOX_READ_ONLY=/srv/agents,/opt/tools
+    sandbox_read_only: Annotated[tuple[str, ...], NoDecode] = ()
+    fork_server: bool = True  # start built-in agents from a per-org fork server (else exec)
+
+    @field_validator("sandbox_allow_ports", mode="before")
+    @classmethod
+    def _ports(cls, value: object) -> object:
+        """A comma-separated list from the environment, a sequence from code."""
+        if isinstance(value, str):
+            return tuple(int(p) for p in value.replace(" ", "").split(",") if p)
+        return value
+
+    @field_validator("sandbox_read_only", mode="before")
+    @classmethod
+    def _paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("k8s_runtime_classes", mode="before")
+    @classmethod
+    def _classes(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [p.split("=", 1) for p in value.replace(" ", "").split(",") if p]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected PLAN=RUNTIMECLASS pairs separated by commas")
+            return dict(pairs)
+        return value
+
+    @field_validator("sandbox_allow_ports")
+    @classmethod
+    def _ports_in_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not all(0 < port < 65536 for port in value):
+            raise ValueError(f"a port is out of range: {list(value)}")
+        return value
 
     @property
     def resolved_gateway_port(self) -> int:

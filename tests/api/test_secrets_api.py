@@ -124,12 +124,14 @@ async def test_grants_name_exactly_one_role_or_agent(
         ({"secret": "github-token", "role": "a", "agent": "b"}, "exactly one of"),
         ({"secret": "Git Hub", "role": "worker"}, "grant pattern"),
         ({"secret": "github-token", "role": "Worker!"}, "grant role"),
-        ({"secret": "github-token", "agent": "agent-acme-nobody-1"}, "no agent"),
         ({"role": "worker"}, "secret"),
     ]:
         r = await org.post("/v1/orgs/acme/grants", json=body)
         assert r.status_code == 422, (body, r.text)
         assert problem in r.json()["error"]["message"], r.json()["error"]["message"]
+    nobody = {"secret": "github-token", "agent": "agent-acme-nobody-1"}
+    r = await org.post("/v1/orgs/acme/grants", json=nobody)
+    assert r.status_code == 404 and "no agent" in r.json()["error"]["message"], r.text
 
     listed = (await org.get("/v1/orgs/acme/grants")).json()["grants"]
     assert [g["id"] for g in listed] == [by_role["id"]]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from corral.api.server import RunningServer, running
@@ -62,12 +63,17 @@ class Live:
         return await eventually(done, timeout=timeout, message=f"task {task_id} finished")
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
 def live_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """The example agents' directory is opened to agents, as an operator opens the place
+    their agents' programs live (``CORRAL_SANDBOX_READ_ONLY``)."""
     return Settings(
         data_dir=data_dir,
         port=0,
         heartbeat_seconds=1.0,
-        **overrides,
+        **{"sandbox_read_only": (str(EXAMPLES),), **overrides},
     )
 
 
@@ -83,3 +89,25 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
         ) as admin,
     ):
         yield Live(srv, admin, data)
+
+
+def agent_processes(agent_id: str) -> list[psutil.Process]:
+    """The processes that show ``agent_id`` in their environment: the agent, and with the
+    sandbox the waiter the runtime tracks (outside the agent's PID namespace)."""
+    found = []
+    for proc in psutil.process_iter(["environ"]):
+        try:
+            if (proc.info["environ"] or {}).get("CORRAL_AGENT_ID") == agent_id:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def the_agent(agent_id: str) -> psutil.Process:
+    """The agent's own process (the innermost of :func:`agent_processes`)."""
+    procs = agent_processes(agent_id)
+    pids = {p.pid for p in procs}
+    inner = [p for p in procs if p.ppid() in pids] or procs
+    assert len(inner) == 1, [p.pid for p in procs]
+    return inner[0]

@@ -287,7 +287,7 @@ async def test_a_paused_agents_gateway_credential_is_refused(live: Live, upstrea
     assert any("paused" in e["detail"] or "pausing" in e["detail"] for e in refusals)
 
 
-MANAGER = Path(__file__).parent / "llm_manager_agent.py"
+MANAGER = Path(__file__).parents[2] / "examples" / "llm_manager_agent.py"
 
 
 async def test_ctx_llm_tags_calls_and_delegated_children_share_the_task_budget(
@@ -338,7 +338,7 @@ async def test_cli_declares_models_sets_budgets_and_shows_task_usage(
     missing = await _cli(
         live, "model", "add", "acme", "small", "--base-url", upstream.url, "--key-secret", "nope"
     )
-    assert missing.exit_code == 2 and "no secret 'nope'" in missing.output
+    assert missing.exit_code == 4 and "no secret 'nope'" in missing.output
     added = await _cli(
         live,
         "model",
@@ -361,7 +361,8 @@ async def test_cli_declares_models_sets_budgets_and_shows_task_usage(
     assert "standin-1" in listed.output and "0.15" in listed.output
     assert upstream.key not in listed.output + added.output
 
-    assert (await _cli(live, "budget", "set", "acme", "--tokens", "5000")).exit_code == 0
+    budget_set = await _cli(live, "budget", "set", "acme", "--tokens", "5000")
+    assert budget_set.exit_code == 0, budget_set.output
     shown = await _cli(live, "budget", "show", "acme")
     assert "0 of 5000 tokens" in shown.output and "its own budget" in shown.output
 

@@ -183,3 +183,35 @@ async def test_an_org_key_cannot_stream_another_org_or_everything(pair: Pair) ->
     assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
     r = await globex.get("/v1/events")
     assert r.status_code == 403
+
+
+async def test_every_dispatch_is_counted_even_when_metrics_are_scraped_once(live: Live) -> None:
+    await live.org("acme")
+    await live.agent("acme", "w", role="worker", slots=8)
+    ids = [
+        (await live.task("acme", role="worker", payload={"op": "echo"}))["id"] for _ in range(40)
+    ]
+    for task_id in ids:
+        await live.wait_task("acme", task_id)
+    text = (await live.admin.get("/metrics")).text
+    count = _samples(text)["corral_dispatch_latency_seconds_count"]
+    assert float(count[0]["="]) == 40.0, count
+
+
+async def test_an_org_cannot_open_event_streams_without_bound(live: Live) -> None:
+    from corral.api.routes.events import MAX_STREAMS_PER_ORG
+
+    _, acme = await live.org("acme")
+    _, other = await live.org("other")
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(MAX_STREAMS_PER_ORG):
+            await stack.enter_async_context(streaming(acme, "/v1/orgs/acme/events"))
+        over = await acme.get("/v1/orgs/acme/events")
+        assert over.status_code == 429, over.text
+        assert "Retry-After" in over.headers
+        async with streaming(other, "/v1/orgs/other/events"):  # another org is not held
+            pass
+    hub = live.platform.hub
+    await eventually(lambda: hub.streams("acme") == 0, message="closed streams let go")
+    async with streaming(acme, "/v1/orgs/acme/events"):  # closed ones free their places
+        pass

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from corral.api.server import running
-from tests.e2e.conftest import Live, live_settings
+from tests.e2e.conftest import Live, live_settings, the_agent
 from tests.support import eventually
 
 
@@ -98,12 +98,7 @@ async def test_kill_9_of_an_agent_mid_task_retries_and_completes_once(manual: Li
         return (await _show(manual, "acme", t["id"]))["state"] == "running"
 
     await eventually(running_now, message="task running")
-    (pid,) = [
-        p.pid
-        for p in psutil.process_iter(["environ"])
-        if (p.info["environ"] or {}).get("CORRAL_AGENT_ID") == agent["id"]
-    ]
-    psutil.Process(pid).kill()
+    the_agent(agent["id"]).kill()
     done = await manual.wait_task("acme", t["id"], timeout=40)
     assert done["state"] == "completed"
     shown = await _show(manual, "acme", t["id"])
@@ -125,7 +120,6 @@ async def test_bad_tasks_are_refused_at_the_api(manual: Live) -> None:
     cases = [
         ({"payload": {}}, "exactly one of"),
         ({"role": "w", "agent": "x", "payload": {}}, "exactly one of"),
-        ({"agent": "agent-acme-ghost-000000", "payload": {}}, "unknown agent"),
         ({"role": "w", "priority": "urgent", "payload": {}}, "unknown priority"),
         ({"role": "w", "deadline": "yesterday", "payload": {}}, "invalid deadline"),
         ({"role": "w", "payload": {"blob": "x" * 300_000}}, "payload is"),
@@ -135,6 +129,9 @@ async def test_bad_tasks_are_refused_at_the_api(manual: Live) -> None:
         r = await manual.admin.post("/v1/orgs/acme/tasks", json=body)
         assert r.status_code == 422, (body, r.text)
         assert problem in r.json()["error"]["message"], r.text
+    ghost = {"agent": "agent-acme-ghost-000000", "payload": {}}
+    r = await manual.admin.post("/v1/orgs/acme/tasks", json=ghost)
+    assert r.status_code == 404 and "unknown agent" in r.json()["error"]["message"], r.text
     r = await manual.admin.post(
         "/v1/orgs/acme/tasks",
         content=b'{"role": "w", "payload": [1]}',
@@ -186,11 +183,7 @@ async def test_a_hung_agent_loses_its_heartbeat_and_its_task_is_retried(manual: 
         return (await _show(manual, "acme", t["id"]))["state"] == "running"
 
     await eventually(running_now, message="task running")
-    (proc,) = [
-        p
-        for p in psutil.process_iter(["environ"])
-        if (p.info["environ"] or {}).get("CORRAL_AGENT_ID") == agent["id"]
-    ]
+    proc = the_agent(agent["id"])
     proc.suspend()  # alive but silent: no heartbeat, no progress
     try:
         done = await manual.wait_task("acme", t["id"], timeout=40)

@@ -228,3 +228,16 @@ def test_the_admission_policy_refuses_clusters_older_than_1_30() -> None:
     assert done.returncode != 0
     assert "1.30" in done.stderr
     helm(*args, "--set", "rbac.admissionPolicy.enabled=false")
+
+
+def test_runtime_classes_per_plan_reach_the_control_plane_as_its_settings_read_them() -> None:
+    from corral.settings import Settings
+
+    assert values()["corral"]["kubernetes"]["runtimeClasses"] == {}  # the nodes' default
+    deployment = (TEMPLATES / "deployment.yaml").read_text()
+    assert "CORRAL_K8S_RUNTIME_CLASSES" in deployment
+    assert 'include "corral.runtimeClasses"' in deployment
+    helper = (TEMPLATES / "_helpers.tpl").read_text()
+    assert 'define "corral.runtimeClasses"' in helper and 'printf "%s=%s"' in helper
+    parsed = Settings(k8s_runtime_classes="free=gvisor,*=kata")  # type: ignore[arg-type]
+    assert parsed.k8s_runtime_classes == {"free": "gvisor", "*": "kata"}

@@ -301,3 +301,21 @@ def test_render_yaml_is_a_multi_document_stream_that_parses_back_unchanged() -> 
     assert text.count("\n---\n") + 1 == len(objs)
     assert list(yaml.safe_load_all(text)) == objs
     assert "requests.cpu: '10'" in text  # numbers that are quantities stay strings
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_runtime_class_puts_the_pod_in_that_sandbox_and_still_validates(version: str) -> None:
+    org = make_org()
+    objs = m.agent_manifests(org, make_spec(org), runtime_class="gvisor")
+    assert one(objs, "Pod")["spec"]["runtimeClassName"] == "gvisor"
+    for obj in objs:
+        assert validate(obj, version) == version
+    assert check_manifests(objs) == []
+    *_, plain = m.agent_manifests(org, make_spec(org))
+    assert "runtimeClassName" not in plain["spec"]  # the nodes' default runtime
+
+
+@pytest.mark.parametrize("name", ["gVisor", "runsc/../x", "", "-kata"])
+def test_a_runtime_class_that_cannot_be_a_name_is_refused(name: str) -> None:
+    with pytest.raises(InvalidInput, match="RuntimeClass"):
+        m.agent_manifests(make_org(), make_spec(), runtime_class=name or "-")

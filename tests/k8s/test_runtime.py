@@ -559,3 +559,32 @@ def test_an_unschedulable_pod_says_why() -> None:
     assert status.phase is Phase.STARTING
     assert status.detail["reason"] == "Unschedulable"
     assert "Insufficient" in status.detail["message"]
+
+
+async def test_each_plan_runs_its_agents_under_its_runtime_class(fake: FakeGateway) -> None:
+    rt = KubernetesRuntime(fake, runtime_classes={"free": "gvisor", "*": "kata"})
+    await rt.ensure_org(make_org(plan="free"))
+    await rt.start(make_spec())
+    assert fake.objects[("Pod", NS, make_spec().agent_id)]["spec"]["runtimeClassName"] == "gvisor"
+    await rt.stop("acme-corp", make_spec().agent_id, grace=0)
+    await rt.ensure_org(make_org(plan="enterprise"))  # a plan change applies to the next start
+    await rt.start(make_spec())
+    assert fake.objects[("Pod", NS, make_spec().agent_id)]["spec"]["runtimeClassName"] == "kata"
+    await rt.close()
+
+
+async def test_without_runtime_classes_no_pod_names_one(
+    runtime: KubernetesRuntime, fake: FakeGateway
+) -> None:
+    await runtime.start(make_spec())
+    assert "runtimeClassName" not in fake.objects[("Pod", NS, make_spec().agent_id)]["spec"]
+
+
+@pytest.mark.parametrize(
+    ("classes", "match"), [({"platinum": "gvisor"}, "platinum"), ({"free": "Not_A_Name"}, "Not_A")]
+)
+def test_a_runtime_class_for_an_unknown_plan_or_with_a_bad_name_is_refused(
+    fake: FakeGateway, classes: dict[str, str], match: str
+) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        KubernetesRuntime(fake, runtime_classes=classes)

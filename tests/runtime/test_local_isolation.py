@@ -143,7 +143,7 @@ async def test_agents_under_distinct_uids_cannot_read_each_others_workspace(
                 try:
                     open(target).read()
                     print("READ", target, flush=True)
-                except PermissionError:
+                except (PermissionError, FileNotFoundError):  # hidden by the sandbox
                     print("denied", target, flush=True)
             signal.pause()
         """

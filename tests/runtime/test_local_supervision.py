@@ -19,6 +19,7 @@ from corral.runtime.base import Phase
 from corral.runtime.local import LocalProcessRuntime
 from tests.runtime import agents
 from tests.runtime.contract import watching
+from tests.runtime.pidns import host_pid, host_pids
 from tests.runtime.standin import FAMILY
 from tests.support import eventually
 
@@ -33,10 +34,13 @@ def alive(pid: int) -> bool:
 
 
 async def family(rt: LocalProcessRuntime, org: str, agent_id: str) -> tuple[int, int]:
-    """Pids of an agent running FAMILY and of the child it started."""
+    """Host pids of an agent running FAMILY and of the child it started (it wrote down the
+    pids it saw, in its own PID namespace when the sandbox gives it one)."""
     record = rt.paths(org, agent_id).workspace / "family.txt"
     text = await eventually(lambda: record.is_file() and record.read_text())
-    leader, child = map(int, str(text).split())
+    tracked = (await rt.status(org, agent_id)).pid
+    assert tracked is not None
+    leader, child = (host_pid(tracked, int(p)) for p in str(text).split())
     return leader, child
 
 
@@ -73,6 +77,7 @@ async def test_stop_leaves_no_process_of_the_agent(runtime: LocalProcessRuntime)
     """
     status = await runtime.start(agents.spec("acme", "agent-tree", escapee))
     child, loner = await family(runtime, "acme", "agent-tree")
+    assert alive(child) and alive(loner)
     await runtime.stop("acme", "agent-tree", grace=2)
     assert status.pid is not None
     assert not any(alive(pid) for pid in (status.pid, child, loner))
@@ -178,18 +183,23 @@ async def test_a_killed_control_plane_leaves_no_agent_running(
         assert standin.stdout is not None
         line = await asyncio.wait_for(standin.stdout.readline(), timeout=20)
         assert line.startswith(b"started")
-        zygote = int(line.split()[2])  # 0 when the agent was exec'd
+        tracked, zygote = int(line.split()[1]), int(line.split()[2])  # 0: exec'd
         record = root / "orgs/acme/agents/agent-orphan/workspace/family.txt"
         text = await eventually(lambda: record.is_file() and record.read_text())
-        agent, child = map(int, str(text).split())
+        boxed = bool(host_pids(tracked))  # in a PID namespace of its own (the sandbox)
+        agent, child = (host_pid(tracked, int(p)) for p in str(text).split())
         assert alive(agent) and alive(child)
-        assert psutil.Process(agent).ppid() == (zygote or standin.pid)
+        assert psutil.Process(tracked).ppid() == (zygote or standin.pid)
 
         standin.kill()
         await standin.wait()
         await eventually(lambda: not alive(agent), message="the agent died with its control plane")
         assert not zygote or not alive(zygote)
 
+        if boxed:  # its namespace ended with its first process: nothing of it outlives it
+            await eventually(lambda: not alive(child), message="the namespace ended")
+            assert await make_runtime(mechanism=mechanism).list_agents() == []
+            return
         # its child outlived it, orphaned; the next control plane finds it and stops it
         assert alive(child)
         fresh = make_runtime(mechanism=mechanism)

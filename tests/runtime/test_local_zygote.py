@@ -25,6 +25,7 @@ from corral.runtime.local.forkclient import Zygote, runnable_module
 from corral.runtime.local.forkserver import Launch
 from tests.runtime import agents
 from tests.runtime.contract import READY, Behaviour, watching
+from tests.runtime.pidns import agent_pid, confined, own_descriptors
 from tests.support import eventually
 
 PROBE = """
@@ -54,6 +55,14 @@ def launch(monkeypatch: pytest.MonkeyPatch) -> str:
     """Every agent in this module is forked by the server."""
     monkeypatch.setattr(agents, "default_launch", "zygote")
     return "zygote"
+
+
+def assert_own(leader: int) -> None:
+    """A confined agent's waiter holds nothing but its own pipe and its view of /proc."""
+    extra = sorted(own_descriptors(leader).values())
+    assert len(extra) in (0, 2), extra
+    if extra:
+        assert extra[0] == "/proc" and extra[1].startswith("pipe:"), extra
 
 
 def alive(pid: int) -> bool:
@@ -176,8 +185,14 @@ async def test_a_forked_agent_is_set_up_as_an_execd_one(
     pid = status.pid
     assert pid is not None and runtime.zygote_pid("acme") is not None
 
-    assert psutil.Process(pid).ppid() == runtime.zygote_pid("acme") == seen["ppid"]
-    assert seen["sid"] == seen["pgid"] == pid  # a session and process group of its own
+    assert psutil.Process(pid).ppid() == runtime.zygote_pid("acme")
+    agent = agent_pid(pid)  # with the sandbox, pid is its waiter and it is pid 1 of its own
+    if confined(runtime):
+        assert agent != pid and psutil.Process(agent).ppid() == pid and seen["ppid"] == 0
+        assert os.getsid(agent) == os.getpgid(agent) == pid  # the waiter's, so killpg works
+    else:
+        assert seen["ppid"] == runtime.zygote_pid("acme")
+        assert seen["sid"] == seen["pgid"] == pid  # a session and process group of its own
     expected = {
         **default_env(),
         "HOME": str(paths.workspace),
@@ -188,6 +203,7 @@ async def test_a_forked_agent_is_set_up_as_an_execd_one(
     }
     assert seen["environ"] == expected  # all of it, and nothing else
     assert psutil.Process(pid).environ() == expected  # what /proc shows, too
+    assert psutil.Process(agent).environ() == expected
     assert "platform-master-key" not in Path(f"/proc/{pid}/environ").read_text()
     assert seen["cwd"] == seen["path0"] == str(paths.workspace)  # as `python -m` puts it
     assert seen["argv"] == [str(Path(agents.__file__).with_name("codeagent.py"))]
@@ -195,8 +211,9 @@ async def test_a_forked_agent_is_set_up_as_an_execd_one(
     assert seen["sigchld_default"] is True
     assert seen["threads"] == 1
 
-    fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    fds = {int(fd): os.readlink(f"/proc/{agent}/fd/{fd}") for fd in os.listdir(f"/proc/{agent}/fd")}
     assert fds == {0: os.devnull, 1: str(paths.log), 2: str(paths.log)}
+    assert_own(pid)
     await ready(runtime, "acme", "agent-probe")
     assert ", by the fork server)" in await runtime.logs("acme", "agent-probe")
 
@@ -206,7 +223,8 @@ async def test_a_forked_agent_exits_as_an_interpreter_would(runtime: LocalProces
         "agent-code": ("sys.exit(3)", 3),
         "agent-raise": ("raise RuntimeError('boom')", 1),
         "agent-msg": ("sys.exit('going away')", 1),
-        "agent-sig": ("os.kill(os.getpid(), signal.SIGKILL)", 137),
+        # a fault, not kill(getpid()): a namespace's pid 1 cannot signal itself to death
+        "agent-sig": ("import ctypes; ctypes.string_at(0)", 139),
         "agent-atexit": (
             "import atexit, threading\n"
             "atexit.register(lambda: print('atexit ran', flush=True))\n"
@@ -222,7 +240,7 @@ async def test_a_forked_agent_exits_as_an_interpreter_would(runtime: LocalProces
         assert events[agent_id].exit_code == status, agent_id
         want = Phase.EXITED if status == 0 else Phase.CRASHED
         assert events[agent_id].phase is want, agent_id
-    assert events["agent-sig"].detail["signal"] == "SIGKILL"
+    assert events["agent-sig"].detail["signal"] == "SIGSEGV"
     assert "RuntimeError: boom" in await runtime.logs("acme", "agent-raise")
     assert "going away" in await runtime.logs("acme", "agent-msg")
     atexit_log = await runtime.logs("acme", "agent-atexit")
@@ -312,7 +330,8 @@ def test_the_server_works_on_the_control_planes_own_loop(tmp_path: Path, launch:
             assert status.pid is not None and rt.zygote_pid("acme") is not None
             assert psutil.Process(status.pid).ppid() == rt.zygote_pid("acme")
             assert os.getsid(rt.zygote_pid("acme")) == rt.zygote_pid("acme")
-            assert sorted(os.listdir(f"/proc/{status.pid}/fd")) == ["0", "1", "2"]
+            assert sorted(os.listdir(f"/proc/{agent_pid(status.pid)}/fd")) == ["0", "1", "2"]
+            assert_own(status.pid)
             os.kill(status.pid, signal.SIGKILL)
             event = await next_exit(exits)
             assert (event.phase, event.exit_code) == (Phase.CRASHED, 137)
@@ -337,7 +356,8 @@ def test_an_execd_agent_holds_no_descriptor_of_the_control_plane_on_uvloop(
                 await ready(rt, "acme", "agent-exec-uv")
                 assert status.pid is not None and rt.zygote_pid("acme") is None
                 assert psutil.Process(status.pid).ppid() == os.getpid()
-                assert sorted(os.listdir(f"/proc/{status.pid}/fd")) == ["0", "1", "2"]
+                assert sorted(os.listdir(f"/proc/{agent_pid(status.pid)}/fd")) == ["0", "1", "2"]
+                assert_own(status.pid)
                 await rt.stop("acme", "agent-exec-uv", grace=1.0)
         finally:
             os.close(leak)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from corral import __version__
@@ -38,4 +40,26 @@ def create_app(platform: Platform) -> FastAPI:
 
     for module in (orgs, agents, tasks, secrets, models, events, metrics, dashboard):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
+    _errors_are_json(app)
     return app
+
+
+def _errors_are_json(app: FastAPI) -> None:
+    """Errors answer JSON whatever a route streams on success (FastAPI would document an
+    event stream's 404 as ``text/event-stream``)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if status[:1] in "45" and "application/json" not in content and content:
+                        response["content"] = {"application/json": next(iter(content.values()))}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

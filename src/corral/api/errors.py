@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from corral.domain.errors import CorralError, RateLimited
 
@@ -56,6 +57,17 @@ def error_response(
     return JSONResponse(body, status_code=status)
 
 
+def _methods_at(request: Request) -> set[str]:
+    """Every method some route serves at the request's path (Starlette names only the
+    first route that matched the path)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
@@ -79,7 +91,7 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {
             400: "invalid_input",
             404: "not_found",
@@ -89,7 +101,9 @@ def install(app: FastAPI) -> None:
         response = error_response(
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
         )
-        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(sorted(_methods_at(request)))
         return response
 
     @app.exception_handler(Exception)

@@ -5,25 +5,97 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.domain.admission import UsageSnapshot
-from corral.domain.plans import QUOTA_RESOURCES
+from corral.domain.plans import PLANS, QUOTA_RESOURCES
 from corral.domain.tenancy import Organization
 
-__all__ = ["OrgCreate", "OrgPatch", "org_to_wire", "usage_to_wire"]
+__all__ = [
+    "AGENT_ID",
+    "DURATION",
+    "LABEL30",
+    "ORG_NAME",
+    "QUANTITY",
+    "OrgCreate",
+    "OrgPatch",
+    "Strict",
+    "exactly_one_of",
+    "strip_nulls",
+    "org_to_wire",
+    "usage_to_wire",
+]
+
+# What the validators accept, said in the schema so that a client generated from it never
+# sends what the server refuses for a reason the schema did not state.
+#: a DNS-1123 label of at most 30 characters: agent names and roles
+LABEL30 = r"^[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?$"
+#: an organization's name: a DNS-1123 label short enough for ``org-<name>`` (63)
+ORG_NAME = r"^[a-z0-9]([-a-z0-9]{0,57}[a-z0-9])?$"
+#: an agent's id (or, where accepted, its name)
+AGENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: a resource quantity as Kubernetes writes it (``500m``, ``2``, ``1.5Gi``, ``1e3``)
+QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?[0-9]|[numkMGTPE])?$"
+#: a duration from now: ``30s``, ``10m``, ``2h``, ``1d``
+DURATION = r"^[0-9]+(\.[0-9]+)?[smhd]$"
+
+
+def strip_nulls(schema: dict[str, Any]) -> None:
+    """An optional field is omitted, never sent as null: say so in the schema."""
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf")
+        if options and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            del prop["anyOf"]
+            if len(rest) == 1:
+                prop.update(rest[0])
+            else:
+                prop["anyOf"] = rest
+            if prop.get("default", 0) is None:
+                del prop["default"]
+
+
+def exactly_one_of(*fields: str) -> dict[str, Any]:
+    """A JSON-schema fragment: exactly one of ``fields`` is present."""
+    return {"oneOf": [{"required": [f]} for f in fields]}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields are refused, and so is an explicit null (optional fields
+    are omitted instead), exactly as the schema says."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=strip_nulls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = sorted(k for k, v in data.items() if v is None)
+            if nulls:
+                raise ValueError(f"omit {', '.join(nulls)} instead of sending null")
+        return data
+
+
+def _plans_enum(schema: dict[str, Any]) -> None:
+    strip_nulls(schema)
+    schema["properties"]["plan"]["enum"] = sorted(PLANS)
 
 
 class OrgCreate(Strict):
-    name: str = Field(min_length=1, max_length=100, description="DNS-1123 label, ≤ 59 chars")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_plans_enum)
+
+    name: str = Field(
+        min_length=1,
+        max_length=59,
+        json_schema_extra={"pattern": ORG_NAME},
+        description="DNS-1123 label, ≤ 59 chars",
+    )
     plan: str = Field(default="standard", max_length=32)
 
 
 class OrgPatch(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_plans_enum)
+
     plan: str = Field(max_length=32)
 
 

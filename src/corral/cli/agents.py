@@ -140,6 +140,8 @@ def show(ctx: Context, org: str, agent_id: str) -> None:
                     console.print(f"{key}: {data[key]}")
             if data.get("detail"):
                 console.print(f"detail: {data['detail']}")
+            if data.get("sandbox"):
+                console.print(f"sandbox: {data['sandbox']}")
 
         ctx.emit(data, human)
 

@@ -190,7 +190,11 @@ def set_budget(
     def body() -> None:
         if plan_default and (tokens is not None or cost is not None):
             raise InvalidInput("give --plan-default alone, or --tokens and/or --cost")
-        payload: dict[str, Any] = {"tokens": tokens, "cost": cost, "planDefault": plan_default}
+        payload: dict[str, Any] = {"planDefault": plan_default}
+        if tokens is not None:
+            payload["tokens"] = tokens
+        if cost is not None:
+            payload["cost"] = cost
         data = ctx.client.request("PUT", f"/v1/orgs/{org}/budget", json=payload)
         ctx.emit(data, lambda: _show_budget(data))
 

@@ -28,6 +28,13 @@ __all__ = ["up"]
 @click.option(
     "--runtime", type=click.Choice(["local", "kubernetes"]), default=None, help="Where agents run."
 )
+@click.option(
+    "--sandbox",
+    type=click.Choice(["strict", "best-effort", "off"]),
+    default=None,
+    help="How local agents are confined (default: strict where the kernel allows every "
+    "layer, else best-effort; off is for development only).",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -35,6 +42,7 @@ def up(
     host: str | None,
     port: int | None,
     runtime: str | None,
+    sandbox: str | None,
 ) -> None:
     """Start the control plane (API, bus, agents) and run until interrupted."""
     overrides: dict[str, object] = {}
@@ -47,6 +55,8 @@ def up(
         overrides["port"] = port
     if runtime is not None:
         overrides["runtime"] = runtime
+    if sandbox is not None:
+        overrides["sandbox"] = sandbox
     settings = Settings(**overrides)  # type: ignore[arg-type]
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -55,6 +65,11 @@ def up(
     def ready(srv: RunningServer) -> None:
         click.echo(f"corral is up at {srv.url} (data dir {settings.data_dir})")
         click.echo(f"model gateway for agents at {srv.gateway_url}/v1")
+        confinement = srv.platform.sandbox
+        if confinement is not None and confinement.enabled:
+            click.echo(confinement.describe())
+        elif confinement is not None:  # off: on stderr too, and hard to miss
+            click.secho(confinement.describe(), err=True, fg="red", bold=True)
         if srv.platform.new_admin_key:
             click.echo(f"admin key (shown once; also in {settings.data_dir / 'admin.key'}):")
             click.echo(f"  {srv.platform.new_admin_key}")

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.domain.errors import RateLimited
+
 __all__ = ["CLOSED", "EventHub"]
 
 #: The last item a subscriber receives when the hub closes.
@@ -38,9 +40,28 @@ class EventHub:
                 with contextlib.suppress(asyncio.QueueFull):  # a slow reader drops, never blocks
                     q.put_nowait(event)
 
+    def streams(self, org: str | None) -> int:
+        """How many subscribers listen to exactly ``org`` (None: to every org)."""
+        return sum(1 for scope, _ in self._subs if scope == org)
+
     @contextlib.asynccontextmanager
-    async def subscribe(self, org: str | None) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-        """``org=None`` sees every org (admin only; the API enforces who may ask)."""
+    async def subscribe(
+        self, org: str | None, *, limit: int | None = None
+    ) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """``org=None`` sees every org (admin only; the API enforces who may ask).
+
+        Raises:
+            RateLimited: ``org`` already has ``limit`` subscribers (each costs the hub a
+                queue and a share of every event's fan-out, so one tenant may not open
+                thousands).
+        """
+        if limit is not None and self.streams(org) >= limit:
+            raise RateLimited(
+                f"{'every org' if org is None else repr(org)} already has {limit} event "
+                "streams open; close one first",
+                retry_after=5.0,
+                details={"org": org, "limit": limit},
+            )
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._size)
         entry = (org, q)
         self._subs.add(entry)

@@ -96,6 +96,12 @@ class Controller(AgentRecords):
         await self.agents.get(agent_id, org_id=org.id)
         return await self.runtime.logs(org.slug, agent_id, tail=tail)
 
+    async def sandbox_level(self, org: Organization, agent_id: str) -> str | None:
+        """How the agent's running process is confined ("strict", "best-effort (missing:
+        ...)", "off"), as its runtime says; None when it runs nowhere (or on Kubernetes)."""
+        status = await self.runtime.status(org.slug, agent_id)
+        return status.detail.get("sandbox")
+
     # -- provision ------------------------------------------------------------------------
     async def provision(
         self,

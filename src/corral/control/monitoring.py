@@ -23,6 +23,7 @@ async def refresh_metrics(p: Platform) -> None:
     snap.agents = await p.agents.count_by_state()
     snap.tasks = await p.tasks.count_by_state()
     snap.quarantined = p.tasks.quarantined
+    snap.pruned = p.retention.pruned
     orgs = await p.orgs.list()
     by_id: dict[str, Organization] = {o.id: o for o in orgs}
     usage = await p.ledger.all_usage()
@@ -61,9 +62,6 @@ async def refresh_metrics(p: Platform) -> None:
             )
         )
     p.metrics.snapshot = snap
-    for lat in p.dispatcher.dispatch_latency[-10_000:]:
-        p.metrics.dispatch_latency.labels("all").observe(lat)
-    p.dispatcher.dispatch_latency.clear()
 
 
 async def org_figures(p: Platform, org_slug: str) -> dict[str, Any]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
@@ -27,6 +29,7 @@ from corral.control.hub import EventHub
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
 from corral.control.monitoring import refresh_metrics
+from corral.control.retention import Retention, retention_of
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.agents import Agent, AgentState
@@ -36,6 +39,7 @@ from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
 from corral.runtime.base import AgentRuntime, Phase
+from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 from corral.store.agents import AgentRepository
 from corral.store.db import Database
@@ -102,6 +106,8 @@ class Platform:
         self.bus: PlatformBus
         self.nats: EmbeddedNats | None = None
         self.runtime: AgentRuntime
+        self.sandbox: Confinement | None = None  # the local runtime's; None on Kubernetes
+        self._org_uids: dict[str, int] = {}  # org slug → its agents' uid (root, sandbox on)
         self.controller: Controller
         self.dispatcher: Dispatcher
         self.models: GatewayService  # the model gateway: models, budgets, metering
@@ -166,6 +172,11 @@ class Platform:
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
+        self.retention = Retention(
+            self.tasks,
+            interval=self.settings.prune_interval,
+            override=self.settings.task_retention,
+        )
         self.dispatcher = Dispatcher(
             tasks=self.tasks,
             journal=TaskJournal(self.db),
@@ -176,11 +187,13 @@ class Platform:
             hub=self.hub,
             auto_provision=self.settings.auto_provision,
             heartbeat_seconds=self.settings.heartbeat_seconds,
+            retention=lambda org: retention_of(org.plan, self.settings.task_retention),
             idle_timeout=(lambda org: idle)
             if idle is not None
             else (lambda org: org.plan.idle_timeout_seconds),
         )
         self._stack.push_async_callback(self.dispatcher.close)
+        self.dispatcher.on_dispatched = self.metrics.dispatch_latency.labels("all").observe
         self.controller.on_capacity = self.dispatcher.capacity_changed
         self.controller.on_change = self._agent_changed
         self.models.follow_tasks(self.dispatcher.current_task)
@@ -196,6 +209,7 @@ class Platform:
             await self._reconcile()
             self._background.spawn(self.dispatcher.run(), "corral-dispatch")
             self._background.spawn(self._watch_exits(), "corral-exits")
+            self._background.spawn(self.retention.run(), "corral-retention")
         self._stack.push_async_callback(self._background.close)
 
     def _agent_changed(self, agent: Agent) -> None:
@@ -251,13 +265,50 @@ class Platform:
                 workspace_size=self.settings.k8s_workspace_size,
                 nats_namespace=self.settings.k8s_nats_namespace,
                 nats_port=self.settings.k8s_nats_port,
+                runtime_classes=self.settings.k8s_runtime_classes,
             )
         else:
             from corral.runtime.local import LocalProcessRuntime
 
-            runtime = LocalProcessRuntime(self.data_dir / "agents")
+            self.sandbox = self._confinement()
+            run_as = None
+            if self.sandbox.enabled and os.geteuid() == 0:  # each org's agents: its own uid
+                for org in await self.orgs.list():
+                    await self._org_uid(org)
+                run_as = self._run_as
+            runtime = LocalProcessRuntime(
+                self.data_dir / "agents",
+                run_as=run_as,
+                zygote=self.settings.fork_server,
+                sandbox=self.sandbox,
+            )
         self._stack.push_async_callback(runtime.close)
         return runtime
+
+    def _confinement(self) -> Confinement:
+        """The sandbox of local agents: what the host allows and the operator asked for, with
+        the bus's port, the model gateway's (and the operator's) the only TCP ports agents may
+        connect to, and the data directory hidden from them."""
+        ports = [p for p in (urlsplit(u.strip()).port for u in self.bus.url.split(",")) if p]
+        return Confinement.detect(
+            self.settings.sandbox,
+            tcp_ports=[*ports, self.models.port, *self.settings.sandbox_allow_ports],
+            hide=[str(self.data_dir)],
+            read_only=self.settings.sandbox_read_only,
+        )
+
+    async def _org_uid(self, org: Organization) -> None:
+        uid = await self.orgs.sandbox_uid(
+            org.id, base=self.settings.sandbox_uid_base, count=self.settings.sandbox_uid_count
+        )
+        if uid is None:
+            log.error("no sandbox uid left for %s: its agents cannot start", org.slug)
+        else:
+            self._org_uids[org.slug] = uid
+
+    def _run_as(self, org: str, agent_id: str) -> tuple[int, int] | None:
+        uid = self._org_uids.get(org)
+        return None if uid is None else (uid, uid)
 
     # -- organizations --------------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -268,6 +319,8 @@ class Platform:
             await self.bus.remove_org(org.slug)
 
         async def runtime_up(org: Organization) -> None:
+            if self.sandbox is not None and self.sandbox.enabled and os.geteuid() == 0:
+                await self._org_uid(org)
             await self.runtime.prepare_org(org.slug, labels={**org.labels, **org.annotations})
 
         async def runtime_down(org: Organization) -> None:

@@ -77,6 +77,8 @@ class Plan:
     api_burst: int
     idle_timeout_seconds: float
     gpu_limit: int = 0
+    #: how long a finished task (and its history) is kept before it is pruned
+    task_retention_seconds: float = 7 * 86400.0
     description: str = field(default="")
 
     def to_wire(self) -> dict[str, object]:
@@ -109,6 +111,7 @@ class Plan:
             "apiRatePerSecond": self.api_rate_per_second,
             "apiBurst": self.api_burst,
             "idleTimeoutSeconds": self.idle_timeout_seconds,
+            "taskRetentionSeconds": self.task_retention_seconds,
         }
 
 
@@ -143,6 +146,7 @@ FREE = Plan(
     api_rate_per_second=5.0,
     api_burst=20,
     idle_timeout_seconds=300.0,
+    task_retention_seconds=86400.0,
 )
 
 STANDARD = Plan(
@@ -172,6 +176,7 @@ ENTERPRISE = Plan(
     api_burst=200,
     idle_timeout_seconds=3600.0,
     gpu_limit=4,
+    task_retention_seconds=30 * 86400.0,
 )
 
 _REGISTRY: dict[str, Plan] = {p.name: p for p in (FREE, STANDARD, ENTERPRISE)}
@@ -244,6 +249,9 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
             api_rate_per_second=float(d.get("apiRatePerSecond", base.api_rate_per_second)),
             api_burst=int(d.get("apiBurst", base.api_burst)),
             idle_timeout_seconds=float(d.get("idleTimeoutSeconds", base.idle_timeout_seconds)),
+            task_retention_seconds=float(
+                d.get("taskRetentionSeconds", base.task_retention_seconds)
+            ),
             gpu_limit=int(d.get("gpuLimit", base.gpu_limit)),
         )
     except (TypeError, ValueError) as exc:

@@ -44,6 +44,7 @@ class Snapshot:
     quota: list[tuple[str, str, str, float, float]] = field(default_factory=list)  # used, hard
     usage: list[AgentUsage] = field(default_factory=list)
     quarantined: int = 0  # stored tasks that could not be loaded and were failed
+    pruned: int = 0  # finished tasks pruned past their retention since start
 
 
 class _SnapshotCollector(Collector):
@@ -56,6 +57,11 @@ class _SnapshotCollector(Collector):
             "corral_tasks_quarantined",
             "Stored tasks that could not be loaded, failed with the reason instead",
             value=s.quarantined,
+        )
+        yield CounterMetricFamily(
+            "corral_tasks_pruned",
+            "Finished tasks pruned past their plan's retention since the control plane started",
+            value=s.pruned,
         )
         g = GaugeMetricFamily(
             "corral_agents", "Agents by org, tier and state", labels=["org", "tier", "state"]

@@ -57,6 +57,8 @@ class OrgRow(Base):
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     plan: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime]
+    # the local sandbox's uid and gid for the org's agents (as root); NULL until first needed
+    sandbox_uid: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
 
 
 class ApiKeyRow(Base):

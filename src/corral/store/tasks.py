@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from corral.domain.errors import NotFound
 from corral.domain.tasks import Priority, TaskState
@@ -234,6 +234,27 @@ class TaskRepository:
         async with self._db.sessions() as s:
             rows = (await s.execute(q.order_by(TaskRow.seq).limit(limit))).all()
         return await self._load(rows, states=None if states is None else frozenset(states))
+
+    async def prune(self, *, plan: str, finished_before: datetime, batch: int = 5000) -> int:
+        """Delete up to ``batch`` tasks of ``plan``'s orgs that finished before
+        ``finished_before`` (their history goes with them); returns how many."""
+        terminal = [s.value for s in TaskState if s.is_terminal]
+        orgs = select(OrgRow.id).where(OrgRow.plan == plan)
+        doomed = (
+            select(TaskRow.id)
+            .where(
+                TaskRow.org_id.in_(orgs),
+                TaskRow.state.in_(terminal),
+                TaskRow.updated_at < finished_before,
+            )
+            .limit(batch)
+        )
+        async with self._db.sessions() as s, s.begin():
+            ids = list((await s.execute(doomed)).scalars().all())
+            if ids:
+                await s.execute(delete(TaskEventRow).where(TaskEventRow.task_id.in_(ids)))
+                await s.execute(delete(TaskRow).where(TaskRow.id.in_(ids)))
+        return len(ids)
 
     async def count_by_state(self) -> list[tuple[str, str, str, str, int]]:
         """(org slug, plan, priority, state, count) for metrics."""

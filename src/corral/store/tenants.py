@@ -43,6 +43,13 @@ def _org(row: OrgRow) -> Organization:
     return Organization(OrgId(row.id), OrgSlug(row.slug), get_plan(row.plan), created)
 
 
+def _free_uid(used: set[int], base: int, count: int) -> int | None:
+    top = max((u for u in used if base <= u < base + count), default=base - 1)
+    if top + 1 < base + count:
+        return top + 1
+    return next((u for u in range(base, base + count) if u not in used), None)
+
+
 class OrgRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -104,6 +111,49 @@ class OrgRepository:
         org = await self.get(slug)
         async with self._db.sessions() as s, s.begin():
             await s.execute(delete(OrgRow).where(OrgRow.id == org.id))
+
+    # -- the local sandbox's ids ----------------------------------------------------------------
+    async def sandbox_uid(self, org_id: str, *, base: int, count: int) -> int | None:
+        """The org's own uid (and gid) for its local agents, allocated on first ask from
+        ``[base, base + count)`` and kept for as long as the org exists (a unique column: no
+        two orgs ever hold one at once). After the highest one given, else the lowest free
+        one, so an id is reused as late as possible. None when the range is exhausted.
+
+        Raises:
+            NotFound: no such org.
+        """
+        for _ in range(8):  # a concurrent allocation took the same id: try the next
+            try:
+                async with self._db.sessions() as s, s.begin():
+                    row = await s.get(OrgRow, org_id)
+                    if row is None:
+                        raise NotFound(f"organization {org_id!r} not found")
+                    if row.sandbox_uid is not None:
+                        return row.sandbox_uid
+                    taken = await s.execute(
+                        select(OrgRow.sandbox_uid).where(OrgRow.sandbox_uid.is_not(None))
+                    )
+                    uid = _free_uid({u for u in taken.scalars() if u is not None}, base, count)
+                    if uid is None:
+                        return None
+                    result = await s.execute(
+                        update(OrgRow)
+                        .where(OrgRow.id == org_id, OrgRow.sandbox_uid.is_(None))
+                        .values(sandbox_uid=uid)
+                    )
+            except IntegrityError:
+                continue
+            if result.rowcount:  # type: ignore[attr-defined]
+                return uid
+        return (await self.sandbox_uids()).get(org_id)
+
+    async def sandbox_uids(self) -> dict[str, int]:
+        """org id → its sandbox uid, for the orgs that have one."""
+        async with self._db.sessions() as s:
+            rows = await s.execute(
+                select(OrgRow.id, OrgRow.sandbox_uid).where(OrgRow.sandbox_uid.is_not(None))
+            )
+        return {org_id: int(uid) for org_id, uid in rows if uid is not None}
 
     # -- keys ---------------------------------------------------------------------------------
     async def add_key(self, *, key_id: str, key_secret: str, org_id: str | None) -> None:

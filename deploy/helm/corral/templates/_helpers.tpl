@@ -48,3 +48,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 database-url
 {{- end }}
 {{- end }}
+
+{{/*
+The plan → RuntimeClass map as the control plane reads it: "plan=class,plan=class".
+*/}}
+{{- define "corral.runtimeClasses" -}}
+{{- $pairs := list -}}
+{{- range $plan, $class := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $plan $class) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

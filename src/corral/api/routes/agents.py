@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
 
 from corral.api.auth import org_scope, platform
-from corral.api.schemas import Strict
+from corral.api.schemas import LABEL30, QUANTITY, Strict
 from corral.domain.admission import ContainerRequest
-from corral.domain.agents import MAX_SLOTS
+from corral.domain.agents import MAX_SLOTS, AgentState
 from corral.domain.quantities import parse
 from corral.domain.tenancy import Organization
 
@@ -21,14 +21,32 @@ Org = Annotated[Organization, Depends(org_scope)]
 
 
 class AgentCreate(Strict):
-    name: str = Field(min_length=1, max_length=30)
-    role: str = Field(default="general", min_length=1, max_length=30)
-    cpu: str | None = Field(default=None, max_length=32, description="CPU request, e.g. 500m")
-    memory: str | None = Field(default=None, max_length=32, description="memory request, e.g. 1Gi")
-    cpu_limit: str | None = Field(default=None, max_length=32, alias="cpuLimit")
-    memory_limit: str | None = Field(default=None, max_length=32, alias="memoryLimit")
+    name: str = Field(min_length=1, max_length=30, json_schema_extra={"pattern": LABEL30})
+    role: str = Field(
+        default="general", min_length=1, max_length=30, json_schema_extra={"pattern": LABEL30}
+    )
+    cpu: str | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra={"pattern": QUANTITY},
+        description="CPU request, e.g. 500m",
+    )
+    memory: str | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra={"pattern": QUANTITY},
+        description="memory request, e.g. 1Gi",
+    )
+    cpu_limit: str | None = Field(
+        default=None, max_length=32, json_schema_extra={"pattern": QUANTITY}, alias="cpuLimit"
+    )
+    memory_limit: str | None = Field(
+        default=None, max_length=32, json_schema_extra={"pattern": QUANTITY}, alias="memoryLimit"
+    )
     gpu: int = Field(default=0, ge=0, le=16)
-    command: list[str] | None = Field(default=None, max_length=64)
+    command: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        default=None, min_length=1, max_length=64
+    )
     slots: int = Field(default=1, ge=1, le=MAX_SLOTS, description="tasks the agent runs at once")
     wait: bool = Field(default=False, description="answer once the agent reports ready")
 
@@ -62,16 +80,21 @@ async def provision(body: AgentCreate, org: Org, request: Request) -> dict[str, 
 
 @router.get("")
 async def list_agents(
-    org: Org, request: Request, state: Annotated[str | None, Query(max_length=16)] = None
+    org: Org, request: Request, state: Annotated[AgentState | None, Query()] = None
 ) -> dict[str, Any]:
     agents = await platform(request).controller.find_agents(org)
-    return {"agents": [a.to_wire() for a in agents if state is None or a.state.value == state]}
+    return {"agents": [a.to_wire() for a in agents if state is None or a.state == state]}
 
 
 @router.get("/{agent}")
 async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
-    found = await platform(request).controller.get_agent(org, agent)
-    return found.to_wire()
+    controller = platform(request).controller
+    found = await controller.get_agent(org, agent)
+    wire = found.to_wire()
+    sandbox = await controller.sandbox_level(org, found.id)
+    if sandbox is not None:  # the local runtime's confinement of its running process
+        wire["sandbox"] = sandbox
+    return wire
 
 
 @router.get("/{agent}/logs")

@@ -13,16 +13,41 @@ from fastapi.responses import StreamingResponse
 
 from corral.api.auth import Caller, admin_only, org_scope, platform
 from corral.control.hub import CLOSED
+from corral.domain.errors import RateLimited
 from corral.domain.tenancy import Organization
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1")
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a stream of server-sent events (`event: <kind>` / `data: <json>`)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
 KEEPALIVE_SECONDS = 15.0
+
+
+#: event streams one organization may hold open at once (each costs a queue and a share of
+#: every event's fan-out)
+MAX_STREAMS_PER_ORG = 16
 
 
 def _stream(request: Request, org: str | None) -> StreamingResponse:
     hub = platform(request).hub
+    if org is not None and hub.streams(org) >= MAX_STREAMS_PER_ORG:
+        raise RateLimited(
+            f"organization {org!r} already has {MAX_STREAMS_PER_ORG} event streams open; "
+            "close one first",
+            retry_after=5.0,
+            details={"org": org, "limit": MAX_STREAMS_PER_ORG},
+        )
 
     async def body() -> AsyncIterator[bytes]:
         async with hub.subscribe(org) as queue:
@@ -41,21 +66,20 @@ def _stream(request: Request, org: str | None) -> StreamingResponse:
                 data = json.dumps(event, separators=(",", ":"), default=str)
                 yield f"event: {event['kind']}\ndata: {data}\n\n".encode()
 
-    return StreamingResponse(
+    return EventStream(
         body(),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-@router.get("/orgs/{org}/events")
+@router.get("/orgs/{org}/events", response_class=EventStream, responses=_SSE)
 async def org_events(
     request: Request, found: Annotated[Organization, Depends(org_scope)]
 ) -> StreamingResponse:
     return _stream(request, found.slug)
 
 
-@router.get("/events")
+@router.get("/events", response_class=EventStream, responses=_SSE)
 async def all_events(
     request: Request, _: Annotated[Caller, Depends(admin_only)]
 ) -> StreamingResponse:

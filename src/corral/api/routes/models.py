@@ -2,7 +2,7 @@
 the gateway, its period budget and its metered model usage.
 
 A model names its provider key by secret name (``keySecret``); the key stays in the vault.
-Prices are dollars per million tokens, given as strings or numbers (``"0.15"``); costs are
+Prices are dollars per million tokens, given as strings (``"0.15"``); costs are
 answered as dollar strings, exact to the picodollar. Every change is audited.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import Field
 
 from corral.api.auth import Caller, caller, org_scope, platform
@@ -26,21 +26,57 @@ Org = Annotated[Organization, Depends(org_scope)]
 Who = Annotated[Caller, Depends(caller)]
 
 
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+BASE_URL = r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^?#@\s]*)?$"
+SECRET = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: dollars per million tokens, to the micro-dollar, at most 1,000,000
+PRICE = r"^(1000000(\.0{1,6})?|[0-9]{1,6}(\.[0-9]{1,6})?)$"
+#: dollars, to the picodollar, below 1,000,000
+DOLLARS = r"^[0-9]{1,6}(\.[0-9]{1,12})?$"
+PERIOD = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+MAX_TOKENS = 10**15
+
+ModelName = Annotated[str, Path(json_schema_extra={"maxLength": 128, "pattern": MODEL_NAME})]
+
+
 class ModelPut(Strict):
-    base_url: str = Field(alias="baseUrl", max_length=2000)
-    key_secret: str = Field(alias="keySecret", max_length=253)
-    upstream_model: str | None = Field(default=None, alias="upstreamModel", max_length=253)
-    price_in: str | float = Field(default="0", alias="priceIn", description="$ per Mtok in")
-    price_out: str | float = Field(default="0", alias="priceOut", description="$ per Mtok out")
+    base_url: str = Field(alias="baseUrl", max_length=2000, json_schema_extra={"pattern": BASE_URL})
+    key_secret: str = Field(
+        alias="keySecret",
+        max_length=253,
+        description="the org's secret holding the provider key",
+        json_schema_extra={"pattern": SECRET},
+    )
+    upstream_model: str | None = Field(
+        default=None, alias="upstreamModel", min_length=1, max_length=253
+    )
+    price_in: str = Field(
+        default="0",
+        alias="priceIn",
+        description="$ per million input tokens",
+        json_schema_extra={"pattern": PRICE},
+    )
+    price_out: str = Field(
+        default="0",
+        alias="priceOut",
+        description="$ per million output tokens",
+        json_schema_extra={"pattern": PRICE},
+    )
 
 
 class ModelCreate(ModelPut):
-    name: str = Field(max_length=128)
+    name: str = Field(max_length=128, json_schema_extra={"pattern": MODEL_NAME})
 
 
 class BudgetPut(Strict):
-    tokens: int | None = Field(default=None, ge=0, description="tokens per period; null: none")
-    cost: str | float | None = Field(default=None, description="dollars per period; null: none")
+    tokens: int | None = Field(
+        default=None, ge=0, le=MAX_TOKENS, description="tokens per period; omitted: no limit"
+    )
+    cost: str | None = Field(
+        default=None,
+        description="dollars per period; omitted: no limit",
+        json_schema_extra={"pattern": DOLLARS},
+    )
     plan_default: bool = Field(
         default=False, alias="planDefault", description="drop the org's own budget"
     )
@@ -73,7 +109,7 @@ async def create_model(
 
 @router.put("/models/{name}")
 async def put_model(
-    name: str, body: ModelPut, org: Org, who: Who, request: Request, response: Response
+    name: ModelName, body: ModelPut, org: Org, who: Who, request: Request, response: Response
 ) -> dict[str, Any]:
     """Declare model ``name``, or replace its declaration."""
     return await _declare(request, response, org, who, name, body)
@@ -86,12 +122,12 @@ async def list_models(org: Org, request: Request) -> dict[str, Any]:
 
 
 @router.get("/models/{name}")
-async def show_model(name: str, org: Org, request: Request) -> dict[str, Any]:
+async def show_model(name: ModelName, org: Org, request: Request) -> dict[str, Any]:
     return (await platform(request).models.catalog.get(org, name)).to_wire()
 
 
 @router.delete("/models/{name}", status_code=204)
-async def remove_model(name: str, org: Org, who: Who, request: Request) -> Response:
+async def remove_model(name: ModelName, org: Org, who: Who, request: Request) -> Response:
     await platform(request).models.catalog.remove(org, name, actor=who.label)
     return Response(status_code=204)
 
@@ -120,7 +156,10 @@ async def set_budget(body: BudgetPut, org: Org, who: Who, request: Request) -> d
 async def model_usage(
     org: Org,
     request: Request,
-    period: Annotated[str | None, Query(max_length=7, description="a month, 2026-12")] = None,
+    period: Annotated[
+        str | None,
+        Query(max_length=7, description="a month, 2026-12", json_schema_extra={"pattern": PERIOD}),
+    ] = None,
 ) -> dict[str, Any]:
     """Model calls, tokens and cost of the period, per role, model and agent."""
     return await platform(request).models.usage(org, period=period)

@@ -12,11 +12,11 @@ import base64
 import binascii
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import Field, SecretStr
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import ConfigDict, Field, SecretStr
 
 from corral.api.auth import Caller, caller, org_scope, platform
-from corral.api.schemas import Strict
+from corral.api.schemas import AGENT_ID, Strict, exactly_one_of, strip_nulls
 from corral.domain.errors import InvalidInput, NotFound
 from corral.domain.grants import SecretGrant
 from corral.domain.ids import OrgId
@@ -30,10 +30,33 @@ Org = Annotated[Organization, Depends(org_scope)]
 Who = Annotated[Caller, Depends(caller)]
 
 
+def _secret_schema(schema: dict[str, Any]) -> None:
+    strip_nulls(schema)
+    schema.update(exactly_one_of("value", "valueBase64"))
+
+
+def _grant_schema(schema: dict[str, Any]) -> None:
+    strip_nulls(schema)
+    schema.update(exactly_one_of("role", "agent"))
+
+
 class SecretPut(Strict):
-    value: SecretStr | None = Field(default=None, description="the value as UTF-8 text")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_secret_schema)
+
+    # the vault checks the size in bytes (MAX_SECRET_BYTES, 64 KiB) with its own message
+    value: SecretStr | None = Field(
+        default=None,
+        json_schema_extra={"maxLength": 65536},
+        description="the value as UTF-8 text, at most 65536 bytes",
+    )
     value_base64: SecretStr | None = Field(
-        default=None, alias="valueBase64", description="the value as standard base64"
+        default=None,
+        alias="valueBase64",
+        json_schema_extra={
+            "maxLength": 87380,
+            "pattern": r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        },
+        description="the value as standard base64",
     )
 
     def data(self) -> bytes:
@@ -66,11 +89,20 @@ class SecretPut(Strict):
 
 
 class GrantCreate(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_grant_schema)
+
     secret: str = Field(
-        max_length=253, description="a secret name or a glob over names, e.g. agent-ssh-*"
+        min_length=1,
+        max_length=253,
+        json_schema_extra={"pattern": r"^([a-z0-9.*?!-]|\[[a-z0-9.*?!-]*\])+$"},
+        description="a secret name or a glob over names, e.g. agent-ssh-*",
     )
-    role: str | None = Field(default=None, max_length=63)
-    agent: str | None = Field(default=None, max_length=128)
+    role: str | None = Field(
+        default=None,
+        max_length=63,
+        json_schema_extra={"pattern": r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
+    )
+    agent: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": AGENT_ID})
 
 
 def grant_to_wire(record: GrantRecord) -> dict[str, Any]:
@@ -84,12 +116,30 @@ def grant_to_wire(record: GrantRecord) -> dict[str, Any]:
     }
 
 
+#: a secret's name, as the vault accepts it: a DNS-1123 subdomain
+SecretName = Annotated[
+    str,
+    Path(
+        json_schema_extra={
+            "maxLength": 253,
+            "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        }
+    ),
+]
+
+
 # -- secrets ----------------------------------------------------------------------------------
 
 
-@router.put("/secrets/{name}")
+@router.put(
+    "/secrets/{name}",
+    responses={
+        200: {"description": "a new version of an existing secret"},
+        201: {"description": "the secret's first version"},
+    },
+)
 async def put_secret(
-    name: str, body: SecretPut, org: Org, who: Who, request: Request, response: Response
+    name: SecretName, body: SecretPut, org: Org, who: Who, request: Request, response: Response
 ) -> dict[str, Any]:
     """Store a new version of a secret; answers its metadata, never the value."""
     info = await platform(request).vault.put(OrgId(org.id), name, body.data(), actor=who.label)
@@ -104,13 +154,13 @@ async def list_secrets(org: Org, request: Request) -> dict[str, Any]:
 
 
 @router.get("/secrets/{name}")
-async def show_secret(name: str, org: Org, request: Request) -> dict[str, Any]:
+async def show_secret(name: SecretName, org: Org, request: Request) -> dict[str, Any]:
     """One secret's name, version and times; values are write-only."""
     return (await platform(request).vault.info(OrgId(org.id), name)).to_wire()
 
 
 @router.delete("/secrets/{name}", status_code=204)
-async def delete_secret(name: str, org: Org, who: Who, request: Request) -> Response:
+async def delete_secret(name: SecretName, org: Org, who: Who, request: Request) -> Response:
     await platform(request).vault.delete(OrgId(org.id), name, actor=who.label)
     return Response(status_code=204)
 
@@ -131,7 +181,7 @@ async def add_grant(body: GrantCreate, org: Org, who: Who, request: Request) -> 
         try:
             await p.controller.get_agent(org, body.agent)
         except NotFound:
-            raise InvalidInput(
+            raise NotFound(
                 f"no agent {body.agent!r} in organization {org.slug!r}",
                 details={"field": "agent", "agent": body.agent},
             ) from None

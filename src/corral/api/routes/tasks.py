@@ -7,10 +7,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from corral.api.auth import org_scope, platform
-from corral.api.schemas import Strict
+from corral.api.schemas import (
+    AGENT_ID,
+    DURATION,
+    LABEL30,
+    QUANTITY,
+    Strict,
+    exactly_one_of,
+    strip_nulls,
+)
 from corral.domain.budgets import Budget
 from corral.domain.errors import InvalidInput
 from corral.domain.ids import new_task_id
@@ -22,34 +30,50 @@ from corral.domain.tenancy import Organization
 __all__ = ["parse_deadline", "router"]
 
 router = APIRouter(prefix="/v1/orgs/{org}/tasks")
+_ONE_STATE = "|".join(s.value for s in TaskState)
+_STATES = f"^({_ONE_STATE})(,({_ONE_STATE}))*$"
 Org = Annotated[Organization, Depends(org_scope)]
 
 
 class RequirementsIn(Strict):
-    cpu: str | None = Field(default=None, max_length=32)
-    memory: str | None = Field(default=None, max_length=32)
+    cpu: str | None = Field(default=None, max_length=32, json_schema_extra={"pattern": QUANTITY})
+    memory: str | None = Field(default=None, max_length=32, json_schema_extra={"pattern": QUANTITY})
     gpu: int = Field(default=0, ge=0, le=16)
 
 
+def _deadline_schema(schema: dict[str, Any]) -> None:
+    strip_nulls(schema)
+    schema.update(exactly_one_of("role", "agent"))
+    schema["properties"]["deadline"] = {
+        "description": "a duration from now (30s, 10m, 2h, 1d) or an RFC 3339 time",
+        "anyOf": [
+            {"type": "string", "pattern": DURATION, "maxLength": 64},
+            {"type": "string", "format": "date-time", "maxLength": 64},
+        ],
+    }
+
+
 class TaskCreate(Strict):
-    role: str | None = Field(default=None, max_length=30)
-    agent: str | None = Field(default=None, max_length=128)
-    priority: str = Field(default="normal", max_length=16)
-    deadline: str | None = Field(
-        default=None, max_length=64, description="ISO-8601 time, or a duration like 10m, 2h, 30s"
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_deadline_schema)
+
+    role: str | None = Field(default=None, max_length=30, json_schema_extra={"pattern": LABEL30})
+    agent: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": AGENT_ID})
+    priority: str = Field(default="normal", json_schema_extra={"enum": [p.value for p in Priority]})
+    deadline: str | None = Field(default=None, max_length=64)
     requirements: RequirementsIn = Field(default_factory=RequirementsIn)
     payload: dict[str, Any] = Field(default_factory=dict)
     max_tokens: int | None = Field(
         default=None,
         alias="maxTokens",
         ge=0,
-        description="model tokens it and its children may use",
+        le=10**15,
+        description="model tokens it and its delegated children may use",
     )
-    max_cost: str | float | None = Field(
+    max_cost: str | None = Field(
         default=None,
         alias="maxCost",
-        description="dollars of model calls it and its children may spend",
+        description="dollars of model calls it and its delegated children may spend",
+        json_schema_extra={"pattern": r"^[0-9]{1,6}(\.[0-9]{1,12})?$"},
     )
 
 
@@ -117,7 +141,10 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
 async def list_tasks(
     org: Org,
     request: Request,
-    state: Annotated[str | None, Query(max_length=16)] = None,
+    state: Annotated[
+        str | None,
+        Query(max_length=200, pattern=_STATES, description="one state, or several: a,b,c"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> dict[str, Any]:
     states = None

@@ -69,6 +69,7 @@ class Dispatcher:
         idle_timeout: Callable[[Organization], float] = lambda org: org.plan.idle_timeout_seconds,
         aging_seconds: float = 300.0,
         heartbeat_seconds: float = 5.0,
+        retention: Callable[[Organization], float] = lambda org: org.plan.task_retention_seconds,
     ) -> None:
         self.tasks = tasks
         self.journal = journal
@@ -78,7 +79,9 @@ class Dispatcher:
         self.auto_provision = auto_provision
         self._wake = asyncio.Event()
         self._background = Background()
-        self.dispatch_latency: list[float] = []  # seconds queued→dispatched, for metrics
+        #: told each task's seconds from queued to dispatched (the platform feeds its metrics;
+        #: a list kept between scrapes grew without bound and dropped samples)
+        self.on_dispatched: Callable[[float], None] = lambda seconds: None
         self.held = False  # while held, tasks are accepted and queued but none is dispatched
         # orgs whose capacity changed since the last round: events arrive while a round runs
         # on an older snapshot, so parked lanes are woken at the start of the next round too
@@ -106,7 +109,13 @@ class Dispatcher:
             idle_timeout=idle_timeout,
             heartbeat_seconds=heartbeat_seconds,
         )
-        self.intake = Intake(book=self.book, tasks=tasks, controller=controller, kick=self.kick)
+        self.intake = Intake(
+            book=self.book,
+            tasks=tasks,
+            controller=controller,
+            kick=self.kick,
+            retention=retention,
+        )
         self.events = AgentEvents(
             bus=bus,
             book=self.book,
@@ -379,7 +388,7 @@ class Dispatcher:
                 log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, result.message)
                 await self._retry(rec.id, f"delivery failed: {result.message}")
             else:
-                self.dispatch_latency.append(now - rec.created_at.timestamp())
+                self.on_dispatched(now - rec.created_at.timestamp())
 
     async def _provision_for(
         self, org: Organization, task: QueuedTask, key: tuple[str, str | None]

@@ -16,7 +16,7 @@ from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.lifecycle import Controller
 from corral.domain.agents import AgentState
 from corral.domain.errors import Conflict, InvalidInput, NotFound
-from corral.domain.ids import new_task_id
+from corral.domain.ids import new_task_id, task_created_at
 from corral.domain.tasks import Priority, Requirements, TaskState
 from corral.domain.tenancy import Organization
 from corral.store.tasks import TaskRecord, TaskRepository, Transition
@@ -32,7 +32,9 @@ class Intake:
         tasks: TaskRepository,
         controller: Controller,
         kick: Callable[[], None],
+        retention: Callable[[Organization], float] = lambda org: org.plan.task_retention_seconds,
     ) -> None:
+        self._retention = retention
         self._book = book
         self._tasks = tasks
         self._controller = controller
@@ -55,7 +57,9 @@ class Intake:
         """Accept a task durably (``queued``), then let the loop place it.
 
         Raises:
-            InvalidInput: neither or both of role/agent, an unknown agent, or a past deadline.
+            InvalidInput: neither or both of role/agent.
+            NotFound: an unknown agent.
+            Conflict: a terminated or failed agent, or a past deadline.
             Conflict: a task of that id exists (a delegation sent twice).
         """
         if (role is None) == (agent is None):
@@ -64,14 +68,14 @@ class Intake:
             try:
                 target = await self._controller.agents.get(agent, org_id=org.id)
             except NotFound:
-                raise InvalidInput(
+                raise NotFound(
                     f"unknown agent {agent!r} in organization {org.slug!r}",
                     details={"agent": agent},
                 ) from None
             if target.state in (AgentState.TERMINATED, AgentState.FAILED):
-                raise InvalidInput(f"agent {agent!r} is {target.state.value}")
+                raise Conflict(f"agent {agent!r} is {target.state.value}")
         if deadline is not None and deadline <= datetime.now(UTC):
-            raise InvalidInput("the deadline is already past", details={"deadline": str(deadline)})
+            raise Conflict("the deadline is already past", details={"deadline": str(deadline)})
         reqs: dict[str, Any] = {"gpu": requirements.gpu}
         if requirements.cpu is not None:
             reqs["cpu"] = requirements.cpu.render()
@@ -150,7 +154,18 @@ class Intake:
         """The task and its history.
 
         Raises:
-            NotFound: no such task in ``org``.
+            NotFound: no such task in ``org``; it says so if the task may have been pruned.
         """
-        rec = await self._tasks.get(task_id, org_id=org.id)
+        try:
+            rec = await self._tasks.get(task_id, org_id=org.id)
+        except NotFound as exc:
+            created = task_created_at(task_id)
+            kept = self._retention(org)
+            if created is not None and created < time.time() - kept:
+                raise NotFound(
+                    f"task {task_id!r} not found: finished tasks are pruned "
+                    f"{kept / 86400:g} days after they finish on the {org.plan.name} plan",
+                    details={"task": task_id, "pruned": True, "retentionSeconds": kept},
+                ) from exc
+            raise
         return rec, await self._tasks.history(task_id)

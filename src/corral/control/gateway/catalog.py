@@ -58,7 +58,8 @@ class ModelCatalog:
         and whether it is new.
 
         Raises:
-            InvalidInput: a bad name, URL or price, or no secret ``key_secret`` in the org.
+            InvalidInput: a bad name, URL or price.
+            NotFound: no secret ``key_secret`` in the org.
         """
         validate_model_name(name)
         url = validate_base_url(base_url)
@@ -69,7 +70,7 @@ class ModelCatalog:
         try:
             await self._vault.info(OrgId(org.id), key_secret)
         except NotFound:
-            raise InvalidInput(
+            raise NotFound(
                 f"no secret {key_secret!r} in organization {org.slug!r}: store the provider "
                 "key first (corral secret set)",
                 details={"field": "keySecret", "secret": key_secret},

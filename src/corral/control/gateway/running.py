@@ -76,6 +76,11 @@ class GatewayService:
         self.socket: socket.socket
         self.url: str
 
+    @property
+    def port(self) -> int:
+        """The gateway's TCP port: the one port of the platform besides the bus agents reach."""
+        return int(self.socket.getsockname()[1])
+
     def follow_tasks(self, current_task: Callable[[str], str | None]) -> None:
         """Where the gateway learns which task an agent is busy with (calls not tagged)."""
         self._current_task = current_task

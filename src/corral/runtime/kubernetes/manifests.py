@@ -294,18 +294,22 @@ def _env(spec: LaunchSpec) -> list[dict[str, str]]:
     return [{"name": k, "value": v} for k, v in sorted(env.items())]
 
 
-def _pod(spec: LaunchSpec, namespace: str, labels: Mapping[str, str]) -> dict[str, Any]:
+def _pod(
+    spec: LaunchSpec, namespace: str, labels: Mapping[str, str], runtime_class: str | None
+) -> dict[str, Any]:
     restricted: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     annotations = {
         names.ANNOTATION_AGENT_ID: spec.agent_id,
         names.ANNOTATION_ORG_ID: spec.org_id,
         names.ANNOTATION_AGENT_NAME: spec.name,
     }
+    sandboxed = {"runtimeClassName": runtime_class} if runtime_class else {}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _meta(spec.agent_id, namespace, labels, annotations),
         "spec": {
+            **sandboxed,
             "serviceAccountName": names.SERVICE_ACCOUNT_NAME,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
@@ -369,6 +373,7 @@ def agent_manifests(
     *,
     storage_class: str | None = None,
     workspace_size: str = "10Gi",
+    runtime_class: str | None = None,
 ) -> list[dict[str, Any]]:
     """One agent's PVC ``workspace-<agent>``, credentials Secret and Pod ``<agent>``, in order.
 
@@ -377,10 +382,14 @@ def agent_manifests(
     admitted resources (and an ``nvidia.com/gpu`` limit when it has GPUs), its NATS
     credentials mounted read-only at ``/var/run/corral/nats.creds`` and its workspace at
     ``/workspace``. ``storage_class=None`` leaves the cluster's default storage class.
+    ``runtime_class`` names the RuntimeClass the Pod runs under (a sandboxed runtime such as
+    gVisor's ``runsc`` or Kata Containers, chosen per plan); ``None`` is the node's default.
 
     Raises:
-        InvalidInput: an agent id that cannot name a Pod, or a bad workspace size.
+        InvalidInput: an agent id that cannot name a Pod, a bad workspace size or RuntimeClass.
     """
+    if runtime_class is not None and not names.is_dns1123_subdomain(runtime_class):
+        raise InvalidInput(f"RuntimeClass {runtime_class!r} is not a valid name")
     slug = org.slug if isinstance(org, Organization) else org
     namespace = namespace_for(slug)
     taken = (
@@ -417,7 +426,7 @@ def agent_manifests(
     creds = part("Secret", names.creds_secret_name(spec.agent_id), "agent-creds")
     creds["type"] = "Opaque"
     creds["data"] = {names.CREDS_FILE: _b64(spec.creds.encode())}
-    return [claim, creds, _pod(spec, namespace, labels)]
+    return [claim, creds, _pod(spec, namespace, labels, runtime_class)]
 
 
 def render_yaml(manifests: Iterable[Mapping[str, Any]]) -> str:

@@ -92,6 +92,8 @@ class KubernetesRuntime:
         nats_port: the NATS client port.
         plans: the plans organizations may be on, by name.
         default_plan: the plan :meth:`prepare_org` uses when the labels name none.
+        runtime_classes: plan name (``*``: any other) → the RuntimeClass its agents' Pods run
+            under, e.g. gVisor's ``runsc`` or Kata: a kernel of their own per tenant plan.
         poll_interval: seconds between checks while waiting for an object to be gone.
         delete_timeout: seconds to wait, past the grace period, for a deletion to finish.
         watch_retry: seconds to wait before watching pods again after the watch broke.
@@ -115,8 +117,16 @@ class KubernetesRuntime:
         delete_timeout: float = 120.0,
         watch_retry: float = 1.0,
         check_pod_quota: bool = True,
+        runtime_classes: Mapping[str, str] | None = None,
     ) -> None:
         parse(workspace_size)  # fail at construction, not at the first start
+        classes = dict(runtime_classes or {})
+        for plan_name, class_name in classes.items():
+            if plan_name != "*" and plan_name not in plans:
+                raise InvalidInput(f"a RuntimeClass is set for unknown plan {plan_name!r}")
+            if not names.is_dns1123_subdomain(class_name):
+                raise InvalidInput(f"RuntimeClass {class_name!r} is not a valid name")
+        self._runtime_classes = classes
         if default_plan not in plans:
             raise InvalidInput(f"unknown default plan {default_plan!r}")
         self._gateway = gateway
@@ -215,6 +225,7 @@ class KubernetesRuntime:
             spec,
             storage_class=self._storage_class,
             workspace_size=self._workspace_size,
+            runtime_class=await self._runtime_class(spec.org),
         )
         existing = await self._get("Pod", spec.agent_id, namespace)
         if existing is not None:
@@ -396,6 +407,16 @@ class KubernetesRuntime:
                 annotations={STOP_ANNOTATION: datetime.now(UTC).isoformat()},
             )
             await self._gateway.delete("Pod", name, namespace=namespace, grace_period=grace_period)
+
+    async def _runtime_class(self, org: str) -> str | None:
+        """The RuntimeClass for ``org``'s plan, read from its namespace's ``tier`` label (the
+        plan may have changed since the runtime last saw the org); None when none is set."""
+        if not self._runtime_classes:
+            return None
+        namespace = await self._get("Namespace", namespace_for(org), None)
+        labels = (namespace or {}).get("metadata", {}).get("labels", {}) or {}
+        tier = next((labels[k] for k in _PLAN_KEYS if k in labels), self._default_plan)
+        return self._runtime_classes.get(tier, self._runtime_classes.get("*"))
 
     async def _get(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:

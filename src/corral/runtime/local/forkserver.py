@@ -40,7 +40,9 @@ What keeps it safe:
 A child becomes what ``python -m MODULE`` would have been in a fresh process started by the
 runtime (:func:`_become_agent`), then runs the module as ``__main__`` and exits with its status.
 
-This module imports only the standard library: nothing of the control plane enters the zygote.
+This module imports only the standard library and the sandbox (itself standard library only):
+nothing of the control plane enters the zygote. The sandbox is imported here, at start, so its
+pages are shared by every child that applies it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, NoReturn
+
+from corral.runtime.sandbox import SandboxPolicy, apply
 
 __all__ = ["ENV_ROOM_VARIABLE", "MAX_FDS", "RECORD", "Launch", "die_with", "main"]
 
@@ -96,6 +100,7 @@ class Launch:
     ids: tuple[int, int] | None  # (uid, gid) to switch to, or None to keep the runtime's
     rlimits: tuple[tuple[int, int], ...] = ()  # (resource, soft and hard limit)
     note: str = ""  # the runtime's line for the log, written before the agent runs ("{pid}")
+    sandbox: str = ""  # the agent's SandboxPolicy as JSON; "" runs it unconfined (sandbox off)
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -107,6 +112,7 @@ class Launch:
                 "ids": list(self.ids) if self.ids is not None else None,
                 "rlimits": [list(r) for r in self.rlimits],
                 "note": self.note,
+                "sandbox": self.sandbox,
             }
         ).encode()
 
@@ -122,6 +128,7 @@ class Launch:
             ids=(int(ids[0]), int(ids[1])) if ids is not None else None,
             rlimits=tuple((int(r), int(v)) for r, v in raw["rlimits"]),
             note=str(raw["note"]),
+            sandbox=str(raw.get("sandbox", "")),
         )
 
 
@@ -319,14 +326,22 @@ def _become_agent(sock: socket.socket, fds: list[int], zygote: int) -> NoReturn:
         # nothing of the server (its channel, the launch, the cgroup files) past this point:
         # only stdio and the report, which goes before any of the agent's code can run
         _close_inherited(keep=report)
-        if launch.ids is not None:
-            uid, gid = launch.ids
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            _prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # as after an exec: the agent's own uid may see it
-        die_with(zygote)
+        # before the sandbox forks its waiter: that process, the pid the runtime tracks,
+        # shows the agent's environment in /proc as well
         _replace_environment(launch.env)
+        if launch.sandbox:
+            # namespaces, ids, Landlock, seccomp; with a PID namespace this process stays
+            # outside as the agent's waiter (the pid the runtime tracks) and never returns
+            # here: the agent goes on as the namespace's first process, its death tied to it
+            apply(SandboxPolicy.decode(launch.sandbox.encode()), parent=zygote)
+        else:
+            if launch.ids is not None:
+                uid, gid = launch.ids
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                _prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # as after an exec: its own uid may see it
+            die_with(zygote)
         if launch.note:  # only a child that will run says it started
             os.write(1, launch.note.replace("{pid}", str(os.getpid())).encode())
         os.write(report, b"ok")

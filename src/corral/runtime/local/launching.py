@@ -4,10 +4,12 @@ Two ways to start an agent, with the same result. A command ``[sys.executable, "
 (the built-in agent's) goes to its organization's fork server (:mod:`.forkpool`): a process
 that has already imported the agent-side modules and forks a child per agent, so neither the
 control plane's memory is copied nor ~90 ms of imports repeated. Any other command (or any
-command, with ``zygote=False``) is forked and exec'd from here. Either way the new process joins
-its limits before it runs a line of the agent, leads a session of its own, runs under the
-agent's uid if one is given, gets an environment built from nothing (the control plane's own
-variables, which may hold platform secrets, are never inherited) and dies with its parent.
+command, with ``zygote=False``) is forked and exec'd from here, through the sandbox's
+trampoline (:mod:`.confining`). Either way the new process joins its limits before it runs a
+line of the agent, leads a session of its own, is confined by the sandbox (its organization's
+uid, its own namespaces, Landlock, seccomp: :mod:`.confinement`) unless that is off, gets an
+environment built from nothing (the control plane's own variables, which may hold platform
+secrets, are never inherited) and dies with its parent.
 
 Output goes straight from the agent to ``logs/agent.log`` (no pipe through the control plane),
 so logs survive a control plane restart and a chatty agent cannot block on a full pipe.
@@ -27,8 +29,10 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from corral.domain.errors import InvalidInput, Unavailable
+from corral.domain.errors import Conflict, InvalidInput, Unavailable
 from corral.runtime.base import LaunchSpec
+from corral.runtime.local.confinement import Confinement
+from corral.runtime.local.confining import confined_exec
 from corral.runtime.local.forkclient import ZygoteChild, runnable_module
 from corral.runtime.local.forkpool import ForkServerPool
 from corral.runtime.local.forkserver import Launch
@@ -42,6 +46,7 @@ from corral.runtime.local.workspaces import (
     note_line,
     write_private,
 )
+from corral.runtime.sandbox import SandboxPolicy
 
 __all__ = ["RunAs", "Launcher", "default_env"]
 
@@ -75,6 +80,7 @@ class Launcher:
         forkservers: the orgs' fork servers.
         use_forkservers: start ``[sys.executable, "-m", MODULE]`` commands from them; False
             forks and execs every agent from here.
+        confinement: the sandbox every agent is started in (see :mod:`.confinement`).
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class Launcher:
         run_as: RunAs | None,
         forkservers: ForkServerPool,
         use_forkservers: bool,
+        confinement: Confinement,
     ) -> None:
         self._limiter = limiter
         self._pids_max = pids_max
@@ -95,6 +102,7 @@ class Launcher:
         self._run_as = run_as
         self._forkservers = forkservers
         self._use_forkservers = use_forkservers
+        self._confinement = confinement
         self._launching = asyncio.Semaphore(_LAUNCHING)
 
     async def launch(self, spec: LaunchSpec, paths: AgentPaths) -> Agent:
@@ -105,6 +113,9 @@ class Launcher:
             Unavailable: a step failed; nothing of the start is left behind.
         """
         ids = self._run_as(spec.org, spec.agent_id) if self._run_as is not None else None
+        env = self._env(spec, paths)
+        # decided before anything of the agent exists: a refusal leaves nothing behind
+        policy = self._confinement.policy(paths, ids, env)
         created_dir = created_ws = False
         placement: Placement | None = None
         stage = "preparing its directory"
@@ -121,7 +132,7 @@ class Launcher:
             placement = self._limiter.place(spec.org, spec.agent_id, limits)
             oom_before = placement.oom_kills()
             stage = f"running {spec.command[0]}"
-            proc = await self._spawn(spec, paths, placement, ids)
+            proc = await self._spawn(spec, paths, placement, ids, env, policy)
             if not isinstance(proc, ZygoteChild):  # a forked child wrote it itself
                 note(paths, f"started pid {proc.pid} ({_describe(placement)})")
         except BaseException as exc:
@@ -136,6 +147,13 @@ class Launcher:
             details = {"org": spec.org, "agent_id": spec.agent_id}
             if isinstance(exc, ValueError):  # e.g. a NUL byte in argv or env
                 raise InvalidInput(f"cannot start agent {spec.agent_id}: {exc}") from exc
+            if isinstance(exc, FileNotFoundError | PermissionError) and proc_stage(stage):
+                note(paths, f"could not start: {stage}: {exc.strerror}")
+                raise Conflict(  # the host lacks it: nothing the schema could have said
+                    f"cannot start agent {spec.agent_id}: its command {spec.command[0]!r} "
+                    f"cannot be run ({exc.strerror}); give a path or a program on PATH",
+                    details={**details, "command": spec.command[0]},
+                ) from exc
             if isinstance(exc, OSError | subprocess.SubprocessError | Unavailable):
                 why = exc.message if isinstance(exc, Unavailable) else str(exc)
                 note(paths, f"could not start: {stage}: {why}")
@@ -146,7 +164,15 @@ class Launcher:
         cgroups = {k: str(v) for k, v in placement.dirs.items()}
         ref = ProcessRef.of(proc.pid, mechanism=placement.mechanism.value, cgroups=cgroups)
         write_ref(paths.pidfile, ref)
-        return Agent(paths, placement, proc, ref, oom_before, self._limiter.reason)
+        level = self._confinement.level() if policy is not None else "off"
+        return Agent(paths, placement, proc, ref, oom_before, self._limiter.reason, sandbox=level)
+
+    def _env(self, spec: LaunchSpec, paths: AgentPaths) -> dict[str, str]:
+        env = {**self._base_env, "HOME": str(paths.workspace), "TMPDIR": str(paths.tmp)}
+        env.update(spec.env)
+        env["CORRAL_WORKSPACE"] = str(paths.workspace)
+        env["CORRAL_CREDS_FILE"] = str(paths.creds)
+        return env
 
     async def _spawn(
         self,
@@ -154,11 +180,9 @@ class Launcher:
         paths: AgentPaths,
         placement: Placement,
         ids: tuple[int, int] | None,
+        env: dict[str, str],
+        policy: SandboxPolicy | None,
     ) -> Child:
-        env = {**self._base_env, "HOME": str(paths.workspace), "TMPDIR": str(paths.tmp)}
-        env.update(spec.env)
-        env["CORRAL_WORKSPACE"] = str(paths.workspace)
-        env["CORRAL_CREDS_FILE"] = str(paths.creds)
         module = runnable_module(spec.command) if self._use_forkservers else None
         with self._forkservers.starting(spec.org):
             async with self._launching:
@@ -177,11 +201,14 @@ class Launcher:
                                 (spec.command[0], *spec.command[3:]),
                                 env,
                                 str(paths.workspace),
-                                ids,
+                                ids if policy is None else None,
                                 join.rlimits,
                                 note=note_line(line),
+                                sandbox=policy.encode().decode() if policy is not None else "",
                             )
                             return await zygote.spawn(launch, log=out, procs=join.procs)
+                        if policy is not None:
+                            return await confined_exec(spec.command, policy, join, out, paths, env)
                         setup = child_setup(join=join, parent_pid=os.getpid(), ids=ids)
                         return await asyncio.create_subprocess_exec(
                             *spec.command,
@@ -200,3 +227,8 @@ class Launcher:
 
 def _describe(placement: Placement) -> str:
     return ", ".join(f"{k} {v}" for k, v in placement.describe().items() if "." not in k)
+
+
+def proc_stage(stage: str) -> bool:
+    """Whether a launch failed while running the agent's own command."""
+    return stage.startswith("running ")

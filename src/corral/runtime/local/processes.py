@@ -132,7 +132,11 @@ def read_ref(path: Path) -> ProcessRef | None:
 
 
 def child_setup(
-    *, join: Callable[[], None], parent_pid: int, ids: tuple[int, int] | None
+    *,
+    join: Callable[[], None],
+    parent_pid: int,
+    ids: tuple[int, int] | None,
+    keep: Iterable[int] = (),
 ) -> Callable[[], None]:
     """The hook run in the forked child before exec: limits, identity, death signal, and no
     descriptor of the control plane past the exec.
@@ -141,8 +145,11 @@ def child_setup(
     parent died before it was set, the child exits instead of running unsupervised. Every
     descriptor above stderr is marked close-on-exec: not every event loop's spawn closes what
     the parent had open (uvloop's does not), and an agent must not inherit the control plane's
-    files or sockets.
+    files or sockets; ``keep`` (the sandbox trampoline's policy and report pipes) excepted.
+    With the sandbox, ``ids`` is None: the trampoline switches ids itself, after its
+    namespaces are made.
     """
+    kept = frozenset(keep)
 
     def setup() -> None:
         join()
@@ -153,7 +160,7 @@ def child_setup(
             os.setuid(uid)
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
-            if fd > 2:
+            if fd > 2 and fd not in kept:
                 with contextlib.suppress(OSError):  # the directory's own descriptor
                     os.set_inheritable(fd, False)
         try:

@@ -3,11 +3,12 @@
 This is the embedded shape's runtime, so it must be as careful as a container runtime with
 only the kernel's help:
 
-- isolation: a 0700 workspace per agent, credentials in a 0600 file (never in the environment
-  or argv), an environment built from nothing (the control plane's own variables, which may
-  hold platform secrets, are never inherited), and memory/CPU limits (see :mod:`.limits`).
-  Agents started by one uid can read each other's files; only with ``run_as`` (a distinct uid
-  per agent or org) do file modes separate tenants. Say so to anyone relying on local mode.
+- isolation: the sandbox (:mod:`.confinement`, on by default: each org's own uid as root, a
+  user namespace otherwise; PID, mount and IPC namespaces; Landlock; seccomp), a 0700
+  workspace per agent, credentials in a 0600 file only the agent sees (never in the
+  environment or argv), an environment built from nothing (the control plane's own variables,
+  which may hold platform secrets, are never inherited), and memory/CPU limits (see
+  :mod:`.limits`). With the sandbox off, agents of one uid can read each other's files.
 - supervision: a named, guarded task per agent awaits its exit; an exit nobody asked for is
   ``CRASHED`` (or ``EXITED`` for code 0) and is published on :meth:`exits`
   (:mod:`.supervision`).
@@ -39,6 +40,7 @@ from typing import Any, Self
 from corral.domain.errors import Conflict, InvalidInput, Unavailable
 from corral.runtime.base import LaunchSpec, Phase, RuntimeStatus
 from corral.runtime.local import leftovers, supervision
+from corral.runtime.local.confinement import Confinement, OrgIds
 from corral.runtime.local.forkpool import ForkServerPool
 from corral.runtime.local.launching import Launcher, RunAs, default_env
 from corral.runtime.local.limits import Limiter, Mechanism
@@ -65,6 +67,9 @@ class LocalProcessRuntime:
         limiter: an already probed :class:`Limiter` (tests use fake cgroup trees).
         zygote: start ``[sys.executable, "-m", MODULE]`` commands from the fork server
             (the default); False forks and execs every agent from the control plane.
+        sandbox: how agents are confined (:class:`Confinement`), or a mode for
+            :meth:`Confinement.detect` (``"auto"``: strict where this host allows every
+            layer). As root without ``run_as``, each org gets a uid of its own (:class:`OrgIds`).
 
     Raises:
         Unavailable: ``mechanism`` names one this host cannot provide.
@@ -83,9 +88,18 @@ class LocalProcessRuntime:
         run_as: RunAs | None = None,
         limiter: Limiter | None = None,
         zygote: bool = True,
+        sandbox: Confinement | str = "auto",
     ) -> None:
         self._root = Path(root).absolute()
-        self._dir_mode = 0o711 if run_as is not None else 0o700
+        confinement = sandbox if isinstance(sandbox, Confinement) else Confinement.detect(sandbox)
+        self._confinement = confinement
+        if run_as is None and confinement.enabled and os.geteuid() == 0:
+            run_as = OrgIds()  # as root, no agent runs as root: each org gets its own uid
+        # agents of other uids traverse the runtime's directories only without a mount
+        # namespace of their own: with one, the sandbox binds their workspace in for them
+        report = confinement.report
+        binds = confinement.enabled and report is not None and report.namespaces
+        self._dir_mode = 0o711 if run_as is not None and not binds else 0o700
         self._root.mkdir(parents=True, exist_ok=True)
         ensure_dir(self._root / "orgs", self._dir_mode)
         instance = hashlib.sha256(str(self._root.resolve()).encode()).hexdigest()[:12]
@@ -111,7 +125,13 @@ class LocalProcessRuntime:
             run_as=run_as,
             forkservers=self._forkservers,
             use_forkservers=zygote and hasattr(os, "memfd_create"),
+            confinement=confinement,
         )
+
+    @property
+    def sandbox(self) -> Confinement:
+        """How this runtime confines its agents."""
+        return self._confinement
 
     @property
     def root(self) -> Path:

@@ -78,12 +78,15 @@ class Agent:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     signalled: dict[int, float] = field(default_factory=dict)  # pid -> start time
+    sandbox: str = ""  # the confinement it runs under ("strict", "best-effort (...)", "off")
 
     def status(self) -> RuntimeStatus:
         running = self.phase is Phase.RUNNING
         detail = {**self.placement.describe(), **self.detail}
         if self.note:
             detail["limits_note"] = self.note
+        if self.sandbox:
+            detail["sandbox"] = self.sandbox
         return RuntimeStatus(
             self.paths.org,
             self.paths.agent_id,

@@ -1,5 +1,7 @@
-"""A test agent: calls a model through ``ctx.llm`` (tagged with its task), then delegates
-the rest of the work to a ``writer`` agent and returns both."""
+"""An agent that calls its org's models through ``ctx.llm`` — each call charged to its task —
+then delegates the rest of the work to a ``writer`` agent (``examples/llm_agent.py``), whose
+calls count against the same task budget, and returns both. Its payload:
+``{"model": "small", "childCalls": 3}``."""
 
 from __future__ import annotations
 
