@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from corral.api.auth import Caller, caller, org_scope, platform
-from corral.api.schemas import Strict
+from corral.api.schemas import Strict, strip_nulls
 from corral.domain.budgets import Budget
 from corral.domain.models import parse_dollars, parse_price
 from corral.domain.tenancy import Organization
@@ -40,6 +40,8 @@ ModelName = Annotated[str, Path(json_schema_extra={"maxLength": 128, "pattern": 
 
 
 class ModelPut(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=strip_nulls, strict=True)
+
     base_url: str = Field(alias="baseUrl", max_length=2000, json_schema_extra={"pattern": BASE_URL})
     key_secret: str = Field(
         alias="keySecret",
@@ -69,6 +71,8 @@ class ModelCreate(ModelPut):
 
 
 class BudgetPut(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=strip_nulls, strict=True)
+
     tokens: int | None = Field(
         default=None, ge=0, le=MAX_TOKENS, description="tokens per period; omitted: no limit"
     )

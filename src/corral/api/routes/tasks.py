@@ -65,6 +65,7 @@ class TaskCreate(Strict):
     max_tokens: int | None = Field(
         default=None,
         alias="maxTokens",
+        strict=True,
         ge=0,
         le=10**15,
         description="model tokens it and its delegated children may use",
@@ -72,6 +73,7 @@ class TaskCreate(Strict):
     max_cost: str | None = Field(
         default=None,
         alias="maxCost",
+        strict=True,
         description="dollars of model calls it and its delegated children may spend",
         json_schema_extra={"pattern": r"^[0-9]{1,6}(\.[0-9]{1,12})?$"},
     )
