@@ -1,6 +1,7 @@
 """A hostile agent for the noisy-neighbour figures and tests: it connects with its own
 credentials and publishes large messages on its own status and events subjects (all its
-credentials allow) as fast as it can, for ``CORRAL_FLOOD_SECONDS`` (default 10), as JetStream
+credentials allow) as fast as it can, for its first argument's seconds (else
+``CORRAL_FLOOD_SECONDS``, default 10), as JetStream
 publishes where it can so that a refusal reaches it; then it idles until stopped. It writes
 what it saw to ``flood.json`` in its workspace: messages sent, refused, and the first
 refusal's text."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from corral.sdk.config import AgentConfig
 
 async def main() -> None:
     cfg = AgentConfig.from_env()
-    seconds = float(os.environ.get("CORRAL_FLOOD_SECONDS", "10"))
+    seconds = float(
+        sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CORRAL_FLOOD_SECONDS", 10)
+    )
     size = int(os.environ.get("CORRAL_FLOOD_BYTES", str(900 * 1024)))
     nc = await nats.connect(
         cfg.nats_url,

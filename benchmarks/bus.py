@@ -1,12 +1,13 @@
 """Bus benchmark: what the tenant boundary costs, on one embedded nats-server, loopback only.
 
-Corral's paths cross an account boundary: the platform publishes a task into an org's INBOX
-through a service import and awaits the JetStream PubAck, the agent (a least-privilege user in
-the org's account) pulls and acks it; a control request goes from PLATFORM through the import
-to the agent and its reply comes back. Next to them, on the same server in the same run, the
-peers: plain core NATS publish/subscribe and request/reply inside one account, and JetStream
-publish/pull/ack inside one account. Also: onboarding a tenant (account JWT push, PLATFORM JWT
-push, INBOX creation) as the number of tenants grows.
+Corral's paths: the control plane publishes a task into an org's INBOX over its own
+connection in the org's account and awaits the JetStream PubAck, the agent (a least-privilege
+user in the org's account) pulls and acks it; a control request goes the same way to the agent
+and its reply comes back. Next to them, on the same server in the same run, the peers: plain
+core NATS publish/subscribe and request/reply inside one account, and JetStream
+publish/pull/ack inside one account. Also: onboarding a tenant (account JWT push, INBOX and
+EVENTS creation) as the number of tenants grows, with the size of PLATFORM's JWT, which no
+longer grows with them.
 
 Run: ``python benchmarks/bus.py [--tasks N] [--requests N] [--orgs N]``.
 """
@@ -40,8 +41,8 @@ from corral.domain.plans import BusLimits
 
 MiB = 1024 * 1024
 CAPS = JetStreamCaps(memory=256 * MiB, storage=4096 * MiB)
-LIMITS = BusLimits(1000, 1024 * 1024, 8 * MiB, 512 * MiB, 8, 1000, 256 * MiB)
-SMALL = BusLimits(20, 64 * 1024, 0, 1 * MiB, 2, 16, 512 * 1024)
+LIMITS = BusLimits(1000, 1024 * 1024, 0, 512 * MiB, 8, 1000, 256 * MiB, 128 * MiB)
+SMALL = BusLimits(20, 64 * 1024, 0, 1 * MiB, 2, 16, 512 * 1024, 512 * 1024)
 PAYLOAD = {"prompt": "x" * 60}  # a task of ~170 bytes on the wire
 
 
@@ -155,15 +156,15 @@ async def latencies(ask: Callable[[], Awaitable[object]], count: int) -> list[fl
     return samples
 
 
-async def onboarding(tmp: Path, orgs: int, *, private: bool) -> list[tuple[int, float, int]]:
+async def onboarding(tmp: Path, orgs: int) -> list[tuple[int, float, int]]:
     """(tenants, seconds for the next ensure_org, PLATFORM JWT bytes) at a few sizes, on a
     server of its own."""
     caps = JetStreamCaps(CAPS.memory, CAPS.storage + orgs * SMALL.jetstream_storage)
-    authority = BusAuthority(tmp / f"bus-{private}", caps=caps, private_exports=private)
+    authority = BusAuthority(tmp / "bus-onboarding", caps=caps)
     marks = {1, 10, 25, 50, 100, 200, 400, 800} | {orgs}
     rows = []
     async with (
-        EmbeddedNats(tmp / f"nats-{private}", authority.trust(), ServerOptions(caps=caps)) as s,
+        EmbeddedNats(tmp / "nats-onboarding", authority.trust(), ServerOptions(caps=caps)) as s,
         PlatformBus(s.url, authority) as bus,
     ):
         for n in range(1, orgs + 1):
@@ -238,15 +239,9 @@ async def main(tasks: int, requests: int, orgs: int) -> None:
             for c in (agent, admin, admin2):
                 await c.close()
 
-        print("\nonboarding one more tenant (org JWT, PLATFORM JWT, INBOX), time and PLATFORM JWT")
-        print("  tenants   activation tokens (default)     public exports")
-        private = await onboarding(Path(tmp), orgs, private=True)
-        public = await onboarding(Path(tmp), orgs, private=False)
-        for (n, took, size), (_, took2, size2) in zip(private, public, strict=True):
-            print(
-                f"  #{n:<6} {took * 1000:9.1f} ms {size / 1024:8.1f} KiB"
-                f"   {took2 * 1000:9.1f} ms {size2 / 1024:8.1f} KiB"
-            )
+        print("\nonboarding one more tenant (org JWT, INBOX, EVENTS): time, PLATFORM JWT size")
+        for n, took, size in await onboarding(Path(tmp), orgs):
+            print(f"  #{n:<6} {took * 1000:9.1f} ms {size:8,d} bytes")
 
 
 if __name__ == "__main__":

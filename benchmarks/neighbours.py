@@ -25,6 +25,7 @@ import _common as c
 
 from corral.control.platform import Platform
 from corral.domain.admission import ContainerRequest
+from corral.domain.quantities import parse
 from corral.domain.tasks import Priority, Requirements
 from corral.domain.tenancy import Organization
 
@@ -65,14 +66,15 @@ async def run(args: argparse.Namespace) -> None:
                 a,
                 name="flooder",
                 role="flood",
-                request=ContainerRequest(),
-                command=[sys.executable, "-c", FLOODER.read_text()],
+                request=ContainerRequest(cpu_limit=parse(args.flooder_cpu))
+                if args.flooder_cpu
+                else ContainerRequest(),
+                command=[sys.executable, "-c", FLOODER.read_text(), str(args.seconds)],
             )
             flood: list[float] = []
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < args.seconds:
                 flood.append(await _round_trip(p, b, events))
-        after = await p.controller.get_agent(b, worker.id)
         report_file = (
             p.data_dir
             / "agents"
@@ -83,6 +85,10 @@ async def run(args: argparse.Namespace) -> None:
             / "workspace"
             / "flood.json"
         )
+        after = await p.controller.get_agent(b, worker.id)
+        deadline = time.monotonic() + 60
+        while not report_file.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # the flooder writes its report when its flood is over
         seen = json.loads(report_file.read_text()) if report_file.exists() else {}
     print(f"\norg B, one task at a time: quiet vs while A floods ({args.seconds:.0f} s)")
     print(f"  tasks completed   {len(quiet):>8} {len(flood):>10}")
@@ -104,6 +110,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quiet", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--flooder-cpu",
+        default="",
+        help="a CPU limit for the flooder (e.g. 500m); default: its plan's default limit",
+    )
     args = ap.parse_args()
     c.header("noisy neighbour: org B's tasks while org A's agent floods the bus")
     before = {proc.pid for proc in c.children()}

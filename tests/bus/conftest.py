@@ -22,15 +22,15 @@ from corral.domain.plans import BusLimits
 
 MiB = 1024 * 1024
 CAPS = JetStreamCaps(memory=64 * MiB, storage=512 * MiB)
-PLATFORM_STORAGE = 32 * MiB
 LIMITS = BusLimits(
     max_connections=20,
     max_payload=256 * 1024,
-    jetstream_memory=4 * MiB,
+    jetstream_memory=0,
     jetstream_storage=32 * MiB,
     max_streams=4,
     max_consumers=16,
     inbox_max_bytes=16 * MiB,
+    events_max_bytes=8 * MiB,
 )
 
 
@@ -48,7 +48,7 @@ Connect = Callable[..., Awaitable[Peer]]
 
 @pytest.fixture
 def authority(tmp_path: Path) -> BusAuthority:
-    return BusAuthority(tmp_path / "bus", caps=CAPS, platform_storage=PLATFORM_STORAGE)
+    return BusAuthority(tmp_path / "bus", caps=CAPS)
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ async def server(tmp_path: Path, authority: BusAuthority) -> AsyncIterator[Embed
 
 @pytest.fixture
 async def bus(server: EmbeddedNats, authority: BusAuthority) -> AsyncIterator[PlatformBus]:
-    async with PlatformBus(server.url, authority) as b:
+    async with PlatformBus(server.url, authority, events_wait=0.5) as b:
         yield b
 
 

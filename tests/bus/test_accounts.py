@@ -10,7 +10,7 @@ import pytest
 from corral.bus import BusAuthority, JetStreamCaps, jwt
 from corral.domain.errors import Conflict, InvalidInput, NotFound
 from corral.domain.plans import PLANS
-from tests.bus.conftest import CAPS, LIMITS, PLATFORM_STORAGE, MiB
+from tests.bus.conftest import CAPS, LIMITS, MiB
 
 
 def test_keys_are_created_once_private_and_reused(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_an_external_operators_keys_are_used_as_given(tmp_path: Path) -> None:
     assert claims["nats"]["system_account"] == system.public_key == trust.system_account
 
 
-def test_an_org_account_compiles_the_plan_and_shares_only_with_the_platform(
+def test_an_org_account_compiles_the_plan_exports_nothing_and_imports_only_platform_constants(
     authority: BusAuthority,
 ) -> None:
     standard = PLANS["standard"].bus
@@ -46,24 +46,31 @@ def test_an_org_account_compiles_the_plan_and_shares_only_with_the_platform(
     assert claims["iss"] == authority.operator_public_key
     limits = claims["nats"]["limits"]
     assert (limits["conn"], limits["payload"]) == (100, 1024 * 1024)
-    assert (limits["mem_storage"], limits["disk_storage"]) == (32 * MiB, 256 * MiB)
+    assert (limits["mem_storage"], limits["disk_storage"]) == (0, 32 * MiB)  # file only
+    assert standard.inbox_max_bytes + standard.events_max_bytes <= limits["disk_storage"]
     assert (limits["streams"], limits["consumer"], limits["max_bytes_required"]) == (8, 128, True)
-    exports = {e["subject"]: e for e in claims["nats"]["exports"]}
-    assert set(exports) == {
-        "org.acme.agents.>",
-        "platform.agents.status",
-        "org.acme.tasks.*.inbox",
-        "org.acme.agents.*.control",
+    assert "exports" not in claims["nats"]
+    imports = claims["nats"]["imports"]
+    assert {i["account"] for i in imports} == {authority.platform_account}
+    assert {i["subject"] for i in imports} == {
+        "platform.broadcast.>",
+        f"platform.vault.get.{claims['sub']}",  # the server holds the org to its own key
     }
-    assert all(e["token_req"] for e in exports.values())
 
-    platform = jwt.decode(authority.platform_account_jwt())
-    imports = [i for i in platform["nats"]["imports"] if i["account"] == claims["sub"]]
-    assert {i["subject"] for i in imports} == set(exports)
-    for entry in imports:
-        activation = jwt.decode(entry["token"])  # signed by the org, for PLATFORM only
-        assert activation["iss"] == claims["sub"]
-        assert activation["sub"] == authority.platform_account
+    platform = jwt.decode(authority.platform_account_jwt())["nats"]
+    assert "imports" not in platform
+    assert (platform["limits"]["mem_storage"], platform["limits"]["disk_storage"]) == (0, 0)
+
+
+def test_the_platform_jwt_is_the_same_size_for_one_org_and_a_thousand(tmp_path: Path) -> None:
+    authority = BusAuthority(tmp_path / "bus", caps=None)
+    authority.admit("org-0000", LIMITS)
+    one = len(authority.platform_account_jwt())
+    for n in range(1, 1000):
+        authority.admit(f"org-{n:04d}", LIMITS)
+    assert len(authority.orgs()) == 1000
+    assert len(authority.platform_account_jwt()) == one
+    assert len(authority.org_account_jwt("org-0999")) == len(authority.org_account_jwt("org-0000"))
 
 
 def test_agent_credentials_are_least_privilege_and_expire(authority: BusAuthority) -> None:
@@ -93,23 +100,33 @@ def test_revoking_an_agent_revokes_every_key_minted_for_it(authority: BusAuthori
 
 
 def test_admission_sums_every_reservation_against_the_caps(tmp_path: Path) -> None:
-    caps = JetStreamCaps(memory=16 * MiB, storage=120 * MiB)
-    authority = BusAuthority(tmp_path / "bus", caps=caps, platform_storage=PLATFORM_STORAGE)
-    authority.admit("a", LIMITS)  # 32 + 32 of 120
-    authority.admit("b", LIMITS)  # 96 of 120
-    with pytest.raises(Conflict, match=r"96 MiB of 120 MiB storage"):
+    caps = JetStreamCaps(memory=16 * MiB, storage=80 * MiB)
+    authority = BusAuthority(tmp_path / "bus", caps=caps)
+    authority.admit("a", LIMITS)  # 32 of 80
+    authority.admit("b", LIMITS)  # 64 of 80: PLATFORM reserves nothing
+    with pytest.raises(Conflict, match=r"64 MiB of 80 MiB storage"):
         authority.admit("c", LIMITS)
     assert authority.orgs() == ["a", "b"]
-    authority.admit("b", dataclasses.replace(LIMITS, jetstream_storage=56 * MiB))  # plan change
+    authority.admit("b", dataclasses.replace(LIMITS, jetstream_storage=48 * MiB))  # plan change
     with pytest.raises(Conflict, match="memory"):
-        authority.admit(
-            "m",
-            dataclasses.replace(
-                LIMITS, jetstream_memory=9 * MiB, jetstream_storage=0, inbox_max_bytes=0
-            ),
-        )
+        authority.admit("m", dataclasses.replace(LIMITS, jetstream_memory=17 * MiB))
     authority.forget("b")
     authority.admit("c", LIMITS)
+
+
+def test_a_plan_whose_streams_do_not_fit_its_storage_is_refused(authority: BusAuthority) -> None:
+    with pytest.raises(InvalidInput, match="cannot exceed"):
+        authority.admit("a", dataclasses.replace(LIMITS, events_max_bytes=17 * MiB))
+    with pytest.raises(InvalidInput, match="positive"):
+        authority.admit("a", dataclasses.replace(LIMITS, events_max_bytes=0))
+    assert authority.orgs() == []
+
+
+def test_every_plan_reserves_no_memory_and_fits_its_streams() -> None:
+    for plan in PLANS.values():
+        bus = plan.bus
+        assert bus.jetstream_memory == 0, plan.name
+        assert bus.inbox_max_bytes + bus.events_max_bytes <= bus.jetstream_storage, plan.name
 
 
 def test_names_that_cannot_be_subject_tokens_are_refused(authority: BusAuthority) -> None:
@@ -121,12 +138,3 @@ def test_names_that_cannot_be_subject_tokens_are_refused(authority: BusAuthority
         authority.mint_agent_creds("a", "a1.>", ttl_seconds=60)
     with pytest.raises(NotFound):
         authority.mint_agent_creds("zzz", "a1", ttl_seconds=60)
-
-
-def test_public_exports_carry_no_activation_tokens(tmp_path: Path) -> None:
-    authority = BusAuthority(tmp_path / "bus", caps=CAPS, private_exports=False)
-    authority.admit("a", LIMITS)
-    exports = jwt.decode(authority.org_account_jwt("a"))["nats"]["exports"]
-    assert not any(e.get("token_req") for e in exports)
-    imports = jwt.decode(authority.platform_account_jwt())["nats"]["imports"]
-    assert imports and not any("token" in i for i in imports)

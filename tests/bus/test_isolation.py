@@ -76,8 +76,10 @@ async def test_publishing_into_another_orgs_subjects_reaches_nobody_there(
 
     await bus.deliver("b", "b1", _task("sentinel", "b1"))
     await eventually(lambda: subjects.task_inbox("b", "b1") in seen, message="sentinel at B")
-    # only the platform's delivery (and the reply to it, on the server's _R_ subject)
-    assert [s for s in seen if not s.startswith("_R_.")] == [subjects.task_inbox("b", "b1")]
+    # only the platform's delivery (and the stream's acknowledgement to the platform)
+    assert [s for s in seen if not s.startswith(("_R_.", "_INBOX."))] == [
+        subjects.task_inbox("b", "b1")
+    ]
     inbox = await b_admin.nc.jetstream().stream_info(subjects.INBOX_STREAM)
     assert inbox.state.messages == 1
 
@@ -89,11 +91,15 @@ async def test_an_org_cannot_read_another_orgs_streams_or_consumers(
     a_admin = await connect(bus.authority.mint_org_admin_creds("a"), name="a-admin")
     js = a_admin.nc.jetstream()
 
-    names = [info.config.name async for info in _streams(js)]
-    assert names == [subjects.INBOX_STREAM]
+    names = sorted([info.config.name async for info in _streams(js)])
+    assert names == [subjects.EVENTS_STREAM, subjects.INBOX_STREAM]  # A's own two
     inbox = await js.stream_info(subjects.INBOX_STREAM)
     assert inbox.config.subjects == [subjects.org_inboxes("a")]
     assert inbox.state.messages == 0
+    events = await js.stream_info(subjects.EVENTS_STREAM)
+    assert all(
+        s.startswith("org.a.") or s == subjects.PLATFORM_STATUS for s in events.config.subjects
+    )
     with pytest.raises(NotFoundError):
         await js.consumer_info(subjects.INBOX_STREAM, subjects.inbox_consumer("b1"))
 

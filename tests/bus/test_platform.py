@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 import nats
 import nats.errors
 import pytest
-from nats.aio.client import RawCredentials
 from nats.aio.msg import Msg
 
 from corral.bus import (
@@ -20,7 +18,6 @@ from corral.bus import (
     EmbeddedNats,
     EventKind,
     PlatformBus,
-    ServerOptions,
 )
 from corral.domain import messages, subjects
 from corral.domain.errors import Conflict, NotFound, QuotaExceeded, Unavailable
@@ -32,7 +29,7 @@ from corral.domain.messages import (
     StatusMessage,
     TaskMessage,
 )
-from tests.bus.conftest import CAPS, LIMITS, PLATFORM_STORAGE, Connect, MiB
+from tests.bus.conftest import CAPS, LIMITS, Connect, MiB
 from tests.support import eventually
 
 
@@ -152,56 +149,6 @@ async def test_a_full_inbox_fails_only_the_tasks_that_did_not_fit(bus: PlatformB
 
 
 @pytest.mark.usefixtures("orgs")
-async def test_an_earlier_per_message_consumer_is_kept_and_acknowledged_message_by_message(
-    server: EmbeddedNats, authority: BusAuthority, bus: PlatformBus, connect: Connect
-) -> None:
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-    await bus.__aexit__(None, None, None)
-    admin = await connect(authority.mint_platform_creds(), name="platform-admin")
-    js = admin.nc.jetstream()
-    await js.delete_consumer(subjects.EVENTS_STREAM, "control-plane")
-    await js.add_consumer(  # as an earlier version made it
-        subjects.EVENTS_STREAM,
-        ConsumerConfig(
-            durable_name="control-plane",
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30.0,
-            max_ack_pending=1000,
-        ),
-    )
-    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
-    for n in range(5):
-        await a1.nc.publish(subjects.agent_status("a", "a1"), _status("a1", n))
-    await a1.nc.flush()
-    old = await js.pull_subscribe_bind(durable="control-plane", stream=subjects.EVENTS_STREAM)
-    recorded = 0
-    while recorded < 2:  # the earlier control plane recorded two (a fetch may return fewer)
-        for msg in await old.fetch(2 - recorded, timeout=2):
-            await msg.ack_sync()
-            recorded += 1
-    await old.unsubscribe()
-
-    async with PlatformBus(server.url, authority) as again:
-        info = await js.consumer_info(subjects.EVENTS_STREAM, "control-plane")
-        assert info.config.ack_policy == AckPolicy.EXPLICIT  # kept: no delete, no replay
-        later: list[BusEvent] = []
-        async for got in again.event_batches(wait=0.2):
-            later.extend(got)
-            if len(later) >= 3:
-                break
-        await again.acknowledge(later)  # each message, as this consumer needs
-
-        async def settled() -> bool:
-            return await again.events_backlog() == 0
-
-        await eventually(settled, message="every remaining event acknowledged")
-    seen = [e.message.detail["n"] for e in later if isinstance(e.message, StatusMessage)]
-    assert seen == [2, 3, 4]
-
-
-@pytest.mark.usefixtures("orgs")
 async def test_an_agents_batch_arrives_as_its_events_and_is_acknowledged_once(
     bus: PlatformBus, connect: Connect
 ) -> None:
@@ -246,6 +193,7 @@ async def test_events_are_kept_while_no_platform_consumer_runs(
     await a1.nc.flush()
 
     async with PlatformBus(server.url, authority) as again:
+        await again.ensure_org("a", LIMITS)  # as the control plane does for every org at start
         later = await _take(again, 2)
     assert [(e.org, e.agent_id, e.kind) for e in later] == [
         ("a", "a1", EventKind.EVENTS),
@@ -311,7 +259,9 @@ async def test_onboarding_orgs_while_another_streams_drops_no_connection_and_no_
 ) -> None:
     await bus.ensure_org("b", LIMITS)
     b1 = await connect(bus.mint_agent_creds("b", "b1", ttl_seconds=60))
-    small = dataclasses.replace(LIMITS, jetstream_storage=MiB, inbox_max_bytes=MiB // 2)
+    small = dataclasses.replace(
+        LIMITS, jetstream_storage=MiB, inbox_max_bytes=MiB // 2, events_max_bytes=MiB // 2
+    )
     onboarded = asyncio.Event()
     sent = 0
 
@@ -350,11 +300,11 @@ async def test_a_tenant_over_the_servers_jetstream_caps_is_refused_with_the_numb
         await bus.ensure_org("huge", huge)
     assert "huge" in refused.value.message
     assert "512 MiB storage" in refused.value.message
-    assert refused.value.details["reserved_storage"] == PLATFORM_STORAGE + LIMITS.jetstream_storage
+    assert refused.value.details["reserved_storage"] == LIMITS.jetstream_storage
     assert bus.authority.orgs() == ["a"]
     await bus.deliver("a", "x", _task("still-works", "x"))
 
-    fits = dataclasses.replace(huge, jetstream_storage=CAPS.storage - PLATFORM_STORAGE - 32 * MiB)
+    fits = dataclasses.replace(huge, jetstream_storage=CAPS.storage - 32 * MiB)
     await bus.ensure_org("fits", fits)  # exactly up to the cap is fine
 
 
@@ -392,35 +342,11 @@ async def test_removing_an_agent_revokes_it_and_drops_its_queue(
     assert sorted(names) == ["a2"]
 
 
-async def test_public_exports_deliver_and_report_the_same_way(tmp_path: Path) -> None:
-    authority = BusAuthority(tmp_path / "public", caps=CAPS, private_exports=False)
-    async with (
-        EmbeddedNats(tmp_path / "public-nats", authority.trust(), ServerOptions(caps=CAPS)) as s,
-        PlatformBus(s.url, authority) as bus,
-    ):
-        await bus.ensure_org("a", LIMITS)
-        await bus.prepare_agent("a", "a1")
-        assert await bus.deliver("a", "a1", _task("t", "a1")) == 1
-        creds = bus.mint_agent_creds("a", "a1", ttl_seconds=60)
-        a1 = await nats.connect(
-            s.url, user_credentials=RawCredentials(creds.creds), inbox_prefix=creds.inbox_prefix
-        )
-        try:
-            pull = await a1.jetstream().pull_subscribe_bind(durable="a1", stream="INBOX")
-            [msg] = await pull.fetch(1, timeout=2)
-            await msg.ack()
-            await a1.publish(subjects.agent_status("a", "a1"), _status("a1", 1))
-            [event] = await _take(bus, 1)
-            assert (event.org, event.agent_id) == ("a", "a1")
-        finally:
-            await a1.close()
-
-
 @pytest.mark.usefixtures("orgs")
-async def test_an_orgs_admin_connection_is_shared_then_replaced_before_it_expires(
+async def test_an_orgs_link_is_shared_then_replaced_before_its_credentials_expire(
     bus: PlatformBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from corral.bus import platform as module
+    from corral.bus import links as module
 
     opened: list[str] = []
     real_open = module.open_connection
@@ -432,25 +358,39 @@ async def test_an_orgs_admin_connection_is_shared_then_replaced_before_it_expire
     monkeypatch.setattr(module, "open_connection", counting)
     await asyncio.gather(*(bus.prepare_agent("a", f"p{i}") for i in range(3)))
     assert opened == []  # onboarding the org opened it; these three reuse it
-    first = bus._admins["a"][0]
-    assert first.is_connected  # one connection served all three
-    monkeypatch.setattr(module, "ADMIN_REUSE_SECONDS", 0.0)
+    first = bus.links.peek("a")
+    assert first is not None and first.nc.is_connected  # one connection served all three
+    first.opened -= module.LINK_TTL_SECONDS  # as if opened an hour ago
     await bus.prepare_agent("a", "p-late")
-    assert opened == ["a-platform-admin"]
-    second = bus._admins["a"][0]
-    assert second is not first and second.is_connected
-    assert first.is_closed
+    assert opened == ["a-platform-link"]
+    second = bus.links.peek("a")
+    assert second is not None and second is not first and second.nc.is_connected
+    await eventually(lambda: first.nc.is_closed, message="the old link closed once its feed ended")
     await bus.remove_org("a")
-    assert "a" not in bus._admins and second.is_closed
+    assert bus.links.peek("a") is None and second.nc.is_closed
+
+
+class _Counting:
+    """An event's acknowledgement that records being called."""
+
+    def __init__(self, real: Any, i: int, acked: list[int]) -> None:
+        self.real, self.i, self.acked = real, i, acked
+        self.cumulative = real.cumulative
+
+    async def __call__(self) -> None:
+        self.acked.append(self.i)
+        await self.real()
 
 
 @pytest.mark.usefixtures("orgs")
-async def test_a_recorded_batch_is_acknowledged_by_its_last_message(
+async def test_a_recorded_batch_is_acknowledged_by_its_last_message_and_leaves_the_stream(
     bus: PlatformBus, connect: Connect
 ) -> None:
     from nats.js.api import AckPolicy
 
-    info = await bus._open()[1].consumer_info(subjects.EVENTS_STREAM, "control-plane")
+    admin = await connect(bus.authority.mint_org_admin_creds("a"), name="a-admin")
+    js = admin.nc.jetstream()
+    info = await js.consumer_info(subjects.EVENTS_STREAM, "control-plane")
     assert info.config.ack_policy == AckPolicy.ALL
     a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
     for n in range(4):
@@ -462,14 +402,7 @@ async def test_a_recorded_batch_is_acknowledged_by_its_last_message(
         if len(got) >= 4:
             break
     acked: list[int] = []
-    for i, event in enumerate(got):
-        real = event.ack
-
-        async def counting(real: Any = real, i: int = i) -> None:
-            acked.append(i)
-            await real()
-
-        got[i] = dataclasses.replace(event, ack=counting)
+    got = [dataclasses.replace(e, ack=_Counting(e.ack, i, acked)) for i, e in enumerate(got)]
     await bus.acknowledge(got)
     assert acked == [3]  # the last message alone
 
@@ -477,35 +410,31 @@ async def test_a_recorded_batch_is_acknowledged_by_its_last_message(
         return await bus.events_backlog() == 0
 
     await eventually(settled, message="the whole batch acknowledged")
+    stream = await js.stream_info(subjects.EVENTS_STREAM)
+    assert stream.state.messages == 0  # interest retention: acknowledged means gone
 
 
 @pytest.mark.usefixtures("orgs")
-async def test_events_the_control_plane_acknowledged_are_trimmed_from_the_stream(
+async def test_an_orgs_next_batch_waits_for_the_last_to_be_acknowledged_and_others_go_between(
     bus: PlatformBus, connect: Connect
 ) -> None:
-    js = bus._open()[1]
     a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
-    for n in range(300):
+    b1 = await connect(bus.mint_agent_creds("b", "b1", ttl_seconds=60))
+    for n in range(600):  # a backlog of more than two batches
         await a1.nc.publish(subjects.agent_status("a", "a1"), _status("a1", n))
     await a1.nc.flush()
+    await b1.nc.publish(subjects.agent_status("b", "b1"), _status("b1", 0))
+    await b1.nc.flush()
 
-    async def stored() -> int:
-        return int((await js.stream_info(subjects.EVENTS_STREAM)).state.messages)
-
-    await eventually(lambda: _at_least(stored, 300), message="300 events stored")
-    got: list[BusEvent] = []
-    async for batch in bus.event_batches(wait=0.2):
-        got.extend(batch)
-        if len(got) >= 200:
+    orgs: list[str] = []
+    seen_a: list[int] = []
+    async for batch in bus.event_batches():
+        assert len({e.org for e in batch}) == 1  # a batch is one org's
+        orgs.append(batch[0].org)
+        seen_a += [e.message.detail["n"] for e in batch if e.org == "a"]  # type: ignore[union-attr]
+        await bus.acknowledge(batch)
+        if len(seen_a) >= 600 and "b" in orgs:
             break
-    await bus.acknowledge(got[:200])  # the rest stays unacknowledged
-    floor = await bus.trim_events()
-    left = await stored()
-    assert 100 <= left <= 300 - 200 + 56, left  # only what is not yet acknowledged remains
-    assert floor > 1
-    # nothing unacknowledged was lost: the consumer still has the rest to read
-    assert await bus.events_backlog() == left
-
-
-async def _at_least(read: Any, n: int) -> bool:
-    return bool(await read() >= n)
+    assert seen_a == list(range(600))  # in order, once
+    assert "b" in orgs[:3], orgs  # b's one event did not wait behind a's whole backlog
+    assert orgs.count("a") >= 3  # a's backlog came in several batches, one at a time

@@ -53,6 +53,9 @@ class StandInController:
     def __init__(self, agents: list[Agent]) -> None:
         self.agents = StandInAgents(agents)
 
+    def work_done(self, agent_id: str) -> None:
+        return None
+
 
 class StandInBus:
     def __init__(self) -> None:
@@ -187,7 +190,7 @@ async def test_a_bus_that_fails_a_whole_round_gets_the_tasks_retried(db: Databas
     await w.dispatcher.round()
     stored = await w.tasks.get(rec.id)
     assert stored.state is TaskState.QUEUED and stored.attempts == 1  # back in the queue
-    assert "agent-a" not in w.dispatcher._inflight  # its slot is free
+    assert "agent-a" not in w.dispatcher.book.inflight  # its slot is free
     w.bus.broken = None
 
     async def sent() -> bool:
@@ -217,7 +220,7 @@ async def test_an_agent_that_failed_while_a_round_read_the_agents_is_given_nothi
     w.dispatcher.agent_changed(failed)  # what the controller says as it records the failure
     agents.gate.set()
     await round_
-    assert w.dispatcher._live[rec.id].state is TaskState.QUEUED  # not given to a dead agent
+    assert w.dispatcher.book.live[rec.id].state is TaskState.QUEUED  # not given to a dead agent
     assert w.bus.sent == []
     await w.dispatcher.close()
 
@@ -227,17 +230,19 @@ async def test_a_late_result_of_an_earlier_attempt_is_ignored(db: Database) -> N
     rec = await _submit(w)
     await w.dispatcher.round()
     await w.dispatcher._retry(rec.id, "the agent was lost")
-    w.dispatcher._live[rec.id] = dataclasses.replace(w.dispatcher._live[rec.id], not_before=None)
+    w.dispatcher.book.live[rec.id] = dataclasses.replace(
+        w.dispatcher.book.live[rec.id], not_before=None
+    )
 
     async def dispatched_again() -> bool:
-        w.dispatcher._delayed = [(0.0, q) for _, q in w.dispatcher._delayed]  # backoff over
+        w.dispatcher.book.delayed = [(0.0, q) for _, q in w.dispatcher.book.delayed]  # backoff over
         await w.dispatcher.round()
-        return w.dispatcher._live[rec.id].attempts == 2
+        return w.dispatcher.book.live[rec.id].attempts == 2
 
     await eventually(dispatched_again, message="the task dispatched a second time")
     old = TaskMessage(rec.id, "agent-a", "platform", MessageType.COMPLETE, {"from": 1}, 1)
     await w.dispatcher.handle(BusEvent(w.org.slug, "agent-a", EventKind.EVENTS, old, _noop))
-    assert w.dispatcher._live[rec.id].state is TaskState.DISPATCHED  # attempt 1's: ignored
+    assert w.dispatcher.book.live[rec.id].state is TaskState.DISPATCHED  # attempt 1's: ignored
     new = TaskMessage(rec.id, "agent-a", "platform", MessageType.COMPLETE, {"from": 2}, 2)
     await w.dispatcher.handle(BusEvent(w.org.slug, "agent-a", EventKind.EVENTS, new, _noop))
     await w.journal.flush()

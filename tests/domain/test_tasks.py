@@ -117,6 +117,9 @@ def test_requirements_refuse_negative_gpus() -> None:
         (S.DISPATCHED, S.QUEUED),
         (S.RUNNING, S.QUEUED),
         (S.DISPATCHED, S.FAILED),
+        (S.DISPATCHED, S.EXPIRED),  # the deadline passed while it ran: its handler is stopped
+        (S.RUNNING, S.EXPIRED),
+        (S.QUEUED, S.FAILED),  # the one agent it was sent to is gone for good
     ],
 )
 def test_the_task_lifecycle_allows(current: TaskState, target: TaskState) -> None:
@@ -129,8 +132,6 @@ def test_the_task_lifecycle_allows(current: TaskState, target: TaskState) -> Non
     [
         (S.QUEUED, S.RUNNING),
         (S.QUEUED, S.COMPLETED),
-        (S.DISPATCHED, S.EXPIRED),
-        (S.RUNNING, S.EXPIRED),
         (S.COMPLETED, S.CANCELLED),
         (S.CANCELLED, S.QUEUED),
         (S.EXPIRED, S.QUEUED),

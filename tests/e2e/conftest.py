@@ -64,16 +64,19 @@ class Live:
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+#: the misbehaving agent programs the end-to-end tests run (lifecycle_agent.py, ...)
+TEST_AGENTS = Path(__file__).resolve().parent
 
 
 def live_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """The example agents' directory is opened to agents, as an operator opens the place
-    their agents' programs live (``CORRAL_SANDBOX_READ_ONLY``)."""
+    """The example agents' directory (and the tests' own agent programs) is opened to
+    agents, as an operator opens the place their agents' programs live
+    (``CORRAL_SANDBOX_READ_ONLY``)."""
     return Settings(
         data_dir=data_dir,
         port=0,
         heartbeat_seconds=1.0,
-        **{"sandbox_read_only": (str(EXAMPLES),), **overrides},
+        **{"sandbox_read_only": (str(EXAMPLES), str(TEST_AGENTS)), **overrides},
     )
 
 

@@ -113,7 +113,7 @@ async def test_a_command_that_cannot_start_leaves_nothing_behind(
 ) -> None:
     spec = agents.spec("acme", "agent-bad")
     bad = dataclasses.replace(spec, command=["/no/such"])
-    with pytest.raises(Unavailable, match="/no/such"):
+    with pytest.raises(Conflict, match="/no/such"):  # the host lacks it: not a fault
         await runtime.start(bad)
     paths = runtime.paths("acme", "agent-bad")
     assert not paths.agent_dir.exists()
@@ -122,7 +122,7 @@ async def test_a_command_that_cannot_start_leaves_nothing_behind(
     # an existing workspace is kept when a start fails
     await runtime.start(spec)
     await runtime.stop("acme", "agent-bad")
-    with pytest.raises(Unavailable):
+    with pytest.raises(Conflict):
         await runtime.start(bad)
     assert paths.workspace.is_dir() and not paths.creds.exists()
     with pytest.raises(InvalidInput):

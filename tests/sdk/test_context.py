@@ -27,7 +27,7 @@ class _Host:
         *,
         role: str | None = None,
         agent: str | None = None,
-        priority: str = "normal",
+        priority: str | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
         self.calls.append(("delegate", parent_task, payload, role, agent, priority, timeout))
@@ -59,6 +59,6 @@ async def test_a_context_reports_delegates_and_reads_secrets_for_its_own_task(
     assert await ctx.secret("token") == b"s3cret"
     assert host.calls == [
         ("progress", "task_01", 0.5, {"step": "one"}),
-        ("delegate", "task_01", {"x": 1}, "worker", None, "normal", 3.0),
+        ("delegate", "task_01", {"x": 1}, "worker", None, None, 3.0),  # the parent's priority
         ("secret", "token"),
     ]

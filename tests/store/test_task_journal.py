@@ -46,6 +46,8 @@ def _row(task_id: str, org: Organization, **over: Any) -> dict[str, Any]:
         "not_before": None,
         "created_at": now,
         "updated_at": now,
+        "policy": None,
+        "idempotency_key": None,
     }
     row.update(over)
     return row

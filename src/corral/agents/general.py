@@ -38,6 +38,7 @@ import nats
 from nats.aio.msg import Msg
 
 from corral.domain import subjects
+from corral.domain.errors import CorralError
 from corral.sdk import Agent, AgentConfig, Blocked, TaskContext
 
 __all__ = ["build", "count_words", "main"]
@@ -93,7 +94,10 @@ def build(agent: Agent) -> None:
                 raise Blocked(f"no file {p.get('file')!r} in the workspace")
             return {"content": path.read_text(), "tasks_done": agent.state["tasks_done"]}
         if op == "secret":
-            value = await ctx.secret(str(p.get("name", "")))
+            try:
+                value = await ctx.secret(str(p.get("name", "")))
+            except CorralError as exc:  # not granted, or no such secret: nothing to retry
+                raise Blocked(f"{type(exc).__name__}: {exc.message}") from exc
             return {"length": len(value), "sha256": hashlib.sha256(value).hexdigest()}
         if op == "delegate":
             role = p.get("role")

@@ -5,9 +5,14 @@ It keeps the operator, SYSTEM and PLATFORM keys and one account key per organiza
 account JWT from that state, mints user credentials and records revocations. It does no network I/O:
 :class:`corral.bus.platform.PlatformBus` pushes what it builds to the server.
 
+No JWT grows with the number of tenants: PLATFORM imports nothing from the orgs (see
+:mod:`corral.bus.claims`), so adding an org signs and pushes that org's account alone.
+
 Admission follows the server's own rule: every account's JetStream reservation (memory and
 file storage) is summed against the server's caps, and a tenant that would push the sum over
-them is refused here, before the server silently gives it no JetStream.
+them is refused here, before the server silently gives it no JetStream. PLATFORM reserves
+nothing: its JetStream exists only to drain the EVENTS stream an earlier version kept there,
+without a reservation.
 """
 
 from __future__ import annotations
@@ -93,11 +98,8 @@ class BusAuthority:
         directory: where keys and org records live (created 0700).
         caps: the server's JetStream caps; ``None`` skips the admission check (a server
             whose caps Corral does not know).
-        platform_storage / platform_memory: PLATFORM's own JetStream reservation (EVENTS).
         operator_seed / system_seed: existing keys of an external NATS deployment; by default
             they are generated on first start and kept in ``directory``.
-        private_exports: orgs share with PLATFORM through activation tokens only PLATFORM
-            holds (see :mod:`corral.bus.claims` for the cost).
     """
 
     def __init__(
@@ -105,17 +107,11 @@ class BusAuthority:
         directory: Path | str,
         *,
         caps: JetStreamCaps | None,
-        platform_storage: int = 64 * _MiB,
-        platform_memory: int = 0,
         operator_seed: str | None = None,
         system_seed: str | None = None,
-        private_exports: bool = True,
     ) -> None:
         self.directory = Path(directory)
-        self.private_exports = private_exports
         self.caps = caps
-        self.platform_storage = platform_storage
-        self.platform_memory = platform_memory
         self._store = KeyStore(self.directory)
         self._operator = self._store.key("operator", KeyKind.OPERATOR, operator_seed)
         self._system = self._store.key("system", KeyKind.ACCOUNT, system_seed)
@@ -171,8 +167,9 @@ class BusAuthority:
     # ---- admission ----------------------------------------------------------------------
 
     def reserved(self, *, excluding: str | None = None) -> tuple[int, int]:
-        """(memory, storage) reserved by PLATFORM and every org but ``excluding``."""
-        memory, storage = self.platform_memory, self.platform_storage
+        """(memory, storage) reserved by every org but ``excluding`` (PLATFORM reserves
+        nothing)."""
+        memory, storage = 0, 0
         for org, record in self._orgs.items():
             if org != excluding:
                 memory += record.limits.jetstream_memory
@@ -187,10 +184,16 @@ class BusAuthority:
             Conflict: its JetStream reservation would push the sum over the server's caps.
         """
         validate_token(org, what="org")
-        if limits.inbox_max_bytes > limits.jetstream_storage:
+        streams = limits.inbox_max_bytes + limits.events_max_bytes
+        if limits.inbox_max_bytes <= 0 or limits.events_max_bytes <= 0:
             raise InvalidInput(
-                f"the inbox of {org!r} ({_mib(limits.inbox_max_bytes)}) cannot exceed its "
-                f"JetStream storage ({_mib(limits.jetstream_storage)})",
+                f"the INBOX and EVENTS of {org!r} need a positive size", details={"org": org}
+            )
+        if streams > limits.jetstream_storage:
+            raise InvalidInput(
+                f"the INBOX ({_mib(limits.inbox_max_bytes)}) and EVENTS "
+                f"({_mib(limits.events_max_bytes)}) of {org!r} cannot exceed its JetStream "
+                f"storage ({_mib(limits.jetstream_storage)})",
                 details={"org": org},
             )
         record = self._orgs.get(org)
@@ -255,37 +258,21 @@ class BusAuthority:
         }
         return self._account_jwt(self._system, "SYSTEM", nats, issued_at=0)
 
-    def platform_account_jwt(self, *, excluding: str | None = None) -> str:
-        imports: list[dict[str, Any]] = []
-        for org in sorted(self._orgs):
-            if org == excluding:
-                continue
-            record = self._orgs[org]
-            if self.private_exports and not record.activations:
-                record.activations = self._activations(org, record)
-            activations = record.activations if self.private_exports else None
-            imports += claims.platform_imports(org, record.account.public_key, activations)
+    def platform_account_jwt(self, *, legacy_events: bool = False) -> str:
+        """PLATFORM's account JWT: the constant exports every org imports, no import, no
+        JetStream; with ``legacy_events``, JetStream without a reservation and for one stream,
+        so that an earlier version's EVENTS can be drained and deleted."""
         self._platform_issued_at = max(int(time.time()), self._platform_issued_at)
         nats = {
             "type": "account",
             "limits": claims.unlimited(
-                jetstream_memory=self.platform_memory, jetstream_storage=self.platform_storage
+                jetstream_memory=0,
+                jetstream_storage=-1 if legacy_events else 0,
+                streams=1,
             ),
             "exports": claims.platform_exports(),
-            "imports": imports,
         }
         return self._account_jwt(self._platform, "PLATFORM", nats, self._platform_issued_at)
-
-    def _activations(self, org: str, record: OrgRecord) -> dict[str, str]:
-        return {
-            subject: nats_jwt.encode_claims(
-                record.account,
-                subject=self._platform.public_key,
-                name=subject,
-                nats={"type": "activation", "subject": subject, "kind": kind},
-            )
-            for subject, kind in claims.activation_subjects(org)
-        }
 
     def org_account_jwt(self, org: str, *, disabled: bool = False) -> str:
         """The org's account JWT; ``disabled`` revokes every user and reserves nothing."""
@@ -301,7 +288,6 @@ class BusAuthority:
         nats: dict[str, Any] = {
             "type": "account",
             "limits": limits,
-            "exports": claims.org_exports(org, private=self.private_exports),
             "imports": claims.org_imports(self._platform.public_key, record.account.public_key),
         }
         if revocations:
@@ -389,6 +375,18 @@ class BusAuthority:
         record = self._org(org)
         text, _ = self._user_creds(
             record.account, f"{org}-platform-admin", {}, int(time.time()) + ttl_seconds
+        )
+        return text
+
+    def mint_org_link_creds(self, org: str, *, ttl_seconds: int) -> str:
+        """The control plane's own user inside one org's account (see
+        :func:`claims.org_link_permissions`): it cannot speak as an agent."""
+        record = self._org(org)
+        text, _ = self._user_creds(
+            record.account,
+            f"{org}-platform-link",
+            claims.org_link_permissions(org),
+            int(time.time()) + ttl_seconds,
         )
         return text
 

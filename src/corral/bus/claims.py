@@ -1,25 +1,28 @@
 """What each account and user may do: the ``nats`` claims of Corral's JWTs, as pure data.
 
-The shape, hub and spoke:
+The shape: a flat PLATFORM and a fence around each org.
 
-- each **org account** is its own subject space and JetStream namespace. It exports, to
-  PLATFORM only (``token_req`` plus an activation token signed by the org's key; see
-  ``private`` below), the stream
-  ``org.<org>.agents.>`` and the stream ``platform.agents.status`` (what its agents report),
-  and the services ``org.<org>.tasks.*.inbox`` (so the platform's publish into the INBOX stream
-  gets its PubAck) and ``org.<org>.agents.*.control``. It imports PLATFORM's broadcast stream
-  and the vault service, mapped so that its agents' ``platform.vault.get`` arrives at the
-  platform as ``platform.vault.get.<org account key>``; the server enforces that token.
-- **PLATFORM** imports those four from every org; ``platform.agents.status`` lands locally
-  as ``platform.agents.status.<org>``. Since an org can only export its own subjects, the
-  subject the platform receives says which org spoke, whatever the payload claims.
+- each **org account** is its own subject space and JetStream namespace, and everything an
+  org's agents do stays inside it: tasks arrive in its ``INBOX`` stream, what its agents report
+  (``org.<org>.agents.*.status|events`` and the org-local ``platform.agents.status``) is kept
+  in its own ``EVENTS`` stream, counted against its own storage. A flood fills the flooder's
+  stream and quota, nobody else's. It **exports nothing**. It imports two things PLATFORM
+  exports to every org alike: the broadcast stream, and the vault service mapped so that its
+  agents' ``platform.vault.get`` arrives at the platform as
+  ``platform.vault.get.<org account key>`` (``account_token_position``: the server enforces
+  that token, so the subject names the calling account).
+- **PLATFORM imports nothing**: its JWT is the same size for one org or a thousand, so
+  onboarding the thousandth org costs what the first did. The control plane reaches into an
+  org through a connection of its own in that org's account (:func:`org_link_permissions`):
+  it delivers into INBOX, sends control requests and consumes EVENTS there. Since that
+  connection is made with the org's key, what it reads is that org's, whatever a payload
+  claims.
 - **users** inside an account only narrow further: an agent may pull from its own consumer,
   publish its own status and events, and read its own control subject and replies.
 
-``private=False`` drops the activation tokens: the exports become public and only the fact that
-Corral signs every account JWT keeps other accounts from importing them. The server verifies
-every token on every PLATFORM update, so with tokens onboarding a tenant costs about ten times
-more once there are a hundred (see benchmarks/bus.py).
+Older versions had every org export four subjects to PLATFORM (with activation tokens), and
+PLATFORM import them all: ~4 KiB of PLATFORM's JWT per org, over the server's 1 MiB limit at
+the 263rd org.
 """
 
 from __future__ import annotations
@@ -34,18 +37,17 @@ __all__ = [
     "VAULT_IMPORTED_PREFIX",
     "VAULT_TOKEN_POSITION",
     "account_limits",
-    "activation_subjects",
     "agent_permissions",
-    "org_exports",
     "org_imports",
+    "org_link_permissions",
     "platform_exports",
-    "platform_imports",
     "platform_permissions",
     "platform_status_subject",
     "unlimited",
 ]
 
-#: where an org's ``platform.agents.status`` lands in PLATFORM: ``platform.agents.status.<org>``
+#: how an org's ``platform.agents.status`` is named once read: ``platform.agents.status.<org>``
+#: (the org is the account the control plane read it from)
 PLATFORM_STATUS_PREFIX = subjects.PLATFORM_STATUS
 #: what PLATFORM serves: ``platform.vault.get.<org account public key>``
 VAULT_IMPORTED_PREFIX = subjects.VAULT_GET
@@ -56,8 +58,12 @@ def platform_status_subject(org: str) -> str:
     return f"{PLATFORM_STATUS_PREFIX}.{org}"
 
 
-def unlimited(*, jetstream_memory: int, jetstream_storage: int) -> dict[str, Any]:
-    """Account limits with no caps but the JetStream reservation (SYSTEM, PLATFORM)."""
+def unlimited(
+    *, jetstream_memory: int, jetstream_storage: int, streams: int = -1
+) -> dict[str, Any]:
+    """Account limits with no caps but the JetStream reservation (SYSTEM, PLATFORM); a
+    negative storage is JetStream without a reservation."""
+    jetstream = bool(jetstream_memory or jetstream_storage)
     return {
         "subs": -1,
         "data": -1,
@@ -69,8 +75,8 @@ def unlimited(*, jetstream_memory: int, jetstream_storage: int) -> dict[str, Any
         "leaf": 0,
         "mem_storage": jetstream_memory,
         "disk_storage": jetstream_storage,
-        "streams": -1 if jetstream_memory or jetstream_storage else 0,
-        "consumer": -1 if jetstream_memory or jetstream_storage else 0,
+        "streams": streams if jetstream else 0,
+        "consumer": -1 if jetstream else 0,
     }
 
 
@@ -91,28 +97,6 @@ def account_limits(limits: BusLimits) -> dict[str, Any]:
         "consumer": limits.max_consumers,  # the server counts it per stream
         "max_bytes_required": True,
     }
-
-
-def _org_export_subjects(org: str) -> list[tuple[str, str, str]]:
-    """(name, subject, kind) of everything an org shares with PLATFORM."""
-    return [
-        ("agents", subjects.org_events_wildcard(org), "stream"),
-        ("platform-status", subjects.PLATFORM_STATUS, "stream"),
-        ("inbox", subjects.org_inboxes(org), "service"),
-        ("control", subjects.agent_control(org, "*"), "service"),
-    ]
-
-
-def org_exports(org: str, *, private: bool = True) -> list[dict[str, Any]]:
-    exports: list[dict[str, Any]] = []
-    for name, subject, kind in _org_export_subjects(org):
-        export: dict[str, Any] = {"name": name, "subject": subject, "type": kind}
-        if private:
-            export["token_req"] = True
-        if kind == "service":
-            export["response_type"] = "Singleton"
-        exports.append(export)
-    return exports
 
 
 def org_imports(platform_account: str, org_account: str) -> list[dict[str, Any]]:
@@ -147,32 +131,6 @@ def platform_exports() -> list[dict[str, Any]]:
     ]
 
 
-def platform_imports(
-    org: str, org_account: str, activations: dict[str, str] | None
-) -> list[dict[str, Any]]:
-    """PLATFORM's imports of one org; ``activations`` maps each export subject to the
-    activation token the org signed for PLATFORM (None: the exports are public)."""
-    imports: list[dict[str, Any]] = []
-    for name, subject, kind in _org_export_subjects(org):
-        entry: dict[str, Any] = {
-            "name": f"{org}-{name}",
-            "subject": subject,
-            "account": org_account,
-            "type": kind,
-        }
-        if activations is not None:
-            entry["token"] = activations[subject]
-        if subject == subjects.PLATFORM_STATUS:
-            entry["local_subject"] = platform_status_subject(org)
-        imports.append(entry)
-    return imports
-
-
-def activation_subjects(org: str) -> list[tuple[str, str]]:
-    """(subject, kind) pairs PLATFORM needs an activation token for."""
-    return [(subject, kind) for _, subject, kind in _org_export_subjects(org)]
-
-
 def agent_permissions(org: str, agent: str) -> dict[str, Any]:
     """Least privilege for one agent's user JWT."""
     consumer = subjects.inbox_consumer(agent)
@@ -202,13 +160,12 @@ def agent_permissions(org: str, agent: str) -> dict[str, Any]:
 
 
 def platform_permissions() -> dict[str, Any]:
-    """The control plane's user in PLATFORM: it may deliver, control, broadcast, run its
-    own JetStream and answer vault requests, but never publish an agent's status."""
+    """The control plane's user in PLATFORM: it may broadcast, answer vault requests and
+    drain the EVENTS stream an earlier version kept there, but never publish an agent's
+    status."""
     return {
         "pub": {
             "allow": [
-                subjects.org_inboxes("*"),
-                subjects.agent_control("*", "*"),
                 f"{subjects.BROADCAST_PREFIX}.>",
                 "$JS.API.>",
                 f"$JS.ACK.{subjects.EVENTS_STREAM}.>",
@@ -216,4 +173,21 @@ def platform_permissions() -> dict[str, Any]:
         },
         "sub": {"allow": ["_INBOX.>", f"{VAULT_IMPORTED_PREFIX}.*"]},
         "resp": {"max": 1, "ttl": 0},
+    }
+
+
+def org_link_permissions(org: str) -> dict[str, Any]:
+    """The control plane's user inside one org's account: deliver tasks, send control
+    requests, manage and consume the org's streams; it cannot speak as an agent (publish a
+    status or an event)."""
+    return {
+        "pub": {
+            "allow": [
+                subjects.org_inboxes(org),
+                subjects.agent_control(org, "*"),
+                "$JS.API.>",
+                f"$JS.ACK.{subjects.EVENTS_STREAM}.>",
+            ]
+        },
+        "sub": {"allow": ["_INBOX.>"]},
     }

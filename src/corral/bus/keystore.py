@@ -29,7 +29,6 @@ class OrgRecord:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)  # key → agent, expires
     revocations: dict[str, int] = field(default_factory=dict)  # key or "*" → time
     issued_at: int = 0  # of the last account JWT: the next must not be older
-    activations: dict[str, str] = field(default_factory=dict)  # cached, not persisted
 
     def to_json(self) -> dict[str, Any]:
         return {

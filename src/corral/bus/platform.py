@@ -1,22 +1,25 @@
 """The bus as the control plane uses it: onboard tenants, prepare agents, deliver tasks, ask
 agents to checkpoint, broadcast, consume what agents report, answer vault requests.
 
-One :class:`PlatformBus` holds a PLATFORM connection (least privilege: it cannot publish an
-agent's status) and a SYSTEM connection for pushing account JWTs. Each org's own JetStream
-(its INBOX stream and agents' consumers) is managed through short-lived admin credentials of
-that org. Every nats-py exception leaves as Corral's error tree; a permission violation the
-server reported asynchronously is raised as :class:`PermissionDenied` by the next call.
+One :class:`PlatformBus` holds a SYSTEM connection for pushing account JWTs and a PLATFORM
+connection (least privilege: it cannot publish an agent's status) for broadcasts and vault
+requests. Everything about one org — delivering into its INBOX, control requests, its streams
+and consumers, reading its EVENTS — goes over the control plane's own connection in that org's
+account, kept while the org is active (:mod:`corral.bus.links`); the orgs' events are read
+fairly, one batch per org per round (:mod:`corral.bus.feeds`). PLATFORM imports nothing, so
+nothing here grows with the number of orgs but the links of the active ones.
+
+Every nats-py exception leaves as Corral's error tree; a permission violation the server
+reported asynchronously on the PLATFORM connection is raised as :class:`PermissionDenied` by
+the next call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Collection
+from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 from typing import Any
 
@@ -25,20 +28,20 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.client import JetStreamContext
 
-from corral.bus import streams
+from corral.bus import delivery, streams
 from corral.bus.accounts import AgentCredentials, BusAuthority, validate_token
-from corral.bus.acks import PipelinedPublisher
 from corral.bus.claims import VAULT_IMPORTED_PREFIX
-from corral.bus.events import BusEvent, parse_events
-from corral.bus.failures import ViolationRecorder, open_connection, translate, translating
+from corral.bus.events import BusEvent
+from corral.bus.failures import ViolationRecorder, open_connection, translating
+from corral.bus.feeds import EventFeeds
+from corral.bus.links import IDLE_SECONDS, MAX_LINKS, OrgLink, OrgLinks
+from corral.bus.pulls import Puller
 from corral.bus.resolver import ResolverClient
-from corral.bus.vault_requests import VaultHandler, answer
-from corral.domain import messages, subjects, wire
+from corral.bus.vault_requests import TokenBuckets, VaultHandler, answer
+from corral.domain import messages, subjects
 from corral.domain.errors import (
     CorralError,
-    InvalidInput,
     NotFound,
     Unauthenticated,
     Unavailable,
@@ -46,17 +49,11 @@ from corral.domain.errors import (
 from corral.domain.messages import ControlMessage, TaskMessage
 from corral.domain.plans import BusLimits
 
-__all__ = ["TRIM_INTERVAL", "PlatformBus", "Serving"]
-
-#: how often, at most, EVENTS is trimmed of what the control plane acknowledged (seconds)
-TRIM_INTERVAL = 2.0
+__all__ = ["PlatformBus", "Serving"]
 
 log = logging.getLogger(__name__)
 
-#: An org's admin connection is reused this long, then replaced before its credentials expire.
-ADMIN_REUSE_SECONDS = 240.0
-ADMIN_TTL_SECONDS = 300
-MAX_ADMIN_CONNECTIONS = 128
+_MiB = 1024 * 1024
 
 
 class Serving:
@@ -70,63 +67,21 @@ class Serving:
             await self._subscription.unsubscribe()
 
 
-def _groups(
-    items: list[tuple[str, str, TaskMessage]], batching: Collection[str]
-) -> list[tuple[str, str, list[int]]]:
-    """Positions of ``items`` by the message they travel in: an agent in ``batching`` gets its
-    tasks together (in their order), any other agent one message per task."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    alone: list[tuple[str, str, list[int]]] = []
-    for i, (org, agent, _) in enumerate(items):
-        if agent in batching:
-            groups.setdefault((org, agent), []).append(i)
-        else:
-            alone.append((org, agent, [i]))
-    return [(org, agent, idx) for (org, agent), idx in groups.items()] + alone
-
-
-def _chunks(encoded: list[tuple[int, bytes]], *, limit: int) -> list[list[tuple[int, bytes]]]:
-    """Consecutive runs of at most :data:`~corral.domain.wire.INBOX_BATCH_MAX` messages that
-    fit in ``limit`` bytes together (with the batch's own wrapping); a message too big to share
-    goes alone."""
-    chunks: list[list[tuple[int, bytes]]] = []
-    current: list[tuple[int, bytes]] = []
-    size = wire.BATCH_OVERHEAD
-    for item in encoded:
-        extra = len(item[1]) + 1
-        if current and (len(current) >= wire.INBOX_BATCH_MAX or size + extra > limit):
-            chunks.append(current)
-            current, size = [], wire.BATCH_OVERHEAD
-        current.append(item)
-        size += extra
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _ack_once(msg: Msg) -> Callable[[], Awaitable[None]]:
-    """The message's acknowledgement, safe to call once per event it carried."""
-    done = False
-
-    async def ack() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            await msg.ack()
-
-    return ack
-
-
 class PlatformBus:
     """The control plane's typed bus. Use as ``async with PlatformBus(url, authority) as bus``.
 
     Args:
         url: the NATS server (embedded, or ``CORRAL_NATS_URL``).
         authority: keys and account state; its operator must be the one the server trusts.
-        events_consumer: the durable consumer on EVENTS (one per control plane deployment).
-        events_max_bytes: EVENTS size; defaults to PLATFORM's whole storage reservation.
+        events_consumer: the durable consumer on each org's EVENTS (one per control plane
+            deployment).
+        events_batch: the most messages read from one org at a time.
+        events_wait: how long one read of an org's EVENTS waits for a first message.
         replicas: JetStream replicas for streams (1 embedded; 3 on a cluster).
         timeout: seconds for each request to the server.
+        max_links / idle_seconds: how many org connections may be open, and how long one
+            is kept without use or events (see :mod:`corral.bus.links`).
+        vault_rate / vault_burst: vault requests per second (and at once) one org may make.
     """
 
     def __init__(
@@ -135,40 +90,48 @@ class PlatformBus:
         authority: BusAuthority,
         *,
         events_consumer: str = "control-plane",
-        events_max_bytes: int | None = None,
+        events_batch: int = 256,
+        events_wait: float = 5.0,
         replicas: int = 1,
         timeout: float = 5.0,
+        max_links: int = MAX_LINKS,
+        idle_seconds: float = IDLE_SECONDS,
+        vault_rate: float = 50.0,
+        vault_burst: int = 100,
     ) -> None:
         self.url = url
         self.authority = authority
         self.timeout = timeout
         self._consumer = validate_token(events_consumer, what="consumer")
-        self._events_max_bytes = events_max_bytes or authority.platform_storage
         self._replicas = replicas
         self._violations = ViolationRecorder(name="corral-platform")
         self._lock = asyncio.Lock()
         self._stack = AsyncExitStack()
         self._resolver: ResolverClient | None = None
         self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
-        self._platform_stale = True
-        self._pipeline: PipelinedPublisher | None = None
-        self._ack_all = True  # the EVENTS consumer acknowledges cumulatively (see streams)
-        self._trimmed_below = 0  # EVENTS holds nothing below this stream sequence
-        self._next_trim = 0.0  # monotonic time of the next trim
-        # org → (admin connection, when it was opened): see _org_js
-        self._admins: OrderedDict[str, tuple[Client, float]] = OrderedDict()
-        self._admin_locks: dict[str, asyncio.Lock] = {}
+        self._feeds = EventFeeds(
+            consumer=self._consumer, batch=events_batch, wait=events_wait, timeout=timeout
+        )
+        self._links = OrgLinks(
+            url,
+            authority,
+            feed=self._feed,
+            timeout=timeout,
+            max_links=max_links,
+            idle_seconds=idle_seconds,
+        )
+        self._vault_buckets = TokenBuckets(rate=vault_rate, burst=vault_burst)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> PlatformBus:
-        self._stack.push_async_callback(self._drop_admins)
+        self._stack.push_async_callback(self._links.close)
+        self._stack.push_async_callback(self._feeds.close)
         try:
             creds = self.authority.mint_system_creds()
             resolver = ResolverClient(self.url, creds, timeout=self.timeout)
             self._resolver = await self._stack.enter_async_context(resolver)
-            await self._push_platform()
+            await self._push_platform(legacy_events=True)
             self._nc = await open_connection(
                 self.url,
                 self.authority.mint_platform_creds(),
@@ -177,16 +140,8 @@ class PlatformBus:
                 timeout=self.timeout,
             )
             self._stack.push_async_callback(self._nc.close)
-            self._js = self._nc.jetstream(timeout=self.timeout)
-            self._pipeline = PipelinedPublisher(self._nc)
-            self._stack.push_async_callback(self._pipeline.close)
-            with translating("creating the EVENTS stream", recorder=self._violations):
-                self._ack_all = await streams.ensure_events(
-                    self._js,
-                    max_bytes=self._events_max_bytes,
-                    consumer=self._consumer,
-                    replicas=self._replicas,
-                )
+            with translating("looking for an earlier EVENTS stream", recorder=self._violations):
+                await self._drain_legacy_events()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -199,7 +154,7 @@ class PlatformBus:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
-        self._nc = self._js = self._resolver = None
+        self._nc = self._resolver = None
 
     @property
     def connection(self) -> Client:
@@ -209,54 +164,98 @@ class PlatformBus:
             raise Unavailable("the platform bus is not open")
         return self._nc
 
-    def _open(self) -> tuple[Client, JetStreamContext, ResolverClient]:
-        if self._nc is None or self._js is None or self._resolver is None:
+    @property
+    def links(self) -> OrgLinks:
+        """The open connections into org accounts (for metrics and tests)."""
+        return self._links
+
+    @property
+    def events_dropped(self) -> dict[str, int]:
+        """Per org, the messages read from its EVENTS and dropped: malformed, or a status
+        over :data:`~corral.bus.events.STATUS_MAX_BYTES`."""
+        return dict(self._feeds.dropped)
+
+    def _open(self) -> tuple[Client, ResolverClient]:
+        if self._nc is None or self._resolver is None:
             raise Unavailable("the platform bus is not open")
         self._violations.check()
-        return self._nc, self._js, self._resolver
+        return self._nc, self._resolver
 
-    async def _push_platform(self, *, excluding: str | None = None) -> None:
+    async def _push_platform(self, *, legacy_events: bool = False) -> None:
         assert self._resolver is not None
-        await self._resolver.push(
-            self.authority.platform_account_jwt(excluding=excluding), name="PLATFORM"
+        jwt = self.authority.platform_account_jwt(legacy_events=legacy_events)
+        await self._resolver.push(jwt, name="PLATFORM")
+
+    async def _drain_legacy_events(self) -> None:
+        """An earlier version's EVENTS in PLATFORM: drained once through the same queue as
+        every org's events, then deleted, then PLATFORM loses its JetStream."""
+        assert self._nc is not None
+        js = self._nc.jetstream(timeout=self.timeout)
+        cumulative = await streams.legacy_events(js, self._consumer)
+        if cumulative is None:
+            await self._push_platform()
+            return
+        info = await js.consumer_info(subjects.EVENTS_STREAM, self._consumer)
+        backlog = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        log.info("draining %d events an earlier version left in PLATFORM", backlog)
+
+        async def done() -> None:
+            with translating("deleting the earlier EVENTS stream"):
+                await js.delete_stream(subjects.EVENTS_STREAM)
+            await self._push_platform()
+            log.info("the earlier EVENTS stream is drained and deleted")
+
+        puller = Puller(
+            self._nc,
+            stream=subjects.EVENTS_STREAM,
+            consumer=self._consumer,
+            max_bytes=16 * _MiB,
+            timeout=self.timeout,
         )
-        self._platform_stale = False
+        self._feeds.drain_legacy(puller, cumulative=cumulative, backlog=backlog, done=done)
+
+    async def _feed(self, link: OrgLink, predecessor: asyncio.Task[None] | None) -> None:
+        limits = self.authority.limits(link.org)
+        if limits is None:
+            return
+        await self._feeds.run(link, predecessor, max_payload=limits.max_payload)
 
     # ---- tenants ------------------------------------------------------------------------
 
     async def ensure_org(self, org: str, limits: BusLimits) -> None:
-        """Give ``org`` its account (or its new plan's limits) and its INBOX. Idempotent.
+        """Give ``org`` its account (or its new plan's limits), its INBOX and its EVENTS.
+        Idempotent; the org's events are read from then on (until it stays idle).
 
         Raises:
             Conflict: its JetStream reservation does not fit in the server's caps.
             Unavailable: the server did not answer.
         """
-        _, _, resolver = self._open()
+        _, resolver = self._open()
         async with self._lock:
-            is_new = self.authority.limits(org) is None
             self.authority.admit(org, limits)
             await resolver.push(self.authority.org_account_jwt(org), name=org)
-            if is_new or self._platform_stale:
-                self._platform_stale = True
-                await self._push_platform()
-        async with self._org_js(org) as js:
-            with translating(f"creating the INBOX of {org!r}"):
-                await streams.ensure_inbox(js, org, limits, replicas=self._replicas)
+        async with self._links.use(org) as link:
+            with translating(f"creating the streams of {org!r}"):
+                await streams.ensure_inbox(link.js, org, limits, replicas=self._replicas)
+                backlog = await streams.ensure_events(
+                    link.js, org, limits, consumer=self._consumer, replicas=self._replicas
+                )
+        self._feeds.note_backlog(org, backlog)
 
     async def remove_org(self, org: str) -> None:
-        """Delete ``org``'s INBOX and account and close its connections. Absent is fine."""
-        _, _, resolver = self._open()
+        """Delete ``org``'s streams and account and close its connections. Absent is fine."""
+        _, resolver = self._open()
         async with self._lock:
             if self.authority.limits(org) is None:
                 return
             try:
-                async with self._org_js(org) as js:
-                    with translating(f"deleting the INBOX of {org!r}"):
-                        await js.delete_stream(subjects.INBOX_STREAM)
+                async with self._links.use(org) as link:
+                    for stream in (subjects.INBOX_STREAM, subjects.EVENTS_STREAM):
+                        with translating(f"deleting the {stream} of {org!r}"):
+                            await link.js.delete_stream(stream)
             except (NotFound, Unauthenticated, Unavailable) as exc:
-                log.warning("org %s: INBOX not deleted: %s", org, exc.message)
-            self._platform_stale = True
-            await self._push_platform(excluding=org)
+                log.warning("org %s: streams not deleted: %s", org, exc.message)
+            await self._links.drop(org)
             account = self.authority.org_account(org)
             await resolver.push(self.authority.org_account_jwt(org, disabled=True), name=org)
             try:
@@ -264,53 +263,7 @@ class PlatformBus:
             except CorralError as exc:  # e.g. an external resolver without allow_delete
                 log.warning("org %s: account disabled but not deleted: %s", org, exc.message)
             self.authority.forget(org)
-            await self._drop_admin(org)
-
-    @asynccontextmanager
-    async def _org_js(self, org: str) -> AsyncIterator[JetStreamContext]:
-        """The org's JetStream, through an admin connection of that org that is kept (and
-        shared by concurrent callers) for a while rather than opened per call: provisioning
-        an agent no longer costs a connection handshake."""
-        self._open()
-        nc = await self._org_admin(org)
-        yield nc.jetstream(timeout=self.timeout)
-
-    async def _org_admin(self, org: str) -> Client:
-        now = time.monotonic()
-        kept = self._admins.get(org)
-        if kept is not None and kept[0].is_connected and now - kept[1] < ADMIN_REUSE_SECONDS:
-            self._admins.move_to_end(org)
-            return kept[0]
-        lock = self._admin_locks.setdefault(org, asyncio.Lock())
-        async with lock:
-            kept = self._admins.get(org)
-            if kept is not None and kept[0].is_connected and now - kept[1] < ADMIN_REUSE_SECONDS:
-                return kept[0]
-            await self._drop_admin(org)
-            creds = self.authority.mint_org_admin_creds(org, ttl_seconds=ADMIN_TTL_SECONDS)
-            nc = await open_connection(
-                self.url,
-                creds,
-                name=f"{org}-platform-admin",
-                recorder=ViolationRecorder(name=f"{org}-platform-admin"),
-                timeout=self.timeout,
-                reconnect=False,
-            )
-            self._admins[org] = (nc, time.monotonic())
-            while len(self._admins) > MAX_ADMIN_CONNECTIONS:  # the least recently used goes
-                oldest = next(iter(self._admins))
-                await self._drop_admin(oldest)
-            return nc
-
-    async def _drop_admin(self, org: str) -> None:
-        kept = self._admins.pop(org, None)
-        if kept is not None:
-            with suppress(Exception):
-                await kept[0].close()
-
-    async def _drop_admins(self) -> None:
-        for org in list(self._admins):
-            await self._drop_admin(org)
+            self._feeds.note_backlog(org, 0)
 
     # ---- agents -------------------------------------------------------------------------
 
@@ -319,15 +272,16 @@ class PlatformBus:
         return self.authority.mint_agent_creds(org, agent, ttl_seconds=ttl_seconds)
 
     async def prepare_agent(self, org: str, agent: str) -> None:
-        """Create the agent's durable consumer on its org's INBOX. Idempotent."""
+        """Create the agent's durable consumer on its org's INBOX. Idempotent. The org's
+        events are read from then on (until it stays idle)."""
         validate_token(agent, what="agent")
-        async with self._org_js(org) as js:
+        async with self._links.use(org) as link:
             with translating(f"creating the inbox consumer of {agent!r} in {org!r}"):
-                await streams.ensure_agent_consumer(js, org, agent)
+                await streams.ensure_agent_consumer(link.js, org, agent)
 
     async def revoke_agent(self, org: str, agent: str) -> None:
         """Revoke every credential minted for ``agent``; its live connections are closed."""
-        _, _, resolver = self._open()
+        _, resolver = self._open()
         async with self._lock:
             if self.authority.revoke_agent(org, agent):
                 await resolver.push(self.authority.org_account_jwt(org), name=org)
@@ -335,9 +289,9 @@ class PlatformBus:
     async def remove_agent(self, org: str, agent: str) -> None:
         """Revoke the agent, delete its consumer and drop what is still queued for it."""
         await self.revoke_agent(org, agent)
-        async with self._org_js(org) as js:
+        async with self._links.use(org) as link:
             with translating(f"deleting the inbox consumer of {agent!r} in {org!r}"):
-                await streams.remove_agent_consumer(js, org, agent)
+                await streams.remove_agent_consumer(link.js, org, agent)
 
     # ---- messages -----------------------------------------------------------------------
 
@@ -370,68 +324,9 @@ class PlatformBus:
         each task's INBOX sequence or the error that kept it out; a redelivery of the same tasks
         and attempts is stored once, as with :meth:`deliver`."""
         self._open()
-        assert self._pipeline is not None
-        out: list[int | CorralError] = [0] * len(items)
-        pending: list[tuple[list[int], str, asyncio.Future[dict[str, Any]]]] = []
-        for org, agent, indexes in _groups(items, batching):
-            limits = self.authority.limits(org)
-            if limits is None:
-                for i in indexes:
-                    out[i] = NotFound(
-                        f"organization {org!r} has no bus account", details={"org": org}
-                    )
-                continue
-            try:
-                subject = subjects.task_inbox(org, validate_token(agent, what="agent"))
-            except CorralError as exc:
-                for i in indexes:
-                    out[i] = exc
-                continue
-            encoded = [(i, messages.encode(items[i][2].to_wire())) for i in indexes]
-            for chunk in _chunks(encoded, limit=limits.max_payload):
-                tasks = [items[i][2] for i, _ in chunk]
-                doing = (
-                    f"delivering task {tasks[0].task_id} to {agent!r} of {org!r}"
-                    if len(tasks) == 1
-                    else f"delivering {len(tasks)} tasks to {agent!r} of {org!r}"
-                )
-                data = wire.join_batch([d for _, d in chunk], cap=wire.INBOX_BATCH_MAX)
-                if len(chunk) == 1:
-                    msg_id = f"{tasks[0].task_id}.{tasks[0].type.value}.{tasks[0].attempt}"
-                else:
-                    ids = ";".join(f"{t.task_id}.{t.type.value}.{t.attempt}" for t in tasks)
-                    msg_id = "batch." + hashlib.sha256(ids.encode()).hexdigest()[:40]
-                try:
-                    with translating(doing, recorder=self._violations):
-                        future = await self._pipeline.publish(
-                            subject,
-                            data,
-                            headers={
-                                "Nats-Msg-Id": msg_id,
-                                "Nats-Expected-Stream": subjects.INBOX_STREAM,
-                            },
-                        )
-                except CorralError as exc:
-                    for i, _ in chunk:
-                        out[i] = exc
-                    continue
-                pending.append(([i for i, _ in chunk], doing, future))
-        if pending:
-            await asyncio.wait([f for _, _, f in pending], timeout=self.timeout)
-        for indexes, doing, future in pending:
-            result: int | CorralError
-            if not future.done():
-                future.cancel()
-                result = Unavailable(f"{doing}: no acknowledgement in time")
-            elif future.cancelled():
-                result = Unavailable(f"{doing}: cancelled")
-            elif (failure := future.exception()) is not None:
-                result = translate(failure, doing=doing)
-            else:
-                result = int(future.result().get("seq", 0))
-            for i in indexes:
-                out[i] = result
-        return out
+        return await delivery.deliver_many(
+            self._links, items, batching=batching, timeout=self.timeout
+        )
 
     async def control(
         self, org: str, agent: str, message: ControlMessage, *, timeout: float | None = None
@@ -442,25 +337,26 @@ class PlatformBus:
             Unavailable: the agent is not listening or did not answer within ``timeout``.
             InvalidInput: the reply is not a JSON object.
         """
-        nc, _, _ = self._open()
+        self._open()
         subject = subjects.agent_control(org, validate_token(agent, what="agent"))
         doing = f"sending {message.kind.value} to {agent!r} of {org!r}"
-        with translating(doing, recorder=self._violations):
-            reply = await nc.request(
-                subject, messages.encode(message.to_wire()), timeout=timeout or self.timeout
-            )
+        async with self._links.use(org) as link:
+            with translating(doing):
+                reply = await link.nc.request(
+                    subject, messages.encode(message.to_wire()), timeout=timeout or self.timeout
+                )
         return messages.decode(reply.data)
 
     async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
         """Publish ``payload`` to ``platform.broadcast.<topic>`` for every org's agents."""
-        nc, _, _ = self._open()
+        nc, _ = self._open()
         for token in topic.split("."):
             validate_token(token, what="topic")
         with translating(f"broadcasting {topic!r}", recorder=self._violations):
             await nc.publish(subjects.broadcast(topic), messages.encode(payload))
 
     async def events(self, *, batch: int = 64, wait: float = 1.0) -> AsyncIterator[BusEvent]:
-        """Every event agents reported, durably, oldest first; runs until cancelled."""
+        """Every event agents reported, durably, oldest first per org; runs until cancelled."""
         async for events in self.event_batches(batch=batch, wait=wait):
             for event in events:
                 yield event
@@ -468,98 +364,63 @@ class PlatformBus:
     async def event_batches(
         self, *, batch: int = 256, wait: float = 1.0
     ) -> AsyncIterator[list[BusEvent]]:
-        """Events agents reported, durably, oldest first, as many as are waiting (up to
-        ``batch``) at a time, so that a consumer can record them in one transaction and then
-        acknowledge them; runs until cancelled.
+        """Events agents reported, durably, a batch of one org at a time (oldest first within
+        the org, the orgs round-robin), so that a consumer can record them in one transaction
+        and then :meth:`acknowledge` them; until then that org's next batch waits. Runs until
+        cancelled; one iterator at a time.
 
-        Malformed events are logged and terminated (never redelivered). Losing the server
-        only pauses the iterator; a permission violation ends it.
+        The batch size is the bus's ``events_batch`` (``batch`` and ``wait`` are accepted for
+        the protocol's sake). Malformed events and oversized statuses are logged, counted in
+        :attr:`events_dropped` and acknowledged with their batch. Losing the server only
+        pauses the iterator.
         """
-        _, js, _ = self._open()
-        with translating("subscribing to EVENTS", recorder=self._violations):
-            pull = await js.pull_subscribe_bind(
-                durable=self._consumer, stream=subjects.EVENTS_STREAM
-            )
-        backoff = 0.1
-        try:
-            while True:
-                self._violations.check()
-                try:
-                    batch_msgs: list[Msg] = await pull.fetch(batch, timeout=wait)
-                except (nats.errors.TimeoutError, TimeoutError):  # nothing new: poll again
-                    continue
-                except (nats.errors.Error, OSError) as exc:
-                    error = translate(exc, doing="reading EVENTS")
-                    if not isinstance(error, Unavailable):
-                        raise error from exc
-                    log.warning("%s; retrying in %.1fs", error.message, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                backoff = 0.1
-                events: list[BusEvent] = []
-                for msg in batch_msgs:
-                    try:
-                        org, agent, kind, items = parse_events(msg.subject, msg.data)
-                    except InvalidInput as exc:
-                        log.warning("dropping a malformed event on %s: %s", msg.subject, exc)
-                        await msg.term()
-                        continue
-                    ack = _ack_once(msg)
-                    events.extend(BusEvent(org, agent, kind, item, ack) for item in items)
-                if events:
-                    yield events
-        finally:
-            with suppress(nats.errors.Error):
-                await pull.unsubscribe()
+        self._open()
+        async for events in self._feeds.batches():
+            yield events
 
     async def acknowledge(self, events: list[BusEvent]) -> None:
-        """Acknowledge a recorded batch of events from :meth:`event_batches`: its last message
-        alone where the consumer acknowledges cumulatively, else each message once."""
-        targets = events[-1:] if self._ack_all else events
-        for event in targets:
-            with suppress(nats.errors.Error):
-                await event.ack()
-        if time.monotonic() >= self._next_trim:
-            self._next_trim = time.monotonic() + TRIM_INTERVAL
-            with suppress(CorralError):
-                await self.trim_events()
-
-    async def trim_events(self) -> int:
-        """Drop from EVENTS everything the control plane has acknowledged; returns the stream
-        sequence below which nothing is kept.
-
-        EVENTS keeps messages by limits (so that what agents report while no control plane
-        runs is kept), so without this it would only grow until its ``max_bytes`` and then
-        refuse every tenant's events. The consumer's acknowledgement floor is the server's
-        own record of what has been recorded; nothing above it is touched.
-        """
-        _, js, _ = self._open()
-        with translating("trimming EVENTS", recorder=self._violations):
-            info = await js.consumer_info(subjects.EVENTS_STREAM, self._consumer)
-            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-            if floor + 1 > self._trimmed_below:
-                await js.purge_stream(subjects.EVENTS_STREAM, seq=floor + 1)
-                self._trimmed_below = floor + 1
-        return self._trimmed_below
+        """Acknowledge a recorded batch of events from :meth:`event_batches` (its last
+        message: the org's EVENTS then forgets the whole batch)."""
+        await self._feeds.acknowledge(events)
 
     async def events_backlog(self) -> int:
-        """Events stored in EVENTS that the control plane has not yet acknowledged."""
-        _, js, _ = self._open()
-        with translating("reading the EVENTS consumer", recorder=self._violations):
-            info = await js.consumer_info(subjects.EVENTS_STREAM, self._consumer)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        """Events stored that the control plane has not yet acknowledged, in the orgs whose
+        events are being read (and in an earlier version's EVENTS still being drained)."""
+        self._open()
+        total = 0
+        for org, seen in self._feeds.backlogs():
+            link = self._links.peek(org)
+            if link is None:
+                total += seen
+                continue
+            try:
+                with translating(f"reading the EVENTS consumer of {org!r}"):
+                    info = await link.js.consumer_info(subjects.EVENTS_STREAM, self._consumer)
+            except CorralError:
+                total += seen
+                continue
+            count = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            self._feeds.note_backlog(org, count)
+            total += count
+        return total
 
     async def serve_vault(self, handler: VaultHandler) -> Serving:
         """Answer ``platform.vault.get`` from every org's agents with ``handler``; it is told
-        the org and agent the server vouched for (see :mod:`corral.bus.vault_requests`)."""
-        nc, _, _ = self._open()
+        the org and agent the server vouched for (see :mod:`corral.bus.vault_requests`). Each
+        org may ask ``vault_rate`` times a second (``vault_burst`` at once); more is refused
+        with :class:`~corral.domain.errors.RateLimited`, so one org cannot starve the rest."""
+        nc, _ = self._open()
 
         async def on_request(msg: Msg) -> None:
             if not msg.reply:
                 return
             reply = await answer(
-                msg.subject, msg.headers, msg.data, directory=self.authority, handler=handler
+                msg.subject,
+                msg.headers,
+                msg.data,
+                directory=self.authority,
+                handler=handler,
+                buckets=self._vault_buckets,
             )
             try:
                 await msg.respond(messages.encode(reply))

@@ -4,9 +4,17 @@
   ``max_bytes`` from the plan, discard new (a full inbox refuses a task rather than dropping an
   older one), and a duplicate window so a redelivered ``Nats-Msg-Id`` is stored once. Per agent
   a durable pull consumer filtered to its own inbox subject.
-- ``EVENTS`` in PLATFORM: every imported ``org.*.agents.*.status|events`` and
-  ``platform.agents.status.<org>``, limits retention with ``max_bytes``, so what agents report
-  while the control plane restarts is kept; one durable consumer for the control plane.
+- ``EVENTS`` in each org's account too: its agents' ``org.<org>.agents.*.status|events`` and
+  the org-local ``platform.agents.status``, file storage, ``max_bytes`` from the plan, discard
+  new (a full stream refuses the flooder's next report, with an error the agent sees, instead
+  of dropping what is already kept) and ``max_msg_size`` at the org's payload limit. Interest
+  retention with one durable pull consumer for the control plane that acknowledges
+  cumulatively: a message is removed once that consumer acknowledged it, so the stream holds
+  exactly the backlog and needs no trimming; what agents report while no control plane runs
+  is kept (the consumer exists from the stream's first day).
+
+Earlier versions kept one ``EVENTS`` in PLATFORM for every org; :func:`legacy_events` finds
+it so that what is left can be drained once and the stream deleted.
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from corral.bus import claims
 from corral.domain import subjects
 from corral.domain.agents import MAX_SLOTS
 from corral.domain.plans import BusLimits
@@ -33,16 +40,20 @@ from corral.domain.plans import BusLimits
 __all__ = [
     "AGENT_MAX_ACK_PENDING",
     "DUPLICATE_WINDOW",
+    "EVENTS_ACK_WAIT",
     "ensure_agent_consumer",
     "ensure_events",
     "ensure_inbox",
     "events_config",
     "events_subjects",
     "inbox_config",
+    "legacy_events",
     "remove_agent_consumer",
 ]
 
 DUPLICATE_WINDOW = 120.0  # seconds
+#: seconds before an event the control plane received but did not acknowledge comes again
+EVENTS_ACK_WAIT = 30.0
 #: inbox messages an agent may hold unacknowledged. The SDK acknowledges each on receipt and
 #: fetches at most 64 at a time; a fetch of more than this waits out its whole timeout, so it
 #: must stay above any agent's fetch size (an agent runs up to MAX_SLOTS tasks at once)
@@ -63,24 +74,25 @@ def inbox_config(org: str, limits: BusLimits, *, replicas: int = 1) -> StreamCon
     )
 
 
-def events_subjects() -> list[str]:
-    # Explicit kinds, not org.*.agents.>: the control subjects the platform itself requests
-    # live under org.<org>.agents too and must never be captured (nor PubAck'ed) here.
+def events_subjects(org: str) -> list[str]:
+    # Explicit kinds, not org.<org>.agents.>: the control subjects the platform itself
+    # requests live under org.<org>.agents too and must never be captured (nor PubAck'ed).
     return [
-        subjects.agent_status("*", "*"),
-        subjects.agent_events("*", "*"),
-        claims.platform_status_subject("*"),
+        subjects.agent_status(org, "*"),
+        subjects.agent_events(org, "*"),
+        subjects.PLATFORM_STATUS,
     ]
 
 
-def events_config(max_bytes: int, *, replicas: int = 1) -> StreamConfig:
+def events_config(org: str, limits: BusLimits, *, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=subjects.EVENTS_STREAM,
-        subjects=events_subjects(),
-        retention=RetentionPolicy.LIMITS,
+        subjects=events_subjects(org),
+        retention=RetentionPolicy.INTEREST,
         storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_bytes=max_bytes,
+        discard=DiscardPolicy.NEW,
+        max_bytes=limits.events_max_bytes,
+        max_msg_size=limits.max_payload,
         duplicate_window=DUPLICATE_WINDOW,
         num_replicas=replicas,
     )
@@ -110,35 +122,49 @@ async def ensure_inbox(
 
 
 async def ensure_events(
-    js: JetStreamContext, *, max_bytes: int, consumer: str, replicas: int = 1
-) -> bool:
-    """Create EVENTS and the control plane's durable consumer on it (``js`` is PLATFORM's).
-    Returns whether the consumer acknowledges cumulatively.
-
-    A new consumer acknowledges cumulatively (``AckPolicy.ALL``): the control plane records a
-    batch of events in one transaction and then acknowledges its last message. A consumer made
-    by an earlier version (one acknowledgement per message) is kept as it is and acknowledged
-    message by message: replacing it would need a delete before the add, and a crash between
-    the two would replay the whole stream.
-    """
-    await _ensure_stream(js, events_config(max_bytes, replicas=replicas))
+    js: JetStreamContext, org: str, limits: BusLimits, *, consumer: str, replicas: int = 1
+) -> int:
+    """Create the org's EVENTS and the control plane's durable consumer on it (``js`` is the
+    org's), or bring the stream to the plan's size. Returns the consumer's backlog: events
+    stored that the control plane has not acknowledged."""
+    await _ensure_stream(js, events_config(org, limits, replicas=replicas))
     try:
         have = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
     except NotFoundError:
-        have = None
-    if have is not None:
-        return bool(have.config.ack_policy == AckPolicy.ALL)
-    await js.add_consumer(
-        subjects.EVENTS_STREAM,
-        ConsumerConfig(
-            durable_name=consumer,
-            ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30.0,
-            max_ack_pending=10_000,
-        ),
-    )
-    return True
+        have = await js.add_consumer(
+            subjects.EVENTS_STREAM,
+            ConsumerConfig(
+                durable_name=consumer,
+                ack_policy=AckPolicy.ALL,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=EVENTS_ACK_WAIT,
+                max_ack_pending=10_000,
+            ),
+        )
+    return int(have.num_pending or 0) + int(have.num_ack_pending or 0)
+
+
+async def legacy_events(js: JetStreamContext, consumer: str) -> bool | None:
+    """Whether PLATFORM still holds an earlier version's EVENTS (``js`` is PLATFORM's): None
+    if not, else whether its ``consumer`` acknowledges cumulatively (created if missing, so
+    that its whole content is drained)."""
+    try:
+        await js.stream_info(subjects.EVENTS_STREAM)
+    except NotFoundError:
+        return None
+    try:
+        have = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
+    except NotFoundError:
+        have = await js.add_consumer(
+            subjects.EVENTS_STREAM,
+            ConsumerConfig(
+                durable_name=consumer,
+                ack_policy=AckPolicy.ALL,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=EVENTS_ACK_WAIT,
+            ),
+        )
+    return bool(have.config.ack_policy == AckPolicy.ALL)
 
 
 async def ensure_agent_consumer(js: JetStreamContext, org: str, agent: str) -> None:

@@ -9,6 +9,10 @@ with the caller's account and user key. The platform maps the account key to the
 user key to the agent it minted that key for; a request whose header and subject disagree, or
 from an account it does not know, is refused.
 
+Every org has its own budget of requests (:class:`TokenBuckets`, checked once the caller is
+known and before the handler runs): an org flooding the vault subject is refused with
+``rate_limited`` and costs the others a dictionary lookup per flooded request.
+
 Replies are JSON: the handler's object on success, ``{"error": {code, message, details}}``
 otherwise (the shape of :meth:`CorralError.to_wire`).
 """
@@ -17,15 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from corral.bus import claims
 from corral.domain import messages
-from corral.domain.errors import CorralError, PermissionDenied, Unavailable
+from corral.domain.errors import CorralError, PermissionDenied, RateLimited, Unavailable
 
-__all__ = ["REQUEST_INFO_HEADER", "VaultHandler", "VaultRequest", "answer"]
+__all__ = ["REQUEST_INFO_HEADER", "TokenBuckets", "VaultHandler", "VaultRequest", "answer"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,29 @@ class _Directory(Protocol):
     def agent_for_user(self, org: str, user: str) -> str | None: ...
 
 
+class TokenBuckets:
+    """A token bucket per key: ``rate`` tokens a second, at most ``burst`` saved."""
+
+    def __init__(self, *, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at)
+
+    def take(self, key: str) -> float:
+        """0.0 if ``key`` may go now (a token is spent), else the seconds until it may."""
+        now = time.monotonic()
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def forget(self, key: str) -> None:
+        self._buckets.pop(key, None)
+
+
 def _caller(subject: str, headers: dict[str, str] | None, directory: _Directory) -> tuple[str, str]:
     prefix = f"{claims.VAULT_IMPORTED_PREFIX}."
     account = subject[len(prefix) :] if subject.startswith(prefix) else ""
@@ -73,10 +101,18 @@ async def answer(
     *,
     directory: _Directory,
     handler: VaultHandler,
+    buckets: TokenBuckets | None = None,
 ) -> dict[str, Any]:
     """The reply to one vault request; never raises."""
     try:
         org, user = _caller(subject, headers, directory)
+        wait = buckets.take(org) if buckets is not None else 0.0
+        if wait:
+            raise RateLimited(
+                f"organization {org!r} is over its vault request rate; retry later",
+                retry_after=round(wait, 3),
+                details={"org": org},
+            )
         request = VaultRequest(
             org=org,
             agent_id=directory.agent_for_user(org, user),

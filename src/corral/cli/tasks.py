@@ -13,6 +13,7 @@ from rich.table import Table
 
 from corral.cli.context import Context, pass_ctx, run
 from corral.domain.errors import InvalidInput
+from corral.domain.policies import parse_duration
 
 __all__ = ["task"]
 
@@ -58,6 +59,14 @@ def task() -> None:
 @click.option("--memory", help="Required memory.")
 @click.option("--gpu", type=int, default=0)
 @click.option("--payload", default="{}", show_default=True, help="JSON object for the agent.")
+@click.option("--max-attempts", type=int, help="Attempts before it fails (plan default).")
+@click.option("--backoff", help="Wait after the first failed attempt, e.g. 1s (plan default).")
+@click.option("--max-backoff", help="Longest wait between attempts, e.g. 1m.")
+@click.option("--backoff-multiplier", type=float, help="Each wait is this times the last.")
+@click.option("--non-retryable", help="Error types that fail it at once, e.g. ValueError,KeyError.")
+@click.option("--run-timeout", help="Longest run of one attempt, e.g. 10m (plan default).")
+@click.option("--heartbeat-timeout", help="Longest silence between progress reports, e.g. 30s.")
+@click.option("--idempotency-key", help="Submitting again with this key returns the same task.")
 @click.option("--watch", "watch_", is_flag=True, help="Then watch it until it is done.")
 @click.option("--max-tokens", type=int, help="Model tokens it and its delegated children may use.")
 @click.option("--max-cost", help="Dollars of model calls it and its delegated children may spend.")
@@ -73,11 +82,20 @@ def submit(
     memory: str | None,
     gpu: int,
     payload: str,
+    max_attempts: int | None,
+    backoff: str | None,
+    max_backoff: str | None,
+    backoff_multiplier: float | None,
+    non_retryable: str | None,
+    run_timeout: str | None,
+    heartbeat_timeout: str | None,
+    idempotency_key: str | None,
     watch_: bool,
     max_tokens: int | None,
     max_cost: str | None,
 ) -> None:
-    """Submit a task to ORG (exactly one of --role or --agent)."""
+    """Submit a task to ORG (exactly one of --role or --agent). Retries and timeouts not
+    given take the org's plan's defaults (`corral org show`)."""
 
     def body() -> None:
         if (role is None) == (agent_id is None):
@@ -102,6 +120,26 @@ def submit(
             body_["agent"] = agent_id
         if deadline:
             body_["deadline"] = deadline
+        retry = {
+            k: v
+            for k, v in (
+                ("maxAttempts", max_attempts),
+                ("initialBackoff", _seconds(backoff, "--backoff")),
+                ("maxBackoff", _seconds(max_backoff, "--max-backoff")),
+                ("multiplier", backoff_multiplier),
+                ("nonRetryable", non_retryable.split(",") if non_retryable else None),
+            )
+            if v is not None
+        }
+        if retry:
+            body_["retry"] = retry
+        for key, value in (
+            ("runTimeout", _seconds(run_timeout, "--run-timeout")),
+            ("heartbeatTimeout", _seconds(heartbeat_timeout, "--heartbeat-timeout")),
+            ("idempotencyKey", idempotency_key),
+        ):
+            if value is not None:
+                body_[key] = value
         if max_tokens is not None:
             body_["maxTokens"] = max_tokens
         if max_cost is not None:
@@ -119,14 +157,45 @@ def submit(
 @task.command("list")
 @click.argument("org")
 @click.option("--state", help="Comma-separated states, e.g. queued,running.")
+@click.option("--role", help="Only tasks for this role.")
+@click.option("--agent", "agent_id", help="Only tasks sent to or run by this agent.")
+@click.option("--priority", help="Comma-separated priorities, e.g. high,critical.")
+@click.option("--parent", help="Only the tasks this task delegated.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Tasks per page.")
+@click.option("--cursor", help="The page after the one that printed this cursor.")
 @pass_ctx
-def list_(ctx: Context, org: str, state: str | None) -> None:
-    """List ORG's tasks."""
+def list_(
+    ctx: Context,
+    org: str,
+    state: str | None,
+    role: str | None,
+    agent_id: str | None,
+    priority: str | None,
+    parent: str | None,
+    limit: int,
+    cursor: str | None,
+) -> None:
+    """List ORG's tasks, newest first, a page at a time."""
 
     def body() -> None:
-        params = {"state": state} if state else {}
+        given = {
+            "state": state,
+            "role": role,
+            "agent": agent_id,
+            "priority": priority,
+            "parent": parent,
+            "cursor": cursor,
+        }
+        params: dict[str, Any] = {k: v for k, v in given.items() if v}
+        params["limit"] = limit
         data = ctx.client.get(f"/v1/orgs/{org}/tasks", params=params)
-        ctx.emit(data, lambda: console.print(_table(data["tasks"])))
+
+        def human() -> None:
+            console.print(_table(data["tasks"]))
+            if data.get("nextCursor"):
+                console.print(f"more: --cursor {data['nextCursor']}")
+
+        ctx.emit(data, human)
 
     run(body)
 
@@ -143,6 +212,8 @@ def show(ctx: Context, org: str, task_id: str) -> None:
 
         def human() -> None:
             console.print(_table([data]))
+            if data.get("waiting"):
+                console.print(f"waiting: {data['waiting']}")
             hist = Table(title="history")
             for col in ("at", "from", "to", "detail"):
                 hist.add_column(col)
@@ -219,3 +290,8 @@ def _watch(ctx: Context, org: str, task_id: str, *, timeout: float = 3600.0) -> 
         console.print_json(json.dumps(data["result"]))
     if data["state"] != "completed":
         raise SystemExit(1)
+
+
+def _seconds(value: str | float | None, flag: str) -> float | None:
+    """A duration flag (``30s``, ``10m``, ``2h``, or seconds) as the API takes it: seconds."""
+    return None if value is None else parse_duration(value, what=flag)

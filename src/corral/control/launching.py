@@ -94,6 +94,7 @@ class Launcher:
             "CORRAL_ROLE": agent.role,
             "CORRAL_NATS_URL": self._bus.url,
             "CORRAL_AGENT_SLOTS": str(agent.slots),
+            "CORRAL_MAX_PAYLOAD": str(org.plan.bus.max_payload),
             **self._extra_env,
             **(env or {}),
         }

@@ -5,7 +5,8 @@ created, and every failure undoes what was done so far, in reverse, so a refused
 provision leaves no process, workspace, credential or quota charge behind.
 
 Everything that happens to an agent's lifecycle comes here: it reports ready, it is heard from,
-it exits, it stops heartbeating. Every state change is held to the domain's agent state machine
+it exits (a crash, or an exit with code 0 nobody asked for), it stops heartbeating. After
+:data:`MAX_RESTARTS` restarts in a row (a completed task ends a streak) it is ``failed``. Every state change is held to the domain's agent state machine
 (:mod:`corral.control.records`). When an agent stops running the work it was
 given, the controller tells the dispatcher once, through ``on_lost``; which task an agent is
 busy with is the dispatcher's knowledge, asked through ``current_task``.
@@ -77,15 +78,7 @@ class Controller(AgentRecords):
         self._restarts = Background()
         self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._last_seen: dict[str, float] = {}
-
-    # -- questions ------------------------------------------------------------------------
-    async def find_agents(self, org: Organization) -> list[Agent]:
-        """Every agent of ``org``, terminated ones included, oldest first."""
-        return await self.agents.find(org_id=org.id)
-
-    async def get_agent(self, org: Organization, agent_id: str) -> Agent:
-        """Raises: NotFound: no such agent in ``org``."""
-        return await self.agents.get(agent_id, org_id=org.id)
+        self._crashing: set[str] = set()  # agents restarted since their last completed task
 
     async def agent_logs(self, org: Organization, agent_id: str, *, tail: int = 200) -> str:
         """The last ``tail`` lines the agent's process wrote.
@@ -259,9 +252,9 @@ class Controller(AgentRecords):
                 public_key=None,
                 detail=detail,
             )
-            await self.on_lost(agent_id)
             paused = await self.agents.get(agent_id)
-            self._publish(paused)
+            self._publish(paused)  # at once: placement may wake it from now on
+            await self.on_lost(agent_id, f"agent {agent_id} was paused")
             self.on_capacity(org.id)
             return paused
 
@@ -300,15 +293,14 @@ class Controller(AgentRecords):
             await self._transition(
                 agent_id, expect=[previous], to=AgentState.RESUMING, restarts=0, detail=""
             )
+            self._publish(await self.agents.get(agent_id))  # placement waits for it from now
             steps.append(lambda: self._set_state(agent_id, AgentState.RESUMING, previous))
             try:
                 await self._launcher.launch(org, agent, steps)
             except BaseException:
                 await undo(steps)
                 raise
-            resumed = await self.agents.get(agent_id)
-            self._publish(resumed)
-            return resumed
+            return await self.agents.get(agent_id)
 
     async def _set_state(self, agent_id: str, expect: AgentState, to: AgentState) -> None:
         await self._transition(agent_id, expect=[expect], to=to)
@@ -345,7 +337,7 @@ class Controller(AgentRecords):
                 terminated_at=datetime.now(UTC),
                 public_key=None,
             )
-            await self.on_lost(agent_id)
+            await self.on_lost(agent_id, f"agent {agent_id} was terminated")
             done = await self.agents.get(agent_id)
             self._publish(done)
             self.on_capacity(org.id)
@@ -353,24 +345,33 @@ class Controller(AgentRecords):
 
     # -- crashes --------------------------------------------------------------------------
     async def on_exit(self, status: RuntimeStatus) -> None:
-        """A process exited without being asked: restart it with backoff, or mark it
-        ``failed`` after repeated crashes; the work it held is retried."""
-        if status.phase is not Phase.CRASHED:
+        """A process exited without being asked (crashed, or exited with code 0): restart it
+        with backoff, or mark it ``failed`` after repeated crashes; the work it held is
+        retried."""
+        if status.phase not in (Phase.CRASHED, Phase.EXITED):
             return
         await self._record_crash(status)
-        await self.on_lost(status.agent_id)
+        await self.on_lost(status.agent_id, f"agent {status.agent_id} exited ({_exit(status)})")
 
     async def heartbeat_lost(self, org: Organization, agent: Agent) -> None:
-        """A running agent stopped heartbeating (hung or cut off): stop it and restart it as
-        after a crash; the work it held is retried."""
+        """A running agent stopped heartbeating (hung or cut off): restart it, as after a crash."""
+        await self.restart_hung(org, agent.id, "heartbeat lost")
+
+    async def restart_hung(self, org: Organization, agent_id: str, why: str) -> None:
+        """Stop an agent that does not do what it must (no heartbeat, a handler that would not
+        stop) and restart it as after a crash; the work it held is retried."""
         with contextlib.suppress(CorralError):
-            await self.runtime.stop(org.slug, agent.id, grace=1.0)
+            await self.runtime.stop(org.slug, agent_id, grace=1.0)
             await self._record_crash(
-                RuntimeStatus(
-                    org.slug, agent.id, Phase.CRASHED, detail={"reason": "heartbeat lost"}
-                )
+                RuntimeStatus(org.slug, agent_id, Phase.CRASHED, detail={"reason": why})
             )
-        await self.on_lost(agent.id)
+        await self.on_lost(agent_id, f"agent {agent_id} was restarted: {why}")
+
+    def work_done(self, agent_id: str) -> None:
+        """The agent completed a task: its crashes so far are not "in a row" any more."""
+        if agent_id in self._crashing:
+            self._crashing.discard(agent_id)
+            self._restarts.spawn(self.agents.update(agent_id, restarts=0), f"steady-{agent_id}")
 
     async def _record_crash(self, status: RuntimeStatus) -> None:
         try:
@@ -381,13 +382,14 @@ class Controller(AgentRecords):
             return
         org = await self._org_by_id(agent.org_id)
         restarts = agent.restarts + 1
+        self._crashing.add(agent.id)
         if restarts > MAX_RESTARTS:
             await self._transition(
                 agent.id,
                 expect=[agent.state],
                 to=AgentState.FAILED,
                 restarts=restarts,
-                detail=f"crashed {restarts} times (last exit {status.exit_code})",
+                detail=f"crashed {restarts} times in a row (last: {_exit(status)})",
             )
             await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
             if agent.public_key:
@@ -401,7 +403,7 @@ class Controller(AgentRecords):
             expect=[agent.state],
             to=AgentState.PROVISIONING,
             restarts=restarts,
-            detail=f"restarting after exit {status.exit_code} ({restarts}/{MAX_RESTARTS})",
+            detail=f"restarting after exit: {_exit(status)} ({restarts}/{MAX_RESTARTS})",
         )
         self._publish(await self.agents.get(agent.id))
         delay = min(10.0, 0.2 * 2 ** (restarts - 1))
@@ -446,3 +448,10 @@ class Controller(AgentRecords):
 
     async def close(self) -> None:
         await self._restarts.close()
+
+
+def _exit(status: RuntimeStatus) -> str:
+    """How the process ended, for a person: its code and signal, or what was wrong."""
+    how = [f"code {status.exit_code}"] if status.exit_code is not None else []
+    how += [v for k, v in status.detail.items() if k in ("signal", "reason")]
+    return ", ".join(how) or "unknown"

@@ -14,12 +14,13 @@ from typing import Any
 
 from corral.control.hub import EventHub
 from corral.domain.agents import Agent, AgentState, require_transition
+from corral.domain.tenancy import Organization
 from corral.store.agents import AgentRepository
 
 __all__ = ["AgentRecords"]
 
 
-async def _nothing_lost(agent_id: str) -> None:
+async def _nothing_lost(agent_id: str, why: str | None = None) -> None:
     return None
 
 
@@ -32,10 +33,20 @@ class AgentRecords:
         self.on_capacity: Callable[[str], None] = lambda org_id: None
         #: told every agent whose lifecycle state it records (after the record)
         self.on_change: Callable[[Agent], None] = lambda agent: None
-        #: told, and awaited, when an agent stops running the work it was given
-        self.on_lost: Callable[[str], Awaitable[None]] = _nothing_lost
+        #: told, and awaited, when an agent stops running the work it was given: its id and
+        #: why, in words for the history of the tasks it held
+        self.on_lost: Callable[[str, str | None], Awaitable[None]] = _nothing_lost
         #: asked which task an agent is busy with (``None``: it holds none)
         self.current_task: Callable[[str], str | None] = lambda agent_id: None
+
+    # -- questions ------------------------------------------------------------------------
+    async def find_agents(self, org: Organization) -> list[Agent]:
+        """Every agent of ``org``, terminated ones included, oldest first."""
+        return await self.agents.find(org_id=org.id)
+
+    async def get_agent(self, org: Organization, agent_id: str) -> Agent:
+        """Raises: NotFound: no such agent in ``org``."""
+        return await self.agents.get(agent_id, org_id=org.id)
 
     def _lock(self, agent_id: str) -> asyncio.Lock:
         return self._locks.setdefault(agent_id, asyncio.Lock())

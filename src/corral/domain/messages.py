@@ -34,6 +34,19 @@ class MessageType(StrEnum):
     DELEGATE = "delegate"  # platform → agent: do this task; agent → platform: please delegate
     COMPLETE = "complete"  # agent → platform: done, payload is the result
     BLOCKED = "blocked"  # agent → platform: cannot finish, payload["reason"] says why
+    FAILED = "failed"  # agent → platform: the handler raised; payload["error"] says what
+    CANCEL = "cancel"  # platform → agent: stop handling taskId (cancelled, timed out, expired)
+    CANCELLED = "cancelled"  # agent → platform: the handler of a stopped task has ended
+
+    @property
+    def ends_task(self) -> bool:
+        """Whether an agent sends this when the handler of a task has ended."""
+        return self in _ENDINGS
+
+
+_ENDINGS = frozenset(
+    {MessageType.COMPLETE, MessageType.BLOCKED, MessageType.FAILED, MessageType.CANCELLED}
+)
 
 
 class StatusKind(StrEnum):

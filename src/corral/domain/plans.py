@@ -2,7 +2,10 @@
 
 A plan is compiled into Corral's own admission, the Kubernetes ResourceQuota and LimitRange,
 the NATS account JWT, the scheduler's weights and the API's rate limiter. ``standard`` carries
-the seed's numbers exactly; ``free`` and ``enterprise`` are scaled around it (see README).
+the seed's numbers exactly but for the bus: its JetStream is file storage only (no memory
+reservation) and sized to what its two streams hold (INBOX + EVENTS), because the server sums
+every account's reservation against its caps and a handful of generous tenants would fill
+it; ``free`` and ``enterprise`` are scaled around it (see README).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from corral.domain.errors import InvalidInput
+from corral.domain.policies import DEFAULT_TASK_POLICY, RetryPolicy, TaskPolicy
 from corral.domain.quantities import Quantity, parse
 
 __all__ = [
@@ -57,11 +61,12 @@ class BusLimits:
 
     max_connections: int
     max_payload: int  # bytes
-    jetstream_memory: int  # bytes reserved in the server's memory store
-    jetstream_storage: int  # bytes reserved in the server's file store
+    jetstream_memory: int  # bytes reserved in the server's memory store (0: none, file only)
+    jetstream_storage: int  # bytes reserved in the server's file store: INBOX + EVENTS
     max_streams: int
     max_consumers: int
     inbox_max_bytes: int  # the org's inbox work-queue stream
+    events_max_bytes: int = 4 * _MiB  # the org's EVENTS stream: what its agents report
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,8 @@ class Plan:
     #: how long a finished task (and its history) is kept before it is pruned
     task_retention_seconds: float = 7 * 86400.0
     description: str = field(default="")
+    #: what a task of this org may cost when its submitter does not say (retries, timeouts)
+    task_policy: TaskPolicy = DEFAULT_TASK_POLICY
 
     def to_wire(self) -> dict[str, object]:
         lr = self.limit_range
@@ -107,11 +114,13 @@ class Plan:
                 "maxStreams": self.bus.max_streams,
                 "maxConsumers": self.bus.max_consumers,
                 "inboxMaxBytes": self.bus.inbox_max_bytes,
+                "eventsMaxBytes": self.bus.events_max_bytes,
             },
             "apiRatePerSecond": self.api_rate_per_second,
             "apiBurst": self.api_burst,
             "idleTimeoutSeconds": self.idle_timeout_seconds,
             "taskRetentionSeconds": self.task_retention_seconds,
+            "taskDefaults": self.task_policy.to_wire(),
         }
 
 
@@ -142,11 +151,12 @@ FREE = Plan(
     agent_limit=2,
     plan_boost=0,
     fair_share_weight=1,
-    bus=BusLimits(20, 256 * 1024, 8 * _MiB, 64 * _MiB, 4, 32, 32 * _MiB),
+    bus=BusLimits(20, 256 * 1024, 0, 8 * _MiB, 4, 32, 4 * _MiB, 4 * _MiB),
     api_rate_per_second=5.0,
     api_burst=20,
     idle_timeout_seconds=300.0,
     task_retention_seconds=86400.0,
+    task_policy=TaskPolicy(RetryPolicy(max_attempts=3), run_timeout=3600.0),
 )
 
 STANDARD = Plan(
@@ -157,7 +167,7 @@ STANDARD = Plan(
     agent_limit=10,
     plan_boost=1,
     fair_share_weight=2,
-    bus=BusLimits(100, 1024 * 1024, 32 * _MiB, 256 * _MiB, 8, 128, 128 * _MiB),
+    bus=BusLimits(100, 1024 * 1024, 0, 32 * _MiB, 8, 128, 16 * _MiB, 16 * _MiB),
     api_rate_per_second=20.0,
     api_burst=50,
     idle_timeout_seconds=900.0,
@@ -171,12 +181,13 @@ ENTERPRISE = Plan(
     agent_limit=50,
     plan_boost=2,
     fair_share_weight=4,
-    bus=BusLimits(500, 1024 * 1024, 128 * _MiB, 1024 * _MiB, 32, 512, 512 * _MiB),
+    bus=BusLimits(500, 1024 * 1024, 0, 256 * _MiB, 32, 512, 128 * _MiB, 128 * _MiB),
     api_rate_per_second=100.0,
     api_burst=200,
     idle_timeout_seconds=3600.0,
     gpu_limit=4,
     task_retention_seconds=30 * 86400.0,
+    task_policy=TaskPolicy(RetryPolicy(), run_timeout=24 * 3600.0),
 )
 
 _REGISTRY: dict[str, Plan] = {p.name: p for p in (FREE, STANDARD, ENTERPRISE)}
@@ -235,7 +246,12 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
         int(bus_in.get("maxStreams", b.max_streams)),
         int(bus_in.get("maxConsumers", b.max_consumers)),
         int(bus_in.get("inboxMaxBytes", b.inbox_max_bytes)),
+        int(bus_in.get("eventsMaxBytes", b.events_max_bytes)),
     )
+    defaults = d.get("taskDefaults")
+    if defaults is not None and not isinstance(defaults, dict):
+        raise InvalidInput(f"plan {name!r}: taskDefaults must be a mapping")
+    task_policy = TaskPolicy.from_wire(defaults, base=base.task_policy)
     try:
         return Plan(
             name=name,
@@ -253,6 +269,7 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
                 d.get("taskRetentionSeconds", base.task_retention_seconds)
             ),
             gpu_limit=int(d.get("gpuLimit", base.gpu_limit)),
+            task_policy=task_policy,
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"plan {name!r}: {exc}") from exc

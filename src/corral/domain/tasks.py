@@ -22,9 +22,10 @@ work can pass it, so it waits a bounded time unless critical work alone saturate
 (or its own org cannot place it).
 
 **States.** ``queued → dispatched → running → completed | blocked | failed``; any non-terminal
-state may go to ``cancelled``; ``queued → expired`` when the deadline passes first;
-``dispatched`` and ``running`` return to ``queued`` on a retry, and ``dispatched → failed``
-when delivery is given up. ``completed``, ``blocked``, ``failed``, ``cancelled`` and
+state may go to ``cancelled``, and to ``expired`` when the deadline passes first (a running
+task's handler is then stopped); ``dispatched`` and ``running`` return to ``queued`` on a
+retry, and ``dispatched → failed`` when delivery is given up (or the retries are spent);
+``queued → failed`` when the one agent it was sent to is gone for good. ``completed``, ``blocked``, ``failed``, ``cancelled`` and
 ``expired`` are terminal.
 """
 
@@ -47,6 +48,7 @@ __all__ = [
     "TRANSITIONS",
     "Priority",
     "Requirements",
+    "TaskFilter",
     "TaskState",
     "aged_band",
     "age_epoch",
@@ -174,9 +176,11 @@ TERMINAL_STATES: frozenset[TaskState] = frozenset(
 _S = TaskState
 TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = MappingProxyType(
     {
-        _S.QUEUED: frozenset({_S.DISPATCHED, _S.CANCELLED, _S.EXPIRED}),
-        _S.DISPATCHED: frozenset({_S.RUNNING, _S.QUEUED, _S.FAILED, _S.CANCELLED}),
-        _S.RUNNING: frozenset({_S.COMPLETED, _S.BLOCKED, _S.FAILED, _S.QUEUED, _S.CANCELLED}),
+        _S.QUEUED: frozenset({_S.DISPATCHED, _S.CANCELLED, _S.EXPIRED, _S.FAILED}),
+        _S.DISPATCHED: frozenset({_S.RUNNING, _S.QUEUED, _S.FAILED, _S.CANCELLED, _S.EXPIRED}),
+        _S.RUNNING: frozenset(
+            {_S.COMPLETED, _S.BLOCKED, _S.FAILED, _S.QUEUED, _S.CANCELLED, _S.EXPIRED}
+        ),
         **{s: frozenset() for s in TERMINAL_STATES},
     }
 )
@@ -198,3 +202,14 @@ def check_transition(current: TaskState, target: TaskState) -> None:
             f"a {current.value} task cannot become {target.value} (allowed: {allowed})",
             details={"state": current.value, "target": target.value},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Which of an org's tasks a listing shows; ``None`` fields do not filter."""
+
+    states: tuple[TaskState, ...] | None = None
+    role: str | None = None
+    agent: str | None = None  # the agent it was sent to or runs on
+    priorities: tuple[Priority, ...] | None = None
+    parent: str | None = None

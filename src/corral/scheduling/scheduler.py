@@ -279,13 +279,15 @@ class Scheduler:
         return (item[1] for item in list(self._index.values()))
 
     def why_waiting(self, task_id: TaskId) -> str | None:
-        """The placement's reason if ``task_id`` is in a parked lane, else ``None``."""
+        """Why ``task_id`` waits: the reason its lane's placement gave when it last had to
+        wait (kept until the lane's next task is taken, though the lane may be unparked to be
+        tried again), else ``None``."""
         item = self._index.get(task_id)
         if item is None:
             return None
         task = item[1]
         lane = self._orgs[task.org].lanes.get((task.role, task.agent_id))
-        return lane.reason if lane is not None and lane.parked else None
+        return (lane.reason or None) if lane is not None else None
 
     def expire(self, now: float) -> list[QueuedTask]:
         """Remove and return the tasks whose deadline is at or before ``now``."""
@@ -370,6 +372,7 @@ class Scheduler:
                 continue
             # Take the task and list the lane's next head: the hot path, written out.
             self._last = lane.pop()
+            lane.reason = ""
             del self._index[task.id]
             org.queued -= 1
             if deadline is not None:

@@ -6,6 +6,12 @@ durable inbox (a task message, or a batch of them), hands tasks to the slot pool
 awaiting them, reports through the outbox (:mod:`~corral.sdk.outbox`), answers checkpoint
 and stop requests, and on a graceful stop lets its tasks end and saves a checkpoint
 (:mod:`~corral.sdk.checkpoints`).
+
+How a handler ends is what the platform hears: its return value ``complete`` (refused, and the
+task ``failed``, if it is larger than the organization's bus carries), :class:`Blocked`
+``blocked`` (never retried), any other exception ``failed`` with its type and message (retried
+as the task's policy says), and a ``cancel`` from the platform cancels its coroutine, reported
+``cancelled`` once it has ended.
 """
 
 from __future__ import annotations
@@ -42,11 +48,26 @@ from corral.sdk.outbox import Outbox
 from corral.sdk.vault import read_secret
 from corral.sdk.workers import Workers
 
-__all__ = ["Agent", "Handler", "inbox_messages"]
+__all__ = ["RESULT_ENVELOPE", "Agent", "Handler", "failure", "inbox_messages"]
 
 log = logging.getLogger("corral.sdk")
 
 Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
+#: Bytes kept free for the task message around a result.
+RESULT_ENVELOPE = 1024
+
+
+class TooLarge(Exception):  # noqa: N818 - never leaves this module
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__("result too large")
+        self.payload = payload
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    """The ``failed`` event's payload for a handler that raised ``exc``."""
+    kind = type(exc).__name__
+    text = exc.message if isinstance(exc, CorralError) else str(exc)
+    return {"error": {"type": kind, "message": text[:4000]}, "reason": f"{kind}: {text}"[:4000]}
 
 
 def inbox_messages(obj: dict[str, Any]) -> list[TaskMessage]:
@@ -80,7 +101,7 @@ class Agent:
         self._js: JetStreamContext | None = None
         self._stopping = asyncio.Event()
         self._pending: dict[str, asyncio.Future[TaskMessage]] = {}  # delegated children
-        self._outbox = Outbox(config.org, config.agent_id)
+        self._outbox = Outbox(config.org, config.agent_id, max_payload=config.max_payload)
         self._workers = Workers(
             slots=config.slots,
             run=self._handle,
@@ -207,6 +228,9 @@ class Agent:
                 # results of delegations (below) never wait for a slot, so a task awaiting its
                 # child cannot deadlock
                 self._workers.take(message)
+            elif message.type is MessageType.CANCEL:
+                if not self._workers.cancel(message.task_id):  # not running: ended already
+                    await self._end(message, MessageType.CANCELLED, {"reason": "stopped"})
             else:  # a delegated child's result
                 fut = self._pending.pop(message.task_id, None)
                 if fut is not None and not fut.done():
@@ -220,11 +244,26 @@ class Agent:
             if self._handler is None:
                 raise Blocked("this agent has no task handler")
             payload = await self._handler(ctx) or {}
+            payload = self._deliverable(message.task_id, payload)
         except Blocked as exc:
             outcome, payload = MessageType.BLOCKED, {"reason": exc.reason}
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._workers.is_stopping(message.task_id) or task is None:
+                raise  # the agent itself is stopping
+            task.uncancel()
+            log.info("task %s stopped at the platform's request", message.task_id)
+            outcome, payload = MessageType.CANCELLED, {"reason": "stopped"}
+        except TooLarge as exc:
+            outcome, payload = MessageType.FAILED, exc.payload
         except Exception as exc:
             log.exception("task %s failed", message.task_id)
-            outcome, payload = MessageType.BLOCKED, {"reason": f"{type(exc).__name__}: {exc}"}
+            outcome, payload = MessageType.FAILED, failure(exc)
+        await self._end(message, outcome, payload)
+
+    async def _end(
+        self, message: TaskMessage, outcome: MessageType, payload: dict[str, Any]
+    ) -> None:
         await self._outbox.event(
             TaskMessage(
                 message.task_id,
@@ -235,6 +274,28 @@ class Agent:
                 message.attempt,
             )
         )
+
+    def _deliverable(self, task_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` if the bus can carry it to the platform.
+
+        Raises:
+            TooLarge: it is larger than the organization's bus carries in one message.
+        """
+        limit = self.config.max_payload
+        if self._nc is not None and self._nc.max_payload:
+            limit = min(limit, self._nc.max_payload)
+        limit -= RESULT_ENVELOPE
+        size = len(encode(result))
+        if size <= limit:
+            return result
+        error = InvalidInput(
+            f"the result of {task_id} is {size} bytes; this organization's bus carries at most "
+            f"{limit} in one result: keep large data in the workspace or a store and return a "
+            "reference to it",
+            details={"size": size, "limit": limit},
+        )
+        log.error("%s", error.message)
+        raise TooLarge({**failure(error), "retryable": False})
 
     # -- what a task context asks (see corral.sdk.context.TaskHost) -----------------------
     async def report_progress(self, task_id: str, fraction: float, detail: dict[str, Any]) -> None:
@@ -250,7 +311,7 @@ class Agent:
         *,
         role: str | None = None,
         agent: str | None = None,
-        priority: str = "normal",
+        priority: str | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
         if (role is None) == (agent is None):
@@ -265,7 +326,8 @@ class Agent:
                 self.config.agent_id,
                 target,
                 MessageType.DELEGATE,
-                {"parent": parent_task, "priority": priority, "payload": payload},
+                {"parent": parent_task, "payload": payload}
+                | ({} if priority is None else {"priority": priority}),
             )
         )
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,18 @@ def _path(workspace: Path) -> Path:
 
 def save(workspace: Path, state: dict[str, Any]) -> int:
     """Write ``state`` into ``workspace`` at once (a crash leaves the previous checkpoint
-    whole); returns its size in bytes."""
+    whole), readable by the agent alone (0600); returns its size in bytes."""
     data = json.dumps(state).encode()
     tmp = _path(workspace).with_suffix(".tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file left behind by an older version keeps no wider mode
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            f.write(data)
+    finally:
+        if fd >= 0:
+            os.close(fd)
     tmp.replace(_path(workspace))
     return len(data)
 

@@ -26,6 +26,7 @@ class AgentConfig:
     workspace: Path
     heartbeat_seconds: float = 5.0
     slots: int = 1  # tasks handled at once; announced to the platform when ready
+    max_payload: int = 1024 * 1024  # the largest message the org's bus account carries
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AgentConfig:
@@ -46,6 +47,7 @@ class AgentConfig:
             workspace=Path(e.get("CORRAL_WORKSPACE") or Path.cwd()),
             heartbeat_seconds=float(e.get("CORRAL_HEARTBEAT_SECONDS", "5")),
             slots=parse_slots(e.get("CORRAL_AGENT_SLOTS", "1")),
+            max_payload=_positive(e.get("CORRAL_MAX_PAYLOAD", str(1024 * 1024))),
         )
 
 
@@ -62,3 +64,13 @@ def parse_slots(text: str) -> int:
     if not 1 <= slots <= MAX_SLOTS:
         raise InvalidInput(f"CORRAL_AGENT_SLOTS must be between 1 and {MAX_SLOTS}, got {slots}")
     return slots
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InvalidInput(f"CORRAL_MAX_PAYLOAD must be a positive number of bytes, got {text!r}")
+    return value

@@ -18,7 +18,9 @@ __all__ = ["Blocked", "TaskContext", "TaskHost"]
 
 
 class Blocked(Exception):  # noqa: N818 - reads as the outcome it is
-    """Raise from a handler to end the task as ``blocked`` with a reason."""
+    """Raise from a handler to end the task as ``blocked`` with a reason: the agent's own
+    "I cannot do this", never retried. Any other exception fails the attempt, which the
+    task's retry policy may retry."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -42,7 +44,7 @@ class TaskHost(Protocol):
         *,
         role: str | None = None,
         agent: str | None = None,
-        priority: str = "normal",
+        priority: str | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Run a child task elsewhere in the org and return its result."""
@@ -80,7 +82,8 @@ class TaskContext:
         return self._llm
 
     async def progress(self, fraction: float, **detail: Any) -> None:
-        """Report progress (0..1) on this task, as the seed's ``working`` status."""
+        """Report progress (0..1) on this task, as the seed's ``working`` status; it is also
+        the task's heartbeat (see its heartbeat timeout)."""
         await self._agent.report_progress(self.task_id, fraction, detail)
 
     async def delegate(
@@ -89,11 +92,12 @@ class TaskContext:
         *,
         role: str | None = None,
         agent: str | None = None,
-        priority: str = "normal",
+        priority: str | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Ask the platform to run a child task on another agent or role of this org, and
-        wait (asynchronously) for its result.
+        wait (asynchronously) for its result. The child has this task's priority unless
+        ``priority`` says otherwise.
 
         Raises:
             Blocked: the child task ended blocked or failed (its reason is carried).

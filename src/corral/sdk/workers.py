@@ -1,8 +1,10 @@
 """The slot pool: up to ``slots`` tasks in hand at once, taken in arrival order.
 
 The platform never sends an agent more tasks than the slots it announced, so a task taken off
-the inbox always finds a slot; with one slot tasks run one at a time. The pool also decides
-what is worth reporting: ``accepted`` only for a task still in hand after
+the inbox always finds a slot; with one slot tasks run one at a time. Each handler runs as a
+task of its own, so that a stop the platform asks for (:meth:`Workers.cancel`) cancels that
+handler alone; the slot stays taken until the handler has ended. The pool also decides what is
+worth reporting: ``accepted`` only for a task still in hand after
 :data:`ACCEPT_AFTER` (one that ends sooner reports only its end, which implies it ran), and
 ``idle`` only once nothing has been in hand for :data:`IDLE_AFTER`.
 """
@@ -21,6 +23,8 @@ __all__ = ["ACCEPT_AFTER", "IDLE_AFTER", "Report", "Run", "Workers"]
 ACCEPT_AFTER = 0.005
 #: ``idle`` is reported once nothing has been in hand this long.
 IDLE_AFTER = 0.05
+#: Stops remembered for tasks not in hand (their task message may still be on its way).
+REMEMBERED_STOPS = 4096
 
 #: Handles one task to its end (reporting its outcome); never raises.
 Run = Callable[[TaskMessage], Awaitable[None]]
@@ -44,6 +48,9 @@ class Workers:
         self._accepted: set[str] = set()  # tasks reported ``accepted``
         self._idle_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[None]] = set()
+        self._handlers: dict[str, asyncio.Task[None]] = {}  # running handlers, by task
+        self._stopped: dict[str, None] = {}  # tasks to stop: dropped if they come (in order)
+        self._stopping_now: set[str] = set()  # running handlers asked to stop
 
     @property
     def current(self) -> str | None:
@@ -58,6 +65,23 @@ class Workers:
             worker = asyncio.create_task(self._drain(), name="corral-tasks")
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
+
+    def cancel(self, task_id: str) -> bool:
+        """Stop the task ``task_id``: cancel its handler if it runs (True: the handler reports
+        its own end), else make sure it never runs (False: nothing runs it)."""
+        handler = self._handlers.get(task_id)
+        if handler is not None:
+            self._stopping_now.add(task_id)
+            handler.cancel()
+            return True
+        self._stopped[task_id] = None
+        while len(self._stopped) > REMEMBERED_STOPS:
+            del self._stopped[next(iter(self._stopped))]
+        return False
+
+    def is_stopping(self, task_id: str) -> bool:
+        """Whether the handler of ``task_id`` was asked to stop (its cancel is not a bug)."""
+        return task_id in self._stopping_now
 
     async def accept(self, task_id: str) -> None:
         """Report ``accepted`` for ``task_id`` once, if it is still in hand."""
@@ -78,6 +102,9 @@ class Workers:
         try:
             while not self._work.empty():
                 message = self._work.get_nowait()
+                if message.task_id in self._stopped:
+                    del self._stopped[message.task_id]
+                    continue  # stopped before it started: reported already
                 self._running[message.task_id] = None
                 try:
                     await self._run_task(message)
@@ -95,11 +122,19 @@ class Workers:
         later = asyncio.get_running_loop().call_later(
             ACCEPT_AFTER, self._accept_soon, message.task_id
         )
+        handler = asyncio.ensure_future(self._run(message))
+        self._handlers[message.task_id] = handler
         try:
-            await self._run(message)
+            await handler
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not handler.cancelled() or (current is not None and current.cancelling()):
+                raise  # the pool itself is being cancelled
         finally:
             later.cancel()
             self._accepted.discard(message.task_id)
+            self._handlers.pop(message.task_id, None)
+            self._stopping_now.discard(message.task_id)
 
     def _accept_soon(self, task_id: str) -> None:
         self._in_background(self.accept(task_id))

@@ -135,7 +135,15 @@ class TaskRow(Base):
     not_before: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
-    __table_args__ = (Index("ix_tasks_org_state", "org_id", "state"),)
+    #: the retry policy and timeouts the task was accepted with (NULL: its plan's defaults)
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: the submitter's key: a second submit with the same key gets this task back
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    __table_args__ = (
+        Index("ix_tasks_org_state", "org_id", "state"),
+        Index("ix_tasks_org_seq", "org_id", "seq"),
+        Index("uq_tasks_org_idempotency_key", "org_id", "idempotency_key", unique=True),
+    )
 
 
 class TaskEventRow(Base):

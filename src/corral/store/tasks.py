@@ -4,20 +4,23 @@ each transition as a compare-and-set on the state plus a history row in the same
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 
-from corral.domain.errors import NotFound
-from corral.domain.tasks import Priority, TaskState
+from corral.domain.errors import InvalidInput, NotFound
+from corral.domain.plans import PLANS
+from corral.domain.policies import DEFAULT_TASK_POLICY, TaskPolicy
+from corral.domain.tasks import Priority, TaskFilter, TaskState
 from corral.store.db import Database, Unreadable
 from corral.store.schema import OrgRow, TaskEventRow, TaskRow
 
-__all__ = ["TaskRecord", "TaskRepository", "Transition"]
+__all__ = ["TaskRecord", "TaskRepository", "Transition", "policy_wire"]
 
 log = logging.getLogger("corral.store")
 
@@ -67,6 +70,8 @@ class TaskRecord:
     not_before: datetime | None
     created_at: datetime
     updated_at: datetime
+    policy: TaskPolicy = DEFAULT_TASK_POLICY
+    idempotency_key: str | None = None
 
     def to_wire(self, history: list[Transition] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -87,10 +92,25 @@ class TaskRecord:
             "progress": self.progress,
             "createdAt": self.created_at.isoformat(),
             "updatedAt": self.updated_at.isoformat(),
+            "policy": policy_wire(self.policy),
+            "idempotencyKey": self.idempotency_key,
         }
         if history is not None:
             out["history"] = [t.to_wire() for t in history]
         return out
+
+
+@functools.lru_cache(maxsize=256)
+def policy_wire(policy: TaskPolicy) -> dict[str, Any]:
+    """The wire form of ``policy`` (shared: most tasks carry their plan's; do not mutate)."""
+    return policy.to_wire()
+
+
+def _policy(stored: dict[str, Any] | None, plan: str) -> TaskPolicy:
+    base = PLANS[plan].task_policy if plan in PLANS else DEFAULT_TASK_POLICY
+    if stored is None:
+        return base
+    return TaskPolicy.from_wire(stored, base=base)
 
 
 _STATES = frozenset(s.value for s in TaskState)
@@ -103,12 +123,12 @@ class _Unloadable(Exception):
 
 
 def _record(row: TaskRow, slug: str, plan: str) -> TaskRecord:
-    for value in (row.requirements, row.payload, row.result):
+    for value in (row.requirements, row.payload, row.result, row.policy):
         if isinstance(value, Unreadable):
             raise _Unloadable(value.reason)
     try:
         return _build(row, slug, plan)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, InvalidInput) as exc:
         raise _Unloadable(f"stored row is malformed: {exc}") from exc
 
 
@@ -135,6 +155,8 @@ def _build(row: TaskRow, slug: str, plan: str) -> TaskRecord:
         not_before=_utc(row.not_before),
         created_at=_utc(row.created_at) or datetime.now(UTC),
         updated_at=_utc(row.updated_at) or datetime.now(UTC),
+        policy=_policy(row.policy, plan),
+        idempotency_key=row.idempotency_key,
     )
 
 
@@ -179,6 +201,7 @@ class TaskRepository:
                     priority=Priority.NORMAL.value,
                     requirements={},
                     payload={},
+                    policy=None,
                     result={"error": detail},
                     updated_at=now,
                 )
@@ -256,6 +279,48 @@ class TaskRepository:
                 await s.execute(delete(TaskRow).where(TaskRow.id.in_(ids)))
         return len(ids)
 
+    async def page(
+        self, *, org_id: str, where: TaskFilter, cursor: str | None, limit: int
+    ) -> tuple[list[TaskRecord], str | None]:
+        """One page of ``org_id``'s tasks, newest first, and the cursor of the next page
+        (``None``: this is the last).
+
+        Raises:
+            InvalidInput: a cursor this method did not hand out.
+        """
+        q = _SELECT.where(TaskRow.org_id == org_id)
+        if where.states is not None:
+            q = q.where(TaskRow.state.in_([s.value for s in where.states]))
+        if where.priorities is not None:
+            q = q.where(TaskRow.priority.in_([p.value for p in where.priorities]))
+        if where.role is not None:
+            q = q.where(TaskRow.role == where.role)
+        if where.agent is not None:
+            q = q.where(or_(TaskRow.agent_id == where.agent, TaskRow.target_agent == where.agent))
+        if where.parent is not None:
+            q = q.where(TaskRow.parent_id == where.parent)
+        if cursor is not None:
+            seq, task_id = _read_cursor(cursor)
+            q = q.where(or_(TaskRow.seq < seq, and_(TaskRow.seq == seq, TaskRow.id < task_id)))
+        q = q.order_by(TaskRow.seq.desc(), TaskRow.id.desc()).limit(limit + 1)
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        records = await self._load(rows)
+        last = rows[-1][0] if more and rows else None
+        return records, None if last is None else f"{last.seq}.{last.id}"
+
+    async def by_idempotency_key(self, org_id: str, key: str) -> TaskRecord | None:
+        """The task ``org_id`` submitted with ``key``, if any."""
+        q = _SELECT.where(TaskRow.org_id == org_id, TaskRow.idempotency_key == key)
+        async with self._db.sessions() as s:
+            row = (await s.execute(q)).first()
+        if row is None:
+            return None
+        loaded = await self._load([row])
+        return loaded[0] if loaded else None
+
     async def count_by_state(self) -> list[tuple[str, str, str, str, int]]:
         """(org slug, plan, priority, state, count) for metrics."""
         q = (
@@ -266,3 +331,12 @@ class TaskRepository:
         async with self._db.sessions() as s:
             rows = (await s.execute(q)).all()
         return [(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
+
+
+def _read_cursor(cursor: str) -> tuple[int, str]:
+    seq, _, task_id = cursor.partition(".")
+    if not seq.isdigit() or not task_id or len(cursor) > 100:
+        raise InvalidInput(
+            "the cursor is not one a listing handed out", details={"cursor": cursor[:100]}
+        )
+    return int(seq), task_id

@@ -60,8 +60,8 @@ async def dashboard(request: Request) -> HTMLResponse:
         bars += f"<tr><td>agents</td><td>{_bar(str(usage.agents), str(org.plan.agent_limit), usage.agents, org.plan.agent_limit)}</td></tr>"
         agents = await p.controller.find_agents(org)
         agent_rows = "".join(_agent_row(a.to_wire()) for a in agents)
-        tasks = await p.dispatcher.find_tasks(org, limit=200)
-        task_rows = "".join(_task_row(t.to_wire()) for t in reversed(tasks))
+        tasks, _ = await p.dispatcher.find_tasks(org, limit=200)  # the newest first
+        task_rows = "".join(_task_row(t.to_wire()) for t in tasks)
         sections.append(
             f'<section class="org" id="org-{_esc(org.slug)}" data-org="{_esc(org.slug)}">'
             f"<h2>{_esc(org.slug)} <small>{_esc(org.plan.name)} · {_esc(org.namespace)}</small></h2>"

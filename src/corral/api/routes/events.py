@@ -22,7 +22,14 @@ router = APIRouter(prefix="/v1")
 _SSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "a stream of server-sent events (`event: <kind>` / `data: <json>`)",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                }
+            }
+        },
     }
 }
 

@@ -23,8 +23,9 @@ from corral.domain.budgets import Budget
 from corral.domain.errors import InvalidInput
 from corral.domain.ids import new_task_id
 from corral.domain.models import parse_dollars
+from corral.domain.policies import MAX_ATTEMPTS_LIMIT, MAX_SECONDS, TaskPolicy
 from corral.domain.quantities import parse
-from corral.domain.tasks import Priority, Requirements, TaskState
+from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
 from corral.domain.tenancy import Organization
 
 __all__ = ["parse_deadline", "router"]
@@ -32,6 +33,8 @@ __all__ = ["parse_deadline", "router"]
 router = APIRouter(prefix="/v1/orgs/{org}/tasks")
 _ONE_STATE = "|".join(s.value for s in TaskState)
 _STATES = f"^({_ONE_STATE})(,({_ONE_STATE}))*$"
+_ONE_PRIORITY = "|".join(p.value for p in Priority)
+_PRIORITIES = f"^({_ONE_PRIORITY})(,({_ONE_PRIORITY}))*$"
 Org = Annotated[Organization, Depends(org_scope)]
 
 
@@ -51,6 +54,22 @@ def _deadline_schema(schema: dict[str, Any]) -> None:
             {"type": "string", "format": "date-time", "maxLength": 64},
         ],
     }
+
+
+#: a duration in seconds, as the API takes one (the CLI also reads ``30s``, ``10m``, ``2h``)
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+
+
+class RetryIn(Strict):
+    max_attempts: int | None = Field(default=None, alias="maxAttempts", ge=1, le=MAX_ATTEMPTS_LIMIT)
+    initial_backoff: Seconds | None = Field(
+        default=None, alias="initialBackoff", description="capped at maxBackoff"
+    )
+    max_backoff: Seconds | None = Field(default=None, alias="maxBackoff")
+    multiplier: float | None = Field(default=None, ge=1, le=100, allow_inf_nan=False)
+    non_retryable: (
+        list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")]] | None
+    ) = Field(default=None, alias="nonRetryable", max_length=32)
 
 
 class TaskCreate(Strict):
@@ -77,6 +96,31 @@ class TaskCreate(Strict):
         description="dollars of model calls it and its delegated children may spend",
         json_schema_extra={"pattern": r"^[0-9]{1,6}(\.[0-9]{1,12})?$"},
     )
+    retry: RetryIn | None = Field(default=None, description="overrides of the plan's retries")
+    run_timeout: Seconds | None = Field(
+        default=None, alias="runTimeout", description="seconds from dispatch to end"
+    )
+    heartbeat_timeout: Seconds | None = Field(
+        default=None, alias="heartbeatTimeout", description="longest silence between progress (s)"
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="idempotencyKey",
+        min_length=1,
+        max_length=128,
+        description="the same key answers with the task it created the first time",
+    )
+
+    def policy(self, base: TaskPolicy) -> TaskPolicy:
+        """The task's policy: ``base`` (its plan's) with what this body overrides."""
+        over: dict[str, Any] = {}
+        if self.retry is not None:
+            over["retry"] = self.retry.model_dump(by_alias=True, exclude_none=True)
+        if self.run_timeout is not None:
+            over["runTimeout"] = self.run_timeout
+        if self.heartbeat_timeout is not None:
+            over["heartbeatTimeout"] = self.heartbeat_timeout
+        return TaskPolicy.from_wire(over, base=base)
 
 
 def parse_deadline(text: str | None, *, now: datetime | None = None) -> datetime | None:
@@ -130,13 +174,27 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
             deadline=parse_deadline(body.deadline),
             requirements=reqs,
             payload=body.payload,
+            policy=body.policy(org.plan.task_policy),
+            idempotency_key=body.idempotency_key,
             task_id=task_id,
         )
     except BaseException:
         if unbudget is not None:
             await unbudget()
         raise
+    if unbudget is not None and rec.id != task_id:  # the key named a task made before
+        await unbudget()
     return rec.to_wire()
+
+
+def _states(text: str) -> tuple[TaskState, ...]:
+    try:
+        return tuple(TaskState(s.strip()) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"unknown state in {text!r}: use {', '.join(s.value for s in TaskState)}",
+            details={"state": text},
+        ) from None
 
 
 @router.get("")
@@ -145,27 +203,63 @@ async def list_tasks(
     request: Request,
     state: Annotated[
         str | None,
-        Query(max_length=200, pattern=_STATES, description="one state, or several: a,b,c"),
+        Query(
+            max_length=200,
+            json_schema_extra={"pattern": _STATES},
+            description="one state, or several: a,b,c",
+        ),
+    ] = None,
+    role: Annotated[
+        str | None, Query(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    ] = None,
+    agent: Annotated[
+        str | None, Query(max_length=128, pattern=AGENT_ID, description="sent to or run by")
+    ] = None,
+    priority: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            json_schema_extra={"pattern": _PRIORITIES},
+            description="one priority, or several: a,b",
+        ),
+    ] = None,
+    parent: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            pattern=r"^[0-8]?[0-9]{1,18}\.[A-Za-z0-9_]{1,64}$",
+            description="the nextCursor of the page before",
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> dict[str, Any]:
-    states = None
-    if state is not None:
-        try:
-            states = [TaskState(s) for s in state.split(",")]
-        except ValueError:
-            raise InvalidInput(
-                f"unknown state in {state!r}: use {', '.join(s.value for s in TaskState)}"
-            ) from None
-    recs = await platform(request).dispatcher.find_tasks(org, states=states, limit=limit)
-    return {"tasks": [r.to_wire() for r in recs]}
+    """The org's tasks, newest first, a page at a time: pass ``nextCursor`` back as
+    ``cursor`` for the next page (it is null on the last)."""
+    where = TaskFilter(
+        states=_states(state) if state else None,
+        role=role,
+        agent=agent,
+        priorities=tuple(Priority.parse(p.strip()) for p in priority.split(",") if p.strip())
+        if priority
+        else None,
+        parent=parent,
+    )
+    recs, next_cursor = await platform(request).dispatcher.find_tasks(
+        org, where=where, cursor=cursor, limit=limit
+    )
+    return {"tasks": [r.to_wire() for r in recs], "nextCursor": next_cursor}
 
 
 @router.get("/{task}")
 async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
     p = platform(request)
-    rec, history = await p.dispatcher.get_task(org, task)
-    return {**rec.to_wire(history), "modelUsage": await p.models.task_usage(org, rec.id)}
+    rec, history, waiting = await p.dispatcher.get_task(org, task)
+    return {
+        **rec.to_wire(history),
+        "waiting": waiting,
+        "modelUsage": await p.models.task_usage(org, rec.id),
+    }
 
 
 @router.post("/{task}/cancel")

@@ -10,6 +10,13 @@ which holds it to the domain's task state machine.
 The book is also the one owner of the task an agent shows as its current one (``currentTask``
 in the API): it follows from the slots, is written through the same journal and is asked of
 the book (:meth:`TaskBook.current_task`); nobody else writes or reads it to decide anything.
+
+**Failed attempts** (:meth:`TaskBook.fail_attempt`) go back to the queue after the backoff of
+the task's retry policy, or end the task ``failed`` with the reason and the attempts made — a
+dead letter never waits forever. **Stopped handlers**: a task cancelled, expired or timed out
+while an agent runs it has ended for its submitter at once, but its slot stays held
+(:attr:`TaskBook.stopping`) until the agent says the handler ended, or the agent is lost; a
+retry of it waits for that too, so no agent ever runs two attempts of one task.
 """
 
 from __future__ import annotations
@@ -28,14 +35,22 @@ from corral.domain.tasks import Requirements, TaskState, check_transition
 from corral.domain.tenancy import Organization
 from corral.scheduling.scheduler import QueuedTask, Scheduler
 from corral.store.task_journal import TaskJournal
-from corral.store.tasks import TaskRecord
+from corral.store.tasks import TaskRecord, policy_wire
 
-__all__ = ["ACTIVE", "MAX_ATTEMPTS", "TaskBook", "requirements_of", "row_of"]
+__all__ = ["ACTIVE", "Stopping", "TaskBook", "requirements_of", "row_of"]
 
 #: The states in which a task holds a slot of its agent.
 ACTIVE = (TaskState.DISPATCHED, TaskState.RUNNING)
-#: Dispatches of one task before it fails for good.
-MAX_ATTEMPTS = 5
+
+
+@dataclasses.dataclass(slots=True)
+class Stopping:
+    """A task whose handler was asked to stop; its slot is held until the agent says so."""
+
+    agent_id: str
+    org_id: str
+    until: float  # monotonic: past it, the platform stops the work itself
+    overdue: bool = False  # the platform was asked to stop the work already
 
 
 def requirements_of(rec: TaskRecord) -> Requirements:
@@ -60,12 +75,16 @@ class TaskBook:
         scheduler: Scheduler,
         on_capacity: Callable[[str], None],
         on_child_ended: Callable[[TaskRecord], None],
+        on_stop: Callable[[TaskRecord], None] = lambda rec: None,
+        stop_grace: float = 10.0,
     ) -> None:
         self.journal = journal
         self.hub = hub
         self.scheduler = scheduler
         self._on_capacity = on_capacity  # a slot of an org's agent became free
         self._on_child_ended = on_child_ended  # a delegated task ended: tell its parent
+        self._on_stop = on_stop  # ask the agent to stop a task's handler
+        self.stop_grace = stop_grace  # seconds a handler has to end once asked
         self.orgs: dict[str, Organization] = {}
         # every unfinished task (queued, dispatched, running), as last decided
         self.live: dict[str, TaskRecord] = {}
@@ -73,6 +92,10 @@ class TaskBook:
         self.inflight: dict[str, set[str]] = defaultdict(set)
         self.delayed: list[tuple[float, QueuedTask]] = []  # retries waiting for their backoff
         self._shown: dict[str, str | None] = {}  # the task each agent shows as current
+        self.stopping: dict[str, Stopping] = {}  # task id → the handler being stopped
+        self.started: dict[str, float] = {}  # task id → when its attempt was dispatched
+        self.beats: dict[str, float] = {}  # task id → its last progress report
+        self.last_active: dict[str, float] = {}  # agent id → when it last took or ended work
 
     # -- organizations and the waiting line -----------------------------------------------
     def register(self, org: Organization) -> None:
@@ -104,6 +127,7 @@ class TaskBook:
             return
         if rec.agent_id is not None:
             self.inflight[rec.agent_id].add(rec.id)
+            self.started[rec.id] = time.time()
         self.scheduler.on_started(OrgId(rec.org_id))
 
     def adopt_shown(self, agent_id: str, task_id: str) -> None:
@@ -125,17 +149,20 @@ class TaskBook:
             requirements=requirements_of(rec),
             agent_id=AgentId(rec.target_agent) if rec.target_agent else None,
         )
-        if not_before is not None and not_before > time.time():
-            self.delayed.append((not_before, q))
+        if (not_before is not None and not_before > time.time()) or rec.id in self.stopping:
+            self.delayed.append((not_before or 0.0, q))
         else:
             self.scheduler.enqueue(q)
 
     def release_due(self, now: float) -> None:
-        """Retries whose backoff has passed go back to the scheduler."""
+        """Retries whose backoff has passed (and whose previous attempt's handler has ended)
+        go back to the scheduler."""
         if not self.delayed:
             return
-        due = [q for t, q in self.delayed if t <= now]
-        self.delayed = [(t, q) for t, q in self.delayed if t > now]
+        due = [q for t, q in self.delayed if t <= now and q.id not in self.stopping]
+        if not due:
+            return
+        self.delayed = [(t, q) for t, q in self.delayed if t > now or q.id in self.stopping]
         for q in due:
             if q.id not in self.scheduler:
                 self.scheduler.enqueue(q)
@@ -189,32 +216,97 @@ class TaskBook:
         self.journal.move(rec.id, via or rec.state, to, at=now, detail=detail, **fields)
         return now
 
-    async def retry(self, task_id: str, why: str) -> bool:
-        """Put a dispatched or running task back in the queue with backoff, or fail it after
-        :data:`MAX_ATTEMPTS`; committed before it returns. False if it was neither."""
+    async def retry(self, task_id: str, why: str, *, error_type: str | None = None) -> bool:
+        """:meth:`fail_attempt` for a dispatched or running task whose handler is not running
+        (its agent is lost, its delivery failed); committed before it returns. False if the
+        task was neither dispatched nor running."""
         rec = self.live.get(task_id)
         if rec is None or rec.state not in ACTIVE:
             return False
-        self.free_slot(rec)
-        if rec.attempts >= MAX_ATTEMPTS:
-            self.move(rec, TaskState.FAILED, detail=f"{why}; gave up")
-        else:
-            backoff = min(30.0, 0.25 * 2 ** (rec.attempts - 1))
-            queued = self.move(
-                rec,
-                TaskState.QUEUED,
-                detail=f"{why}; retry in {backoff:.2f}s",
-                agent_id=None,
-                progress=None,
-                not_before=datetime.now(UTC) + timedelta(seconds=backoff),
-            )
-            self.enqueue(queued, not_before=time.time() + backoff)
+        self.fail_attempt(rec, why, error_type=error_type)
         await self.journal.flush()
         return True
+
+    def fail_attempt(
+        self,
+        rec: TaskRecord,
+        why: str,
+        *,
+        error_type: str | None = None,
+        retryable: bool = True,
+        stop: bool = False,
+    ) -> TaskRecord:
+        """The attempt of ``rec`` (dispatched or running) failed: back to the queue after the
+        backoff of its retry policy, or ``failed`` for good with the reason and the attempts
+        (a non-retryable error, or its attempts spent). With ``stop`` its handler may still
+        run: the agent is asked to stop it and the slot stays held until it has."""
+        self.end_attempt(rec, stop=stop)
+        policy = rec.policy.retry
+        if not retryable or policy.gives_up(rec.attempts, error_type):
+            final = not retryable or error_type in policy.non_retryable
+            tried = f"{rec.attempts} attempt{'s' if rec.attempts != 1 else ''}"
+            gave_up = f"not retryable, after {tried}" if final else f"after {tried}"
+            error = {"reason": why, "errorType": error_type, "attempts": rec.attempts}
+            return self.move(
+                rec, TaskState.FAILED, detail=f"{why}; gave up ({gave_up})", result=error
+            )
+        backoff = policy.backoff(rec.attempts)
+        queued = self.move(
+            rec,
+            TaskState.QUEUED,
+            detail=f"{why}; retry in {backoff:.2f}s (attempt {rec.attempts} of "
+            f"{policy.max_attempts})",
+            agent_id=None,
+            progress=None,
+            not_before=datetime.now(UTC) + timedelta(seconds=backoff),
+        )
+        self.enqueue(queued, not_before=time.time() + backoff)
+        return queued
+
+    def end_attempt(self, rec: TaskRecord, *, stop: bool) -> None:
+        """``rec``'s attempt is over for the platform: its slot is free now, or (``stop``)
+        once its agent says the handler ended."""
+        if stop and rec.agent_id is not None:
+            self.stopping[rec.id] = Stopping(
+                rec.agent_id, rec.org_id, time.monotonic() + self.stop_grace
+            )
+            self.journal.on_commit(lambda: self._on_stop(rec))
+        else:
+            self.free_slot(rec)
+
+    def handler_ended(self, agent_id: str, task_id: str) -> bool:
+        """The agent says the handler of a stopped task ended: its slot is free."""
+        held = self.stopping.get(task_id)
+        if held is None or held.agent_id != agent_id:
+            return False
+        del self.stopping[task_id]
+        self._release(agent_id, held.org_id, task_id)
+        return True
+
+    def release_stopping(self, agent_id: str) -> None:
+        """The agent is gone: the handlers it was stopping are gone with it."""
+        for task_id in [t for t, s in self.stopping.items() if s.agent_id == agent_id]:
+            self.handler_ended(agent_id, task_id)
+
+    def fail_pinned(self, agent_id: str, why: str) -> int:
+        """Fail the unfinished tasks sent to ``agent_id`` alone (it is gone for good)."""
+        pinned = [r for r in self.live.values() if r.target_agent == agent_id]
+        for rec in pinned:
+            if rec.state in ACTIVE:
+                self.end_attempt(rec, stop=False)
+            self.unqueue(rec.id)
+            self.move(
+                rec,
+                TaskState.FAILED,
+                detail=why,
+                result={"reason": why, "errorType": "AgentGone", "attempts": rec.attempts},
+            )
+        return len(pinned)
 
     def progress(self, rec: TaskRecord, progress: float) -> None:
         self.journal.progress(rec.id, progress)
         self.live[rec.id] = dataclasses.replace(rec, progress=progress)
+        self.beats[rec.id] = time.time()
 
     def publish(self, rec: TaskRecord) -> None:
         if self.hub.wants(rec.org):
@@ -223,19 +315,31 @@ class TaskBook:
     # -- slots ----------------------------------------------------------------------------
     def take_slot(self, agent_id: str, task_id: str) -> None:
         self.inflight[agent_id].add(task_id)
+        now = time.time()
+        self.started[task_id] = now
+        self.last_active[agent_id] = now
         self.show_current(agent_id)
 
     def free_slot(self, rec: TaskRecord) -> None:
         """``rec`` no longer holds a slot of its agent (finished, retried or cancelled)."""
-        if rec.agent_id is not None:
-            held = self.inflight.get(rec.agent_id)
-            if held is not None:
-                held.discard(rec.id)
-                if not held:
-                    del self.inflight[rec.agent_id]
-            self.show_current(rec.agent_id)
-        self.scheduler.on_finished(OrgId(rec.org_id))
-        self._on_capacity(rec.org_id)
+        if rec.agent_id is None:
+            self.scheduler.on_finished(OrgId(rec.org_id))
+            self._on_capacity(rec.org_id)
+        else:
+            self._release(rec.agent_id, rec.org_id, rec.id)
+
+    def _release(self, agent_id: str, org_id: str, task_id: str) -> None:
+        held = self.inflight.get(agent_id)
+        if held is not None:
+            held.discard(task_id)
+            if not held:
+                del self.inflight[agent_id]
+        self.started.pop(task_id, None)
+        self.beats.pop(task_id, None)
+        self.last_active[agent_id] = time.time()
+        self.show_current(agent_id)
+        self.scheduler.on_finished(OrgId(org_id))
+        self._on_capacity(org_id)
 
     def held_by(self, agent_id: str) -> list[str]:
         """The tasks ``agent_id`` holds now, in id order."""
@@ -296,4 +400,6 @@ def row_of(rec: TaskRecord) -> dict[str, Any]:
         "not_before": rec.not_before,
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
+        "policy": policy_wire(rec.policy),
+        "idempotency_key": rec.idempotency_key,
     }

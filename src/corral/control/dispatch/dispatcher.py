@@ -11,7 +11,8 @@ An agent runs up to as many tasks at once as it announced when it became ready (
 one unless it says otherwise). The loop never waits on an agent — it reacts to events, so tasks
 may run for hours. When an agent is lost (it crashed, was paused with work in hand, was
 terminated, or the control plane restarted under it) the controller says so through
-:meth:`Dispatcher.agent_lost`, the one way in for that news; its tasks are retried elsewhere.
+:meth:`Dispatcher.agent_lost`, the one way in for that news; its tasks are retried elsewhere,
+as their retry policies allow. Tasks sent to one agent alone fail when it is gone for good.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ from corral.control.dispatch.events import AgentEvents
 from corral.control.dispatch.intake import Intake
 from corral.control.dispatch.reaping import Reaper
 from corral.control.dispatch.snapshot import AgentSnapshot, Views, mark, request_for, take
+from corral.control.dispatch.timeouts import Timeouts
 from corral.control.hub import EventHub
 from corral.control.lifecycle import Controller
 from corral.control.ports import BusEvent, BusPort
-from corral.domain.agents import Agent
+from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
 from corral.domain.ids import AgentId, OrgId
 from corral.domain.messages import MessageType, TaskMessage
-from corral.domain.tasks import Priority, Requirements, TaskState
+from corral.domain.policies import TaskPolicy
+from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
 from corral.domain.tenancy import Organization
 from corral.scheduling.placement import Action, AgentAvailability, Placement
 from corral.scheduling.scheduler import QueuedTask, Scheduler
@@ -70,6 +73,7 @@ class Dispatcher:
         aging_seconds: float = 300.0,
         heartbeat_seconds: float = 5.0,
         retention: Callable[[Organization], float] = lambda org: org.plan.task_retention_seconds,
+        stop_grace: float = 10.0,
     ) -> None:
         self.tasks = tasks
         self.journal = journal
@@ -92,6 +96,8 @@ class Dispatcher:
             scheduler=Scheduler(aging_seconds=aging_seconds),
             on_capacity=self.capacity_changed,
             on_child_ended=self._child_ended,
+            on_stop=lambda rec: self.timeouts.stop_handler(rec),
+            stop_grace=stop_grace,
         )
         self.scheduler = self.book.scheduler
         self.snapshot = AgentSnapshot(
@@ -103,11 +109,15 @@ class Dispatcher:
             controller=controller,
             orgs=self.book.orgs,
             inflight=self.book.inflight,
+            last_active=self.book.last_active,
             leaving=self.snapshot.leaving,
             background=self._background,
             on_capacity=self.capacity_changed,
             idle_timeout=idle_timeout,
             heartbeat_seconds=heartbeat_seconds,
+        )
+        self.timeouts = Timeouts(
+            book=self.book, bus=bus, controller=controller, background=self._background
         )
         self.intake = Intake(
             book=self.book,
@@ -125,24 +135,9 @@ class Dispatcher:
             hub=hub,
             submit=self.intake.submit,
             on_capacity=self.capacity_changed,
+            on_heard=self.reaper.heard,
+            on_completed=lambda agent_id: controller.work_done(agent_id),
         )
-
-    # the book's state under the names the dispatcher always gave it
-    @property
-    def _live(self) -> dict[str, TaskRecord]:
-        return self.book.live
-
-    @property
-    def _inflight(self) -> dict[str, set[str]]:
-        return self.book.inflight
-
-    @property
-    def _delayed(self) -> list[tuple[float, QueuedTask]]:
-        return self.book.delayed
-
-    @_delayed.setter
-    def _delayed(self, value: list[tuple[float, QueuedTask]]) -> None:
-        self.book.delayed = value
 
     # -- start ----------------------------------------------------------------------------
     async def rebuild(self) -> None:
@@ -154,9 +149,15 @@ class Dispatcher:
             self.book.load(rec)
         for rec in await self.tasks.find(states=list(ACTIVE), limit=10_000_000):
             self.book.load(rec)
+        gone: dict[str, Agent] = {}
         for agent in await self.controller.agents.find():
             if agent.busy_task is not None:
                 self.book.adopt_shown(agent.id, agent.busy_task)
+            if agent.state in (AgentState.TERMINATED, AgentState.FAILED):
+                gone[agent.id] = agent
+        for agent_id in gone.keys() & {r.target_agent for r in self.book.live.values()}:
+            self.book.fail_pinned(agent_id, _gone(gone[agent_id]))  # sent to it alone
+        await self.journal.flush()
 
     # -- organizations and capacity -------------------------------------------------------
     def org_changed(self, org: Organization) -> None:
@@ -177,24 +178,30 @@ class Dispatcher:
         self.kick()
 
     def agent_changed(self, agent: Agent) -> None:
-        """An agent's lifecycle state changed (the controller says so): forget the snapshot."""
+        """An agent's lifecycle state changed (the controller says so): forget the snapshot;
+        the tasks sent to it alone fail if it is gone for good."""
         self.snapshot.agent_changed(agent)
+        if agent.state in (AgentState.TERMINATED, AgentState.FAILED):
+            self.book.release_stopping(agent.id)
+            if self.book.fail_pinned(agent.id, _gone(agent)):
+                self.kick()  # the loop's round commits them
         self.capacity_changed(agent.org_id)
 
     def current_task(self, agent_id: str) -> str | None:
-        """The task the agent is busy with, as the task book knows it (``None``: none)."""
-        return self.book.current_task(agent_id)
+        return self.book.current_task(agent_id)  # None: it holds no task
 
     def holders(self) -> list[str]:
         """Every agent that holds dispatched or running work."""
         return self.book.holders()
 
     # -- lost agents ----------------------------------------------------------------------
-    async def agent_lost(self, agent_id: str, *, why: str | None = None) -> None:
-        """The agent is gone or no longer runs its tasks: they are retried with backoff."""
+    async def agent_lost(self, agent_id: str, why: str | None = None) -> None:
+        """The agent is gone or no longer runs its tasks: each is a failed attempt, retried
+        with backoff as its policy allows; the handlers it was stopping are gone too."""
         self.snapshot.agent_lost(agent_id)
+        self.book.release_stopping(agent_id)
         for task_id in self.book.held_by(agent_id):
-            await self._retry(task_id, why or f"agent {agent_id} was lost")
+            await self._retry(task_id, why or f"agent {agent_id} was lost", "AgentLost")
 
     # -- intake ---------------------------------------------------------------------------
     async def submit(
@@ -210,6 +217,8 @@ class Dispatcher:
         parent_id: str | None = None,
         from_agent: str | None = None,
         task_id: str | None = None,
+        policy: TaskPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskRecord:
         """Accept a task durably (``queued``), then let the loop place it (see
         :meth:`Intake.submit <corral.control.dispatch.intake.Intake.submit>`)."""
@@ -224,6 +233,8 @@ class Dispatcher:
             parent_id=parent_id,
             from_agent=from_agent,
             task_id=task_id,
+            policy=policy,
+            idempotency_key=idempotency_key,
         )
 
     async def cancel(self, org: Organization, task_id: str) -> TaskRecord:
@@ -236,15 +247,25 @@ class Dispatcher:
         return await self.intake.cancel(org, task_id)
 
     async def find_tasks(
-        self, org: Organization, *, states: list[TaskState] | None = None, limit: int = 500
-    ) -> list[TaskRecord]:
-        """``org``'s tasks in submission order, at most ``limit``, of ``states`` if given."""
-        return await self.intake.find(org, states=states, limit=limit)
+        self,
+        org: Organization,
+        *,
+        where: TaskFilter | None = None,
+        cursor: str | None = None,
+        limit: int = 500,
+    ) -> tuple[list[TaskRecord], str | None]:
+        """A page of ``org``'s tasks, newest first, of those ``where`` admits, and the cursor
+        of the next page (``None``: the last).
+
+        Raises:
+            InvalidInput: a cursor no listing handed out.
+        """
+        return await self.intake.find(org, where=where or TaskFilter(), cursor=cursor, limit=limit)
 
     async def get_task(
         self, org: Organization, task_id: str
-    ) -> tuple[TaskRecord, list[Transition]]:
-        """One task of ``org`` and its history.
+    ) -> tuple[TaskRecord, list[Transition], str | None]:
+        """One task of ``org``, its history, and why it waits (``None``: it does not).
 
         Raises:
             NotFound: no such task in ``org``.
@@ -297,6 +318,7 @@ class Dispatcher:
             rec = self.book.live.get(q.id)
             if rec is not None and rec.state is TaskState.QUEUED:
                 self.book.move(rec, TaskState.EXPIRED, detail="deadline passed")
+        self.timeouts.check(now)
         await self.reaper.reap()
         if len(self.scheduler) == 0 or self.held:
             await self.journal.flush()
@@ -325,8 +347,7 @@ class Dispatcher:
             self.kick()  # more may be placeable: another round right away
 
     def _act(self, task: QueuedTask, placement: Placement, views: Views) -> TaskRecord | None:
-        """Carry out one decision; returns the task to send once the round's writes are
-        committed."""
+        """Carry out one decision; returns the task to send once the round is committed."""
         org = self.book.orgs[task.org]
         if placement.action is Action.USE and placement.agent_id is not None:
             rec = self.book.live.get(task.id)
@@ -421,12 +442,16 @@ class Dispatcher:
         self.snapshot.forget_usage()
         self.capacity_changed(org.id)
 
-    async def _retry(self, task_id: str, why: str) -> None:
-        """Put a dispatched or running task back in the queue with backoff, or fail it;
-        committed before it returns."""
-        if await self.book.retry(task_id, why):
+    async def _retry(self, task_id: str, why: str, error_type: str | None = None) -> None:
+        """A dispatched or running task back in the queue, or failed; committed on return."""
+        if await self.book.retry(task_id, why, error_type=error_type):
             self.kick()
 
     async def close(self) -> None:
         await self._background.close()
         await self.journal.close()
+
+
+def _gone(agent: Agent) -> str:
+    why = f"agent {agent.id} is {agent.state.value}"
+    return f"{why} ({agent.detail})" if agent.detail else why

@@ -67,6 +67,8 @@ class AgentEvents:
         hub: EventHub,
         submit: Submit,
         on_capacity: Callable[[str], None],
+        on_heard: Callable[[str], None] = lambda agent_id: None,
+        on_completed: Callable[[str], None] = lambda agent_id: None,
     ) -> None:
         self._bus = bus
         self._book = book
@@ -76,6 +78,8 @@ class AgentEvents:
         self._hub = hub
         self._submit = submit
         self._on_capacity = on_capacity
+        self._on_heard = on_heard  # the agent spoke: it is not silent
+        self._on_completed = on_completed  # the agent completed a task
 
     async def consume(self) -> None:
         """Record agents' events a batch at a time: handle each, commit what they decided in
@@ -110,6 +114,7 @@ class AgentEvents:
         agent_id = event.agent_id
         kind = status.status
         await self._controller.heard_from(agent_id)
+        self._on_heard(agent_id)
         if kind in (StatusKind.READY, StatusKind.HEARTBEAT):
             self._snapshot.announce(agent_id, kind, status.detail)
         if kind is StatusKind.READY:
@@ -127,6 +132,8 @@ class AgentEvents:
             if rec.state is TaskState.DISPATCHED:
                 self._book.move(rec, TaskState.RUNNING, progress=0.0)
         elif kind is StatusKind.WORKING and status.progress is not None:
+            if rec.state is TaskState.DISPATCHED:  # its ``accepted`` is still on its way
+                rec = self._book.move(rec, TaskState.RUNNING, progress=0.0)
             if rec.state is TaskState.RUNNING:
                 self._book.progress(rec, status.progress)
             self._hub.publish(
@@ -140,12 +147,22 @@ class AgentEvents:
         if msg.type is MessageType.DELEGATE:
             await self._on_delegate(org_slug, agent_id, msg)
             return
+        if not msg.type.ends_task:
+            return  # only the platform asks an agent to stop a task
         book = self._book
         rec = book.owned(org_slug, agent_id, msg.task_id)
         if rec is None or rec.state not in ACTIVE:
-            return  # not this agent's task, or recorded already: recorded once
+            # a stopped task's handler ended (its slot is free now), or not this agent's
+            # task, or recorded already: recorded once
+            book.handler_ended(agent_id, msg.task_id)
+            return
         if msg.attempt < rec.attempts:
             return  # a late result of an earlier attempt (still in an inbox when retried)
+        if msg.type is MessageType.FAILED or msg.type is MessageType.CANCELLED:
+            self._failed(rec, msg)
+            return
+        if msg.type is MessageType.COMPLETE:
+            self._on_completed(agent_id)
         outcome = TaskState.COMPLETED if msg.type is MessageType.COMPLETE else TaskState.BLOCKED
         via = TaskState.RUNNING if rec.state is TaskState.DISPATCHED else None
         detail = str(msg.payload.get("reason", "")) if outcome is TaskState.BLOCKED else ""
@@ -159,6 +176,23 @@ class AgentEvents:
         else:
             book.move(rec, outcome, via=via, detail=detail, result=msg.payload, progress=progress)
         book.free_slot(rec)
+
+    def _failed(self, rec: TaskRecord, msg: TaskMessage) -> None:
+        """The handler raised (or stopped by itself): a failed attempt, for the task's retry
+        policy to retry or to end ``failed`` with the error."""
+        error = msg.payload.get("error")
+        error = error if isinstance(error, dict) else {}
+        kind = error.get("type")
+        kind = kind[:128] if isinstance(kind, str) and kind else None
+        text = error.get("message") or msg.payload.get("reason") or "the handler failed"
+        if msg.type is MessageType.CANCELLED:
+            kind, text = kind or "Cancelled", "the agent stopped the handler"
+        why = f"{kind}: {str(text)[:2000]}" if kind else str(text)[:2000]
+        if rec.state is TaskState.DISPATCHED:
+            rec = self._book.move(rec, TaskState.RUNNING, progress=rec.progress)
+        self._book.fail_attempt(
+            rec, why, error_type=kind, retryable=msg.payload.get("retryable") is not False
+        )
 
     async def notify_parent(self, child: TaskRecord) -> None:
         """Deliver a finished child's result to the agent that delegated it."""
@@ -194,7 +228,13 @@ class AgentEvents:
         role = target.removeprefix("role:") if target.startswith("role:") else None
         agent = None if role is not None else target
         parent = str(body.get("parent") or "") or self._book.current_task(sender.id)
+        asked = body.get("priority")
+        parent_rec = self._book.live.get(parent) if parent else None
         try:
+            if asked is None and parent_rec is not None:
+                priority = parent_rec.priority  # a child inherits its parent's priority
+            else:
+                priority = Priority.parse(str(asked or "normal"))
             if not isinstance(inner, dict):
                 raise InvalidInput("delegated payload must be an object")
             if not msg.task_id.startswith(TASK_ID_PREFIX) or len(msg.task_id) > 64:
@@ -203,7 +243,7 @@ class AgentEvents:
                 org,
                 role=role,
                 agent=agent,
-                priority=Priority.parse(str(body.get("priority", "normal"))),
+                priority=priority,
                 deadline=None,
                 requirements=Requirements(),
                 payload=inner,

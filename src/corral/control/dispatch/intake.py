@@ -2,7 +2,13 @@
 the questions the edges ask about tasks.
 
 A task is accepted only once its ``queued`` record is committed, so a submitter that got an
-answer can rely on it across a restart; the dispatch loop places it from there.
+answer can rely on it across a restart; the dispatch loop places it from there. A submit that
+carries an idempotency key is accepted once: the same key (in the same org) answers with the
+task it created, however often it is sent, which the store's unique index holds to even for
+submits that race.
+
+A cancel ends the task for its submitter at once; a running handler is asked to stop, and its
+agent's slot stays held until it has. Cancelling a task cancels the tasks it delegated.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.lifecycle import Controller
 from corral.domain.agents import AgentState
 from corral.domain.errors import Conflict, InvalidInput, NotFound
-from corral.domain.ids import new_task_id, task_created_at
-from corral.domain.tasks import Priority, Requirements, TaskState
+from corral.domain.ids import TaskId, new_task_id, task_created_at
+from corral.domain.policies import TaskPolicy
+from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
 from corral.domain.tenancy import Organization
 from corral.store.tasks import TaskRecord, TaskRepository, Transition
 
@@ -53,8 +60,15 @@ class Intake:
         parent_id: str | None = None,
         from_agent: str | None = None,
         task_id: str | None = None,
+        policy: TaskPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskRecord:
         """Accept a task durably (``queued``), then let the loop place it.
+
+        Args:
+            policy: its retry policy and timeouts; its org's plan's defaults if not given.
+            idempotency_key: a key only this submit carries: if a task of ``org`` was
+                accepted with it, that task is the answer and nothing new is created.
 
         Raises:
             InvalidInput: neither or both of role/agent.
@@ -62,6 +76,10 @@ class Intake:
             Conflict: a terminated or failed agent, or a past deadline.
             Conflict: a task of that id exists (a delegation sent twice).
         """
+        if idempotency_key is not None:
+            known = await self._tasks.by_idempotency_key(org.id, idempotency_key)
+            if known is not None:
+                return known
         if (role is None) == (agent is None):
             raise InvalidInput("give exactly one of 'role' or 'agent'")
         if agent is not None:
@@ -108,9 +126,15 @@ class Intake:
             not_before=None,
             created_at=now,
             updated_at=now,
+            policy=policy or org.plan.task_policy,
+            idempotency_key=idempotency_key,
         )
         book.create(rec)
         if task_id in await book.journal.flush():
+            if idempotency_key is not None:  # the same key raced in: its task is the answer
+                known = await self._tasks.by_idempotency_key(org.id, idempotency_key)
+                if known is not None:
+                    return known
             raise Conflict(f"task {task_id} exists", details={"task": task_id})
         if org.id not in book.orgs:
             book.register(org)
@@ -121,8 +145,9 @@ class Intake:
         return rec
 
     async def cancel(self, org: Organization, task_id: str) -> TaskRecord:
-        """Cancel a task that has not ended; its agent, if it has one, is told nothing (its
-        late result is ignored) and its slot is free at once.
+        """Cancel a task that has not ended, and the unfinished tasks it delegated. A running
+        handler is asked to stop; its agent's slot is held until the agent says it ended (its
+        late result is ignored).
 
         Raises:
             NotFound: no such task in ``org``.
@@ -136,22 +161,39 @@ class Intake:
                 f"task {task_id} is already {stored.state.value}",
                 details={"task": task_id, "state": stored.state.value},
             )
-        done = book.move(rec, TaskState.CANCELLED, detail="cancelled by user")
-        book.unqueue(task_id)
-        if rec.state in ACTIVE:
-            book.free_slot(rec)
+        done = self._cancel(rec, "cancelled by user")
         await book.journal.flush()
         self._kick()
         return done
 
+    def _cancel(self, rec: TaskRecord, why: str) -> TaskRecord:
+        book = self._book
+        if rec.state in ACTIVE:
+            book.end_attempt(rec, stop=True)
+        book.unqueue(rec.id)
+        done = book.move(rec, TaskState.CANCELLED, detail=why, result={"reason": why})
+        children = [c for c in book.live.values() if c.parent_id == rec.id]
+        for child in children:
+            if child.id in book.live:
+                self._cancel(child, f"its parent {rec.id} was cancelled")
+        return done
+
     # -- questions ------------------------------------------------------------------------
     async def find(
-        self, org: Organization, *, states: list[TaskState] | None = None, limit: int = 500
-    ) -> list[TaskRecord]:
-        return await self._tasks.find(org_id=org.id, states=states, limit=limit)
+        self,
+        org: Organization,
+        *,
+        where: TaskFilter,
+        cursor: str | None = None,
+        limit: int = 500,
+    ) -> tuple[list[TaskRecord], str | None]:
+        """A page of ``org``'s tasks, newest first, and the cursor of the next page."""
+        return await self._tasks.page(org_id=org.id, where=where, cursor=cursor, limit=limit)
 
-    async def get(self, org: Organization, task_id: str) -> tuple[TaskRecord, list[Transition]]:
-        """The task and its history.
+    async def get(
+        self, org: Organization, task_id: str
+    ) -> tuple[TaskRecord, list[Transition], str | None]:
+        """The task, its history, and why it waits (``None``: it does not).
 
         Raises:
             NotFound: no such task in ``org``; it says so if the task may have been pruned.
@@ -168,4 +210,18 @@ class Intake:
                     details={"task": task_id, "pruned": True, "retentionSeconds": kept},
                 ) from exc
             raise
-        return rec, await self._tasks.history(task_id)
+        return rec, await self._tasks.history(task_id), self.why_waiting(task_id)
+
+    def why_waiting(self, task_id: str) -> str | None:
+        """Why a queued task is not dispatched yet, in words a user can act on."""
+        book = self._book
+        rec = book.live.get(task_id)
+        if rec is None or rec.state is not TaskState.QUEUED:
+            return None
+        for at, q in book.delayed:
+            if q.id == task_id:
+                if task_id in book.stopping:
+                    return "its previous attempt's handler is being stopped"
+                wait = max(0.0, at - time.time())
+                return f"retrying after a backoff of {wait:.1f}s more"
+        return book.scheduler.why_waiting(TaskId(task_id))

@@ -3,8 +3,11 @@ agents that stopped heartbeating are handed to the controller to restart.
 
 It runs from the dispatch loop, at most once a second (rounds follow events, so they may come
 far more often), because idleness is the dispatcher's knowledge: an agent is idle when the task
-book holds nothing for it. From the moment it is chosen for a pause an agent is given no new
-work. What a pause or a restart does to an agent is the controller's business.
+book holds nothing for it, and its last activity is the last time it took or ended a task (or
+started) — a heartbeat says it is alive, not that it is working. From the moment it is chosen
+for a pause an agent is given no new work. What a pause or a restart does to an agent is the
+controller's business; an agent restarted for silence may be judged silent again only once it
+has been heard from since.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Reaper:
         controller: Controller,
         orgs: Mapping[str, Organization],
         inflight: Mapping[str, Collection[str]],
+        last_active: Mapping[str, float],
         leaving: set[str],
         background: Background,
         on_capacity: Callable[[str], None],
@@ -44,6 +48,7 @@ class Reaper:
         self._controller = controller
         self._orgs = orgs  # the task book's organizations, by id
         self._inflight = inflight  # the task book's: agent id → tasks it holds
+        self._last_active = last_active  # the task book's: agent id → when it last worked
         self._leaving = leaving  # the snapshot's: agents given no new work
         self._background = background
         self._on_capacity = on_capacity
@@ -51,6 +56,10 @@ class Reaper:
         self.heartbeat_seconds = heartbeat_seconds
         self._silenced: set[str] = set()  # being restarted for a lost heartbeat
         self._last = 0.0
+
+    def heard(self, agent_id: str) -> None:
+        """The agent spoke: if it was restarted for silence, it may be judged again."""
+        self._silenced.discard(agent_id)
 
     async def reap(self) -> None:
         """Look at the running agents, unless that was done less than a second ago."""
@@ -87,7 +96,7 @@ class Reaper:
             org = self._orgs.get(agent.org_id)
             if org is None:
                 continue
-            if _idle_for(agent, now) >= self.idle_timeout(org):
+            if self._idle_for(agent, now) >= self.idle_timeout(org):
                 log.info("pausing %s after %ss idle", agent.id, self.idle_timeout(org))
                 self._leaving.add(agent.id)  # from now on it is given nothing
                 self._background.spawn(self._pause_idle(org, agent.id), f"idle-pause-{agent.id}")
@@ -100,7 +109,7 @@ class Reaper:
             self._leaving.discard(agent_id)
             self._on_capacity(org.id)
 
-
-def _idle_for(agent: Agent, now: datetime) -> float:
-    last = max(agent.updated_at, agent.resumed_at or agent.created_at)
-    return (now - last).total_seconds()
+    def _idle_for(self, agent: Agent, now: datetime) -> float:
+        """Seconds since the agent last took or ended a task, or (re)started."""
+        started = (agent.resumed_at or agent.created_at).timestamp()
+        return now.timestamp() - max(self._last_active.get(agent.id, 0.0), started)

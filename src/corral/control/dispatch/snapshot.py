@@ -7,7 +7,9 @@ reused for up to a second; any change the controller reports drops it at once, a
 read across such a change is read again (a generation counter tells). Placement itself is the
 pure :func:`corral.scheduling.placement.place`; this module feeds it and remembers which agents
 are already on their way (being provisioned or woken) so that a burst of tasks starts a few
-agents, not one per task.
+agents, not one per task. When a task must wait, the reason it is given names what a user can
+act on: no agent of its role, the quota that refuses a new one (``agents 10/10``), or the agent
+that is waking from a pause.
 """
 
 from __future__ import annotations
@@ -161,11 +163,23 @@ class AgentSnapshot:
         *,
         auto_provision: bool,
     ) -> Placement:
+        refused: list[str] = []  # why no agent may be provisioned for it
+
         def may_provision() -> bool:
-            if not auto_provision or task.role is None:
+            if not auto_provision:
+                refused.append("automatic provisioning is off")
+                return False
+            if task.role is None:
                 return False
             if self.incoming[(org.id, task.role)] >= MAX_INCOMING_PER_ROLE:
                 return False
+            coming = self.incoming[(org.id, task.role)]
+            for a in (self._agents or {}).get(org.id, ()):
+                if a.role == task.role and (
+                    a.state in _WAKING or (coming and a.state is AgentState.PAUSED)
+                ):  # waking it is cheaper than a new agent, and it will take the task
+                    refused.append(f"agent {a.id} of the role is {a.state.value}")
+                    return False
             snap = usage.get(org.id)
             if snap is None:
                 return False
@@ -180,14 +194,47 @@ class AgentSnapshot:
                     gpus_used=snap.gpus,
                     new_gpus=res.gpu,
                 )
-            except (QuotaExceeded, InvalidInput):
+            except QuotaExceeded as exc:
+                d = exc.details
+                refused.append(f"quota {d.get('resource')} {d.get('used')}/{d.get('allowed')}")
+                return False
+            except InvalidInput as exc:
+                refused.append(exc.message)
                 return False
             return True
 
         placement = place(task, views[org.id], may_provision=may_provision)
-        if placement.action is Action.WAIT and self.incoming[(org.id, task.role)]:
-            return wait(f"waiting for a {task.role!r} agent that is starting")
-        return placement
+        if placement.action is not Action.WAIT:
+            return placement
+        return wait(self._why(task, org, views, refused) or placement.reason)
+
+    def _why(
+        self, task: QueuedTask, org: Organization, views: Views, refused: list[str]
+    ) -> str | None:
+        """Why ``task`` waits, in words a user can act on (None: placement's own)."""
+        agents = (self._agents or {}).get(org.id, [])
+        if task.agent_id is not None:
+            state = next((a.state for a in agents if a.id == task.agent_id), None)
+            woken = state is AgentState.PAUSED and self.incoming[(org.id, task.role)]
+            if state is AgentState.RESUMING or woken:
+                return f"agent {task.agent_id} is waking from a pause"
+            return None if state is None else f"agent {task.agent_id} is {state.value}"
+        if task.role is None:
+            return None
+        if self.incoming[(org.id, task.role)]:
+            waking = [a.id for a in agents if a.role == task.role and a.state is _RESUMING]
+            if waking:
+                return f"waiting for paused agent {waking[0]} to wake"
+            return f"waiting for a new {task.role!r} agent to start"
+        if any(v.role == task.role for v in views[org.id]):
+            what = f"every {task.role!r} agent is busy or does not fit the task"
+        else:
+            what = f"no agent of role {task.role!r}"
+        return f"{what}; no new one: {refused[0]}" if refused else what
+
+
+_RESUMING = AgentState.RESUMING
+_WAKING = frozenset({AgentState.PAUSING, AgentState.RESUMING})
 
 
 class Views(dict[str, list[AgentView]]):

@@ -24,11 +24,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from corral.domain.errors import Unavailable
+from corral.domain.errors import Conflict, Unavailable
 from corral.runtime.local.limits import Entry
 from corral.runtime.local.processes import child_setup
 from corral.runtime.local.workspaces import AgentPaths
 from corral.runtime.sandbox import SandboxPolicy
+from corral.runtime.sandbox.enter import NOT_EXECUTABLE
 
 __all__ = ["REPORT_TIMEOUT", "TRAMPOLINE", "confined_exec"]
 
@@ -86,6 +87,12 @@ async def confined_exec(
             why = f"the sandbox did not report within {REPORT_TIMEOUT:.0f}s"
         if why:
             await _reap(proc)
+            if why.startswith(NOT_EXECUTABLE):  # the host lacks the program: not a fault
+                raise Conflict(
+                    f"its command {command[0]!r} cannot be run "
+                    f"({why.removeprefix(NOT_EXECUTABLE)}); give a path or a program on PATH",
+                    details={"command": command[0]},
+                )
             raise Unavailable(f"the sandbox refused to start it: {why}")
         return proc
     except BaseException:

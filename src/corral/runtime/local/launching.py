@@ -26,7 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from corral.domain.errors import Conflict, InvalidInput, Unavailable
@@ -54,6 +54,35 @@ RunAs = Callable[[str, str], tuple[int, int] | None]
 """``(org, agent_id) -> (uid, gid)`` to run that agent under, or None for the runtime's own."""
 
 _LAUNCHING = 16  # starts past set-up at once: each holds its log and cgroup files open
+#: of those, at most this many for one organization, so that one org starting fifty agents
+#: cannot hold every start slot while another org's single agent waits behind them
+_LAUNCHING_PER_ORG = 4
+
+
+class KeySlots:
+    """At most ``limit`` holders per key at once; a key nobody holds costs nothing."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    def holders(self, key: str) -> int:
+        """How many hold or wait for a slot of ``key``."""
+        return self._held.get(key, (None, 0))[1]
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        sem, users = self._held.get(key) or (asyncio.Semaphore(self.limit), 0)
+        self._held[key] = (sem, users + 1)
+        try:
+            async with sem:
+                yield
+        finally:
+            sem, users = self._held[key]
+            if users <= 1:
+                del self._held[key]
+            else:
+                self._held[key] = (sem, users - 1)
 
 
 def default_env() -> dict[str, str]:
@@ -104,6 +133,7 @@ class Launcher:
         self._use_forkservers = use_forkservers
         self._confinement = confinement
         self._launching = asyncio.Semaphore(_LAUNCHING)
+        self._org_launching = KeySlots(_LAUNCHING_PER_ORG)
 
     async def launch(self, spec: LaunchSpec, paths: AgentPaths) -> Agent:
         """Prepare the agent's files and limits and start its process.
@@ -185,7 +215,7 @@ class Launcher:
     ) -> Child:
         module = runnable_module(spec.command) if self._use_forkservers else None
         with self._forkservers.starting(spec.org):
-            async with self._launching:
+            async with self._org_launching.slot(spec.org), self._launching:
                 zygote = await self._forkservers.server_for(spec.org) if module else None
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
                 out = os.open(paths.log, flags, 0o600)

@@ -24,10 +24,12 @@ from corral.runtime.sandbox.applying import apply
 from corral.runtime.sandbox.errors import SandboxError
 from corral.runtime.sandbox.policy import SandboxPolicy
 
-__all__ = ["FAILED", "NOT_EXECUTED", "main"]
+__all__ = ["FAILED", "NOT_EXECUTABLE", "NOT_EXECUTED", "main"]
 
 FAILED = 125
 NOT_EXECUTED = 127
+#: how a report that the command itself could not be executed begins
+NOT_EXECUTABLE = "cannot execute: "
 
 
 def main(args: list[str]) -> int:
@@ -61,7 +63,7 @@ def main(args: list[str]) -> int:
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
-        _fail(report, f"cannot execute {argv[0]}: {exc.strerror}")
+        _fail(report, f"{NOT_EXECUTABLE}{argv[0]}: {exc.strerror}")
     return NOT_EXECUTED
 
 

@@ -1,0 +1,115 @@
+"""Pull requests to a JetStream consumer, made by hand.
+
+nats-py's ``fetch`` neither bounds a batch's bytes (a tenant's 1 MB messages would make one
+fetch of 256 cost 256 MB) nor lets a long poll end as soon as one message is there. A
+:class:`Puller` asks first for what is waiting (``no_wait``), and only if nothing is, for one
+message with a long ``expires``, then for the rest of the batch: an idle consumer costs one
+request per ``wait`` seconds, a busy one answers at once. Every request carries ``max_bytes``.
+
+Each request is waited for until its terminal status or its expiry: a message the server
+sends to a request nobody waits for any more would be acknowledged, unseen, by the
+cumulative acknowledgement of a later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["Puller"]
+
+_STATUS = "Status"
+_DESCRIPTION = "Description"
+_HEARTBEAT = "100"
+_NO_MESSAGES = "404"
+_EXPIRED = "408"
+_CONFLICT = "409"  # e.g. "Message Size Exceeds MaxBytes", "Exceeded MaxWaiting"
+
+
+def _batch_completed(msg: Msg) -> bool:
+    """The status that follows a request fulfilled by its count when it had ``max_bytes``."""
+    headers = msg.headers or {}
+    return headers.get(_STATUS) == _CONFLICT and headers.get(_DESCRIPTION) == "Batch Completed"
+
+
+class Puller:
+    """Batches from one durable pull consumer over ``nc``; :meth:`start` before
+    :meth:`fetch`, :meth:`stop` when done."""
+
+    def __init__(
+        self, nc: Client, *, stream: str, consumer: str, max_bytes: int, timeout: float
+    ) -> None:
+        self._nc = nc
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self._inbox = nc.new_inbox()
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        async def on_msg(msg: Msg) -> None:
+            self._queue.put_nowait(msg)
+
+        self._sub = await self._nc.subscribe(self._inbox, cb=on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def fetch(self, batch: int, *, wait: float) -> list[Msg]:
+        """Up to ``batch`` messages: what is waiting now, else the first to arrive within
+        ``wait`` seconds and whatever followed it. Empty if nothing came.
+
+        Raises:
+            nats.js.errors.APIError: the server refused the pull (e.g. no such consumer).
+        """
+        got = await self._pull(batch, expires=None)
+        if got:
+            return got
+        got = await self._pull(1, expires=wait)
+        if got and batch > 1:
+            got += await self._pull(batch - 1, expires=None)
+        return got
+
+    async def _pull(self, batch: int, *, expires: float | None) -> list[Msg]:
+        request: dict[str, Any] = {"batch": batch, "max_bytes": self._max_bytes}
+        if expires is None:
+            request["no_wait"] = True
+        else:
+            request["expires"] = int(expires * 1_000_000_000)
+        await self._nc.publish(self._subject, orjson.dumps(request), reply=self._inbox)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (expires or 0.0) + self._timeout
+        got: list[Msg] = []
+        while len(got) < batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                break
+            status = msg.headers.get(_STATUS) if msg.headers else None
+            if status is None:
+                got.append(msg)
+            elif status == _HEARTBEAT or _batch_completed(msg):
+                continue  # an earlier request's end: it was counted complete already
+            elif status in (_NO_MESSAGES, _EXPIRED) or (status == _CONFLICT and got):
+                break
+            else:
+                assert msg.headers is not None
+                raise nats.js.errors.APIError(
+                    code=int(status), description=msg.headers.get(_DESCRIPTION, "")
+                )
+        return got

@@ -1,0 +1,61 @@
+"""An agent that misbehaves on request, for the task lifecycle tests: it raises, exits, sleeps
+(noting in its workspace whether its handler ran to the end or was cancelled), returns results
+too large for the bus, and delegates. Provisioned with ``command=[python, this file]``; it
+starts only once no file ``hold`` is in its workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import time
+from typing import Any
+
+from corral.sdk import Agent, TaskContext
+
+agent = Agent.from_env()
+
+
+@agent.task
+async def handle(ctx: TaskContext) -> dict[str, Any]:
+    p = ctx.payload
+    op = p.get("op", "echo")
+    if op == "echo":
+        return {"echo": p, "attempt": ctx.attempt}
+    if op == "raise":  # fails until attempt ``until`` (if given), then completes
+        if "until" in p and ctx.attempt >= int(p["until"]):
+            return {"attempt": ctx.attempt}
+        kind = getattr(builtins, str(p.get("type", "ValueError")))
+        raise kind(f"attempt {ctx.attempt} went wrong")
+    if op == "exit":
+        os._exit(int(p.get("code", 3)))
+    if op == "sleep":
+        return await _sleep(ctx, float(p.get("seconds", 1)), beat=bool(p.get("beat", True)))
+    if op == "big":
+        return {"blob": "x" * int(p["bytes"])}
+    if op == "delegate":
+        return await ctx.delegate(dict(p.get("payload", {})), role=str(p["role"]))
+    raise ValueError(f"unknown op {op!r}")
+
+
+async def _sleep(ctx: TaskContext, seconds: float, *, beat: bool) -> dict[str, Any]:
+    marker = ctx.workspace / f"{ctx.task_id}.{ctx.attempt}"
+    marker.write_text("started")
+    steps = max(1, int(seconds / 0.1))
+    try:
+        for i in range(steps):
+            await asyncio.sleep(seconds / steps)
+            if beat:
+                await ctx.progress((i + 1) / steps)
+    except asyncio.CancelledError:
+        marker.write_text("cancelled")
+        raise
+    marker.write_text("finished")
+    return {"slept": seconds}
+
+
+if __name__ == "__main__":
+    # a test holds the agent before it reports ready with a file in its workspace
+    while (agent.config.workspace / "hold").exists():
+        time.sleep(0.05)
+    agent.run()
