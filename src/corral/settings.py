@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     nats_monitoring: bool = False  # embedded server: open its HTTP monitoring port (localhost)
     host: str = "127.0.0.1"
     port: int = 8470
+    gateway_port: int | None = None  # the model gateway's own port (default: port + 1)
     runtime: Literal["local", "kubernetes"] = "local"
     idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
     task_retention: float | None = None  # override every plan's finished-task retention (s)
@@ -88,6 +89,12 @@ class Settings(BaseSettings):
         if not all(0 < port < 65536 for port in value):
             raise ValueError(f"a port is out of range: {list(value)}")
         return value
+
+    @property
+    def resolved_gateway_port(self) -> int:
+        if self.gateway_port is not None:
+            return self.gateway_port
+        return 0 if self.port == 0 else self.port + 1
 
     @property
     def resolved_database_url(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from corral.api.app import create_app
+from corral.api.gateway_app import create_gateway_app
 from corral.control.platform import Platform
 from corral.settings import Settings
 
@@ -25,6 +26,7 @@ class RunningServer:
     def __init__(self, platform: Platform, url: str) -> None:
         self.platform = platform
         self.url = url
+        self.gateway_url = platform.models.url  # agents' OpenAI-compatible model gateway
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -52,6 +54,18 @@ async def running(settings: Settings) -> AsyncIterator[RunningServer]:
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-http")
+        gateway = uvicorn.Server(
+            uvicorn.Config(
+                create_gateway_app(platform.models.gateway),
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=3,
+            )
+        )
+        gateway_task = asyncio.create_task(
+            gateway.serve(sockets=[platform.models.socket]), name="corral-gateway-http"
+        )
         try:
             while not server.started:
                 if task.done():
@@ -63,8 +77,11 @@ async def running(settings: Settings) -> AsyncIterator[RunningServer]:
         finally:
             platform.hub.close()  # ends every event stream so the server can stop
             server.should_exit = True
+            gateway.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await gateway_task
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 (settings.data_dir / "api.url").unlink()

@@ -32,7 +32,7 @@ def cli(
 
 
 def _register() -> None:
-    from corral.cli import agents, demo, isolation, k8s, orgs, secrets, tasks, up
+    from corral.cli import agents, demo, isolation, k8s, models, orgs, secrets, tasks, up
 
     cli.add_command(up.up)
     cli.add_command(demo.demo)
@@ -43,6 +43,8 @@ def _register() -> None:
     for command in (secrets.secret, secrets.grant, secrets.audit):
         cli.add_command(command)
     cli.add_command(isolation.check_isolation)
+    cli.add_command(models.model)
+    cli.add_command(models.budget)
 
 
 _register()

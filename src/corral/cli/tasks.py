@@ -68,6 +68,8 @@ def task() -> None:
 @click.option("--heartbeat-timeout", help="Longest silence between progress reports, e.g. 30s.")
 @click.option("--idempotency-key", help="Submitting again with this key returns the same task.")
 @click.option("--watch", "watch_", is_flag=True, help="Then watch it until it is done.")
+@click.option("--max-tokens", type=int, help="Model tokens it and its delegated children may use.")
+@click.option("--max-cost", help="Dollars of model calls it and its delegated children may spend.")
 @pass_ctx
 def submit(
     ctx: Context,
@@ -89,6 +91,8 @@ def submit(
     heartbeat_timeout: str | None,
     idempotency_key: str | None,
     watch_: bool,
+    max_tokens: int | None,
+    max_cost: str | None,
 ) -> None:
     """Submit a task to ORG (exactly one of --role or --agent). Retries and timeouts not
     given take the org's plan's defaults (`corral org show`)."""
@@ -136,6 +140,10 @@ def submit(
         ):
             if value is not None:
                 body_[key] = value
+        if max_tokens is not None:
+            body_["maxTokens"] = max_tokens
+        if max_cost is not None:
+            body_["maxCost"] = max_cost
         data = ctx.client.post(f"/v1/orgs/{org}/tasks", json=body_)
         if watch_ and not ctx.as_json:
             console.print(f"submitted {data['id']}")
@@ -212,6 +220,22 @@ def show(ctx: Context, org: str, task_id: str) -> None:
             for h in data["history"]:
                 hist.add_row(h["at"], h["from"] or "", h["to"], h["detail"])
             console.print(hist)
+            models = data.get("modelUsage") or {}
+            if models.get("byModel") or models.get("budget"):
+                used = Table(title=f"model usage: {models['tokens']} tokens, ${models['cost']}")
+                for col in ("model", "calls", "tokens in", "tokens out", "cost $"):
+                    used.add_column(col)
+                for m in models["byModel"]:
+                    used.add_row(
+                        m["model"],
+                        str(m["calls"]),
+                        str(m["tokensIn"]),
+                        str(m["tokensOut"]),
+                        m["cost"],
+                    )
+                console.print(used)
+                if models.get("budget"):
+                    console.print(f"budget: {models['budget']}")
             if data.get("result") is not None:
                 console.print_json(json.dumps(data["result"]))
 

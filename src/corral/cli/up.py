@@ -64,6 +64,7 @@ def up(
 
     def ready(srv: RunningServer) -> None:
         click.echo(f"corral is up at {srv.url} (data dir {settings.data_dir})")
+        click.echo(f"model gateway for agents at {srv.gateway_url}/v1")
         confinement = srv.platform.sandbox
         if confinement is not None and confinement.enabled:
             click.echo(confinement.describe())

@@ -19,7 +19,7 @@ from corral.domain.tenancy import Organization
 from corral.runtime.base import AgentRuntime, LaunchSpec
 from corral.store.agents import AgentRepository
 
-__all__ = ["CREDS_TTL_SECONDS", "DEFAULT_AGENT_COMMAND", "Launcher", "Undo", "undo"]
+__all__ = ["CREDS_TTL_SECONDS", "DEFAULT_AGENT_COMMAND", "AgentEnv", "Launcher", "Undo", "undo"]
 
 log = logging.getLogger("corral.controller")
 
@@ -28,6 +28,11 @@ DEFAULT_AGENT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "corral.agents.g
 CREDS_TTL_SECONDS = 24 * 3600
 
 Undo = list[Callable[[], Awaitable[None]]]
+#: Mints what else one agent's launch needs in its environment (its model gateway
+#: credential), returning the variables and the step that revokes them.
+AgentEnv = Callable[
+    [Organization, Agent], Awaitable[tuple[dict[str, str], Callable[[], Awaitable[None]]]]
+]
 
 
 async def undo(steps: Undo) -> None:
@@ -47,11 +52,13 @@ class Launcher:
         bus: BusPort,
         runtime: AgentRuntime,
         extra_env: dict[str, str] | None = None,
+        agent_env: AgentEnv | None = None,
     ) -> None:
         self._agents = agents
         self._bus = bus
         self._runtime = runtime
         self._extra_env = dict(extra_env or {})
+        self._agent_env = agent_env
 
     async def launch(self, org: Organization, agent: Agent, steps: Undo) -> None:
         """Credentials, inbox consumer and process for ``agent``; pushes undo steps."""
@@ -59,8 +66,12 @@ class Launcher:
         steps.append(lambda: self._bus.revoke_agent(org.slug, agent.id))
         await self._agents.update(agent.id, public_key=creds.public_key)
         await self._bus.prepare_agent(org.slug, agent.id)
+        own_env: dict[str, str] = {}
+        if self._agent_env is not None:
+            own_env, revoke = await self._agent_env(org, agent)
+            steps.append(revoke)
         fresh = not await self._runtime.workspace_exists(org.slug, agent.id)
-        spec = self.spec(org, agent, creds.creds)
+        spec = self.spec(org, agent, creds.creds, env=own_env)
         try:
             await self._runtime.start(spec)
         except CorralError:
@@ -72,7 +83,9 @@ class Launcher:
         if fresh:
             steps.append(lambda: self._runtime.delete_workspace(org.slug, agent.id))
 
-    def spec(self, org: Organization, agent: Agent, creds: str) -> LaunchSpec:
+    def spec(
+        self, org: Organization, agent: Agent, creds: str, *, env: dict[str, str] | None = None
+    ) -> LaunchSpec:
         env = {
             "CORRAL_ORG": org.slug,
             "CORRAL_ORG_ID": org.id,
@@ -83,6 +96,7 @@ class Launcher:
             "CORRAL_AGENT_SLOTS": str(agent.slots),
             "CORRAL_MAX_PAYLOAD": str(org.plan.bus.max_payload),
             **self._extra_env,
+            **(env or {}),
         }
         return LaunchSpec(
             org=org.slug,

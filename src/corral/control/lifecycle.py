@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from corral.control.background import Background
 from corral.control.hub import EventHub
-from corral.control.launching import DEFAULT_AGENT_COMMAND, Launcher, Undo, undo
+from corral.control.launching import DEFAULT_AGENT_COMMAND, AgentEnv, Launcher, Undo, undo
 from corral.control.ports import BusPort
 from corral.control.records import AgentRecords
 from corral.domain.admission import ContainerRequest, apply_limit_range, charge_for
@@ -63,6 +63,7 @@ class Controller(AgentRecords):
         checkpoint_deadline: float = 5.0,
         extra_env: dict[str, str] | None = None,
         heartbeat_seconds: float = 5.0,
+        agent_env: AgentEnv | None = None,
     ) -> None:
         super().__init__(agents=agents, hub=hub, runtime=runtime)
         self.ledger = ledger
@@ -70,7 +71,9 @@ class Controller(AgentRecords):
         self._org_by_id = org_lookup
         self.checkpoint_deadline = checkpoint_deadline
         self.heartbeat_seconds = heartbeat_seconds
-        self._launcher = Launcher(agents=agents, bus=bus, runtime=runtime, extra_env=extra_env)
+        self._launcher = Launcher(
+            agents=agents, bus=bus, runtime=runtime, extra_env=extra_env, agent_env=agent_env
+        )
         self._restarts = Background()
         self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._last_seen: dict[str, float] = {}

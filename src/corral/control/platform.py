@@ -25,6 +25,7 @@ from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
 from corral.control.background import Background
 from corral.control.dispatch import Dispatcher
+from corral.control.gateway.running import GatewayService
 from corral.control.hub import EventHub
 from corral.control.ingress import watch as watch_ingress
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
@@ -111,6 +112,7 @@ class Platform:
         self._org_uids: dict[str, int] = {}  # org slug → its agents' uid (root, sandbox on)
         self.controller: Controller
         self.dispatcher: Dispatcher
+        self.models: GatewayService  # the model gateway: models, budgets, metering
 
     async def __aenter__(self) -> Platform:
         try:
@@ -145,6 +147,17 @@ class Platform:
         self.vault = Vault(SqlVaultStore(self.db), Keyring.open(self.data_dir))
         await self.vault.start()
         self.access = SecretAccess(self.vault, self._registered_agent)
+        self.models = await self._stack.enter_async_context(
+            GatewayService(
+                self.db,
+                self.vault,
+                self.metrics,
+                self.agents,
+                self.orgs.get_by_id,
+                host=self.settings.host,
+                port=self.settings.resolved_gateway_port,
+            )
+        )
 
         await self._start_bus()
         self.runtime = await self._start_runtime()
@@ -157,6 +170,7 @@ class Platform:
             org_lookup=self.orgs.get_by_id,
             extra_env=self._agent_env(),
             heartbeat_seconds=self.settings.heartbeat_seconds,
+            agent_env=self.models.agent_env,
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
@@ -183,7 +197,8 @@ class Platform:
         self._stack.push_async_callback(self.dispatcher.close)
         self.dispatcher.on_dispatched = self.metrics.dispatch_latency.labels("all").observe
         self.controller.on_capacity = self.dispatcher.capacity_changed
-        self.controller.on_change = self.dispatcher.agent_changed
+        self.controller.on_change = self._agent_changed
+        self.models.follow_tasks(self.dispatcher.current_task)
         self.controller.on_lost = self.dispatcher.agent_lost
         self.controller.current_task = self.dispatcher.current_task
         self._install_hooks()
@@ -199,6 +214,10 @@ class Platform:
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(watch_ingress(self), "corral-ingress")
         self._stack.push_async_callback(self._background.close)
+
+    def _agent_changed(self, agent: Agent) -> None:
+        self.dispatcher.agent_changed(agent)
+        self.models.agent_changed(agent)
 
     # -- bus ------------------------------------------------------------------------------
     async def _start_bus(self) -> None:
@@ -271,12 +290,12 @@ class Platform:
 
     def _confinement(self) -> Confinement:
         """The sandbox of local agents: what the host allows and the operator asked for, with
-        the bus's port (and the operator's) the only TCP ports agents may connect to, and the
-        data directory hidden from them."""
+        the bus's port, the model gateway's (and the operator's) the only TCP ports agents may
+        connect to, and the data directory hidden from them."""
         ports = [p for p in (urlsplit(u.strip()).port for u in self.bus.url.split(",")) if p]
         return Confinement.detect(
             self.settings.sandbox,
-            tcp_ports=[*ports, *self.settings.sandbox_allow_ports],
+            tcp_ports=[*ports, self.models.port, *self.settings.sandbox_allow_ports],
             hide=[str(self.data_dir)],
             read_only=self.settings.sandbox_read_only,
         )

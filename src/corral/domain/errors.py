@@ -7,6 +7,7 @@
     ├── NotFound                unknown id, or another tenant's (HTTP 404, exit 4)
     ├── Conflict                state does not allow it (HTTP 409, exit 5)
     │   └── QuotaExceeded       admission refused by quota or limit range (HTTP 409, exit 6)
+    │       └── BudgetExceeded  a model call could take a token or cost budget over (HTTP 409)
     ├── Unauthenticated         no or bad credential (HTTP 401, exit 7)
     ├── PermissionDenied        authenticated but not allowed (HTTP 403, exit 7)
     ├── RateLimited             over the plan's request rate (HTTP 429, exit 8)
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 __all__ = [
+    "BudgetExceeded",
     "Conflict",
     "CorralError",
     "InvalidInput",
@@ -71,6 +73,10 @@ class Conflict(CorralError):
 class QuotaExceeded(Conflict):
     code = "quota_exceeded"
     exit_code = 6
+
+
+class BudgetExceeded(QuotaExceeded):
+    code = "budget_exceeded"
 
 
 class Unauthenticated(CorralError):

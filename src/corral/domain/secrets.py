@@ -93,6 +93,11 @@ class AuditAction(StrEnum):
     KEY_CREATE = "key.create"  # the org's data key was generated
     KEY_REWRAP = "key.rewrap"  # the org's data key was re-wrapped under a new master key
     KEY_DESTROY = "key.destroy"  # the org's data key, secrets and grants were destroyed
+    MODEL_DECLARE = "model.declare"  # a model endpoint for the gateway was declared
+    MODEL_CHANGE = "model.change"  # a declared model endpoint was changed
+    MODEL_REMOVE = "model.remove"
+    MODEL_BUDGET = "model.budget"  # the org's period budget was set
+    MODEL_CALL = "model.call"  # a gateway call, logged only when refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from corral.domain.messages import TaskMessage
 from corral.sdk.config import AgentConfig
+from corral.sdk.llm import ModelClient
 
 __all__ = ["Blocked", "TaskContext", "TaskHost"]
 
@@ -63,10 +64,22 @@ class TaskContext:
         self.task_id = message.task_id
         self.payload = message.payload
         self.attempt = message.attempt
+        self._llm: ModelClient | None = None
 
     @property
     def workspace(self) -> Path:
         return self._agent.config.workspace
+
+    @property
+    def llm(self) -> ModelClient:
+        """The org's models through the platform's gateway, each call charged to this task.
+
+        Raises:
+            InvalidInput: the agent was started without a model gateway.
+        """
+        if self._llm is None:
+            self._llm = ModelClient.from_env(task_id=self.task_id)
+        return self._llm
 
     async def progress(self, fraction: float, **detail: Any) -> None:
         """Report progress (0..1) on this task, as the seed's ``working`` status; it is also

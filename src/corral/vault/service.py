@@ -331,3 +331,44 @@ class Vault:
             detail=f"version {record.version} {via}",
         )
         return value
+
+    # -- platform reads -----------------------------------------------------------------------
+
+    async def read_for_platform(self, org_id: OrgId, name: str, *, actor: str, why: str) -> bytes:
+        """The value of ``name`` for the control plane itself (the model gateway's provider
+        key), never for an agent; audited with ``why``.
+
+        Raises:
+            NotFound: no such secret in this org.
+            Unavailable: the ciphertext or data key does not decrypt.
+        """
+        name = validate_secret_name(name)
+        record = await self._store.get_secret(org_id, name)
+        if record is None:
+            await self.audit.record(
+                org_id,
+                actor=actor,
+                action=AuditAction.SECRET_READ,
+                target=name,
+                allowed=False,
+                detail=f"not found ({why})",
+            )
+            raise NotFound(f"secret {name!r} not found", details={"name": name})
+        data_key = await self._data_key(org_id, create=False, actor=actor)
+        if data_key is None:
+            raise Unavailable(f"organization {org_id} has no data key: its secrets were destroyed")
+        value = crypto.open_sealed(
+            data_key,
+            record.ciphertext,
+            crypto.secret_aad(org_id, name, record.version),
+            what=f"secret {name!r} (version {record.version}) of organization {org_id}",
+        )
+        await self.audit.record(
+            org_id,
+            actor=actor,
+            action=AuditAction.SECRET_READ,
+            target=name,
+            allowed=True,
+            detail=f"version {record.version} ({why})",
+        )
+        return value

@@ -69,4 +69,8 @@ async def get_usage(
 ) -> dict[str, Any]:
     p = platform(request)
     _, usage = await p.tenants.usage(found.slug)
-    return {**usage_to_wire(found, usage), **await org_figures(p, found.slug)}
+    return {
+        **usage_to_wire(found, usage),
+        **await org_figures(p, found.slug),
+        "models": await p.models.usage(found),
+    }

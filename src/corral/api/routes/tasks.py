@@ -19,7 +19,10 @@ from corral.api.schemas import (
     exactly_one_of,
     strip_nulls,
 )
+from corral.domain.budgets import Budget
 from corral.domain.errors import InvalidInput
+from corral.domain.ids import new_task_id
+from corral.domain.models import parse_dollars
 from corral.domain.policies import MAX_ATTEMPTS_LIMIT, MAX_SECONDS, TaskPolicy
 from corral.domain.quantities import parse
 from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
@@ -78,6 +81,21 @@ class TaskCreate(Strict):
     deadline: str | None = Field(default=None, max_length=64)
     requirements: RequirementsIn = Field(default_factory=RequirementsIn)
     payload: dict[str, Any] = Field(default_factory=dict)
+    max_tokens: int | None = Field(
+        default=None,
+        alias="maxTokens",
+        strict=True,
+        ge=0,
+        le=10**15,
+        description="model tokens it and its delegated children may use",
+    )
+    max_cost: str | None = Field(
+        default=None,
+        alias="maxCost",
+        strict=True,
+        description="dollars of model calls it and its delegated children may spend",
+        json_schema_extra={"pattern": r"^[0-9]{1,6}(\.[0-9]{1,12})?$"},
+    )
     retry: RetryIn | None = Field(default=None, description="overrides of the plan's retries")
     run_timeout: Seconds | None = Field(
         default=None, alias="runTimeout", description="seconds from dispatch to end"
@@ -142,17 +160,30 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
         memory=parse(body.requirements.memory) if body.requirements.memory else None,
         gpu=body.requirements.gpu,
     )
-    rec = await p.dispatcher.submit(
-        org,
-        role=body.role,
-        agent=body.agent,
-        priority=Priority.parse(body.priority),
-        deadline=parse_deadline(body.deadline),
-        requirements=reqs,
-        payload=body.payload,
-        policy=body.policy(org.plan.task_policy),
-        idempotency_key=body.idempotency_key,
-    )
+    task_id, unbudget = None, None
+    if body.max_tokens is not None or body.max_cost is not None:
+        task_id = new_task_id()
+        cost = None if body.max_cost is None else parse_dollars(body.max_cost, what="maxCost")
+        unbudget = await p.models.set_task_budget(org, task_id, Budget(body.max_tokens, cost))
+    try:
+        rec = await p.dispatcher.submit(
+            org,
+            role=body.role,
+            agent=body.agent,
+            priority=Priority.parse(body.priority),
+            deadline=parse_deadline(body.deadline),
+            requirements=reqs,
+            payload=body.payload,
+            policy=body.policy(org.plan.task_policy),
+            idempotency_key=body.idempotency_key,
+            task_id=task_id,
+        )
+    except BaseException:
+        if unbudget is not None:
+            await unbudget()
+        raise
+    if unbudget is not None and rec.id != task_id:  # the key named a task made before
+        await unbudget()
     return rec.to_wire()
 
 
@@ -222,8 +253,13 @@ async def list_tasks(
 
 @router.get("/{task}")
 async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
-    rec, history, waiting = await platform(request).dispatcher.get_task(org, task)
-    return {**rec.to_wire(history), "waiting": waiting}
+    p = platform(request)
+    rec, history, waiting = await p.dispatcher.get_task(org, task)
+    return {
+        **rec.to_wire(history),
+        "waiting": waiting,
+        "modelUsage": await p.models.task_usage(org, rec.id),
+    }
 
 
 @router.post("/{task}/cancel")
