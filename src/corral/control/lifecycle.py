@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from corral.control.background import Background
 from corral.control.hub import EventHub
@@ -35,7 +36,7 @@ from corral.domain.agents import (
     make_agent_id,
     validate_name,
 )
-from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound, Unavailable
+from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound
 from corral.domain.ids import AgentId
 from corral.domain.messages import ControlKind, ControlMessage
 from corral.domain.tenancy import Organization
@@ -75,7 +76,6 @@ class Controller(AgentRecords):
             agents=agents, bus=bus, runtime=runtime, extra_env=extra_env, agent_env=agent_env
         )
         self._restarts = Background()
-        self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._last_seen: dict[str, float] = {}
         self._crashing: set[str] = set()  # agents restarted since their last completed task
 
@@ -157,9 +157,7 @@ class Controller(AgentRecords):
                 to=AgentState.RUNNING,
                 last_seen_at=now,
             )
-        for fut in self._ready_waiters.pop(agent_id, []):
-            if not fut.done():
-                fut.set_result(None)
+        self._ready(agent_id)
         ready = await self.agents.get(agent_id)
         self._publish(ready)
         return ready
@@ -172,24 +170,6 @@ class Controller(AgentRecords):
             return
         self._last_seen[agent_id] = now
         await self.agents.update(agent_id, last_seen_at=datetime.now(UTC))
-
-    async def wait_running(self, agent_id: str, *, timeout: float) -> Agent:
-        """Wait until the agent is running (for CLI ``--wait`` and tests)."""
-        agent = await self.agents.get(agent_id)
-        if agent.state is AgentState.RUNNING:
-            return agent
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ready_waiters.setdefault(agent_id, []).append(fut)
-        agent = await self.agents.get(agent_id)
-        if agent.state is not AgentState.RUNNING:
-            try:
-                await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
-                raise Unavailable(
-                    f"agent {agent_id} did not report ready within {timeout:g}s "
-                    f"(state {agent.state.value}; see `corral agent logs`)"
-                ) from None
-        return await self.agents.get(agent_id)
 
     # -- pause / resume -------------------------------------------------------------------
     async def pause(self, org: Organization, agent_id: str, *, force: bool = False) -> Agent:
@@ -368,19 +348,8 @@ class Controller(AgentRecords):
         restarts = agent.restarts + 1
         self._crashing.add(agent.id)
         if restarts > MAX_RESTARTS:
-            await self._transition(
-                agent.id,
-                expect=[agent.state],
-                to=AgentState.FAILED,
-                restarts=restarts,
-                detail=f"crashed {restarts} times in a row (last: {_exit(status)})",
-            )
-            await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
-            if agent.public_key:
-                with contextlib.suppress(CorralError):
-                    await self.bus.revoke_agent(org.slug, agent.id)
-            self._publish(await self.agents.get(agent.id))
-            self.on_capacity(org.id)
+            detail = f"crashed {restarts} times in a row (last: {_exit(status)})"
+            await self._fail(org, agent, detail=detail, restarts=restarts)
             return
         await self._transition(
             agent.id,
@@ -436,17 +405,23 @@ class Controller(AgentRecords):
         async with self._lock(agent_id):
             agent = await self.agents.get(agent_id, org_id=org.id)
             live = (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING)
-            if agent.state not in live or not await self._transition(
-                agent_id, expect=[agent.state], to=AgentState.FAILED, detail=reason
-            ):
+            if agent.state not in live or not await self._fail(org, agent, detail=reason):
                 return False
-            with contextlib.suppress(CorralError):
-                await self.bus.revoke_agent(org.slug, agent_id)
             await self.runtime.stop(org.slug, agent_id, grace=0.5)
-            await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
-            self._publish(await self.agents.get(agent_id))
-            self.on_capacity(org.id)
         await self.on_lost(agent_id, f"agent {agent_id} was {reason}")
+        return True
+
+    async def _fail(self, org: Organization, agent: Agent, *, detail: str, **fields: Any) -> bool:
+        """``agent`` becomes ``failed``: off the bus, its quota released. False: it had moved."""
+        if not await self._transition(
+            agent.id, expect=[agent.state], to=AgentState.FAILED, detail=detail, **fields
+        ):
+            return False
+        with contextlib.suppress(CorralError):
+            await self.bus.revoke_agent(org.slug, agent.id)
+        await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
+        self._publish(await self.agents.get(agent.id))
+        self.on_capacity(org.id)
         return True
 
     async def close(self) -> None:

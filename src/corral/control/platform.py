@@ -35,7 +35,7 @@ from corral.control.retention import Retention, retention_of
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.agents import Agent, AgentState
-from corral.domain.errors import CorralError, InvalidInput, NotFound, PermissionDenied
+from corral.domain.errors import CorralError, NotFound, PermissionDenied
 from corral.domain.ids import AgentId, OrgId
 from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
@@ -57,28 +57,7 @@ from corral.vault.service import Vault
 
 __all__ = ["Platform", "load_plans"]
 
-
-def load_plans(path: Path) -> list[str]:
-    """Register the operator's extra plans from a YAML list of plan objects."""
-    import yaml
-
-    from corral.domain import plans
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"cannot read plans file {path}: {exc}") from exc
-    if not isinstance(data, list):
-        raise InvalidInput(f"plans file {path} must hold a list of plans")
-    names = []
-    for item in data:
-        if not isinstance(item, dict):
-            raise InvalidInput(f"plans file {path}: each plan is a mapping")
-        plan = plans.plan_from_wire(item)
-        plans.register(plan)
-        names.append(plan.name)
-    return names
-
+from corral.control.plans_file import load_plans  # noqa: E402  (re-exported)
 
 log = logging.getLogger("corral.platform")
 

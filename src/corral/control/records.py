@@ -14,6 +14,7 @@ from typing import Any
 
 from corral.control.hub import EventHub
 from corral.domain.agents import Agent, AgentState, require_transition
+from corral.domain.errors import Unavailable
 from corral.domain.tenancy import Organization
 from corral.runtime.base import AgentRuntime
 from corral.store.agents import AgentRepository
@@ -30,6 +31,7 @@ class AgentRecords:
         self.agents = agents
         self.hub = hub
         self.runtime = runtime
+        self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         #: told the org id whenever quota is released (pause, terminate, failure)
         self.on_capacity: Callable[[str], None] = lambda org_id: None
@@ -86,3 +88,28 @@ class AgentRecords:
         ...)", "off"), as its runtime says; None when it runs nowhere (or on Kubernetes)."""
         status = await self.runtime.status(org.slug, agent_id)
         return status.detail.get("sandbox")
+
+    # -- readiness ------------------------------------------------------------------------
+    async def wait_running(self, agent_id: str, *, timeout: float) -> Agent:
+        """Wait until the agent is running (for CLI ``--wait`` and tests)."""
+        agent = await self.agents.get(agent_id)
+        if agent.state is AgentState.RUNNING:
+            return agent
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ready_waiters.setdefault(agent_id, []).append(fut)
+        agent = await self.agents.get(agent_id)
+        if agent.state is not AgentState.RUNNING:
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                raise Unavailable(
+                    f"agent {agent_id} did not report ready within {timeout:g}s "
+                    f"(state {agent.state.value}; see `corral agent logs`)"
+                ) from None
+        return await self.agents.get(agent_id)
+
+    def _ready(self, agent_id: str) -> None:
+        """The agent reported ready: wake whoever waits for it."""
+        for fut in self._ready_waiters.pop(agent_id, []):
+            if not fut.done():
+                fut.set_result(None)

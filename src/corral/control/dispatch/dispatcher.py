@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -31,14 +30,15 @@ from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.dispatch.events import AgentEvents
 from corral.control.dispatch.intake import Intake
 from corral.control.dispatch.reaping import Reaper
-from corral.control.dispatch.snapshot import AgentSnapshot, Views, mark, request_for, take
+from corral.control.dispatch.snapshot import AgentSnapshot, Views, mark, take
+from corral.control.dispatch.supply import Supply
 from corral.control.dispatch.timeouts import Timeouts
 from corral.control.hub import EventHub
 from corral.control.lifecycle import Controller
 from corral.control.ports import BusEvent, BusPort
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
-from corral.domain.ids import AgentId, OrgId
+from corral.domain.ids import OrgId
 from corral.domain.messages import MessageType, TaskMessage
 from corral.domain.policies import TaskPolicy
 from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
@@ -115,6 +115,9 @@ class Dispatcher:
             on_capacity=self.capacity_changed,
             idle_timeout=idle_timeout,
             heartbeat_seconds=heartbeat_seconds,
+        )
+        self.supply = Supply(
+            controller=controller, snapshot=self.snapshot, capacity_changed=self.capacity_changed
         )
         self.timeouts = Timeouts(
             book=self.book, bus=bus, controller=controller, background=self._background
@@ -370,10 +373,10 @@ class Dispatcher:
         if placement.action is Action.WAKE and placement.agent_id is not None:
             mark(views, org.id, placement.agent_id, AgentAvailability.UNAVAILABLE)
             self._background.spawn(
-                self._wake_agent(org, placement.agent_id, key), f"wake-{placement.agent_id}"
+                self.supply.wake(org, placement.agent_id, key), f"wake-{placement.agent_id}"
             )
         else:
-            self._background.spawn(self._provision_for(org, task, key), f"provision-{org.slug}")
+            self._background.spawn(self.supply.provision(org, task, key), f"provision-{org.slug}")
         # the placement is re-asked when the agent reports ready (scheduler.wake)
         return None
 
@@ -410,37 +413,6 @@ class Dispatcher:
                 await self._retry(rec.id, f"delivery failed: {result.message}")
             else:
                 self.on_dispatched(now - rec.created_at.timestamp())
-
-    async def _provision_for(
-        self, org: Organization, task: QueuedTask, key: tuple[str, str | None]
-    ) -> None:
-        role = task.role or "general"
-        try:
-            agent = await self.controller.provision(
-                org,
-                name=f"{role[:20]}-{secrets.token_hex(2)}",
-                role=role,
-                request=request_for(task.requirements),
-            )
-            log.info("provisioned %s for queued %s work", agent.id, role)
-        except CorralError as exc:
-            log.warning("could not provision a %s agent for %s: %s", role, org.slug, exc.message)
-            self._not_coming(org, key)
-
-    async def _wake_agent(
-        self, org: Organization, agent_id: AgentId, key: tuple[str, str | None]
-    ) -> None:
-        try:
-            await self.controller.resume(org, agent_id)
-        except CorralError as exc:
-            log.warning("could not resume %s: %s", agent_id, exc.message)
-            self._not_coming(org, key)
-
-    def _not_coming(self, org: Organization, key: tuple[str, str | None]) -> None:
-        """An agent on its way for ``key`` will not come: place its tasks again."""
-        self.snapshot.incoming[key] -= 1
-        self.snapshot.forget_usage()
-        self.capacity_changed(org.id)
 
     async def _retry(self, task_id: str, why: str, error_type: str | None = None) -> None:
         """A dispatched or running task back in the queue, or failed; committed on return."""
