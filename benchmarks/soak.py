@@ -157,7 +157,11 @@ def judge(samples: list[Sample], args: argparse.Namespace) -> bool:
     if len(full) < 4:
         print("too few windows to judge; run longer")
         return False
-    start, end = full[1], full[-2]  # skip the ramp-up and the drain
+    # the start is the first window once pruning runs (finished tasks older than the retention
+    # are deleted from then on, a steady cost the first windows do not pay); skip the drain
+    steady = [x for x in full if x.at > args.retention + args.every] or full[1:]
+    start, end = steady[0], full[-2]
+    print(f"(before pruning began: {full[1].rate:,.0f}/s)")
     warm = full[: max(3, len(full) // 5)]
     bound = {
         "task rows": max(s.tasks for s in warm) * 1.5 + 10_000,
