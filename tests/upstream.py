@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.support import eventually
+
 WORDS = ["Hello", " from", " the", " stand-in", " model"]
 
 
@@ -144,10 +146,9 @@ async def serving(stand_in: StandIn) -> AsyncIterator[StandIn]:
     )
     task = asyncio.create_task(server.serve(sockets=[sock]), name="stand-in-upstream")
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+        await eventually(lambda: server.started or task.done(), message="the upstream serves")
+        if task.done():
+            task.result()  # it stopped while starting: raise what went wrong
         yield stand_in
     finally:
         server.should_exit = True

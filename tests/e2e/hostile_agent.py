@@ -19,11 +19,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.runtime.sandbox.hostile import CLONE_NEWUSER, in_child, sys_call
+from tests.runtime.sandbox.hostile import CLONE_NEWUSER, in_child, recorder, sys_call
 
 PTRACE_SEIZE = 0x4206
 
@@ -31,15 +30,7 @@ PTRACE_SEIZE = 0x4206
 def attempts(config: dict[str, Any]) -> dict[str, dict[str, object]]:
     results: dict[str, dict[str, object]] = {}
 
-    def attempt(name: str, action: Callable[[], object]) -> None:
-        try:
-            value = action()
-            results[name] = {"ok": value is not False, "detail": repr(value)[:200]}
-        except OSError as exc:
-            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            results[name] = {"ok": False, "detail": f"{code}: {exc}"[:200]}
-        except Exception as exc:
-            results[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:200]}
+    attempt = recorder(results)
 
     def read(path: str) -> int:
         with open(path, "rb") as f:

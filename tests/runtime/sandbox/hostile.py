@@ -56,6 +56,25 @@ def in_child(action: Callable[[], None]) -> None:
         raise OSError(code, os.strerror(code))
 
 
+def recorder(
+    results: dict[str, dict[str, object]],
+) -> Callable[[str, Callable[[], object]], None]:
+    """``attempt(name, action)``: run ``action`` and record in ``results`` whether it
+    succeeded (anything but ``False`` returned) and what it gave or raised."""
+
+    def attempt(name: str, action: Callable[[], object]) -> None:
+        try:
+            value = action()
+            results[name] = {"ok": value is not False, "detail": repr(value)[:200]}
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            results[name] = {"ok": False, "detail": f"{code}: {exc}"[:200]}
+        except Exception as exc:
+            results[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:200]}
+
+    return attempt
+
+
 def main(config: dict[str, object]) -> dict[str, dict[str, object]]:
     data, ws, tmp = str(config["data"]), str(config["workspace"]), str(config["tmp"])
     other, outside = str(config["other_workspace"]), str(config["outside"])
@@ -63,15 +82,7 @@ def main(config: dict[str, object]) -> dict[str, dict[str, object]]:
     allowed, denied = int(config["allowed_port"]), int(config["denied_port"])  # type: ignore[call-overload]
     results: dict[str, dict[str, object]] = {}
 
-    def attempt(name: str, action: Callable[[], object]) -> None:
-        try:
-            value = action()
-            results[name] = {"ok": value is not False, "detail": repr(value)[:200]}
-        except OSError as exc:
-            name_of = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            results[name] = {"ok": False, "detail": f"{name_of}: {exc}"[:200]}
-        except Exception as exc:
-            results[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:200]}
+    attempt = recorder(results)
 
     def read(path: str) -> str:
         with open(path, encoding="utf-8", errors="replace") as f:

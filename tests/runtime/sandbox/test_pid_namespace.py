@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,11 @@ from typing import Any
 import pytest
 
 from tests.runtime.sandbox.conftest import World, launch, make_world, skip_unless_possible
+from tests.support import wait_until
 
 
 def eventually(check: Callable[[], bool], *, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.01)  # polling interval, not a wait for an outcome
+    wait_until(check, timeout=timeout, interval=0.01)
 
 
 @pytest.fixture(scope="module")
