@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,6 +89,8 @@ class Controller(AgentRecords):
         request: ContainerRequest,
         command: Sequence[str] | None = None,
         slots: int = 1,
+        env: Mapping[str, str] | None = None,
+        role_version: int | None = None,
     ) -> Agent:
         """Admit, charge, register and start a new agent; it becomes ``running`` when it
         reports ready.
@@ -121,6 +123,8 @@ class Controller(AgentRecords):
                 resources=resources,
                 command=argv,
                 slots=slots,
+                env=env,
+                role_version=role_version,
             )
             steps.append(lambda: self.agents.delete(agent_id))
             await self._launcher.launch(org, await self.agents.get(agent_id), steps)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -131,6 +132,8 @@ class Agent:
     terminated_at: datetime | None = None
     detail: str = ""
     slots: int = 1  # tasks it runs at once (the SDK's CORRAL_AGENT_SLOTS)
+    env: Mapping[str, str] = field(default_factory=dict)  # its role's environment
+    role_version: int | None = None  # the version of its role's spec it was provisioned with
 
     @property
     def idle(self) -> bool:
@@ -151,6 +154,7 @@ class Agent:
             "resources": self.resources.to_wire(),
             "command": list(self.command),
             "slots": self.slots,
+            "roleVersion": self.role_version,
             "restarts": self.restarts,
             "createdAt": ts(self.created_at),
             "lastSeenAt": ts(self.last_seen_at),
