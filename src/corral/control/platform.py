@@ -177,7 +177,9 @@ class Platform:
             idle_timeout=(lambda org: idle)
             if idle is not None
             else (lambda org: org.plan.idle_timeout_seconds),
+            roles=self.roles.roles,
         )
+        self.roles.on_change = self.dispatcher.roles_changed
         self._stack.push_async_callback(self.dispatcher.close)
         self.dispatcher.on_dispatched = self.metrics.dispatch_latency.labels("all").observe
         self.controller.on_capacity = self.dispatcher.capacity_changed

@@ -44,9 +44,10 @@ class AgentState(StrEnum):
 HOLDS_POD = frozenset(
     {AgentState.PROVISIONING, AgentState.RUNNING, AgentState.PAUSING, AgentState.RESUMING}
 )
-#: States in which the agent holds its workspace (PVC) and an agent slot.
-HOLDS_WORKSPACE = HOLDS_POD | {AgentState.PAUSED, AgentState.FAILED}
-LIVE_STATES = HOLDS_WORKSPACE
+#: States in which the agent holds its workspace (PVC) and an agent slot against the quota (a
+#: failed agent's workspace is kept, but it holds nothing until it is resumed).
+HOLDS_WORKSPACE = HOLDS_POD | {AgentState.PAUSED}
+LIVE_STATES = HOLDS_WORKSPACE | {AgentState.FAILED}
 
 # A restart re-enters ``provisioning`` (or ``resuming``, for the reconciler's restart of an
 # agent that was resuming) from the state the agent crashed in.
