@@ -6,10 +6,14 @@ task, and a changed role replaces its idle agents."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner, Result
+
+from corral.cli.main import cli
 from tests.e2e.conftest import TEST_AGENTS, Live
 from tests.support import eventually
 
@@ -245,3 +249,83 @@ async def test_a_failed_agent_releases_its_quota(live: Live, tmp_path: Path) -> 
     assert usage["persistentvolumeclaims"]["used"] == "0"
     assert (await live.admin.delete("/v1/orgs/acme/agents/crashy")).status_code == 204
     assert await _held(live, "acme") == (0, 0)  # nothing released twice
+
+
+async def _cli(live: Live, *args: str) -> Result:
+    target = ["--url", live.server.url, "--api-key", live.platform.new_admin_key]
+    return await asyncio.to_thread(
+        CliRunner().invoke, cli, [*target, *args], env={"COLUMNS": "200"}
+    )
+
+
+ROLES_YAML = """\
+roles:
+  - name: assistant
+    command: ["python", "/srv/agents/assistant.py"]   # omitted: the built-in agent
+    slots: 4
+    resources: {requests: {cpu: 500m, memory: 1Gi}, limits: {cpu: "1", memory: 2Gi}}
+    minAgents: 0
+    maxAgents: 5
+    idleTimeout: 5m
+    env: {MODEL: small}
+  - name: reviewer
+    maxAgents: 2
+"""
+
+
+async def test_cli_role_apply_is_idempotent_dry_runs_show_the_diff_and_show_lists_agents(
+    live: Live, tmp_path: Path
+) -> None:
+    await live.org("acme")
+    roles = tmp_path / "roles.yaml"
+    roles.write_text(ROLES_YAML)
+
+    r = await _cli(live, "role", "apply", "acme", "-f", str(roles), "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "role assistant would be created\nrole reviewer would be created\n"
+    assert (await live.admin.get("/v1/orgs/acme/roles")).json() == {"roles": []}
+
+    r = await _cli(live, "role", "apply", "acme", "-f", str(roles))
+    assert r.stdout == "role assistant created\nrole reviewer created\n"
+    r = await _cli(live, "role", "apply", "acme", "-f", str(roles))
+    assert r.stdout == "role assistant unchanged\nrole reviewer unchanged\n"
+
+    roles.write_text(ROLES_YAML.replace("maxAgents: 5", "maxAgents: 7"))
+    r = await _cli(live, "role", "apply", "acme", "-f", str(roles), "--dry-run")
+    assert r.stdout == (
+        "role assistant would change\n  maxAgents: 5 -> 7\nrole reviewer unchanged\n"
+    )
+
+    r = await _cli(live, "--json", "role", "show", "acme", "assistant")
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    assert shown["command"] == ["python", "/srv/agents/assistant.py"]
+    assert (shown["slots"], shown["maxAgents"], shown["env"]) == (4, 5, {"MODEL": "small"})
+    assert shown["agents"] == []
+
+    r = await _cli(live, "role", "list", "acme")
+    assert "assistant" in r.stdout and "(built-in)" in r.stdout
+
+    r = await _cli(live, "role", "delete", "acme", "reviewer")
+    assert r.exit_code == 0, r.output
+    r = await _cli(live, "role", "show", "acme", "reviewer")
+    assert r.exit_code == 4
+    assert r.stderr == "error: role 'reviewer' not found\n"
+
+
+async def test_cli_role_apply_refuses_a_bad_file_and_changes_nothing(
+    live: Live, tmp_path: Path
+) -> None:
+    await live.org("acme")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(ROLES_YAML.replace("slots: 4", "slots: 0"))
+    r = await _cli(live, "role", "apply", "acme", "-f", str(bad))
+    assert r.exit_code == 2
+    assert "slots" in r.stderr
+    bad.write_text("roles: [unclosed")
+    r = await _cli(live, "role", "apply", "acme", "-f", str(bad))
+    assert r.exit_code == 2
+    assert "not valid YAML" in r.stderr
+    r = await _cli(live, "role", "apply", "acme", "-f", str(tmp_path / "missing.yaml"))
+    assert r.exit_code == 2
+    assert (await live.admin.get("/v1/orgs/acme/roles")).json() == {"roles": []}
