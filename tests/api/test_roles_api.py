@@ -74,10 +74,14 @@ async def test_a_bad_role_in_a_file_leaves_every_role_as_it_was(admin: httpx.Asy
     org = await _org(admin, "acme")
     bad = {"roles": [ASSISTANT, {"name": "worker", "minAgents": 3, "maxAgents": 2}]}
     r = await org.put("/v1/orgs/acme/roles", json=bad)
-    assert r.status_code == 422, r.text
+    assert r.status_code == 409, r.text
     assert "minAgents 3 is above maxAgents 2" in r.json()["error"]["message"]
     assert (await org.get("/v1/orgs/acme/roles")).json() == {"roles": []}
 
+    bad_env = {"roles": [{**ASSISTANT, "env": {"CORRAL_ORG": "other"}}]}
+    r = await org.put("/v1/orgs/acme/roles", json=bad_env)
+    assert r.status_code == 422, r.text
+    assert "CORRAL_ORG" in r.text
     too_big = {"roles": [{**ASSISTANT, "resources": {"limits": {"cpu": "64"}}}]}
     r = await org.put("/v1/orgs/acme/roles", json=too_big)
     assert r.status_code == 409, r.text
@@ -90,14 +94,15 @@ async def test_one_role_is_put_shown_and_deleted_and_other_orgs_never_see_it(
 ) -> None:
     acme = await _org(admin, "acme")
     globex = await _org(admin, "globex")
-    r = await acme.put("/v1/orgs/acme/roles/assistant", json={**ASSISTANT})
+    body = {k: v for k, v in ASSISTANT.items() if k != "name"}
+    r = await acme.put("/v1/orgs/acme/roles/assistant", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["change"]["action"] == "create"
     assert r.json()["role"]["version"] == 1
 
-    other = await acme.put("/v1/orgs/acme/roles/reviewer", json={**ASSISTANT})
-    assert other.status_code == 422
-    assert "differs" in other.json()["error"]["message"]
+    named = await acme.put("/v1/orgs/acme/roles/reviewer", json={**ASSISTANT})
+    assert named.status_code == 422  # the name is the path's
+    assert "name" in named.json()["error"]["message"]
 
     assert (await globex.get("/v1/orgs/acme/roles/assistant")).status_code in (403, 404)
     assert (await globex.get("/v1/orgs/globex/roles/assistant")).status_code == 404

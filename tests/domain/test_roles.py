@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from corral.domain.errors import InvalidInput, QuotaExceeded
+from corral.domain.errors import Conflict, InvalidInput, QuotaExceeded
 from corral.domain.plans import get_plan
 from corral.domain.policies import TaskPolicy
 from corral.domain.quantities import parse
@@ -57,12 +57,10 @@ def test_an_omitted_command_is_the_built_in_agent_and_defaults_are_small() -> No
         ({"name": "Not_A_Label"}, "role"),
         ({"slots": 0}, "slots"),
         ({"maxAgents": 0}, "maxAgents"),
-        ({"minAgents": 6}, "minAgents"),
         ({"command": []}, "command"),
         ({"idleTimeout": "soon"}, "idleTimeout"),
         ({"env": {"CORRAL_ORG": "x"}}, "CORRAL_"),
         ({"resources": {"requests": {"cpu": "lots"}}}, "resources.requests.cpu"),
-        ({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}, "above its limit"),
         ({"taskDefaults": {"runTimeout": -1}}, "runTimeout"),
         ({"replicas": 3}, "replicas"),
     ],
@@ -73,6 +71,20 @@ def test_a_bad_role_is_refused_naming_what_is_wrong(change: dict[str, Any], name
     assert named in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"minAgents": 6}, "minAgents 6 is above maxAgents 5"),
+        ({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}, "above its limit"),
+    ],
+)
+def test_a_role_its_own_limits_refuse_is_a_conflict(change: dict[str, Any], named: str) -> None:
+    with pytest.raises(Conflict) as err:
+        role_from_wire({**ASSISTANT, **change}, limit_range=LR)
+    assert named in err.value.message
+    assert err.value.message.startswith("role assistant: ")
+
+
 def test_resources_above_the_limit_range_are_refused() -> None:
     big = {**ASSISTANT, "resources": {"limits": {"cpu": "64"}}}
     with pytest.raises(QuotaExceeded, match="limits.cpu"):
@@ -80,7 +92,7 @@ def test_resources_above_the_limit_range_are_refused() -> None:
 
 
 def test_a_file_may_not_declare_a_role_twice() -> None:
-    with pytest.raises(InvalidInput, match="twice"):
+    with pytest.raises(Conflict, match="twice"):
         roles_from_document({"roles": [ASSISTANT, ASSISTANT]}, limit_range=LR)
     with pytest.raises(InvalidInput, match="list under 'roles'"):
         roles_from_document([ASSISTANT], limit_range=LR)

@@ -19,7 +19,7 @@ console = Console()
 
 def read_roles_file(path: Path) -> dict[str, Any]:
     """The ``{roles: [...]}`` document of a YAML file, as the API takes it (quantities and
-    durations written as bare numbers become strings).
+    environment values written as bare numbers become strings).
 
     Raises:
         InvalidInput: not readable, not YAML, or not a mapping with a list under ``roles``.
@@ -37,8 +37,6 @@ def read_roles_file(path: Path) -> dict[str, Any]:
     for item in doc["roles"]:
         if not isinstance(item, dict):
             continue
-        if isinstance(item.get("idleTimeout"), int | float):
-            item["idleTimeout"] = str(item["idleTimeout"])
         resources = item.get("resources")
         for kind in ("requests", "limits"):
             amounts = resources.get(kind) if isinstance(resources, dict) else None

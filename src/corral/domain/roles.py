@@ -30,7 +30,7 @@ from typing import Any
 
 from corral.domain.admission import AdmittedResources, ContainerRequest, apply_limit_range
 from corral.domain.agents import MAX_SLOTS, validate_name
-from corral.domain.errors import InvalidInput
+from corral.domain.errors import Conflict, InvalidInput
 from corral.domain.grants import validate_pattern
 from corral.domain.plans import LimitRange
 from corral.domain.policies import TaskPolicy, parse_duration
@@ -131,6 +131,7 @@ def role_from_wire(
 
     Raises:
         InvalidInput: an unknown field or a bad value, named.
+        Conflict: ``minAgents`` above ``maxAgents``, or a request above its own limit.
         QuotaExceeded: resources above the LimitRange's per-container max.
     """
     if not isinstance(obj, Mapping):
@@ -163,15 +164,18 @@ def role_from_wire(
             on_demand=_flag(obj.get("onDemand", True), "onDemand"),
             version=version,
         )
-        if role.min_agents > role.max_agents:
-            raise InvalidInput(
-                f"minAgents {role.min_agents} is above maxAgents {role.max_agents}",
-                details={"field": "minAgents"},
+        if role.min_agents > role.max_agents:  # a limit of its own refuses it
+            raise Conflict(
+                f"{where}minAgents {role.min_agents} is above maxAgents {role.max_agents}",
+                details={"role": role_name, "field": "minAgents"},
             )
-        if limit_range is not None:
-            role.resources(limit_range)
     except InvalidInput as exc:
         raise InvalidInput(where + exc.message, details={"role": role_name, **exc.details}) from exc
+    if limit_range is not None:
+        try:
+            role.resources(limit_range)
+        except InvalidInput as exc:  # a request above its own limit: its limit refuses it
+            raise Conflict(where + exc.message, details={"role": role_name, **exc.details}) from exc
     return role
 
 
@@ -180,6 +184,7 @@ def roles_from_document(doc: object, *, limit_range: LimitRange) -> list[Role]:
 
     Raises:
         InvalidInput: not such a document, or a bad role (the first, named).
+        Conflict: a role declared twice, or its ``minAgents`` above its ``maxAgents``.
         QuotaExceeded: a role's resources above the LimitRange's max.
     """
     if not isinstance(doc, Mapping) or not isinstance(doc.get("roles"), list):
@@ -190,7 +195,7 @@ def roles_from_document(doc: object, *, limit_range: LimitRange) -> list[Role]:
     seen: set[str] = set()
     for role in roles:
         if role.name in seen:
-            raise InvalidInput(f"role {role.name} is declared twice", details={"role": role.name})
+            raise Conflict(f"role {role.name} is declared twice", details={"role": role.name})
         seen.add(role.name)
     return roles
 
@@ -313,7 +318,7 @@ def _env(value: object) -> dict[str, str]:
         raise InvalidInput("env must be a mapping of at most 128 names to strings")
     env: dict[str, str] = {}
     for k, v in value.items():
-        if not isinstance(k, str) or not _ENV_NAME.match(k) or k.upper().startswith("CORRAL_"):
+        if not isinstance(k, str) or not _ENV_NAME.match(k) or k.startswith("CORRAL_"):
             raise InvalidInput(
                 f"env name {k!r} must be letters, digits and '_' and not start with CORRAL_ "
                 "(the platform's own)",

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ConfigDict, Field
 
 from corral.api.auth import Caller, caller, org_scope, platform
+from corral.api.routes.tasks import RetryIn, Seconds
 from corral.api.schemas import LABEL30, QUANTITY, Strict, strip_nulls
 from corral.domain.agents import MAX_SLOTS, Agent, AgentState
 from corral.domain.roles import MAX_ROLE_AGENTS, Role, role_from_wire, roles_from_document
@@ -25,10 +26,15 @@ Who = Annotated[Caller, Depends(caller)]
 RoleName = Annotated[str, Path(min_length=1, max_length=30, json_schema_extra={"pattern": LABEL30})]
 DryRun = Annotated[bool, Query(alias="dryRun", description="say what would change; change nothing")]
 
-#: ``30s``, ``5m``, ``250ms``; a bare number is seconds
-_DURATION = r"^[0-9]{1,7}(\.[0-9]{1,6})?(ms|s|m|h|d)?$"
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # not CORRAL_*: the platform's (checked)
-_PATTERN = r"^[a-z0-9.*?\[\]!-][a-z0-9._*?\[\]!-]{0,252}$"
+#: ``90``, ``90s``, ``5m``, ``2h``, ``1d`` (at most 30 days; or a number of seconds)
+_DURATION = r"^([1-9][0-9]{0,5}s?|[1-9][0-9]{0,3}m|[1-9][0-9]?h|[1-9]d)$"
+#: an environment variable's name, not one of the platform's (``CORRAL_*``)
+_ENV_NAME = (
+    r"^([A-BD-Za-z_]|C([A-NP-Za-z0-9_]|$)|CO([A-QS-Za-z0-9_]|$)|COR([A-QS-Za-z0-9_]|$)"
+    r"|CORR([B-Za-z0-9_]|$)|CORRA([A-KM-Za-z0-9_]|$)|CORRAL([A-Za-z0-9]|$))[A-Za-z0-9_]*$"
+)
+#: a secret's name or a glob over names (``*``, ``?``)
+_PATTERN = r"^[a-z0-9.*?-]{1,253}$"
 
 
 class Amounts(Strict):
@@ -42,14 +48,19 @@ class Resources(Strict):
     gpu: int = Field(default=0, ge=0, le=16)
 
 
-class RoleSpec(Strict):
-    """A role as declared; every field but ``name`` may be omitted."""
+class TaskDefaults(Strict):
+    """What the role's tasks get unless their submitter says otherwise."""
+
+    retry: RetryIn | None = None
+    run_timeout: Seconds | None = Field(default=None, alias="runTimeout")
+    heartbeat_timeout: Seconds | None = Field(default=None, alias="heartbeatTimeout")
+
+
+class RoleBody(Strict):
+    """A role as declared, its name aside (it is in the path); every field may be omitted."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=strip_nulls)
 
-    name: str | None = Field(
-        default=None, min_length=1, max_length=30, json_schema_extra={"pattern": LABEL30}
-    )
     command: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
         default=None, min_length=1, max_length=64, description="omitted: the built-in agent"
     )
@@ -57,20 +68,21 @@ class RoleSpec(Strict):
     resources: Resources | None = None
     min_agents: int = Field(default=0, ge=0, le=MAX_ROLE_AGENTS, alias="minAgents")
     max_agents: int = Field(default=1, ge=1, le=MAX_ROLE_AGENTS, alias="maxAgents")
-    idle_timeout: str | None = Field(
+    idle_timeout: Seconds | Annotated[str, Field(pattern=_DURATION)] | None = Field(
         default=None,
-        max_length=20,
         alias="idleTimeout",
-        json_schema_extra={"pattern": _DURATION},
-        description="idle time before an agent is paused (omitted: the plan's)",
+        description="idle time before an agent is paused: seconds, or 30s, 5m, 2h, 1d "
+        "(omitted: the plan's)",
     )
-    env: dict[Annotated[str, Field(pattern=_ENV_NAME)], str] | None = Field(
-        default=None, max_length=128
-    )
-    task_defaults: dict[str, Any] | None = Field(
-        default=None,
-        alias="taskDefaults",
-        description="retry, runTimeout, heartbeatTimeout for the role's tasks",
+    env: (
+        dict[
+            Annotated[str, Field(max_length=128, pattern=_ENV_NAME)],
+            Annotated[str, Field(max_length=4096)],
+        ]
+        | None
+    ) = Field(default=None, max_length=128)
+    task_defaults: TaskDefaults | None = Field(
+        default=None, alias="taskDefaults", description="over the plan's task defaults"
     )
     secrets: list[Annotated[str, Field(pattern=_PATTERN)]] | None = Field(
         default=None, max_length=64, description="secret names or globs its agents may read"
@@ -79,6 +91,12 @@ class RoleSpec(Strict):
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)
+
+
+class RoleSpec(RoleBody):
+    """A role of a roles file: its name and what :class:`RoleBody` holds."""
+
+    name: str = Field(min_length=1, max_length=30, json_schema_extra={"pattern": LABEL30})
 
 
 class RolesFile(Strict):
@@ -111,7 +129,7 @@ async def list_roles(org: Org, request: Request) -> dict[str, Any]:
 @router.put("/{role}")
 async def put_role(
     role: RoleName,
-    body: RoleSpec,
+    body: RoleBody,
     org: Org,
     who: Who,
     request: Request,
