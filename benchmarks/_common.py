@@ -79,7 +79,8 @@ async def live_platform(
 ) -> AsyncIterator[Platform]:
     """A whole platform (SQLite, or ``database_url``; its own nats-server; local agent
     processes) in a temporary directory that is removed afterwards; nothing provisions on its
-    own. A PostgreSQL database given here is emptied first."""
+    own (unless ``auto_provision=True`` is given). A PostgreSQL database given here is emptied
+    first."""
     plans.register(plans.plan_from_wire(_PLAN_WIRE))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
@@ -87,10 +88,9 @@ async def live_platform(
             data_dir=Path(tmp) / "data",
             port=0,
             heartbeat_seconds=heartbeat_seconds,
-            auto_provision=False,
             database_url=database_url,
             sandbox=sandbox,  # type: ignore[arg-type]
-            **overrides,
+            **{"auto_provision": False, **overrides},
         )
         if database_url is not None and database_url.startswith("postgres"):
             await _empty_postgres(database_url)

@@ -12,6 +12,10 @@ Measured, one figure per line next to its target:
 - pause: ``Controller.pause`` (checkpoint over the bus, stop the process, revoke, release)
   until it returns, and resume → ready (``resume`` until the agent reported ready again).
 - idle memory: USS of each idle agent's process tree, from ``LocalProcessRuntime.usage``.
+- scale-up of a declared role: ``--scale-tasks`` (200) tasks submitted at once for a role with
+  no agent yet and ``maxAgents: 20`` (the built-in agent, one slot, each task sleeping
+  ``--scale-sleep`` seconds): time until all 20 agents are busy, and until the queue is
+  drained; how many agents the queue started (exactly ``maxAgents``, never more).
 
 The peer is Ray: the figures from the performance notes (Ray 2.60 on a 2-core machine like
 this one) are always printed; where ``ray`` is importable the same figures are measured in
@@ -22,7 +26,7 @@ The sandbox is on by default (as in ``corral up``); ``--sandbox both`` (the defa
 with it on and then off in the same run and prints both tables, so its cost shows side by side.
 
 Run: ``python benchmarks/agents.py [--sequential 30] [--burst 100] [--cycles 10] [--no-ray]
-[--no-zygote] [--sandbox both|on|off]``.
+[--no-zygote] [--sandbox both|on|off] [--scale-tasks 200] [--scale-max 20] [--scale-sleep 0.5]``.
 Everything runs on loopback in a temporary data directory, and nothing is left running.
 """
 
@@ -47,6 +51,8 @@ import _common as c
 
 from corral.control.platform import Platform
 from corral.domain.admission import ContainerRequest
+from corral.domain.roles import role_from_wire
+from corral.domain.tasks import NO_REQUIREMENTS, Priority, TaskState
 from corral.domain.tenancy import Organization
 from corral.runtime.local import LocalProcessRuntime
 
@@ -82,6 +88,11 @@ class Figures:
     idle_uss: list[int] = field(default_factory=list)
     idle_rss: list[int] = field(default_factory=list)
     terminate: list[float] = field(default_factory=list)
+    scale_busy: float = float("nan")  # until maxAgents agents were busy at once
+    scale_drained: float = float("nan")  # until every task ended
+    scale_agents: int = 0  # agents the role's queue started
+    scale_most: int = 0  # the most agents of the role seen at once
+    scale_completed: int = 0
 
 
 async def _provision(p: Platform, org: Organization, name: str) -> tuple[str, float, float]:
@@ -152,7 +163,51 @@ async def measure_corral(args: argparse.Namespace, sandbox: str) -> Figures:
             f.burst_started = max(r[1] for r in results)
             print(f"  burst of {args.burst} done", flush=True)
             f.terminate += await _terminate_all(p, org, [r[0] for r in results])
+    if args.scale_tasks:
+        await measure_scale_up(args, sandbox, f)
     return f
+
+
+async def measure_scale_up(args: argparse.Namespace, sandbox: str, f: Figures) -> None:
+    """``--scale-tasks`` tasks at once for a declared role with no agent and ``maxAgents``
+    ``--scale-max``: until all of its agents are busy, and until the queue is drained."""
+    async with c.live_platform(sandbox=sandbox, auto_provision=True) as p:
+        org = await c.bench_org(p, "scale")
+        role = role_from_wire(
+            {"name": "scale", "maxAgents": args.scale_max}, limit_range=org.plan.limit_range
+        )
+        await p.roles.apply(org, [role], actor="bench")
+        book = p.dispatcher.book
+        t0 = time.perf_counter()
+        ids = []
+        for _ in range(args.scale_tasks):
+            rec = await p.dispatcher.submit(
+                org,
+                role="scale",
+                agent=None,
+                priority=Priority.NORMAL,
+                deadline=None,
+                requirements=NO_REQUIREMENTS,
+                payload={"op": "sleep", "seconds": args.scale_sleep},
+            )
+            ids.append(rec.id)
+        deadline = t0 + READY_TIMEOUT * 5
+        while time.perf_counter() < deadline:
+            busy = sum(1 for tasks in book.inflight.values() if tasks)
+            if busy >= args.scale_max and f.scale_busy != f.scale_busy:
+                f.scale_busy = time.perf_counter() - t0
+            mine = [a for a in p.dispatcher.snapshot.known(org.id) if a.role == "scale"]
+            f.scale_most = max(f.scale_most, len(mine))
+            if not any(i in book.live for i in ids):
+                f.scale_drained = time.perf_counter() - t0
+                break
+            await asyncio.sleep(0.01)
+        agents = await p.agents.find(org_id=org.id)
+        f.scale_agents = len(agents)
+        f.scale_most = max(f.scale_most, len(agents))
+        tasks = [await p.tasks.get(i) for i in ids]
+        f.scale_completed = sum(1 for t in tasks if t.state is TaskState.COMPLETED)
+        print(f"  scale-up of {args.scale_tasks} tasks done", flush=True)
 
 
 @dataclass
@@ -296,6 +351,22 @@ def report(args: argparse.Namespace, f: Figures, r: RayFigures | None, sandbox: 
               f"{c.mib(statistics.median(f.idle_rss))}")  # fmt: skip
     if f.terminate:
         t.add(f"terminate p50 (n={len(f.terminate)}, concurrent)", c.ms(c.pct(f.terminate, 50)))
+    if f.scale_agents:
+        t.add(
+            f"scale-up: {args.scale_tasks} tasks, empty role (maxAgents {args.scale_max}): "
+            "all agents busy",
+            c.secs(f.scale_busy),
+        )
+        t.add(
+            f"  until the queue drained ({f.scale_completed}/{args.scale_tasks} completed, "
+            f"{args.scale_sleep:g} s each)",
+            c.secs(f.scale_drained),
+        )
+        t.add(
+            "  agents the queue started / most at once",
+            f"{f.scale_agents} / {f.scale_most}",
+            f"= {args.scale_max} ({c.met(abs(f.scale_agents - args.scale_max), 0)})",
+        )
     if r is not None:
         t.add(
             "runtime start (ray.init)", "", measured=c.secs(r.init), notes=c.secs(RAY_NOTES["init"])
@@ -329,6 +400,9 @@ def main() -> None:
         help="measure with the sandbox on (its default, strict where the kernel allows), off, "
         "or both in this run (the default: on first, then off, side by side)",
     )
+    ap.add_argument("--scale-tasks", type=int, default=200, help="scale-up tasks (0: skip)")
+    ap.add_argument("--scale-max", type=int, default=20, help="the scale-up role's maxAgents")
+    ap.add_argument("--scale-sleep", type=float, default=0.5, help="seconds each task sleeps")
     ap.add_argument("--limit", type=float, default=600.0, help="give up after this many seconds")
     ap.add_argument("--ray-peer", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -49,6 +49,13 @@ class Live:
         assert r.status_code == 201, r.text
         return r.json()
 
+    async def roles(self, org: str, *roles: dict[str, Any]) -> dict[str, Any]:
+        """Declare ``org``'s roles (``{"name": "worker"}``: the built-in agent, on demand)."""
+        r = await self.admin.put(f"/v1/orgs/{org}/roles", json={"roles": list(roles)})
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
     async def task(self, org: str, **body: Any) -> dict[str, Any]:
         r = await self.admin.post(f"/v1/orgs/{org}/tasks", json=body)
         assert r.status_code == 201, r.text

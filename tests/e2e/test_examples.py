@@ -23,6 +23,8 @@ async def test_an_agent_written_against_the_wire_protocol_alone_does_tasks(live:
 
 async def test_the_example_manager_delegates_to_workers(live: Live) -> None:
     await live.org("acme")
+    # the workers it delegates to, and the echo role, run the built-in agent as declared
+    await live.roles("acme", {"name": "worker", "maxAgents": 2}, {"name": "echo"})
     await live.agent(
         "acme", "boss", role="manager", command=[sys.executable, str(EXAMPLES / "manager_agent.py")]
     )
@@ -31,6 +33,6 @@ async def test_the_example_manager_delegates_to_workers(live: Live) -> None:
     )
     done = await live.wait_task("acme", t["id"], timeout=40)
     assert done["state"] == "completed" and done["result"] == {"words": 5, "jobs_done": 1}
-    t = await live.task("acme", role="echo", payload={"x": 1})  # no such agent: one is provisioned
+    t = await live.task("acme", role="echo", payload={"x": 1})  # no agent yet: one is provisioned
     done = await live.wait_task("acme", t["id"], timeout=40)
     assert done["state"] == "completed" and done["result"]["echo"] == {"x": 1}

@@ -11,7 +11,17 @@ from corral.api import errors
 from corral.api.auth import scope_authenticator
 from corral.api.guard import AddressLimiter, BodyGuard
 from corral.api.ratelimit import RateLimiter
-from corral.api.routes import agents, dashboard, events, metrics, models, orgs, secrets, tasks
+from corral.api.routes import (
+    agents,
+    dashboard,
+    events,
+    metrics,
+    models,
+    orgs,
+    roles,
+    secrets,
+    tasks,
+)
 from corral.control.platform import Platform
 
 __all__ = ["create_app"]
@@ -38,7 +48,7 @@ def create_app(platform: Platform) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (orgs, agents, tasks, secrets, models, events, metrics, dashboard):
+    for module in (orgs, agents, roles, tasks, secrets, models, events, metrics, dashboard):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     _errors_are_json(app)
     return app

@@ -1,7 +1,8 @@
 """``corral demo``: the platform's main job, start to finish, on the embedded default.
 
 An embedded control plane in a temporary data dir (SQLite, its own nats-server, agents as
-local processes): organizations on three plans, a manager and workers per org, a secret and
+local processes): organizations on three plans, each declaring a manager role (one agent kept
+warm) and a worker role its queue scales, a secret and
 its grant, tasks of every priority (the managers split a word count over the bundled corpus
 and delegate the parts to workers over the bus), live progress, an idle agent paused and woken
 by a new task, cross-tenant probes, per-org figures, and a teardown that leaves no process.
@@ -122,34 +123,32 @@ async def _story(srv: RunningServer) -> None:
     code, body = await api.status("POST", "/v1/orgs", json={"name": "Bad_Name!"})
     check(code == 422, f"a bad name is refused (422): {body['error']['message'][:60]}…")
 
-    # 2. agents
-    console.rule("2. agents: a manager and workers per org, each its own process")
+    # 2. roles
+    console.rule("2. roles: each org declares its manager and its workers; the platform runs them")
     agents: dict[str, dict[str, str]] = {}
     for name, _, workers in ORGS:
-        mgr = await api.call(
-            "POST",
-            f"/v1/orgs/{name}/agents",
-            json={"name": "manager", "role": "manager", "wait": True},
+        declared = await api.call(
+            "PUT",
+            f"/v1/orgs/{name}/roles",
+            json={
+                "roles": [
+                    {"name": "manager", "minAgents": 1, "maxAgents": 1},
+                    {
+                        "name": "worker",
+                        "maxAgents": workers,
+                        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
+                    },
+                ]
+            },
         )
+        made = [c["action"] for c in declared["changes"]]
+        mgr = await _role_agent(api, name, "manager")
         agents[name] = {"manager": mgr["id"]}
-        for i in range(workers):
-            w = await api.call(
-                "POST",
-                f"/v1/orgs/{name}/agents",
-                json={
-                    "name": f"worker{i}",
-                    "role": "worker",
-                    "cpu": "250m",
-                    "memory": "256Mi",
-                    "wait": True,
-                },
-            )
-            agents[name][f"worker{i}"] = w["id"]
-        check(mgr["state"] == "running", f"{name}: manager + {workers} worker(s) running")
-    code, body = await api.status(
-        "POST", "/v1/orgs/initech/agents", json={"name": "extra", "role": "worker"}
-    )
-    check(code == 409, f"initech (free) is at its agent limit: {body['error']['message']}")
+        check(
+            made == ["create", "create"] and mgr["state"] == "running",
+            f"{name}: roles manager (1 kept warm) and worker (0..{workers} on demand); "
+            f"{mgr['name']} running",
+        )
 
     # 3. secrets
     console.rule("3. credentials: a per-org vault, grants like the seed's Role")
@@ -165,10 +164,17 @@ async def _story(srv: RunningServer) -> None:
         done["state"] == "completed" and done["result"]["sha256"] == want,
         "acme's manager read the granted github-token (only its hash is shown)",
     )
-    done = await _ask(
-        api, "acme", agents["acme"]["worker0"], {"op": "secret", "name": "github-token"}
+    t = await api.call(
+        "POST",
+        "/v1/orgs/acme/tasks",
+        json={"role": "worker", "payload": {"op": "secret", "name": "github-token"}},
     )
-    check(done["state"] == "blocked", "acme's worker has no grant: denied, and audited")
+    done = await _wait(api, "acme", t["id"])
+    check(
+        done["state"] == "blocked",
+        f"acme's worker ({done['assignedAgent']}, started for this task) has no grant: "
+        "denied, and audited",
+    )
 
     # 4. scheduling
     tasks: dict[str, tuple[str, str]] = {}
@@ -200,9 +206,23 @@ async def _story(srv: RunningServer) -> None:
     words = {r["result"]["words"] for r in results.values() if "words" in (r["result"] or {})}
     check(len(words) == 1, f"each manager counted {words.pop()} words across 4 delegated parts")
 
+    crew: dict[str, list[dict[str, Any]]] = {
+        name: (await api.call("GET", f"/v1/orgs/{name}/roles/worker"))["agents"]
+        for name, _, _ in ORGS
+    }
+    check(
+        all(1 <= len(crew[name]) <= n for name, _, n in ORGS),
+        "each org's queue started its workers, never more than maxAgents: "
+        + ", ".join(f"{name} {len(crew[name])}/{n}" for name, _, n in ORGS),
+    )
+    code, body = await api.status(
+        "POST", "/v1/orgs/initech/agents", json={"name": "extra", "role": "worker"}
+    )
+    check(code == 409, f"initech (free) is at its agent limit: {body['error']['message']}")
+
     # 5. pause and wake
     console.rule("5. scale to zero: pause an idle agent, wake it with a new task")
-    target = agents["globex"]["worker0"]
+    target = next(a["id"] for a in crew["globex"] if a["state"] == "running")
     before = (await api.call("GET", "/v1/orgs/globex/usage"))["quota"]
     paused = await api.call("POST", f"/v1/orgs/globex/agents/{target}/pause")
     check(paused["state"] == "paused", f"{target} paused at {paused['pausedAt']}")
@@ -278,6 +298,19 @@ async def _bus_probe(api: Api, agents: dict[str, dict[str, str]]) -> bool | None
     if done["state"] != "completed" or "foreign" not in result:
         return None  # this agent build has no bus probe
     return int(result["foreign"]) == 0
+
+
+async def _role_agent(api: Api, org: str, role: str, timeout: float = 60) -> dict[str, Any]:
+    """The first running agent of ``org``'s ``role``, once there is one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = await api.call("GET", f"/v1/orgs/{org}/roles/{role}")
+        running = [a for a in shown["agents"] if a["state"] == "running"]
+        if running:
+            return running[0]  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"no {role} agent of {org} was running after {timeout:g}s")
+        await asyncio.sleep(0.05)
 
 
 async def _ask(api: Api, org: str, agent: str, payload: dict[str, Any]) -> dict[str, Any]:

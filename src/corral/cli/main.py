@@ -32,12 +32,13 @@ def cli(
 
 
 def _register() -> None:
-    from corral.cli import agents, demo, isolation, k8s, models, orgs, secrets, tasks, up
+    from corral.cli import agents, demo, isolation, k8s, models, orgs, roles, secrets, tasks, up
 
     cli.add_command(up.up)
     cli.add_command(demo.demo)
     cli.add_command(orgs.org)
     cli.add_command(agents.agent)
+    cli.add_command(roles.role)
     cli.add_command(tasks.task)
     cli.add_command(k8s.k8s)
     for command in (secrets.secret, secrets.grant, secrets.audit):

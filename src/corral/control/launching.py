@@ -87,6 +87,7 @@ class Launcher:
         self, org: Organization, agent: Agent, creds: str, *, env: dict[str, str] | None = None
     ) -> LaunchSpec:
         env = {
+            **agent.env,  # its role's; never over the platform's own variables
             "CORRAL_ORG": org.slug,
             "CORRAL_ORG_ID": org.id,
             "CORRAL_AGENT_ID": agent.id,

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,6 +89,8 @@ class Controller(AgentRecords):
         request: ContainerRequest,
         command: Sequence[str] | None = None,
         slots: int = 1,
+        env: Mapping[str, str] | None = None,
+        role_version: int | None = None,
     ) -> Agent:
         """Admit, charge, register and start a new agent; it becomes ``running`` when it
         reports ready.
@@ -121,6 +123,8 @@ class Controller(AgentRecords):
                 resources=resources,
                 command=argv,
                 slots=slots,
+                env=env,
+                role_version=role_version,
             )
             steps.append(lambda: self.agents.delete(agent_id))
             await self._launcher.launch(org, await self.agents.get(agent_id), steps)
@@ -251,9 +255,12 @@ class Controller(AgentRecords):
                     details={"agent": agent_id, "state": agent.state.value},
                 )
             previous = agent.state
-            charge = charge_for(agent.resources, pvc=False)
-            await self.ledger.reserve(org.id, org.plan, charge)
-            steps: Undo = [lambda: self.ledger.release(org.id, charge)]
+            # a paused agent holds its workspace and agent slot; a failed one holds nothing
+            whole = previous is AgentState.FAILED
+            charge = charge_for(agent.resources, pvc=whole)
+            agents, gpus = (1, agent.resources.gpu) if whole else (0, 0)
+            await self.ledger.reserve(org.id, org.plan, charge, agents=agents, gpus=gpus)
+            steps: Undo = [lambda: self.ledger.release(org.id, charge, agents=agents, gpus=gpus)]
             await self._transition(
                 agent_id, expect=[previous], to=AgentState.RESUMING, restarts=0, detail=""
             )
@@ -285,13 +292,14 @@ class Controller(AgentRecords):
                     await self.bus.revoke_agent(org.slug, agent.id)
             with contextlib.suppress(CorralError):
                 await self.bus.remove_agent(org.slug, agent_id)
-            holds_pod = agent.state in HOLDS_POD
-            await self.ledger.release(
-                org.id,
-                charge_for(agent.resources, pod=holds_pod),
-                agents=1,
-                gpus=agent.resources.gpu,
-            )
+            if agent.state is not AgentState.FAILED:  # a failed one released it all
+                holds_pod = agent.state in HOLDS_POD
+                await self.ledger.release(
+                    org.id,
+                    charge_for(agent.resources, pod=holds_pod),
+                    agents=1,
+                    gpus=agent.resources.gpu,
+                )
             if delete_workspace:
                 await self.runtime.delete_workspace(org.slug, agent_id)
             await self._transition(
@@ -375,12 +383,10 @@ class Controller(AgentRecords):
                 await self._launcher.launch(org, agent, [])
         except CorralError as exc:
             log.error("restart of %s failed: %s", agent_id, exc.message)
-            await self._transition(
-                agent_id,
-                expect=[AgentState.PROVISIONING],
-                to=AgentState.FAILED,
-                detail=f"restart failed: {exc.message}",
-            )
+            with contextlib.suppress(CorralError):
+                current = await self.agents.get(agent_id)
+                if current.state is AgentState.PROVISIONING:
+                    await self._fail(org, current, detail=f"restart failed: {exc.message}")
         except Exception:
             log.exception("restart of %s failed", agent_id)
 
@@ -412,14 +418,20 @@ class Controller(AgentRecords):
         return True
 
     async def _fail(self, org: Organization, agent: Agent, *, detail: str, **fields: Any) -> bool:
-        """``agent`` becomes ``failed``: off the bus, its quota released. False: it had moved."""
+        """``agent`` becomes ``failed``: off the bus, all its quota released (its pod, its
+        workspace and its agent slot: resuming it charges them again). False: it had moved."""
         if not await self._transition(
             agent.id, expect=[agent.state], to=AgentState.FAILED, detail=detail, **fields
         ):
             return False
         with contextlib.suppress(CorralError):
             await self.bus.revoke_agent(org.slug, agent.id)
-        await self.ledger.release(org.id, charge_for(agent.resources, pvc=False))
+        await self.ledger.release(
+            org.id,
+            charge_for(agent.resources, pod=agent.state in HOLDS_POD),
+            agents=1,
+            gpus=agent.resources.gpu,
+        )
         self._publish(await self.agents.get(agent.id))
         self.on_capacity(org.id)
         return True

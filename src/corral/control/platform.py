@@ -32,6 +32,7 @@ from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
 from corral.control.monitoring import refresh_metrics
 from corral.control.retention import Retention, retention_of
+from corral.control.roles import RoleService
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.agents import Agent, AgentState
@@ -46,6 +47,7 @@ from corral.settings import Settings
 from corral.store.agents import AgentRepository
 from corral.store.db import Database
 from corral.store.quota import QuotaLedger
+from corral.store.roles import RoleRepository
 from corral.store.task_journal import TaskJournal
 from corral.store.tasks import TaskRepository
 from corral.store.tenants import OrgRepository
@@ -92,6 +94,7 @@ class Platform:
         self.controller: Controller
         self.dispatcher: Dispatcher
         self.models: GatewayService  # the model gateway: models, budgets, metering
+        self.roles: RoleService  # the roles each org declares
 
     async def __aenter__(self) -> Platform:
         try:
@@ -126,6 +129,8 @@ class Platform:
         self.vault = Vault(SqlVaultStore(self.db), Keyring.open(self.data_dir))
         await self.vault.start()
         self.access = SecretAccess(self.vault, self._registered_agent)
+        self.roles = RoleService(RoleRepository(self.db), self.vault.grants)
+        await self.roles.load()
         self.models = await self._stack.enter_async_context(
             GatewayService(
                 self.db,
@@ -172,7 +177,9 @@ class Platform:
             idle_timeout=(lambda org: idle)
             if idle is not None
             else (lambda org: org.plan.idle_timeout_seconds),
+            roles=self.roles.roles,
         )
+        self.roles.on_change = self.dispatcher.roles_changed
         self._stack.push_async_callback(self.dispatcher.close)
         self.dispatcher.on_dispatched = self.metrics.dispatch_latency.labels("all").observe
         self.controller.on_capacity = self.dispatcher.capacity_changed
@@ -317,6 +324,7 @@ class Platform:
 
         async def scheduler_down(org: Organization) -> None:
             self.dispatcher.org_removed(org)
+            self.roles.forget_org(org.id)
 
         async def vault_down(org: Organization) -> None:
             await self.vault.destroy_org(OrgId(org.id), actor="platform")

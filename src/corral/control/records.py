@@ -44,13 +44,21 @@ class AgentRecords:
         self.current_task: Callable[[str], str | None] = lambda agent_id: None
 
     # -- questions ------------------------------------------------------------------------
-    async def find_agents(self, org: Organization) -> list[Agent]:
-        """Every agent of ``org``, terminated ones included, oldest first."""
-        return await self.agents.find(org_id=org.id)
+    async def find_agents(self, org: Organization, *, terminated: bool = False) -> list[Agent]:
+        """Every agent of ``org`` (with ``terminated``, the terminated ones too), oldest
+        first."""
+        agents = await self.agents.find(org_id=org.id)
+        if terminated:
+            return agents
+        return [a for a in agents if a.state is not AgentState.TERMINATED]
 
-    async def get_agent(self, org: Organization, agent_id: str) -> Agent:
-        """Raises: NotFound: no such agent in ``org``."""
-        return await self.agents.get(agent_id, org_id=org.id)
+    async def get_agent(self, org: Organization, agent: str) -> Agent:
+        """The agent of ``org`` whose id or (live agent's) name is ``agent``.
+
+        Raises:
+            NotFound: no such agent in ``org``.
+        """
+        return await self.agents.resolve(agent, org_id=org.id)
 
     def _lock(self, agent_id: str) -> asyncio.Lock:
         return self._locks.setdefault(agent_id, asyncio.Lock())

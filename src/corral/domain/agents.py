@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -43,9 +44,10 @@ class AgentState(StrEnum):
 HOLDS_POD = frozenset(
     {AgentState.PROVISIONING, AgentState.RUNNING, AgentState.PAUSING, AgentState.RESUMING}
 )
-#: States in which the agent holds its workspace (PVC) and an agent slot.
-HOLDS_WORKSPACE = HOLDS_POD | {AgentState.PAUSED, AgentState.FAILED}
-LIVE_STATES = HOLDS_WORKSPACE
+#: States in which the agent holds its workspace (PVC) and an agent slot against the quota (a
+#: failed agent's workspace is kept, but it holds nothing until it is resumed).
+HOLDS_WORKSPACE = HOLDS_POD | {AgentState.PAUSED}
+LIVE_STATES = HOLDS_WORKSPACE | {AgentState.FAILED}
 
 # A restart re-enters ``provisioning`` (or ``resuming``, for the reconciler's restart of an
 # agent that was resuming) from the state the agent crashed in.
@@ -131,6 +133,8 @@ class Agent:
     terminated_at: datetime | None = None
     detail: str = ""
     slots: int = 1  # tasks it runs at once (the SDK's CORRAL_AGENT_SLOTS)
+    env: Mapping[str, str] = field(default_factory=dict)  # its role's environment
+    role_version: int | None = None  # the version of its role's spec it was provisioned with
 
     @property
     def idle(self) -> bool:
@@ -151,6 +155,7 @@ class Agent:
             "resources": self.resources.to_wire(),
             "command": list(self.command),
             "slots": self.slots,
+            "roleVersion": self.role_version,
             "restarts": self.restarts,
             "createdAt": ts(self.created_at),
             "lastSeenAt": ts(self.last_seen_at),

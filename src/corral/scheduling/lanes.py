@@ -45,6 +45,7 @@ class OrgState(Generic[T]):
         "share",
         "vtime",
         "queued",
+        "by_role",
         "lanes",
     )
 
@@ -56,6 +57,7 @@ class OrgState(Generic[T]):
         self.running = 0  # tasks dispatched or running
         self.served = 0  # tasks ever handed out
         self.queued = 0
+        self.by_role: dict[str | None, int] = {}  # queued tasks for a role (not one agent)
         self.lanes: dict[LaneKey, Lane[T]] = {}
         self.share = self.vtime = 0.0
         self.reweigh()

@@ -194,6 +194,11 @@ class Scheduler:
     def queued(self, org: OrgId) -> int:
         return self._org(org).queued
 
+    def queued_for(self, org: OrgId, role: str | None) -> int:
+        """Tasks of ``org`` queued for ``role`` (not those addressed to one agent)."""
+        state = self._orgs.get(org)
+        return 0 if state is None else state.by_role.get(role, 0)
+
     # -- tasks -----------------------------------------------------------------------------
 
     def enqueue(self, task: QueuedTask) -> None:
@@ -241,6 +246,8 @@ class Scheduler:
         item = (rank_of(key, deadline, seq), task)
         self._index[task.id] = item
         org.queued += 1
+        if task.agent_id is None:
+            org.by_role[task.role] = org.by_role.get(task.role, 0) + 1
         if deadline is not None:
             self._with_deadline += 1
             heappush(self._deadlines, (deadline, next(self._deadline_seq), task))
@@ -375,6 +382,8 @@ class Scheduler:
             lane.reason = ""
             del self._index[task.id]
             org.queued -= 1
+            if task.agent_id is None:
+                org.by_role[task.role] -= 1
             if deadline is not None:
                 self._with_deadline -= 1
             running = org.running = org.running + 1
@@ -407,7 +416,10 @@ class Scheduler:
     def _forget(self, task: QueuedTask) -> None:
         """Drop ``task`` from the index and counters; an item left in a lane becomes dead."""
         del self._index[task.id]
-        self._orgs[task.org].queued -= 1
+        org = self._orgs[task.org]
+        org.queued -= 1
+        if task.agent_id is None:
+            org.by_role[task.role] -= 1
         if task.deadline is not None:
             self._with_deadline -= 1
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +67,8 @@ def _agent(row: AgentRow, slug: str) -> Agent:
         terminated_at=_utc(row.terminated_at),
         detail=row.detail,
         slots=int(row.command.get("slots", 1)),
+        env=dict(row.command.get("env") or {}),
+        role_version=row.command.get("roleVersion"),
     )
 
 
@@ -84,8 +86,15 @@ class AgentRepository:
         resources: AdmittedResources,
         command: Iterable[str],
         slots: int = 1,
+        env: Mapping[str, str] | None = None,
+        role_version: int | None = None,
     ) -> None:
         now = datetime.now(UTC)
+        program: dict[str, Any] = {"argv": list(command), "slots": slots}
+        if env:
+            program["env"] = dict(env)
+        if role_version is not None:
+            program["roleVersion"] = role_version
         try:
             async with self._db.sessions() as s, s.begin():
                 s.add(
@@ -97,7 +106,7 @@ class AgentRepository:
                         state=AgentState.PROVISIONING.value,
                         busy_task=None,
                         resources=resources_to_json(resources),
-                        command={"argv": list(command), "slots": slots},
+                        command=program,
                         public_key=None,
                         restarts=0,
                         holds_pod=True,
@@ -121,6 +130,24 @@ class AgentRepository:
             row = (await s.execute(q)).first()
         if row is None:
             raise NotFound(f"agent {agent_id!r} not found", details={"agent": agent_id})
+        return _agent(row[0], row[1])
+
+    async def resolve(self, ref: str, *, org_id: str) -> Agent:
+        """The org's agent whose id is ``ref``, or else its live (not terminated) agent named
+        ``ref``.
+
+        Raises:
+            NotFound: neither.
+        """
+        async with self._db.sessions() as s:
+            q = select(AgentRow, OrgRow.slug).join(OrgRow, OrgRow.id == AgentRow.org_id)
+            q = q.where(AgentRow.org_id == org_id)
+            row = (await s.execute(q.where(AgentRow.id == ref))).first()
+            if row is None:
+                live = AgentRow.state != AgentState.TERMINATED.value
+                row = (await s.execute(q.where(AgentRow.name == ref, live))).first()
+        if row is None:
+            raise NotFound(f"agent {ref!r} not found", details={"agent": ref})
         return _agent(row[0], row[1])
 
     async def find(

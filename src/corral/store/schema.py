@@ -19,7 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -109,7 +109,15 @@ class AgentRow(Base):
     terminated_at: Mapped[datetime | None]
     detail: Mapped[str] = mapped_column(Text, default="")
     __table_args__ = (
-        UniqueConstraint("org_id", "name", name="uq_agents_org_name"),
+        # a name is its org's while the agent is not terminated (then it is free again)
+        Index(
+            "uq_agents_org_live_name",
+            "org_id",
+            "name",
+            unique=True,
+            sqlite_where=text("state != 'terminated'"),
+            postgresql_where=text("state != 'terminated'"),
+        ),
         Index("ix_agents_org_state", "org_id", "state"),
     )
 

@@ -80,14 +80,26 @@ async def provision(body: AgentCreate, org: Org, request: Request) -> dict[str, 
 
 @router.get("")
 async def list_agents(
-    org: Org, request: Request, state: Annotated[AgentState | None, Query()] = None
+    org: Org,
+    request: Request,
+    state: Annotated[AgentState | None, Query()] = None,
+    terminated: Annotated[
+        bool, Query(description="include terminated agents (they are kept as history)")
+    ] = False,
 ) -> dict[str, Any]:
-    agents = await platform(request).controller.find_agents(org)
+    history = terminated or state is AgentState.TERMINATED
+    agents = await platform(request).controller.find_agents(org, terminated=history)
     return {"agents": [a.to_wire() for a in agents if state is None or a.state == state]}
+
+
+async def _id(request: Request, org: Organization, agent: str) -> str:
+    """The id of the agent ``agent`` names by id or by (live agent's) name."""
+    return (await platform(request).controller.get_agent(org, agent)).id
 
 
 @router.get("/{agent}")
 async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
+    """One agent, by id or name."""
     controller = platform(request).controller
     found = await controller.get_agent(org, agent)
     wire = found.to_wire()
@@ -101,21 +113,24 @@ async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
 async def logs(
     agent: str, org: Org, request: Request, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
 ) -> dict[str, Any]:
-    text = await platform(request).controller.agent_logs(org, agent, tail=tail)
-    return {"agent": agent, "logs": text}
+    agent_id = await _id(request, org, agent)
+    text = await platform(request).controller.agent_logs(org, agent_id, tail=tail)
+    return {"agent": agent_id, "logs": text}
 
 
 @router.post("/{agent}/pause")
 async def pause(agent: str, org: Org, request: Request, force: bool = False) -> dict[str, Any]:
-    return (await platform(request).controller.pause(org, agent, force=force)).to_wire()
+    agent_id = await _id(request, org, agent)
+    return (await platform(request).controller.pause(org, agent_id, force=force)).to_wire()
 
 
 @router.post("/{agent}/resume")
 async def resume(agent: str, org: Org, request: Request, wait: bool = False) -> dict[str, Any]:
     p = platform(request)
-    resumed = await p.controller.resume(org, agent)
+    agent_id = await _id(request, org, agent)
+    resumed = await p.controller.resume(org, agent_id)
     if wait:
-        resumed = await p.controller.wait_running(agent, timeout=30.0)
+        resumed = await p.controller.wait_running(agent_id, timeout=30.0)
     return resumed.to_wire()
 
 
@@ -123,5 +138,7 @@ async def resume(agent: str, org: Org, request: Request, wait: bool = False) -> 
 async def terminate(
     agent: str, org: Org, request: Request, keep_workspace: bool = False
 ) -> Response:
-    await platform(request).controller.terminate(org, agent, delete_workspace=not keep_workspace)
+    agent_id = await _id(request, org, agent)
+    p = platform(request)
+    await p.controller.terminate(org, agent_id, delete_workspace=not keep_workspace)
     return Response(status_code=204)

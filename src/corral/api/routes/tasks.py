@@ -19,6 +19,7 @@ from corral.api.schemas import (
     exactly_one_of,
     strip_nulls,
 )
+from corral.control.platform import Platform
 from corral.domain.budgets import Budget
 from corral.domain.errors import InvalidInput
 from corral.domain.ids import new_task_id
@@ -174,7 +175,7 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
             deadline=parse_deadline(body.deadline),
             requirements=reqs,
             payload=body.payload,
-            policy=body.policy(org.plan.task_policy),
+            policy=body.policy(_defaults(p, org, body.role)),
             idempotency_key=body.idempotency_key,
             task_id=task_id,
         )
@@ -265,3 +266,10 @@ async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
 @router.post("/{task}/cancel")
 async def cancel(task: str, org: Org, request: Request) -> dict[str, Any]:
     return (await platform(request).dispatcher.cancel(org, task)).to_wire()
+
+
+def _defaults(p: Platform, org: Organization, role: str | None) -> TaskPolicy:
+    """A task's defaults: its plan's, with its declared role's task defaults over them."""
+    declared = p.roles.role(org.id, role)
+    base = org.plan.task_policy
+    return declared.policy(base) if declared is not None else base

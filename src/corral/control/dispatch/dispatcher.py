@@ -41,6 +41,7 @@ from corral.domain.errors import CorralError
 from corral.domain.ids import OrgId
 from corral.domain.messages import MessageType, TaskMessage
 from corral.domain.policies import TaskPolicy
+from corral.domain.roles import Role
 from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
 from corral.domain.tenancy import Organization
 from corral.scheduling.placement import Action, AgentAvailability, Placement
@@ -74,6 +75,7 @@ class Dispatcher:
         heartbeat_seconds: float = 5.0,
         retention: Callable[[Organization], float] = lambda org: org.plan.task_retention_seconds,
         stop_grace: float = 10.0,
+        roles: Callable[[str], list[Role]] = lambda org_id: [],
     ) -> None:
         self.tasks = tasks
         self.journal = journal
@@ -100,10 +102,17 @@ class Dispatcher:
             stop_grace=stop_grace,
         )
         self.scheduler = self.book.scheduler
+        self.roles = roles
+
+        def role(org_id: str, name: str | None) -> Role | None:
+            return next((r for r in roles(org_id) if r.name == name), None)
+
         self.snapshot = AgentSnapshot(
             find_agents=lambda states: controller.agents.find(states=states),
             ledger=ledger,
             inflight=self.book.inflight,
+            role=role,
+            queued=lambda org_id, name: self.scheduler.queued_for(OrgId(org_id), name),
         )
         self.reaper = Reaper(
             controller=controller,
@@ -115,9 +124,15 @@ class Dispatcher:
             on_capacity=self.capacity_changed,
             idle_timeout=idle_timeout,
             heartbeat_seconds=heartbeat_seconds,
+            role=role,
         )
         self.supply = Supply(
-            controller=controller, snapshot=self.snapshot, capacity_changed=self.capacity_changed
+            controller=controller,
+            snapshot=self.snapshot,
+            capacity_changed=self.capacity_changed,
+            roles=roles,
+            inflight=self.book.inflight,
+            background=self._background,
         )
         self.timeouts = Timeouts(
             book=self.book, bus=bus, controller=controller, background=self._background
@@ -172,6 +187,12 @@ class Dispatcher:
 
     def kick(self) -> None:
         self._wake.set()
+
+    def roles_changed(self, org_id: str) -> None:
+        """An org's roles were applied or deleted: keep them as declared from the next round
+        on, and place its waiting tasks again."""
+        self.snapshot.forget()
+        self.capacity_changed(org_id)
 
     def capacity_changed(self, org_id: str) -> None:
         """An agent of ``org_id`` became free or ready, or its quota was released."""
@@ -323,6 +344,8 @@ class Dispatcher:
                 self.book.move(rec, TaskState.EXPIRED, detail="deadline passed")
         self.timeouts.check(now)
         await self.reaper.reap()
+        if not self.held and any(self.roles(org_id) for org_id in self.book.orgs):
+            self.supply.keep(self.book.orgs, await self.snapshot.agents())
         if len(self.scheduler) == 0 or self.held:
             await self.journal.flush()
             return
@@ -375,8 +398,11 @@ class Dispatcher:
             self._background.spawn(
                 self.supply.wake(org, placement.agent_id, key), f"wake-{placement.agent_id}"
             )
-        else:
-            self._background.spawn(self.supply.provision(org, task, key), f"provision-{org.slug}")
+        elif task.role is not None:
+            name = self.supply.reserve(org, task.role)  # counted from now on
+            self._background.spawn(
+                self.supply.provision(org, task.role, name, key), f"provision-{org.slug}-{name}"
+            )
         # the placement is re-asked when the agent reports ready (scheduler.wake)
         return None
 

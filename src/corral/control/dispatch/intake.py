@@ -91,7 +91,7 @@ class Intake:
             )
         if agent is not None:
             try:
-                target = await self._controller.agents.get(agent, org_id=org.id)
+                target = await self._controller.agents.resolve(agent, org_id=org.id)
             except NotFound:
                 raise NotFound(
                     f"unknown agent {agent!r} in organization {org.slug!r}",
@@ -99,6 +99,7 @@ class Intake:
                 ) from None
             if target.state in (AgentState.TERMINATED, AgentState.FAILED):
                 raise Conflict(f"agent {agent!r} is {target.state.value}")
+            agent = target.id  # it may have been named
         if deadline is not None and deadline <= datetime.now(UTC):
             raise Conflict("the deadline is already past", details={"deadline": str(deadline)})
         reqs: dict[str, Any] = {"gpu": requirements.gpu}

@@ -22,6 +22,7 @@ from corral.control.background import Background
 from corral.control.lifecycle import Controller
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
+from corral.domain.roles import Role
 from corral.domain.tenancy import Organization
 
 __all__ = ["Reaper"]
@@ -44,6 +45,7 @@ class Reaper:
         on_capacity: Callable[[str], None],
         idle_timeout: Callable[[Organization], float],
         heartbeat_seconds: float,
+        role: Callable[[str, str | None], Role | None] = lambda org_id, name: None,
     ) -> None:
         self._controller = controller
         self._orgs = orgs  # the task book's organizations, by id
@@ -54,6 +56,7 @@ class Reaper:
         self._on_capacity = on_capacity
         self.idle_timeout = idle_timeout
         self.heartbeat_seconds = heartbeat_seconds
+        self._role = role  # an org's declared role of that name
         self._silenced: set[str] = set()  # being restarted for a lost heartbeat
         self._last = 0.0
 
@@ -88,16 +91,31 @@ class Reaper:
             )
 
     async def _reap_idle(self) -> None:
+        """Pause agents idle past their role's timeout (or their org's), but never below the
+        ``minAgents`` their role keeps warm."""
         now = datetime.now(UTC)
         running = await self._controller.agents.find(states=[AgentState.RUNNING])
+        up: dict[tuple[str, str], int] = {}
+        for agent in running:
+            if agent.id not in self._leaving:
+                key = (agent.org_id, agent.role)
+                up[key] = up.get(key, 0) + 1
         for agent in running:
             if self._inflight.get(agent.id) or agent.id in self._leaving:
                 continue
             org = self._orgs.get(agent.org_id)
             if org is None:
                 continue
-            if self._idle_for(agent, now) >= self.idle_timeout(org):
-                log.info("pausing %s after %ss idle", agent.id, self.idle_timeout(org))
+            role = self._role(agent.org_id, agent.role)
+            timeout = self.idle_timeout(org)
+            if role is not None and role.idle_timeout is not None:
+                timeout = role.idle_timeout
+            key = (agent.org_id, agent.role)
+            if role is not None and up[key] <= role.min_agents:
+                continue  # kept warm
+            if self._idle_for(agent, now) >= timeout:
+                up[key] -= 1
+                log.info("pausing %s after %ss idle", agent.id, timeout)
                 self._leaving.add(agent.id)  # from now on it is given nothing
                 self._background.spawn(self._pause_idle(org, agent.id), f"idle-pause-{agent.id}")
 

@@ -22,7 +22,6 @@ from typing import Any
 from corral.domain.admission import (
     ContainerRequest,
     UsageSnapshot,
-    apply_limit_range,
     charge_for,
     check_quota,
 )
@@ -30,6 +29,8 @@ from corral.domain.agents import MAX_SLOTS, Agent, AgentState
 from corral.domain.errors import InvalidInput, QuotaExceeded
 from corral.domain.ids import AgentId
 from corral.domain.messages import StatusKind
+from corral.domain.quantities import ZERO
+from corral.domain.roles import Role, agents_needed
 from corral.domain.tasks import Requirements
 from corral.domain.tenancy import Organization
 from corral.scheduling.placement import (
@@ -37,6 +38,7 @@ from corral.scheduling.placement import (
     AgentAvailability,
     AgentView,
     Placement,
+    fits,
     place,
     wait,
 )
@@ -45,7 +47,6 @@ from corral.store.quota import QuotaLedger
 
 __all__ = ["AgentSnapshot", "Views", "mark", "request_for", "take"]
 
-MAX_INCOMING_PER_ROLE = 2  # agents being provisioned/resumed at once for one (org, role)
 AGENT_LIST_TTL = 1.0  # seconds a snapshot of the agents' lifecycle states is reused
 
 Incoming = tuple[str, str | None]  # (org id, role) of agents on their way
@@ -58,10 +59,16 @@ class AgentSnapshot:
         find_agents: Callable[[list[AgentState]], Awaitable[list[Agent]]],
         ledger: QuotaLedger,
         inflight: Mapping[str, Collection[str]],
+        role: Callable[[str, str | None], Role | None] = lambda org_id, name: None,
+        queued: Callable[[str, str | None], int] = lambda org_id, role: 0,
     ) -> None:
         self._find = find_agents
         self._ledger = ledger
         self._inflight = inflight  # the task book's: agent id → tasks it holds
+        self._role = role  # an org's declared role of that name
+        self._queued = queued  # how many tasks of an org wait for a role
+        #: names of new agents decided on but not yet in the snapshot, by (org id, role)
+        self.pending: dict[Incoming, set[str]] = defaultdict(set)
         self.slots: dict[str, int] = {}  # what each running agent announced
         self.batching: set[str] = set()  # agents that said they read batches of tasks
         self.leaving: set[str] = set()  # being paused for idleness: no new work
@@ -129,6 +136,10 @@ class AgentSnapshot:
         self._agents_at = now
         return self._agents
 
+    def known(self, org_id: str) -> list[Agent]:
+        """The org's agents in the current snapshot (none before the first read)."""
+        return (self._agents or {}).get(org_id, [])
+
     async def usage(self) -> dict[str, UsageSnapshot]:
         """Each org's quota use, from a snapshot at most a second old (dropped whenever an
         agent's lifecycle changes). A stale answer only costs a provision the ledger refuses:
@@ -166,29 +177,40 @@ class AgentSnapshot:
         refused: list[str] = []  # why no agent may be provisioned for it
 
         def may_provision() -> bool:
+            role = self._role(org.id, task.role)
+            if role is None:
+                if task.role is not None and not any(
+                    a.role == task.role and a.state not in _GONE for a in self.known(org.id)
+                ):
+                    refused.append(
+                        f"no agent serves role {task.role} and no role {task.role} is declared"
+                    )
+                return False
             if not auto_provision:
                 refused.append("automatic provisioning is off")
                 return False
-            if task.role is None:
+            if not role.on_demand:
+                refused.append(f"role {role.name} is not provisioned on demand")
                 return False
-            if self.incoming[(org.id, task.role)] >= MAX_INCOMING_PER_ROLE:
-                return False
-            coming = self.incoming[(org.id, task.role)]
-            for a in (self._agents or {}).get(org.id, ()):
-                if a.role == task.role and (
-                    a.state in _WAKING or (coming and a.state is AgentState.PAUSED)
-                ):  # waking it is cheaper than a new agent, and it will take the task
-                    refused.append(f"agent {a.id} of the role is {a.state.value}")
+            for a in self.known(org.id):
+                if a.role == role.name and a.state is AgentState.PAUSING:
+                    refused.append(f"agent {a.id} of the role is pausing")  # then woken
                     return False
+            live, needed = self._needs(org.id, role, views[org.id])
+            if needed <= 0:
+                if live >= role.max_agents:
+                    refused.append(f"role {role.name} is at maxAgents ({role.max_agents})")
+                return False
             snap = usage.get(org.id)
             if snap is None:
                 return False
             try:
-                res = apply_limit_range(request_for(task.requirements), org.plan.limit_range)
+                res = role.resources(org.plan.limit_range)
+                charge = charge_for(res)
                 check_quota(
                     org.plan,
                     snap.used,
-                    charge_for(res),
+                    charge,
                     agents_used=snap.agents,
                     new_agents=1,
                     gpus_used=snap.gpus,
@@ -201,12 +223,43 @@ class AgentSnapshot:
             except InvalidInput as exc:
                 refused.append(exc.message)
                 return False
+            view = AgentView(AgentId("-"), role.name, AgentAvailability.IDLE, res, role.slots)
+            if not fits(view, role=task.role, requirements=task.requirements):
+                refused.append(f"the task needs more than a {role.name} agent has")
+                return False
+            # counted at once: the next placement of this round sees it
+            snap.used = {k: v + charge.get(k, ZERO) for k, v in snap.used.items()}
+            snap.agents += 1
+            snap.gpus += res.gpu
             return True
 
         placement = place(task, views[org.id], may_provision=may_provision)
         if placement.action is not Action.WAIT:
             return placement
         return wait(self._why(task, org, views, refused) or placement.reason)
+
+    def _needs(self, org_id: str, role: Role, views: list[AgentView]) -> tuple[int, int]:
+        """How many agents ``role`` has (running, starting, paused; those decided on
+        included) and how many more its queue needs now."""
+        key = (org_id, role.name)
+        agents = [a for a in self.known(org_id) if a.role == role.name and a.state not in _GONE]
+        names = {a.name for a in agents}
+        pending = sum(1 for n in self.pending[key] if n not in names)
+        live = len(agents) + pending
+        starting = sum(1 for a in agents if a.state in _STARTING) + pending
+        free = sum(
+            v.free_slots
+            for v in views
+            if v.role == role.name and v.availability is AgentAvailability.IDLE
+        )
+        needed = agents_needed(
+            role,
+            queued=self._queued(org_id, role.name),
+            free_slots=free,
+            starting=max(starting, self.incoming[key]),
+            live=live,
+        )
+        return live, needed
 
     def _why(
         self, task: QueuedTask, org: Organization, views: Views, refused: list[str]
@@ -221,6 +274,8 @@ class AgentSnapshot:
             return None if state is None else f"agent {task.agent_id} is {state.value}"
         if task.role is None:
             return None
+        if refused and refused[0].startswith("no agent serves"):
+            return refused[0]
         if self.incoming[(org.id, task.role)]:
             waking = [a.id for a in agents if a.role == task.role and a.state is _RESUMING]
             if waking:
@@ -234,6 +289,8 @@ class AgentSnapshot:
 
 
 _RESUMING = AgentState.RESUMING
+_GONE = frozenset({AgentState.TERMINATED, AgentState.FAILED})
+_STARTING = frozenset({AgentState.PROVISIONING, AgentState.RESUMING})
 _WAKING = frozenset({AgentState.PAUSING, AgentState.RESUMING})
 
 
