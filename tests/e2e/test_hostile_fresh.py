@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +68,14 @@ class Fresh:
     url: str
     admin_key: str
 
+    clients: list[httpx.Client] = field(default_factory=list)
+
     def client(self, key: str) -> httpx.Client:
-        return httpx.Client(
+        made = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
         )
+        self.clients.append(made)
+        return made
 
     def org(self, name: str) -> tuple[str, httpx.Client]:
         with self.client(self.admin_key) as admin:
@@ -81,17 +85,24 @@ class Fresh:
 
 
 @pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Fresh]:
+def fresh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fresh]:
+    """``corral up`` with its default sandbox, or the one a test names (indirect parameter)."""
     data = tmp_path / "data"
     data.mkdir()
     env = corral_env() | {
+        "CORRAL_SANDBOX": getattr(request, "param", "auto"),
         "CORRAL_SANDBOX_READ_ONLY": str(HERE),  # where the tenant's program lives
         "PYTHONPATH": str(HERE),  # so that ``-m fresh_hostile_agent`` finds it
         "CORRAL_NATS_MONITORING": "true",  # something to attack
     }
     with corral_up(data, env=env) as up:
         url = (data / "api.url").read_text().strip()
-        yield Fresh(up, url, (data / "admin.key").read_text().strip())
+        fresh = Fresh(up, url, (data / "admin.key").read_text().strip())
+        try:
+            yield fresh
+        finally:
+            for client in fresh.clients:
+                client.close()
 
 
 def provision(client: httpx.Client, org: str, name: str, **extra: Any) -> dict[str, Any]:
@@ -148,76 +159,121 @@ def listening_ports(pid: int) -> set[int]:
     return {c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN}
 
 
-@pytest.mark.timeout(600)
-def test_a_fresh_platform_lets_no_org_key_agent_cross_its_box(fresh: Fresh) -> None:
+@dataclass
+class Scene:
+    """Org B's agent and org A's attackers, provisioned with the orgs' own keys, and what the
+    attackers are pointed at."""
+
+    attacker_org: str
+    attacker: httpx.Client
+    victim_org: str
+    victim: httpx.Client
+    victim_agent: str
+    victim_dir: Path
+    agents: list[dict[str, Any]]
+    targets: dict[str, Any]
+
+
+def stage(fresh: Fresh, commands: dict[str, list[str]]) -> Scene:
     data = fresh.up.data
     victim_org, victim = fresh.org("victim")
     attacker_org, attacker = fresh.org("attacker")
-    with victim, attacker:
-        r = victim.put(f"/v1/orgs/{victim_org}/secrets/theirs", json={"value": "not yours"})
-        assert r.status_code in (200, 201), r.text
-        b_agent = provision(victim, victim_org, "worker")
-        r = attacker.put(f"/v1/orgs/{attacker_org}/secrets/ours", json={"value": "ours to read"})
-        assert r.status_code in (200, 201), r.text
-        for role in ("execd", "forked"):
-            r = attacker.post(
-                f"/v1/orgs/{attacker_org}/grants", json={"secret": "ours", "role": role}
-            )
-            assert r.status_code == 201, r.text
-        execd = provision(attacker, attacker_org, "execd", command=[sys.executable, str(AGENT)])
-        forked = provision(
-            attacker, attacker_org, "forked", command=[sys.executable, "-m", AGENT.stem]
-        )
-        for agent in (execd, forked):
-            shown = attacker.get(f"/v1/orgs/{attacker_org}/agents/{agent['id']}").json()
-            assert shown["sandbox"] == "strict", shown
-        r = attacker.get(f"/v1/orgs/{attacker_org}/agents/{forked['id']}/logs")
-        assert "by the fork server" in r.text, r.text  # the fork server's path, really
+    r = victim.put(f"/v1/orgs/{victim_org}/secrets/theirs", json={"value": "not yours"})
+    assert r.status_code in (200, 201), r.text
+    b_agent = provision(victim, victim_org, "worker")
+    r = attacker.put(f"/v1/orgs/{attacker_org}/secrets/ours", json={"value": "ours to read"})
+    assert r.status_code in (200, 201), r.text
+    agents = []
+    for name, command in commands.items():
+        r = attacker.post(f"/v1/orgs/{attacker_org}/grants", json={"secret": "ours", "role": name})
+        assert r.status_code == 201, r.text
+        agents.append(provision(attacker, attacker_org, name, command=command))
 
-        b_dir = data / "agents" / "orgs" / victim_org / "agents" / b_agent["id"]
-        platform = fresh.up.proc.pid
-        nats = host_pid(f"{data}/nats/server/server.conf")
-        targets: dict[str, Any] = {
-            "data": str(data),
-            "read": {
-                "victim_creds": str(b_dir / "agent.creds"),
-                "victim_log": str(b_dir / "logs" / "agent.log"),
-                "victim_pidfile": str(b_dir / "agent.pid"),
-                "nats_auth_dir": str(data / "nats" / "auth"),
-            },
-            "list": {"victim_workspace": str(b_dir / "workspace"), "victim_dir": str(b_dir)},
-            "write": {"victim_workspace": str(b_dir / "workspace" / "pwned.txt")},
-            "pids": {
-                "platform": platform,
-                "nats_server": nats,
-                "victim_agent": agent_pid(b_agent["id"]),
-                "victim_fork_server": psutil.Process(agent_pid(b_agent["id"])).ppid(),
-            },
-            "ports": {"api": int(fresh.url.rsplit(":", 1)[1].split("/")[0])},
-        }
-        for path in [*targets["read"].values(), *targets["list"].values()]:
-            assert Path(path).exists(), path  # a refusal of nothing would prove nothing
-        nats_ports = _nats_ports(data)
-        monitoring = set(nats_ports.get("monitoring", []))
-        assert monitoring, "nats-server has no monitoring port to attack"
-        assert monitoring <= listening_ports(nats)
-        targets["ports"] |= {f"nats_monitoring_{p}": p for p in monitoring}
+    b_dir = data / "agents" / "orgs" / victim_org / "agents" / b_agent["id"]
+    platform = fresh.up.proc.pid
+    nats = host_pid(f"{data}/nats/server/server.conf")
+    nats_ports = _nats_ports(data)
+    targets: dict[str, Any] = {
+        "data": str(data),
+        "read": {
+            "victim_creds": str(b_dir / "agent.creds"),
+            "victim_log": str(b_dir / "logs" / "agent.log"),
+            "victim_pidfile": str(b_dir / "agent.pid"),
+            "nats_auth_dir": str(data / "nats" / "auth"),
+        },
+        "list": {"victim_workspace": str(b_dir / "workspace"), "victim_dir": str(b_dir)},
+        "write": {"victim_workspace": str(b_dir / "workspace" / "pwned.txt")},
+        "pids": {
+            "platform": platform,
+            "nats_server": nats,
+            "victim_agent": agent_pid(b_agent["id"]),
+            "victim_fork_server": psutil.Process(agent_pid(b_agent["id"])).ppid(),
+            **_fork_servers(platform),
+        },
+        "ports": {"api": int(fresh.url.rsplit(":", 1)[1].split("/")[0])},
+        "bus_port": nats_ports["nats"][0],
+        "granted": "ours",
+    }
+    for path in [*targets["read"].values(), *targets["list"].values()]:
+        assert Path(path).exists(), path  # a refusal of nothing would prove nothing
+    monitoring = set(nats_ports.get("monitoring", []))
+    assert monitoring, "nats-server has no monitoring port to attack"
+    assert monitoring <= listening_ports(nats)
+    targets["ports"] |= {f"nats_monitoring_{p}": p for p in monitoring}
+    return Scene(attacker_org, attacker, victim_org, victim, b_agent["id"], b_dir, agents, targets)
 
-        with _abstract_listener() as name:
-            targets["abstract"] = [name]
-            for agent in (execd, forked):
-                fork_servers = _fork_servers(platform)
-                payload = {
-                    **targets,
-                    "pids": {**targets["pids"], **fork_servers},
-                    "bus_port": nats_ports["nats"][0],
-                    "granted": "ours",
-                }
-                result = run_task(attacker, attacker_org, agent["id"], payload)
-                _check(agent["name"], result["outcomes"])
-        assert not (b_dir / "workspace" / "pwned.txt").exists()
-        r = victim.get(f"/v1/orgs/{victim_org}/agents/{b_agent['id']}")
-        assert r.json()["state"] == "running", r.text  # no signal of the attacker's got there
+
+@pytest.mark.timeout(600)
+def test_a_fresh_platform_lets_no_org_key_agent_cross_its_box(fresh: Fresh) -> None:
+    scene = stage(
+        fresh,
+        {
+            "execd": [sys.executable, str(AGENT)],
+            "forked": [sys.executable, "-m", AGENT.stem],
+        },
+    )
+    org, attacker = scene.attacker_org, scene.attacker
+    for agent in scene.agents:
+        shown = attacker.get(f"/v1/orgs/{org}/agents/{agent['id']}").json()
+        assert shown["sandbox"] == "strict", shown
+    r = attacker.get(f"/v1/orgs/{org}/agents/{scene.agents[1]['id']}/logs")
+    assert "by the fork server" in r.text, r.text  # the fork server's path, really
+    with _abstract_listener() as name:
+        for agent in scene.agents:
+            payload = {**scene.targets, "abstract": [name]}
+            result = run_task(attacker, org, agent["id"], payload)
+            _check(agent["name"], result["outcomes"])
+    assert not (scene.victim_dir / "workspace" / "pwned.txt").exists()
+    r = scene.victim.get(f"/v1/orgs/{scene.victim_org}/agents/{scene.victim_agent}")
+    assert r.json()["state"] == "running", r.text  # no signal of the attacker's got there
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("fresh", ["off"], indirect=True)
+def test_without_the_sandbox_the_same_attacks_cross(fresh: Fresh) -> None:
+    """The attacks are real: with ``--sandbox off`` the same program reads the keys, lists
+    the other org, sees the platform's processes and calls the admin routes with the admin
+    key it read (only the attempts that would harm what they reach are left out)."""
+    scene = stage(fresh, {"execd": [sys.executable, str(AGENT)]})
+    with _abstract_listener() as name:
+        payload = {**scene.targets, "abstract": [name], "gentle": True}
+        result = run_task(scene.attacker, scene.attacker_org, scene.agents[0]["id"], payload)
+    outcomes = result["outcomes"]
+    crossed = {n for n, o in outcomes.items() if not n.startswith("works_") and o["ok"]}
+    expected = {
+        "read_admin.key",
+        "read_master.key",
+        "read_corral.db",
+        "list_orgs",
+        "read_victim_creds",
+        "environ_platform",
+        "see_other_pids",
+        "connect_api",
+        f"abstract_{name[:40]}",
+    }
+    assert expected <= crossed, sorted(expected - crossed)
+    assert any(n.startswith("connect_nats_monitoring") for n in crossed), sorted(crossed)
+    assert any(n.startswith("api_admin_with_crl_") for n in crossed), sorted(crossed)
 
 
 def _check(name: str, outcomes: dict[str, dict[str, Any]]) -> None:
