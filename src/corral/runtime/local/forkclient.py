@@ -200,12 +200,21 @@ class Zygote:
         names = {n for n in (*env, *self._env) if _read_at_start_up(n)}
         return all(env.get(n) == self._env.get(n) for n in names)
 
-    async def spawn(self, launch: Launch, *, log: int, procs: Sequence[int]) -> ZygoteChild:
+    async def spawn(
+        self,
+        launch: Launch,
+        *,
+        log: int,
+        procs: Sequence[int],
+        pid_namespace: bool = False,
+    ) -> ZygoteChild:
         """Have the server fork a child that becomes ``launch``; returns once the child has
         set itself up (session, limits, ids, stdio, environment) and is about to run.
 
         ``log`` is the open log file (stdout and stderr), ``procs`` the open ``cgroup.procs``
         files the child writes its pid to first; the caller keeps and closes them.
+        ``pid_namespace``: the child's sandbox wants a PID namespace, which the server (as
+        root) makes as it forks the child, so that the child is the agent with no waiter.
 
         Raises:
             InvalidInput: ``launch`` holds what no exec would accept (a NUL byte, say).
@@ -226,7 +235,8 @@ class Zygote:
             try:
                 _write_all(spec, launch.encode())
                 self._requests[request] = answer
-                await self._send(f"spawn {request}".encode(), [spec, report_w, log, *procs])
+                word = f"spawn {request}" + (" pidns" if pid_namespace else "")
+                await self._send(word.encode(), [spec, report_w, log, *procs])
             except BaseException:
                 self._requests.pop(request, None)
                 raise

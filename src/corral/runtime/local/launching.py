@@ -236,7 +236,12 @@ class Launcher:
                                 note=note_line(line),
                                 sandbox=policy.encode().decode() if policy is not None else "",
                             )
-                            return await zygote.spawn(launch, log=out, procs=join.procs)
+                            return await zygote.spawn(
+                                launch,
+                                log=out,
+                                procs=join.procs,
+                                pid_namespace=policy is not None and policy.pid_namespace,
+                            )
                         if policy is not None:
                             return await confined_exec(spec.command, policy, join, out, paths, env)
                         setup = child_setup(join=join, parent_pid=os.getpid(), ids=ids)

@@ -17,6 +17,7 @@ __all__ = [
     "libc",
     "mount",
     "prctl",
+    "setns",
     "syscall",
     "unshare",
 ]
@@ -39,6 +40,9 @@ _mount.argtypes = [
 _unshare = libc.unshare
 _unshare.restype = ctypes.c_int
 _unshare.argtypes = [ctypes.c_int]
+_setns = libc.setns
+_setns.restype = ctypes.c_int
+_setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 ARCH = os.uname().machine
 
@@ -89,3 +93,7 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 def unshare(flags: int) -> None:
     check(_unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    check(_setns(fd, nstype), f"setns({nstype:#x})")

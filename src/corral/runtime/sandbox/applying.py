@@ -60,7 +60,7 @@ class Applied:
     landlock_abi: int = 0
 
 
-def apply(policy: SandboxPolicy, *, parent: int | None = None) -> Applied:
+def apply(policy: SandboxPolicy, *, parent: int | None = None, first: int = -1) -> Applied:
     """Confine this process according to ``policy``, for good.
 
     Call it in a freshly forked, single-threaded child, after its descriptors, working
@@ -72,6 +72,10 @@ def apply(policy: SandboxPolicy, *, parent: int | None = None) -> Applied:
         policy: what to apply.
         parent: the process this one must not outlive; the death signal is armed again after
             the identity drop (the kernel clears it then). ``None``: leave it as it is.
+        first: this process is already the first of a PID namespace its parent made for it
+            (:func:`~corral.runtime.sandbox.namespaces.fork_as_first`), and this is the read
+            end of a pipe whose write end only that parent holds (its end of file says the
+            parent is gone). No waiter is forked then; this process goes on as the agent.
 
     Returns:
         The layers in force, and in best-effort mode those skipped.
@@ -96,7 +100,7 @@ def apply(policy: SandboxPolicy, *, parent: int | None = None) -> Applied:
         flags |= namespaces.CLONE_NEWNS
     if policy.ipc_namespace:
         flags |= namespaces.CLONE_NEWIPC
-    if policy.pid_namespace:
+    if policy.pid_namespace and first < 0:
         flags |= namespaces.CLONE_NEWPID
     made = False
     if flags:
@@ -107,8 +111,8 @@ def apply(policy: SandboxPolicy, *, parent: int | None = None) -> Applied:
             made = True
             applied.layers.append("namespaces")
 
-    alive = -1
-    if made and policy.pid_namespace:
+    alive = first
+    if made and policy.pid_namespace and first < 0:
         with _step("pid-namespace", applied, strict):
             alive = _fork_into_pid_namespace(parent)
 

@@ -23,6 +23,7 @@ __all__ = [
     "CLONE_NEWNS",
     "CLONE_NEWPID",
     "CLONE_NEWUSER",
+    "fork_as_first",
     "hide",
     "make_mounts_private",
     "map_own_ids",
@@ -49,6 +50,27 @@ MS_PRIVATE = 1 << 18
 def unshare(flags: int) -> None:
     """Enter new namespaces; with CLONE_NEWPID only children made after this are inside."""
     _libc.unshare(flags)
+
+
+def fork_as_first(own: int) -> int:
+    """Fork a child that is the first process (pid 1) of a new PID namespace, as ``os.fork``
+    returns; this process stays where it is, the child's parent, and can fork the next one.
+
+    Why from the parent: a namespace made by the child itself holds only *its* children, so the
+    child would have to fork once more and stay behind as a waiter. Made here, the child is the
+    agent, with nothing in between. ``own`` is a descriptor of this process's own PID namespace
+    (``/proc/self/ns/pid``), entered again after the fork: a process can make only one new PID
+    namespace for its children until it does. Needs CAP_SYS_ADMIN (root).
+    """
+    unshare(CLONE_NEWPID)
+    try:
+        pid = os.fork()
+    except BaseException:
+        _libc.setns(own, CLONE_NEWPID)
+        raise
+    if pid:
+        _libc.setns(own, CLONE_NEWPID)
+    return pid
 
 
 def map_own_ids(uid: int, gid: int) -> None:

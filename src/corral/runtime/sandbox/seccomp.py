@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import struct
 
 from corral.runtime.sandbox import _libc
@@ -144,8 +145,10 @@ def numbers(arch: str) -> dict[str, int]:
     return {**_TABLES[arch], **_UNIFIED}
 
 
+@functools.cache
 def build(arch: str = _libc.ARCH) -> bytes:
-    """The filter program for ``arch`` as an array of ``struct sock_filter``."""
+    """The filter program for ``arch`` as an array of ``struct sock_filter``; built once per
+    process (a fork server builds it before it forks, so its children only install it)."""
     table = numbers(arch)
     deny = _ERRNO | errno.EPERM
     prog: list[tuple[int, int, int, int]] = [
