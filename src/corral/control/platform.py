@@ -35,7 +35,7 @@ from corral.control.retention import Retention, retention_of
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.agents import Agent, AgentState
-from corral.domain.errors import CorralError, NotFound, PermissionDenied
+from corral.domain.errors import CorralError, Deposed, NotFound, PermissionDenied
 from corral.domain.ids import AgentId, OrgId
 from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
@@ -45,6 +45,7 @@ from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 from corral.store.agents import AgentRepository
 from corral.store.db import Database
+from corral.store.leases import LeaderLease
 from corral.store.quota import QuotaLedger
 from corral.store.task_journal import TaskJournal
 from corral.store.tasks import TaskRepository
@@ -65,10 +66,21 @@ log = logging.getLogger("corral.platform")
 class Platform:
     """Start with ``async with Platform(settings) as p:``; everything stops on exit."""
 
-    def __init__(self, settings: Settings, *, services: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, services: bool = True, lease: LeaderLease | None = None
+    ) -> None:
+        """With ``lease`` (held: a replica elected on PostgreSQL) the lease stands for the writer
+        lock, and every write of this platform is fenced by it (:mod:`corral.store.leases`):
+        once the lease is lost, ``deposed`` is set and nothing more is committed."""
         self.settings = settings
         self.data_dir: Path = settings.data_dir
-        self.db = Database(settings.resolved_database_url)
+        self.lease = lease
+        self.deposed = asyncio.Event()
+        self.db = Database(
+            settings.resolved_database_url,
+            application_name=lease.session if lease else None,
+            fence=lease.valid if lease else None,
+        )
         self.orgs = OrgRepository(self.db)
         self.ledger = QuotaLedger(self.db)
         self.agents = AgentRepository(self.db)
@@ -118,9 +130,10 @@ class Platform:
         self._stack.push_async_callback(self.db.close)
         for kept in self.data_dir.glob("corral.db*"):  # the SQLite file, its WAL and lock
             kept.chmod(0o600)
-        writer = WriterLock(self.db)
-        await writer.acquire()  # one control plane per database: see corral.store.writer_lock
-        self._stack.push_async_callback(writer.release)
+        if self.lease is None:
+            writer = WriterLock(self.db)
+            await writer.acquire()  # one control plane per database: corral.store.writer_lock
+            self._stack.push_async_callback(writer.release)
         await self._ensure_admin_key()
 
         self.vault = Vault(SqlVaultStore(self.db), Keyring.open(self.data_dir))
@@ -160,7 +173,11 @@ class Platform:
         )
         self.dispatcher = Dispatcher(
             tasks=self.tasks,
-            journal=TaskJournal(self.db),
+            journal=TaskJournal(
+                self.db,
+                epoch=self.lease.epoch if self.lease else None,
+                on_deposed=self._lost_lease,
+            ),
             orgs=self.orgs,
             ledger=self.ledger,
             controller=self.controller,
@@ -193,6 +210,11 @@ class Platform:
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(watch_ingress(self), "corral-ingress")
         self._stack.push_async_callback(self._background.close)
+
+    def _lost_lease(self, exc: Deposed) -> None:
+        if self.lease is not None:
+            self.lease.lose()
+        self.deposed.set()
 
     def _agent_changed(self, agent: Agent) -> None:
         self.dispatcher.agent_changed(agent)
