@@ -4,7 +4,6 @@ fencing epoch that refuses a deposed leader's writes in the database itself."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -17,7 +16,7 @@ from corral.store.db import Database
 from corral.store.leases import LeaderLease
 from corral.store.task_journal import TaskJournal
 from corral.store.writer_lock import WriterLock
-from tests.conftest import NO_POSTGRES, POSTGRES_URL
+from tests.postgres import fresh_database
 from tests.store.test_task_journal import _org, _row
 from tests.support import eventually
 
@@ -26,24 +25,8 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
-    """A database of its own, created for the test and dropped after it."""
-    if not POSTGRES_URL:
-        pytest.skip(NO_POSTGRES)
-    import asyncpg
-
-    admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    name = f"corral_lease_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield admin_url.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async with fresh_database("corral_lease") as url:
+        yield url
 
 
 @pytest.fixture

@@ -33,14 +33,15 @@ import uvicorn
 
 from corral.api.app import create_app
 from corral.api.gateway_app import create_gateway_app
+from corral.control.leadership import Leader, Leadership
 from corral.control.platform import Platform
-from corral.domain.errors import InvalidInput, Unavailable
+from corral.domain.errors import Unavailable
 from corral.settings import Settings
-from corral.store.leases import Leader, LeaderLease
 
-__all__ = ["Replica", "StandbyApp", "check_replicable"]
+__all__ = ["Replica", "StandbyApp"]
 
 log = logging.getLogger("corral.replica")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,25 +50,6 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HOP_BY_HOP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te"}
-
-
-def check_replicable(settings: Settings) -> None:
-    """Replicas need a store and a bus they all share.
-
-    Raises:
-        InvalidInput: SQLite, or no external NATS.
-    """
-    url = settings.resolved_database_url
-    if not url.startswith(("postgresql", "postgres")):
-        raise InvalidInput(
-            "CORRAL_HA needs PostgreSQL (CORRAL_DATABASE_URL=postgresql://...): on SQLite one "
-            "control plane runs per database, under its writer lock"
-        )
-    if not settings.nats_url:
-        raise InvalidInput(
-            "CORRAL_HA needs the NATS every replica shares (CORRAL_NATS_URL): an embedded "
-            "nats-server would die with its replica"
-        )
 
 
 async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -88,8 +70,9 @@ async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
 class StandbyApp:
     """The API of a standby: its health, and every other request forwarded to the leader."""
 
-    def __init__(self, lease: LeaderLease, *, forward_wait: float = 15.0) -> None:
-        self._lease = lease
+    def __init__(self, leadership: Leadership, *, forward_wait: float = 15.0) -> None:
+        self._leadership = leadership
+        self._lease = leadership.lease
         self._wait = forward_wait
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0))
         self._known: tuple[float, Leader | None] = (0.0, None)
@@ -101,10 +84,7 @@ class StandbyApp:
         """The lease row, read at most every 0.2 s."""
         at, known = self._known
         if fresh or time.monotonic() - at > 0.2:
-            try:
-                known = await self._lease.leader()
-            except Unavailable:
-                known = None
+            known = await self._leadership.leader()
             self._known = (time.monotonic(), known)
         return known
 
@@ -239,33 +219,38 @@ def _server(app: App) -> uvicorn.Server:
 
 
 class Replica:
-    """One replica: ``async with Replica(settings) as r:`` serves, stands by, leads when
-    elected, steps down when deposed, until the block exits."""
+    """One replica: ``async with Replica(settings) as r:`` serves its API at once, stands by,
+    leads when elected, steps down when deposed, until the block exits."""
 
-    def __init__(self, settings: Settings, *, on_lead: Callable[[Platform], None] | None = None):
-        check_replicable(settings)
+    def __init__(
+        self, settings: Settings, *, on_lead: Callable[[Platform], None] | None = None
+    ) -> None:
         self.settings = settings
-        self.name = settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
+        name = settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
         self._sock = _bind(settings.host, settings.port)
         host, port = self._sock.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        self.lease = LeaderLease(
-            settings.resolved_database_url,
-            replica=self.name,
-            api_url=settings.advertise_url or self.url,
-            lease_seconds=settings.lease_seconds,
-        )
-        self.standby = StandbyApp(self.lease)
+        try:
+            self.leadership = Leadership(
+                settings, replica=name, api_url=settings.advertise_url or self.url
+            )
+        except BaseException:
+            self._sock.close()
+            raise
+        self.name = name
+        self.standby = StandbyApp(self.leadership)
         self._switch = _Switch(self.standby)
         self._server = _server(self._switch)
         self._on_lead = on_lead
-        self.platform: Platform | None = None  # while leading
-        self.terms = 0  # how many times this replica was elected
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def platform(self) -> Platform | None:
+        return self.leadership.platform
+
+    @property
     def role(self) -> str:
-        return "leader" if self.platform is not None else "standby"
+        return "leader" if self._switch.leader is not None else "standby"
 
     async def __aenter__(self) -> Replica:
         loop = asyncio.get_running_loop()
@@ -276,81 +261,42 @@ class Replica:
                 http.result()
                 raise Unavailable("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
-        self._tasks.append(loop.create_task(self._run(), name="corral-replica"))
+        self._tasks.append(
+            loop.create_task(self.leadership.run(self._term), name="corral-leadership")
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._tasks[1].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._tasks[1]
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._tasks[0]
+        for task in reversed(self._tasks):
+            if task.get_name() == "corral-http":
+                self._server.should_exit = True
+            else:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.standby.close()
-        await self.lease.close()
+        await self.leadership.lease.close()
         self._sock.close()
 
     async def wait(self) -> None:
         """Until the replica's work ends (it only ends by an error)."""
-        await self._tasks[1]
+        await self._tasks[-1]
 
-    async def _run(self) -> None:
-        while True:
-            await self.lease.campaign()
-            try:
-                await self._lead()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("leading failed; standing by again")
-            finally:
-                self._switch.leader = None
-                self.platform = None
-                await self.lease.close()  # the session, its advisory lock and the epoch go
-            await asyncio.sleep(self.lease.poll_seconds)
-
-    async def _lead(self) -> None:
-        self.terms += 1
-        async with contextlib.AsyncExitStack() as stack:
-            platform = await stack.enter_async_context(Platform(self.settings, lease=self.lease))
-            stack.callback(platform.hub.close)
-            gateway = _server(create_gateway_app(platform.models.gateway))
-            serving = asyncio.get_running_loop().create_task(
-                gateway.serve(sockets=[platform.models.socket]), name="corral-gateway-http"
-            )
-            stack.push_async_callback(_stopped, gateway, serving)
-            self.platform = platform
-            self._switch.leader = create_app(platform)
+    @contextlib.asynccontextmanager
+    async def _term(self, platform: Platform) -> AsyncIterator[None]:
+        """One term as the leader: the platform's API (and its model gateway) served here."""
+        gateway = _server(create_gateway_app(platform.models.gateway))
+        serving = asyncio.get_running_loop().create_task(
+            gateway.serve(sockets=[platform.models.socket]), name="corral-gateway-http"
+        )
+        self._switch.leader = create_app(platform)
+        try:
             if self._on_lead is not None:
                 self._on_lead(platform)
-            why = await _first(self.lease.hold(), _deposed(platform))
-            log.error("replica %s steps down: %s", self.name, why)
+            yield
+        finally:
             self._switch.leader = None  # answer as a standby from now on
-
-
-async def _deposed(platform: Platform) -> str:
-    await platform.deposed.wait()
-    return "another replica's epoch refused this one's writes"
-
-
-async def _first(*waits: Awaitable[str]) -> str:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        return next(iter(done)).result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _stopped(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-@contextlib.asynccontextmanager
-async def replica(settings: Settings) -> AsyncIterator[Replica]:
-    async with Replica(settings) as r:
-        yield r
+            platform.hub.close()  # ends every event stream
+            gateway.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
