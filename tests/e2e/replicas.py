@@ -123,7 +123,7 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 r.proc.kill()
                 r.proc.wait(timeout=10)
-            print(f"--- {r.name} (exit {r.proc.returncode}) ---\n{r.output()[-6000:]}")
+            print(f"--- {r.name} (exit {r.proc.returncode}) ---\n{r.output()[-6000:]}")  # noqa: T201 - shown when a test fails
 
 
 @contextlib.contextmanager

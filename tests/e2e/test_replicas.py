@@ -148,7 +148,7 @@ async def test_a_standby_takes_over_from_a_leader_killed_mid_way(replicas: Clust
         c, "SELECT min(at) FROM task_events WHERE to_state = 'dispatched' AND at > $1", killed_at
     )
     took = (after[0][0] - killed_at).total_seconds()
-    print(f"\nkill -9 of the leader → next task dispatched by {new.name}: {took:.2f} s")
+    print(f"\nkill -9 of the leader → next task dispatched by {new.name}: {took:.2f} s")  # noqa: T201
     epochs = await _query(c, "SELECT DISTINCT epoch FROM task_events ORDER BY epoch")
     assert [e for (e,) in epochs] == [old_epoch, int(health["epoch"])]
 
@@ -191,6 +191,7 @@ async def test_a_leader_paused_past_its_lease_steps_down_and_commits_nothing(
     assert await _query(c, "SELECT count(*) FROM task_events WHERE epoch = $1", old_epoch) == (
         by_old
     )
-    assert await (await c.leader()).role() == "leader" and (await new.health() or {})[
-        "epoch"
-    ] == new_epoch
+    assert (
+        await (await c.leader()).role() == "leader"
+        and (await new.health() or {})["epoch"] == new_epoch
+    )
