@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     # CORRAL_SANDBOX_READ_ONLY=/srv/agents,/opt/tools
     sandbox_read_only: Annotated[tuple[str, ...], NoDecode] = ()
     fork_server: bool = True  # start built-in agents from a per-org fork server (else exec)
+    # replicas (docs/ha.md): any number of control planes on one PostgreSQL and one external
+    # NATS, one leading under a lease, the others standing by
+    ha: bool = False
+    lease_seconds: float = Field(default=5.0, gt=0)  # a leader not renewing for this long is
+    # replaced
+    replica_name: str | None = None  # unique per replica (default: host name and pid)
+    advertise_url: str | None = None  # where other replicas reach this one's API
 
     @field_validator("sandbox_allow_ports", mode="before")
     @classmethod

@@ -44,9 +44,24 @@ def create_app(platform: Platform) -> FastAPI:
         limiter=app.state.address_limiter,
     )
 
+    role = "leader" if platform.lease is not None else "single"
+
+    def health(status: str) -> dict[str, str | int | None]:
+        lease = platform.lease
+        return {
+            "status": status,
+            "role": role,
+            "replica": lease.replica if lease else None,
+            "epoch": lease.epoch if lease else None,
+        }
+
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, str | int | None]:
+        return health("ok")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> dict[str, str | int | None]:
+        return health("ready")
 
     for module in (orgs, agents, roles, tasks, secrets, models, events, metrics, dashboard):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)

@@ -17,6 +17,7 @@ from corral.settings import Settings
 
 if TYPE_CHECKING:
     from corral.api.server import RunningServer
+    from corral.control.platform import Platform
 
 __all__ = ["up"]
 
@@ -74,6 +75,14 @@ def up(
             click.echo(f"admin key (shown once; also in {settings.data_dir / 'admin.key'}):")
             click.echo(f"  {srv.platform.new_admin_key}")
 
+    def leading(platform: Platform) -> None:
+        click.echo(
+            f"this replica leads now (epoch {platform.lease.epoch if platform.lease else 0})"
+        )
+        if platform.new_admin_key:
+            click.echo(f"admin key (shown once; also in {settings.data_dir / 'admin.key'}):")
+            click.echo(f"  {platform.new_admin_key}")
+
     async def main() -> None:
         from corral.api.server import serve  # the server's imports are heavy: only here
 
@@ -83,7 +92,16 @@ def up(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(settings, on_ready=ready)
+            if settings.ha:
+                from corral.api.replicas import Replica
+
+                async with Replica(settings, on_lead=leading) as replica:
+                    click.echo(
+                        f"corral replica {replica.name} is up at {replica.url} (standing by)"
+                    )
+                    await replica.wait()
+            else:
+                await serve(settings, on_ready=ready)
         click.echo("corral stopped")
 
     run(lambda: run_loop(main()))

@@ -23,6 +23,7 @@ from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
 from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
+from corral.control import reconciling
 from corral.control.background import Background
 from corral.control.dispatch import Dispatcher
 from corral.control.gateway.running import GatewayService
@@ -36,16 +37,17 @@ from corral.control.roles import RoleService
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.agents import Agent, AgentState
-from corral.domain.errors import CorralError, NotFound, PermissionDenied
+from corral.domain.errors import CorralError, Deposed, NotFound, PermissionDenied
 from corral.domain.ids import AgentId, OrgId
 from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
-from corral.runtime.base import AgentRuntime, Phase
+from corral.runtime.base import AgentRuntime
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 from corral.store.agents import AgentRepository
 from corral.store.db import Database
+from corral.store.leases import LeaderLease
 from corral.store.quota import QuotaLedger
 from corral.store.roles import RoleRepository
 from corral.store.task_journal import TaskJournal
@@ -67,10 +69,21 @@ log = logging.getLogger("corral.platform")
 class Platform:
     """Start with ``async with Platform(settings) as p:``; everything stops on exit."""
 
-    def __init__(self, settings: Settings, *, services: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, services: bool = True, lease: LeaderLease | None = None
+    ) -> None:
+        """With ``lease`` (held: a replica elected on PostgreSQL) the lease stands for the writer
+        lock, and every write of this platform is fenced by it (:mod:`corral.store.leases`):
+        once the lease is lost, ``deposed`` is set and nothing more is committed."""
         self.settings = settings
         self.data_dir: Path = settings.data_dir
-        self.db = Database(settings.resolved_database_url)
+        self.lease = lease
+        self.deposed = asyncio.Event()
+        self.db = Database(
+            settings.resolved_database_url,
+            application_name=lease.session if lease else None,
+            fence=lease.valid if lease else None,
+        )
         self.orgs = OrgRepository(self.db)
         self.ledger = QuotaLedger(self.db)
         self.agents = AgentRepository(self.db)
@@ -117,13 +130,16 @@ class Platform:
         self.data_dir.chmod(0o700)
         if self.settings.plans_file is not None:
             load_plans(self.settings.plans_file)
+        self._phases = reconciling.Phases()
         await self.db.start()
+        self._phases.mark("store")
         self._stack.push_async_callback(self.db.close)
         for kept in self.data_dir.glob("corral.db*"):  # the SQLite file, its WAL and lock
             kept.chmod(0o600)
-        writer = WriterLock(self.db)
-        await writer.acquire()  # one control plane per database: see corral.store.writer_lock
-        self._stack.push_async_callback(writer.release)
+        if self.lease is None:
+            writer = WriterLock(self.db)
+            await writer.acquire()  # one control plane per database: corral.store.writer_lock
+            self._stack.push_async_callback(writer.release)
         await self._ensure_admin_key()
 
         self.vault = Vault(SqlVaultStore(self.db), Keyring.open(self.data_dir))
@@ -143,8 +159,11 @@ class Platform:
             )
         )
 
+        self._phases.mark("vault")
         await self._start_bus()
+        self._phases.mark("bus")
         self.runtime = await self._start_runtime()
+        self._phases.mark("runtime")
         self.controller = Controller(
             agents=self.agents,
             ledger=self.ledger,
@@ -165,7 +184,11 @@ class Platform:
         )
         self.dispatcher = Dispatcher(
             tasks=self.tasks,
-            journal=TaskJournal(self.db),
+            journal=TaskJournal(
+                self.db,
+                epoch=self.lease.epoch if self.lease else None,
+                on_deposed=self._lost_lease,
+            ),
             orgs=self.orgs,
             ledger=self.ledger,
             controller=self.controller,
@@ -189,17 +212,26 @@ class Platform:
         self.controller.current_task = self.dispatcher.current_task
         self._install_hooks()
         await self.dispatcher.rebuild()
+        self._phases.mark("rebuild")
         if self._services:
             serving = await self.bus.serve_vault(self._answer_vault)
             self._stack.push_async_callback(serving.close)
             self._background.spawn(self.dispatcher.consume(), "corral-events")
             await self._drain_events()
+            self._phases.mark("events")
             await self._reconcile()
+            self._phases.mark("agents")
             self._background.spawn(self.dispatcher.run(), "corral-dispatch")
             self._background.spawn(self._watch_exits(), "corral-exits")
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(watch_ingress(self), "corral-ingress")
         self._stack.push_async_callback(self._background.close)
+        log.info("started in %s", self._phases)
+
+    def _lost_lease(self, exc: Deposed) -> None:
+        if self.lease is not None:
+            self.lease.lose()
+        self.deposed.set()
 
     def _agent_changed(self, agent: Agent) -> None:
         self.dispatcher.agent_changed(agent)
@@ -388,44 +420,12 @@ class Platform:
             raise
         return {"value": base64.b64encode(value).decode()}
 
-    # -- start-up reconciliation ----------------------------------------------------------
+    # -- start-up reconciliation: corral.control.reconciling ---------------------------
     async def _drain_events(self, *, timeout: float = 10.0) -> None:
-        """Let the event consumer record what agents reported while the control plane was
-        down, before in-flight work is judged lost: wait until EVENTS has no backlog."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while await self.bus.events_backlog() > 0:
-            if asyncio.get_running_loop().time() > deadline:
-                log.warning("events still pending after %.0fs; reconciling anyway", timeout)
-                return
-            await asyncio.sleep(0.05)
+        await reconciling.drain_events(self.bus, timeout=timeout)
 
     async def _reconcile(self) -> None:
-        """Compare the registry with what runs: stop leftovers, restart what should run,
-        finish interrupted pauses. Every agent's process was stopped or restarted, so the work
-        any of them held is lost: it is retried."""
-        records: dict[str, Agent] = {a.id: a for a in await self.agents.find()}
-        for found in await self.runtime.list_agents():
-            rec = records.get(found.agent_id)
-            if found.phase is Phase.RUNNING and (
-                rec is None or rec.state is not AgentState.RUNNING
-            ):
-                log.info("stopping leftover agent process %s", found.agent_id)
-                await self.runtime.stop(found.org, found.agent_id, grace=1.0)
-        for agent in records.values():
-            org = await self.orgs.get_by_id(agent.org_id)
-            if agent.state in (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING):
-                status = await self.runtime.status(org.slug, agent.id)
-                if status.phase is Phase.RUNNING:
-                    await self.runtime.stop(org.slug, agent.id, grace=1.0)
-                try:
-                    await self.controller.restart_now(org, agent)
-                except CorralError as exc:
-                    log.error("could not restart %s: %s", agent.id, exc.message)
-            elif agent.state is AgentState.PAUSING:
-                await self.runtime.stop(org.slug, agent.id, grace=1.0)
-                await self.controller.finish_pause(org, agent)
-        for agent_id in self.dispatcher.holders():
-            await self.dispatcher.agent_lost(agent_id, why="the control plane restarted")
+        await reconciling.reconcile(self)
 
     # -- background -----------------------------------------------------------------------
     async def _watch_exits(self) -> None:

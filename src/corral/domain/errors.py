@@ -6,6 +6,7 @@
     ├── InvalidInput            bad input from a user or a wire (HTTP 422, exit 2)
     ├── NotFound                unknown id, or another tenant's (HTTP 404, exit 4)
     ├── Conflict                state does not allow it (HTTP 409, exit 5)
+    │   ├── Deposed             this replica lost the leader lease: it may commit nothing
     │   └── QuotaExceeded       admission refused by quota or limit range (HTTP 409, exit 6)
     │       └── BudgetExceeded  a model call could take a token or cost budget over (HTTP 409)
     ├── Unauthenticated         no or bad credential (HTTP 401, exit 7)
@@ -26,6 +27,7 @@ __all__ = [
     "BudgetExceeded",
     "Conflict",
     "CorralError",
+    "Deposed",
     "InvalidInput",
     "NotFound",
     "PermissionDenied",
@@ -107,3 +109,10 @@ class Unavailable(CorralError):
     code = "unavailable"
     http_status = 503
     exit_code = 9
+
+
+class Deposed(Conflict):
+    """This control plane no longer holds the leader lease: another replica took over (its
+    epoch is newer), so nothing this one decided may be committed (HTTP 409, exit 5)."""
+
+    code = "deposed"

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from corral.domain import documents
-from corral.domain.errors import InvalidInput, Unavailable
+from corral.domain.errors import Deposed, InvalidInput, Unavailable
 
 __all__ = ["Database", "Unreadable", "load_json", "sqlite_url"]
 
@@ -64,32 +65,69 @@ def load_json(text: str | bytes) -> Any:
     return value
 
 
-class Database:
-    """One engine and its session factory; ``await db.start()`` migrates to head."""
+#: taken (for the migration's transaction) by every control plane that starts on PostgreSQL,
+#: so replicas starting together migrate one after the other ("corral-mg" in ASCII)
+_MIGRATION_KEY = 0x636F7272616C2D6D67 & 0x7FFFFFFFFFFFFFFF
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+
+class Database:
+    """One engine and its session factory; ``await db.start()`` migrates to head.
+
+    Args:
+        url: ``sqlite:///PATH`` or ``postgresql://...``.
+        application_name: the name of every PostgreSQL session (a replica's; see
+            :mod:`corral.store.leases`).
+        fence: while it says False, no statement but a read reaches the database
+            (:class:`Deposed`): a replica that lost its lease writes nothing more.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        application_name: str | None = None,
+        fence: Callable[[], bool] | None = None,
+    ) -> None:
         self.url = _normalize(url)
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        self.application_name = application_name
         kwargs: dict[str, Any] = {"echo": echo, "json_deserializer": load_json}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 10
+            if application_name:
+                kwargs["connect_args"] = {"server_settings": {"application_name": application_name}}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        if fence is not None:
+            event.listen(self.engine.sync_engine, "before_cursor_execute", _fenced(fence))
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def start(self) -> None:
         try:
             async with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_KEY}
+                    )
                 await conn.run_sync(_upgrade)
         except (SQLAlchemyError, OSError) as exc:
             raise Unavailable(f"database unavailable or migration failed: {exc}") from exc
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _fenced(fence: Callable[[], bool]) -> Callable[..., None]:
+    def check(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not fence() and statement.lstrip()[:6].upper() != "SELECT":
+            raise Deposed("this control plane no longer holds the leader lease: it writes nothing")
+
+    return check
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import orjson
 from sqlalchemy import JSON, DateTime, Table
 
-from corral.domain.errors import Unavailable
+from corral.domain.errors import Deposed, Unavailable
 from corral.store.schema import TaskRow
 
 __all__ = [
@@ -225,9 +225,14 @@ _PG_INSERT_TASK = (
     f"VALUES ({', '.join(f'${i + 1}' for i in range(len(_TASK_COLUMNS)))})"
 )
 _PG_INSERT_EVENT = (
-    "INSERT INTO task_events (task_id, from_state, to_state, at, detail) "
-    "VALUES ($1, $2, $3, $4, $5)"
+    "INSERT INTO task_events (task_id, from_state, to_state, at, detail, epoch) "
+    "VALUES ($1, $2, $3, $4, $5, $6)"
 )
+#: the fence: read first in every transaction of a leader, and held until it commits, so a
+#: takeover (which raises the epoch) waits for it or it sees the new epoch and stops
+_PG_EPOCH = "SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE"
+#: what the database's own fence (migration 0005's trigger) raises
+_DEPOSED_SQLSTATE = "CR001"
 _PG_UPDATE_BUSY = "UPDATE agents SET busy_task = $1, updated_at = $2 WHERE id = $3"
 #: (position, converter) of the columns asyncpg takes in another form: JSON as its text
 _PG_CONVERTING = tuple((i, _sqlite_json) for i, c in enumerate(_TASK_COLUMNS) if c in _JSON_COLUMNS)
@@ -239,20 +244,34 @@ def _pg_value(column: str, v: Any) -> Any:
 
 class PostgresWriter:
     """asyncpg directly, on a connection kept for the journal: a commit costs one round trip
-    per statement kind instead of the engine's pooling and compilation on every batch."""
+    per statement kind instead of the engine's pooling and compilation on every batch.
 
-    def __init__(self, url: str) -> None:
+    With an ``epoch`` (a replica leading under :mod:`corral.store.leases`), every transaction
+    is fenced: it commits only while that epoch is the lease's current one, else
+    :class:`~corral.domain.errors.Deposed`; its history rows carry the epoch."""
+
+    def __init__(self, url: str, *, epoch: int | None = None, session: str | None = None) -> None:
         self._url = "postgresql://" + url.split("://", 1)[1]
         self._conn: Any = None
+        self._epoch = epoch
+        self._settings = {"application_name": session} if session else {}
 
     async def apply(self, writes: Items, busy: Busy) -> None:
         import asyncpg  # type: ignore[import-untyped]  # no stubs; used here only
 
         try:
             if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self._url)
+                self._conn = await asyncpg.connect(self._url, server_settings=self._settings)
             conn = self._conn
             async with conn.transaction():
+                if self._epoch is not None:
+                    current = await conn.fetchval(_PG_EPOCH)
+                    if current != self._epoch:
+                        raise Deposed(
+                            f"the leader lease's epoch is {current}, not {self._epoch}: "
+                            "another control plane leads, so these writes are refused",
+                            details={"epoch": self._epoch, "current": current},
+                        )
                 inserts = [
                     _row_values(w.insert, _PG_CONVERTING) for _, w in writes if w.insert is not None
                 ]
@@ -272,7 +291,8 @@ class PostgresWriter:
                         params,
                     )
                 history = [
-                    (h["task_id"], h["from_state"], h["to_state"], h["at"], h["detail"])
+                    (h["task_id"], h["from_state"], h["to_state"], h["at"], h["detail"], epoch)
+                    for epoch in (self._epoch,)
                     for _, w in writes
                     for h in w.history
                 ]
@@ -284,7 +304,12 @@ class PostgresWriter:
                     )
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise Refused(str(exc)) from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != _DEPOSED_SQLSTATE:
+                await self._drop()
+                raise Unavailable(f"the store refused task writes: {exc}") from exc
+            raise Deposed(f"the database refused a past leader's task writes: {exc}") from exc
+        except (asyncpg.InterfaceError, OSError) as exc:
             await self._drop()
             raise Unavailable(f"the store refused task writes: {exc}") from exc
 

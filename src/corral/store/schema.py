@@ -30,6 +30,7 @@ __all__ = [
     "Base",
     "DataKeyRow",
     "GrantRow",
+    "LeaderRow",
     "OrgRow",
     "SecretRow",
     "TaskEventRow",
@@ -162,6 +163,20 @@ class TaskEventRow(Base):
     to_state: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime]
     detail: Mapped[str] = mapped_column(Text, default="")
+    #: the leader lease's epoch of the control plane that recorded it (None: no lease, SQLite)
+    epoch: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class LeaderRow(Base):
+    """The leader lease of replicated control planes on PostgreSQL: one row, its epoch raised
+    at every takeover (see corral.store.leases)."""
+
+    __tablename__ = "leader_lease"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    holder: Mapped[str | None] = mapped_column(String(253))
+    api_url: Mapped[str | None] = mapped_column(String(2000))
+    renewed_at: Mapped[datetime | None]
 
 
 class DataKeyRow(Base):

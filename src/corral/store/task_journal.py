@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from corral.domain.errors import Unavailable
+from corral.domain.errors import Deposed, Unavailable
 from corral.domain.tasks import TaskState
 from corral.store.db import Database
 from corral.store.journal_writers import (
@@ -63,12 +63,23 @@ class _Batch:
 class TaskJournal:
     """Group-committed task writes. ``await close()`` commits what is left."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        epoch: int | None = None,
+        on_deposed: Callable[[Deposed], None] | None = None,
+    ) -> None:
+        """With ``epoch`` (PostgreSQL, a replica leading under a lease) every commit is fenced
+        by it: once another replica leads, the first refused commit calls ``on_deposed`` and
+        every write from then on raises :class:`Deposed` (nothing more reaches the store)."""
         self._writer: Writer = (
             SqliteWriter(db.url.split(":///", 1)[1])
             if db.dialect == "sqlite"
-            else PostgresWriter(db.url)
+            else PostgresWriter(db.url, epoch=epoch, session=db.application_name)
         )
+        self._on_deposed = on_deposed
+        self.deposed: Deposed | None = None
         self._batch = _Batch()
         self._runner: asyncio.Task[None] | None = None
         self._committing: asyncio.Future[set[str]] | None = None
@@ -156,6 +167,8 @@ class TaskJournal:
         return await asyncio.shield(done)
 
     def _wake(self) -> None:
+        if self.deposed is not None:
+            raise self.deposed
         if self._closed:
             raise Unavailable("the task journal is closed")
         if self._runner is None or self._runner.done():
@@ -174,12 +187,27 @@ class TaskJournal:
                 if not done.done():
                     done.cancel()
                 raise
+            except Deposed as exc:
+                self._depose(exc, done)
+                return
             done.set_result(failed)
             for callback in batch.after:
                 try:
                     callback()
                 except Exception:
                     log.exception("a callback after a commit of task writes failed")
+
+    def _depose(self, exc: Deposed, done: asyncio.Future[set[str]]) -> None:
+        """Nothing of this batch or any later one is committed: every waiter learns why."""
+        log.error("task writes refused, this control plane no longer leads: %s", exc.message)
+        self.deposed = exc
+        for waiting in (done, self._batch.done):
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(exc)
+                waiting.exception()  # read here: a waiter may be gone already
+        self._batch = _Batch()
+        if self._on_deposed is not None:
+            self._on_deposed(exc)
 
     async def _commit_until_done(self, batch: _Batch) -> set[str]:
         """Commit ``batch``, however long the store takes to come back. A batch is never
@@ -237,10 +265,12 @@ class TaskJournal:
         writes."""
         try:
             async with asyncio.timeout(timeout):
-                if len(self._batch):
+                if len(self._batch) and self.deposed is None:
                     await self.flush()
                 if self._runner is not None and not self._runner.done():
                     await asyncio.shield(self._runner)
+        except Deposed:
+            pass  # nothing more may be committed, and nothing was
         except TimeoutError:
             log.error("closing with %d task writes not committed: the store is away", self.pending)
             if self._runner is not None:

@@ -1,0 +1,257 @@
+"""The leader lease of replicated control planes on PostgreSQL, and its fencing epoch.
+
+Any number of control planes (replicas) may run against one PostgreSQL database; exactly one
+leads — runs the dispatcher, the agents' runtime and every writer of task state — and the others
+stand by. Leading takes two things, both held on one connection kept for that purpose:
+
+- the session advisory lock of :mod:`corral.store.writer_lock` (the same key, so a replica and a
+  single control plane exclude each other too). PostgreSQL drops it when the holder's session
+  ends: a leader killed with -9 frees it at once.
+- the ``leader_lease`` row: its ``epoch`` is raised at every takeover, and the holder renews
+  ``renewed_at`` (the database's clock, so replicas' clocks never matter) every
+  ``lease_seconds / 4``.
+
+A process that is paused (SIGSTOP) or cut off from the database keeps its session, and so its
+advisory lock, as long as the server does not notice. So a standby that finds the row not
+renewed for longer than the lease ends every session of the stale holder (each replica names
+its sessions ``corral:<replica>``), which frees the lock and aborts whatever transaction the
+holder had open, and then takes over.
+
+Fencing: every journal transaction of the leader first reads the lease row ``FOR SHARE`` and
+goes on only if the epoch is still its own, and the database itself refuses (a trigger, see
+migration ``0005``) any history row stamped with another epoch than the current one. A takeover
+raises the epoch with an ``UPDATE`` that waits for such transactions to end, so a transition is
+either committed before the new leader reads the store or refused. The leader also trusts its
+lease only until ``lease_seconds`` after the last renewal it *sent* (its own monotonic clock),
+which is before any standby can find it stale: a leader resumed after a pause knows at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from corral.domain.errors import Deposed, Unavailable
+from corral.store.writer_lock import ADVISORY_KEY
+
+__all__ = ["Leader", "LeaderLease", "session_name"]
+
+log = logging.getLogger("corral.store.lease")
+
+_STATE = (
+    "SELECT epoch, holder, api_url, "
+    "extract(epoch FROM clock_timestamp() - renewed_at)::float8 AS age "
+    "FROM leader_lease WHERE id = 1"
+)
+_TAKE = (
+    "UPDATE leader_lease SET epoch = epoch + 1, holder = $1, api_url = $2, "
+    "renewed_at = clock_timestamp() WHERE id = 1 RETURNING epoch"
+)
+_RENEW = (
+    "UPDATE leader_lease SET renewed_at = clock_timestamp() "
+    "WHERE id = 1 AND epoch = $1 AND holder = $2"
+)
+_END_SESSIONS = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+def session_name(replica: str) -> str:
+    """The ``application_name`` of every database session of ``replica``."""
+    return f"corral:{replica}"[:63]
+
+
+def asyncpg_url(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """The lease row as a standby reads it."""
+
+    epoch: int
+    holder: str | None
+    api_url: str | None
+    age: float | None  # seconds since the last renewal (database clock)
+
+
+class LeaderLease:
+    """Campaign for, hold and renew the lease of one replica.
+
+    Args:
+        url: the PostgreSQL database URL.
+        replica: this replica's name, unique among the replicas (e.g. the Pod's name).
+        api_url: where this replica serves its API, recorded with the lease for standbys.
+        lease_seconds: how long a lease lives without being renewed.
+        poll_seconds: how often a standby tries to take the lease.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        replica: str,
+        api_url: str,
+        lease_seconds: float = 5.0,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        if lease_seconds <= 0 or poll_seconds <= 0:
+            raise ValueError("lease_seconds and poll_seconds must be positive")
+        self._url = asyncpg_url(url)
+        self.replica = replica
+        self.api_url = api_url
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.session = session_name(replica)
+        self.epoch: int | None = None  # while leading
+        self._valid_until = 0.0
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def renew_seconds(self) -> float:
+        return self.lease_seconds / 4
+
+    def valid(self) -> bool:
+        """Whether this replica may still act as the leader (its own clock, no I/O)."""
+        return self.epoch is not None and time.monotonic() < self._valid_until
+
+    # -- the connection -------------------------------------------------------------------
+    async def _connection(self) -> Any:
+        import asyncpg  # type: ignore[import-untyped]  # no stubs
+
+        if self._conn is None or self._conn.is_closed():
+            self.epoch = None  # a new session holds no advisory lock
+            try:
+                self._conn = await asyncpg.connect(
+                    self._url, server_settings={"application_name": self.session}, timeout=10
+                )
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                raise Unavailable(f"cannot reach the database for the leader lease: {exc}") from exc
+        return self._conn
+
+    async def _run(self, what: str, *args: Any) -> Any:
+        import asyncpg
+
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                return await conn.fetch(what, *args, timeout=max(self.lease_seconds / 2, 1.0))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                await self._drop()
+                raise Unavailable(f"the leader lease's database session failed: {exc}") from exc
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self.epoch = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=1)
+
+    # -- standing by ----------------------------------------------------------------------
+    async def leader(self) -> Leader | None:
+        """The lease row now (``None`` before anyone ever led)."""
+        rows = await self._run(_STATE)
+        if not rows or rows[0]["holder"] is None:
+            return None
+        row = rows[0]
+        return Leader(row["epoch"], row["holder"], row["api_url"], row["age"])
+
+    async def try_take(self) -> int | None:
+        """Take the lease if it is free or its holder is stale; the new epoch, or ``None``."""
+        started = time.monotonic()
+        got = (await self._run("SELECT pg_try_advisory_lock($1) AS got", ADVISORY_KEY))[0]["got"]
+        if not got:
+            current = await self.leader()
+            if current is not None and current.age is not None and current.age > self.lease_seconds:
+                if current.holder == self.replica:
+                    return None  # our own old session: it ends with the connection we dropped
+                ended = (await self._run(_END_SESSIONS, session_name(current.holder or "")))[0][0]
+                log.warning(
+                    "leader %s (epoch %d) has not renewed its lease for %.1fs: ended its %d "
+                    "database sessions",
+                    current.holder,
+                    current.epoch,
+                    current.age,
+                    ended,
+                )
+            return None
+        try:
+            rows = await self._run(_TAKE, self.replica, self.api_url)
+        except Unavailable:
+            raise  # the session is gone, and its advisory lock with it
+        self.epoch = int(rows[0]["epoch"])
+        self._valid_until = started + self.lease_seconds
+        log.info("replica %s leads now (epoch %d)", self.replica, self.epoch)
+        return self.epoch
+
+    async def campaign(self) -> int:
+        """Wait until this replica leads; its epoch. The database being away is waited out."""
+        while True:
+            try:
+                epoch = await self.try_take()
+            except Unavailable as exc:
+                log.warning("campaigning for the lease: %s", exc.message)
+                epoch = None
+            if epoch is not None:
+                return epoch
+            await asyncio.sleep(self.poll_seconds)
+
+    # -- leading --------------------------------------------------------------------------
+    async def renew(self) -> None:
+        """Renew the lease.
+
+        Raises:
+            Deposed: another replica took it (the epoch moved on).
+            Unavailable: the database did not answer (the lease still runs out on its own).
+        """
+        epoch = self.epoch
+        if epoch is None:
+            raise Deposed(f"replica {self.replica} does not hold the leader lease")
+        started = time.monotonic()
+        async with self._lock:
+            conn = await self._connection()
+            if self.epoch is None:  # the connection was new: the advisory lock is gone
+                raise Deposed(f"replica {self.replica} lost its lease session")
+            try:
+                status = await conn.execute(_RENEW, epoch, self.replica, timeout=self.renew_seconds)
+            except Exception as exc:
+                await self._drop()
+                raise Unavailable(f"renewing the leader lease failed: {exc}") from exc
+        if status != "UPDATE 1":
+            self.epoch = None
+            raise Deposed(f"replica {self.replica} was deposed: epoch {epoch} is no longer current")
+        self._valid_until = started + self.lease_seconds
+
+    async def hold(self) -> str:
+        """Renew the lease until it is lost; why it was lost."""
+        while True:
+            await asyncio.sleep(self.renew_seconds)
+            if not self.valid():
+                return "the lease ran out before it could be renewed"
+            try:
+                await self.renew()
+            except Deposed as exc:
+                return exc.message
+            except Unavailable as exc:
+                log.warning("%s; the lease stays valid for %.1fs", exc.message, self._left())
+                if not self.valid():
+                    return "the lease ran out: the database could not be reached"
+
+    def _left(self) -> float:
+        return max(self._valid_until - time.monotonic(), 0.0)
+
+    def lose(self) -> None:
+        """Stop trusting the lease at once (e.g. a write was refused as deposed)."""
+        self.epoch = None
+        self._valid_until = 0.0
+
+    async def close(self) -> None:
+        """Let go of the lease (the session ends, and the advisory lock with it)."""
+        async with self._lock:
+            await self._drop()
