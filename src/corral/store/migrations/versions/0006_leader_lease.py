@@ -3,15 +3,15 @@
 On PostgreSQL a trigger refuses any history row whose epoch is not the lease's current one,
 so a deposed leader that still runs cannot commit a transition even past its own checks.
 
-Revision ID: 0005_leader_lease
-Revises: 0004
+Revision ID: 0006_leader_lease
+Revises: 0005_roles
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_leader_lease"
-down_revision = "0004"
+revision = "0006_leader_lease"
+down_revision = "0005_roles"
 branch_labels = None
 depends_on = None
 
