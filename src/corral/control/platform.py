@@ -10,7 +10,6 @@ runs unsupervised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from contextlib import AsyncExitStack
@@ -31,6 +30,7 @@ from corral.control.ingress import watch as watch_ingress
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
 from corral.control.monitoring import refresh_metrics
+from corral.control.org_steps import org_steps
 from corral.control.retention import Retention, retention_of
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
@@ -75,9 +75,10 @@ class Platform:
         self.tasks = TaskRepository(self.db)
         self.hub = EventHub()
         self.metrics = Metrics()
-        self.hooks = OrgHooks(on_create=[], on_delete=[])
+        self.hooks = OrgHooks()
         self.tenants = TenantService(self.orgs, self.ledger, self.hooks)
         self.new_admin_key: str | None = None  # set on the first start only
+        self.deletion_retry_seconds = 5.0  # how often a pending org deletion is carried on
         self._services = services
         self._stack = AsyncExitStack()
         self._background = Background()
@@ -191,6 +192,7 @@ class Platform:
             self._background.spawn(self.dispatcher.run(), "corral-dispatch")
             self._background.spawn(self._watch_exits(), "corral-exits")
             self._background.spawn(self.retention.run(), "corral-retention")
+            self._background.spawn(self._carry_on_deletions(), "corral-deletions")
             self._background.spawn(watch_ingress(self), "corral-ingress")
         self._stack.push_async_callback(self._background.close)
 
@@ -229,8 +231,23 @@ class Platform:
             self.nats = await self._stack.enter_async_context(server)
             url = server.url
         self.bus = await self._stack.enter_async_context(PlatformBus(url, authority))
-        for org in await self.orgs.list():  # accounts pushed again after a restart
-            await self.bus.ensure_org(org.slug, org.plan.bus)
+        await self._restore_orgs()
+
+    async def _restore_orgs(self) -> None:
+        """Push every org's account again after a restart, a few at a time. An org that cannot
+        be restored is reported, not fatal: the others come up."""
+        orgs = await self.orgs.list()
+        gate = asyncio.Semaphore(16)
+
+        async def restore(org: Organization) -> None:
+            async with gate:
+                try:
+                    await self.bus.ensure_org(org.slug, org.plan.bus)
+                except CorralError as exc:
+                    log.error("organization %s not restored on the bus: %s", org.slug, exc.message)
+
+        await asyncio.gather(*(restore(org) for org in orgs))
+        log.info("%d organizations restored on the bus", len(orgs))
 
     def _agent_env(self) -> dict[str, str]:
         return {"CORRAL_HEARTBEAT_SECONDS": str(self.settings.heartbeat_seconds)}
@@ -256,7 +273,7 @@ class Platform:
             run_as = None
             if self.sandbox.enabled and os.geteuid() == 0:  # each org's agents: its own uid
                 for org in await self.orgs.list():
-                    await self._org_uid(org)
+                    await self.assign_org_uid(org)
                 run_as = self._run_as
             runtime = LocalProcessRuntime(
                 self.data_dir / "agents",
@@ -279,7 +296,7 @@ class Platform:
             read_only=self.settings.sandbox_read_only,
         )
 
-    async def _org_uid(self, org: Organization) -> None:
+    async def assign_org_uid(self, org: Organization) -> None:
         uid = await self.orgs.sandbox_uid(
             org.id, base=self.settings.sandbox_uid_base, count=self.settings.sandbox_uid_count
         )
@@ -294,52 +311,7 @@ class Platform:
 
     # -- organizations --------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        async def bus_up(org: Organization) -> None:
-            await self.bus.ensure_org(org.slug, org.plan.bus)
-
-        async def bus_down(org: Organization) -> None:
-            await self.bus.remove_org(org.slug)
-
-        async def runtime_up(org: Organization) -> None:
-            if self.sandbox is not None and self.sandbox.enabled and os.geteuid() == 0:
-                await self._org_uid(org)
-            await self.runtime.prepare_org(org.slug, labels={**org.labels, **org.annotations})
-
-        async def runtime_down(org: Organization) -> None:
-            for agent in await self.agents.find(org_id=org.id):
-                if agent.state is not AgentState.TERMINATED:
-                    with contextlib.suppress(CorralError):
-                        await self.controller.terminate(org, agent.id, delete_workspace=True)
-            await self.runtime.remove_org(org.slug)
-
-        async def scheduler_up(org: Organization) -> None:
-            self.dispatcher.org_changed(org)
-
-        async def scheduler_down(org: Organization) -> None:
-            self.dispatcher.org_removed(org)
-
-        async def vault_down(org: Organization) -> None:
-            await self.vault.destroy_org(OrgId(org.id), actor="platform")
-
-        async def nothing(org: Organization) -> None:
-            return None
-
-        self.hooks.on_create.extend(
-            [
-                ("bus", bus_up),
-                ("runtime", runtime_up),
-                ("scheduler", scheduler_up),
-                ("vault", nothing),
-            ]
-        )
-        self.hooks.on_delete.extend(
-            [
-                ("bus", bus_down),
-                ("runtime", runtime_down),
-                ("scheduler", scheduler_down),
-                ("vault", vault_down),
-            ]
-        )
+        self.hooks.steps.extend(org_steps(self))
 
     # -- vault over the bus ---------------------------------------------------------------
     async def _registered_agent(self, org_id: OrgId, agent_id: AgentId) -> RegisteredAgent | None:
@@ -420,6 +392,12 @@ class Platform:
             await self.dispatcher.agent_lost(agent_id, why="the control plane restarted")
 
     # -- background -----------------------------------------------------------------------
+    async def _carry_on_deletions(self) -> None:
+        """Finish the org deletions that began and failed half-way (or before a restart)."""
+        while True:
+            await self.tenants.finish_deletions()
+            await asyncio.sleep(self.deletion_retry_seconds)
+
     async def _watch_exits(self) -> None:
         async for status in self.runtime.exits():
             try:
