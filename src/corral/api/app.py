@@ -36,7 +36,8 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        # serving while start-up recovery relaunches agents: say how far it is
+        return {"status": "ok", "recovery": platform.recovery.describe()}
 
     for module in (orgs, agents, tasks, secrets, models, events, metrics, dashboard):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)

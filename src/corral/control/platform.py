@@ -1,9 +1,10 @@
 """The composition root: one object that owns every service of a running control plane.
 
 Start order: store → vault (proves the master key) → bus (embedded nats-server or an
-external one, then the PLATFORM connection) → runtime → reconcile what was left running →
-services (dispatcher, event consumer, crash watcher, vault responder, the bus ingress
-watchdog). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
+external one, then the PLATFORM connection; every org's account, a few at a time) → runtime →
+services (event consumer, vault responder, retention, the bus ingress watchdog, pending org
+deletions) — then the API may serve, while recovery relaunches what was left running, several
+agents at a time, and starts the dispatcher and the crash watcher (:mod:`corral.control.recovery`). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
 runs unsupervised.
 """
 
@@ -22,6 +23,7 @@ from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
 from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
+from corral.control import recovery
 from corral.control.background import Background
 from corral.control.dispatch import Dispatcher
 from corral.control.gateway.running import GatewayService
@@ -40,7 +42,7 @@ from corral.domain.ids import AgentId, OrgId
 from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
-from corral.runtime.base import AgentRuntime, Phase
+from corral.runtime.base import AgentRuntime
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 from corral.store.agents import AgentRepository
@@ -79,6 +81,9 @@ class Platform:
         self.tenants = TenantService(self.orgs, self.ledger, self.hooks)
         self.new_admin_key: str | None = None  # set on the first start only
         self.deletion_retry_seconds = 5.0  # how often a pending org deletion is carried on
+        self.relaunch_concurrency = recovery.RELAUNCH_CONCURRENCY
+        self.recovery = recovery.Recovery()
+        self.recovered = asyncio.Event()  # set once every agent is back after a start
         self._services = services
         self._stack = AsyncExitStack()
         self._background = Background()
@@ -187,10 +192,7 @@ class Platform:
             serving = await self.bus.serve_vault(self._answer_vault)
             self._stack.push_async_callback(serving.close)
             self._background.spawn(self.dispatcher.consume(), "corral-events")
-            await self._drain_events()
-            await self._reconcile()
-            self._background.spawn(self.dispatcher.run(), "corral-dispatch")
-            self._background.spawn(self._watch_exits(), "corral-exits")
+            self._background.spawn(self._recover(), "corral-recovery")
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(self._carry_on_deletions(), "corral-deletions")
             self._background.spawn(watch_ingress(self), "corral-ingress")
@@ -352,44 +354,14 @@ class Platform:
             raise
         return {"value": base64.b64encode(value).decode()}
 
-    # -- start-up reconciliation ----------------------------------------------------------
-    async def _drain_events(self, *, timeout: float = 10.0) -> None:
-        """Let the event consumer record what agents reported while the control plane was
-        down, before in-flight work is judged lost: wait until EVENTS has no backlog."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while await self.bus.events_backlog() > 0:
-            if asyncio.get_running_loop().time() > deadline:
-                log.warning("events still pending after %.0fs; reconciling anyway", timeout)
-                return
-            await asyncio.sleep(0.05)
-
-    async def _reconcile(self) -> None:
-        """Compare the registry with what runs: stop leftovers, restart what should run,
-        finish interrupted pauses. Every agent's process was stopped or restarted, so the work
-        any of them held is lost: it is retried."""
-        records: dict[str, Agent] = {a.id: a for a in await self.agents.find()}
-        for found in await self.runtime.list_agents():
-            rec = records.get(found.agent_id)
-            if found.phase is Phase.RUNNING and (
-                rec is None or rec.state is not AgentState.RUNNING
-            ):
-                log.info("stopping leftover agent process %s", found.agent_id)
-                await self.runtime.stop(found.org, found.agent_id, grace=1.0)
-        for agent in records.values():
-            org = await self.orgs.get_by_id(agent.org_id)
-            if agent.state in (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING):
-                status = await self.runtime.status(org.slug, agent.id)
-                if status.phase is Phase.RUNNING:
-                    await self.runtime.stop(org.slug, agent.id, grace=1.0)
-                try:
-                    await self.controller.restart_now(org, agent)
-                except CorralError as exc:
-                    log.error("could not restart %s: %s", agent.id, exc.message)
-            elif agent.state is AgentState.PAUSING:
-                await self.runtime.stop(org.slug, agent.id, grace=1.0)
-                await self.controller.finish_pause(org, agent)
-        for agent_id in self.dispatcher.holders():
-            await self.dispatcher.agent_lost(agent_id, why="the control plane restarted")
+    # -- start-up recovery (beside the API: see corral.control.recovery) ------------------
+    async def _recover(self) -> None:
+        await recovery.drain_events(self)
+        await recovery.reconcile(self, self.recovery, concurrency=self.relaunch_concurrency)
+        self._background.spawn(self.dispatcher.run(), "corral-dispatch")
+        self._background.spawn(self._watch_exits(), "corral-exits")
+        self.recovery.done = True
+        self.recovered.set()
 
     # -- background -----------------------------------------------------------------------
     async def _carry_on_deletions(self) -> None:
