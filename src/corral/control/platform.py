@@ -377,12 +377,13 @@ class Platform:
             except Exception:
                 log.exception("handling the exit of %s failed", status.agent_id)
 
-    async def refresh_metrics(self) -> None:
-        await refresh_metrics(self)
+    async def refresh_metrics(self, *, every_org: bool = False) -> None:
+        await refresh_metrics(self, every_org=every_org)
 
-    async def metrics_text(self) -> bytes:
-        """Every tenant's metrics, freshly measured, in the Prometheus text format."""
-        await self.refresh_metrics()
+    async def metrics_text(self, *, every_org: bool = False) -> bytes:
+        """The metrics, freshly measured, in the Prometheus text format: per-org series for
+        the active orgs (every org's with ``every_org``; see corral.control.monitoring)."""
+        await self.refresh_metrics(every_org=every_org)
         return self.metrics.render()
 
     async def _ensure_admin_key(self) -> None:
