@@ -1,10 +1,11 @@
 """The composition root: one object that owns every service of a running control plane.
 
 Start order: store → vault (proves the master key) → bus (embedded nats-server or an
-external one, then the PLATFORM connection; every org's account, a few at a time) → runtime →
-services (event consumer, vault responder, retention, the bus ingress watchdog, pending org
-deletions) — then the API may serve, while recovery relaunches what was left running, several
-agents at a time, and starts the dispatcher and the crash watcher (:mod:`corral.control.recovery`). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
+external one, then the PLATFORM connection) → runtime → services (event consumer, vault
+responder, retention, the bus ingress watchdog, pending org deletions) — then the API may
+serve, while recovery pushes every org's account and streams again (a few at a time; one that
+fails is reported, not fatal), relaunches what was left running, several agents at a time, and
+starts the dispatcher and the crash watcher (:mod:`corral.control.recovery`). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
 runs unsupervised.
 """
 
@@ -233,7 +234,8 @@ class Platform:
             self.nats = await self._stack.enter_async_context(server)
             url = server.url
         self.bus = await self._stack.enter_async_context(PlatformBus(url, authority))
-        await self._restore_orgs()
+        if not self._services:  # with services, recovery restores them beside the API
+            await self._restore_orgs()
 
     async def _restore_orgs(self) -> None:
         """Push every org's account again after a restart, a few at a time. An org that cannot
@@ -248,8 +250,10 @@ class Platform:
                 except CorralError as exc:
                     log.error("organization %s not restored on the bus: %s", org.slug, exc.message)
 
+        began = asyncio.get_running_loop().time()
         await asyncio.gather(*(restore(org) for org in orgs))
-        log.info("%d organizations restored on the bus", len(orgs))
+        took = asyncio.get_running_loop().time() - began
+        log.info("%d organizations restored on the bus in %.1fs", len(orgs), took)
 
     def _agent_env(self) -> dict[str, str]:
         return {"CORRAL_HEARTBEAT_SECONDS": str(self.settings.heartbeat_seconds)}
@@ -356,6 +360,10 @@ class Platform:
 
     # -- start-up recovery (beside the API: see corral.control.recovery) ------------------
     async def _recover(self) -> None:
+        # the server kept every account and stream it had; pushing them again only matters
+        # if a plan changed or the server lost them, so the API need not wait for it
+        await self._restore_orgs()
+        self.recovery.phase = "relaunching agents"
         await recovery.drain_events(self)
         await recovery.reconcile(self, self.recovery, concurrency=self.relaunch_concurrency)
         self._background.spawn(self.dispatcher.run(), "corral-dispatch")

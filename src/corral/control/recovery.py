@@ -1,6 +1,8 @@
 """Start-up recovery: what the registry says should run is brought back after a restart.
 
-The API serves first; recovery runs beside it in the background. It lets the event consumer
+The API serves first; recovery runs beside it in the background. It pushes every org's
+account and streams again (the server kept them; this only matters if a plan changed or the
+server lost them), lets the event consumer
 record what agents reported while the control plane was down, stops leftover processes,
 relaunches every agent that should be running — several at a time, with its progress in the
 log and in ``/healthz`` — finishes interrupted pauses, and only then retries the work the
@@ -35,6 +37,7 @@ _LIVE = (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING)
 class Recovery:
     """The progress of start-up recovery (``done`` once every agent is back)."""
 
+    phase: str = "restoring organizations"
     total: int = 0
     relaunched: int = 0
     failed: int = 0
@@ -43,6 +46,8 @@ class Recovery:
     def describe(self) -> str:
         if self.done:
             return "done"
+        if self.phase != "relaunching agents":
+            return self.phase
         return f"relaunching agents: {self.relaunched + self.failed}/{self.total}"
 
 
