@@ -7,8 +7,9 @@ import hashlib
 import hmac
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.domain.errors import Conflict, NotFound
 from corral.domain.ids import OrgId, OrgSlug
@@ -176,10 +177,7 @@ class OrgRepository:
                         raise NotFound(f"organization {org_id!r} not found")
                     if row.sandbox_uid is not None:
                         return row.sandbox_uid
-                    taken = await s.execute(
-                        select(OrgRow.sandbox_uid).where(OrgRow.sandbox_uid.is_not(None))
-                    )
-                    uid = _free_uid({u for u in taken.scalars() if u is not None}, base, count)
+                    uid = await self._next_uid(s, base, count)
                     if uid is None:
                         return None
                     result = await s.execute(
@@ -192,6 +190,19 @@ class OrgRepository:
             if result.rowcount:  # type: ignore[attr-defined]
                 return uid
         return (await self.sandbox_uids()).get(org_id)
+
+    @staticmethod
+    async def _next_uid(s: AsyncSession, base: int, count: int) -> int | None:
+        """After the highest uid given (one indexed look-up); only when the range's top is
+        taken, the lowest free one (a scan)."""
+        in_range = OrgRow.sandbox_uid.between(base, base + count - 1)
+        top = (await s.execute(select(func.max(OrgRow.sandbox_uid)).where(in_range))).scalar()
+        if top is None:
+            return base
+        if top + 1 < base + count:
+            return int(top) + 1
+        taken = await s.execute(select(OrgRow.sandbox_uid).where(in_range))
+        return _free_uid({u for u in taken.scalars() if u is not None}, base, count)
 
     async def sandbox_uids(self) -> dict[str, int]:
         """org id → its sandbox uid, for the orgs that have one."""
