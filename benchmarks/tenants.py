@@ -147,7 +147,7 @@ async def until(probe: Callable[[], Awaitable[bool]], *, timeout: float, what: s
     while not await probe():
         if time.monotonic() - began > timeout:
             raise SystemExit(f"gave up waiting for {what} after {timeout:.0f} s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
     return time.monotonic() - began
 
 
@@ -218,10 +218,19 @@ async def agents_and_tasks(
         ids: dict[str, str] = {}
 
         def provision(org: str) -> Callable[[], Awaitable[None]]:
-            async def post() -> None:
-                r = await http.post(f"/v1/orgs/{org}/agents", json={"name": "w", "wait": True})
+            async def post() -> None:  # until it runs (a loaded machine may take > 30 s)
+                r = await http.post(f"/v1/orgs/{org}/agents", json={"name": "w"})
                 expect(r, 201)
                 ids[org] = r.json()["id"]
+
+                async def running() -> bool:
+                    got = await http.get(f"/v1/orgs/{org}/agents/{ids[org]}")
+                    state = got.json()["state"]
+                    if state == "failed":
+                        raise SystemExit(f"agent {ids[org]} failed to start")
+                    return bool(state == "running")
+
+                await until(running, timeout=600, what=f"agent {ids[org]}")
 
             return post
 

@@ -278,8 +278,12 @@ class Platform:
             self.sandbox = self._confinement()
             run_as = None
             if self.sandbox.enabled and os.geteuid() == 0:  # each org's agents: its own uid
+                known = await self.orgs.sandbox_uids()  # one query, not one per org
                 for org in await self.orgs.list():
-                    await self.assign_org_uid(org)
+                    if org.id in known:
+                        self._org_uids[org.slug] = known[org.id]
+                    else:
+                        await self.assign_org_uid(org)
                 run_as = self._run_as
             runtime = LocalProcessRuntime(
                 self.data_dir / "agents",
