@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from corral.control.platform import Platform
@@ -108,3 +110,24 @@ async def test_plans_are_listed(admin: httpx.AsyncClient) -> None:
     # the three built in come first; an operator's plans (registered by a test that ran
     # earlier in this process) follow them
     assert names[:3] == ["free", "standard", "enterprise"]
+
+
+async def test_orgs_are_listed_a_page_at_a_time(admin: httpx.AsyncClient) -> None:
+    keys = {}
+    for name in ("echo", "alpha", "delta", "bravo", "charlie"):
+        keys[name] = (await admin.post("/v1/orgs", json={"name": name})).json()["apiKey"]
+    seen, cursor, pages = [], None, 0
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        body = (await admin.get("/v1/orgs", params=params)).json()
+        assert len(body["orgs"]) <= 2
+        seen += [o["name"] for o in body["orgs"]]
+        pages += 1
+        cursor = body["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == ["alpha", "bravo", "charlie", "delta", "echo"] and pages == 3
+    assert (await admin.get("/v1/orgs", params={"limit": 0})).status_code == 422
+    async with as_key(admin, keys["delta"]) as delta:
+        own = (await delta.get("/v1/orgs")).json()
+    assert [o["name"] for o in own["orgs"]] == ["delta"] and own["nextCursor"] is None

@@ -215,3 +215,20 @@ async def test_an_org_cannot_open_event_streams_without_bound(live: Live) -> Non
     await eventually(lambda: hub.streams("acme") == 0, message="closed streams let go")
     async with streaming(acme, "/v1/orgs/acme/events"):  # closed ones free their places
         pass
+
+
+async def test_metrics_give_idle_orgs_no_series_of_their_own_unless_asked(live: Live) -> None:
+    await live.org("busy")
+    for n in range(3):
+        await live.org(f"idle{n}", plan="free")
+    await live.agent("busy", "w")
+
+    samples = _samples((await live.admin.get("/metrics")).text)
+    assert {s["org"] for s in samples["corral_quota_used"]} == {"busy"}
+    assert {s["org"] for s in samples["corral_queue_depth"]} == {"busy"}
+    orgs = {s["tier"]: s["="] for s in samples["corral_orgs"]}
+    assert orgs == {"free": "3.0", "standard": "1.0"}
+
+    every = _samples((await live.admin.get("/metrics", params={"orgs": "all"})).text)
+    assert {s["org"] for s in every["corral_quota_used"]} == {"busy", "idle0", "idle1", "idle2"}
+    assert (await live.admin.get("/metrics", params={"orgs": "some"})).status_code == 422

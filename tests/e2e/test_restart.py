@@ -85,8 +85,12 @@ def test_kill_9_of_corral_up_then_restart_completes_every_task_once(tmp_path: Pa
         for i in ids:
             history = [h["to"] for h in http.get(f"/v1/orgs/acme/tasks/{i}").json()["history"]]
             assert history.count("completed") == 1, (i, history)
-        agents = http.get("/v1/orgs/acme/agents").json()["agents"]
-        assert [a["state"] for a in agents if a["name"] == "w"] == ["running"]
+
+        def back() -> bool:  # the API serves while agents are relaunched beside it
+            agents = http.get("/v1/orgs/acme/agents").json()["agents"]
+            return [a["state"] for a in agents if a["name"] == "w"] == ["running"]
+
+        wait_until(back, timeout=60)
         http.close()
     finally:
         proc.send_signal(signal.SIGTERM)

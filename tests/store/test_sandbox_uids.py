@@ -43,7 +43,7 @@ async def test_a_full_range_gives_none_and_a_deleted_orgs_uid_is_reused_last(db:
     assert await repo.sandbox_uid(a.id, base=7000, count=2) == 7000
     assert await repo.sandbox_uid(b.id, base=7000, count=2) == 7001
     assert await repo.sandbox_uid(c.id, base=7000, count=2) is None  # exhausted
-    await repo.delete("alpha")
+    await repo.delete(a.id)
     assert await repo.sandbox_uid(c.id, base=7000, count=2) == 7000  # free again only now
     with pytest.raises(NotFound):
         await repo.sandbox_uid("org_nobody", base=7000, count=2)

@@ -53,6 +53,8 @@ def create_app(platform: Platform) -> FastAPI:
             "role": role,
             "replica": lease.replica if lease else None,
             "epoch": lease.epoch if lease else None,
+            # serving while start-up recovery relaunches agents: say how far it is
+            "recovery": platform.recovery.describe(),
         }
 
     @app.get("/healthz", include_in_schema=False)

@@ -226,16 +226,31 @@ class PlatformBus:
 
     async def ensure_org(self, org: str, limits: BusLimits) -> None:
         """Give ``org`` its account (or its new plan's limits), its INBOX and its EVENTS.
-        Idempotent; the org's events are read from then on (until it stays idle).
+        Idempotent; the org's events are read from then on (until it stays idle). When the
+        streams shrink they are resized before the smaller account is pushed, when they grow
+        after the larger one: the server never holds streams the account cannot hold, so a
+        change back to the previous plan always fits.
 
         Raises:
             Conflict: its JetStream reservation does not fit in the server's caps.
             Unavailable: the server did not answer.
         """
         _, resolver = self._open()
+        before = self.authority.limits(org)
+        shrinking = before is not None and (
+            limits.inbox_max_bytes < before.inbox_max_bytes
+            or limits.events_max_bytes < before.events_max_bytes
+            or limits.jetstream_storage < before.jetstream_storage
+        )
+        if shrinking:
+            await self._ensure_streams(org, limits)
         async with self._lock:
             self.authority.admit(org, limits)
             await resolver.push(self.authority.org_account_jwt(org), name=org)
+        if not shrinking:
+            await self._ensure_streams(org, limits)
+
+    async def _ensure_streams(self, org: str, limits: BusLimits) -> None:
         async with self._links.use(org) as link:
             with translating(f"creating the streams of {org!r}"):
                 await streams.ensure_inbox(link.js, org, limits, replicas=self._replicas)
@@ -245,7 +260,9 @@ class PlatformBus:
         self._feeds.note_backlog(org, backlog)
 
     async def remove_org(self, org: str) -> None:
-        """Delete ``org``'s streams and account and close its connections. Absent is fine."""
+        """Delete ``org``'s streams and account and close its connections. Absent (or half
+        made: admitted, never pushed, no streams) is fine; a server that does not answer is
+        not (:class:`Unavailable`), and the org's record is kept for another try."""
         _, resolver = self._open()
         async with self._lock:
             if self.authority.limits(org) is None:
@@ -255,8 +272,8 @@ class PlatformBus:
                     for stream in (subjects.INBOX_STREAM, subjects.EVENTS_STREAM):
                         with translating(f"deleting the {stream} of {org!r}"):
                             await link.js.delete_stream(stream)
-            except (NotFound, Unauthenticated, Unavailable) as exc:
-                log.warning("org %s: streams not deleted: %s", org, exc.message)
+            except (NotFound, Unauthenticated) as exc:  # never made, or already gone
+                log.info("org %s: streams not deleted: %s", org, exc.message)
             await self._links.drop(org)
             account = self.authority.org_account(org)
             await resolver.push(self.authority.org_account_jwt(org, disabled=True), name=org)

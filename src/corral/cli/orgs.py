@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -56,7 +58,16 @@ def list_(ctx: Context) -> None:
     """List organizations."""
 
     def body() -> None:
-        data = ctx.client.get("/v1/orgs")
+        orgs: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:  # every page
+            params = {"cursor": cursor} if cursor else {}
+            page = ctx.client.get("/v1/orgs", params=params)
+            orgs.extend(page["orgs"])
+            cursor = page.get("nextCursor")
+            if not cursor:
+                break
+        data = {"orgs": orgs}
 
         def human() -> None:
             table = Table()

@@ -1,5 +1,10 @@
 """Cross-tenant monitoring: refresh the metrics snapshot from the store, the scheduler and the
-runtime. Per-org figures for an org key are served by ``org_usage``."""
+runtime. Per-org figures for an org key are served by ``org_usage``.
+
+``/metrics`` costs what is *active*, not how many orgs exist: per-org series (queue depth,
+quota) are emitted only for an org with queued tasks, agents or quota in use — an idle org has
+nothing to say — and ``corral_orgs`` counts the orgs by tier. ``every_org`` (``/metrics?orgs=all``)
+emits the quota series of every org, for an operator who wants them (see docs/tenants.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["org_figures", "refresh_metrics"]
 
 
-async def refresh_metrics(p: Platform) -> None:
+async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
     snap = Snapshot()
     snap.agents = await p.agents.count_by_state()
     snap.tasks = await p.tasks.count_by_state()
@@ -31,12 +36,18 @@ async def refresh_metrics(p: Platform) -> None:
     oldest: dict[str, float] = {}
     for q in p.dispatcher.scheduler:
         oldest[q.org] = min(oldest.get(q.org, now), q.enqueued_at)
+    tiers: dict[str, int] = {}
     for org in orgs:
         tier = org.plan.name
-        snap.queue_depth.append((org.slug, tier, p.dispatcher.scheduler.queued(OrgId(org.id))))
+        tiers[tier] = tiers.get(tier, 0) + 1
+        depth = p.dispatcher.scheduler.queued(OrgId(org.id))
+        u = usage.get(org.id)
+        in_use = u is not None and (u.agents > 0 or any(q.value for q in u.used.values()))
+        if not (every_org or depth or in_use):
+            continue  # an idle org: no series of its own
+        snap.queue_depth.append((org.slug, tier, depth))
         if org.id in oldest:
             snap.oldest_wait.append((org.slug, tier, now - oldest[org.id]))
-        u = usage.get(org.id)
         if u is None:
             continue
         for r in QUOTA_RESOURCES:
@@ -44,6 +55,7 @@ async def refresh_metrics(p: Platform) -> None:
                 (org.slug, tier, r, float(u.used[r].value), float(org.plan.quota[r].value))
             )
         snap.quota.append((org.slug, tier, "agents", float(u.agents), float(org.plan.agent_limit)))
+    snap.orgs = sorted(tiers.items())
     measure = getattr(p.runtime, "usage", None)
     for agent in await p.agents.find(states=[AgentState.RUNNING]):
         owner = by_id.get(agent.org_id)

@@ -1,16 +1,17 @@
 """The composition root: one object that owns every service of a running control plane.
 
 Start order: store → vault (proves the master key) → bus (embedded nats-server or an
-external one, then the PLATFORM connection) → runtime → reconcile what was left running →
-services (dispatcher, event consumer, crash watcher, vault responder, the bus ingress
-watchdog). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
+external one, then the PLATFORM connection) → runtime → services (event consumer, vault
+responder, retention, the bus ingress watchdog, pending org deletions) — then the API may
+serve, while recovery pushes every org's account and streams again (a few at a time; one that
+fails is reported, not fatal), relaunches what was left running, several agents at a time, and
+starts the dispatcher and the crash watcher (:mod:`corral.control.recovery`). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
 runs unsupervised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from contextlib import AsyncExitStack
@@ -23,7 +24,7 @@ from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
 from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
-from corral.control import reconciling
+from corral.control import recovery
 from corral.control.background import Background
 from corral.control.dispatch import Dispatcher
 from corral.control.gateway.running import GatewayService
@@ -32,6 +33,7 @@ from corral.control.ingress import watch as watch_ingress
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
 from corral.control.monitoring import refresh_metrics
+from corral.control.org_steps import org_steps
 from corral.control.retention import Retention, retention_of
 from corral.control.roles import RoleService
 from corral.control.tenants import OrgHooks, TenantService
@@ -90,9 +92,13 @@ class Platform:
         self.tasks = TaskRepository(self.db)
         self.hub = EventHub()
         self.metrics = Metrics()
-        self.hooks = OrgHooks(on_create=[], on_delete=[])
+        self.hooks = OrgHooks()
         self.tenants = TenantService(self.orgs, self.ledger, self.hooks)
         self.new_admin_key: str | None = None  # set on the first start only
+        self.deletion_retry_seconds = 5.0  # how often a pending org deletion is carried on
+        self.relaunch_concurrency = recovery.RELAUNCH_CONCURRENCY
+        self.recovery = recovery.Recovery()
+        self.recovered = asyncio.Event()  # set once every agent is back after a start
         self._services = services
         self._stack = AsyncExitStack()
         self._background = Background()
@@ -130,7 +136,7 @@ class Platform:
         self.data_dir.chmod(0o700)
         if self.settings.plans_file is not None:
             load_plans(self.settings.plans_file)
-        self._phases = reconciling.Phases()
+        self._phases = recovery.Phases()
         await self.db.start()
         self._phases.mark("store")
         self._stack.push_async_callback(self.db.close)
@@ -217,13 +223,9 @@ class Platform:
             serving = await self.bus.serve_vault(self._answer_vault)
             self._stack.push_async_callback(serving.close)
             self._background.spawn(self.dispatcher.consume(), "corral-events")
-            await self._drain_events()
-            self._phases.mark("events")
-            await self._reconcile()
-            self._phases.mark("agents")
-            self._background.spawn(self.dispatcher.run(), "corral-dispatch")
-            self._background.spawn(self._watch_exits(), "corral-exits")
+            self._background.spawn(self._recover(), "corral-recovery")
             self._background.spawn(self.retention.run(), "corral-retention")
+            self._background.spawn(self._carry_on_deletions(), "corral-deletions")
             self._background.spawn(watch_ingress(self), "corral-ingress")
         self._stack.push_async_callback(self._background.close)
         log.info("started in %s", self._phases)
@@ -268,8 +270,26 @@ class Platform:
             self.nats = await self._stack.enter_async_context(server)
             url = server.url
         self.bus = await self._stack.enter_async_context(PlatformBus(url, authority))
-        for org in await self.orgs.list():  # accounts pushed again after a restart
-            await self.bus.ensure_org(org.slug, org.plan.bus)
+        if not self._services:  # with services, recovery restores them beside the API
+            await self._restore_orgs()
+
+    async def _restore_orgs(self) -> None:
+        """Push every org's account again after a restart, a few at a time. An org that cannot
+        be restored is reported, not fatal: the others come up."""
+        orgs = await self.orgs.list()
+        gate = asyncio.Semaphore(16)
+
+        async def restore(org: Organization) -> None:
+            async with gate:
+                try:
+                    await self.bus.ensure_org(org.slug, org.plan.bus)
+                except CorralError as exc:
+                    log.error("organization %s not restored on the bus: %s", org.slug, exc.message)
+
+        began = asyncio.get_running_loop().time()
+        await asyncio.gather(*(restore(org) for org in orgs))
+        took = asyncio.get_running_loop().time() - began
+        log.info("%d organizations restored on the bus in %.1fs", len(orgs), took)
 
     def _agent_env(self) -> dict[str, str]:
         return {"CORRAL_HEARTBEAT_SECONDS": str(self.settings.heartbeat_seconds)}
@@ -294,8 +314,12 @@ class Platform:
             self.sandbox = self._confinement()
             run_as = None
             if self.sandbox.enabled and os.geteuid() == 0:  # each org's agents: its own uid
+                known = await self.orgs.sandbox_uids()  # one query, not one per org
                 for org in await self.orgs.list():
-                    await self._org_uid(org)
+                    if org.id in known:
+                        self._org_uids[org.slug] = known[org.id]
+                    else:
+                        await self.assign_org_uid(org)
                 run_as = self._run_as
             runtime = LocalProcessRuntime(
                 self.data_dir / "agents",
@@ -318,7 +342,7 @@ class Platform:
             read_only=self.settings.sandbox_read_only,
         )
 
-    async def _org_uid(self, org: Organization) -> None:
+    async def assign_org_uid(self, org: Organization) -> None:
         uid = await self.orgs.sandbox_uid(
             org.id, base=self.settings.sandbox_uid_base, count=self.settings.sandbox_uid_count
         )
@@ -333,53 +357,7 @@ class Platform:
 
     # -- organizations --------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        async def bus_up(org: Organization) -> None:
-            await self.bus.ensure_org(org.slug, org.plan.bus)
-
-        async def bus_down(org: Organization) -> None:
-            await self.bus.remove_org(org.slug)
-
-        async def runtime_up(org: Organization) -> None:
-            if self.sandbox is not None and self.sandbox.enabled and os.geteuid() == 0:
-                await self._org_uid(org)
-            await self.runtime.prepare_org(org.slug, labels={**org.labels, **org.annotations})
-
-        async def runtime_down(org: Organization) -> None:
-            for agent in await self.agents.find(org_id=org.id):
-                if agent.state is not AgentState.TERMINATED:
-                    with contextlib.suppress(CorralError):
-                        await self.controller.terminate(org, agent.id, delete_workspace=True)
-            await self.runtime.remove_org(org.slug)
-
-        async def scheduler_up(org: Organization) -> None:
-            self.dispatcher.org_changed(org)
-
-        async def scheduler_down(org: Organization) -> None:
-            self.dispatcher.org_removed(org)
-            self.roles.forget_org(org.id)
-
-        async def vault_down(org: Organization) -> None:
-            await self.vault.destroy_org(OrgId(org.id), actor="platform")
-
-        async def nothing(org: Organization) -> None:
-            return None
-
-        self.hooks.on_create.extend(
-            [
-                ("bus", bus_up),
-                ("runtime", runtime_up),
-                ("scheduler", scheduler_up),
-                ("vault", nothing),
-            ]
-        )
-        self.hooks.on_delete.extend(
-            [
-                ("bus", bus_down),
-                ("runtime", runtime_down),
-                ("scheduler", scheduler_down),
-                ("vault", vault_down),
-            ]
-        )
+        self.hooks.steps.extend(org_steps(self))
 
     # -- vault over the bus ---------------------------------------------------------------
     async def _registered_agent(self, org_id: OrgId, agent_id: AgentId) -> RegisteredAgent | None:
@@ -420,14 +398,30 @@ class Platform:
             raise
         return {"value": base64.b64encode(value).decode()}
 
-    # -- start-up reconciliation: corral.control.reconciling ---------------------------
-    async def _drain_events(self, *, timeout: float = 10.0) -> None:
-        await reconciling.drain_events(self.bus, timeout=timeout)
-
-    async def _reconcile(self) -> None:
-        await reconciling.reconcile(self)
+    # -- start-up recovery (beside the API: see corral.control.recovery) ------------------
+    async def _recover(self) -> None:
+        # the server kept every account and stream it had; pushing them again only matters
+        # if a plan changed or the server lost them, so the API need not wait for it
+        await self._restore_orgs()
+        self._phases.mark("orgs")
+        self.recovery.phase = "relaunching agents"
+        await recovery.drain_events(self)
+        self._phases.mark("events")
+        await recovery.reconcile(self, self.recovery, concurrency=self.relaunch_concurrency)
+        self._phases.mark("agents")
+        self._background.spawn(self.dispatcher.run(), "corral-dispatch")
+        self._background.spawn(self._watch_exits(), "corral-exits")
+        self.recovery.done = True
+        self.recovered.set()
+        log.info("recovered in %s", self._phases)
 
     # -- background -----------------------------------------------------------------------
+    async def _carry_on_deletions(self) -> None:
+        """Finish the org deletions that began and failed half-way (or before a restart)."""
+        while True:
+            await self.tenants.finish_deletions()
+            await asyncio.sleep(self.deletion_retry_seconds)
+
     async def _watch_exits(self) -> None:
         async for status in self.runtime.exits():
             try:
@@ -435,12 +429,13 @@ class Platform:
             except Exception:
                 log.exception("handling the exit of %s failed", status.agent_id)
 
-    async def refresh_metrics(self) -> None:
-        await refresh_metrics(self)
+    async def refresh_metrics(self, *, every_org: bool = False) -> None:
+        await refresh_metrics(self, every_org=every_org)
 
-    async def metrics_text(self) -> bytes:
-        """Every tenant's metrics, freshly measured, in the Prometheus text format."""
-        await self.refresh_metrics()
+    async def metrics_text(self, *, every_org: bool = False) -> bytes:
+        """The metrics, freshly measured, in the Prometheus text format: per-org series for
+        the active orgs (every org's with ``every_org``; see corral.control.monitoring)."""
+        await self.refresh_metrics(every_org=every_org)
         return self.metrics.render()
 
     async def _ensure_admin_key(self) -> None:

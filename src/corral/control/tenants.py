@@ -1,22 +1,47 @@
-"""Onboarding and offboarding organizations across every layer the plan compiles into."""
+"""Onboarding and offboarding organizations across every layer the plan compiles into.
+
+An org lives in several layers (the store's rows, its bus account and streams, its vault,
+its runtime boundary and agents, the scheduler), each an :class:`OrgStep`. Every operation on
+an org is all-or-nothing:
+
+- **create** writes the rows, then applies each step in order; if one fails, every step that
+  ran (the failing one too: it may have done half its work) is removed again in reverse and the
+  rows are deleted, so nothing of the org is left.
+- **plan change** applies the new plan to each step and writes it to the store last; if
+  anything fails, the old plan is applied again to every step that ran, so the old plan holds
+  everywhere.
+- **delete** first marks the org *deleting* in the store — the point of no return, before which
+  nothing is erased: from then on the API no longer finds it — then lets each layer go in
+  reverse order, then removes the rows. A layer that fails leaves the deletion pending: it is
+  carried on by :meth:`TenantService.finish_deletions` (which the control plane runs at start
+  and every few seconds) until done. Removing is idempotent in every layer.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import builtins
+import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from corral.control.keys import new_key
 from corral.domain.admission import UsageSnapshot
+from corral.domain.errors import CorralError, Unavailable
 from corral.domain.ids import OrgId
 from corral.domain.plans import get_plan
 from corral.domain.tenancy import Organization, validate_slug
 from corral.store.quota import QuotaLedger
 from corral.store.tenants import ApiKey, OrgRepository
 
-__all__ = ["CreatedOrg", "OrgHooks", "TenantService"]
+__all__ = ["CreatedOrg", "OrgHooks", "OrgStep", "TenantService"]
+
+log = logging.getLogger(__name__)
+
+StepAction = Callable[[Organization], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,16 +50,25 @@ class CreatedOrg:
     api_key: str  # shown once
 
 
-@dataclass
-class OrgHooks:
-    """What other layers do when an org comes or goes (bus account, runtime boundary...).
+@dataclass(frozen=True, slots=True)
+class OrgStep:
+    """One layer an org lives in.
 
-    ``on_create`` hooks run in order; if one fails, the ``on_delete`` of those that ran are
-    undone in reverse and the org is removed again, so nothing is left half-created.
+    ``apply`` brings the layer to the org as given (creates it, or applies its new plan);
+    ``remove`` lets it go. Both are idempotent, and ``remove`` succeeds on a layer that is
+    absent or half-made (a failed ``apply`` is undone with it).
     """
 
-    on_create: list[tuple[str, Callable[[Organization], Awaitable[None]]]]
-    on_delete: list[tuple[str, Callable[[Organization], Awaitable[None]]]]
+    name: str
+    apply: StepAction
+    remove: StepAction
+
+
+@dataclass
+class OrgHooks:
+    """The layers of an org, in the order they are created (and removed in reverse)."""
+
+    steps: list[OrgStep] = field(default_factory=list)
 
 
 class TenantService:
@@ -42,8 +76,27 @@ class TenantService:
         self.orgs = orgs
         self.ledger = ledger
         self.hooks = hooks
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tearing_down: set[str] = set()
+
+    @asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[None]:
+        """One operation at a time on one org (kept only while someone holds or waits)."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._locks.get(key) is lock:
+                del self._locks[key]
 
     async def create(self, name: str, plan_name: str) -> CreatedOrg:
+        """Create the org in every layer, or in none.
+
+        Raises:
+            InvalidInput: a bad name or an unknown plan.
+            Conflict: the name is taken, or the bus cannot admit the org's reservation.
+        """
         slug = validate_slug(name)
         plan = get_plan(plan_name)
         org = Organization(
@@ -53,19 +106,18 @@ class TenantService:
             datetime.now(UTC).replace(microsecond=0),
         )
         key_id, secret, key = new_key()
-        await self.orgs.create(org, key_id=key_id, key_secret=secret)
-        done: list[str] = []
-        try:
-            for name_, hook in self.hooks.on_create:
-                await hook(org)
-                done.append(name_)
-        except BaseException:
-            for name_, undo in reversed(self.hooks.on_delete):
-                if name_ in done:
-                    with contextlib.suppress(Exception):  # the original error wins
-                        await undo(org)
-            await self.orgs.delete(org.slug)
-            raise
+        async with self._lock(slug):
+            await self.orgs.create(org, key_id=key_id, key_secret=secret)
+            done: list[OrgStep] = []
+            try:
+                for step in self.hooks.steps:
+                    done.append(step)  # before it runs: half its work is undone too
+                    await step.apply(org)
+            except BaseException:
+                for step in reversed(done):
+                    await self._quietly(step.name, "undoing", step.remove, org)
+                await self._quietly("store", "undoing", lambda o: self.orgs.delete(o.id), org)
+                raise
         return CreatedOrg(org, key)
 
     async def get(self, slug: str) -> Organization:
@@ -78,19 +130,101 @@ class TenantService:
     async def list(self) -> list[Organization]:
         return await self.orgs.list()
 
+    async def page(self, *, after: str | None, limit: int) -> builtins.list[Organization]:
+        """At most ``limit`` orgs named after ``after``, by name."""
+        return await self.orgs.page(after=after, limit=limit)
+
     async def set_plan(self, slug: str, plan_name: str) -> Organization:
-        get_plan(plan_name)
-        org = await self.orgs.set_plan(slug, plan_name)
-        for _, hook in self.hooks.on_create:  # re-apply limits everywhere (idempotent)
-            await hook(org)
-        return org
+        """Move the org to another plan in every layer, or leave the old one everywhere.
+
+        Raises:
+            InvalidInput: an unknown plan.
+            NotFound: no such org.
+            Conflict: the bus cannot admit the new plan's reservation.
+        """
+        plan = get_plan(plan_name)
+        async with self._lock(slug):
+            old = await self.orgs.get(slug)
+            new = replace(old, plan=plan)
+            done: list[OrgStep] = []
+            try:
+                for step in self.hooks.steps:  # idempotent: a same-plan change re-applies
+                    done.append(step)
+                    await step.apply(new)
+                await self.orgs.set_plan(slug, plan.name)
+            except BaseException:
+                for step in reversed(done):
+                    await self._quietly(step.name, "restoring the old plan in", step.apply, old)
+                raise
+        return new
 
     async def delete(self, slug: str) -> None:
-        org = await self.orgs.get(slug)
-        for _, hook in reversed(self.hooks.on_delete):
-            await hook(org)
-        await self.orgs.delete(slug)
+        """Delete the org: marked *deleting* first (it is gone for the API from then on), then
+        let go in every layer, then its rows removed.
+
+        Raises:
+            NotFound: no such org.
+            Unavailable: a layer failed; the deletion is pending and will be carried on.
+        """
+        async with self._lock(slug):
+            org = await self.orgs.get(slug)
+            self._tearing_down.add(org.id)  # before the mark: the retries leave it to us
+            try:
+                await self.orgs.mark_deleting(slug)  # the point of no return
+            except BaseException:
+                self._tearing_down.discard(org.id)
+                raise
+            try:
+                await self._tear_down(org)
+            except CorralError as exc:
+                raise Unavailable(
+                    f"organization {slug!r} is being deleted but {exc.message}; "
+                    "the deletion will be carried on",
+                    details={"org": slug, **exc.details},
+                ) from exc
+            finally:
+                self._tearing_down.discard(org.id)
+
+    async def finish_deletions(self) -> int:
+        """Carry on every deletion that began and did not finish. Returns how many finished;
+        one that fails again is logged and stays pending."""
+        finished = 0
+        for org in await self.orgs.deleting():
+            if org.id in self._tearing_down:
+                continue
+            self._tearing_down.add(org.id)
+            try:
+                await self._tear_down(org)
+            except CorralError as exc:
+                log.warning("deleting organization %s: %s (will retry)", org.slug, exc.message)
+            except Exception:
+                log.exception("deleting organization %s failed (will retry)", org.slug)
+            else:
+                finished += 1
+            finally:
+                self._tearing_down.discard(org.id)
+        return finished
+
+    async def _tear_down(self, org: Organization) -> None:
+        for step in reversed(self.hooks.steps):
+            try:
+                await step.remove(org)
+            except CorralError as exc:
+                raise Unavailable(
+                    f"removing its {step.name} failed: {exc.message}",
+                    details={"org": org.slug, "step": step.name},
+                ) from exc
+        await self.orgs.delete(org.id)
+        log.info("organization %s deleted", org.slug)
 
     async def usage(self, slug: str) -> tuple[Organization, UsageSnapshot]:
         org = await self.orgs.get(slug)
         return org, await self.ledger.usage(org.id)
+
+    @staticmethod
+    async def _quietly(what: str, doing: str, action: StepAction, org: Organization) -> None:
+        """Run a compensating action; its failure is logged, the original error wins."""
+        try:
+            await action(org)
+        except Exception:
+            log.exception("%s the %s of organization %s failed", doing, what, org.slug)

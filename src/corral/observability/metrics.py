@@ -43,6 +43,7 @@ class Snapshot:
     oldest_wait: list[tuple[str, str, float]] = field(default_factory=list)  # org, tier, seconds
     quota: list[tuple[str, str, str, float, float]] = field(default_factory=list)  # used, hard
     usage: list[AgentUsage] = field(default_factory=list)
+    orgs: list[tuple[str, int]] = field(default_factory=list)  # tier, how many orgs
     quarantined: int = 0  # stored tasks that could not be loaded and were failed
     pruned: int = 0  # finished tasks pruned past their retention since start
 
@@ -63,6 +64,10 @@ class _SnapshotCollector(Collector):
             "Finished tasks pruned past their plan's retention since the control plane started",
             value=s.pruned,
         )
+        g = GaugeMetricFamily("corral_orgs", "Organizations by tier", labels=["tier"])
+        for tier, n in s.orgs:
+            g.add_metric([tier], n)
+        yield g
         g = GaugeMetricFamily(
             "corral_agents", "Agents by org, tier and state", labels=["org", "tier", "state"]
         )

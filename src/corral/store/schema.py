@@ -60,6 +60,8 @@ class OrgRow(Base):
     created_at: Mapped[datetime]
     # the local sandbox's uid and gid for the org's agents (as root); NULL until first needed
     sandbox_uid: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
+    # set when its deletion began: the org is gone for the API, its layers are being let go
+    deleting_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ApiKeyRow(Base):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.domain.errors import Conflict, NotFound
 from corral.domain.ids import OrgId, OrgSlug
@@ -41,6 +43,10 @@ class ApiKey:
 def _org(row: OrgRow) -> Organization:
     created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     return Organization(OrgId(row.id), OrgSlug(row.slug), get_plan(row.plan), created)
+
+
+#: not being deleted
+_LIVE = OrgRow.deleting_at.is_(None)
 
 
 def _free_uid(used: set[int], base: int, count: int) -> int | None:
@@ -81,13 +87,17 @@ class OrgRepository:
             ) from exc
 
     async def get(self, slug: str) -> Organization:
+        """The org named ``slug``; one being deleted is not found."""
         async with self._db.sessions() as s:
-            row = (await s.execute(select(OrgRow).where(OrgRow.slug == slug))).scalar_one_or_none()
+            row = (
+                await s.execute(select(OrgRow).where(OrgRow.slug == slug, _LIVE))
+            ).scalar_one_or_none()
         if row is None:
             raise NotFound(f"organization {slug!r} not found", details={"org": slug})
         return _org(row)
 
     async def get_by_id(self, org_id: str) -> Organization:
+        """The org ``org_id``, also while it is being deleted (its agents still refer to it)."""
         async with self._db.sessions() as s:
             row = await s.get(OrgRow, org_id)
         if row is None:
@@ -95,22 +105,59 @@ class OrgRepository:
         return _org(row)
 
     async def list(self) -> list[Organization]:
+        """Every org but those being deleted, by name."""
         async with self._db.sessions() as s:
-            rows = (await s.execute(select(OrgRow).order_by(OrgRow.slug))).scalars().all()
-        return [_org(r) for r in rows]
+            rows = (await s.execute(select(OrgRow).where(_LIVE).order_by(OrgRow.slug))).scalars()
+            return [_org(r) for r in rows.all()]
+
+    async def page(self, *, after: str | None, limit: int) -> builtins.list[Organization]:
+        """At most ``limit`` orgs named after ``after``, by name (a keyset page)."""
+        query = select(OrgRow).where(_LIVE).order_by(OrgRow.slug).limit(limit)
+        if after is not None:
+            query = query.where(OrgRow.slug > after)
+        async with self._db.sessions() as s:
+            return [_org(r) for r in (await s.execute(query)).scalars().all()]
 
     async def set_plan(self, slug: str, plan: str) -> Organization:
         get_plan(plan)
         async with self._db.sessions() as s, s.begin():
-            result = await s.execute(update(OrgRow).where(OrgRow.slug == slug).values(plan=plan))
+            result = await s.execute(
+                update(OrgRow).where(OrgRow.slug == slug, _LIVE).values(plan=plan)
+            )
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFound(f"organization {slug!r} not found", details={"org": slug})
         return await self.get(slug)
 
-    async def delete(self, slug: str) -> None:
+    async def mark_deleting(self, slug: str) -> Organization:
+        """Begin deleting ``slug``, durably: from now on it is not found by name nor listed,
+        and :meth:`deleting` returns it until :meth:`delete` removes it.
+
+        Raises:
+            NotFound: no such org (or its deletion already began).
+        """
         org = await self.get(slug)
         async with self._db.sessions() as s, s.begin():
-            await s.execute(delete(OrgRow).where(OrgRow.id == org.id))
+            result = await s.execute(
+                update(OrgRow)
+                .where(OrgRow.id == org.id, _LIVE)
+                .values(deleting_at=datetime.now(UTC))
+            )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound(f"organization {slug!r} not found", details={"org": slug})
+        return org
+
+    async def deleting(self) -> builtins.list[Organization]:
+        """The orgs whose deletion began and is not finished, oldest first."""
+        async with self._db.sessions() as s:
+            rows = await s.execute(
+                select(OrgRow).where(OrgRow.deleting_at.is_not(None)).order_by(OrgRow.deleting_at)
+            )
+            return [_org(r) for r in rows.scalars().all()]
+
+    async def delete(self, org_id: str) -> None:
+        """Remove the org's row (and, by cascade, everything the store keeps of it)."""
+        async with self._db.sessions() as s, s.begin():
+            await s.execute(delete(OrgRow).where(OrgRow.id == org_id))
 
     # -- the local sandbox's ids ----------------------------------------------------------------
     async def sandbox_uid(self, org_id: str, *, base: int, count: int) -> int | None:
@@ -130,10 +177,7 @@ class OrgRepository:
                         raise NotFound(f"organization {org_id!r} not found")
                     if row.sandbox_uid is not None:
                         return row.sandbox_uid
-                    taken = await s.execute(
-                        select(OrgRow.sandbox_uid).where(OrgRow.sandbox_uid.is_not(None))
-                    )
-                    uid = _free_uid({u for u in taken.scalars() if u is not None}, base, count)
+                    uid = await self._next_uid(s, base, count)
                     if uid is None:
                         return None
                     result = await s.execute(
@@ -146,6 +190,19 @@ class OrgRepository:
             if result.rowcount:  # type: ignore[attr-defined]
                 return uid
         return (await self.sandbox_uids()).get(org_id)
+
+    @staticmethod
+    async def _next_uid(s: AsyncSession, base: int, count: int) -> int | None:
+        """After the highest uid given (one indexed look-up); only when the range's top is
+        taken, the lowest free one (a scan)."""
+        in_range = OrgRow.sandbox_uid.between(base, base + count - 1)
+        top = (await s.execute(select(func.max(OrgRow.sandbox_uid)).where(in_range))).scalar()
+        if top is None:
+            return base
+        if top + 1 < base + count:
+            return int(top) + 1
+        taken = await s.execute(select(OrgRow.sandbox_uid).where(in_range))
+        return _free_uid({u for u in taken.scalars() if u is not None}, base, count)
 
     async def sandbox_uids(self) -> dict[str, int]:
         """org id → its sandbox uid, for the orgs that have one."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from corral.api.auth import Caller, admin_only, platform
@@ -15,5 +15,12 @@ router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request, _: Annotated[Caller, Depends(admin_only)]) -> Response:
-    return Response(await platform(request).metrics_text(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(
+    request: Request,
+    _: Annotated[Caller, Depends(admin_only)],
+    orgs: Annotated[Literal["active", "all"], Query()] = "active",
+) -> Response:
+    """Per-org series for the active orgs only (queued work, agents or quota in use), so a
+    scrape costs what runs, not how many orgs exist; ``?orgs=all`` for every org's."""
+    text = await platform(request).metrics_text(every_org=orgs == "all")
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

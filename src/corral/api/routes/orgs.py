@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from corral.api.auth import Caller, admin_only, caller, org_scope, platform
 from corral.api.schemas import OrgCreate, OrgPatch, org_to_wire, usage_to_wire
 from corral.control.monitoring import org_figures
+from corral.domain.errors import NotFound
 from corral.domain.plans import PLANS
 from corral.domain.tenancy import Organization
 
@@ -31,10 +32,28 @@ async def create_org(
 
 
 @router.get("/orgs")
-async def list_orgs(request: Request, who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
-    orgs = await platform(request).tenants.list()
-    visible = [o for o in orgs if who.is_admin or o.id == who.org_id]
-    return {"orgs": [org_to_wire(o) for o in visible]}
+async def list_orgs(
+    request: Request,
+    who: Annotated[Caller, Depends(caller)],
+    cursor: Annotated[str | None, Query(max_length=63)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> dict[str, Any]:
+    """A page of orgs by name (an org key sees its own); ``nextCursor`` (null on the last
+    page) asks for the next one."""
+    p = platform(request)
+    if not who.is_admin:
+        try:
+            own = [await p.orgs.get_by_id(who.org_id)] if who.org_id else []
+        except NotFound:
+            own = []
+        return {"orgs": [org_to_wire(o) for o in own], "nextCursor": None}
+    page = await p.tenants.page(after=cursor, limit=limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "orgs": [org_to_wire(o) for o in page],
+        "nextCursor": page[-1].slug if more else None,
+    }
 
 
 @router.get("/orgs/{org}")

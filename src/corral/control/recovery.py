@@ -1,0 +1,141 @@
+"""Start-up recovery: what the registry says should run is brought back after a restart.
+
+The API serves first; recovery runs beside it in the background. It pushes every org's
+account and streams again (the server kept them; this only matters if a plan changed or the
+server lost them), lets the event consumer
+record what agents reported while the control plane was down, stops leftover processes,
+relaunches every agent that should be running — several at a time, with its progress in the
+log and in ``/healthz`` — finishes interrupted pauses, and only then retries the work the
+stopped agents held and starts dispatching (tasks submitted meanwhile wait in their queues).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from corral.domain.agents import Agent, AgentState
+from corral.domain.errors import CorralError
+from corral.runtime.base import Phase
+
+if TYPE_CHECKING:
+    from corral.control.platform import Platform
+
+__all__ = ["RELAUNCH_CONCURRENCY", "Phases", "Recovery"]
+
+log = logging.getLogger("corral.recovery")
+
+#: agents relaunched at once after a restart (each start is mostly waiting on its process)
+RELAUNCH_CONCURRENCY = 8
+_LIVE = (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING)
+
+
+@dataclass
+class Recovery:
+    """The progress of start-up recovery (``done`` once every agent is back)."""
+
+    phase: str = "restoring organizations"
+    total: int = 0
+    relaunched: int = 0
+    failed: int = 0
+    done: bool = False
+
+    def describe(self) -> str:
+        if self.done:
+            return "done"
+        if self.phase != "relaunching agents":
+            return self.phase
+        return f"relaunching agents: {self.relaunched + self.failed}/{self.total}"
+
+
+async def drain_events(p: Platform, *, timeout: float = 10.0) -> None:
+    """Let the event consumer record what agents reported while the control plane was down,
+    before in-flight work is judged lost: wait until EVENTS has no backlog."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await p.bus.events_backlog() > 0:
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("events still pending after %.0fs; reconciling anyway", timeout)
+            return
+        await asyncio.sleep(0.05)
+
+
+async def reconcile(p: Platform, progress: Recovery, *, concurrency: int) -> None:
+    """Compare the registry with what runs: stop leftovers, restart what should run (up to
+    ``concurrency`` at once), finish interrupted pauses. Every agent's process was stopped or
+    restarted, so the work any of them held is lost: it is retried."""
+    records: dict[str, Agent] = {a.id: a for a in await p.agents.find()}
+    deleting = {o.id for o in await p.orgs.deleting()}  # their agents go with them
+    for found in await p.runtime.list_agents():
+        rec = records.get(found.agent_id)
+        if found.phase is Phase.RUNNING and (
+            rec is None or rec.state is not AgentState.RUNNING or rec.org_id in deleting
+        ):
+            log.info("stopping leftover agent process %s", found.agent_id)
+            await p.runtime.stop(found.org, found.agent_id, grace=1.0)
+    todo = [
+        a
+        for a in records.values()
+        if a.org_id not in deleting and (a.state in _LIVE or a.state is AgentState.PAUSING)
+    ]
+    progress.total = len(todo)
+    gate = asyncio.Semaphore(concurrency)
+    started = time.monotonic()
+    step = max(1, len(todo) // 10)
+
+    async def one(agent: Agent) -> None:
+        async with gate:
+            try:
+                await _bring_back(p, agent)
+            except CorralError as exc:
+                progress.failed += 1
+                log.error("could not restart %s: %s", agent.id, exc.message)
+            except Exception:
+                progress.failed += 1
+                log.exception("could not restart %s", agent.id)
+            else:
+                progress.relaunched += 1
+        count = progress.relaunched + progress.failed
+        if count % step == 0 or count == progress.total:
+            log.info(
+                "relaunched %d/%d agents (%d failed) in %.1fs",
+                count,
+                progress.total,
+                progress.failed,
+                time.monotonic() - started,
+            )
+
+    await asyncio.gather(*(one(agent) for agent in todo))
+    for agent_id in p.dispatcher.holders():
+        await p.dispatcher.agent_lost(agent_id, why="the control plane restarted")
+
+
+async def _bring_back(p: Platform, agent: Agent) -> None:
+    org = await p.orgs.get_by_id(agent.org_id)
+    if agent.state in _LIVE:
+        status = await p.runtime.status(org.slug, agent.id)
+        if status.phase is Phase.RUNNING:
+            await p.runtime.stop(org.slug, agent.id, grace=1.0)
+        await p.controller.restart_now(org, agent)
+    else:  # PAUSING
+        await p.runtime.stop(org.slug, agent.id, grace=1.0)
+        await p.controller.finish_pause(org, agent)
+
+
+class Phases:
+    """How long each step of a start took, for the log: a takeover's time is spent there."""
+
+    def __init__(self) -> None:
+        self._last = self._first = time.monotonic()
+        self._took: list[tuple[str, float]] = []
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self._took.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        steps = ", ".join(f"{step} {took:.2f}" for step, took in self._took)
+        return f"{self._last - self._first:.2f}s ({steps})"
