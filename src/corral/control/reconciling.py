@@ -18,17 +18,26 @@ from typing import TYPE_CHECKING
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
 from corral.runtime.base import Phase
+from corral.runtime.local.confinement import Confinement
+from corral.settings import Settings
 
 if TYPE_CHECKING:
     from corral.bus.platform import PlatformBus
     from corral.control.platform import Platform
 
-__all__ = ["Phases", "drain_events", "reconcile"]
+__all__ = ["Phases", "drain_events", "reconcile", "warm_up"]
 
 log = logging.getLogger("corral.platform")
 
 #: agents restarted at once while reconciling
 PARALLEL_RESTARTS = 16
+
+
+def warm_up(settings: Settings) -> None:
+    """What a replica standing by does before it may lead, to take over sooner: probe what the
+    host offers local agents' sandbox (about a second; kept for the process's life)."""
+    if settings.runtime == "local" and settings.sandbox != "off":
+        Confinement.detect(settings.sandbox)
 
 
 async def drain_events(bus: PlatformBus, *, timeout: float = 10.0) -> None:
