@@ -70,9 +70,16 @@ async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
 class StandbyApp:
     """The API of a standby: its health, and every other request forwarded to the leader."""
 
-    def __init__(self, leadership: Leadership, *, forward_wait: float = 15.0) -> None:
+    def __init__(
+        self,
+        leadership: Leadership,
+        *,
+        forward_wait: float = 15.0,
+        local: Callable[[], App | None] = lambda: None,
+    ) -> None:
         self._leadership = leadership
         self._lease = leadership.lease
+        self._local = local  # this replica's own leader API, once it leads
         self._wait = forward_wait
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0))
         self._known: tuple[float, Leader | None] = (0.0, None)
@@ -113,9 +120,13 @@ class StandbyApp:
                 break
         await self._forward(scope, bytes(body), send)
 
-    async def _target(self, deadline: float) -> str | None:
-        """The leader's API address, waiting while none is known (or the one known is us)."""
+    async def _target(self, deadline: float) -> str | App | None:
+        """The leader's API address (or this replica's own API, if it leads now), waiting
+        while none is known (or the one known is this replica, still starting to lead)."""
         while True:
+            local = self._local()
+            if local is not None:
+                return local
             current = await self.leader(fresh=True)
             if (
                 current is not None
@@ -137,6 +148,9 @@ class StandbyApp:
             target = await self._target(deadline)
             if target is None:
                 await _json(send, 503, _error("no leader is known yet: try again shortly"))
+                return
+            if not isinstance(target, str):  # elected meanwhile: answer here
+                await target(scope, _replay(body), send)
                 return
             url = target + path.decode("latin-1") + (("?" + query.decode()) if query else "")
             request = self._client.build_request(
@@ -183,6 +197,21 @@ class StandbyApp:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()
+
+
+def _replay(body: bytes) -> Receive:
+    """The request's body, read already, for the app that answers it after all."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client's disconnect is never reported
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _error(message: str) -> dict[str, Any]:
@@ -238,7 +267,7 @@ class Replica:
             self._sock.close()
             raise
         self.name = name
-        self.standby = StandbyApp(self.leadership)
+        self.standby = StandbyApp(self.leadership, local=lambda: self._switch.leader)
         self._switch = _Switch(self.standby)
         self._server = _server(self._switch)
         self._on_lead = on_lead

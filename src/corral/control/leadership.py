@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 from corral.control.platform import Platform
+from corral.control.recovery import warm_up
 from corral.domain.errors import InvalidInput, Unavailable
 from corral.settings import Settings
 from corral.store.db import Database
@@ -86,6 +87,7 @@ class Leadership:
         """Campaign, lead (``term(platform)`` is entered for each term, e.g. to serve the
         platform's API), step down, again, until cancelled."""
         await self._migrate()
+        warm_up(self.settings)  # in the loop's thread: it starts probe processes
         while True:
             await self.lease.campaign()
             try:

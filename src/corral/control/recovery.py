@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
 from corral.runtime.base import Phase
+from corral.runtime.local.confinement import Confinement
+from corral.settings import Settings
 
 if TYPE_CHECKING:
     from corral.control.platform import Platform
 
-__all__ = ["RELAUNCH_CONCURRENCY", "Phases", "Recovery"]
+__all__ = ["RELAUNCH_CONCURRENCY", "Phases", "Recovery", "warm_up"]
 
 log = logging.getLogger("corral.recovery")
 
@@ -139,3 +141,10 @@ class Phases:
     def __str__(self) -> str:
         steps = ", ".join(f"{step} {took:.2f}" for step, took in self._took)
         return f"{self._last - self._first:.2f}s ({steps})"
+
+
+def warm_up(settings: Settings) -> None:
+    """What a replica standing by does before it may lead, to take over sooner: probe what the
+    host offers local agents' sandbox (about a second; kept for the process's life)."""
+    if settings.runtime == "local" and settings.sandbox != "off":
+        Confinement.detect(settings.sandbox)
