@@ -227,6 +227,12 @@ async def test_terminating_an_agent_frees_its_name_and_takes_it_off_the_lists(
     t = await live.task("acme", agent="solo", payload={"op": "echo"})
     done = await live.wait_task("acme", t["id"], timeout=60)
     assert (done["state"], done["assignedAgent"]) == ("completed", second["id"])
+    r = await _cli(live, "--json", "agent", "show", "acme", "solo")
+    assert json.loads(r.stdout)["id"] == second["id"]
+    r = await _cli(live, "--json", "agent", "list", "acme")
+    assert [a["id"] for a in json.loads(r.stdout)["agents"]] == [second["id"]]
+    r = await _cli(live, "--json", "agent", "list", "acme", "--all")
+    assert [a["id"] for a in json.loads(r.stdout)["agents"]] == [first["id"], second["id"]]
 
 
 async def test_a_failed_agent_releases_its_quota(live: Live, tmp_path: Path) -> None:

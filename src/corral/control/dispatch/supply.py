@@ -56,7 +56,7 @@ class Supply:
         self._roles = roles  # an org's declared roles
         self._inflight = inflight  # the task book's: agent id → tasks it holds
         self._background = background
-        self._waking: set[str] = set()  # agents being woken
+        self._waking = snapshot.waking  # agents being woken
         self._retiring: set[str] = set()  # agents of an older spec being terminated
         self._refused: dict[tuple[str, str | None], float] = {}  # key → when last refused
 
