@@ -6,6 +6,7 @@ task, and a changed role replaces its idle agents."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -109,6 +110,8 @@ async def test_a_burst_of_40_provisions_exactly_max_agents_and_never_exceeds_quo
         done = await _all_done(live, "acme", ids, timeout=180)
     finally:
         watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     assert {t["state"] for t in done} == {"completed"}
     assert len(await _agents(live, "acme", terminated=True)) == 5
     assert max(seen) <= 5
