@@ -394,7 +394,7 @@ class Dispatcher:
                 self.supply.wake(org, placement.agent_id, key), f"wake-{placement.agent_id}"
             )
         elif task.role is not None:
-            name = self.supply.reserve(org, task.role)  # counted from now on
+            name = self.supply.reserve(org, task.role, views.agents(org.id))  # counted now
             provision = self.supply.provision(org, task.role, name, key)
             self._background.spawn(provision, f"provision-{org.slug}-{name}")
         # the placement is re-asked when the agent reports ready (scheduler.wake)

@@ -143,10 +143,6 @@ class AgentSnapshot:
         """The org's declared role ``name`` (``None``: none)."""
         return next((r for r in self._roles(org_id) if r.name == name), None)
 
-    def known(self, org_id: str) -> list[Agent]:
-        """The org's agents in the current snapshot (none before the first read)."""
-        return (self._agents or {}).get(org_id, [])
-
     async def usage(self) -> dict[str, UsageSnapshot]:
         """Each org's quota use, from a snapshot at most a second old (dropped whenever an
         agent's lifecycle changes). A stale answer only costs a provision the ledger refuses:
@@ -189,7 +185,7 @@ class AgentSnapshot:
             role = self.role(org.id, task.role)
             if role is None:
                 if task.role is not None and not any(
-                    a.role == task.role and a.state not in _GONE for a in self.known(org.id)
+                    a.role == task.role and a.state not in _GONE for a in views.agents(org.id)
                 ):
                     refused.append(
                         f"no agent serves role {task.role} and no role {task.role} is declared"
@@ -201,11 +197,11 @@ class AgentSnapshot:
             if not role.on_demand:
                 refused.append(f"role {role.name} is not provisioned on demand")
                 return False
-            for a in self.known(org.id):
+            for a in views.agents(org.id):
                 if a.role == role.name and a.state is AgentState.PAUSING:
                     refused.append(f"agent {a.id} of the role is pausing")  # then woken
                     return False
-            live, needed = self._needs(org.id, role, views[org.id])
+            live, needed = self._needs(org.id, role, views)
             if needed <= 0:
                 if live >= role.max_agents:
                     refused.append(f"role {role.name} is at maxAgents ({role.max_agents})")
@@ -247,18 +243,18 @@ class AgentSnapshot:
             return placement
         return wait(self._why(task, org, views, refused) or placement.reason)
 
-    def _needs(self, org_id: str, role: Role, views: list[AgentView]) -> tuple[int, int]:
+    def _needs(self, org_id: str, role: Role, views: Views) -> tuple[int, int]:
         """How many agents ``role`` has (running, starting, paused; those decided on
         included) and how many more its queue needs now."""
         key = (org_id, role.name)
-        agents = [a for a in self.known(org_id) if a.role == role.name and a.state not in _GONE]
+        agents = [a for a in views.agents(org_id) if a.role == role.name and a.state not in _GONE]
         names = {a.name for a in agents}
         pending = sum(1 for n in self.pending[key] if n not in names)
         live = len(agents) + pending
         starting = sum(1 for a in agents if a.state in _STARTING) + pending
         free = sum(
             v.free_slots
-            for v in views
+            for v in views[org_id]
             if v.role == role.name and v.availability is AgentAvailability.IDLE
         )
         needed = agents_needed(
@@ -274,7 +270,7 @@ class AgentSnapshot:
         self, task: QueuedTask, org: Organization, views: Views, refused: list[str]
     ) -> str | None:
         """Why ``task`` waits, in words a user can act on (None: placement's own)."""
-        agents = (self._agents or {}).get(org.id, [])
+        agents = views.agents(org.id)
         if task.agent_id is not None:
             state = next((a.state for a in agents if a.id == task.agent_id), None)
             woken = state is AgentState.PAUSED and self.incoming[(org.id, task.role)]
@@ -313,6 +309,10 @@ class Views(dict[str, list[AgentView]]):
         super().__init__()
         self._agents = agents
         self._view_of = view_of
+
+    def agents(self, org_id: str) -> list[Agent]:
+        """The org's agents as this round read them (whatever changed since)."""
+        return self._agents.get(org_id, [])
 
     def __missing__(self, org_id: str) -> list[AgentView]:
         views = [self._view_of(a) for a in self._agents.get(org_id, ())]
