@@ -227,6 +227,9 @@ async def test_terminating_an_agent_frees_its_name_and_takes_it_off_the_lists(
     second = await live.agent("acme", "solo", role="worker")
     assert second["id"] != first["id"]
     assert (await live.admin.get("/v1/orgs/acme/agents/solo")).json()["id"] == second["id"]
+    grant = await live.admin.post("/v1/orgs/acme/grants", json={"secret": "tok", "agent": "solo"})
+    assert grant.status_code == 201, grant.text
+    assert grant.json()["agent"] == second["id"]  # by name: the grant names the agent's id
     t = await live.task("acme", agent="solo", payload={"op": "echo"})
     done = await live.wait_task("acme", t["id"], timeout=60)
     assert (done["state"], done["assignedAgent"]) == ("completed", second["id"])
