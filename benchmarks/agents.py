@@ -196,12 +196,11 @@ async def measure_scale_up(args: argparse.Namespace, sandbox: str, f: Figures) -
             busy = sum(1 for tasks in book.inflight.values() if tasks)
             if busy >= args.scale_max and f.scale_busy != f.scale_busy:
                 f.scale_busy = time.perf_counter() - t0
-            mine = [a for a in p.dispatcher.snapshot.known(org.id) if a.role == "scale"]
-            f.scale_most = max(f.scale_most, len(mine))
+            f.scale_most = max(f.scale_most, len(await p.agents.find(org_id=org.id)))
             if not any(i in book.live for i in ids):
                 f.scale_drained = time.perf_counter() - t0
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
         agents = await p.agents.find(org_id=org.id)
         f.scale_agents = len(agents)
         f.scale_most = max(f.scale_most, len(agents))

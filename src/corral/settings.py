@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     kubeconfig: str | None = None  # default: in-cluster, then KUBECONFIG, then ~/.kube/config
     log_level: str = "INFO"
     plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
-    auto_provision: bool = True  # provision an agent for a role with queued work and no agent
+    auto_provision: bool = True  # declared roles' agents provisioned for their queues
     heartbeat_seconds: float = 5.0
     # the local runtime's sandbox (README "Sandbox"): auto is strict where the kernel allows
     sandbox: Literal["auto", "strict", "best-effort", "off"] = "auto"

@@ -123,3 +123,25 @@ async def test_roles_survive_a_restart_of_the_control_plane(
     role = platform.roles.role(acme.id, "assistant")
     assert role is not None
     assert (role.version, role.max_agents, dict(role.env)) == (1, 5, {"MODEL": "small"})
+
+
+async def test_a_role_s_task_defaults_sit_under_what_its_submitter_says(
+    admin: httpx.AsyncClient,
+) -> None:
+    org = await _org(admin, "acme")
+    role = {"name": "tidy", "taskDefaults": {"retry": {"maxAttempts": 2}, "runTimeout": 30}}
+    assert (await org.put("/v1/orgs/acme/roles", json={"roles": [role]})).status_code == 200
+
+    plain = await org.post("/v1/orgs/acme/tasks", json={"role": "tidy", "payload": {}})
+    assert plain.status_code == 201, plain.text
+    policy = plain.json()["policy"]
+    assert (policy["retry"]["maxAttempts"], policy["runTimeout"]) == (2, 30.0)
+
+    own = await org.post(
+        "/v1/orgs/acme/tasks", json={"role": "tidy", "payload": {}, "runTimeout": 5}
+    )
+    policy = own.json()["policy"]
+    assert (policy["retry"]["maxAttempts"], policy["runTimeout"]) == (2, 5.0)
+
+    other = await org.post("/v1/orgs/acme/tasks", json={"role": "other", "payload": {}})
+    assert other.json()["policy"]["retry"]["maxAttempts"] == 5  # the standard plan's

@@ -72,6 +72,7 @@ async def test_a_flooding_agent_is_taken_off_the_bus_and_its_neighbour_goes_on(
 
 async def test_an_ordinary_busy_agent_is_not_taken_off(live: Live) -> None:
     await live.org("small", plan="free")  # the smallest ingress budget
+    await live.roles("small", {"name": "worker", "maxAgents": 2})  # w, and one more for load
     worker = await live.agent("small", "w", role="worker")
     ids: list[str] = []
     for _ in range(10):  # 500 tiny tasks, 50 submitted at once

@@ -6,6 +6,7 @@ task, and a changed role replaces its idle agents."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -109,6 +110,8 @@ async def test_a_burst_of_40_provisions_exactly_max_agents_and_never_exceeds_quo
         done = await _all_done(live, "acme", ids, timeout=180)
     finally:
         watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     assert {t["state"] for t in done} == {"completed"}
     assert len(await _agents(live, "acme", terminated=True)) == 5
     assert max(seen) <= 5
@@ -224,9 +227,18 @@ async def test_terminating_an_agent_frees_its_name_and_takes_it_off_the_lists(
     second = await live.agent("acme", "solo", role="worker")
     assert second["id"] != first["id"]
     assert (await live.admin.get("/v1/orgs/acme/agents/solo")).json()["id"] == second["id"]
+    grant = await live.admin.post("/v1/orgs/acme/grants", json={"secret": "tok", "agent": "solo"})
+    assert grant.status_code == 201, grant.text
+    assert grant.json()["agent"] == second["id"]  # by name: the grant names the agent's id
     t = await live.task("acme", agent="solo", payload={"op": "echo"})
     done = await live.wait_task("acme", t["id"], timeout=60)
     assert (done["state"], done["assignedAgent"]) == ("completed", second["id"])
+    r = await _cli(live, "--json", "agent", "show", "acme", "solo")
+    assert json.loads(r.stdout)["id"] == second["id"]
+    r = await _cli(live, "--json", "agent", "list", "acme")
+    assert [a["id"] for a in json.loads(r.stdout)["agents"]] == [second["id"]]
+    r = await _cli(live, "--json", "agent", "list", "acme", "--all")
+    assert [a["id"] for a in json.loads(r.stdout)["agents"]] == [first["id"], second["id"]]
 
 
 async def test_a_failed_agent_releases_its_quota(live: Live, tmp_path: Path) -> None:

@@ -159,6 +159,7 @@ async def test_delegation_to_another_orgs_agent_is_refused(live: Live) -> None:
 
 async def test_delegation_within_an_org_creates_a_child_with_its_parent(live: Live) -> None:
     await live.org("acme")
+    await live.roles("acme", {"name": "worker", "maxAgents": 2})  # the built-in agent
     mgr = await live.agent("acme", "mgr", role="manager")
     t = await live.task(
         "acme",

@@ -126,6 +126,7 @@ async def test_a_waiting_task_says_why(live: Live) -> None:
     await live.org("tiny", plan="free")  # two agents at most
     await live.agent("tiny", "a", role="other")
     await live.agent("tiny", "b", role="other")
+    await live.roles("tiny", {"name": "worker"})  # declared: only the quota holds it back
     t = await live.task("tiny", role="worker", payload={"op": "echo"})
 
     async def why() -> str | None:

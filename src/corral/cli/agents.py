@@ -111,12 +111,15 @@ def provision(
 @agent.command("list")
 @click.argument("org")
 @click.option("--state", help="Only agents in this state.")
+@click.option("--all", "everything", is_flag=True, help="Terminated agents too (history).")
 @pass_ctx
-def list_(ctx: Context, org: str, state: str | None) -> None:
-    """List ORG's agents."""
+def list_(ctx: Context, org: str, state: str | None, everything: bool) -> None:
+    """List ORG's agents (those not terminated, unless --all)."""
 
     def body() -> None:
-        params = {"state": state} if state else {}
+        params: dict[str, str] = {"state": state} if state else {}
+        if everything:
+            params["terminated"] = "true"
         data = ctx.client.get(f"/v1/orgs/{org}/agents", params=params)
         ctx.emit(data, lambda: console.print(_table(data["agents"])))
 
@@ -128,7 +131,7 @@ def list_(ctx: Context, org: str, state: str | None) -> None:
 @click.argument("agent_id")
 @pass_ctx
 def show(ctx: Context, org: str, agent_id: str) -> None:
-    """Show one agent, with its lifecycle timestamps."""
+    """Show one agent (by id or name), with its lifecycle timestamps."""
 
     def body() -> None:
         data = ctx.client.get(f"/v1/orgs/{org}/agents/{agent_id}")

@@ -175,16 +175,17 @@ async def add_grant(body: GrantCreate, org: Org, who: Who, request: Request) -> 
         raise InvalidInput(
             "a grant names exactly one of 'role' or 'agent'", details={"fields": ["role", "agent"]}
         )
-    grant = SecretGrant(pattern=body.secret, role=body.role, agent=body.agent)
     p = platform(request)
-    if body.agent is not None:
+    agent_id = None
+    if body.agent is not None:  # by id or name: the grant names the agent's id
         try:
-            await p.controller.get_agent(org, body.agent)
+            agent_id = (await p.controller.get_agent(org, body.agent)).id
         except NotFound:
             raise NotFound(
                 f"no agent {body.agent!r} in organization {org.slug!r}",
                 details={"field": "agent", "agent": body.agent},
             ) from None
+    grant = SecretGrant(pattern=body.secret, role=body.role, agent=agent_id)
     record = await p.vault.grants.add(OrgId(org.id), grant, actor=who.label)
     return grant_to_wire(record)
 

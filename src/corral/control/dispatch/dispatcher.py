@@ -103,15 +103,11 @@ class Dispatcher:
         )
         self.scheduler = self.book.scheduler
         self.roles = roles
-
-        def role(org_id: str, name: str | None) -> Role | None:
-            return next((r for r in roles(org_id) if r.name == name), None)
-
         self.snapshot = AgentSnapshot(
             find_agents=lambda states: controller.agents.find(states=states),
             ledger=ledger,
             inflight=self.book.inflight,
-            role=role,
+            roles=roles,
             queued=lambda org_id, name: self.scheduler.queued_for(OrgId(org_id), name),
         )
         self.reaper = Reaper(
@@ -124,7 +120,7 @@ class Dispatcher:
             on_capacity=self.capacity_changed,
             idle_timeout=idle_timeout,
             heartbeat_seconds=heartbeat_seconds,
-            role=role,
+            role=self.snapshot.role,
         )
         self.supply = Supply(
             controller=controller,
@@ -189,8 +185,7 @@ class Dispatcher:
         self._wake.set()
 
     def roles_changed(self, org_id: str) -> None:
-        """An org's roles were applied or deleted: keep them as declared from the next round
-        on, and place its waiting tasks again."""
+        """An org's roles changed: kept as declared from the next round, its tasks placed."""
         self.snapshot.forget()
         self.capacity_changed(org_id)
 
@@ -399,10 +394,9 @@ class Dispatcher:
                 self.supply.wake(org, placement.agent_id, key), f"wake-{placement.agent_id}"
             )
         elif task.role is not None:
-            name = self.supply.reserve(org, task.role)  # counted from now on
-            self._background.spawn(
-                self.supply.provision(org, task.role, name, key), f"provision-{org.slug}-{name}"
-            )
+            name = self.supply.reserve(org, task.role, views.agents(org.id))  # counted now
+            provision = self.supply.provision(org, task.role, name, key)
+            self._background.spawn(provision, f"provision-{org.slug}-{name}")
         # the placement is re-asked when the agent reports ready (scheduler.wake)
         return None
 

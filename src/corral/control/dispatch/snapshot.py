@@ -6,10 +6,12 @@ Reading every agent for every round would cost a query per event under load, so 
 reused for up to a second; any change the controller reports drops it at once, and a snapshot
 read across such a change is read again (a generation counter tells). Placement itself is the
 pure :func:`corral.scheduling.placement.place`; this module feeds it and remembers which agents
-are already on their way (being provisioned or woken) so that a burst of tasks starts a few
-agents, not one per task. When a task must wait, the reason it is given names what a user can
-act on: no agent of its role, the quota that refuses a new one (``agents 10/10``), or the agent
-that is waking from a pause.
+are already on their way (being provisioned or woken). A new agent is allowed only for a
+declared role whose queue needs more than it has running and on its way, within its
+``maxAgents`` and the org's quota (see :mod:`corral.control.dispatch.supply`). When a task must
+wait, the reason it is given names what a user can act on: no agent serves its role and none is
+declared, the quota that refuses a new one (``agents 10/10``), the role's ``maxAgents``, or the
+agent that is waking from a pause.
 """
 
 from __future__ import annotations
@@ -59,19 +61,20 @@ class AgentSnapshot:
         find_agents: Callable[[list[AgentState]], Awaitable[list[Agent]]],
         ledger: QuotaLedger,
         inflight: Mapping[str, Collection[str]],
-        role: Callable[[str, str | None], Role | None] = lambda org_id, name: None,
+        roles: Callable[[str], list[Role]] = lambda org_id: [],
         queued: Callable[[str, str | None], int] = lambda org_id, role: 0,
     ) -> None:
         self._find = find_agents
         self._ledger = ledger
         self._inflight = inflight  # the task book's: agent id → tasks it holds
-        self._role = role  # an org's declared role of that name
+        self._roles = roles  # an org's declared roles
         self._queued = queued  # how many tasks of an org wait for a role
         #: names of new agents decided on but not yet in the snapshot, by (org id, role)
         self.pending: dict[Incoming, set[str]] = defaultdict(set)
         self.slots: dict[str, int] = {}  # what each running agent announced
         self.batching: set[str] = set()  # agents that said they read batches of tasks
         self.leaving: set[str] = set()  # being paused for idleness: no new work
+        self.waking: set[str] = set()  # paused agents being woken: not to be woken again
         self.incoming: dict[Incoming, int] = defaultdict(int)
         self._agents: dict[str, list[Agent]] | None = None
         self._agents_at = 0.0
@@ -136,9 +139,9 @@ class AgentSnapshot:
         self._agents_at = now
         return self._agents
 
-    def known(self, org_id: str) -> list[Agent]:
-        """The org's agents in the current snapshot (none before the first read)."""
-        return (self._agents or {}).get(org_id, [])
+    def role(self, org_id: str, name: str | None) -> Role | None:
+        """The org's declared role ``name`` (``None``: none)."""
+        return next((r for r in self._roles(org_id) if r.name == name), None)
 
     async def usage(self) -> dict[str, UsageSnapshot]:
         """Each org's quota use, from a snapshot at most a second old (dropped whenever an
@@ -155,6 +158,8 @@ class AgentSnapshot:
 
     def view_of(self, a: Agent) -> AgentView:
         """The agent as placement sees it now: its free slots come from the work in flight."""
+        if a.id in self.waking and a.state is not AgentState.RUNNING:
+            return AgentView(a.id, a.role, AgentAvailability.UNAVAILABLE, a.resources)
         if a.state is AgentState.RUNNING and a.id not in self.leaving:
             # what it announced, never more than it was provisioned with
             free = min(self.slots.get(a.id, 1), a.slots) - len(self._inflight.get(a.id, ()))
@@ -177,10 +182,10 @@ class AgentSnapshot:
         refused: list[str] = []  # why no agent may be provisioned for it
 
         def may_provision() -> bool:
-            role = self._role(org.id, task.role)
+            role = self.role(org.id, task.role)
             if role is None:
                 if task.role is not None and not any(
-                    a.role == task.role and a.state not in _GONE for a in self.known(org.id)
+                    a.role == task.role and a.state not in _GONE for a in views.agents(org.id)
                 ):
                     refused.append(
                         f"no agent serves role {task.role} and no role {task.role} is declared"
@@ -192,11 +197,11 @@ class AgentSnapshot:
             if not role.on_demand:
                 refused.append(f"role {role.name} is not provisioned on demand")
                 return False
-            for a in self.known(org.id):
+            for a in views.agents(org.id):
                 if a.role == role.name and a.state is AgentState.PAUSING:
                     refused.append(f"agent {a.id} of the role is pausing")  # then woken
                     return False
-            live, needed = self._needs(org.id, role, views[org.id])
+            live, needed = self._needs(org.id, role, views)
             if needed <= 0:
                 if live >= role.max_agents:
                     refused.append(f"role {role.name} is at maxAgents ({role.max_agents})")
@@ -238,18 +243,18 @@ class AgentSnapshot:
             return placement
         return wait(self._why(task, org, views, refused) or placement.reason)
 
-    def _needs(self, org_id: str, role: Role, views: list[AgentView]) -> tuple[int, int]:
+    def _needs(self, org_id: str, role: Role, views: Views) -> tuple[int, int]:
         """How many agents ``role`` has (running, starting, paused; those decided on
         included) and how many more its queue needs now."""
         key = (org_id, role.name)
-        agents = [a for a in self.known(org_id) if a.role == role.name and a.state not in _GONE]
+        agents = [a for a in views.agents(org_id) if a.role == role.name and a.state not in _GONE]
         names = {a.name for a in agents}
         pending = sum(1 for n in self.pending[key] if n not in names)
         live = len(agents) + pending
         starting = sum(1 for a in agents if a.state in _STARTING) + pending
         free = sum(
             v.free_slots
-            for v in views
+            for v in views[org_id]
             if v.role == role.name and v.availability is AgentAvailability.IDLE
         )
         needed = agents_needed(
@@ -265,7 +270,7 @@ class AgentSnapshot:
         self, task: QueuedTask, org: Organization, views: Views, refused: list[str]
     ) -> str | None:
         """Why ``task`` waits, in words a user can act on (None: placement's own)."""
-        agents = (self._agents or {}).get(org.id, [])
+        agents = views.agents(org.id)
         if task.agent_id is not None:
             state = next((a.state for a in agents if a.id == task.agent_id), None)
             woken = state is AgentState.PAUSED and self.incoming[(org.id, task.role)]
@@ -304,6 +309,10 @@ class Views(dict[str, list[AgentView]]):
         super().__init__()
         self._agents = agents
         self._view_of = view_of
+
+    def agents(self, org_id: str) -> list[Agent]:
+        """The org's agents as this round read them (whatever changed since)."""
+        return self._agents.get(org_id, [])
 
     def __missing__(self, org_id: str) -> list[AgentView]:
         views = [self._view_of(a) for a in self._agents.get(org_id, ())]

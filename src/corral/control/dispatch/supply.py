@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from corral.control.background import Background
 from corral.control.dispatch.snapshot import AgentSnapshot
@@ -56,14 +56,15 @@ class Supply:
         self._roles = roles  # an org's declared roles
         self._inflight = inflight  # the task book's: agent id → tasks it holds
         self._background = background
-        self._waking: set[str] = set()  # agents being woken
+        self._waking = snapshot.waking  # agents being woken
         self._retiring: set[str] = set()  # agents of an older spec being terminated
         self._refused: dict[tuple[str, str | None], float] = {}  # key → when last refused
 
     # -- on demand ------------------------------------------------------------------------
-    def reserve(self, org: Organization, role: str) -> str:
-        """A free name for a new agent of ``role``, counted from now as on its way."""
-        taken = {a.name for a in self._snapshot.known(org.id)}
+    def reserve(self, org: Organization, role: str, agents: Iterable[Agent]) -> str:
+        """A free name for a new agent of ``role`` (``agents``: the org's, as last read),
+        counted from now as on its way."""
+        taken = {a.name for a in agents}
         key = (org.id, role)
         taken |= self._snapshot.pending[key]
         n = 1
@@ -133,7 +134,7 @@ class Supply:
             for role in roles:
                 of_role = [a for a in mine if a.role == role.name and a.state not in _GONE]
                 self._roll_out(org, role, of_role)
-                self._keep_warm(org, role, of_role)
+                self._keep_warm(org, role, of_role, mine)
 
     def _roll_out(self, org: Organization, role: Role, agents: list[Agent]) -> None:
         for a in agents:
@@ -165,7 +166,9 @@ class Supply:
             self._snapshot.leaving.discard(agent.id)
             self._capacity_changed(org.id)
 
-    def _keep_warm(self, org: Organization, role: Role, agents: list[Agent]) -> None:
+    def _keep_warm(
+        self, org: Organization, role: Role, agents: list[Agent], everyone: list[Agent]
+    ) -> None:
         if role.min_agents == 0:
             return
         key = (org.id, role.name)
@@ -188,7 +191,7 @@ class Supply:
         if time.monotonic() - self._refused.get(key, -WARM_RETRY) < WARM_RETRY:
             return  # the last one was refused (the quota, say): not again at once
         while short > 0 and live < role.max_agents:
-            name = self.reserve(org, role.name)
+            name = self.reserve(org, role.name, everyone)
             self._snapshot.incoming[key] += 1
             self._background.spawn(self.provision(org, role.name, name, key), f"warm-{name}")
             short -= 1
