@@ -94,9 +94,18 @@ class OrgRepository:
             raise NotFound(f"organization {org_id!r} not found")
         return _org(row)
 
-    async def list(self) -> list[Organization]:
+    async def list(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[Organization]:
+        """Organizations by name; with ``after``/``limit``, one page of them (those named
+        after ``after``, at most ``limit``)."""
+        query = select(OrgRow).order_by(OrgRow.slug)
+        if after is not None:
+            query = query.where(OrgRow.slug > after)
+        if limit is not None:
+            query = query.limit(limit)
         async with self._db.sessions() as s:
-            rows = (await s.execute(select(OrgRow).order_by(OrgRow.slug))).scalars().all()
+            rows = (await s.execute(query)).scalars().all()
         return [_org(r) for r in rows]
 
     async def set_plan(self, slug: str, plan: str) -> Organization:

@@ -153,6 +153,7 @@ class TaskBook:
             self.delayed.append((not_before or 0.0, q))
         else:
             self.scheduler.enqueue(q)
+            self.hub.series.depth(rec.org, self.scheduler.queued(q.org))
 
     def release_due(self, now: float) -> None:
         """Retries whose backoff has passed (and whose previous attempt's handler has ended)
@@ -192,8 +193,11 @@ class TaskBook:
         done = dataclasses.replace(rec, state=to, updated_at=now, **fields)
         if to.is_terminal:
             self.live.pop(rec.id, None)
+            self.hub.series.ended(done.org, (now - rec.created_at).total_seconds())
         else:
             self.live[rec.id] = done
+        if rec.state is TaskState.QUEUED:
+            self.hub.series.depth(done.org, self.scheduler.queued(OrgId(rec.org_id)))
         if self.hub.wants(done.org):
             self.journal.on_commit(lambda: self.publish(done))
         if to.is_terminal and done.parent_id is not None and done.from_agent is not None:
