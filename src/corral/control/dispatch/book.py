@@ -193,7 +193,6 @@ class TaskBook:
         done = dataclasses.replace(rec, state=to, updated_at=now, **fields)
         if to.is_terminal:
             self.live.pop(rec.id, None)
-            self.hub.series.ended(done.org, (now - rec.created_at).total_seconds())
         else:
             self.live[rec.id] = done
         if rec.state is TaskState.QUEUED:
@@ -218,6 +217,8 @@ class TaskBook:
             self.journal.move(rec.id, rec.state, via, at=now)
         check_transition(via or rec.state, to)
         self.journal.move(rec.id, via or rec.state, to, at=now, detail=detail, **fields)
+        if to.is_terminal:  # the console's charts: what ended, how long after submission
+            self.hub.series.ended(rec.org, (now - rec.created_at).total_seconds())
         return now
 
     async def retry(self, task_id: str, why: str, *, error_type: str | None = None) -> bool:
