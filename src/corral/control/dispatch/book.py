@@ -96,6 +96,7 @@ class TaskBook:
         self.started: dict[str, float] = {}  # task id → when its attempt was dispatched
         self.beats: dict[str, float] = {}  # task id → its last progress report
         self.last_active: dict[str, float] = {}  # agent id → when it last took or ended work
+        self.traces: dict[str, str] = {}  # task id → the traceparent it was submitted under
 
     # -- organizations and the waiting line -----------------------------------------------
     def register(self, org: Organization) -> None:
@@ -219,6 +220,8 @@ class TaskBook:
         self.journal.move(rec.id, via or rec.state, to, at=now, detail=detail, **fields)
         if to.is_terminal:  # the console's charts: what ended, how long after submission
             self.hub.series.ended(rec.org, (now - rec.created_at).total_seconds())
+            if self.traces:
+                self.traces.pop(rec.id, None)
         return now
 
     async def retry(self, task_id: str, why: str, *, error_type: str | None = None) -> bool:

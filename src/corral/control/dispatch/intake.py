@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.control import tracing
 from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.lifecycle import Controller
 from corral.domain.agents import AgentState
@@ -62,6 +63,7 @@ class Intake:
         task_id: str | None = None,
         policy: TaskPolicy | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> TaskRecord:
         """Accept a task durably (``queued``), then let the loop place it.
 
@@ -69,6 +71,8 @@ class Intake:
             policy: its retry policy and timeouts; its org's plan's defaults if not given.
             idempotency_key: a key only this submit carries: if a task of ``org`` was
                 accepted with it, that task is the answer and nothing new is created.
+            traceparent: the trace it joins (a delegating handler's span); the span
+                active now if not given.
 
         Raises:
             InvalidInput: neither or both of role/agent.
@@ -146,6 +150,9 @@ class Intake:
         if org.id not in book.orgs:
             book.register(org)
         book.live[rec.id] = rec
+        trace = traceparent or tracing.current_traceparent()
+        if trace is not None:
+            book.traces[rec.id] = trace
         book.enqueue(rec)
         book.publish(rec)
         self._kick()
