@@ -226,3 +226,31 @@ async def _all_done(live: Live, ids: list[str]) -> bool:
     r = await live.admin.get("/v1/orgs/acme/tasks", params={"state": "completed"})
     done = {t["id"] for t in r.json()["tasks"]}
     return all(i in done for i in ids)
+
+
+async def test_the_admin_pages_through_the_orgs_by_name(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.api.console import lists
+
+    monkeypatch.setattr(lists, "PAGE", 2)
+    for name in ("delta", "alpha", "charlie", "bravo", "echo"):
+        await live.org(name)
+    async with _login(live, live.platform.new_admin_key) as console:
+        seen: list[str] = []
+        url: str | None = "/"
+        while url:
+            r = await console.get(url)
+            assert r.status_code == 200
+            rows = r.text.count('<tr data-org="')
+            assert 1 <= rows <= 2
+            seen += [part.split('"', 1)[0] for part in r.text.split('<tr data-org="')[1:]]
+            marker = 'id="next" href="'
+            url = (
+                html.unescape(r.text.split(marker, 1)[1].split('"', 1)[0])
+                if marker in r.text
+                else None
+            )
+        assert seen == ["alpha", "bravo", "charlie", "delta", "echo"]
+        r = await console.get("/", params={"after": "Not A Name"})
+        assert r.status_code == 422 and "invalid after" in r.text
