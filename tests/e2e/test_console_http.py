@@ -254,3 +254,26 @@ async def test_the_admin_pages_through_the_orgs_by_name(
         assert seen == ["alpha", "bravo", "charlie", "delta", "echo"]
         r = await console.get("/", params={"after": "Not A Name"})
         assert r.status_code == 422 and "invalid after" in r.text
+
+
+async def test_ended_agents_are_hidden_until_asked_for_and_a_name_narrows_the_list(
+    live: Live,
+) -> None:
+    await live.org("acme")
+    keep = await live.agent("acme", "keeper")
+    gone = await live.agent("acme", "goner")
+    r = await live.admin.delete(f"/v1/orgs/acme/agents/{gone['id']}")
+    assert r.status_code == 204
+    async with _login(live, live.platform.new_admin_key) as console:
+        page = (await console.get("/orgs/acme")).text
+        assert f'id="agent-{keep["id"]}"' in page and f'id="agent-{gone["id"]}"' not in page
+        page = (await console.get("/orgs/acme", params={"agents": "all"})).text
+        assert f'id="agent-{keep["id"]}"' in page and f'id="agent-{gone["id"]}"' in page
+        page = (await console.get("/orgs/acme", params={"agents": "terminated"})).text
+        assert f'id="agent-{keep["id"]}"' not in page and f'id="agent-{gone["id"]}"' in page
+        page = (await console.get("/orgs/acme", params={"agents": "all", "q": "goner"})).text
+        assert f'id="agent-{keep["id"]}"' not in page and f'id="agent-{gone["id"]}"' in page
+        page = (await console.get("/orgs/acme", params={"q": "100%_"})).text
+        assert 'id="agent-' not in page  # LIKE wildcards are taken literally
+        r = await console.get("/orgs/acme", params={"agents": "sleeping"})
+        assert r.status_code == 422 and "unknown agents 'sleeping'" in html.unescape(r.text)

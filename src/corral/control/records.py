@@ -44,9 +44,18 @@ class AgentRecords:
         self.current_task: Callable[[str], str | None] = lambda agent_id: None
 
     # -- questions ------------------------------------------------------------------------
-    async def find_agents(self, org: Organization) -> list[Agent]:
-        """Every agent of ``org``, terminated ones included, oldest first."""
-        return await self.agents.find(org_id=org.id)
+    async def find_agents(
+        self,
+        org: Organization,
+        *,
+        states: Sequence[AgentState] | None = None,
+        search: str | None = None,
+        newest: int | None = None,
+    ) -> list[Agent]:
+        """The agents of ``org`` (every one, terminated ones included, unless ``states``
+        says which), oldest first; ``search``: whose name or id contains it; ``newest``: only
+        the newest so many."""
+        return await self.agents.find(org_id=org.id, states=states, search=search, newest=newest)
 
     async def get_agent(self, org: Organization, agent_id: str) -> Agent:
         """Raises: NotFound: no such agent in ``org``."""

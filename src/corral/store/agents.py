@@ -124,16 +124,33 @@ class AgentRepository:
         return _agent(row[0], row[1])
 
     async def find(
-        self, *, org_id: str | None = None, states: Iterable[AgentState] | None = None
+        self,
+        *,
+        org_id: str | None = None,
+        states: Iterable[AgentState] | None = None,
+        search: str | None = None,
+        newest: int | None = None,
     ) -> list[Agent]:
+        """Agents oldest first; ``search``: whose name or id contains it; ``newest``: only
+        the newest so many of those."""
         q = select(AgentRow, OrgRow.slug).join(OrgRow, OrgRow.id == AgentRow.org_id)
         if org_id is not None:
             q = q.where(AgentRow.org_id == org_id)
         if states is not None:
             q = q.where(AgentRow.state.in_([s.value for s in states]))
+        if search:
+            q = q.where(
+                AgentRow.name.contains(search, autoescape=True)
+                | AgentRow.id.contains(search, autoescape=True)
+            )
+        if newest is None:
+            q = q.order_by(AgentRow.created_at)
+        else:
+            q = q.order_by(AgentRow.created_at.desc()).limit(newest)
         async with self._db.sessions() as s:
-            rows = (await s.execute(q.order_by(AgentRow.created_at))).all()
-        return [_agent(r[0], r[1]) for r in rows]
+            rows = (await s.execute(q)).all()
+        found = [_agent(r[0], r[1]) for r in rows]
+        return found if newest is None else found[::-1]
 
     async def transition(
         self,

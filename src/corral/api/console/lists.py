@@ -169,18 +169,22 @@ def _select(name: str, chosen: str | None, options: tuple[str, ...], blank: str)
     return f'<select name="{name}" id="f-{name}">{opts}</select>'
 
 
+_ENDED = (AgentState.TERMINATED, AgentState.FAILED)
+
+
 async def _agents(request: Request, org: Organization, view: str, q: str | None) -> str:
-    found = await platform(request).controller.find_agents(org)
-    if view == "active":
-        found = [a for a in found if a.state not in (AgentState.TERMINATED, AgentState.FAILED)]
-    elif view != "all":
-        found = [a for a in found if a.state.value == view]
-    if q:
-        found = [a for a in found if q in a.name or q in a.id]
-    shown = found[-PAGE:]  # the newest
-    rows = "".join(agent_row(a.to_wire()) for a in reversed(shown))
+    if view == "all":
+        states = None
+    elif view == "active":
+        states = [s for s in AgentState if s not in _ENDED]
+    else:
+        states = [AgentState(view)]
+    found = await platform(request).controller.find_agents(
+        org, states=states, search=q, newest=PAGE + 1
+    )
+    rows = "".join(agent_row(a.to_wire()) for a in reversed(found[-PAGE:]))  # newest first
     more = (
-        f'<p class="note">the newest {PAGE} of {len(found)}; narrow with the filter</p>'
+        f'<p class="note">the newest {PAGE}; narrow with the filter</p>'
         if len(found) > PAGE
         else ""
     )
