@@ -19,7 +19,7 @@ import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -95,20 +95,38 @@ def receiver() -> Iterator[Receiver]:
         thread.join(timeout=10)
 
 
+class _Gated(SimpleSpanProcessor):
+    """Keeps spans only while a test of this module runs: the process's tracer provider can
+    be set only once, and the tests after these must not fill memory with spans."""
+
+    open = False
+    attached = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if _Gated.open:
+            super().on_end(span)
+
+
 _EXPORTER = InMemorySpanExporter()
 
 
 @pytest.fixture
 def control_spans() -> Iterator[InMemorySpanExporter]:
-    """The control plane's spans, in memory (the process's tracer provider is set once)."""
+    """The control plane's spans, in memory."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
         trace.set_tracer_provider(provider)
+    if not _Gated.attached:
+        provider.add_span_processor(_Gated(_EXPORTER))
+        _Gated.attached = True
     _EXPORTER.clear()
-    yield _EXPORTER
-    _EXPORTER.clear()
+    _Gated.open = True
+    try:
+        yield _EXPORTER
+    finally:
+        _Gated.open = False
+        _EXPORTER.clear()
 
 
 @pytest.fixture
