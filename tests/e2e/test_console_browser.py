@@ -247,7 +247,8 @@ async def test_pausing_resuming_and_terminating_an_agent_from_its_page(
     await browser.page.goto(page)
     await _live(browser)
     assert "running" in await browser.page.locator("#agent-state").inner_text()
-    assert "created" in await browser.page.locator("#agent-history").inner_text()
+    states = await browser.page.locator("#agent-history td .state").all_inner_texts()
+    assert states[:2] == ["provisioning", "running"]
     await eventually(
         lambda: browser.page.locator("#log-state").inner_text(),
         timeout=30,
@@ -271,8 +272,8 @@ async def test_pausing_resuming_and_terminating_an_agent_from_its_page(
         return "running" in await browser.page.locator("#agent-state").inner_text()
 
     await eventually(running, timeout=30, message="the agent running again")
-    history = await browser.page.locator("#agent-history").inner_text()
-    assert "paused" in history and "resumed" in history
+    states = await browser.page.locator("#agent-history td .state").all_inner_texts()
+    assert states[-4:] == ["pausing", "paused", "resuming", "running"], states
 
     await browser.page.click("#terminate")
     await browser.page.wait_for_load_state()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from corral.control.hub import EventHub
@@ -56,6 +57,17 @@ class AgentRecords:
         says which), oldest first; ``search``: whose name or id contains it; ``newest``: only
         the newest so many."""
         return await self.agents.find(org_id=org.id, states=states, search=search, newest=newest)
+
+    async def agent_history(
+        self, org: Organization, agent_id: str, *, newest: int = 50
+    ) -> list[tuple[str, datetime, str]]:
+        """The newest states the agent entered (state, when, why), oldest first.
+
+        Raises:
+            NotFound: no such agent in ``org``.
+        """
+        agent = await self.agents.get(agent_id, org_id=org.id)
+        return await self.agents.history(agent.id, newest=newest)
 
     async def get_agent(self, org: Organization, agent_id: str) -> Agent:
         """Raises: NotFound: no such agent in ``org``."""

@@ -156,6 +156,17 @@ class TaskEventRow(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class AgentTransitionRow(Base):
+    """Each state an agent entered, when and why: the agent's history (the console shows it)."""
+
+    __tablename__ = "agent_transitions"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime]
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
 class DataKeyRow(Base):
     __tablename__ = "vault_data_keys"
     org_id: Mapped[str] = mapped_column(

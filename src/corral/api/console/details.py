@@ -5,6 +5,7 @@ state history, restarts, resources, the tasks it ran and its live log)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,6 +29,7 @@ __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
 _CHILDREN = 50
+_HISTORY = 50  # the newest states an agent page shows
 _TERMINAL = ("completed", "blocked", "failed", "cancelled", "expired")
 
 
@@ -167,24 +169,18 @@ async def task_page(slug: str, task_id: str, request: Request) -> Response:
     return await answer(request, build)
 
 
-def _agent_history(a: Mapping[str, Any], seen: Sequence[Mapping[str, Any]]) -> str:
-    marks = [
-        ("created", a.get("createdAt")),
-        ("paused", a.get("pausedAt")),
-        ("resumed", a.get("resumedAt")),
-        ("terminated", a.get("terminatedAt")),
-    ]
-    rows = [
-        f"<tr><td>{when(at)}</td><td>{esc(what)}</td><td></td></tr>" for what, at in marks if at
-    ]
-    rows += [
-        f"<tr><td>{when(e.get('at'))}</td><td>{state(e['agent']['state'])}</td>"
-        f"<td>{esc(e['agent'].get('detail') or '')}</td></tr>"
-        for e in seen
-    ]
+def _agent_history(history: Sequence[tuple[str, datetime, str]]) -> str:
+    rows = []
+    for i, (entered, at, why) in enumerate(history):
+        nxt = history[i + 1][1] if i + 1 < len(history) else None
+        took = duration((nxt - at).total_seconds()) if nxt else "—"
+        rows.append(
+            f"<tr><td>{when(at.isoformat())}</td><td>{state(entered)}</td>"
+            f'<td class="took">{took}</td><td>{esc(why)}</td></tr>'
+        )
     return (
-        '<table id="agent-history"><thead><tr><th>at</th><th>state</th><th>detail</th></tr>'
-        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+        '<table id="agent-history"><thead><tr><th>at</th><th>state</th><th>in it for</th>'
+        f"<th>detail</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
 
@@ -197,7 +193,7 @@ async def agent_page(slug: str, agent_id: str, request: Request) -> Response:
         a: dict[str, Any] = agent.to_wire()
         sandbox = await p.controller.sandbox_level(org, agent.id)
         tasks, _ = await p.dispatcher.find_tasks(org, where=TaskFilter(agent=agent.id), limit=20)
-        seen = [e for e in p.hub.recent(org.slug, kind="agent") if e["agent"]["id"] == agent.id]
+        history = await p.controller.agent_history(org, agent.id, newest=_HISTORY)
         link = f"/orgs/{esc(org.slug)}/agents/{esc(agent.id)}"
         res = a["resources"]
         facts = _dl(
@@ -230,7 +226,7 @@ async def agent_page(slug: str, agent_id: str, request: Request) -> Response:
             f"<h2>{esc(a['name'])} <small>{esc(agent.id)}</small></h2>{facts}"
             f'<div class="row">{actions}</div>'
             f"<h3>Resources</h3>{pretty_json(res)}"
-            f"<h3>State history</h3>{_agent_history(a, seen)}"
+            f"<h3>State history</h3>{_agent_history(history)}"
             '<h3>Recent tasks</h3><table class="tasks" id="agent-tasks"><tbody>'
             f"{''.join(task_row(t.to_wire()) for t in tasks)}</tbody></table>"
             f'<h3>Log <small id="log-state"></small></h3>'

@@ -75,10 +75,14 @@
     if (page && page.dataset.agent === a.id) {
       setState($("#agent-state .state"), a.state);
       $("#restarts").textContent = a.restarts;
-      const tr = document.createElement("tr");
-      tr.append(cell((ev.at || "").slice(0, 19).replace("T", " ")));
-      const st = cell(""); setState(st, a.state); tr.append(st, cell(a.detail || ""));
-      $("#agent-history tbody").append(tr);
+      const rows = document.querySelectorAll("#agent-history tbody tr");
+      const last = rows.length ? rows[rows.length - 1].querySelector(".state") : null;
+      if (!last || last.textContent !== a.state) {  // a new state, not a heartbeat's news
+        const tr = document.createElement("tr");
+        tr.append(cell((ev.at || "").slice(0, 19).replace("T", " ")));
+        const st = cell(""); setState(st, a.state); tr.append(st, cell("live"), cell(a.detail || ""));
+        $("#agent-history tbody").append(tr);
+      }
     }
   }
   if (src) {
