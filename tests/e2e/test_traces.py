@@ -203,6 +203,8 @@ async def test_one_trace_covers_a_delegated_task_from_the_api_to_the_childs_hand
     [child_dispatch] = [s for s in spans if s.name == "corral.dispatch" and s.task == child["id"]]
     handler, child_handler = handlers[parent["id"]], handlers[child["id"]]
 
+    # the task remembers its trace (the API says so, and the console's task page)
+    assert done["traceId"] == child["traceId"] == api.trace_id
     chain = [api, submit, dispatch, handler, child_dispatch, child_handler]
     assert {s.trace_id for s in chain} == {api.trace_id}, chain  # one trace
     assert api.parent_id is None  # the request started it (no traceparent was sent)

@@ -139,6 +139,8 @@ class TaskRow(Base):
     policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: the submitter's key: a second submit with the same key gets this task back
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    #: the W3C trace context it was submitted under (NULL: not traced)
+    traceparent: Mapped[str | None] = mapped_column(String(55))
     __table_args__ = (
         Index("ix_tasks_org_state", "org_id", "state"),
         Index("ix_tasks_org_seq", "org_id", "seq"),

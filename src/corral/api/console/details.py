@@ -133,6 +133,10 @@ async def task_page(slug: str, task_id: str, request: Request) -> Response:
                 ("took" if ended else "so far", duration(total) if ended else "running"),
                 ("deadline", when(t.get("deadline"))),
                 ("why it waits", f'<span id="waiting">{esc(waiting)}</span>' if waiting else "—"),
+                (
+                    "trace",
+                    f'<code id="trace">{esc(t["traceId"])}</code>' if t.get("traceId") else "—",
+                ),
             ]
         )
         actions = (

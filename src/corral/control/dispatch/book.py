@@ -96,7 +96,6 @@ class TaskBook:
         self.started: dict[str, float] = {}  # task id → when its attempt was dispatched
         self.beats: dict[str, float] = {}  # task id → its last progress report
         self.last_active: dict[str, float] = {}  # agent id → when it last took or ended work
-        self.traces: dict[str, str] = {}  # task id → the traceparent it was submitted under
 
     # -- organizations and the waiting line -----------------------------------------------
     def register(self, org: Organization) -> None:
@@ -220,8 +219,6 @@ class TaskBook:
         self.journal.move(rec.id, via or rec.state, to, at=now, detail=detail, **fields)
         if to.is_terminal:  # the console's charts: what ended, how long after submission
             self.hub.series.ended(rec.org, (now - rec.created_at).total_seconds())
-            if self.traces:
-                self.traces.pop(rec.id, None)
         return now
 
     async def retry(self, task_id: str, why: str, *, error_type: str | None = None) -> bool:
@@ -410,4 +407,5 @@ def row_of(rec: TaskRecord) -> dict[str, Any]:
         "updated_at": rec.updated_at,
         "policy": policy_wire(rec.policy),
         "idempotency_key": rec.idempotency_key,
+        "traceparent": rec.traceparent,
     }

@@ -390,14 +390,13 @@ class Dispatcher:
         out: list[tuple[str, str, TaskMessage]] = []
         sent: list[TaskRecord] = []
         spans: dict[str, Span] = {}  # task id → its dispatch span (only traced tasks)
-        traces = self.book.traces
         for rec in recs:
             current = self.book.live.get(rec.id)
             if current is None or current.state is not TaskState.DISPATCHED:
                 continue  # cancelled while the round committed
             if current.attempts != rec.attempts or rec.agent_id is None:
                 continue
-            parent = traces.get(rec.id) if traces else None
+            parent = rec.traceparent
             if parent is not None:
                 span = spans[rec.id] = tracing.start_dispatch(
                     parent, org=rec.org, task=rec.id, agent=rec.agent_id, attempt=rec.attempts

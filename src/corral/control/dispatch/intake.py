@@ -139,6 +139,7 @@ class Intake:
             updated_at=now,
             policy=policy or org.plan.task_policy,
             idempotency_key=idempotency_key,
+            traceparent=traceparent or tracing.current_traceparent(),
         )
         book.create(rec)
         if task_id in await book.journal.flush():
@@ -150,9 +151,6 @@ class Intake:
         if org.id not in book.orgs:
             book.register(org)
         book.live[rec.id] = rec
-        trace = traceparent or tracing.current_traceparent()
-        if trace is not None:
-            book.traces[rec.id] = trace
         book.enqueue(rec)
         book.publish(rec)
         self._kick()

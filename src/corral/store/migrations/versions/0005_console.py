@@ -1,13 +1,14 @@
-"""agent history: each state an agent entered, when and why
+"""console and traces: each state an agent entered (when and why); the trace context a
+task was submitted under
 
-Revision ID: 0005_agent_history
+Revision ID: 0005_console
 Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_agent_history"
+revision = "0005_console"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
@@ -33,9 +34,13 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_agent_transitions_agent_id"), ["agent_id"], unique=False
         )
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("traceparent", sa.String(length=55), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_column("traceparent")
     with op.batch_alter_table("agent_transitions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_agent_transitions_agent_id"))
     op.drop_table("agent_transitions")
