@@ -192,6 +192,13 @@ async def test_bad_filters_are_named_and_search_finds_a_task(live: Live) -> None
         assert r.status_code == 303 and r.headers["location"] == f"/orgs/acme/tasks/{task['id']}"
         r = await console.get("/orgs/acme", params={"q": "task_0000000000ffffffffffffffff"})
         assert r.status_code == 404
+        await live.wait_task("acme", task["id"])
+        r = await console.get(f"/orgs/acme/tasks/{task['id']}")
+        assert '<span id="attempts">1</span> of 5' in r.text  # the standard plan's attempts
+        r = await console.post(
+            f"/orgs/acme/agents/{agent['id']}/explode", headers={"origin": live.server.url}
+        )
+        assert r.status_code == 404 and "no action 'explode'" in html.unescape(r.text)
 
 
 @pytest.mark.parametrize("pages", [3])

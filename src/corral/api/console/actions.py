@@ -11,6 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 from corral.api.auth import Caller, platform
 from corral.api.console.html import HEADERS
 from corral.api.console.session import answer, console_org, same_origin
+from corral.domain.errors import NotFound
 
 __all__ = ["router"]
 
@@ -46,7 +47,9 @@ async def agent_action(slug: str, agent_id: str, verb: str, request: Request) ->
             await controller.terminate(org, agent_id, delete_workspace=True)
         else:
             await controller.get_agent(org, agent_id)  # an unknown agent is the first news
-            return _back(f"/orgs/{org.slug}/agents/{agent_id}")
+            raise NotFound(
+                f"no action {verb!r}: use pause, resume or terminate", details={"action": verb}
+            )
         return _back(f"/orgs/{org.slug}/agents/{agent_id}")
 
     return await answer(request, act)
