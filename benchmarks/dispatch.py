@@ -17,6 +17,9 @@ this run where ``celery`` and ``redis`` are importable and a Redis answers on
 127.0.0.1:6379, and always printed with the figures from the notes. Its latency is the
 client's submit time to the worker's completion time.
 
+With ``--traced`` every task is submitted inside a span, so it carries a trace context and
+gets a dispatch span (the spans are counted, not sent): the cost of tracing when it is on.
+
 Run: ``python benchmarks/dispatch.py [--tasks 20000] [--idle 200] [--budget 90] [--no-celery]``
 (``--tasks 2000`` for a quick run). Loopback only; a temporary data directory; nothing is
 left running and the peer's Redis keys are deleted.
@@ -221,8 +224,38 @@ async def _load(
     return phase
 
 
+def _traced(p: Platform) -> Any:
+    """Tracing on, as with an OTLP endpoint, but spans counted instead of sent: every submit
+    in a span of its own (an API request's), so each task carries a trace context, gets a
+    dispatch span and its handler's context. Returns the counter of exported spans."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Counting(SpanExporter):
+        spans = 0
+
+        def export(self, spans: Any) -> SpanExportResult:
+            Counting.spans += len(spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Counting()))
+    trace.set_tracer_provider(provider)
+    tracer = trace.get_tracer("bench")
+    submit = p.dispatcher.submit
+
+    async def submit_in_a_span(*args: Any, **kwargs: Any) -> Any:
+        with tracer.start_as_current_span("bench.submit"):
+            return await submit(*args, **kwargs)
+
+    p.dispatcher.submit = submit_in_a_span  # type: ignore[method-assign]
+    return provider, Counting
+
+
 async def measure_corral(args: argparse.Namespace) -> tuple[Phase, Phase]:
     async with c.live_platform(database_url=args.database_url) as p:
+        tracing = _traced(p) if args.traced else None
         org = await c.bench_org(p)
         agents = [
             await p.controller.provision(
@@ -243,6 +276,10 @@ async def measure_corral(args: argparse.Namespace) -> tuple[Phase, Phase]:
             p, org, args.tasks, args.budget, submitters=args.submitters, slots=args.slots
         )
         print(f"  corral: load phase done ({load.completed:,} of {load.n:,})", flush=True)
+        if tracing is not None:
+            provider, counted = tracing
+            provider.force_flush()
+            print(f"  corral: traced, {counted.spans:,} control-plane spans exported", flush=True)
     return idle, load
 
 
@@ -494,6 +531,11 @@ def main() -> None:
         help="run on this database instead of SQLite (a PostgreSQL database is EMPTIED first)",
     )
     ap.add_argument("--no-celery", action="store_true", help="skip the Celery peer")
+    ap.add_argument(
+        "--traced",
+        action="store_true",
+        help="tracing on (spans counted in process, not sent): its cost on the dispatch path",
+    )
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the peer's broker")
     ap.add_argument("--celery-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--queue", default="", help=argparse.SUPPRESS)

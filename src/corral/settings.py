@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +66,12 @@ class Settings(BaseSettings):
     # replaced
     replica_name: str | None = None  # unique per replica (default: host name and pid)
     advertise_url: str | None = None  # where other replicas reach this one's API
+    # where traces go, over OTLP/HTTP (http://collector:4318): the control plane's spans and
+    # its agents' (their sandbox may connect to its port). Unset: the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing, and nothing on the hot path
+    otlp_endpoint: str | None = Field(
+        default_factory=lambda: os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    )
 
     @field_validator("sandbox_allow_ports", mode="before")
     @classmethod
@@ -96,6 +104,33 @@ class Settings(BaseSettings):
         if not all(0 < port < 65536 for port in value):
             raise ValueError(f"a port is out of range: {list(value)}")
         return value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _an_http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"the OTLP endpoint {value!r} is not an http(s) URL like http://collector:4318"
+            )
+        return value.strip().rstrip("/")
+
+    @property
+    def otlp_ports(self) -> tuple[int, ...]:
+        """The TCP port of the OTLP endpoint (none: no tracing)."""
+        if self.otlp_endpoint is None:
+            return ()
+        parts = urlsplit(self.otlp_endpoint)
+        return (parts.port or (443 if parts.scheme == "https" else 80),)
+
+    @property
+    def agent_tracing_env(self) -> dict[str, str]:
+        """What tells an agent where its spans go (nothing: no tracing)."""
+        if self.otlp_endpoint is None:
+            return {}
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint}
 
     @property
     def resolved_gateway_port(self) -> int:

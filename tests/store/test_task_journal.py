@@ -48,6 +48,7 @@ def _row(task_id: str, org: Organization, **over: Any) -> dict[str, Any]:
         "updated_at": now,
         "policy": None,
         "idempotency_key": None,
+        "traceparent": None,
     }
     row.update(over)
     return row

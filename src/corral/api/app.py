@@ -7,21 +7,11 @@ from typing import Any
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import errors
+from corral.api import console, errors
 from corral.api.auth import scope_authenticator
 from corral.api.guard import AddressLimiter, BodyGuard
 from corral.api.ratelimit import RateLimiter
-from corral.api.routes import (
-    agents,
-    dashboard,
-    events,
-    metrics,
-    models,
-    orgs,
-    roles,
-    secrets,
-    tasks,
-)
+from corral.api.routes import agents, events, metrics, models, orgs, roles, secrets, tasks
 from corral.control.platform import Platform
 
 __all__ = ["create_app"]
@@ -65,8 +55,9 @@ def create_app(platform: Platform) -> FastAPI:
     async def readyz() -> dict[str, str | int | None]:
         return health("ready")
 
-    for module in (orgs, agents, roles, tasks, secrets, models, events, metrics, dashboard):
+    for module in (orgs, agents, roles, tasks, secrets, models, events, metrics):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
+    app.include_router(console.router)
     _errors_are_json(app)
     return app
 

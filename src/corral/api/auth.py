@@ -71,15 +71,12 @@ async def authenticate(p: Platform, key: str | None) -> Caller:
 
 
 def scope_authenticator(p: Platform) -> Callable[[Scope], Awaitable[Caller]]:
-    """Authenticates an ASGI scope from its headers (and ``?key=``), before any body is read."""
+    """Authenticates an ASGI scope from its headers, before any body is read. A key is
+    never taken from a URL (URLs end up in logs, histories and referrers)."""
 
     async def from_scope(scope: Scope) -> Caller:
         request = Request(scope)
-        key = (
-            _bearer(request.headers.get("authorization"))
-            or request.headers.get("x-api-key")
-            or request.query_params.get("key")
-        )
+        key = _bearer(request.headers.get("authorization")) or request.headers.get("x-api-key")
         return await authenticate(p, key)
 
     return from_scope
@@ -99,7 +96,7 @@ async def caller(
     try:
         return await authenticate(
             platform(request),
-            _bearer(authorization) or x_api_key or request.query_params.get("key"),
+            _bearer(authorization) or x_api_key,
         )
     except Unauthenticated:
         limiter.failed(address)

@@ -24,7 +24,7 @@ from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
 from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
-from corral.control import recovery
+from corral.control import recovery, tracing
 from corral.control.background import Background
 from corral.control.dispatch import Dispatcher
 from corral.control.gateway.running import GatewayService
@@ -137,6 +137,7 @@ class Platform:
         if self.settings.plans_file is not None:
             load_plans(self.settings.plans_file)
         self._phases = recovery.Phases()
+        self._stack.callback(tracing.configure(self.settings.otlp_endpoint))
         await self.db.start()
         self._phases.mark("store")
         self._stack.push_async_callback(self.db.close)
@@ -292,7 +293,8 @@ class Platform:
         log.info("%d organizations restored on the bus in %.1fs", len(orgs), took)
 
     def _agent_env(self) -> dict[str, str]:
-        return {"CORRAL_HEARTBEAT_SECONDS": str(self.settings.heartbeat_seconds)}
+        s = self.settings  # agents export their spans where the control plane does
+        return {"CORRAL_HEARTBEAT_SECONDS": str(s.heartbeat_seconds), **s.agent_tracing_env}
 
     # -- runtime --------------------------------------------------------------------------
     async def _start_runtime(self) -> AgentRuntime:
@@ -335,9 +337,10 @@ class Platform:
         the bus's port, the model gateway's (and the operator's) the only TCP ports agents may
         connect to, and the data directory hidden from them."""
         ports = [p for p in (urlsplit(u.strip()).port for u in self.bus.url.split(",")) if p]
+        s = self.settings
         return Confinement.detect(
-            self.settings.sandbox,
-            tcp_ports=[*ports, self.models.port, *self.settings.sandbox_allow_ports],
+            s.sandbox,
+            tcp_ports=[*ports, self.models.port, *s.sandbox_allow_ports, *s.otlp_ports],
             hide=[str(self.data_dir)],
             read_only=self.settings.sandbox_read_only,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from corral.control.hub import EventHub
@@ -44,13 +45,33 @@ class AgentRecords:
         self.current_task: Callable[[str], str | None] = lambda agent_id: None
 
     # -- questions ------------------------------------------------------------------------
-    async def find_agents(self, org: Organization, *, terminated: bool = False) -> list[Agent]:
-        """Every agent of ``org`` (with ``terminated``, the terminated ones too), oldest
-        first."""
-        agents = await self.agents.find(org_id=org.id)
-        if terminated:
+    async def find_agents(
+        self,
+        org: Organization,
+        *,
+        terminated: bool = False,
+        states: Sequence[AgentState] | None = None,
+        search: str | None = None,
+        newest: int | None = None,
+    ) -> list[Agent]:
+        """The agents of ``org``, oldest first: those in ``states`` when it is given, else
+        every one but the terminated (with ``terminated``, those too); ``search``: whose name
+        or id contains it; ``newest``: only the newest so many."""
+        agents = await self.agents.find(org_id=org.id, states=states, search=search, newest=newest)
+        if terminated or states is not None:
             return agents
         return [a for a in agents if a.state is not AgentState.TERMINATED]
+
+    async def agent_history(
+        self, org: Organization, agent_id: str, *, newest: int = 50
+    ) -> list[tuple[str, datetime, str]]:
+        """The newest states the agent entered (state, when, why), oldest first.
+
+        Raises:
+            NotFound: no such agent in ``org``.
+        """
+        agent = await self.agents.resolve(agent_id, org_id=org.id)
+        return await self.agents.history(agent.id, newest=newest)
 
     async def get_agent(self, org: Organization, agent: str) -> Agent:
         """The agent of ``org`` whose id or (live agent's) name is ``agent``.

@@ -123,12 +123,19 @@ class TenantService:
     async def get(self, slug: str) -> Organization:
         return await self.orgs.get(slug)
 
+    async def get_by_id(self, org_id: str) -> Organization:
+        """Raises: NotFound: no organization has this id."""
+        return await self.orgs.get_by_id(org_id)
+
     async def authenticate(self, key_id: str, key_secret: str) -> ApiKey | None:
         """The API key ``key_id`` if ``key_secret`` is its secret; None otherwise."""
         return await self.orgs.authenticate(key_id, key_secret)
 
-    async def list(self) -> list[Organization]:
-        return await self.orgs.list()
+    async def list(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[Organization]:
+        """Organizations by name; with ``after``/``limit`` one page of them."""
+        return await self.orgs.list(after=after, limit=limit)
 
     async def page(self, *, after: str | None, limit: int) -> builtins.list[Organization]:
         """At most ``limit`` orgs named after ``after``, by name."""

@@ -27,6 +27,7 @@ __all__ = [
     "TaskMessage",
     "decode",
     "encode",
+    "traceparent",
 ]
 
 
@@ -112,9 +113,11 @@ class TaskMessage:
     type: MessageType
     payload: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    #: the W3C trace context (``traceparent``) of the span that sent it, when tracing is on
+    traceparent: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        out = {
             "taskId": self.task_id,
             "fromAgent": self.from_agent,
             "toAgent": self.to_agent,
@@ -122,6 +125,9 @@ class TaskMessage:
             "payload": self.payload,
             "attempt": self.attempt,
         }
+        if self.traceparent is not None:
+            out["traceparent"] = self.traceparent
+        return out
 
     @classmethod
     def from_wire(cls, obj: dict[str, Any]) -> TaskMessage:
@@ -145,7 +151,19 @@ class TaskMessage:
             type=kind,
             payload=payload,
             attempt=attempt,
+            traceparent=traceparent(obj.get("traceparent")),
         )
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def traceparent(value: object) -> str | None:
+    """``value`` if it is a W3C ``traceparent`` (version-traceid-spanid-flags, lowercase
+    hex), else None: a malformed trace context is dropped, never a reason to refuse a task."""
+    if isinstance(value, str) and len(value) == 55 and _TRACEPARENT.match(value):
+        return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from corral.domain.messages import (
     decode,
     encode,
 )
-from corral.sdk import checkpoints
+from corral.sdk import checkpoints, tracing
 from corral.sdk.config import AgentConfig, parse_slots
 from corral.sdk.context import Blocked, TaskContext
 from corral.sdk.outbox import Outbox
@@ -140,6 +140,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self._restore()
+        stop_tracing = tracing.configure_from_env()
         await self._connect()
         assert self._nc is not None and self._js is not None
         control = await self._nc.subscribe(
@@ -179,6 +180,8 @@ class Agent:
             await self._workers.finish(timeout=2.0)  # let the tasks in hand end, briefly
             await self._outbox.settle(timeout=1.0)
             self._save_checkpoint()
+            with contextlib.suppress(Exception):
+                stop_tracing()  # the spans still held go out before the process ends
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._outbox.status(StatusKind.STOPPING), timeout=1.0)
                 await control.unsubscribe()
@@ -237,6 +240,18 @@ class Agent:
                     fut.set_result(message)
 
     async def _handle(self, message: TaskMessage) -> None:
+        with tracing.handling(
+            message.traceparent,
+            task=message.task_id,
+            agent=self.config.agent_id,
+            org=self.config.org,
+            attempt=message.attempt,
+        ) as span:
+            outcome, payload = await self._outcome(message)
+            tracing.ended(span, outcome.value)
+        await self._end(message, outcome, payload)
+
+    async def _outcome(self, message: TaskMessage) -> tuple[MessageType, dict[str, Any]]:
         ctx = TaskContext(self, message)
         outcome: MessageType = MessageType.COMPLETE
         payload: dict[str, Any]
@@ -259,7 +274,7 @@ class Agent:
         except Exception as exc:
             log.exception("task %s failed", message.task_id)
             outcome, payload = MessageType.FAILED, failure(exc)
-        await self._end(message, outcome, payload)
+        return outcome, payload
 
     async def _end(
         self, message: TaskMessage, outcome: MessageType, payload: dict[str, Any]
@@ -328,6 +343,7 @@ class Agent:
                 MessageType.DELEGATE,
                 {"parent": parent_task, "payload": payload}
                 | ({} if priority is None else {"priority": priority}),
+                traceparent=tracing.current_traceparent(),
             )
         )
         try:

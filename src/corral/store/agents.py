@@ -15,7 +15,7 @@ from corral.domain.errors import Conflict, NotFound
 from corral.domain.ids import AgentId
 from corral.domain.quantities import parse
 from corral.store.db import Database
-from corral.store.schema import AgentRow, OrgRow
+from corral.store.schema import AgentRow, AgentTransitionRow, OrgRow
 
 __all__ = ["AgentRepository", "resources_from_json", "resources_to_json"]
 
@@ -115,6 +115,12 @@ class AgentRepository:
                         detail="",
                     )
                 )
+                await s.flush()  # the agent's row first: its history points at it
+                s.add(
+                    AgentTransitionRow(
+                        agent_id=agent_id, state=AgentState.PROVISIONING.value, at=now, detail=""
+                    )
+                )
         except IntegrityError as exc:
             raise Conflict(
                 f"an agent named {name!r} already exists in this organization",
@@ -151,16 +157,33 @@ class AgentRepository:
         return _agent(row[0], row[1])
 
     async def find(
-        self, *, org_id: str | None = None, states: Iterable[AgentState] | None = None
+        self,
+        *,
+        org_id: str | None = None,
+        states: Iterable[AgentState] | None = None,
+        search: str | None = None,
+        newest: int | None = None,
     ) -> list[Agent]:
+        """Agents oldest first; ``search``: whose name or id contains it; ``newest``: only
+        the newest so many of those."""
         q = select(AgentRow, OrgRow.slug).join(OrgRow, OrgRow.id == AgentRow.org_id)
         if org_id is not None:
             q = q.where(AgentRow.org_id == org_id)
         if states is not None:
             q = q.where(AgentRow.state.in_([s.value for s in states]))
+        if search:
+            q = q.where(
+                AgentRow.name.contains(search, autoescape=True)
+                | AgentRow.id.contains(search, autoescape=True)
+            )
+        if newest is None:
+            q = q.order_by(AgentRow.created_at)
+        else:
+            q = q.order_by(AgentRow.created_at.desc()).limit(newest)
         async with self._db.sessions() as s:
-            rows = (await s.execute(q.order_by(AgentRow.created_at))).all()
-        return [_agent(r[0], r[1]) for r in rows]
+            rows = (await s.execute(q)).all()
+        found = [_agent(r[0], r[1]) for r in rows]
+        return found if newest is None else found[::-1]
 
     async def transition(
         self,
@@ -170,15 +193,40 @@ class AgentRepository:
         to: AgentState,
         **fields: Any,
     ) -> bool:
-        """Compare-and-set the state; False when the agent was not in ``expect``."""
-        values = {"state": to.value, "updated_at": datetime.now(UTC), **fields}
+        """Compare-and-set the state, noted in the agent's history; False when the agent was
+        not in ``expect``."""
+        now = datetime.now(UTC)
+        values = {"state": to.value, "updated_at": now, **fields}
         async with self._db.sessions() as s, s.begin():
             result = await s.execute(
                 update(AgentRow)
                 .where(AgentRow.id == agent_id, AgentRow.state.in_([e.value for e in expect]))
                 .values(**values)
             )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+            moved = bool(result.rowcount)  # type: ignore[attr-defined]
+            if moved:
+                detail = fields.get("detail")
+                s.add(
+                    AgentTransitionRow(
+                        agent_id=agent_id,
+                        state=to.value,
+                        at=now,
+                        detail=detail if isinstance(detail, str) else "",
+                    )
+                )
+        return moved
+
+    async def history(self, agent_id: str, *, newest: int = 50) -> list[tuple[str, datetime, str]]:
+        """The newest states ``agent_id`` entered (state, when, why), oldest first."""
+        q = (
+            select(AgentTransitionRow.state, AgentTransitionRow.at, AgentTransitionRow.detail)
+            .where(AgentTransitionRow.agent_id == agent_id)
+            .order_by(AgentTransitionRow.id.desc())
+            .limit(newest)
+        )
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q)).all()
+        return [(r[0], _utc(r[1]) or r[1], r[2]) for r in reversed(rows)]
 
     async def update(self, agent_id: str, **fields: Any) -> None:
         async with self._db.sessions() as s, s.begin():

@@ -150,6 +150,8 @@ class TaskRow(Base):
     policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: the submitter's key: a second submit with the same key gets this task back
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    #: the W3C trace context it was submitted under (NULL: not traced)
+    traceparent: Mapped[str | None] = mapped_column(String(55))
     __table_args__ = (
         Index("ix_tasks_org_state", "org_id", "state"),
         Index("ix_tasks_org_seq", "org_id", "seq"),
@@ -179,6 +181,17 @@ class LeaderRow(Base):
     holder: Mapped[str | None] = mapped_column(String(253))
     api_url: Mapped[str | None] = mapped_column(String(2000))
     renewed_at: Mapped[datetime | None]
+
+
+class AgentTransitionRow(Base):
+    """Each state an agent entered, when and why: the agent's history (the console shows it)."""
+
+    __tablename__ = "agent_transitions"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime]
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 class DataKeyRow(Base):

@@ -72,6 +72,7 @@ class TaskRecord:
     updated_at: datetime
     policy: TaskPolicy = DEFAULT_TASK_POLICY
     idempotency_key: str | None = None
+    traceparent: str | None = None  # the W3C trace context it was submitted under
 
     def to_wire(self, history: list[Transition] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -94,6 +95,7 @@ class TaskRecord:
             "updatedAt": self.updated_at.isoformat(),
             "policy": policy_wire(self.policy),
             "idempotencyKey": self.idempotency_key,
+            "traceId": self.traceparent[3:35] if self.traceparent else None,
         }
         if history is not None:
             out["history"] = [t.to_wire() for t in history]
@@ -157,6 +159,7 @@ def _build(row: TaskRow, slug: str, plan: str) -> TaskRecord:
         updated_at=_utc(row.updated_at) or datetime.now(UTC),
         policy=_policy(row.policy, plan),
         idempotency_key=row.idempotency_key,
+        traceparent=row.traceparent,
     )
 
 

@@ -104,19 +104,22 @@ class OrgRepository:
             raise NotFound(f"organization {org_id!r} not found")
         return _org(row)
 
-    async def list(self) -> list[Organization]:
-        """Every org but those being deleted, by name."""
+    async def list(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> builtins.list[Organization]:
+        """Every org but those being deleted, by name; with ``after``/``limit``, one page of
+        them (those named after ``after``, at most ``limit``)."""
+        query = select(OrgRow).where(_LIVE).order_by(OrgRow.slug)
+        if after is not None:
+            query = query.where(OrgRow.slug > after)
+        if limit is not None:
+            query = query.limit(limit)
         async with self._db.sessions() as s:
-            rows = (await s.execute(select(OrgRow).where(_LIVE).order_by(OrgRow.slug))).scalars()
-            return [_org(r) for r in rows.all()]
+            return [_org(r) for r in (await s.execute(query)).scalars().all()]
 
     async def page(self, *, after: str | None, limit: int) -> builtins.list[Organization]:
         """At most ``limit`` orgs named after ``after``, by name (a keyset page)."""
-        query = select(OrgRow).where(_LIVE).order_by(OrgRow.slug).limit(limit)
-        if after is not None:
-            query = query.where(OrgRow.slug > after)
-        async with self._db.sessions() as s:
-            return [_org(r) for r in (await s.execute(query)).scalars().all()]
+        return await self.list(after=after, limit=limit)
 
     async def set_plan(self, slug: str, plan: str) -> Organization:
         get_plan(plan)

@@ -16,7 +16,7 @@ from corral.control.hub import CLOSED
 from corral.domain.errors import RateLimited
 from corral.domain.tenancy import Organization
 
-__all__ = ["router"]
+__all__ = ["event_stream", "router"]
 
 router = APIRouter(prefix="/v1")
 _SSE: dict[int | str, dict[str, Any]] = {
@@ -46,7 +46,17 @@ KEEPALIVE_SECONDS = 15.0
 MAX_STREAMS_PER_ORG = 16
 
 
-def _stream(request: Request, org: str | None) -> StreamingResponse:
+def _last_id(request: Request) -> int | None:
+    """The ``Last-Event-ID`` a reconnecting EventSource sends, else ``?after=`` (the id a
+    page was rendered at); None: a fresh stream."""
+    text = (request.headers.get("last-event-id") or request.query_params.get("after") or "").strip()
+    return int(text) if text.isdigit() and len(text) <= 18 else None
+
+
+def event_stream(request: Request, org: str | None) -> StreamingResponse:
+    """The events of ``org`` (None: of every org) as server-sent events, each with its id;
+    a stream that reconnects with ``Last-Event-ID`` gets what it missed first (of what the
+    hub keeps). The caller decides who may ask."""
     hub = platform(request).hub
     if org is not None and hub.streams(org) >= MAX_STREAMS_PER_ORG:
         raise RateLimited(
@@ -55,10 +65,12 @@ def _stream(request: Request, org: str | None) -> StreamingResponse:
             retry_after=5.0,
             details={"org": org, "limit": MAX_STREAMS_PER_ORG},
         )
+    after = _last_id(request)
 
     async def body() -> AsyncIterator[bytes]:
-        async with hub.subscribe(org) as queue:
-            yield b": connected\n\n"
+        async with hub.subscribe(org, after=after) as queue:
+            # a fresh stream starts after the newest event (what came before is in the page)
+            yield f"id: {hub.last_id if after is None else after}\n: connected\n\n".encode()
             while True:
                 try:
                     async with asyncio.timeout(KEEPALIVE_SECONDS):
@@ -71,7 +83,7 @@ def _stream(request: Request, org: str | None) -> StreamingResponse:
                 if event is CLOSED:
                     return
                 data = json.dumps(event, separators=(",", ":"), default=str)
-                yield f"event: {event['kind']}\ndata: {data}\n\n".encode()
+                yield f"id: {event['id']}\nevent: {event['kind']}\ndata: {data}\n\n".encode()
 
     return EventStream(
         body(),
@@ -83,11 +95,11 @@ def _stream(request: Request, org: str | None) -> StreamingResponse:
 async def org_events(
     request: Request, found: Annotated[Organization, Depends(org_scope)]
 ) -> StreamingResponse:
-    return _stream(request, found.slug)
+    return event_stream(request, found.slug)
 
 
 @router.get("/events", response_class=EventStream, responses=_SSE)
 async def all_events(
     request: Request, _: Annotated[Caller, Depends(admin_only)]
 ) -> StreamingResponse:
-    return _stream(request, None)
+    return event_stream(request, None)

@@ -19,6 +19,7 @@ from corral.api.schemas import (
     exactly_one_of,
     strip_nulls,
 )
+from corral.control import tracing
 from corral.control.platform import Platform
 from corral.domain.budgets import Budget
 from corral.domain.errors import InvalidInput
@@ -145,6 +146,15 @@ def parse_deadline(text: str | None, *, now: datetime | None = None) -> datetime
 
 @router.post("", status_code=201)
 async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]:
+    # the task's trace starts in this request (or the caller's ``traceparent``): its dispatch
+    # and its handlers' spans join it
+    with tracing.submitting(request.headers, org=org.slug) as span:
+        created = await _submit(body, org, request)
+        span.set_attribute("corral.task", created["id"])
+        return created
+
+
+async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict[str, Any]:
     p = platform(request)
     size = len(json.dumps(body.payload))
     if size > p.settings.max_payload_bytes:

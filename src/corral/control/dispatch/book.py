@@ -153,6 +153,7 @@ class TaskBook:
             self.delayed.append((not_before or 0.0, q))
         else:
             self.scheduler.enqueue(q)
+            self.hub.series.depth(rec.org, self.scheduler.queued(q.org))
 
     def release_due(self, now: float) -> None:
         """Retries whose backoff has passed (and whose previous attempt's handler has ended)
@@ -194,6 +195,8 @@ class TaskBook:
             self.live.pop(rec.id, None)
         else:
             self.live[rec.id] = done
+        if rec.state is TaskState.QUEUED:
+            self.hub.series.depth(done.org, self.scheduler.queued(OrgId(rec.org_id)))
         if self.hub.wants(done.org):
             self.journal.on_commit(lambda: self.publish(done))
         if to.is_terminal and done.parent_id is not None and done.from_agent is not None:
@@ -214,6 +217,8 @@ class TaskBook:
             self.journal.move(rec.id, rec.state, via, at=now)
         check_transition(via or rec.state, to)
         self.journal.move(rec.id, via or rec.state, to, at=now, detail=detail, **fields)
+        if to.is_terminal:  # the console's charts: what ended, how long after submission
+            self.hub.series.ended(rec.org, (now - rec.created_at).total_seconds())
         return now
 
     async def retry(self, task_id: str, why: str, *, error_type: str | None = None) -> bool:
@@ -402,4 +407,5 @@ def row_of(rec: TaskRecord) -> dict[str, Any]:
         "updated_at": rec.updated_at,
         "policy": policy_wire(rec.policy),
         "idempotency_key": rec.idempotency_key,
+        "traceparent": rec.traceparent,
     }

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from opentelemetry.trace import Span
+
+from corral.control import tracing
 from corral.control.background import Background
 from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.dispatch.events import AgentEvents
@@ -238,6 +241,7 @@ class Dispatcher:
         task_id: str | None = None,
         policy: TaskPolicy | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> TaskRecord:
         """Accept a task durably (``queued``), then let the loop place it (see
         :meth:`Intake.submit <corral.control.dispatch.intake.Intake.submit>`)."""
@@ -254,6 +258,7 @@ class Dispatcher:
             task_id=task_id,
             policy=policy,
             idempotency_key=idempotency_key,
+            traceparent=traceparent,
         )
 
     async def cancel(self, org: Organization, task_id: str) -> TaskRecord:
@@ -404,12 +409,18 @@ class Dispatcher:
         """Deliver committed dispatches to their agents' inboxes, all at once."""
         out: list[tuple[str, str, TaskMessage]] = []
         sent: list[TaskRecord] = []
+        spans: dict[str, Span] = {}  # task id → its dispatch span (only traced tasks)
         for rec in recs:
             current = self.book.live.get(rec.id)
             if current is None or current.state is not TaskState.DISPATCHED:
                 continue  # cancelled while the round committed
             if current.attempts != rec.attempts or rec.agent_id is None:
                 continue
+            parent = rec.traceparent
+            if parent is not None:
+                span = spans[rec.id] = tracing.start_dispatch(
+                    parent, org=rec.org, task=rec.id, agent=rec.agent_id, attempt=rec.attempts
+                )
             message = TaskMessage(
                 rec.id,
                 rec.from_agent or "platform",
@@ -417,6 +428,7 @@ class Dispatcher:
                 MessageType.DELEGATE,
                 rec.payload,
                 rec.attempts,
+                None if parent is None else tracing.traceparent_of(span),
             )
             out.append((rec.org, rec.agent_id, message))
             sent.append(rec)
@@ -428,6 +440,8 @@ class Dispatcher:
             results = [exc] * len(out)
         now = time.time()
         for rec, result in zip(sent, results, strict=True):
+            if spans and rec.id in spans:
+                tracing.end_dispatch(spans[rec.id], result)
             if isinstance(result, CorralError):
                 log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, result.message)
                 await self._retry(rec.id, f"delivery failed: {result.message}")

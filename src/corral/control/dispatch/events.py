@@ -53,6 +53,7 @@ class Submit(Protocol):
         parent_id: str | None = None,
         from_agent: str | None = None,
         task_id: str | None = None,
+        traceparent: str | None = None,
     ) -> TaskRecord: ...
 
 
@@ -266,6 +267,7 @@ class AgentEvents:
                 parent_id=parent,
                 from_agent=sender.id,
                 task_id=msg.task_id,
+                traceparent=msg.traceparent,
             )
         except Conflict:
             return  # recorded before (a redelivery after a restart)

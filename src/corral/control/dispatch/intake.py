@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.control import tracing
 from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.lifecycle import Controller
 from corral.domain.agents import AgentState
@@ -62,6 +63,7 @@ class Intake:
         task_id: str | None = None,
         policy: TaskPolicy | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> TaskRecord:
         """Accept a task durably (``queued``), then let the loop place it.
 
@@ -69,6 +71,8 @@ class Intake:
             policy: its retry policy and timeouts; its org's plan's defaults if not given.
             idempotency_key: a key only this submit carries: if a task of ``org`` was
                 accepted with it, that task is the answer and nothing new is created.
+            traceparent: the trace it joins (a delegating handler's span); the span
+                active now if not given.
 
         Raises:
             InvalidInput: neither or both of role/agent.
@@ -136,6 +140,7 @@ class Intake:
             updated_at=now,
             policy=policy or org.plan.task_policy,
             idempotency_key=idempotency_key,
+            traceparent=traceparent or tracing.current_traceparent(),
         )
         book.create(rec)
         if task_id in await book.journal.flush():
