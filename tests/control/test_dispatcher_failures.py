@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.bus.events import BusEvent, EventKind
+from corral.control.bus_health import BusHealth
 from corral.control.dispatch import Dispatcher
 from corral.control.hub import EventHub
 from corral.domain.admission import AdmittedResources
@@ -52,6 +53,8 @@ class StandInAgents:
 class StandInController:
     def __init__(self, agents: list[Agent]) -> None:
         self.agents = StandInAgents(agents)
+        self.bus_health = BusHealth()  # no probe: the bus answers
+        self.silence_limit = 10.0
 
     def work_done(self, agent_id: str) -> None:
         return None

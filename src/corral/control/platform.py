@@ -21,9 +21,11 @@ from urllib.parse import urlsplit
 
 from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
+from corral.bus.probing import ping
 from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
 from corral.control.background import Background
+from corral.control.bus_health import BusHealth
 from corral.control.dispatch import Dispatcher
 from corral.control.gateway.running import GatewayService
 from corral.control.hub import EventHub
@@ -31,6 +33,7 @@ from corral.control.ingress import watch as watch_ingress
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
 from corral.control.monitoring import refresh_metrics
+from corral.control.reconciling import Reconciler
 from corral.control.retention import Retention, retention_of
 from corral.control.tenants import OrgHooks, TenantService
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
@@ -40,7 +43,7 @@ from corral.domain.ids import AgentId, OrgId
 from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
-from corral.runtime.base import AgentRuntime, Phase
+from corral.runtime.base import AgentRuntime
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 from corral.store.agents import AgentRepository
@@ -180,6 +183,17 @@ class Platform:
         self.models.follow_tasks(self.dispatcher.current_task)
         self.controller.on_lost = self.dispatcher.agent_lost
         self.controller.current_task = self.dispatcher.current_task
+        self.controller.bus_health = self.bus_health = BusHealth(
+            lambda: ping(self.bus.connection, timeout=2.0)
+        )
+        self.reconciler = Reconciler(
+            agents=self.agents,
+            org_by_id=self.orgs.get_by_id,
+            runtime=self.runtime,
+            controller=self.controller,
+            dispatcher=self.dispatcher,
+            every=self.settings.reconcile_seconds,
+        )
         self._install_hooks()
         await self.dispatcher.rebuild()
         if self._services:
@@ -187,7 +201,9 @@ class Platform:
             self._stack.push_async_callback(serving.close)
             self._background.spawn(self.dispatcher.consume(), "corral-events")
             await self._drain_events()
-            await self._reconcile()
+            await self.reconciler.at_start()
+            self._background.spawn(self.bus_health.watch(), "corral-bus-health")
+            self._background.spawn(self.reconciler.run(), "corral-reconciler")
             self._background.spawn(self.dispatcher.run(), "corral-dispatch")
             self._background.spawn(self._watch_exits(), "corral-exits")
             self._background.spawn(self.retention.run(), "corral-retention")
@@ -390,34 +406,6 @@ class Platform:
                 log.warning("events still pending after %.0fs; reconciling anyway", timeout)
                 return
             await asyncio.sleep(0.05)
-
-    async def _reconcile(self) -> None:
-        """Compare the registry with what runs: stop leftovers, restart what should run,
-        finish interrupted pauses. Every agent's process was stopped or restarted, so the work
-        any of them held is lost: it is retried."""
-        records: dict[str, Agent] = {a.id: a for a in await self.agents.find()}
-        for found in await self.runtime.list_agents():
-            rec = records.get(found.agent_id)
-            if found.phase is Phase.RUNNING and (
-                rec is None or rec.state is not AgentState.RUNNING
-            ):
-                log.info("stopping leftover agent process %s", found.agent_id)
-                await self.runtime.stop(found.org, found.agent_id, grace=1.0)
-        for agent in records.values():
-            org = await self.orgs.get_by_id(agent.org_id)
-            if agent.state in (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING):
-                status = await self.runtime.status(org.slug, agent.id)
-                if status.phase is Phase.RUNNING:
-                    await self.runtime.stop(org.slug, agent.id, grace=1.0)
-                try:
-                    await self.controller.restart_now(org, agent)
-                except CorralError as exc:
-                    log.error("could not restart %s: %s", agent.id, exc.message)
-            elif agent.state is AgentState.PAUSING:
-                await self.runtime.stop(org.slug, agent.id, grace=1.0)
-                await self.controller.finish_pause(org, agent)
-        for agent_id in self.dispatcher.holders():
-            await self.dispatcher.agent_lost(agent_id, why="the control plane restarted")
 
     # -- background -----------------------------------------------------------------------
     async def _watch_exits(self) -> None:
