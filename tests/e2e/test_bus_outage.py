@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import Live
 from tests.support import eventually
 
@@ -40,6 +42,7 @@ async def _agents(live: Live, org: str) -> list[dict[str, Any]]:
     return (await live.admin.get(f"/v1/orgs/{org}/agents")).json()["agents"]  # type: ignore[no-any-return]
 
 
+@pytest.mark.timeout(300 + 2 * STOP_SECONDS)
 async def test_a_hung_bus_is_survived_every_task_completes_and_no_agent_fails(
     live: Live,
 ) -> None:
@@ -82,11 +85,11 @@ async def test_a_hung_bus_is_survived_every_task_completes_and_no_agent_fails(
     for task_id in ids[:: TASKS // 40]:  # a sample of histories: each completed once
         shown = (await live.admin.get(f"/v1/orgs/acme/tasks/{task_id}")).json()
         assert [h["to"] for h in shown["history"]].count("completed") == 1, shown["history"]
-    agents = await _agents(live, "acme")
-    assert [a["state"] for a in agents] == ["running", "running"], agents
-    assert [a["restarts"] for a in agents] == [0, 0], agents  # the bus's outage, not theirs
+    agents = await _agents(live, "acme")  # w1, w2 and any provisioned for the queue
+    assert {a["state"] for a in agents} == {"running"}, agents
+    assert {a["restarts"] for a in agents} == {0}, agents  # the bus's outage, not theirs
     usage = (await live.admin.get("/v1/orgs/acme")).json()["usage"]
-    assert usage["pods"]["used"] == "2", usage
+    assert usage["pods"]["used"] == str(len(agents)), (usage, agents)
 
 
 async def test_an_agent_that_exits_while_the_bus_is_down_is_restarted_without_a_crash_counted(
