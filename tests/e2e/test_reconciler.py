@@ -71,21 +71,22 @@ async def test_work_held_by_an_agent_that_is_not_running_is_retried_elsewhere(
     live: Live,
 ) -> None:
     await live.org("acme")
-    a = await live.agent("acme", "w1", role="odd", command=AGENT)
+    agents = [await live.agent("acme", name, role="odd", command=AGENT) for name in ("w1", "w2")]
     t = await _running_task(live, role="odd")
-    b = await live.agent("acme", "w2", role="odd", command=AGENT)
-    # planted: w1 stopped and recorded paused behind the dispatcher's back, which still
-    # counts the task as w1's
-    await live.platform.runtime.stop("acme", a["id"], grace=0.5)
+    holder = (await _show(live, f"tasks/{t['id']}"))["assignedAgent"]
+    (other,) = [x["id"] for x in agents if x["id"] != holder]
+    # planted: the holder stopped and recorded paused behind the dispatcher's back, which
+    # still counts the task as the holder's
+    await live.platform.runtime.stop("acme", holder, grace=0.5)
     moved = await live.platform.agents.transition(
-        a["id"], expect=[AgentState.RUNNING], to=AgentState.PAUSED
+        holder, expect=[AgentState.RUNNING], to=AgentState.PAUSED
     )
     assert moved
-    assert live.platform.dispatcher.current_task(a["id"]) == t["id"]
+    assert live.platform.dispatcher.current_task(holder) == t["id"]
 
     done = await live.wait_task("acme", t["id"], timeout=60)
     assert done["state"] == "completed", done["history"]
-    assert done["assignedAgent"] == b["id"], done
+    assert done["assignedAgent"] == other, done
     details = " ".join(h.get("detail", "") for h in done["history"])
-    assert f"agent {a['id']} is paused" in details, done["history"]
-    assert live.platform.dispatcher.current_task(a["id"]) is None
+    assert f"agent {holder} is paused" in details, done["history"]
+    assert live.platform.dispatcher.current_task(holder) is None
