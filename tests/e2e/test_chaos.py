@@ -169,14 +169,23 @@ class Run:
                 r = await self.client().request(method, path, **kw)
                 if r.status_code < 500 and r.status_code != 429:
                     return r
-            except httpx.HTTPError:
-                pass
+                self.note(f"{method} {path}: {r.status_code} {r.text[:200]}")
+            except httpx.HTTPError as exc:
+                self.note(f"{method} {path}: {exc!r}")
             await asyncio.sleep(0.2)  # the control plane is away: try again shortly
+
+    def note(self, line: str) -> None:
+        """A line of the run's log (``chaos.log`` next to the data dir), for whoever reads a
+        failure."""
+        with open(self.plane.data.parent / "chaos.log", "a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
     async def submit(self, i: int) -> None:
         r = await self.call("POST", "/v1/orgs/acme/tasks", json=_body(i))
         assert r.status_code in (200, 201), r.text
         self.ids[i] = r.json()["id"]
+        if len(self.ids) % 250 == 0:
+            self.note(f"{len(self.ids)} tasks submitted")
         if KINDS[i % 20] == "cancel":
             r = await self.call("POST", f"/v1/orgs/acme/tasks/{self.ids[i]}/cancel")
             assert r.status_code in (200, 409), r.text  # 409: it had ended already
@@ -223,11 +232,13 @@ async def _chaos(run: Run, rng: random.Random) -> None:
     ]
     stopped: dict[int, float] = {}  # SIGSTOPped agent pids → when to continue them
     paused: dict[str, float] = {}  # paused agents → when to resume them
+    calls: set[asyncio.Task[Any]] = set()  # pauses and resumes under way (a pause takes time)
     try:
-        while (elapsed := time.monotonic() - start) < CHAOS_SECONDS:
+        while (elapsed := time.monotonic() - start) < CHAOS_SECONDS or blows:
             if blows and elapsed >= blows[0][0] * CHAOS_SECONDS:
                 _, blow = blows.pop(0)
                 run.events.append(f"{elapsed:5.1f}s {blow}")
+                run.note(run.events[-1])
                 if blow == "nats-kill":
                     os.kill(plane.nats_pid(), signal.SIGKILL)
                 elif blow == "plane-kill":
@@ -250,24 +261,33 @@ async def _chaos(run: Run, rng: random.Random) -> None:
                     del stopped[pid]
             for agent_id, until in list(paused.items()):
                 if now >= until:
-                    r = await run.call("POST", f"/v1/orgs/acme/agents/{agent_id}/resume")
-                    run.events.append(f"{elapsed:5.1f}s resume {agent_id}: {r.status_code}")
+                    run.events.append(f"{elapsed:5.1f}s resume {agent_id}")
+                    resume = run.call("POST", f"/v1/orgs/acme/agents/{agent_id}/resume")
+                    calls.add(asyncio.create_task(resume))
                     del paused[agent_id]
-            await _harm_an_agent(run, rng, stopped, paused, elapsed)
+            _harm_an_agent(run, rng, stopped, paused, calls, elapsed)
             await asyncio.sleep(rng.uniform(1.0, 3.0))  # the pace of the harm
     finally:
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        for agent_id in paused:
-            await run.call("POST", f"/v1/orgs/acme/agents/{agent_id}/resume")
+        await asyncio.gather(*calls)
+        for agent in await run.agents():  # resumed now, whether its pause was done or not
+            if agent["state"] in ("pausing", "paused"):
+                await eventually(lambda a=agent: _resumed(run, a["id"]), timeout=60)
 
 
-async def _harm_an_agent(
+async def _resumed(run: Run, agent_id: str) -> bool:
+    r = await run.call("POST", f"/v1/orgs/acme/agents/{agent_id}/resume")
+    return r.status_code == 200  # 409 while its pause is still under way
+
+
+def _harm_an_agent(
     run: Run,
     rng: random.Random,
     stopped: dict[int, float],
     paused: dict[str, float],
+    calls: set[asyncio.Task[Any]],
     elapsed: float,
 ) -> None:
     pids = run.plane.agent_pids()
@@ -278,6 +298,7 @@ async def _harm_an_agent(
     pid = max(pids[agent_id])  # the innermost: the agent itself (the sandbox's waiter first)
     how = rng.choice(["kill", "stop", "stop", "pause"])
     run.events.append(f"{elapsed:5.1f}s {how} {agent_id}")
+    run.note(run.events[-1])
     if how == "kill":
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -286,9 +307,9 @@ async def _harm_an_agent(
             os.kill(pid, signal.SIGSTOP)
             stopped[pid] = time.monotonic() + rng.uniform(1.0, 14.0)  # past 10 s: judged hung
     else:
-        r = await run.call("POST", f"/v1/orgs/acme/agents/{agent_id}/pause", params={"force": 1})
-        if r.status_code == 200:
-            paused[agent_id] = time.monotonic() + rng.uniform(2.0, 8.0)
+        pause = run.call("POST", f"/v1/orgs/acme/agents/{agent_id}/pause", params={"force": 1})
+        calls.add(asyncio.create_task(pause))
+        paused[agent_id] = time.monotonic() + rng.uniform(4.0, 10.0)  # resumed, paused or not
 
 
 def _completions(db: Path) -> Counter[str]:
