@@ -76,6 +76,7 @@ class BusHealth:
     async def check(self) -> bool:
         """One round trip; True if the bus answered in time."""
         if self._probe is None:
+            self.answered()
             return True
         try:
             async with asyncio.timeout(self.timeout):
