@@ -5,11 +5,12 @@ created, and every failure undoes what was done so far, in reverse, so a refused
 provision leaves no process, workspace, credential or quota charge behind.
 
 Everything that happens to an agent's lifecycle comes here: it reports ready, it is heard from,
-it exits (a crash, or an exit with code 0 nobody asked for), it stops heartbeating. After
-:data:`MAX_RESTARTS` restarts in a row (a completed task ends a streak) it is ``failed``. Every state change is held to the domain's agent state machine
-(:mod:`corral.control.records`). When an agent stops running the work it was
-given, the controller tells the dispatcher once, through ``on_lost``; which task an agent is
-busy with is the dispatcher's knowledge, asked through ``current_task``.
+it exits (a crash, or an exit with code 0 nobody asked for), it stops heartbeating. Crashes
+and restarts are :mod:`corral.control.restarts`' (after :data:`MAX_RESTARTS` restarts in a row
+the agent is ``failed``). Every state change is held to the domain's agent state machine
+(:mod:`corral.control.records`). When an agent stops running the work it was given, the
+controller tells the dispatcher once, through ``on_lost``; which task an agent is busy with is
+the dispatcher's knowledge, asked through ``current_task``.
 """
 
 from __future__ import annotations
