@@ -384,6 +384,7 @@ async def test_chaos_every_task_ends_once_and_no_agent_is_left_without_a_process
     # none completed twice: the stored history of every task
     twice = {t: n for t, n in _completions(plane.data / "corral.db").items() if n > 1}
     assert not twice, (twice, report)
-    # no agent failed, each running one has a process, and quota is what they hold
-    assert all(a["restarts"] <= 3 for a in agents), (agents, report)
+    # every agent is running with a process and none failed (``settled``), and the pod quota
+    # in use is what they hold
+    assert len(agents) == AGENTS, (agents, report)
     assert usage["pods"]["used"] == str(AGENTS), (usage, report)
