@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Live
+from tests.e2e.conftest import Live, the_agent
 from tests.support import eventually
 
 AGENT = [sys.executable, str(Path(__file__).with_name("lifecycle_agent.py"))]
@@ -117,3 +117,50 @@ async def test_an_agent_that_exits_while_the_bus_is_down_is_restarted_without_a_
 async def _running(live: Live, agent_id: str) -> bool:
     shown = (await live.admin.get(f"/v1/orgs/acme/agents/{agent_id}")).json()
     return bool(shown["state"] == "running")
+
+
+async def test_an_agent_killed_while_the_bus_hangs_is_restarted_once_it_answers(
+    live: Live,
+) -> None:
+    """The issue's own failure: a restart during the outage timed out creating the agent's
+    inbox consumer, and the agent ended ``failed``, holding its quota."""
+    await live.org("acme")
+    a = await live.agent("acme", "w", role="odd", command=AGENT)
+    before = the_agent(a["id"]).pid
+    nats = live.platform.nats
+    assert nats is not None and nats.pid is not None
+    pid = nats.pid
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        await eventually(
+            lambda: live.platform.bus_health.disturbed(), timeout=30, message="outage noticed"
+        )
+        os.kill(before, signal.SIGKILL)
+
+        async def restarting() -> bool:
+            shown = (await live.admin.get(f"/v1/orgs/acme/agents/{a['id']}")).json()
+            return "the bus was unavailable; not counted" in shown["detail"]
+
+        await eventually(restarting, timeout=30, message="a restart, not counted")
+        # the outage's length is the stimulus: long enough for restarts to fail on it
+        await eventually(
+            lambda: time.monotonic() - stopped >= STOP_SECONDS,
+            timeout=STOP_SECONDS + 5,
+            interval=0.5,
+            message="the outage lasted",
+        )
+        assert (await live.admin.get(f"/v1/orgs/acme/agents/{a['id']}")).json()[
+            "state"
+        ] == "provisioning"  # still being restarted, not failed
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    await eventually(lambda: _running(live, a["id"]), timeout=90, message="running again")
+    shown = (await live.admin.get(f"/v1/orgs/acme/agents/{a['id']}")).json()
+    assert shown["restarts"] == 0, shown
+    assert the_agent(a["id"]).pid != before
+    t = await live.task("acme", agent=a["id"], payload={"op": "echo"})
+    assert (await live.wait_task("acme", t["id"], timeout=60))["state"] == "completed"
+    usage = (await live.admin.get("/v1/orgs/acme")).json()["usage"]
+    assert usage["pods"]["used"] == "1", usage
