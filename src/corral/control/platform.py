@@ -3,7 +3,7 @@
 Start order: store → vault (proves the master key) → bus (embedded nats-server or an
 external one, then the PLATFORM connection) → runtime → reconcile what was left running →
 services (dispatcher, event consumer, crash watcher, vault responder, the bus ingress
-watchdog). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
+watchdog, the bus's health probe, the periodic reconciler). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
 runs unsupervised.
 """
 
