@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     idle_timeout: float | None = None  # override every plan's idle timeout (seconds)
     task_retention: float | None = None  # override every plan's finished-task retention (s)
     prune_interval: float = 60.0  # seconds between passes pruning finished tasks
+    reconcile_seconds: float = Field(default=10.0, gt=0)  # between two looks of the reconciler
     max_body_bytes: int = 1024 * 1024
     max_payload_bytes: int = 256 * 1024
     k8s_storage_class: str | None = None  # workspace PVCs (default: the cluster's default)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.bus.events import BusEvent, EventKind
+from corral.control.bus_health import BusHealth
 from corral.control.dispatch import Dispatcher
 from corral.control.hub import EventHub
 from corral.domain.admission import AdmittedResources
@@ -52,6 +53,8 @@ class StandInAgents:
 class StandInController:
     def __init__(self, agents: list[Agent]) -> None:
         self.agents = StandInAgents(agents)
+        self.bus_health = BusHealth()  # no probe: the bus answers
+        self.silence_limit = 10.0
 
     def work_done(self, agent_id: str) -> None:
         return None
@@ -253,3 +256,49 @@ async def test_a_late_result_of_an_earlier_attempt_is_ignored(db: Database) -> N
 
 async def _noop() -> None:
     return None
+
+
+async def test_a_delivery_the_hung_bus_dropped_is_requeued_without_counting_the_attempt(
+    db: Database,
+) -> None:
+    w = await _world(db)
+    rec = await _submit(w)
+
+    async def no_answer() -> None:
+        raise Unavailable("the bus did not answer")
+
+    health = BusHealth(no_answer)
+    w.dispatcher.controller.bus_health = health
+    w.bus.broken = Unavailable("delivering tasks: no acknowledgement in time")
+    await w.dispatcher.round()
+    stored = await w.tasks.get(rec.id)
+    assert stored.state is TaskState.QUEUED and stored.attempts == 0  # not an attempt
+    assert health.disturbed()
+    assert "agent-a" not in w.dispatcher.book.inflight
+    w.bus.broken = None
+    await w.dispatcher.round()
+    assert not w.bus.sent  # nothing is sent while the bus does not answer
+    await health.check()  # still no answer
+
+    health._probe = None  # the bus answers again
+    assert await health.check()
+
+    async def sent() -> bool:
+        await w.dispatcher.round()
+        return any(t.task_id == rec.id for _, _, t in w.bus.sent)
+
+    await eventually(sent, message="the task sent once the bus answers")
+    assert [t.attempt for _, _, t in w.bus.sent] == [1]
+    await w.dispatcher.close()
+
+
+async def test_a_delivery_that_timed_out_while_the_bus_answers_counts_as_an_attempt(
+    db: Database,
+) -> None:
+    w = await _world(db)
+    rec = await _submit(w)
+    w.bus.broken = Unavailable("delivering tasks: no acknowledgement in time")
+    await w.dispatcher.round()  # the stand-in controller's bus health has no probe: it answers
+    stored = await w.tasks.get(rec.id)
+    assert stored.state is TaskState.QUEUED and stored.attempts == 1
+    await w.dispatcher.close()

@@ -1,6 +1,6 @@
 """An agent that misbehaves on request, for the task lifecycle tests: it raises, exits, sleeps
-(noting in its workspace whether its handler ran to the end or was cancelled), returns results
-too large for the bus, and delegates. Provisioned with ``command=[python, this file]``; it
+(noting in its workspace whether its handler ran to the end or was cancelled), says it is
+blocked, returns results too large for the bus, and delegates. Provisioned with ``command=[python, this file]``; it
 starts only once no file ``hold`` is in its workspace."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from corral.sdk import Agent, TaskContext
+from corral.sdk import Agent, Blocked, TaskContext
 
 agent = Agent.from_env()
 
@@ -27,6 +27,8 @@ async def handle(ctx: TaskContext) -> dict[str, Any]:
             return {"attempt": ctx.attempt}
         kind = getattr(builtins, str(p.get("type", "ValueError")))
         raise kind(f"attempt {ctx.attempt} went wrong")
+    if op == "block":
+        raise Blocked(str(p.get("why", "this agent cannot do that")))
     if op == "exit":
         os._exit(int(p.get("code", 3)))
     if op == "sleep":

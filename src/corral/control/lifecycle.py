@@ -5,28 +5,28 @@ created, and every failure undoes what was done so far, in reverse, so a refused
 provision leaves no process, workspace, credential or quota charge behind.
 
 Everything that happens to an agent's lifecycle comes here: it reports ready, it is heard from,
-it exits (a crash, or an exit with code 0 nobody asked for), it stops heartbeating. After
-:data:`MAX_RESTARTS` restarts in a row (a completed task ends a streak) it is ``failed``. Every state change is held to the domain's agent state machine
-(:mod:`corral.control.records`). When an agent stops running the work it was
-given, the controller tells the dispatcher once, through ``on_lost``; which task an agent is
-busy with is the dispatcher's knowledge, asked through ``current_task``.
+it exits (a crash, or an exit with code 0 nobody asked for), it stops heartbeating. Crashes
+and restarts are :mod:`corral.control.restarts`' (after :data:`MAX_RESTARTS` restarts in a row
+the agent is ``failed``). Every state change is held to the domain's agent state machine
+(:mod:`corral.control.records`). When an agent stops running the work it was given, the
+controller tells the dispatcher once, through ``on_lost``; which task an agent is busy with is
+the dispatcher's knowledge, asked through ``current_task``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from corral.control.background import Background
+from corral.control.bus_health import BusHealth
 from corral.control.hub import EventHub
 from corral.control.launching import DEFAULT_AGENT_COMMAND, AgentEnv, Launcher, Undo, undo
 from corral.control.ports import BusPort
-from corral.control.records import AgentRecords
+from corral.control.restarts import MAX_RESTARTS, Restarts
 from corral.domain.admission import ContainerRequest, apply_limit_range, charge_for
 from corral.domain.agents import (
     HOLDS_POD,
@@ -37,21 +37,18 @@ from corral.domain.agents import (
     validate_name,
 )
 from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound
-from corral.domain.ids import AgentId
 from corral.domain.messages import ControlKind, ControlMessage
 from corral.domain.tenancy import Organization
-from corral.runtime.base import AgentRuntime, Phase, RuntimeStatus
+from corral.runtime.base import AgentRuntime
 from corral.store.agents import AgentRepository
 from corral.store.quota import QuotaLedger
 
-__all__ = ["DEFAULT_AGENT_COMMAND", "Controller"]
+__all__ = ["DEFAULT_AGENT_COMMAND", "MAX_RESTARTS", "Controller"]
 
 log = logging.getLogger("corral.controller")
 
-MAX_RESTARTS = 3
 
-
-class Controller(AgentRecords):
+class Controller(Restarts):
     def __init__(
         self,
         *,
@@ -77,7 +74,12 @@ class Controller(AgentRecords):
         )
         self._restarts = Background()
         self._last_seen: dict[str, float] = {}
-        self._crashing: set[str] = set()  # agents restarted since their last completed task
+        self._steady: set[str] = set()  # agents whose crash count is known to be 0
+        #: whether the bus answers (the platform gives it a probe); its outages are nobody's
+        #: crash
+        self.bus_health = BusHealth()
+        #: an agent silent this long is hung; a bus outage this recent explains an exit
+        self.silence_limit = max(10.0, 5 * heartbeat_seconds)
 
     # -- provision ------------------------------------------------------------------------
     async def provision(
@@ -315,81 +317,6 @@ class Controller(AgentRecords):
             self.on_capacity(org.id)
             return done
 
-    # -- crashes --------------------------------------------------------------------------
-    async def on_exit(self, status: RuntimeStatus) -> None:
-        """A process exited without being asked (crashed, or exited with code 0): restart it
-        with backoff, or mark it ``failed`` after repeated crashes; the work it held is
-        retried."""
-        if status.phase not in (Phase.CRASHED, Phase.EXITED):
-            return
-        await self._record_crash(status)
-        await self.on_lost(status.agent_id, f"agent {status.agent_id} exited ({_exit(status)})")
-
-    async def heartbeat_lost(self, org: Organization, agent: Agent) -> None:
-        """A running agent stopped heartbeating (hung or cut off): restart it, as after a crash."""
-        await self.restart_hung(org, agent.id, "heartbeat lost")
-
-    async def restart_hung(self, org: Organization, agent_id: str, why: str) -> None:
-        """Stop an agent that does not do what it must (no heartbeat, a handler that would not
-        stop) and restart it as after a crash; the work it held is retried."""
-        with contextlib.suppress(CorralError):
-            await self.runtime.stop(org.slug, agent_id, grace=1.0)
-            await self._record_crash(
-                RuntimeStatus(org.slug, agent_id, Phase.CRASHED, detail={"reason": why})
-            )
-        await self.on_lost(agent_id, f"agent {agent_id} was restarted: {why}")
-
-    def work_done(self, agent_id: str) -> None:
-        """The agent completed a task: its crashes so far are not "in a row" any more."""
-        if agent_id in self._crashing:
-            self._crashing.discard(agent_id)
-            self._restarts.spawn(self.agents.update(agent_id, restarts=0), f"steady-{agent_id}")
-
-    async def _record_crash(self, status: RuntimeStatus) -> None:
-        try:
-            agent = await self.agents.get(status.agent_id)
-        except CorralError:
-            return
-        if agent.state not in (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING):
-            return
-        org = await self._org_by_id(agent.org_id)
-        restarts = agent.restarts + 1
-        self._crashing.add(agent.id)
-        if restarts > MAX_RESTARTS:
-            detail = f"crashed {restarts} times in a row (last: {_exit(status)})"
-            await self._fail(org, agent, detail=detail, restarts=restarts)
-            return
-        await self._transition(
-            agent.id,
-            expect=[agent.state],
-            to=AgentState.PROVISIONING,
-            restarts=restarts,
-            detail=f"restarting after exit: {_exit(status)} ({restarts}/{MAX_RESTARTS})",
-        )
-        self._publish(await self.agents.get(agent.id))
-        delay = min(10.0, 0.2 * 2 ** (restarts - 1))
-        self._restarts.spawn(self._restart_later(org, agent.id, delay), f"restart-{agent.id}")
-
-    async def _restart_later(self, org: Organization, agent_id: AgentId, delay: float) -> None:
-        await asyncio.sleep(delay)
-        try:
-            async with self._lock(agent_id):
-                agent = await self.agents.get(agent_id)
-                if agent.state is not AgentState.PROVISIONING:
-                    return
-                if agent.public_key:
-                    with contextlib.suppress(CorralError):
-                        await self.bus.revoke_agent(org.slug, agent.id)
-                await self._launcher.launch(org, agent, [])
-        except CorralError as exc:
-            log.error("restart of %s failed: %s", agent_id, exc.message)
-            with contextlib.suppress(CorralError):
-                current = await self.agents.get(agent_id)
-                if current.state is AgentState.PROVISIONING:
-                    await self._fail(org, current, detail=f"restart failed: {exc.message}")
-        except Exception:
-            log.exception("restart of %s failed", agent_id)
-
     async def restart_now(self, org: Organization, agent: Agent) -> None:
         """Used by the reconciler: start an agent that should be running but is not."""
         async with self._lock(agent.id):
@@ -417,31 +344,5 @@ class Controller(AgentRecords):
         await self.on_lost(agent_id, f"agent {agent_id} was {reason}")
         return True
 
-    async def _fail(self, org: Organization, agent: Agent, *, detail: str, **fields: Any) -> bool:
-        """``agent`` becomes ``failed``: off the bus, all its quota released (its pod, its
-        workspace and its agent slot: resuming it charges them again). False: it had moved."""
-        if not await self._transition(
-            agent.id, expect=[agent.state], to=AgentState.FAILED, detail=detail, **fields
-        ):
-            return False
-        with contextlib.suppress(CorralError):
-            await self.bus.revoke_agent(org.slug, agent.id)
-        await self.ledger.release(
-            org.id,
-            charge_for(agent.resources, pod=agent.state in HOLDS_POD),
-            agents=1,
-            gpus=agent.resources.gpu,
-        )
-        self._publish(await self.agents.get(agent.id))
-        self.on_capacity(org.id)
-        return True
-
     async def close(self) -> None:
         await self._restarts.close()
-
-
-def _exit(status: RuntimeStatus) -> str:
-    """How the process ended, for a person: its code and signal, or what was wrong."""
-    how = [f"code {status.exit_code}"] if status.exit_code is not None else []
-    how += [v for k, v in status.detail.items() if k in ("signal", "reason")]
-    return ", ".join(how) or "unknown"

@@ -2,10 +2,12 @@
 
 Start order: store → vault (proves the master key) → bus (embedded nats-server or an
 external one, then the PLATFORM connection) → runtime → services (event consumer, vault
-responder, retention, the bus ingress watchdog, pending org deletions) — then the API may
-serve, while recovery pushes every org's account and streams again (a few at a time; one that
-fails is reported, not fatal), relaunches what was left running, several agents at a time, and
-starts the dispatcher and the crash watcher (:mod:`corral.control.recovery`). Stop in reverse; on exit the local runtime stops every agent it started, so nothing
+responder, retention, the bus ingress watchdog, the bus's health probe, pending org
+deletions) — then the API may serve, while recovery pushes every org's account and streams
+again (a few at a time; one that fails is reported, not fatal), relaunches what was left
+running, several agents at a time, and starts the dispatcher, the crash watcher and the
+periodic reconciler (:mod:`corral.control.recovery`, :mod:`corral.control.reconciling`).
+Stop in reverse; on exit the local runtime stops every agent it started, so nothing
 runs unsupervised.
 """
 
@@ -22,10 +24,12 @@ from urllib.parse import urlsplit
 
 from corral.bus.accounts import BusAuthority, JetStreamCaps
 from corral.bus.platform import PlatformBus
+from corral.bus.probing import ping
 from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
 from corral.control import recovery, tracing
 from corral.control.background import Background
+from corral.control.bus_health import BusHealth
 from corral.control.dispatch import Dispatcher
 from corral.control.gateway.running import GatewayService
 from corral.control.hub import EventHub
@@ -34,6 +38,7 @@ from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
 from corral.control.monitoring import refresh_metrics
 from corral.control.org_steps import org_steps
+from corral.control.reconciling import Reconciler
 from corral.control.retention import Retention, retention_of
 from corral.control.roles import RoleService
 from corral.control.tenants import OrgHooks, TenantService
@@ -217,6 +222,17 @@ class Platform:
         self.models.follow_tasks(self.dispatcher.current_task)
         self.controller.on_lost = self.dispatcher.agent_lost
         self.controller.current_task = self.dispatcher.current_task
+        self.controller.bus_health = self.bus_health = BusHealth(
+            lambda: ping(self.bus.connection, timeout=2.0)
+        )
+        self.reconciler = Reconciler(
+            agents=self.agents,
+            org_by_id=self.orgs.get_by_id,
+            runtime=self.runtime,
+            controller=self.controller,
+            dispatcher=self.dispatcher,
+            every=self.settings.reconcile_seconds,
+        )
         self._install_hooks()
         await self.dispatcher.rebuild()
         self._phases.mark("rebuild")
@@ -224,6 +240,7 @@ class Platform:
             serving = await self.bus.serve_vault(self._answer_vault)
             self._stack.push_async_callback(serving.close)
             self._background.spawn(self.dispatcher.consume(), "corral-events")
+            self._background.spawn(self.bus_health.watch(), "corral-bus-health")
             self._background.spawn(self._recover(), "corral-recovery")
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(self._carry_on_deletions(), "corral-deletions")
@@ -414,6 +431,7 @@ class Platform:
         self._phases.mark("agents")
         self._background.spawn(self.dispatcher.run(), "corral-dispatch")
         self._background.spawn(self._watch_exits(), "corral-exits")
+        self._background.spawn(self.reconciler.run(), "corral-reconciler")
         self.recovery.done = True
         self.recovered.set()
         log.info("recovered in %s", self._phases)

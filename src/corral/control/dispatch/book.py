@@ -41,6 +41,7 @@ __all__ = ["ACTIVE", "Stopping", "TaskBook", "requirements_of", "row_of"]
 
 #: The states in which a task holds a slot of its agent.
 ACTIVE = (TaskState.DISPATCHED, TaskState.RUNNING)
+UNTRIED_BACKOFF = 0.5  # seconds before a task whose delivery the bus dropped is placed again
 
 
 @dataclasses.dataclass(slots=True)
@@ -229,6 +230,28 @@ class TaskBook:
         if rec is None or rec.state not in ACTIVE:
             return False
         self.fail_attempt(rec, why, error_type=error_type)
+        await self.journal.flush()
+        return True
+
+    async def requeue_untried(self, task_id: str, why: str) -> bool:
+        """A dispatched task whose delivery failed because the bus did not answer: back to
+        the queue at once, its attempt not counted (the handler never ran, and the message,
+        if it arrives late, is stored once: a redelivery of the same attempt is dropped).
+        Committed before it returns; False if the task was not dispatched."""
+        rec = self.live.get(task_id)
+        if rec is None or rec.state is not TaskState.DISPATCHED:
+            return False
+        self.end_attempt(rec, stop=False)
+        queued = self.move(
+            rec,
+            TaskState.QUEUED,
+            detail=f"{why}; not counted as an attempt",
+            agent_id=None,
+            progress=None,
+            attempts=max(0, rec.attempts - 1),
+            not_before=datetime.now(UTC) + timedelta(seconds=UNTRIED_BACKOFF),
+        )
+        self.enqueue(queued, not_before=time.time() + UNTRIED_BACKOFF)
         await self.journal.flush()
         return True
 

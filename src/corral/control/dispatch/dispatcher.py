@@ -40,7 +40,7 @@ from corral.control.hub import EventHub
 from corral.control.lifecycle import Controller
 from corral.control.ports import BusEvent, BusPort
 from corral.domain.agents import Agent, AgentState
-from corral.domain.errors import CorralError
+from corral.domain.errors import CorralError, Unavailable
 from corral.domain.ids import OrgId
 from corral.domain.messages import MessageType, TaskMessage
 from corral.domain.policies import TaskPolicy
@@ -344,10 +344,14 @@ class Dispatcher:
                 self.book.move(rec, TaskState.EXPIRED, detail="deadline passed")
         self.timeouts.check(now)
         await self.reaper.reap()
-        if not self.held and any(self.roles(org_id) for org_id in self.book.orgs):
+        if (
+            not self.held
+            and not self.controller.bus_health.disturbed()
+            and any(self.roles(org_id) for org_id in self.book.orgs)
+        ):
             self.supply.keep(self.book.orgs, await self.snapshot.agents())
-        if len(self.scheduler) == 0 or self.held:
-            await self.journal.flush()
+        if len(self.scheduler) == 0 or self.held or self.controller.bus_health.disturbed():
+            await self.journal.flush()  # while the bus does not answer, nothing is sent
             return
         views = await self.snapshot.views()
         usage = await self.snapshot.usage() if self.auto_provision else {}
@@ -439,10 +443,16 @@ class Dispatcher:
         except CorralError as exc:  # the bus as a whole (closed, a violation): all of them
             results = [exc] * len(out)
         now = time.time()
+        # a delivery that found no answer is the bus's fault if the bus answers nobody now
+        unanswered = any(isinstance(r, Unavailable) for r in results)
+        bus_down = unanswered and not await self.controller.bus_health.check()
         for rec, result in zip(sent, results, strict=True):
             if spans and rec.id in spans:
                 tracing.end_dispatch(spans[rec.id], result)
-            if isinstance(result, CorralError):
+            if bus_down and isinstance(result, Unavailable):
+                if await self.book.requeue_untried(rec.id, f"delivery failed: {result.message}"):
+                    self.kick()
+            elif isinstance(result, CorralError):
                 log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, result.message)
                 await self._retry(rec.id, f"delivery failed: {result.message}")
             else:

@@ -7,7 +7,9 @@ book holds nothing for it, and its last activity is the last time it took or end
 started) — a heartbeat says it is alive, not that it is working. From the moment it is chosen
 for a pause an agent is given no new work. What a pause or a restart does to an agent is the
 controller's business; an agent restarted for silence may be judged silent again only once it
-has been heard from since.
+has been heard from since. While the bus does not answer, and for as long after it answers
+again as a heartbeat may take to be heard, no agent is judged silent
+(:mod:`corral.control.bus_health`).
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ class Reaper:
     async def _reap_silent(self) -> None:
         """A running agent that stopped heartbeating is hung or cut off: the controller
         restarts it and its work is retried, as after a crash."""
-        limit = max(10.0, 5 * self.heartbeat_seconds)
+        limit = self._controller.silence_limit
+        calm = self._controller.bus_health.calm_for()
+        if calm < limit:  # the bus silenced everyone (or did lately): nobody is judged by it
+            return
         now = datetime.now(UTC)
         for agent in await self._controller.agents.find(states=[AgentState.RUNNING]):
             seen = agent.last_seen_at or agent.resumed_at or agent.created_at

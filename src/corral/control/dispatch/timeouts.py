@@ -51,11 +51,16 @@ class Timeouts:
             return
         self._last = mono
         book = self._book
+        # while the bus does not answer (or lately did not) an agent cannot say it is alive,
+        # nor that a handler ended: nobody is judged by its silence
+        silenced = self._controller.bus_health.disturbed(within=self._controller.silence_limit)
         for agent_id, held in list(book.inflight.items()):
             for task_id in list(held):
                 rec = book.live.get(task_id)
                 if rec is not None and rec.agent_id == agent_id and rec.state in ACTIVE:
-                    self._check_task(rec, now)
+                    self._check_task(rec, now, silenced=silenced)
+        if silenced:
+            return
         for task_id, stopping in book.stopping.items():
             if not stopping.overdue and mono > stopping.until:
                 stopping.overdue = True
@@ -63,7 +68,7 @@ class Timeouts:
                 log.warning("%s: %s; stopping the agent", stopping.agent_id, why)
                 self._stop_work(stopping.org_id, stopping.agent_id, why)
 
-    def _check_task(self, rec: TaskRecord, now: float) -> None:
+    def _check_task(self, rec: TaskRecord, now: float, *, silenced: bool) -> None:
         book = self._book
         if rec.deadline is not None and rec.deadline.timestamp() <= now:
             why = "the deadline passed while it ran"
@@ -85,7 +90,7 @@ class Timeouts:
                 stop=True,
             )
             return
-        if policy.heartbeat_timeout is not None:
+        if policy.heartbeat_timeout is not None and not silenced:
             last = book.beats.get(rec.id, started)
             if now - last > policy.heartbeat_timeout:
                 book.fail_attempt(

@@ -264,12 +264,12 @@ class Limiter:
 
         for base in self.bases.values():
             top = base.parent  # <parent>/corral
-            for leaf in top.glob("*/*/*/"):
+            for leaf in _glob(top, "*/*/*/"):
                 with contextlib.suppress(OSError):
                     if stale(leaf) and not (leaf / "cgroup.procs").read_text().split():
                         leaf.rmdir()
                         removed += 1
-            for d in [*top.glob("*/*/"), *top.glob("*/")]:  # orgs, then instances
+            for d in [*_glob(top, "*/*/"), *_glob(top, "*/")]:  # orgs, then instances
                 with contextlib.suppress(OSError):
                     if d != base and stale(d):
                         d.rmdir()
@@ -329,3 +329,12 @@ def forget(bases: Mapping[str, Path]) -> None:
     for base in bases.values():
         with contextlib.suppress(OSError):
             base.rmdir()
+
+
+def _glob(top: Path, pattern: str) -> list[Path]:
+    """``top.glob(pattern)``, or nothing if a directory vanished while it was read (another
+    control plane on this host swept it): the sweep is a best effort, done again next start."""
+    try:
+        return list(top.glob(pattern))
+    except OSError:
+        return []
