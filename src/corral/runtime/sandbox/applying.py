@@ -140,7 +140,10 @@ def apply(policy: SandboxPolicy, *, parent: int | None = None, first: int = -1) 
     with _step("identity", applied, strict):
         if policy.identity is IdentityMode.SWITCH:
             assert policy.uid is not None and policy.gid is not None
-            identity.switch_ids(policy.uid, policy.gid)
+            if (os.getuid(), os.getgid()) != (policy.uid, policy.gid):
+                identity.switch_ids(policy.uid, policy.gid)
+            # else: already its org's ids, forked by a fork server that runs as them
+            # (corral.runtime.local.forkbox); what it holds is dropped below
         if policy.identity is not IdentityMode.INHERIT or os.geteuid() != 0:
             identity.drop_capabilities()
             applied.layers.append("identity")
