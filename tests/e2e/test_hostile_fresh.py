@@ -143,7 +143,7 @@ def fresh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fresh]:
         data.mkdir()
     try:
         with corral_up(data, env=env, python=python, user=user) as up:
-            url = (data / "api.url").read_text().strip()
+            url = wait_until(lambda: (data / "api.url").read_text().strip(), timeout=30)
             key = (data / "admin.key").read_text().strip()
             fresh = Fresh(up, url, key, python=python, user=user)
             try:
