@@ -9,7 +9,10 @@ Landlock and seccomp require of an unprivileged process; Landlock after the moun
 name the final tree; seccomp last, because it refuses ``mount``, ``unshare`` and the rest the
 earlier steps use.
 
-A PID namespace holds the children of the process that made it, not that process. So, for one,
+A PID namespace holds the children of the process that made it, not that process. Where the
+parent can make it (a fork server with CAP_SYS_ADMIN over its namespaces), it does so as it
+forks (:func:`~corral.runtime.sandbox.namespaces.fork_as_first`) and tells :func:`apply`
+(``first``): the child is already the namespace's pid 1 and goes on as the agent. Otherwise
 :func:`apply` forks: the child is the namespace's first process (pid 1) and goes on to become
 the agent; the parent stays outside, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to
 it, waits, and exits the way it did, so whoever started the agent sees one process as before.
