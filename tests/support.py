@@ -67,16 +67,26 @@ def corral_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def corral_up(data: Path, *, env: dict[str, str] | None = None) -> Iterator[CorralUp]:
+def corral_up(
+    data: Path,
+    *,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+    user: int | None = None,
+) -> Iterator[CorralUp]:
     """``corral up`` as its own process, as a user runs it, until SIGTERM at the end; the
-    exit code and output are checked then (``CorralUp.output``)."""
+    exit code and output are checked then (``CorralUp.output``). ``python``: the interpreter
+    it runs on; ``user``: the uid (and gid) it runs as, instead of this process's."""
     (data / "api.url").unlink(missing_ok=True)  # left behind by a killed control plane
     proc = subprocess.Popen(
-        [*CORRAL, "up", "--data-dir", str(data), "--port", "0"],
+        [python, "-m", "corral.cli", "up", "--data-dir", str(data), "--port", "0"],
         env=env or corral_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
     )
     up = CorralUp(proc, data)
     try:

@@ -10,7 +10,9 @@ the sandbox off crosses: that proves the attempts are real and that this suite c
 
 As an ordinary user: skipped when the interpreter lives where an ordinary user cannot enter
 (the control plane cannot run as one); the sandbox's own suite (``tests/runtime/sandbox``)
-covers the user-namespace path with a hostile agent under both launch paths.
+covers the user-namespace path with a hostile agent under both launch paths, and the
+independent suite (``test_hostile_fresh.py``, ordinary-user) runs a whole ``corral up`` as an
+unprivileged uid on the system's interpreter of the same version and attacks it.
 """
 
 from __future__ import annotations
@@ -229,4 +231,7 @@ def test_an_ordinary_users_control_plane_is_covered_or_skipped_with_the_reason()
             "enter, so no control plane can run as one here; the sandbox's own hostile suite "
             "covers the user-namespace launch path"
         )
-    pytest.skip("running the control plane as a created user is not automated yet")
+    pytest.skip(
+        "an ordinary user's control plane runs in tests/e2e/test_hostile_fresh.py "
+        "(ordinary-user): a fresh corral up as an unprivileged uid, attacked the same way"
+    )

@@ -22,8 +22,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +41,7 @@ import pytest
 from tests.support import CorralUp, corral_env, corral_up, wait_until
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 AGENT = HERE / "fresh_hostile_agent.py"
 TERMINAL = {"completed", "blocked", "failed", "cancelled", "expired"}
 #: what must be in every answer: a program that crashed early must not pass for a refused one
@@ -67,6 +72,8 @@ class Fresh:
     up: CorralUp
     url: str
     admin_key: str
+    python: str = sys.executable  # the platform's interpreter: a forked agent's command
+    user: int | None = None  # the uid it runs as, when not this process's
 
     clients: list[httpx.Client] = field(default_factory=list)
 
@@ -84,25 +91,69 @@ class Fresh:
         return name, self.client(r.json()["apiKey"])
 
 
+ORDINARY_USER = 65534  # nobody: no home, no group, nothing of root's
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def ordinary_python() -> str | None:
+    """An interpreter an ordinary user can run (this one lives under root's 0700 home), of
+    this one's version, so that the platform's compiled dependencies load in it; or None."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        return None
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        user=ORDINARY_USER,
+        group=ORDINARY_USER,
+        extra_groups=[],
+        check=False,
+    )
+    return SYSTEM_PYTHON if probe.stdout.strip() == str(sys.version_info[:2]) else None
+
+
 @pytest.fixture
 def fresh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fresh]:
-    """``corral up`` with its default sandbox, or the one a test names (indirect parameter)."""
-    data = tmp_path / "data"
-    data.mkdir()
+    """``corral up`` with its default sandbox, or the one a test names (indirect parameter);
+    ``ordinary-user``: run by an unprivileged uid, on an interpreter and a data directory that
+    uid can reach, its packages those of this checkout (read, as any user may)."""
+    mode = getattr(request, "param", "auto")
     env = corral_env() | {
-        "CORRAL_SANDBOX": getattr(request, "param", "auto"),
+        "CORRAL_SANDBOX": "auto" if mode == "ordinary-user" else mode,
         "CORRAL_SANDBOX_READ_ONLY": str(HERE),  # where the tenant's program lives
         "PYTHONPATH": str(HERE),  # so that ``-m fresh_hostile_agent`` finds it
         "CORRAL_NATS_MONITORING": "true",  # something to attack
     }
-    with corral_up(data, env=env) as up:
-        url = (data / "api.url").read_text().strip()
-        fresh = Fresh(up, url, (data / "admin.key").read_text().strip())
-        try:
-            yield fresh
-        finally:
-            for client in fresh.clients:
-                client.close()
+    python, user = sys.executable, None
+    if mode == "ordinary-user":
+        if os.geteuid() != 0:
+            pytest.skip("already an ordinary user: the default run is this one")
+        found = ordinary_python()
+        if found is None:
+            pytest.skip(f"no {SYSTEM_PYTHON} of Python {sys.version_info[:2]} to run as a user")
+        python, user = found, ORDINARY_USER
+        data = Path(tempfile.mkdtemp(prefix="corral-fresh-"))  # where that user may go
+        os.chown(data, user, user)
+        site = sysconfig.get_paths()["purelib"]
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), site, str(HERE)])
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+        env["HOME"] = str(data)
+    else:
+        data = tmp_path / "data"
+        data.mkdir()
+    try:
+        with corral_up(data, env=env, python=python, user=user) as up:
+            url = wait_until(lambda: (data / "api.url").read_text().strip(), timeout=30)
+            key = (data / "admin.key").read_text().strip()
+            fresh = Fresh(up, url, key, python=python, user=user)
+            try:
+                yield fresh
+            finally:
+                for client in fresh.clients:
+                    client.close()
+    finally:
+        if user is not None:
+            shutil.rmtree(data, ignore_errors=True)
 
 
 def provision(client: httpx.Client, org: str, name: str, **extra: Any) -> dict[str, Any]:
@@ -224,15 +275,20 @@ def stage(fresh: Fresh, commands: dict[str, list[str]]) -> Scene:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("fresh", ["auto", "ordinary-user"], indirect=True)
 def test_a_fresh_platform_lets_no_org_key_agent_cross_its_box(fresh: Fresh) -> None:
     scene = stage(
         fresh,
         {
-            "execd": [sys.executable, str(AGENT)],
-            "forked": [sys.executable, "-m", AGENT.stem],
+            "execd": [fresh.python, str(AGENT)],
+            "forked": [fresh.python, "-m", AGENT.stem],
         },
     )
     org, attacker = scene.attacker_org, scene.attacker
+    if fresh.user is not None:  # really an ordinary user's platform, and agents
+        assert psutil.Process(fresh.up.proc.pid).uids().real == fresh.user
+        pid = agent_pid(scene.agents[0]["id"])
+        assert set(psutil.Process(pid).uids()) == {fresh.user}
     for agent in scene.agents:
         shown = attacker.get(f"/v1/orgs/{org}/agents/{agent['id']}").json()
         assert shown["sandbox"] == "strict", shown

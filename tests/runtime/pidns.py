@@ -1,7 +1,8 @@
 """What a confined agent's pids mean outside its box.
 
-With the sandbox on, the pid the runtime tracks is the sandbox's waiter, and the agent is its
-only child, the first process (pid 1) of a PID namespace of its own: pids the agent writes down
+With the sandbox on, the agent is the first process (pid 1) of a PID namespace of its own; the
+pid the runtime tracks is the agent itself when its fork server made that namespace as it forked
+it (as root), else the sandbox's waiter, of which the agent is the only child: pids the agent writes down
 are that namespace's. These helpers translate them into the host's, so the same tests read
 the same way with the sandbox on or off.
 """
@@ -13,6 +14,7 @@ import os
 import psutil
 
 from corral.runtime.local import LocalProcessRuntime
+from tests.runtime import agents
 
 __all__ = ["agent_pid", "confined", "host_pid", "host_pids", "leaders", "own_descriptors"]
 
@@ -24,12 +26,20 @@ def confined(rt: LocalProcessRuntime) -> bool:
 
 
 def leaders(rt: LocalProcessRuntime) -> int:
-    """Processes an idle agent of ``rt`` is made of: the agent, and its waiter if confined."""
-    return 2 if confined(rt) else 1
+    """Processes an idle agent of ``rt`` is made of: the agent, and its waiter if confined,
+    unless its fork server made its PID namespace as it forked it (as root)."""
+    made_at_fork = agents.default_launch == "zygote" and os.geteuid() == 0
+    return 2 if confined(rt) and not made_at_fork else 1
 
 
 def _namespace(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+def _own_pid(pid: int) -> int:
+    """``pid`` in its own (innermost) PID namespace."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        return int(next(ln for ln in status if ln.startswith("NSpid:")).split()[-1])
 
 
 def host_pids(leader: int) -> dict[int, int]:
@@ -37,12 +47,15 @@ def host_pids(leader: int) -> dict[int, int]:
     pid on the host; empty when the agent shares the host's namespace."""
     try:
         mine = _namespace(leader)
-        inner = [c.pid for c in psutil.Process(leader).children() if _namespace(c.pid) != mine]
-    except (OSError, psutil.Error):
+        if mine != _namespace(os.getpid()) and _own_pid(leader) == 1:
+            theirs = mine  # the agent itself, first of its namespace: no waiter
+        else:
+            inner = [c.pid for c in psutil.Process(leader).children() if _namespace(c.pid) != mine]
+            if not inner:
+                return {}
+            theirs = _namespace(inner[0])
+    except (OSError, psutil.Error, StopIteration):
         return {}
-    if not inner:
-        return {}
-    theirs = _namespace(inner[0])
     found: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():

@@ -30,6 +30,8 @@ def test_starting_the_fork_server_imports_no_other_module_of_corral_nor_any_libr
         "corral.runtime",
         "corral.runtime.local",
         "corral.runtime.local.forkserver",
+        "corral.runtime.local.forkchild",  # the child's side of it
+        "corral.runtime.local.forkbox",  # its box, as root (the org's uid)
     }
     libraries = {m.partition(".")[0] for m in loaded} - set(sys.stdlib_module_names)
     assert libraries == {"corral"}, libraries

@@ -17,6 +17,7 @@ import pytest
 
 from corral.runtime.local import LocalProcessRuntime
 from tests.runtime import agents
+from tests.runtime.pidns import agent_pid
 from tests.support import eventually
 
 SECRET = "-----BEGIN NATS USER JWT-----\neyJzZWNyZXQiOiJ5ZXMifQ\n-----END-----\nSUAM-SEED-123\n"
@@ -24,6 +25,22 @@ SECRET = "-----BEGIN NATS USER JWT-----\neyJzZWNyZXQiOiJ5ZXMifQ\n-----END-----\n
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def private(path: Path, org_gid: int | None) -> bool:
+    """Root's alone (0700), or, where the org's fork server runs as the org's uid, open to
+    that org's group for passing through (0710, group the org's own gid): no one else's."""
+    info = path.stat()
+    if mode(path) == 0o700:
+        return True
+    return mode(path) == 0o710 and info.st_uid == 0 and info.st_gid == org_gid
+
+
+def org_gid(pid: int) -> int | None:
+    """The gid an agent runs as (its org's, as root), from /proc."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        gids = [line.split()[1] for line in f if line.startswith("Gid:")]
+    return int(gids[0]) if gids and int(gids[0]) else None
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -36,8 +53,10 @@ async def test_workspace_and_creds_are_private_to_the_agent(
 ) -> None:
     status = await runtime.start(agents.spec("acme", "agent-priv", creds=SECRET))
     paths = runtime.paths("acme", "agent-priv")
-    assert mode(paths.org_dir) == 0o700
-    assert mode(paths.agent_dir) == 0o700
+    assert status.pid is not None
+    gid = org_gid(agent_pid(status.pid))
+    assert private(paths.org_dir, gid)
+    assert private(paths.agent_dir, gid)
     assert mode(paths.workspace) == 0o700
     assert mode(paths.creds) == 0o600
     assert paths.creds.read_text() == SECRET
@@ -89,7 +108,9 @@ async def test_agents_of_two_orgs_are_given_nothing_of_each_other(
         assert other not in seen
     alpha, beta = runtime.paths("alpha", "agent-alpha-1"), runtime.paths("beta", "agent-beta-1")
     assert not alpha.workspace.is_relative_to(beta.org_dir)
-    assert mode(alpha.org_dir) == mode(beta.org_dir) == 0o700
+    assert private(alpha.org_dir, org_gid(agent_pid(a.pid)))
+    assert private(beta.org_dir, org_gid(agent_pid(b.pid)))
+    assert org_gid(agent_pid(a.pid)) != org_gid(agent_pid(b.pid)) or os.geteuid() != 0
     assert Path(f"/proc/{a.pid}/cwd").resolve() == alpha.workspace.resolve()
 
 

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from corral.domain.errors import InvalidInput, Unavailable
+from corral.runtime.local.forkbox import Box
 from corral.runtime.local.forkserver import ENV_ROOM_VARIABLE, MAX_FDS, RECORD, Launch
 
 __all__ = ["DEFAULT_PRELOAD", "ENV_ROOM", "Zygote", "ZygoteChild", "runnable_module"]
@@ -104,8 +105,11 @@ class Zygote:
         sock: socket.socket,
         env: Mapping[str, str],
         room: int,
+        *,
+        forking: int | None = None,
     ) -> None:
         self._proc = proc
+        self._forking = proc.pid if forking is None else forking
         self._sock = sock
         self._env = dict(env)
         self._room = room
@@ -127,12 +131,14 @@ class Zygote:
         *,
         preload: Sequence[str] = DEFAULT_PRELOAD,
         timeout: float = _READY_TIMEOUT,
+        box: Box | None = None,
     ) -> Zygote:
         """Start a server with ``env`` (the variables every agent gets) and wait until it has
         imported ``preload``.
 
         The server is an ``asyncio`` subprocess started without a ``preexec_fn``, so starting
-        it neither blocks the event loop nor copies the control plane's memory.
+        it neither blocks the event loop nor copies the control plane's memory. With ``box``
+        (as root) it runs as that uid and sees only what the box keeps (:mod:`.forkbox`).
 
         Raises:
             Unavailable: it could not be started or did not get ready within ``timeout``.
@@ -147,6 +153,7 @@ class Zygote:
                 "corral.runtime.local.forkserver",
                 str(theirs.fileno()),
                 str(os.getpid()),
+                *(["--box", box.encode()] if box is not None else []),
                 *preload,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -165,7 +172,7 @@ class Zygote:
         ours.setblocking(False)
         try:
             record = await asyncio.wait_for(loop.sock_recv(ours, RECORD), timeout)
-            word, pid, room = record.decode().split()
+            word, pid, room, forking = record.decode().split()
             if word != "ready" or int(pid) != proc.pid:
                 raise ValueError(f"unexpected greeting {record!r}")
         except BaseException as exc:
@@ -178,11 +185,13 @@ class Zygote:
                     f"the fork server did not get ready (exit status {status}): {exc!r}"
                 ) from exc
             raise
-        return cls(proc, ours, env, int(room))
+        return cls(proc, ours, env, int(room), forking=int(forking))
 
     @property
     def pid(self) -> int:
-        return self._proc.pid
+        """The process that forks the agents: the one started, or (boxed in its org's uid and
+        PID namespace, :mod:`.forkbox`) that one's only child."""
+        return self._forking
 
     @property
     def running(self) -> bool:

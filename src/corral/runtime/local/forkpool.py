@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any
 
 from corral.domain.errors import Unavailable
+from corral.runtime.local.forkbox import Box
 from corral.runtime.local.forkclient import Zygote
 
 __all__ = ["ZYGOTE_IDLE_SECONDS", "ForkServerPool"]
@@ -57,9 +58,10 @@ class ForkServerPool:
         server = self._servers.get(org)
         return server.pid if server is not None and server.running else None
 
-    async def server_for(self, org: str) -> Zygote | None:
+    async def server_for(self, org: str, *, box: Box | None = None) -> Zygote | None:
         """``org``'s running fork server, started if there is none (or it died); None if it
-        cannot be started, and the agent is then exec'd instead.
+        cannot be started, and the agent is then exec'd instead. ``box``: as root, the org's
+        uid it runs as and what it keeps in view (:mod:`.forkbox`).
 
         Raises:
             Unavailable: the runtime is closing.
@@ -76,7 +78,7 @@ class ForkServerPool:
                 await current.close()  # reaps it
                 log.warning("the fork server %d of %s died; starting another", current.pid, org)
             try:
-                self._servers[org] = await Zygote.start(self._env)
+                self._servers[org] = await Zygote.start(self._env, box=box)
             except Unavailable as exc:
                 log.warning("no fork server (%s); agents are exec'd instead", exc.message)
             return self._servers.get(org)

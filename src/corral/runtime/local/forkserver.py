@@ -14,7 +14,8 @@ in a session of its own, as::
     python -m corral.runtime.local.forkserver CHANNEL_FD PARENT_PID [MODULE ...]
 
 ``CHANNEL_FD`` is its end of a ``SOCK_SEQPACKET`` socket pair. It imports the MODULEs, says
-``ready <pid> <env-room>`` and then serves, one record per message:
+``ready <pid> <env-room> <forking-pid>`` (the pid it was started as, and the one that forks:
+the same unless it runs boxed, :mod:`.forkbox`) and then serves, one record per message:
 
 - ``spawn <id> [pidns]``, carrying descriptors (``SCM_RIGHTS``): the launch description, the
   set-up report pipe, the log file and the agent's ``cgroup.procs`` files. It forks, closes its
@@ -60,8 +61,9 @@ import signal
 import socket
 import sys
 
+from corral.runtime.local import forkbox
 from corral.runtime.local.forkchild import Launch, become_agent, die_with, env_region
-from corral.runtime.sandbox import namespaces, seccomp
+from corral.runtime.sandbox import identity, namespaces, seccomp
 
 __all__ = ["ENV_ROOM_VARIABLE", "MAX_FDS", "RECORD", "Launch", "die_with", "main"]
 
@@ -70,6 +72,7 @@ ENV_ROOM_VARIABLE = "CORRAL_ZYGOTE_ENV_ROOM"
 that ``/proc/<pid>/environ`` shows what the agent really has (see :func:`_show_environment`)."""
 MAX_FDS = 64  # per request: launch description, report pipe, log, one per cgroup hierarchy
 RECORD = 256  # bytes: the longest message either side sends
+_CAP_SYS_ADMIN = 21
 
 
 # -- the zygote -----------------------------------------------------------------------------
@@ -77,6 +80,9 @@ RECORD = 256  # bytes: the longest message either side sends
 
 def main(args: list[str]) -> int:
     channel, parent, preload = int(args[0]), int(args[1]), args[2:]
+    box = None
+    if preload[:1] == ["--box"]:  # as root: run as the organization's uid (see forkbox)
+        box, preload = forkbox.Box.decode(preload[1]), preload[2:]
     try:
         die_with(parent)
     except OSError as exc:
@@ -93,8 +99,15 @@ def main(args: list[str]) -> int:
         except Exception as exc:  # a preload only saves time; the child imports what it needs
             _say(f"not preloading {name}: {exc!r}")
     seccomp.build()  # once here, not in every child
-    spawner = _Spawner()
-    problem = _unfit_to_fork({0, 1, 2, channel, *spawner.fds})
+    known, alive = os.getpid(), -1  # the pid the control plane started
+    if box is not None:
+        try:
+            known, alive = forkbox.enter(box, parent)
+        except (OSError, ValueError) as exc:
+            _say(f"cannot run as the organization's uid {box.uid}: {exc}")
+            return 1
+    spawner = _Spawner(boxed=box is not None)
+    problem = _unfit_to_fork({0, 1, 2, channel, *spawner.fds, *([alive] if alive >= 0 else [])})
     if problem:
         _say(problem)
         return 1
@@ -102,7 +115,9 @@ def main(args: list[str]) -> int:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, _on_child)
-    sock.send(f"ready {os.getpid()} {end - start}".encode())
+    # the pid it was started as, and (boxed, in a PID namespace of its own) its own on the host
+    forking = int(os.readlink("/proc/self"))  # its /proc is still the host's
+    sock.send(f"ready {known} {end - start} {forking}".encode())
     gc.collect()
     gc.freeze()  # what is loaded now is shared with every child: keep the collector off it
     try:
@@ -155,9 +170,11 @@ class _Spawner:
     pipe whose write end only it holds, so that such a child, which has no parent pid to
     check, learns from the read end's end of file that the server is gone."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, boxed: bool) -> None:
         self.own = self.alive_r = self.alive_w = -1
-        if os.geteuid() != 0:
+        self.boxed = boxed  # in a PID namespace of its own: its children's pids are not the host's
+        self.host: dict[int, int] = {}  # a child's pid here -> on the host, while boxed
+        if not identity.capabilities(every_set=False)["effective"] >> _CAP_SYS_ADMIN & 1:
             return  # an ordinary user's child makes its namespaces in a user namespace
         self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.alive_r, self.alive_w = os.pipe2(os.O_CLOEXEC)
@@ -167,9 +184,17 @@ class _Spawner:
         return {fd for fd in (self.own, self.alive_r, self.alive_w) if fd >= 0}
 
     def fork(self, pid_namespace: bool) -> int:
-        if pid_namespace and self.own >= 0:
-            return namespaces.fork_as_first(self.own)
-        return os.fork()
+        """Fork; in the parent, the child's pid on the host."""
+        made = pid_namespace and self.own >= 0
+        pid = namespaces.fork_as_first(self.own) if made else os.fork()
+        if pid and self.boxed:
+            self.host[pid] = forkbox.host_pid(pid)
+            return self.host[pid]
+        return pid
+
+    def ended(self, pid: int) -> int:
+        """The host's pid of a child that ended (``pid`` as ``waitpid`` gave it)."""
+        return self.host.pop(pid, pid)
 
 
 def _serve(sock: socket.socket, wake: int, spawner: _Spawner) -> None:
@@ -182,12 +207,12 @@ def _serve(sock: socket.socket, wake: int, spawner: _Spawner) -> None:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake, 512):
                         pass
-                _reap(sock)
+                _reap(sock, spawner)
             elif not _handle(sock, spawner):
                 return
 
 
-def _reap(sock: socket.socket) -> None:
+def _reap(sock: socket.socket, spawner: _Spawner) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -195,7 +220,8 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
-        sock.send(f"exit {pid} {os.waitstatus_to_exitcode(status)}".encode())
+        code = os.waitstatus_to_exitcode(status)
+        sock.send(f"exit {spawner.ended(pid)} {code}".encode())
 
 
 def _handle(sock: socket.socket, spawner: _Spawner) -> bool:

@@ -33,6 +33,7 @@ from corral.domain.errors import Conflict, InvalidInput, Unavailable
 from corral.runtime.base import LaunchSpec
 from corral.runtime.local.confinement import Confinement
 from corral.runtime.local.confining import confined_exec
+from corral.runtime.local.forkbox import Box
 from corral.runtime.local.forkclient import ZygoteChild, runnable_module
 from corral.runtime.local.forkpool import ForkServerPool
 from corral.runtime.local.forkserver import Launch
@@ -150,9 +151,13 @@ class Launcher:
         placement: Placement | None = None
         stage = "preparing its directory"
         try:
-            ensure_dir(paths.org_dir, self._dir_mode)
-            ensure_dir(paths.agents_dir, self._dir_mode)
-            created_dir = ensure_dir(paths.agent_dir, self._dir_mode)
+            # boxed, the org's fork server (its uid's group) traverses these, nobody else
+            mode, owner = self._dir_mode, None
+            if ids is not None and self._boxed(ids, policy):
+                mode, owner = 0o710, (0, ids[1])
+            ensure_dir(paths.org_dir, mode, owner=owner)
+            ensure_dir(paths.agents_dir, mode, owner=owner)
+            created_dir = ensure_dir(paths.agent_dir, mode, owner=owner)
             created_ws = ensure_dir(paths.workspace, 0o700, owner=ids)
             ensure_dir(paths.tmp, 0o700, owner=ids)
             ensure_dir(paths.log.parent, 0o700)
@@ -197,6 +202,20 @@ class Launcher:
         level = self._confinement.level() if policy is not None else "off"
         return Agent(paths, placement, proc, ref, oom_before, self._limiter.reason, sandbox=level)
 
+    @staticmethod
+    def _boxed(ids: tuple[int, int] | None, policy: SandboxPolicy | None) -> bool:
+        """Whether the org's fork server runs as the org's uid: as root, with a sandbox that
+        builds each agent's mounts (so the server needs to see only the org's directory)."""
+        return ids is not None and policy is not None and policy.mount_namespace
+
+    def _box(
+        self, paths: AgentPaths, ids: tuple[int, int] | None, policy: SandboxPolicy | None
+    ) -> Box | None:
+        if ids is None or policy is None or not self._boxed(ids, policy):
+            return None
+        keep = (*policy.read_only, *policy.devices, os.path.realpath(paths.org_dir))
+        return Box(ids[0], ids[1], tuple(keep))
+
     def _env(self, spec: LaunchSpec, paths: AgentPaths) -> dict[str, str]:
         env = {**self._base_env, "HOME": str(paths.workspace), "TMPDIR": str(paths.tmp)}
         env.update(spec.env)
@@ -216,7 +235,8 @@ class Launcher:
         module = runnable_module(spec.command) if self._use_forkservers else None
         with self._forkservers.starting(spec.org):
             async with self._org_launching.slot(spec.org), self._launching:
-                zygote = await self._forkservers.server_for(spec.org) if module else None
+                box = self._box(paths, ids, policy)
+                zygote = await self._forkservers.server_for(spec.org, box=box) if module else None
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
                 out = os.open(paths.log, flags, 0o600)
                 try:

@@ -9,7 +9,10 @@ Landlock and seccomp require of an unprivileged process; Landlock after the moun
 name the final tree; seccomp last, because it refuses ``mount``, ``unshare`` and the rest the
 earlier steps use.
 
-A PID namespace holds the children of the process that made it, not that process. So, for one,
+A PID namespace holds the children of the process that made it, not that process. Where the
+parent can make it (a fork server with CAP_SYS_ADMIN over its namespaces), it does so as it
+forks (:func:`~corral.runtime.sandbox.namespaces.fork_as_first`) and tells :func:`apply`
+(``first``): the child is already the namespace's pid 1 and goes on as the agent. Otherwise
 :func:`apply` forks: the child is the namespace's first process (pid 1) and goes on to become
 the agent; the parent stays outside, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to
 it, waits, and exits the way it did, so whoever started the agent sees one process as before.
@@ -140,7 +143,10 @@ def apply(policy: SandboxPolicy, *, parent: int | None = None, first: int = -1) 
     with _step("identity", applied, strict):
         if policy.identity is IdentityMode.SWITCH:
             assert policy.uid is not None and policy.gid is not None
-            identity.switch_ids(policy.uid, policy.gid)
+            if (os.getuid(), os.getgid()) != (policy.uid, policy.gid):
+                identity.switch_ids(policy.uid, policy.gid)
+            # else: already its org's ids, forked by a fork server that runs as them
+            # (corral.runtime.local.forkbox); what it holds is dropped below
         if policy.identity is not IdentityMode.INHERIT or os.geteuid() != 0:
             identity.drop_capabilities()
             applied.layers.append("identity")
