@@ -40,6 +40,10 @@ class ApiClient:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             resp = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise errors.Unavailable(
+                f"the Corral API at {self.url} did not answer {method} {path} in time ({exc!r})"
+            ) from exc
         except httpx.HTTPError as exc:
             raise errors.Unavailable(
                 f"cannot reach the Corral API at {self.url}: {exc}. Is `corral up` running?"

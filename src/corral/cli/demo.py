@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 import click
 import httpx
 import psutil
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from corral.cli.context import run
 from corral.cli.loop import run_loop
 from corral.cli.orgs import quota_table
+from corral.cli.output import console
 from corral.domain.errors import CorralError
 from corral.settings import Settings
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["demo"]
 
-console = Console()
 TERMINAL = {"completed", "blocked", "failed", "cancelled", "expired"}
 ORGS = (("acme", "enterprise", 2), ("globex", "standard", 2), ("initech", "free", 1))
 SECRET = "demo-token-" + "x" * 8  # a throwaway value; only its hash is ever shown
