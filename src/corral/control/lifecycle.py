@@ -381,7 +381,12 @@ class Controller(AgentRecords):
                         await self.bus.revoke_agent(org.slug, agent.id)
                 await self._launcher.launch(org, agent, [])
         except CorralError as exc:
-            log.error("restart of %s failed: %s", agent_id, exc.message)
+            log.error(
+                "restart of %s failed: %s",
+                agent_id,
+                exc.message,
+                extra={"org": org.slug, "agent": agent_id},
+            )
             await self._transition(
                 agent_id,
                 expect=[AgentState.PROVISIONING],

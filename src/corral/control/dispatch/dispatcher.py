@@ -409,7 +409,13 @@ class Dispatcher:
         now = time.time()
         for rec, result in zip(sent, results, strict=True):
             if isinstance(result, CorralError):
-                log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, result.message)
+                log.warning(
+                    "delivery of %s to %s failed: %s",
+                    rec.id,
+                    rec.agent_id,
+                    result.message,
+                    extra={"org": rec.org, "agent": rec.agent_id, "task": rec.id},
+                )
                 await self._retry(rec.id, f"delivery failed: {result.message}")
             else:
                 self.on_dispatched(now - rec.created_at.timestamp())

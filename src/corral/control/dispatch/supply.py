@@ -42,7 +42,12 @@ class Supply:
                 role=role,
                 request=request_for(task.requirements),
             )
-            log.info("provisioned %s for queued %s work", agent.id, role)
+            log.info(
+                "provisioned %s for queued %s work",
+                agent.id,
+                role,
+                extra={"org": org.slug, "agent": agent.id},
+            )
         except CorralError as exc:
             log.warning("could not provision a %s agent for %s: %s", role, org.slug, exc.message)
             self._not_coming(org, key)
