@@ -14,7 +14,11 @@ import sys
 from typing import Any
 
 import click
+from rich.align import AlignMethod
 from rich.console import Console
+from rich.rule import Rule
+from rich.style import Style
+from rich.text import Text
 
 __all__ = ["UNLIMITED_WIDTH", "console", "json_line"]
 
@@ -28,7 +32,27 @@ def _width() -> int | None:
     return UNLIMITED_WIDTH
 
 
-console = Console(width=_width(), soft_wrap=_width() is not None)
+#: the width of a rule (a section's title line) printed to no terminal
+RULE_WIDTH = 100
+
+
+class _Console(Console):
+    def rule(
+        self,
+        title: str | Text = "",
+        *,
+        characters: str = "─",
+        style: str | Style = "rule.line",
+        align: AlignMethod = "center",
+    ) -> None:
+        """A rule as wide as a terminal's, even when the console itself has no width."""
+        rule = Rule(title, characters=characters, style=style, align=align)
+        self.print(
+            rule, width=min(self.width, RULE_WIDTH) if self.width >= UNLIMITED_WIDTH else None
+        )
+
+
+console = _Console(width=_width(), soft_wrap=_width() is not None)
 
 
 def json_line(data: Any) -> None:
