@@ -61,12 +61,13 @@ def cli(
 
 
 def _register() -> None:
-    from corral.cli import agents, demo, isolation, k8s, models, orgs, secrets, tasks, up
+    from corral.cli import agents, demo, dev, isolation, k8s, models, orgs, secrets, tasks, up
 
     cli.add_command(up.up)
     cli.add_command(demo.demo)
     cli.add_command(orgs.org)
     cli.add_command(agents.agent)
+    agents.agent.add_command(dev.dev)
     cli.add_command(tasks.task)
     cli.add_command(k8s.k8s)
     for command in (secrets.secret, secrets.grant, secrets.audit):

@@ -17,7 +17,7 @@ from corral.cli.output import console, json_line
 from corral.domain.errors import InvalidInput
 from corral.domain.policies import parse_duration
 
-__all__ = ["task"]
+__all__ = ["read_payload", "task"]
 
 TERMINAL = {"completed", "blocked", "failed", "cancelled", "expired"}
 
@@ -106,7 +106,7 @@ def submit(
     def body() -> None:
         if (role is None) == (agent_id is None):
             raise InvalidInput("give exactly one of --role or --agent")
-        data_payload = _payload(payload)
+        data_payload = read_payload(payload)
         reqs: dict[str, Any] = {"gpu": gpu}
         if cpu:
             reqs["cpu"] = cpu
@@ -339,7 +339,7 @@ def _bar(ctx: Context, org: str, task_id: str, *, timeout: float) -> dict[str, A
     return data
 
 
-def _payload(given: str) -> Any:
+def read_payload(given: str) -> Any:
     """The ``--payload`` value: JSON itself, ``@FILE`` or ``-`` (stdin)."""
     source = "--payload"
     if given == "-":
