@@ -53,7 +53,8 @@ def test_the_sdk_package_alone_runs_an_agent(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "corral/sdk/agent.py" in names and "corral/domain/messages.py" in names
     modules = {n.split("/")[1] for n in names if n.startswith("corral/") and n.count("/") > 1}
-    assert modules == {"domain", "sdk"}, modules  # nothing of the platform
+    assert modules == {"agents", "data", "domain", "sdk"}, modules  # nothing of the platform
+    assert not [n for n in names if "__pycache__" in n]
 
     venv = tmp_path / "sdk" / "venv"  # agents may read under sdk/ (not the data dir)
     run(sys.executable, "-m", "venv", venv)
