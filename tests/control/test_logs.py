@@ -35,6 +35,11 @@ def test_a_json_line_carries_the_bound_ids_and_the_extra_fields() -> None:
     assert doc["ts"].endswith("Z") and doc["ts"][4] == "-"
 
 
+def test_uvicorns_coloured_copy_of_the_message_is_left_out() -> None:
+    doc = json.loads(logs.JsonFormatter().format(record(color_message="\x1b[1mhi\x1b[0m")))
+    assert "color_message" not in doc
+
+
 def test_ids_are_bound_only_inside_the_block() -> None:
     with logs.bound(org="acme"):
         pass

@@ -28,7 +28,12 @@ _context: dict[str, contextvars.ContextVar[str | None]] = {
     name: contextvars.ContextVar(f"corral_log_{name}", default=None) for name in CONTEXT_FIELDS
 }
 #: attributes of every LogRecord: anything else on a record came from ``extra``
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+#: (and uvicorn's ``color_message``, the message again with terminal colours)
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 @contextlib.contextmanager
