@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     k8s_runtime_classes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     kubeconfig: str | None = None  # default: in-cluster, then KUBECONFIG, then ~/.kube/config
     log_level: str = "INFO"
+    # json (one object a line) or text; default: json unless stderr is a terminal
+    log_format: Literal["json", "text"] | None = None
     plans_file: Path | None = None  # YAML list of extra plans (see README "Plans")
     auto_provision: bool = True  # declared roles' agents provisioned for their queues
     heartbeat_seconds: float = 5.0

@@ -119,3 +119,13 @@ def test_admission_never_admits_over_quota_and_always_applies_defaults(plan, spe
     for k, hard in plan.quota.items():
         assert used[k] <= hard
     assert agents <= plan.agent_limit
+
+
+def test_a_request_above_the_default_limit_names_that_default_and_how_to_raise_it() -> None:
+    req = ContainerRequest(cpu_request=parse("4"))
+    with pytest.raises(InvalidInput) as err:
+        apply_limit_range(req, STANDARD.limit_range)
+    message = err.value.message
+    assert "cpu request 4 is above its limit 2 (the plan's default cpu limit" in message
+    assert "cpuLimit" in message and "--cpu-limit" in message and "max 4" in message
+    assert err.value.details["limitDefaulted"] is True

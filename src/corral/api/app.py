@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from corral import __version__
 from corral.api import console, errors
+from corral.api.access import AccessLog
 from corral.api.auth import scope_authenticator
 from corral.api.guard import AddressLimiter, BodyGuard
 from corral.api.ratelimit import RateLimiter
@@ -33,6 +34,7 @@ def create_app(platform: Platform) -> FastAPI:
         authenticate=scope_authenticator(platform),
         limiter=app.state.address_limiter,
     )
+    app.add_middleware(AccessLog)  # outermost: it logs what the guard refuses too
 
     role = "leader" if platform.lease is not None else "single"
 

@@ -14,6 +14,7 @@ import uvicorn
 
 from corral.api.app import create_app
 from corral.api.gateway_app import create_gateway_app
+from corral.control import preflight
 from corral.control.platform import Platform
 from corral.settings import Settings
 
@@ -29,62 +30,69 @@ class RunningServer:
         self.gateway_url = platform.models.url  # agents' OpenAI-compatible model gateway
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[RunningServer]:
+    """Check what must hold (:mod:`corral.control.preflight`), then start the platform and
+    serve its API in this event loop until the block exits.
+
+    Raises:
+        CorralError: a check failed; nothing was started or written.
+    """
+    sock = await preflight.check(settings)
+    try:
+        async with Platform(settings) as platform, _serving(settings, platform, sock) as srv:
+            yield srv
+    finally:
+        sock.close()
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[RunningServer]:
-    """Start the platform and serve its API in this event loop until the block exits."""
-    async with Platform(settings) as platform:
-        sock = _bind(settings.host, settings.port)
-        host, port = sock.getsockname()[:2]
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        config = uvicorn.Config(
-            create_app(platform),
+async def _serving(
+    settings: Settings, platform: Platform, sock: socket.socket
+) -> AsyncIterator[RunningServer]:
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    config = uvicorn.Config(
+        create_app(platform),
+        log_level="warning",
+        log_config=None,  # uvicorn's records go to the platform's log handler
+        access_log=False,  # the app writes its own (corral.api.access)
+        lifespan="off",
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-http")
+    gateway = uvicorn.Server(
+        uvicorn.Config(
+            create_gateway_app(platform.models.gateway),
             log_level="warning",
+            log_config=None,
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=3,
         )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-http")
-        gateway = uvicorn.Server(
-            uvicorn.Config(
-                create_gateway_app(platform.models.gateway),
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=3,
-            )
-        )
-        gateway_task = asyncio.create_task(
-            gateway.serve(sockets=[platform.models.socket]), name="corral-gateway-http"
-        )
-        try:
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the HTTP server stopped while starting")
-                await asyncio.sleep(0.01)
-            _write_private(settings.data_dir / "api.url", url + "\n")
-            yield RunningServer(platform, url)
-        finally:
-            platform.hub.close()  # ends every event stream so the server can stop
-            server.should_exit = True
-            gateway.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(asyncio.CancelledError):
-                await gateway_task
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                (settings.data_dir / "api.url").unlink()
+    )
+    gateway_task = asyncio.create_task(
+        gateway.serve(sockets=[platform.models.socket]), name="corral-gateway-http"
+    )
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        _write_private(settings.data_dir / "api.url", url + "\n")
+        yield RunningServer(platform, url)
+    finally:
+        platform.hub.close()  # ends every event stream so the server can stop
+        server.should_exit = True
+        gateway.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await gateway_task
+        with contextlib.suppress(FileNotFoundError):
+            (settings.data_dir / "api.url").unlink()
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[RunningServer], None]) -> None:

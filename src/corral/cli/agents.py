@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from corral.cli.context import Context, pass_ctx, run
+from corral.cli.output import console
 from corral.domain.agents import MAX_SLOTS
 
 __all__ = ["agent"]
 
-console = Console()
+WAIT_TIMEOUT = 60.0  # seconds the CLI waits for an answer to a request that waits itself
 
 
 def _row(a: dict[str, Any]) -> list[str]:
@@ -102,7 +102,8 @@ def provision(
                 payload[key] = value
         if command:
             payload["command"] = shlex.split(command)
-        data = ctx.client.post(f"/v1/orgs/{org}/agents", json=payload)
+        # the API waits up to 30 s for the agent to be ready: the client waits longer
+        data = ctx.client.post(f"/v1/orgs/{org}/agents", json=payload, timeout=WAIT_TIMEOUT)
         ctx.emit(data, lambda: console.print(_table([data])))
 
     run(body)
@@ -178,7 +179,9 @@ def resume(ctx: Context, org: str, agent_id: str, wait: bool) -> None:
 
     def body() -> None:
         data = ctx.client.post(
-            f"/v1/orgs/{org}/agents/{agent_id}/resume", params={"wait": str(wait).lower()}
+            f"/v1/orgs/{org}/agents/{agent_id}/resume",
+            params={"wait": str(wait).lower()},
+            timeout=WAIT_TIMEOUT,
         )
         ctx.emit(data, lambda: console.print(f"{agent_id} {data['state']}"))
 

@@ -1,4 +1,5 @@
-"""A small synchronous HTTP client for the REST API, raising the error tree."""
+"""Where the CLI finds its platform, and the client it talks to it with (the typed
+:mod:`corral.client`, raising the error tree)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from corral.domain import errors, wire
+from corral.client import Client
 from corral.settings import default_data_dir
 
 __all__ = ["ApiClient", "resolve_target"]
@@ -28,36 +27,9 @@ def resolve_target(
     return url or "http://127.0.0.1:8470", key
 
 
-class ApiClient:
-    def __init__(self, url: str, key: str | None, *, timeout: float = 30.0) -> None:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise errors.Unavailable(
-                f"cannot reach the Corral API at {self.url}: {exc}. Is `corral up` running?"
-            ) from exc
-        if resp.status_code == 204:
-            return None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {}
-        if resp.status_code >= 400:
-            error = wire.error_from_wire(body, message=f"HTTP {resp.status_code}")
-            if resp.status_code == 429:
-                raise errors.RateLimited(
-                    error.message, retry_after=float(resp.headers.get("Retry-After", 1))
-                )
-            raise error
-        return body
+class ApiClient(Client):
+    """The CLI's client: :class:`corral.client.Client`, with the short forms the commands
+    use for calls it has no method for."""
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

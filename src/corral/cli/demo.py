@@ -17,21 +17,21 @@ import hashlib
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 import psutil
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from corral.cli.context import run
 from corral.cli.loop import run_loop
 from corral.cli.orgs import quota_table
-from corral.domain.errors import CorralError
+from corral.cli.output import console
+from corral.client import AsyncClient
+from corral.domain.errors import CorralError, InvalidInput, NotFound, QuotaExceeded, Unavailable
 from corral.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["demo"]
 
-console = Console()
 TERMINAL = {"completed", "blocked", "failed", "cancelled", "expired"}
 ORGS = (("acme", "enterprise", 2), ("globex", "standard", 2), ("initech", "free", 1))
 SECRET = "demo-token-" + "x" * 8  # a throwaway value; only its hash is ever shown
@@ -56,26 +55,16 @@ def check(ok: bool, claim: str) -> None:
     console.print(f"  [green]✓[/] {claim}")
 
 
-class Api:
-    """The demo talks to the platform the way any client would: over HTTP."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60
-        )
-
-    async def call(self, method: str, path: str, **kw: Any) -> Any:
-        r = await self.http.request(method, path, **kw)
-        if r.status_code >= 400:
-            raise DemoFailed(f"{method} {path} answered {r.status_code}: {r.text}")
-        return None if r.status_code == 204 else r.json()
-
-    async def status(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-        r = await self.http.request(method, path, **kw)
-        return r.status_code, (r.json() if r.content else None)
+async def refused(call: Awaitable[Any]) -> CorralError | None:
+    """The error of the tree ``call`` raised, or None if it was not refused."""
+    try:
+        await call
+    except CorralError as exc:
+        return exc
+    return None
 
 
-async def _watch(api: Api, tasks: dict[str, tuple[str, str]], title: str) -> dict[str, Any]:
+async def _watch(api: AsyncClient, tasks: dict[str, tuple[str, str]], title: str) -> dict[str, Any]:
     """Live progress bars until every task (id → (org, label)) is done."""
     console.rule(title)
     results: dict[str, Any] = {}
@@ -95,7 +84,7 @@ async def _watch(api: Api, tasks: dict[str, tuple[str, str]], title: str) -> dic
             for tid, (org, _) in tasks.items():
                 if tid in results:
                     continue
-                t = await api.call("GET", f"/v1/orgs/{org}/tasks/{tid}")
+                t = await api.get_task(org, tid)
                 bars.update(handles[tid], completed=t["progress"] or 0.0, state=t["state"])
                 if t["state"] in TERMINAL:
                     results[tid] = t
@@ -107,7 +96,7 @@ async def _watch(api: Api, tasks: dict[str, tuple[str, str]], title: str) -> dic
 
 async def _story(srv: RunningServer) -> None:
     platform = srv.platform
-    api = Api(srv.url, platform.new_admin_key or "")
+    api = AsyncClient(srv.url, platform.new_admin_key or "", timeout=60)  # as any client would
     console.print(f"control plane up at {srv.url}; bus at {platform.bus.url}")
     console.print(f"agent limits enforced by: {getattr(platform.runtime, 'mechanism', '?')}")
 
@@ -115,19 +104,19 @@ async def _story(srv: RunningServer) -> None:
     console.rule("1. three organizations, three plans: a namespace, a quota, a bus account each")
     keys: dict[str, str] = {}
     for name, plan, _ in ORGS:
-        org = await api.call("POST", "/v1/orgs", json={"name": name, "plan": plan})
+        org = await api.create_org(name, plan=plan)
         keys[name] = org["apiKey"]
         check(org["namespace"] == f"org-{name}", f"{name} on {plan}: namespace {org['namespace']}")
-    usage = await api.call("GET", "/v1/orgs/globex/usage")
+    usage = await api.org_usage("globex")
     console.print(quota_table(usage["quota"], "globex (standard: the seed's quota)"))
-    code, body = await api.status("POST", "/v1/orgs", json={"name": "Bad_Name!"})
-    check(code == 422, f"a bad name is refused (422): {body['error']['message'][:60]}…")
+    bad = await refused(api.create_org("Bad_Name!"))
+    check(isinstance(bad, InvalidInput), f"a bad name is refused: {str(bad)[:60]}…")
 
     # 2. roles
     console.rule("2. roles: each org declares its manager and its workers; the platform runs them")
     agents: dict[str, dict[str, str]] = {}
     for name, _, workers in ORGS:
-        declared = await api.call(
+        declared = await api.request(
             "PUT",
             f"/v1/orgs/{name}/roles",
             json={
@@ -152,10 +141,8 @@ async def _story(srv: RunningServer) -> None:
 
     # 3. secrets
     console.rule("3. credentials: a per-org vault, grants like the seed's Role")
-    await api.call("PUT", "/v1/orgs/acme/secrets/github-token", json={"value": SECRET})
-    await api.call(
-        "POST", "/v1/orgs/acme/grants", json={"secret": "github-token", "role": "manager"}
-    )
+    await api.put_secret("acme", "github-token", SECRET)
+    await api.add_grant("acme", secret="github-token", role="manager")
     done = await _ask(
         api, "acme", agents["acme"]["manager"], {"op": "secret", "name": "github-token"}
     )
@@ -164,7 +151,7 @@ async def _story(srv: RunningServer) -> None:
         done["state"] == "completed" and done["result"]["sha256"] == want,
         "acme's manager read the granted github-token (only its hash is shown)",
     )
-    t = await api.call(
+    t = await api.request(
         "POST",
         "/v1/orgs/acme/tasks",
         json={"role": "worker", "payload": {"op": "secret", "name": "github-token"}},
@@ -179,21 +166,16 @@ async def _story(srv: RunningServer) -> None:
     # 4. scheduling
     tasks: dict[str, tuple[str, str]] = {}
     for name, _, _ in ORGS:
-        split = await api.call(
-            "POST",
-            f"/v1/orgs/{name}/tasks",
-            json={
-                "agent": agents[name]["manager"],
-                "priority": "critical",
-                "payload": {"op": "split", "corpus": True, "parts": 4, "role": "worker"},
-            },
+        split = await api.submit_task(
+            name,
+            agent=agents[name]["manager"],
+            priority="critical",
+            payload={"op": "split", "corpus": True, "parts": 4, "role": "worker"},
         )
         tasks[split["id"]] = (name, "critical: count words (split)")
         for prio in ("high", "normal", "low"):
-            t = await api.call(
-                "POST",
-                f"/v1/orgs/{name}/tasks",
-                json={"role": "worker", "priority": prio, "payload": {"op": "sleep", "seconds": 1}},
+            t = await api.submit_task(
+                name, role="worker", priority=prio, payload={"op": "sleep", "seconds": 1}
             )
             tasks[t["id"]] = (name, f"{prio}: sleep 1s")
     results = await _watch(
@@ -207,7 +189,7 @@ async def _story(srv: RunningServer) -> None:
     check(len(words) == 1, f"each manager counted {words.pop()} words across 4 delegated parts")
 
     crew: dict[str, list[dict[str, Any]]] = {
-        name: (await api.call("GET", f"/v1/orgs/{name}/roles/worker"))["agents"]
+        name: (await api.request("GET", f"/v1/orgs/{name}/roles/worker"))["agents"]
         for name, _, _ in ORGS
     }
     check(
@@ -215,18 +197,16 @@ async def _story(srv: RunningServer) -> None:
         "each org's queue started its workers, never more than maxAgents: "
         + ", ".join(f"{name} {len(crew[name])}/{n}" for name, _, n in ORGS),
     )
-    code, body = await api.status(
-        "POST", "/v1/orgs/initech/agents", json={"name": "extra", "role": "worker"}
-    )
-    check(code == 409, f"initech (free) is at its agent limit: {body['error']['message']}")
+    full = await refused(api.provision_agent("initech", name="extra", role="worker"))
+    check(isinstance(full, QuotaExceeded), f"initech (free) is at its agent limit: {full}")
 
     # 5. pause and wake
     console.rule("5. scale to zero: pause an idle agent, wake it with a new task")
     target = next(a["id"] for a in crew["globex"] if a["state"] == "running")
-    before = (await api.call("GET", "/v1/orgs/globex/usage"))["quota"]
-    paused = await api.call("POST", f"/v1/orgs/globex/agents/{target}/pause")
+    before = (await api.org_usage("globex"))["quota"]
+    paused = await api.request("POST", f"/v1/orgs/globex/agents/{target}/pause")
     check(paused["state"] == "paused", f"{target} paused at {paused['pausedAt']}")
-    after = (await api.call("GET", "/v1/orgs/globex/usage"))["quota"]
+    after = (await api.org_usage("globex"))["quota"]
     pods = (before["pods"]["used"], after["pods"]["used"])
     pvcs = (before["persistentvolumeclaims"]["used"], after["persistentvolumeclaims"]["used"])
     check(
@@ -234,7 +214,7 @@ async def _story(srv: RunningServer) -> None:
         f"its pod slot is released (pods {pods[0]} → {pods[1]}), its workspace kept (PVCs {pvcs[1]})",
     )
     done = await _ask(api, "globex", target, {"op": "echo"})
-    agent = await api.call("GET", f"/v1/orgs/globex/agents/{target}")
+    agent = await api.get_agent("globex", target)
     check(
         done["state"] == "completed" and agent["resumedAt"] is not None,
         f"a task for it woke it (resumed at {agent['resumedAt']}) and completed",
@@ -242,14 +222,16 @@ async def _story(srv: RunningServer) -> None:
 
     # 6. isolation
     console.rule("6. isolation: one org cannot reach another")
-    async with httpx.AsyncClient(
-        base_url=srv.url, headers={"Authorization": f"Bearer {keys['acme']}"}, timeout=30
-    ) as acme:
-        for path in ("/v1/orgs/globex", "/v1/orgs/globex/agents", "/v1/orgs/globex/secrets"):
-            r = await acme.get(path)
-            check(r.status_code == 404, f"acme's key: GET {path} → 404")
-    await api.call("PUT", "/v1/orgs/globex/secrets/globex-only", json={"value": SECRET})
-    await api.call("POST", "/v1/orgs/globex/grants", json={"secret": "*", "role": "manager"})
+    async with AsyncClient(srv.url, keys["acme"]) as acme:
+        for what, call in (
+            ("the org", acme.get_org("globex")),
+            ("its agents", acme.list_agents("globex")),
+            ("its secrets", acme.list_secrets("globex")),
+        ):
+            denied = await refused(call)
+            check(isinstance(denied, NotFound), f"acme's key asks for globex's {what}: not found")
+    await api.put_secret("globex", "globex-only", SECRET)
+    await api.add_grant("globex", secret="*", role="manager")
     done = await _ask(
         api, "acme", agents["acme"]["manager"], {"op": "secret", "name": "globex-only"}
     )
@@ -264,7 +246,7 @@ async def _story(srv: RunningServer) -> None:
     for col in ("org", "plan", "agents", "tasks", "pods used/hard", "cpu s", "rss MiB"):
         table.add_column(col)
     for name, plan, _ in ORGS:
-        u = await api.call("GET", f"/v1/orgs/{name}/usage")
+        u = await api.org_usage(name)
         table.add_row(
             name,
             plan,
@@ -275,17 +257,15 @@ async def _story(srv: RunningServer) -> None:
             f"{u['measured']['rssBytes'] / 2**20:.0f}",
         )
     console.print(table)
-    metrics = (await api.http.get("/metrics")).text
+    metrics = await api.metrics()
     check('corral_agents{org="acme"' in metrics, "/metrics (admin) carries every tenant's series")
-    await api.http.aclose()
+    await api.aclose()
 
 
-async def _bus_probe(api: Api, agents: dict[str, dict[str, str]]) -> bool | None:
+async def _bus_probe(api: AsyncClient, agents: dict[str, dict[str, str]]) -> bool | None:
     """Ask acme's manager to listen on '>' with its own credentials while globex works."""
-    busy = await api.call(
-        "POST",
-        "/v1/orgs/globex/tasks",
-        json={"agent": agents["globex"]["manager"], "payload": {"op": "sleep", "seconds": 2}},
+    busy = await api.submit_task(
+        "globex", agent=agents["globex"]["manager"], payload={"op": "sleep", "seconds": 2}
     )
     done = await _ask(
         api,
@@ -300,11 +280,11 @@ async def _bus_probe(api: Api, agents: dict[str, dict[str, str]]) -> bool | None
     return int(result["foreign"]) == 0
 
 
-async def _role_agent(api: Api, org: str, role: str, timeout: float = 60) -> dict[str, Any]:
+async def _role_agent(api: AsyncClient, org: str, role: str, timeout: float = 60) -> dict[str, Any]:
     """The first running agent of ``org``'s ``role``, once there is one."""
     deadline = time.monotonic() + timeout
     while True:
-        shown = await api.call("GET", f"/v1/orgs/{org}/roles/{role}")
+        shown = await api.request("GET", f"/v1/orgs/{org}/roles/{role}")
         running = [a for a in shown["agents"] if a["state"] == "running"]
         if running:
             return running[0]  # type: ignore[no-any-return]
@@ -313,21 +293,17 @@ async def _role_agent(api: Api, org: str, role: str, timeout: float = 60) -> dic
         await asyncio.sleep(0.05)
 
 
-async def _ask(api: Api, org: str, agent: str, payload: dict[str, Any]) -> dict[str, Any]:
+async def _ask(api: AsyncClient, org: str, agent: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Give ``agent`` a task and wait for it to finish."""
-    t = await api.call("POST", f"/v1/orgs/{org}/tasks", json={"agent": agent, "payload": payload})
+    t = await api.submit_task(org, agent=agent, payload=payload)
     return await _wait(api, org, t["id"])
 
 
-async def _wait(api: Api, org: str, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        t: dict[str, Any] = await api.call("GET", f"/v1/orgs/{org}/tasks/{task_id}")
-        if t["state"] in TERMINAL:
-            return t
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"task {task_id} did not finish in {timeout:g}s")
-        await asyncio.sleep(0.05)
+async def _wait(api: AsyncClient, org: str, task_id: str, timeout: float = 60) -> dict[str, Any]:
+    try:
+        return await api.wait_task(org, task_id, timeout=timeout, interval=0.05)
+    except Unavailable as exc:
+        raise DemoFailed(f"task {task_id} did not finish in {timeout:g}s") from exc
 
 
 def _our_processes(data_dir: Path) -> list[int]:

@@ -26,17 +26,16 @@ from typing import Any
 
 import click
 import httpx
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from corral.cli.client import ApiClient
 from corral.cli.context import Context, pass_ctx, run
+from corral.cli.output import console
 from corral.domain.errors import CorralError, NotFound, Unavailable
 
 __all__ = ["Probe", "check_isolation", "probe_isolation"]
 
-console = Console()
 
 PROBE_SECRET = "probe-secret"
 _TERMINAL = {"completed", "blocked", "failed", "cancelled", "expired"}

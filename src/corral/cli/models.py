@@ -11,16 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from corral.cli.context import Context, pass_ctx, run
+from corral.cli.output import console
 from corral.domain.errors import InvalidInput
 
 __all__ = ["budget", "model"]
-
-console = Console()
 
 
 def _table(columns: tuple[str, ...], rows: list[list[str]], title: str | None = None) -> Table:

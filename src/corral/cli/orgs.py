@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from corral.cli.context import Context, pass_ctx, run
+from corral.cli.output import console
 
 __all__ = ["org", "quota_table"]
-
-console = Console()
 
 
 def quota_table(usage: dict[str, dict[str, str]], title: str) -> Table:

@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from corral.cli.context import Context, pass_ctx, run
+from corral.cli.output import console
 from corral.domain.errors import InvalidInput
 
 __all__ = ["audit", "grant", "secret"]
-
-console = Console()
 
 
 def _table(columns: tuple[str, ...], rows: list[list[str]]) -> Table:

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from corral.cli.context import Context, pass_ctx, run
+from corral.cli.output import console, json_line
 from corral.domain.errors import InvalidInput
 from corral.domain.policies import parse_duration
 
-__all__ = ["task"]
+__all__ = ["read_payload", "task"]
 
-console = Console()
 TERMINAL = {"completed", "blocked", "failed", "cancelled", "expired"}
 
 
@@ -58,7 +59,12 @@ def task() -> None:
 @click.option("--cpu", help="Required CPU (the agent's request must cover it).")
 @click.option("--memory", help="Required memory.")
 @click.option("--gpu", type=int, default=0)
-@click.option("--payload", default="{}", show_default=True, help="JSON object for the agent.")
+@click.option(
+    "--payload",
+    default="{}",
+    show_default=True,
+    help="JSON object for the agent; @FILE reads it from a file, - from stdin.",
+)
 @click.option("--max-attempts", type=int, help="Attempts before it fails (plan default).")
 @click.option("--backoff", help="Wait after the first failed attempt, e.g. 1s (plan default).")
 @click.option("--max-backoff", help="Longest wait between attempts, e.g. 1m.")
@@ -100,10 +106,7 @@ def submit(
     def body() -> None:
         if (role is None) == (agent_id is None):
             raise InvalidInput("give exactly one of --role or --agent")
-        try:
-            data_payload = json.loads(payload)
-        except ValueError as exc:
-            raise InvalidInput(f"--payload is not JSON: {exc}") from exc
+        data_payload = read_payload(payload)
         reqs: dict[str, Any] = {"gpu": gpu}
         if cpu:
             reqs["cpu"] = cpu
@@ -145,9 +148,8 @@ def submit(
         if max_cost is not None:
             body_["maxCost"] = max_cost
         data = ctx.client.post(f"/v1/orgs/{org}/tasks", json=body_)
-        if watch_ and not ctx.as_json:
-            console.print(f"submitted {data['id']}")
-            _watch(ctx, org, data["id"])
+        if watch_:
+            _watch(ctx, org, data["id"], submitted=data)
             return
         ctx.emit(data, lambda: console.print(f"submitted {data['id']} ({data['state']})"))
 
@@ -264,11 +266,57 @@ def cancel(ctx: Context, org: str, task_id: str) -> None:
 @click.option("--timeout", type=float, default=3600.0, show_default=True)
 @pass_ctx
 def watch(ctx: Context, org: str, task_id: str, timeout: float) -> None:
-    """Show a live progress bar until the task is done."""
+    """Show a live progress bar until the task is done (with --json: each change of its
+    state or progress as one JSON line). Exits 0 if it completed, 1 otherwise."""
     run(lambda: _watch(ctx, org, task_id, timeout=timeout))
 
 
-def _watch(ctx: Context, org: str, task_id: str, *, timeout: float = 3600.0) -> None:
+def _watch(
+    ctx: Context,
+    org: str,
+    task_id: str,
+    *,
+    timeout: float = 3600.0,
+    submitted: dict[str, Any] | None = None,
+) -> None:
+    try:
+        if submitted is not None and ctx.as_json:
+            json_line(submitted)
+        elif submitted is not None:
+            console.print(f"submitted {task_id}")
+        if ctx.as_json:
+            data = _stream(ctx, org, task_id, timeout=timeout, seen=submitted)
+        else:
+            data = _bar(ctx, org, task_id, timeout=timeout)
+    except KeyboardInterrupt:
+        click.echo(
+            f"stopped watching; task {task_id} goes on. Follow it again with "
+            f"`corral task watch {org} {task_id}`, or cancel it with "
+            f"`corral task cancel {org} {task_id}`",
+            err=True,
+        )
+        raise SystemExit(130) from None
+    if data["state"] != "completed":
+        raise SystemExit(1)
+
+
+def _stream(
+    ctx: Context, org: str, task_id: str, *, timeout: float, seen: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Each new (state, progress) of the task as one JSON line, until it ends."""
+    deadline = time.monotonic() + timeout
+    last = None if seen is None else (seen["state"], seen.get("progress"))
+    while True:
+        data: dict[str, Any] = ctx.client.get(f"/v1/orgs/{org}/tasks/{task_id}")
+        if (data["state"], data["progress"]) != last:
+            json_line(data)
+            last = (data["state"], data["progress"])
+        if data["state"] in TERMINAL or time.monotonic() > deadline:
+            return data
+        time.sleep(0.2)
+
+
+def _bar(ctx: Context, org: str, task_id: str, *, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -280,7 +328,7 @@ def _watch(ctx: Context, org: str, task_id: str, *, timeout: float = 3600.0) -> 
     ) as bar:
         handle = bar.add_task(task_id, total=1.0, state="queued")
         while True:
-            data = ctx.client.get(f"/v1/orgs/{org}/tasks/{task_id}")
+            data: dict[str, Any] = ctx.client.get(f"/v1/orgs/{org}/tasks/{task_id}")
             bar.update(handle, completed=data["progress"] or 0.0, state=data["state"])
             if data["state"] in TERMINAL or time.monotonic() > deadline:
                 break
@@ -288,8 +336,30 @@ def _watch(ctx: Context, org: str, task_id: str, *, timeout: float = 3600.0) -> 
     console.print(f"{task_id}: {data['state']}")
     if data.get("result") is not None:
         console.print_json(json.dumps(data["result"]))
-    if data["state"] != "completed":
-        raise SystemExit(1)
+    return data
+
+
+def read_payload(given: str) -> Any:
+    """The ``--payload`` value: JSON itself, ``@FILE`` or ``-`` (stdin)."""
+    source = "--payload"
+    if given == "-":
+        text = sys.stdin.read()
+        source = "--payload - (stdin)"
+    elif given.startswith("@"):
+        path = Path(given[1:])
+        source = f"--payload {given}"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"{source}: cannot read {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{source}: {path} is not UTF-8 text") from exc
+    else:
+        text = given
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{source} is not JSON: {exc}") from exc
 
 
 def _seconds(value: str | float | None, flag: str) -> float | None:

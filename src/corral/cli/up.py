@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from pydantic import ValidationError
 
 from corral.cli.context import run
 from corral.cli.loop import run_loop
+from corral.control import logs
+from corral.domain.errors import InvalidInput
 from corral.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,10 +60,15 @@ def up(
         overrides["runtime"] = runtime
     if sandbox is not None:
         overrides["sandbox"] = sandbox
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        bad = "; ".join(
+            f"CORRAL_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        click.echo(f"error: bad setting: {bad}", err=True)
+        raise SystemExit(InvalidInput.exit_code) from None
+    logs.configure(settings.log_level, settings.log_format)
 
     def ready(srv: RunningServer) -> None:
         click.echo(f"corral is up at {srv.url} (data dir {settings.data_dir})")

@@ -273,7 +273,13 @@ class IngressWatchdog:
             return
         if done:
             self.cut_off.labels(breach.org).inc()
-            log.warning("agent %s of %s %s", breach.agent, breach.org, reason)
+            log.warning(
+                "agent %s of %s %s",
+                breach.agent,
+                breach.org,
+                reason,
+                extra={"org": breach.org, "agent": breach.agent},
+            )
 
 
 async def watch(p: Platform) -> None:

@@ -216,7 +216,7 @@ class Platform:
         )
         self.roles.on_change = self.dispatcher.roles_changed
         self._stack.push_async_callback(self.dispatcher.close)
-        self.dispatcher.on_dispatched = self.metrics.dispatch_latency.labels("all").observe
+        self.dispatcher.on_dispatched = self.metrics.dispatched
         self.controller.on_capacity = self.dispatcher.capacity_changed
         self.controller.on_change = self._agent_changed
         self.models.follow_tasks(self.dispatcher.current_task)

@@ -15,12 +15,14 @@ from typing import Any
 
 from corral.control.hub import EventHub
 from corral.domain.agents import Agent, AgentState, require_transition
-from corral.domain.errors import Unavailable
+from corral.domain.errors import CorralError, Unavailable
 from corral.domain.tenancy import Organization
 from corral.runtime.base import AgentRuntime
 from corral.store.agents import AgentRepository
 
 __all__ = ["AgentRecords"]
+
+LOG_TAIL = 20  # lines of an agent's log shown to whoever waits when it exits before ready
 
 
 async def _nothing_lost(agent_id: str, why: str | None = None) -> None:
@@ -131,11 +133,36 @@ class AgentRecords:
             try:
                 await asyncio.wait_for(fut, timeout)
             except TimeoutError:
+                if fut in self._ready_waiters.get(agent_id, []):
+                    self._ready_waiters[agent_id].remove(fut)
                 raise Unavailable(
                     f"agent {agent_id} did not report ready within {timeout:g}s "
                     f"(state {agent.state.value}; see `corral agent logs`)"
                 ) from None
         return await self.agents.get(agent_id)
+
+    async def _exited_before_ready(
+        self, org_slug: str, agent_id: str, how: str, *, then: str
+    ) -> None:
+        """The agent's process ended before it reported ready: whoever waits hears it now,
+        with the last lines it wrote (a wrong command, a missing file, an import error), not
+        at the end of their wait."""
+        try:
+            lines = (await self.runtime.logs(org_slug, agent_id, tail=LOG_TAIL)).strip()
+        except CorralError:
+            lines = ""
+        shown = "\n".join(f"  | {line}" for line in lines.splitlines()) or "  (it wrote nothing)"
+        error = Unavailable(
+            f"agent {agent_id} exited before it was ready ({how}); the last lines of its "
+            f"log:\n{shown}\n{then}; `corral agent terminate` removes it",
+            details={"agent": agent_id, "exit": how, "log": lines},
+        )
+        for fut in self._ready_waiters.pop(agent_id, []):
+            if not fut.done():
+                fut.set_exception(error)
+
+    def _waited_for(self, agent_id: str) -> bool:
+        return bool(self._ready_waiters.get(agent_id))
 
     def _ready(self, agent_id: str) -> None:
         """The agent reported ready: wake whoever waits for it."""

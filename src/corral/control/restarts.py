@@ -56,6 +56,13 @@ class Restarts(AgentRecords):
         retried."""
         if status.phase not in (Phase.CRASHED, Phase.EXITED):
             return
+        if self._waited_for(status.agent_id):  # someone waits for it to be ready: say it now
+            await self._exited_before_ready(
+                status.org,
+                status.agent_id,
+                exit_text(status),
+                then=f"it is restarted up to {MAX_RESTARTS} times, then failed",
+            )
         await self._record_crash(status)
         await self.on_lost(status.agent_id, f"agent {status.agent_id} exited ({exit_text(status)})")
 

@@ -117,14 +117,26 @@ def apply_limit_range(req: ContainerRequest, lr: LimitRange) -> AdmittedResource
     ):
         if value > maximum:
             _refuse(resource, value, ZERO, maximum, "above the limit range's per-container max")
-    for name, request, limit in (
-        ("cpu", cpu_request, cpu_limit),
-        ("memory", memory_request, mem_limit),
+    for name, request, limit, given, field, maximum in (
+        ("cpu", cpu_request, cpu_limit, req.cpu_limit, "cpuLimit", lr.max_cpu),
+        ("memory", memory_request, mem_limit, req.memory_limit, "memoryLimit", lr.max_memory),
     ):
         if request > limit:
+            why = f"{name} request {request.render()} is above its limit {limit.render()}"
+            if given is None:  # the limit came from the plan: say so, and how to raise it
+                why += (
+                    f" (the plan's default {name} limit, as none was given; give a higher one "
+                    f"with {field}, `--{name}-limit` on the command line, up to the "
+                    f"per-container max {maximum.render()})"
+                )
             raise InvalidInput(
-                f"{name} request {request.render()} is above its limit {limit.render()}",
-                details={"resource": name, "request": request.render(), "limit": limit.render()},
+                why,
+                details={
+                    "resource": name,
+                    "request": request.render(),
+                    "limit": limit.render(),
+                    "limitDefaulted": given is None,
+                },
             )
     return AdmittedResources(cpu_request, cpu_limit, memory_request, mem_limit, req.gpu)
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from corral.domain import documents
 from corral.domain.errors import Deposed, InvalidInput, Unavailable
 
-__all__ = ["Database", "Unreadable", "load_json", "sqlite_url"]
+__all__ = ["Database", "Unreadable", "check_reachable", "load_json", "redact_url", "sqlite_url"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -145,3 +145,38 @@ def _upgrade(conn: Connection) -> None:
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
+
+
+async def check_reachable(url: str, *, timeout: float = 5.0) -> None:
+    """Connect once and ask ``SELECT 1``, writing nothing: the check ``corral up`` makes
+    before it starts anything.
+
+    Raises:
+        InvalidInput: a URL of no supported scheme.
+        Unavailable: the database cannot be reached or refuses the connection.
+    """
+    normalized = _normalize(url)
+    if normalized.startswith("sqlite"):
+        return  # a file in a directory: the data dir's own check covers it
+    engine = create_async_engine(normalized, connect_args={"timeout": timeout})
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0] or type(exc).__name__
+        raise Unavailable(
+            f"database unreachable at {redact_url(url)}: {reason}",
+            details={"database": redact_url(url)},
+        ) from exc
+    finally:
+        await engine.dispose()
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in credentials else ''}@{host}"

@@ -453,7 +453,13 @@ class Dispatcher:
                 if await self.book.requeue_untried(rec.id, f"delivery failed: {result.message}"):
                     self.kick()
             elif isinstance(result, CorralError):
-                log.warning("delivery of %s to %s failed: %s", rec.id, rec.agent_id, result.message)
+                log.warning(
+                    "delivery of %s to %s failed: %s",
+                    rec.id,
+                    rec.agent_id,
+                    result.message,
+                    extra={"org": rec.org, "agent": rec.agent_id, "task": rec.id},
+                )
                 await self._retry(rec.id, f"delivery failed: {result.message}")
             else:
                 self.on_dispatched(now - rec.created_at.timestamp())

@@ -90,7 +90,12 @@ class Reaper:
             if org is None or agent.id in self._silenced:
                 continue
             self._silenced.add(agent.id)
-            log.warning("%s sent no heartbeat for %.0fs: restarting it", agent.id, limit)
+            log.warning(
+                "%s sent no heartbeat for %.0fs: restarting it",
+                agent.id,
+                limit,
+                extra={"agent": agent.id},
+            )
             self._background.spawn(
                 self._controller.heartbeat_lost(org, agent), f"silent-{agent.id}"
             )

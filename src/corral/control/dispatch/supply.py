@@ -95,7 +95,11 @@ class Supply:
                     role_version=role.version,
                 )
                 log.info(
-                    "provisioned %s for role %s (version %d)", agent.id, role.name, role.version
+                    "provisioned %s for role %s (version %d)",
+                    agent.id,
+                    role.name,
+                    role.version,
+                    extra={"org": org.slug, "agent": agent.id},
                 )
             except CorralError as exc:
                 log.warning(
