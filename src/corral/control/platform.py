@@ -25,6 +25,7 @@ from corral.bus.server import EmbeddedNats, ServerOptions
 from corral.bus.vault_requests import VaultRequest
 from corral.control.background import Background
 from corral.control.dispatch import Dispatcher
+from corral.control.documents import Documents
 from corral.control.gateway.running import GatewayService
 from corral.control.hub import EventHub
 from corral.control.ingress import watch as watch_ingress
@@ -153,10 +154,12 @@ class Platform:
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
+        self.documents = Documents(self.bus.objects, self.orgs.get_by_id)
         self.retention = Retention(
             self.tasks,
             interval=self.settings.prune_interval,
             override=self.settings.task_retention,
+            forget=self.documents.forget_tasks,
         )
         self.dispatcher = Dispatcher(
             tasks=self.tasks,
