@@ -55,6 +55,8 @@ class Pacer:
 def _translate(exc: Exception, what: str) -> CorralError:
     if isinstance(exc, nats.js.errors.NotFoundError):
         return NotFound(f"{what}: not in this organization's object store")
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+        return NotFound(f"{what}: this organization keeps no object store (its plan's)")
     if isinstance(exc, nats.js.errors.APIError) and (
         exc.err_code in _FULL_CODES or "maximum bytes" in str(exc.description or "")
     ):
