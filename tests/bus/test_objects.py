@@ -5,6 +5,7 @@ deleted with its tasks and with the org."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import nats.errors
 import pytest
@@ -73,7 +74,7 @@ async def test_a_full_store_refuses_a_put_with_quota_exceeded(stores: PlatformBu
 
 
 async def test_deleting_a_tasks_objects_and_the_org_removes_them(
-    stores: PlatformBus,
+    stores: PlatformBus, tmp_path: Path
 ) -> None:
     kept = await stores.objects.put("a", objects.payload_name("task_6"), b"k" * 200_000)
     doomed = [
@@ -85,10 +86,13 @@ async def test_deleting_a_tasks_objects_and_the_org_removes_them(
         with pytest.raises(NotFound):
             await stores.objects.get("a", ref, limit=ref.size)
     assert len(await stores.objects.get("a", kept, limit=kept.size)) == 200_000
+    account = stores.authority.org_account("a")
+    kept_on_disk = (
+        tmp_path / "nats" / "jetstream" / "jetstream" / account / "streams" / objects.STREAM
+    )
+    assert kept_on_disk.is_dir()  # in the org's own account, on the server's disk
     await stores.remove_org("a")
-    await stores.ensure_org("a", WITH_OBJECTS)  # a new org of the same name starts empty
-    with pytest.raises(NotFound):
-        await stores.objects.get("a", kept, limit=kept.size)
+    assert not kept_on_disk.exists()
 
 
 async def test_a_plan_without_objects_keeps_no_store(bus: PlatformBus) -> None:
