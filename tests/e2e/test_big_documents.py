@@ -162,3 +162,23 @@ async def test_pruning_a_task_deletes_its_objects(live: Live) -> None:
     for ref in refs:
         with pytest.raises(NotFound):
             await stores.get("acme", ref, limit=ref.size)
+
+
+async def test_a_big_delegation_and_its_big_result_reach_both_handlers(live: Live) -> None:
+    await live.org("acme")
+    parent = await _agent(live, "acme", "mgr")
+    await live.agent("acme", "kid", role="kid", command=AGENT)
+    blob = "d" * 1_500_000  # over one bus message both ways
+    t = await live.task(
+        "acme",
+        agent=parent["id"],
+        payload={"op": "delegate", "role": "kid", "payload": {"op": "echo", "blob": blob}},
+    )
+    done = await live.wait_task("acme", t["id"], timeout=90)
+    assert done["state"] == "completed", done
+    assert done["result"]["echo"] == {"op": "echo", "blob": blob}
+    r = await live.admin.get("/v1/orgs/acme/tasks", params={"parent": t["id"]})
+    (child,) = r.json()["tasks"]
+    assert objects.reference_in(child["payload"]) is not None  # it went by reference
+    shown = (await live.admin.get(f"/v1/orgs/acme/tasks/{child['id']}")).json()
+    assert shown["payload"] == {"op": "echo", "blob": blob}
