@@ -99,3 +99,19 @@ async def test_a_plan_without_objects_keeps_no_store(bus: PlatformBus) -> None:
     await bus.ensure_org("a", LIMITS)
     with pytest.raises(NotFound):
         await bus.objects.put("a", objects.payload_name("task_7"), b"x")
+
+
+async def test_an_org_with_small_messages_stores_objects_in_smaller_chunks(
+    bus: PlatformBus, connect: Connect
+) -> None:
+    small = dataclasses.replace(WITH_OBJECTS, max_payload=32 * 1024)
+    await bus.ensure_org("a", small)
+    data = b"s" * 1_000_000
+    ref = await bus.objects.put("a", objects.payload_name("task_8"), data)
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    js = a1.nc.jetstream()
+    assert await object_io.get(js, ref, limit=ref.size) == data
+    chunk = objects.chunk_size(small.max_payload)
+    assert chunk == 16 * 1024
+    mine = await object_io.put(js, objects.result_name("task_8", 1), data, chunk=chunk)
+    assert await bus.objects.get("a", mine, limit=mine.size) == data

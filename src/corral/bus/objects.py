@@ -81,8 +81,10 @@ class ObjectStores:
             NotFound: the org has no object store (its plan keeps none).
             Unavailable: the bus did not take it.
         """
+        limits = self._links.authority.limits(org)
+        chunk = objects.chunk_size(limits.max_payload if limits else objects.CHUNK_BYTES)
         async with self._links.use(org) as link:
-            return await object_io.put(link.js, name, data)
+            return await object_io.put(link.js, name, data, chunk=chunk)
 
     async def get(self, org: str, ref: ObjectRef, *, limit: int) -> bytes:
         """The content of ``ref`` in ``org``'s object store (see :func:`corral.sdk.objects.get`)."""

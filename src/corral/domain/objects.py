@@ -32,6 +32,7 @@ __all__ = [
     "REF_KEY",
     "STREAM",
     "ObjectRef",
+    "chunk_size",
     "chunk_subject",
     "chunks_of_task",
     "inline_limit",
@@ -51,7 +52,7 @@ STREAM = f"OBJ_{BUCKET}"
 REF_KEY = "corral.object"
 #: bytes kept free in a message around an inline document (ids, type, attempt)
 ENVELOPE = 1024
-#: the largest chunk of an object; every plan's message limit is larger
+#: the largest chunk of an object (half an org's message limit if that is smaller)
 CHUNK_BYTES = 128 * 1024
 DIGEST_PREFIX = "SHA-256="
 _MAX_ATTEMPT_NAMES = 100  # result names deleted per task: attempts are capped well below
@@ -131,6 +132,11 @@ def chunks_of_task(task_id: str) -> str:
 def meta_subject(name: str) -> str:
     """Where the object's metadata is kept (NATS's layout: the name in URL-safe base64)."""
     return f"$O.{BUCKET}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+def chunk_size(max_payload: int) -> int:
+    """The chunk size of objects in an org whose messages carry at most ``max_payload``."""
+    return max(1024, min(CHUNK_BYTES, max_payload // 2))
 
 
 def inline_limit(max_payload: int) -> int:

@@ -301,7 +301,8 @@ class Agent:
             raise objects.too_large(what, len(data), self.config.max_object)
         assert self._js is not None
         log.info("%s is %d bytes: kept in the object store as %s", what, len(data), name)
-        return await object_io.put(self._js, name, data, pacer=self._pacer)
+        chunk = objects.chunk_size(self._inline_limit())
+        return await object_io.put(self._js, name, data, chunk=chunk, pacer=self._pacer)
 
     async def _resolve(self, doc: dict[str, Any], *, what: str) -> dict[str, Any]:
         """``doc``, or the document it refers to in the org's object store."""
