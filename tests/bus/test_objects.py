@@ -12,7 +12,7 @@ import pytest
 
 from corral.bus import PlatformBus
 from corral.domain import objects
-from corral.domain.errors import NotFound, QuotaExceeded
+from corral.domain.errors import NotFound, QuotaExceeded, TooLarge
 from corral.sdk import objects as object_io
 from tests.bus.conftest import LIMITS, Connect, MiB
 from tests.support import eventually
@@ -36,6 +36,8 @@ async def test_the_control_plane_and_an_agent_of_the_org_share_its_store(
     a1 = await connect(stores.mint_agent_creds("a", "a1", ttl_seconds=60))
     js = a1.nc.jetstream()
     assert await object_io.get(js, ref, limit=len(data)) == data
+    with pytest.raises(TooLarge):  # over what the reader takes: refused before it is read
+        await object_io.get(js, ref, limit=len(data) - 1)
     mine = await object_io.put(js, objects.result_name("task_1", 1), b"r" * 300_000)
     assert await stores.objects.get("a", mine, limit=mine.size) == b"r" * 300_000
     a1.violations.check()  # nothing the agent did was refused

@@ -77,7 +77,7 @@ class Documents:
         if ref is None:
             return doc
         try:
-            data = await self._stores.get(org.slug, ref, limit=max(ref.size, 1))
+            data = await self._stores.get(org.slug, ref, limit=org.plan.max_document_bytes)
             return decode(data)
         except CorralError as exc:
             log.warning("object %s of %s: %s", ref.name, org.slug, exc.message)

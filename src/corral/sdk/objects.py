@@ -133,11 +133,13 @@ async def get(js: JetStreamContext, ref: ObjectRef, *, limit: int) -> bytes:
         if info.get("deleted") or info.get("digest") != ref.digest:
             raise nats.js.errors.NotFoundError
         parts: list[bytes] = []
-        seq = 0
+        seq, size = 0, 0
         for _ in range(int(info.get("chunks") or 0)):
             msg = await js.get_msg(objects.STREAM, seq + 1, subject=subject, next=True, direct=True)
             parts.append(msg.data or b"")
-            seq = int(msg.seq or seq + 1)
+            seq, size = int(msg.seq or seq + 1), size + len(parts[-1])
+            if size > ref.size:  # never hold more than the reference says
+                break
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
         raise _translate(exc, what) from exc
     data = b"".join(parts)
