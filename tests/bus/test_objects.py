@@ -117,3 +117,12 @@ async def test_an_org_with_small_messages_stores_objects_in_smaller_chunks(
     assert chunk == 16 * 1024
     mine = await object_io.put(js, objects.result_name("task_8", 1), data, chunk=chunk)
     assert await bus.objects.get("a", mine, limit=mine.size) == data
+
+
+async def test_deleting_one_object_leaves_the_tasks_others(stores: PlatformBus) -> None:
+    first = await stores.objects.put("a", objects.result_name("task_9", 1), b"1" * 300_000)
+    second = await stores.objects.put("a", objects.result_name("task_9", 2), b"2" * 300_000)
+    await stores.objects.delete("a", first.name)
+    with pytest.raises(NotFound):
+        await stores.objects.get("a", first, limit=first.size)
+    assert await stores.objects.get("a", second, limit=second.size) == b"2" * 300_000

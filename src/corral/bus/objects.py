@@ -93,15 +93,22 @@ class ObjectStores:
 
     async def delete_tasks(self, org: str, tasks: list[tuple[str, int]]) -> None:
         """Delete every object of these ``(task id, attempts)``; what is gone already is fine."""
+        for task_id, attempts in tasks:
+            names = objects.task_object_names(task_id, attempts)
+            chunks = [objects.chunks_of_task(task_id)]
+            if not await self._purge(org, chunks + [objects.meta_subject(n) for n in names]):
+                return  # the org keeps no object store
+
+    async def delete(self, org: str, name: str) -> None:
+        """Delete the object ``name``; gone already is fine."""
+        await self._purge(org, [objects.chunk_subject(name), objects.meta_subject(name)])
+
+    async def _purge(self, org: str, subjects: list[str]) -> bool:
         async with self._links.use(org) as link:
-            for task_id, attempts in tasks:
-                subjects = [objects.chunks_of_task(task_id)] + [
-                    objects.meta_subject(name)
-                    for name in objects.task_object_names(task_id, attempts)
-                ]
-                for subject in subjects:
-                    with translating(f"deleting the objects of {task_id}"):
-                        try:
-                            await link.js.purge_stream(objects.STREAM, subject=subject)
-                        except NotFoundError:
-                            return  # the org keeps no object store
+            for subject in subjects:
+                with translating(f"deleting objects of {org!r}"):
+                    try:
+                        await link.js.purge_stream(objects.STREAM, subject=subject)
+                    except NotFoundError:
+                        return False
+        return True

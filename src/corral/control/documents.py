@@ -6,14 +6,15 @@ is committed (and deleted again if the submit fails), so the task and its messag
 reference; ``GET`` of a task reads the objects its payload and result refer to and answers with
 the documents themselves, so users never see a reference there (lists and server-sent events
 keep the reference: they would otherwise read every object of a page). Objects of pruned tasks
-are deleted by the retention pass (:mod:`corral.control.retention`); deleting an org deletes its
-object store with its account.
+are deleted by the retention pass (:mod:`corral.control.retention`), a result its task will
+never have (a stopped or retried attempt's) when it arrives; deleting an org deletes its object
+store with its account.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from corral.domain import objects
@@ -36,13 +37,19 @@ class ObjectPort(Protocol):
 
     async def delete_tasks(self, org: str, tasks: list[tuple[str, int]]) -> None: ...
 
+    async def delete(self, org: str, name: str) -> None: ...
+
 
 class Documents:
     def __init__(
-        self, stores: ObjectPort, org_by_id: Callable[[str], Awaitable[Organization]]
+        self,
+        stores: ObjectPort,
+        org_by_id: Callable[[str], Awaitable[Organization]],
+        spawn: Callable[[Coroutine[Any, Any, None], str], None],
     ) -> None:
         self._stores = stores
         self._org_by_id = org_by_id
+        self._spawn = spawn  # runs a named background job whose failure is logged
 
     async def accept_payload(
         self, org: Organization, task_id: str, payload: dict[str, Any]
@@ -92,3 +99,9 @@ class Documents:
         """
         org = await self._org_by_id(org_id)
         await self._stores.delete_tasks(org.slug, tasks)
+
+    def forget_result(self, org_slug: str, task_id: str, attempt: int) -> None:
+        """In the background: delete the result an attempt put in the object store that its
+        task will never have (it was stopped, or retried)."""
+        name = objects.result_name(task_id, attempt)
+        self._spawn(self._stores.delete(org_slug, name), f"forget-{name}")

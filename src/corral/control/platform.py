@@ -154,7 +154,7 @@ class Platform:
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
-        self.documents = Documents(self.bus.objects, self.orgs.get_by_id)
+        self.documents = Documents(self.bus.objects, self.orgs.get_by_id, self._background.spawn)
         self.retention = Retention(
             self.tasks,
             interval=self.settings.prune_interval,
@@ -182,6 +182,7 @@ class Platform:
         self.controller.on_change = self._agent_changed
         self.models.follow_tasks(self.dispatcher.current_task)
         self.controller.on_lost = self.dispatcher.agent_lost
+        self.dispatcher.events.on_unrecorded_object = self.documents.forget_result
         self.controller.current_task = self.dispatcher.current_task
         self._install_hooks()
         await self.dispatcher.rebuild()
