@@ -147,7 +147,8 @@ def inline_limit(max_payload: int) -> int:
 def too_large(what: str, size: int, limit: int) -> TooLarge:
     """The error for a ``what`` (e.g. ``"the result of task_…"``) of ``size`` bytes."""
     return TooLarge(
-        f"{what} is {size} bytes, over this organization's plan maximum of {limit} bytes "
-        f"({limit / (1024 * 1024):g} MiB); keep larger data elsewhere and pass a reference",
+        f"{what} is {size} bytes, over the maximum of {limit} bytes "
+        f"({limit / (1024 * 1024):g} MiB) this organization's tasks may carry; keep larger data "
+        "elsewhere and pass a reference to it",
         details={"size": size, "limit": limit},
     )

@@ -147,8 +147,9 @@ def parse_deadline(text: str | None, *, now: datetime | None = None) -> datetime
 async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]:
     p = platform(request)
     size = len(json.dumps(body.payload, separators=(",", ":")))
-    if size > p.settings.max_payload_bytes:
-        raise too_large("the payload", size, p.settings.max_payload_bytes)
+    limit = min(p.settings.max_payload_bytes, org.plan.max_document_bytes)
+    if size > limit:  # the plan's maximum, or this platform's if lower
+        raise too_large("the payload", size, limit)
     if body.role is not None:
         from corral.domain.agents import validate_name
 
