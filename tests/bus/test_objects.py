@@ -126,3 +126,14 @@ async def test_deleting_one_object_leaves_the_tasks_others(stores: PlatformBus) 
     with pytest.raises(NotFound):
         await stores.objects.get("a", first, limit=first.size)
     assert await stores.objects.get("a", second, limit=second.size) == b"2" * 300_000
+
+
+async def test_objects_are_in_nats_own_object_store_format(
+    stores: PlatformBus, connect: Connect
+) -> None:
+    data = b"n" * 400_000
+    ref = await stores.objects.put("a", objects.payload_name("task_10"), data)
+    admin = await connect(stores.authority.mint_org_admin_creds("a"), name="a-admin")
+    store = await admin.nc.jetstream().object_store(objects.BUCKET)
+    got = await store.get(ref.name)  # nats-py's own reader
+    assert got.data == data and got.info.digest == ref.digest
