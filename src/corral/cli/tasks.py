@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -58,7 +60,12 @@ def task() -> None:
 @click.option("--cpu", help="Required CPU (the agent's request must cover it).")
 @click.option("--memory", help="Required memory.")
 @click.option("--gpu", type=int, default=0)
-@click.option("--payload", default="{}", show_default=True, help="JSON object for the agent.")
+@click.option(
+    "--payload",
+    default="{}",
+    show_default=True,
+    help="JSON object for the agent, or @FILE to read it from a file (@- for stdin).",
+)
 @click.option("--max-attempts", type=int, help="Attempts before it fails (plan default).")
 @click.option("--backoff", help="Wait after the first failed attempt, e.g. 1s (plan default).")
 @click.option("--max-backoff", help="Longest wait between attempts, e.g. 1m.")
@@ -101,7 +108,7 @@ def submit(
         if (role is None) == (agent_id is None):
             raise InvalidInput("give exactly one of --role or --agent")
         try:
-            data_payload = json.loads(payload)
+            data_payload = json.loads(_payload_text(payload))
         except ValueError as exc:
             raise InvalidInput(f"--payload is not JSON: {exc}") from exc
         reqs: dict[str, Any] = {"gpu": gpu}
@@ -295,3 +302,19 @@ def _watch(ctx: Context, org: str, task_id: str, *, timeout: float = 3600.0) -> 
 def _seconds(value: str | float | None, flag: str) -> float | None:
     """A duration flag (``30s``, ``10m``, ``2h``, or seconds) as the API takes it: seconds."""
     return None if value is None else parse_duration(value, what=flag)
+
+
+def _payload_text(payload: str) -> str:
+    """``--payload`` as given, or what ``@FILE`` (``@-``: stdin) holds: one command-line
+    argument holds at most 128 KiB, a payload up to the plan's maximum (docs/objects.md).
+
+    Raises:
+        InvalidInput: the file cannot be read.
+    """
+    if not payload.startswith("@"):
+        return payload
+    name = payload[1:]
+    try:
+        return sys.stdin.read() if name == "-" else Path(name).read_text()
+    except OSError as exc:
+        raise InvalidInput(f"--payload {payload}: {exc.strerror or exc}") from exc
