@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     prune_interval: float = 60.0  # seconds between passes pruning finished tasks
     reconcile_seconds: float = Field(default=10.0, gt=0)  # between two looks of the reconciler
     max_body_bytes: int = 1024 * 1024
-    max_payload_bytes: int = 256 * 1024
+    # the largest task payload the API takes (a plan's maxObjectBytes may be lower); one
+    # larger than a bus message goes through the org's object store
+    max_payload_bytes: int = 16 * 1024 * 1024
     k8s_storage_class: str | None = None  # workspace PVCs (default: the cluster's default)
     k8s_workspace_size: str = "10Gi"
     k8s_nats_namespace: str = "nats"  # where NATS runs, for the allow-NATS NetworkPolicy

@@ -152,3 +152,24 @@ async def test_an_audit_page_past_the_largest_id_is_422(app: Any, platform: Plat
         assert r.status_code == 422, r.text
         r = await admin.get("/v1/orgs/acme/audit", params={"before": 2**63 - 1})
         assert r.status_code == 200, r.text
+
+
+async def test_a_task_submit_may_be_larger_than_other_bodies_up_to_its_own_limit(
+    app: Any, platform: Platform
+) -> None:
+    task_limit = platform.settings.max_payload_bytes + 64 * 1024
+    assert task_limit > platform.settings.max_body_bytes
+    async with client(app, platform.new_admin_key) as c:
+        between = str(platform.settings.max_body_bytes + 1)
+        r = await c.post("/v1/orgs", content=b"{}", headers={"Content-Length": between})
+        assert r.status_code == 413  # any other body keeps the general limit
+        over = str(task_limit + 1)
+        r = await c.post("/v1/orgs/acme/tasks", content=b"{}", headers={"Content-Length": over})
+        assert r.status_code == 413
+        assert f"{task_limit}-byte limit" in r.json()["error"]["message"]
+        body = CountingBody(64 * 1024, 1024)  # 64 MiB, chunked: read up to the limit only
+        r = await c.post(
+            "/v1/orgs/acme/tasks", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413, r.text
+        assert body.pulled <= task_limit // (64 * 1024) + 2

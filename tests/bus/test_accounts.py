@@ -46,8 +46,9 @@ def test_an_org_account_compiles_the_plan_exports_nothing_and_imports_only_platf
     assert claims["iss"] == authority.operator_public_key
     limits = claims["nats"]["limits"]
     assert (limits["conn"], limits["payload"]) == (100, 1024 * 1024)
-    assert (limits["mem_storage"], limits["disk_storage"]) == (0, 32 * MiB)  # file only
-    assert standard.inbox_max_bytes + standard.events_max_bytes <= limits["disk_storage"]
+    assert (limits["mem_storage"], limits["disk_storage"]) == (0, 160 * MiB)  # file only
+    streams = standard.inbox_max_bytes + standard.events_max_bytes + standard.objects_max_bytes
+    assert streams == limits["disk_storage"]  # INBOX, EVENTS and the object store
     assert (limits["streams"], limits["consumer"], limits["max_bytes_required"]) == (8, 128, True)
     assert "exports" not in claims["nats"]
     imports = claims["nats"]["imports"]
@@ -119,6 +120,10 @@ def test_a_plan_whose_streams_do_not_fit_its_storage_is_refused(authority: BusAu
         authority.admit("a", dataclasses.replace(LIMITS, events_max_bytes=17 * MiB))
     with pytest.raises(InvalidInput, match="positive"):
         authority.admit("a", dataclasses.replace(LIMITS, events_max_bytes=0))
+    with pytest.raises(InvalidInput, match="OBJECTS"):
+        authority.admit(
+            "a", dataclasses.replace(LIMITS, objects_max_bytes=LIMITS.jetstream_storage)
+        )
     assert authority.orgs() == []
 
 
@@ -126,7 +131,10 @@ def test_every_plan_reserves_no_memory_and_fits_its_streams() -> None:
     for plan in PLANS.values():
         bus = plan.bus
         assert bus.jetstream_memory == 0, plan.name
-        assert bus.inbox_max_bytes + bus.events_max_bytes <= bus.jetstream_storage, plan.name
+        streams = bus.inbox_max_bytes + bus.events_max_bytes + bus.objects_max_bytes
+        assert streams <= bus.jetstream_storage, plan.name
+        # the object store holds at least one payload or result of the plan's maximum
+        assert bus.objects_max_bytes >= plan.max_object_bytes, plan.name
 
 
 def test_names_that_cannot_be_subject_tokens_are_refused(authority: BusAuthority) -> None:

@@ -51,3 +51,16 @@ def test_org_create_show_and_errors_from_another_terminal(server: Path) -> None:
 def test_cli_without_a_server_says_so(tmp_path: Path) -> None:
     r = corral(tmp_path, "--url", "http://127.0.0.1:9", "org", "list")
     assert r.returncode == 9 and "cannot reach the Corral API" in r.stderr
+
+
+def test_a_payload_too_big_for_an_argument_is_read_from_a_file(server: Path) -> None:
+    assert corral(server, "org", "create", "acme").returncode == 0
+    big = server.parent / "payload.json"
+    big.write_text('{"blob": "' + "b" * 3_000_000 + '"}')
+    r = corral(
+        server, "--json", "task", "submit", "acme", "--role", "nobody", "--payload", f"@{big}"
+    )
+    assert r.returncode == 0, r.stderr
+    assert '"corral.object"' in r.stdout  # kept in the org's object store, by reference
+    missing = corral(server, "task", "submit", "acme", "--role", "x", "--payload", "@/nonexistent")
+    assert missing.returncode == 2 and "--payload @/nonexistent" in missing.stderr

@@ -11,7 +11,10 @@ import os
 import time
 from typing import Any
 
+from corral.domain import objects
+from corral.domain.errors import CorralError
 from corral.sdk import Agent, Blocked, TaskContext
+from corral.sdk import objects as object_io
 
 agent = Agent.from_env()
 
@@ -35,11 +38,29 @@ async def handle(ctx: TaskContext) -> dict[str, Any]:
         return await _sleep(ctx, float(p.get("seconds", 1)), beat=bool(p.get("beat", True)))
     if op == "big":
         return {"blob": "x" * int(p["bytes"])}
+    if op == "peek":  # try to read, then purge, an object of the org's store by its reference
+        return await _peek(p["ref"])
     if op == "delegate":
         return await ctx.delegate(dict(p.get("payload", {})), role=str(p["role"]))
     if op == "flood-delegate":  # ask for many children at once; say what the platform said
         return await _flood(ctx, int(p["n"]), str(p["role"]))
     raise ValueError(f"unknown op {op!r}")
+
+
+async def _peek(ref: dict[str, Any]) -> dict[str, Any]:
+    js = agent._nc.jetstream() if agent._nc is not None else None
+    assert js is not None
+    try:
+        data = await object_io.get(js, objects.ObjectRef.from_wire(ref), limit=1 << 30)
+        read = f"read {len(data)} bytes"
+    except CorralError as exc:
+        read = f"{type(exc).__name__}: {exc.message}"
+    try:  # not among an agent's permissions: the server does not answer it
+        await js.purge_stream(objects.STREAM)
+        purge = "purged"
+    except Exception as exc:
+        purge = f"refused: {type(exc).__name__}"
+    return {"read": read, "purge": purge}
 
 
 async def _flood(ctx: TaskContext, n: int, role: str) -> dict[str, Any]:

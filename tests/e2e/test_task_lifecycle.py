@@ -216,22 +216,7 @@ async def test_run_and_heartbeat_timeouts_fail_an_attempt(live: Live) -> None:
     assert (await live.wait_task("acme", beating["id"], timeout=20))["state"] == "completed"
 
 
-# -- 7. large results, exits with code 0 ---------------------------------------------------------
-
-
-async def test_a_result_larger_than_the_bus_fails_the_task_and_the_agent_stays_healthy(
-    live: Live,
-) -> None:
-    await live.org("acme")  # standard: 1 MiB per message
-    a = await _agent(live, "acme", "w")
-    t = await live.task("acme", agent=a["id"], payload={"op": "big", "bytes": 2_000_000})
-    done = await live.wait_task("acme", t["id"], timeout=20)
-    assert done["state"] == "failed" and done["attempts"] == 1
-    assert "2000011 bytes" in done["result"]["reason"]
-    after = await live.task("acme", agent=a["id"], payload={"op": "echo"})
-    assert (await live.wait_task("acme", after["id"]))["state"] == "completed"
-    shown = await _agent_state(live, "acme", a["id"])
-    assert shown["state"] == "running" and shown["restarts"] == 0
+# -- 7. exits with code 0 (large results: test_big_documents.py) ---------------------------------------------------------
 
 
 async def test_an_exit_with_code_0_is_an_exit_the_task_fails_and_the_agent_restarts(

@@ -31,6 +31,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.add_middleware(
         BodyGuard,
         max_body=platform.settings.max_body_bytes,
+        max_task_body=platform.settings.max_payload_bytes + 64 * 1024,
         authenticate=scope_authenticator(platform),
         limiter=app.state.address_limiter,
     )

@@ -6,7 +6,9 @@ dependency that authenticates, and buffers a body sent without ``Content-Length`
 caller with no key at all could make the control plane hold any number of bytes, and a payload
 nested a thousand deep reached the decoder. This ASGI layer, in order:
 
-1. refuses a declared ``Content-Length`` over the limit (413) without reading anything;
+1. refuses a declared ``Content-Length`` over the limit (413) without reading anything; the
+   limit is ``max_body``, but ``max_task_body`` for a task's submit (``POST .../tasks``), whose
+   payload may be larger than any other body (it goes to the org's object store);
 2. authenticates a request that may carry a body (``POST``/``PUT``/``PATCH``/``DELETE`` under
    ``/v1/``) from its headers alone, and answers 401 before reading the body if the key is bad;
    the caller it found travels in the request's state so the route does not look it up again;
@@ -17,6 +19,7 @@ nested a thousand deep reached the decoder. This ASGI layer, in order:
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from corral.domain.errors import CorralError, RateLimited, Unauthenticated
 __all__ = ["AddressLimiter", "BodyGuard", "Authenticator"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_SUBMIT = re.compile(r"^/v1/orgs/[^/]+/tasks/?$")
 
 #: resolves an ASGI scope's credentials to a caller, raising Unauthenticated
 Authenticator = Callable[[Scope], Any]
@@ -98,9 +102,11 @@ class BodyGuard:
         max_body: int,
         authenticate: Authenticator,
         limiter: AddressLimiter,
+        max_task_body: int | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body
+        self.max_task_body = max(max_body, max_task_body or max_body)
         self.authenticate = authenticate
         self.limiter = limiter
 
@@ -119,8 +125,10 @@ class BodyGuard:
     async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", ())}
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await self._too_large(scope, receive, send)
+        submit = scope["method"] == "POST" and _SUBMIT.match(scope["path"]) is not None
+        limit = self.max_task_body if submit else self.max_body
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._too_large(scope, receive, send, limit)
             return
         if scope["method"] not in _BODY_METHODS or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
@@ -133,15 +141,15 @@ class BodyGuard:
             self.limiter.failed(address)
             raise
         scope.setdefault("state", {})["caller"] = who
-        body = await self._read(receive)
+        body = await self._read(receive, limit)
         if body is None:
-            await self._too_large(scope, receive, send)
+            await self._too_large(scope, receive, send, limit)
             return
         if body and b"json" in headers.get("content-type", b"json"):
             check_raw_depth(body, what="request body")
         await self.app(scope, _replay(body, receive), send)
 
-    async def _read(self, receive: Receive) -> bytes | None:
+    async def _read(self, receive: Receive, limit: int) -> bytes | None:
         """The whole body, or None as soon as it is over the limit."""
         chunks: list[bytes] = []
         size = 0
@@ -151,16 +159,16 @@ class BodyGuard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = error_response(
-            413, "payload_too_large", f"request body is over the {self.max_body}-byte limit"
+            413, "payload_too_large", f"request body is over the {limit}-byte limit"
         )
         response.headers["Connection"] = "close"  # what is left of the body is not read
         await response(scope, receive, send)

@@ -184,7 +184,7 @@ class BusAuthority:
             Conflict: its JetStream reservation would push the sum over the server's caps.
         """
         validate_token(org, what="org")
-        streams = limits.inbox_max_bytes + limits.events_max_bytes
+        streams = limits.inbox_max_bytes + limits.events_max_bytes + limits.objects_max_bytes
         if limits.inbox_max_bytes <= 0 or limits.events_max_bytes <= 0:
             raise InvalidInput(
                 f"the INBOX and EVENTS of {org!r} need a positive size", details={"org": org}
@@ -193,10 +193,11 @@ class BusAuthority:
             raise InvalidInput(
                 f"the ingress budget of {org!r} must be positive", details={"org": org}
             )
-        if streams > limits.jetstream_storage:
+        if streams > limits.jetstream_storage or limits.objects_max_bytes < 0:
             raise InvalidInput(
-                f"the INBOX ({_mib(limits.inbox_max_bytes)}) and EVENTS "
-                f"({_mib(limits.events_max_bytes)}) of {org!r} cannot exceed its JetStream "
+                f"the INBOX ({_mib(limits.inbox_max_bytes)}), EVENTS "
+                f"({_mib(limits.events_max_bytes)}) and OBJECTS "
+                f"({_mib(limits.objects_max_bytes)}) of {org!r} cannot exceed its JetStream "
                 f"storage ({_mib(limits.jetstream_storage)})",
                 details={"org": org},
             )

@@ -5,7 +5,8 @@ The shape: a flat PLATFORM and a fence around each org.
 - each **org account** is its own subject space and JetStream namespace, and everything an
   org's agents do stays inside it: tasks arrive in its ``INBOX`` stream, what its agents report
   (``org.<org>.agents.*.status|events`` and the org-local ``platform.agents.status``) is kept
-  in its own ``EVENTS`` stream, counted against its own storage. A flood fills the flooder's
+  in its own ``EVENTS`` stream, counted against its own storage, and what is too big for a
+  message in its own object store (``OBJECTS``). A flood fills the flooder's
   stream and quota, nobody else's. It **exports nothing**. It imports two things PLATFORM
   exports to every org alike: the broadcast stream, and the vault service mapped so that its
   agents' ``platform.vault.get`` arrives at the platform as
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.domain import subjects
+from corral.domain import objects, subjects
 from corral.domain.plans import BusLimits
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "VAULT_TOKEN_POSITION",
     "account_limits",
     "agent_permissions",
+    "object_permissions",
     "org_imports",
     "org_link_permissions",
     "platform_exports",
@@ -145,6 +147,7 @@ def agent_permissions(org: str, agent: str) -> dict[str, Any]:
                 subjects.agent_events(org, agent),
                 subjects.PLATFORM_STATUS,
                 subjects.VAULT_GET,
+                *object_permissions(),
             ]
         },
         "sub": {
@@ -157,6 +160,19 @@ def agent_permissions(org: str, agent: str) -> dict[str, Any]:
         "resp": {"max": 1, "ttl": 0},
         "allowed_connection_types": ["STANDARD"],
     }
+
+
+def object_permissions() -> list[str]:
+    """What an agent may publish to use its org's object store (see
+    :mod:`corral.sdk.objects`): write chunks and metadata, and read them with direct gets.
+    Nothing else of the stream's API: an agent cannot purge, delete or reconfigure it. The
+    store is in the org's own account, so these subjects reach no other org's."""
+    return [
+        f"$O.{objects.BUCKET}.C.>",
+        f"$O.{objects.BUCKET}.M.>",
+        f"$JS.API.DIRECT.GET.{objects.STREAM}",
+        f"$JS.API.DIRECT.GET.{objects.STREAM}.>",
+    ]
 
 
 def platform_permissions() -> dict[str, Any]:
@@ -185,6 +201,7 @@ def org_link_permissions(org: str) -> dict[str, Any]:
             "allow": [
                 subjects.org_inboxes(org),
                 subjects.agent_control(org, "*"),
+                f"$O.{objects.BUCKET}.>",
                 "$JS.API.>",
                 f"$JS.ACK.{subjects.EVENTS_STREAM}.>",
             ]

@@ -28,6 +28,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError as Gone
 
 from corral.bus import delivery, streams
 from corral.bus.accounts import AgentCredentials, BusAuthority, validate_token
@@ -37,6 +38,7 @@ from corral.bus.failures import ViolationRecorder, open_connection, translating
 from corral.bus.feeds import EventFeeds
 from corral.bus.ingress import IngressMeter, IngressReading
 from corral.bus.links import IDLE_SECONDS, MAX_LINKS, OrgLink, OrgLinks
+from corral.bus.objects import ObjectStores
 from corral.bus.pulls import Puller
 from corral.bus.resolver import ResolverClient
 from corral.bus.vault_requests import TokenBuckets, VaultHandler, answer
@@ -48,13 +50,12 @@ from corral.domain.errors import (
     Unavailable,
 )
 from corral.domain.messages import ControlMessage, TaskMessage
+from corral.domain.objects import STREAM as OBJECTS
 from corral.domain.plans import BusLimits
 
 __all__ = ["PlatformBus", "Serving"]
 
 log = logging.getLogger(__name__)
-
-_MiB = 1024 * 1024
 
 
 class Serving:
@@ -122,6 +123,7 @@ class PlatformBus:
             idle_seconds=idle_seconds,
         )
         self._vault_buckets = TokenBuckets(rate=vault_rate, burst=vault_burst)
+        self.objects = ObjectStores(self._links, replicas=replicas)  # big payloads and results
         self._meter = IngressMeter(authority)
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -211,7 +213,7 @@ class PlatformBus:
             self._nc,
             stream=subjects.EVENTS_STREAM,
             consumer=self._consumer,
-            max_bytes=16 * _MiB,
+            max_bytes=16 * 1024 * 1024,
             timeout=self.timeout,
         )
         self._feeds.drain_legacy(puller, cumulative=cumulative, backlog=backlog, done=done)
@@ -225,7 +227,8 @@ class PlatformBus:
     # ---- tenants ------------------------------------------------------------------------
 
     async def ensure_org(self, org: str, limits: BusLimits) -> None:
-        """Give ``org`` its account (or its new plan's limits), its INBOX and its EVENTS.
+        """Give ``org`` its account (or its new plan's limits), its INBOX, EVENTS and
+        OBJECTS.
         Idempotent; the org's events are read from then on (until it stays idle). When the
         streams shrink they are resized before the smaller account is pushed, when they grow
         after the larger one: the server never holds streams the account cannot hold, so a
@@ -257,6 +260,7 @@ class PlatformBus:
                 backlog = await streams.ensure_events(
                     link.js, org, limits, consumer=self._consumer, replicas=self._replicas
                 )
+        await self.objects.ensure(org, limits)
         self._feeds.note_backlog(org, backlog)
 
     async def remove_org(self, org: str) -> None:
@@ -269,8 +273,8 @@ class PlatformBus:
                 return
             try:
                 async with self._links.use(org) as link:
-                    for stream in (subjects.INBOX_STREAM, subjects.EVENTS_STREAM):
-                        with translating(f"deleting the {stream} of {org!r}"):
+                    for stream in (subjects.INBOX_STREAM, subjects.EVENTS_STREAM, OBJECTS):
+                        with translating(f"deleting {stream} of {org!r}"), suppress(Gone):
                             await link.js.delete_stream(stream)
             except (NotFound, Unauthenticated) as exc:  # never made, or already gone
                 log.info("org %s: streams not deleted: %s", org, exc.message)

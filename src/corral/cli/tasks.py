@@ -340,9 +340,10 @@ def _bar(ctx: Context, org: str, task_id: str, *, timeout: float) -> dict[str, A
 
 
 def read_payload(given: str) -> Any:
-    """The ``--payload`` value: JSON itself, ``@FILE`` or ``-`` (stdin)."""
+    """The ``--payload`` value: JSON itself, ``@FILE`` or ``-`` / ``@-`` (stdin). One
+    command-line argument holds at most 128 KiB, a payload up to the plan's maximum."""
     source = "--payload"
-    if given == "-":
+    if given in ("-", "@-"):
         text = sys.stdin.read()
         source = "--payload - (stdin)"
     elif given.startswith("@"):

@@ -96,6 +96,8 @@ class Launcher:
             "CORRAL_NATS_URL": self._bus.url,
             "CORRAL_AGENT_SLOTS": str(agent.slots),
             "CORRAL_MAX_PAYLOAD": str(org.plan.bus.max_payload),
+            "CORRAL_MAX_OBJECT": str(org.plan.max_document_bytes),
+            "CORRAL_INGRESS_BYTES": str(org.plan.bus.ingress_bytes_per_second),
             **self._extra_env,
             **(env or {}),
         }

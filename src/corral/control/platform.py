@@ -31,6 +31,7 @@ from corral.control import recovery, tracing
 from corral.control.background import Background
 from corral.control.bus_health import BusHealth
 from corral.control.dispatch import Dispatcher
+from corral.control.documents import Documents
 from corral.control.gateway.running import GatewayService
 from corral.control.hub import EventHub
 from corral.control.ingress import watch as watch_ingress
@@ -189,10 +190,12 @@ class Platform:
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
+        self.documents = Documents(self.bus.objects, self.orgs.get_by_id, self._background.spawn)
         self.retention = Retention(
             self.tasks,
             interval=self.settings.prune_interval,
             override=self.settings.task_retention,
+            forget=self.documents.forget_tasks,
         )
         self.dispatcher = Dispatcher(
             tasks=self.tasks,
@@ -221,6 +224,7 @@ class Platform:
         self.controller.on_change = self._agent_changed
         self.models.follow_tasks(self.dispatcher.current_task)
         self.controller.on_lost = self.dispatcher.agent_lost
+        self.dispatcher.events.on_unrecorded_object = self.documents.forget_result
         self.controller.current_task = self.dispatcher.current_task
         self.controller.bus_health = self.bus_health = BusHealth(
             lambda: ping(self.bus.connection, timeout=2.0)

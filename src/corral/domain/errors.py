@@ -4,6 +4,7 @@
 
     CorralError                 code, message, details
     ├── InvalidInput            bad input from a user or a wire (HTTP 422, exit 2)
+    │   └── TooLarge            a payload or result over the plan's maximum (HTTP 413)
     ├── NotFound                unknown id, or another tenant's (HTTP 404, exit 4)
     ├── Conflict                state does not allow it (HTTP 409, exit 5)
     │   ├── Deposed             this replica lost the leader lease: it may commit nothing
@@ -33,6 +34,7 @@ __all__ = [
     "PermissionDenied",
     "QuotaExceeded",
     "RateLimited",
+    "TooLarge",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -58,6 +60,13 @@ class InvalidInput(CorralError):
     code = "invalid_input"
     http_status = 422
     exit_code = 2
+
+
+class TooLarge(InvalidInput):
+    """A payload or result larger than the organization's plan allows."""
+
+    code = "too_large"
+    http_status = 413
 
 
 class NotFound(CorralError):

@@ -3,7 +3,8 @@
 A plan is compiled into Corral's own admission, the Kubernetes ResourceQuota and LimitRange,
 the NATS account JWT, the scheduler's weights and the API's rate limiter. ``standard`` carries
 the seed's numbers exactly but for the bus: its JetStream is file storage only (no memory
-reservation) and sized to what its two streams hold (INBOX + EVENTS), because the server sums
+reservation) and sized to what its two streams and its object store hold (INBOX + EVENTS +
+OBJECTS), because the server sums
 every account's reservation against its caps and a handful of generous tenants would fill
 it; ``free`` and ``enterprise`` are scaled around it (see README).
 """
@@ -68,13 +69,15 @@ class BusLimits:
     max_connections: int
     max_payload: int  # bytes
     jetstream_memory: int  # bytes reserved in the server's memory store (0: none, file only)
-    jetstream_storage: int  # bytes reserved in the server's file store: INBOX + EVENTS
+    jetstream_storage: int  # bytes reserved in the server's file store: INBOX + EVENTS + OBJECTS
     max_streams: int
     max_consumers: int
     inbox_max_bytes: int  # the org's inbox work-queue stream
     events_max_bytes: int = 4 * _MiB  # the org's EVENTS stream: what its agents report
     ingress_bytes_per_second: int = 8 * _MiB  # what its agents may publish, all together
     ingress_msgs_per_second: int = 50_000
+    #: the org's object store (big payloads and results; see corral.domain.objects); 0: none
+    objects_max_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,18 @@ class Plan:
     description: str = field(default="")
     #: what a task of this org may cost when its submitter does not say (retries, timeouts)
     task_policy: TaskPolicy = DEFAULT_TASK_POLICY
+    #: the largest payload or result of one task: larger than a bus message, it travels
+    #: through the org's object store (at most ``bus.objects_max_bytes``)
+    max_object_bytes: int = 64 * _MiB
+
+    @property
+    def max_document_bytes(self) -> int:
+        """The largest payload or result a task of this plan may have: its
+        ``max_object_bytes`` if it has an object store, else what one message carries."""
+        inline = self.bus.max_payload - 1024  # corral.domain.objects.ENVELOPE
+        if self.bus.objects_max_bytes <= 0:
+            return inline
+        return max(inline, min(self.max_object_bytes, self.bus.objects_max_bytes))
 
     def to_wire(self) -> dict[str, object]:
         lr = self.limit_range
@@ -128,6 +143,7 @@ class Plan:
                 "eventsMaxBytes": self.bus.events_max_bytes,
                 "ingressBytesPerSecond": self.bus.ingress_bytes_per_second,
                 "ingressMessagesPerSecond": self.bus.ingress_msgs_per_second,
+                "objectsMaxBytes": self.bus.objects_max_bytes,
             },
             "apiRatePerSecond": self.api_rate_per_second,
             "apiBurst": self.api_burst,
@@ -135,6 +151,7 @@ class Plan:
             "taskRetentionSeconds": self.task_retention_seconds,
             "maxQueuedTasks": self.max_queued_tasks,
             "taskDefaults": self.task_policy.to_wire(),
+            "maxObjectBytes": self.max_object_bytes,
         }
 
 
@@ -165,13 +182,16 @@ FREE = Plan(
     agent_limit=2,
     plan_boost=0,
     fair_share_weight=1,
-    bus=BusLimits(20, 256 * 1024, 0, 8 * _MiB, 4, 32, 4 * _MiB, 4 * _MiB, 2 * _MiB, 10_000),
+    bus=BusLimits(
+        20, 256 * 1024, 0, 24 * _MiB, 4, 32, 4 * _MiB, 4 * _MiB, 2 * _MiB, 10_000, 16 * _MiB
+    ),
     api_rate_per_second=5.0,
     api_burst=20,
     idle_timeout_seconds=300.0,
     task_retention_seconds=86400.0,
     max_queued_tasks=10_000,
     task_policy=TaskPolicy(RetryPolicy(max_attempts=3), run_timeout=3600.0),
+    max_object_bytes=8 * _MiB,
 )
 
 STANDARD = Plan(
@@ -182,7 +202,9 @@ STANDARD = Plan(
     agent_limit=10,
     plan_boost=1,
     fair_share_weight=2,
-    bus=BusLimits(100, 1024 * 1024, 0, 32 * _MiB, 8, 128, 16 * _MiB, 16 * _MiB, 8 * _MiB, 50_000),
+    bus=BusLimits(
+        100, 1024 * 1024, 0, 160 * _MiB, 8, 128, 16 * _MiB, 16 * _MiB, 8 * _MiB, 50_000, 128 * _MiB
+    ),
     api_rate_per_second=20.0,
     api_burst=50,
     idle_timeout_seconds=900.0,
@@ -197,7 +219,17 @@ ENTERPRISE = Plan(
     plan_boost=2,
     fair_share_weight=4,
     bus=BusLimits(
-        500, 1024 * 1024, 0, 256 * _MiB, 32, 512, 128 * _MiB, 128 * _MiB, 32 * _MiB, 200_000
+        500,
+        1024 * 1024,
+        0,
+        768 * _MiB,
+        32,
+        512,
+        128 * _MiB,
+        128 * _MiB,
+        32 * _MiB,
+        200_000,
+        512 * _MiB,
     ),
     api_rate_per_second=100.0,
     api_burst=200,
@@ -206,6 +238,7 @@ ENTERPRISE = Plan(
     task_retention_seconds=30 * 86400.0,
     max_queued_tasks=1_000_000,
     task_policy=TaskPolicy(RetryPolicy(), run_timeout=24 * 3600.0),
+    max_object_bytes=256 * _MiB,
 )
 
 _REGISTRY: dict[str, Plan] = {p.name: p for p in (FREE, STANDARD, ENTERPRISE)}
@@ -267,6 +300,7 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
         int(bus_in.get("eventsMaxBytes", b.events_max_bytes)),
         int(bus_in.get("ingressBytesPerSecond", b.ingress_bytes_per_second)),
         int(bus_in.get("ingressMessagesPerSecond", b.ingress_msgs_per_second)),
+        int(bus_in.get("objectsMaxBytes", b.objects_max_bytes)),
     )
     defaults = d.get("taskDefaults")
     if defaults is not None and not isinstance(defaults, dict):
@@ -291,6 +325,7 @@ def plan_from_wire(d: Mapping[str, Any]) -> Plan:
             max_queued_tasks=int(d.get("maxQueuedTasks", base.max_queued_tasks)),
             gpu_limit=int(d.get("gpuLimit", base.gpu_limit)),
             task_policy=task_policy,
+            max_object_bytes=int(d.get("maxObjectBytes", base.max_object_bytes)),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"plan {name!r}: {exc}") from exc

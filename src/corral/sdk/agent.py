@@ -7,11 +7,14 @@ awaiting them, reports through the outbox (:mod:`~corral.sdk.outbox`), answers c
 and stop requests, and on a graceful stop lets its tasks end and saves a checkpoint
 (:mod:`~corral.sdk.checkpoints`).
 
-How a handler ends is what the platform hears: its return value ``complete`` (refused, and the
-task ``failed``, if it is larger than the organization's bus carries), :class:`Blocked`
+How a handler ends is what the platform hears: its return value ``complete`` (a result larger
+than one bus message is put in the org's object store and the message carries a reference; one
+over the plan's maximum is refused, and the task ``failed`` with its size and the limit),
+:class:`Blocked`
 ``blocked`` (never retried), any other exception ``failed`` with its type and message (retried
 as the task's policy says), and a ``cancel`` from the platform cancels its coroutine, reported
-``cancelled`` once it has ended.
+``cancelled`` once it has ended. A payload (or a delegated child's result) that arrives as a
+reference is read from the object store before the handler (or the delegating task) sees it.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from corral.domain import subjects, wire
-from corral.domain.errors import CorralError, InvalidInput, Unavailable
+from corral.domain import objects, subjects, wire
+from corral.domain.errors import CorralError, InvalidInput, TooLarge, Unavailable
 from corral.domain.ids import new_task_id
 from corral.domain.messages import (
     ControlKind,
@@ -42,6 +45,7 @@ from corral.domain.messages import (
     encode,
 )
 from corral.sdk import checkpoints, tracing
+from corral.sdk import objects as object_io
 from corral.sdk.config import AgentConfig, parse_slots
 from corral.sdk.context import Blocked, TaskContext
 from corral.sdk.outbox import Outbox
@@ -55,12 +59,6 @@ log = logging.getLogger("corral.sdk")
 Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
 #: Bytes kept free for the task message around a result.
 RESULT_ENVELOPE = 1024
-
-
-class TooLarge(Exception):  # noqa: N818 - never leaves this module
-    def __init__(self, payload: dict[str, Any]) -> None:
-        super().__init__("result too large")
-        self.payload = payload
 
 
 def failure(exc: BaseException) -> dict[str, Any]:
@@ -109,6 +107,7 @@ class Agent:
             stopping=self._stopping,
         )
         self._errors: list[str] = []
+        self._pacer = object_io.Pacer(config.ingress_bytes)
 
     @classmethod
     def from_env(cls, *, slots: int | None = None) -> Agent:
@@ -258,8 +257,9 @@ class Agent:
         try:
             if self._handler is None:
                 raise Blocked("this agent has no task handler")
+            ctx.payload = await self._resolve(ctx.payload, what=f"the payload of {ctx.task_id}")
             payload = await self._handler(ctx) or {}
-            payload = self._deliverable(message.task_id, payload)
+            payload = await self._deliverable(message, payload)
         except Blocked as exc:
             outcome, payload = MessageType.BLOCKED, {"reason": exc.reason}
         except asyncio.CancelledError:
@@ -269,8 +269,9 @@ class Agent:
             task.uncancel()
             log.info("task %s stopped at the platform's request", message.task_id)
             outcome, payload = MessageType.CANCELLED, {"reason": "stopped"}
-        except TooLarge as exc:
-            outcome, payload = MessageType.FAILED, exc.payload
+        except TooLarge as exc:  # a result over the plan's maximum: retrying cannot help
+            log.error("%s", exc.message)
+            outcome, payload = MessageType.FAILED, {**failure(exc), "retryable": False}
         except Exception as exc:
             log.exception("task %s failed", message.task_id)
             outcome, payload = MessageType.FAILED, failure(exc)
@@ -290,27 +291,45 @@ class Agent:
             )
         )
 
-    def _deliverable(self, task_id: str, result: dict[str, Any]) -> dict[str, Any]:
-        """``result`` if the bus can carry it to the platform.
-
-        Raises:
-            TooLarge: it is larger than the organization's bus carries in one message.
-        """
+    def _inline_limit(self) -> int:
         limit = self.config.max_payload
         if self._nc is not None and self._nc.max_payload:
             limit = min(limit, self._nc.max_payload)
-        limit -= RESULT_ENVELOPE
-        size = len(encode(result))
-        if size <= limit:
+        return objects.inline_limit(limit - RESULT_ENVELOPE)
+
+    async def _deliverable(self, message: TaskMessage, result: dict[str, Any]) -> dict[str, Any]:
+        """``result``, or a reference to it once put in the org's object store if the bus
+        cannot carry it in one message.
+
+        Raises:
+            TooLarge: it is larger than the organization's plan allows.
+            QuotaExceeded: the org's object store is full.
+        """
+        data = encode(result)
+        if len(data) <= self._inline_limit():
             return result
-        error = InvalidInput(
-            f"the result of {task_id} is {size} bytes; this organization's bus carries at most "
-            f"{limit} in one result: keep large data in the workspace or a store and return a "
-            "reference to it",
-            details={"size": size, "limit": limit},
-        )
-        log.error("%s", error.message)
-        raise TooLarge({**failure(error), "retryable": False})
+        name = objects.result_name(message.task_id, message.attempt)
+        return (await self._put(name, data, what=f"the result of {message.task_id}")).to_wire()
+
+    async def _put(self, name: str, data: bytes, *, what: str) -> objects.ObjectRef:
+        if len(data) > self.config.max_object:
+            raise objects.too_large(what, len(data), self.config.max_object)
+        assert self._js is not None
+        log.info("%s is %d bytes: kept in the object store as %s", what, len(data), name)
+        chunk = objects.chunk_size(self._inline_limit())
+        return await object_io.put(self._js, name, data, chunk=chunk, pacer=self._pacer)
+
+    async def _resolve(self, doc: dict[str, Any], *, what: str) -> dict[str, Any]:
+        """``doc``, or the document it refers to in the org's object store."""
+        ref = objects.reference_in(doc)
+        if ref is None:
+            return doc
+        assert self._js is not None
+        data = await object_io.get(self._js, ref, limit=self.config.max_object)
+        try:
+            return decode(data)
+        except CorralError as exc:
+            raise InvalidInput(f"{what} in the object store is not a JSON document") from exc
 
     # -- what a task context asks (see corral.sdk.context.TaskHost) -----------------------
     async def report_progress(self, task_id: str, fraction: float, detail: dict[str, Any]) -> None:
@@ -332,6 +351,10 @@ class Agent:
         if (role is None) == (agent is None):
             raise InvalidInput("delegate to exactly one of role= or agent=")
         child = new_task_id()
+        data = encode(payload)
+        if len(data) > self._inline_limit():
+            name = objects.payload_name(child)
+            payload = (await self._put(name, data, what=f"the payload of {child}")).to_wire()
         fut: asyncio.Future[TaskMessage] = asyncio.get_running_loop().create_future()
         self._pending[child] = fut
         target = agent if agent is not None else f"role:{role}"
@@ -352,7 +375,7 @@ class Agent:
             self._pending.pop(child, None)
         if reply.type is not MessageType.COMPLETE:
             raise Blocked(str(reply.payload.get("reason", "delegated task did not complete")))
-        return reply.payload
+        return await self._resolve(reply.payload, what=f"the result of {child}")
 
     async def secret(self, name: str) -> bytes:
         """Read a secret granted to this agent (or its role).

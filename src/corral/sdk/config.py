@@ -27,6 +27,10 @@ class AgentConfig:
     heartbeat_seconds: float = 5.0
     slots: int = 1  # tasks handled at once; announced to the platform when ready
     max_payload: int = 1024 * 1024  # the largest message the org's bus account carries
+    #: the largest payload or result of a task (through the org's object store past max_payload)
+    max_object: int = 1024 * 1024
+    #: what the org's agents together may publish per second (objects are put at half of it)
+    ingress_bytes: int = 8 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AgentConfig:
@@ -47,7 +51,11 @@ class AgentConfig:
             workspace=Path(e.get("CORRAL_WORKSPACE") or Path.cwd()),
             heartbeat_seconds=float(e.get("CORRAL_HEARTBEAT_SECONDS", "5")),
             slots=parse_slots(e.get("CORRAL_AGENT_SLOTS", "1")),
-            max_payload=_positive(e.get("CORRAL_MAX_PAYLOAD", str(1024 * 1024))),
+            max_payload=_positive(e.get("CORRAL_MAX_PAYLOAD", str(1024 * 1024)), "MAX_PAYLOAD"),
+            max_object=_positive(e.get("CORRAL_MAX_OBJECT", str(1024 * 1024)), "MAX_OBJECT"),
+            ingress_bytes=_positive(
+                e.get("CORRAL_INGRESS_BYTES", str(8 * 1024 * 1024)), "INGRESS_BYTES"
+            ),
         )
 
 
@@ -66,11 +74,11 @@ def parse_slots(text: str) -> int:
     return slots
 
 
-def _positive(text: str) -> int:
+def _positive(text: str, name: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value <= 0:
-        raise InvalidInput(f"CORRAL_MAX_PAYLOAD must be a positive number of bytes, got {text!r}")
+        raise InvalidInput(f"CORRAL_{name} must be a positive number of bytes, got {text!r}")
     return value

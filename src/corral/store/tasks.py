@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 
+from corral.domain import objects
 from corral.domain.errors import InvalidInput, NotFound
 from corral.domain.plans import PLANS
 from corral.domain.policies import DEFAULT_TASK_POLICY, TaskPolicy
@@ -261,10 +262,19 @@ class TaskRepository:
             rows = (await s.execute(q.order_by(TaskRow.seq).limit(limit))).all()
         return await self._load(rows, states=None if states is None else frozenset(states))
 
-    async def prune(self, *, plan: str, finished_before: datetime, batch: int = 5000) -> int:
+    async def prune(
+        self,
+        *,
+        plan: str,
+        finished_before: datetime,
+        batch: int = 5000,
+        with_objects: list[tuple[str, str, int]] | None = None,
+    ) -> int:
         """Delete up to ``batch`` tasks of ``plan``'s orgs that finished before
         ``finished_before`` (their history goes with them, by the foreign key's cascade);
-        returns how many.
+        returns how many. ``with_objects`` receives ``(org id, task id, attempts)`` of those
+        whose payload or result was kept in the org's object store (their objects are the
+        caller's to delete).
 
         One statement with a sub-select, the same text every time: a list of ids as bound
         parameters would be a new prepared statement for every length, and each connection
@@ -281,6 +291,18 @@ class TaskRepository:
             .limit(batch)
         )
         async with self._db.sessions() as s, s.begin():
+            if with_objects is not None:
+                marker = f'%"{objects.REF_KEY}"%'
+                found = await s.execute(
+                    select(TaskRow.org_id, TaskRow.id, TaskRow.attempts).where(
+                        TaskRow.id.in_(doomed.scalar_subquery()),
+                        or_(
+                            cast(TaskRow.payload, Text).like(marker),
+                            cast(TaskRow.result, Text).like(marker),
+                        ),
+                    )
+                )
+                with_objects.extend((o, t, int(a or 0)) for o, t, a in found.all())
             result = await s.execute(
                 delete(TaskRow)
                 .where(TaskRow.id.in_(doomed.scalar_subquery()))

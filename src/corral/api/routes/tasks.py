@@ -25,6 +25,7 @@ from corral.domain.budgets import Budget
 from corral.domain.errors import InvalidInput
 from corral.domain.ids import new_task_id
 from corral.domain.models import parse_dollars
+from corral.domain.objects import too_large
 from corral.domain.policies import MAX_ATTEMPTS_LIMIT, MAX_SECONDS, TaskPolicy
 from corral.domain.quantities import parse
 from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
@@ -156,12 +157,10 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
 
 async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict[str, Any]:
     p = platform(request)
-    size = len(json.dumps(body.payload))
-    if size > p.settings.max_payload_bytes:
-        raise InvalidInput(
-            f"payload is {size} bytes; the limit is {p.settings.max_payload_bytes}",
-            details={"size": size, "limit": p.settings.max_payload_bytes},
-        )
+    size = len(json.dumps(body.payload, separators=(",", ":")))
+    limit = min(p.settings.max_payload_bytes, org.plan.max_document_bytes)
+    if size > limit:  # the plan's maximum, or this platform's if lower
+        raise too_large("the payload", size, limit)
     if body.role is not None:
         from corral.domain.agents import validate_name
 
@@ -171,11 +170,16 @@ async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict
         memory=parse(body.requirements.memory) if body.requirements.memory else None,
         gpu=body.requirements.gpu,
     )
-    task_id, unbudget = None, None
+    task_id, unbudget = new_task_id(), None
+    # a payload one bus message cannot carry is kept in the org's object store first
+    payload = await p.documents.accept_payload(org, task_id, body.payload)
     if body.max_tokens is not None or body.max_cost is not None:
-        task_id = new_task_id()
         cost = None if body.max_cost is None else parse_dollars(body.max_cost, what="maxCost")
-        unbudget = await p.models.set_task_budget(org, task_id, Budget(body.max_tokens, cost))
+        try:
+            unbudget = await p.models.set_task_budget(org, task_id, Budget(body.max_tokens, cost))
+        except BaseException:
+            await p.documents.discard(org, task_id)
+            raise
     try:
         rec = await p.dispatcher.submit(
             org,
@@ -184,7 +188,7 @@ async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict
             priority=Priority.parse(body.priority),
             deadline=parse_deadline(body.deadline),
             requirements=reqs,
-            payload=body.payload,
+            payload=payload,
             policy=body.policy(_defaults(p, org, body.role)),
             idempotency_key=body.idempotency_key,
             task_id=task_id,
@@ -192,9 +196,14 @@ async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict
     except BaseException:
         if unbudget is not None:
             await unbudget()
+        if payload is not body.payload:
+            await p.documents.discard(org, task_id)
         raise
-    if unbudget is not None and rec.id != task_id:  # the key named a task made before
-        await unbudget()
+    if rec.id != task_id:  # the key named a task made before
+        if unbudget is not None:
+            await unbudget()
+        if payload is not body.payload:
+            await p.documents.discard(org, task_id)
     return rec.to_wire()
 
 
@@ -266,8 +275,11 @@ async def list_tasks(
 async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
     p = platform(request)
     rec, history, waiting = await p.dispatcher.get_task(org, task)
+    shown = rec.to_wire(history)
+    for key in ("payload", "result"):  # a reference to the object store: the document itself
+        shown[key] = await p.documents.resolve(org, shown.get(key))
     return {
-        **rec.to_wire(history),
+        **shown,
         "waiting": waiting,
         "modelUsage": await p.models.task_usage(org, rec.id),
     }

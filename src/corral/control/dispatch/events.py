@@ -25,6 +25,7 @@ from corral.control.dispatch.snapshot import AgentSnapshot
 from corral.control.hub import EventHub
 from corral.control.lifecycle import Controller
 from corral.control.ports import BusEvent, BusPort
+from corral.domain import objects
 from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound
 from corral.domain.ids import TASK_ID_PREFIX
 from corral.domain.messages import MessageType, StatusKind, StatusMessage, TaskMessage
@@ -79,6 +80,8 @@ class AgentEvents:
         self._snapshot = snapshot
         self._controller = controller
         self._orgs = orgs
+        #: told (org, task, attempt) of a result in the org's object store that is no task's
+        self.on_unrecorded_object: Callable[[str, str, int], None] = lambda org, t, a: None
         self._hub = hub
         self._submit = submit
         self._on_capacity = on_capacity
@@ -158,9 +161,11 @@ class AgentEvents:
         if rec is None or rec.state not in ACTIVE:
             # a stopped task's handler ended (its slot is free now), or not this agent's
             # task, or recorded already: recorded once
-            book.handler_ended(agent_id, msg.task_id)
+            if book.handler_ended(agent_id, msg.task_id):
+                self._unrecorded(org_slug, msg)
             return
         if msg.attempt < rec.attempts:
+            self._unrecorded(org_slug, msg)
             return  # a late result of an earlier attempt (still in an inbox when retried)
         if msg.type is MessageType.FAILED or msg.type is MessageType.CANCELLED:
             self._failed(rec, msg)
@@ -180,6 +185,12 @@ class AgentEvents:
         else:
             book.move(rec, outcome, via=via, detail=detail, result=msg.payload, progress=progress)
         book.free_slot(rec)
+
+    def _unrecorded(self, org_slug: str, msg: TaskMessage) -> None:
+        """A result its task will never have (the task was stopped, or retried): if it was
+        kept in the org's object store, the object is not kept either."""
+        if msg.type is MessageType.COMPLETE and objects.reference_in(msg.payload) is not None:
+            self.on_unrecorded_object(org_slug, msg.task_id, msg.attempt)
 
     def _failed(self, rec: TaskRecord, msg: TaskMessage) -> None:
         """The handler raised (or stopped by itself): a failed attempt, for the task's retry

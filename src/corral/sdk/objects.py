@@ -1,0 +1,151 @@
+"""Reading and writing documents in the org's object store (see :mod:`corral.domain.objects`).
+
+An object is written as NATS's object store writes one — chunks, then a metadata message that
+rolls up the last — with two differences that keep an agent's permissions small: its chunks are
+kept under a subject named after the object (``$O.OBJECTS.C.<task>.<part>``), never replaced
+(an agent may not purge), and it is read back with direct gets of one chunk at a time rather
+than through a consumer. The control plane (:mod:`corral.bus.objects`) uses the same code.
+
+Writes are paced below the org's ingress budget (:class:`Pacer`): the platform takes an agent
+that publishes faster than its org's plan allows off the bus, and a large result must not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import time
+from datetime import UTC, datetime
+
+import nats.errors
+import nats.js.errors
+from nats.js.client import JetStreamContext
+
+from corral.domain import objects
+from corral.domain.errors import CorralError, NotFound, QuotaExceeded, Unavailable
+from corral.domain.objects import ObjectRef
+
+__all__ = ["Pacer", "get", "put"]
+
+#: the stream refused a message because it is full (discard new)
+_FULL_CODES = frozenset({10047, 10077, 10002, 10028})
+
+
+class Pacer:
+    """A token bucket over bytes: a burst of ``rate`` bytes at once, then ``rate / 2`` bytes a
+    second, half of the budget it guards (the rest is for everything else the org sends)."""
+
+    def __init__(self, rate: int) -> None:
+        self._capacity = float(max(1, rate))
+        self._refill = self._capacity / 2
+        self._tokens = self._capacity
+        self._at = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._refill)
+        self._at = now
+        self._tokens -= n
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self._refill)
+
+
+def _translate(exc: Exception, what: str) -> CorralError:
+    if isinstance(exc, nats.js.errors.NotFoundError):
+        return NotFound(f"{what}: not in this organization's object store")
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+        return NotFound(f"{what}: this organization keeps no object store (its plan's)")
+    if isinstance(exc, nats.js.errors.APIError) and (
+        exc.err_code in _FULL_CODES or "maximum bytes" in str(exc.description or "")
+    ):
+        return QuotaExceeded(
+            f"{what}: this organization's object store is full (its plan's objectsMaxBytes); "
+            "objects are deleted with their tasks",
+            details={"resource": "objects"},
+        )
+    return Unavailable(f"{what}: {type(exc).__name__} {exc}".strip())
+
+
+async def put(
+    js: JetStreamContext,
+    name: str,
+    data: bytes,
+    *,
+    chunk: int = objects.CHUNK_BYTES,
+    pacer: Pacer | None = None,
+) -> ObjectRef:
+    """Keep ``data`` as the object ``name`` of the org's object store.
+
+    Raises:
+        QuotaExceeded: the org's object store is full.
+        Unavailable: the bus did not take it.
+    """
+    what = f"storing {name}"
+    digest = hashlib.sha256(data).digest()
+    subject = objects.chunk_subject(name)
+    count = 0
+    try:
+        for start in range(0, len(data), chunk):
+            piece = data[start : start + chunk]
+            if pacer is not None:
+                await pacer.take(len(piece))
+            await js.publish(subject, piece, stream=objects.STREAM)
+            count += 1
+        info = {
+            "name": name,
+            "bucket": objects.BUCKET,
+            "nuid": subject.removeprefix(f"$O.{objects.BUCKET}.C."),
+            "size": len(data),
+            "chunks": count,
+            "digest": objects.DIGEST_PREFIX + base64.urlsafe_b64encode(digest).decode(),
+            "mtime": datetime.now(UTC).isoformat(),
+            "options": {"max_chunk_size": chunk},
+        }
+        await js.publish(
+            objects.meta_subject(name),
+            json.dumps(info).encode(),
+            stream=objects.STREAM,
+            headers={"Nats-Rollup": "sub"},
+        )
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        raise _translate(exc, what) from exc
+    return ObjectRef(name, len(data), str(info["digest"]))
+
+
+async def get(js: JetStreamContext, ref: ObjectRef, *, limit: int) -> bytes:
+    """The content of the object ``ref`` names, checked against its digest.
+
+    Raises:
+        TooLarge: it is larger than ``limit`` bytes.
+        NotFound: the org's object store does not hold it (deleted, or another org's name).
+        InvalidInput: its content does not match its digest.
+        Unavailable: the bus did not answer.
+    """
+    what = f"reading {ref.name}"
+    if ref.size > limit:
+        raise objects.too_large(f"object {ref.name}", ref.size, limit)
+    subject = objects.chunk_subject(ref.name)
+    try:
+        meta = await js.get_last_msg(objects.STREAM, objects.meta_subject(ref.name), direct=True)
+        info = json.loads(meta.data or b"{}")
+        if info.get("deleted") or info.get("digest") != ref.digest:
+            raise nats.js.errors.NotFoundError
+        parts: list[bytes] = []
+        seq, size = 0, 0
+        for _ in range(int(info.get("chunks") or 0)):
+            msg = await js.get_msg(objects.STREAM, seq + 1, subject=subject, next=True, direct=True)
+            parts.append(msg.data or b"")
+            seq, size = int(msg.seq or seq + 1), size + len(parts[-1])
+            if size > ref.size:  # never hold more than the reference says
+                break
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        raise _translate(exc, what) from exc
+    data = b"".join(parts)
+    digest = (
+        objects.DIGEST_PREFIX + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    )
+    if len(data) != ref.size or digest != ref.digest:
+        raise NotFound(f"{what}: its content does not match its reference")
+    return data

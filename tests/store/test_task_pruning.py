@@ -1,0 +1,34 @@
+"""Pruning on both databases says which pruned tasks kept objects in the org's object store."""
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import insert
+
+from corral.domain import objects
+from corral.store.db import Database
+from corral.store.schema import TaskRow
+from corral.store.tasks import TaskRepository
+from tests.store.test_task_journal import _org, _row
+
+
+async def test_pruning_names_the_tasks_whose_payload_or_result_is_an_object(db: Database) -> None:
+    org = await _org(db)
+    old = datetime.now(UTC) - timedelta(days=30)
+    ref = objects.ObjectRef("task_big_in/payload", 3_000_000, "SHA-256=x").to_wire()
+    out = objects.ObjectRef("task_big_out/result.2", 2_000_000, "SHA-256=y").to_wire()
+    rows = [
+        _row("task_big_in", org, payload=ref, state="completed", attempts=1, updated_at=old),
+        _row("task_big_out", org, result=out, state="failed", attempts=2, updated_at=old),
+        _row("task_small", org, result={"ok": 1}, state="completed", updated_at=old),
+        _row("task_live", org, payload=ref, state="queued", updated_at=old),
+    ]
+    async with db.sessions() as s, s.begin():
+        await s.execute(insert(TaskRow), rows)
+    kept: list[tuple[str, str, int]] = []
+    repo = TaskRepository(db)
+    pruned = await repo.prune(
+        plan=org.plan.name, finished_before=datetime.now(UTC), with_objects=kept
+    )
+    assert pruned == 3
+    assert sorted(kept) == [(org.id, "task_big_in", 1), (org.id, "task_big_out", 2)]
+    assert await repo.prune(plan=org.plan.name, finished_before=datetime.now(UTC)) == 0
