@@ -193,7 +193,8 @@ class Platform:
             serving = await self.bus.serve_vault(self._answer_vault)
             self._stack.push_async_callback(serving.close)
             self._background.spawn(self.dispatcher.consume(), "corral-events")
-            self._background.spawn(self._recover(), "corral-recovery")
+            left = await recovery.left_behind(self)  # before the API can add to it
+            self._background.spawn(self._recover(left), "corral-recovery")
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(self._carry_on_deletions(), "corral-deletions")
             self._background.spawn(watch_ingress(self), "corral-ingress")
@@ -363,13 +364,13 @@ class Platform:
         return {"value": base64.b64encode(value).decode()}
 
     # -- start-up recovery (beside the API: see corral.control.recovery) ------------------
-    async def _recover(self) -> None:
+    async def _recover(self, left: recovery.LeftBehind) -> None:
         # the server kept every account and stream it had; pushing them again only matters
         # if a plan changed or the server lost them, so the API need not wait for it
         await self._restore_orgs()
         self.recovery.phase = "relaunching agents"
         await recovery.drain_events(self)
-        await recovery.reconcile(self, self.recovery, concurrency=self.relaunch_concurrency)
+        await recovery.reconcile(self, left, self.recovery, concurrency=self.relaunch_concurrency)
         self._background.spawn(self.dispatcher.run(), "corral-dispatch")
         self._background.spawn(self._watch_exits(), "corral-exits")
         self.recovery.done = True

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
-from corral.runtime.base import Phase
+from corral.runtime.base import Phase, RuntimeStatus
 
 if TYPE_CHECKING:
     from corral.control.platform import Platform
 
-__all__ = ["RELAUNCH_CONCURRENCY", "Recovery"]
+__all__ = ["RELAUNCH_CONCURRENCY", "LeftBehind", "Recovery", "left_behind", "reconcile"]
 
 log = logging.getLogger("corral.recovery")
 
@@ -62,13 +62,30 @@ async def drain_events(p: Platform, *, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def reconcile(p: Platform, progress: Recovery, *, concurrency: int) -> None:
-    """Compare the registry with what runs: stop leftovers, restart what should run (up to
-    ``concurrency`` at once), finish interrupted pauses. Every agent's process was stopped or
-    restarted, so the work any of them held is lost: it is retried."""
-    records: dict[str, Agent] = {a.id: a for a in await p.agents.find()}
-    deleting = {o.id for o in await p.orgs.deleting()}  # their agents go with them
-    for found in await p.runtime.list_agents():
+@dataclass(frozen=True, slots=True)
+class LeftBehind:
+    """What the registry and the runtime held when the control plane started, taken before
+    the API serves: recovery judges these alone, never an agent the API made since."""
+
+    records: dict[str, Agent]
+    processes: list[RuntimeStatus]
+    deleting: set[str]
+
+
+async def left_behind(p: Platform) -> LeftBehind:
+    return LeftBehind(
+        records={a.id: a for a in await p.agents.find()},
+        processes=list(await p.runtime.list_agents()),
+        deleting={o.id for o in await p.orgs.deleting()},  # their agents go with them
+    )
+
+
+async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concurrency: int) -> None:
+    """Compare what was left with what should run: stop leftovers, restart what should run
+    (up to ``concurrency`` at once), finish interrupted pauses. Every agent's process was
+    stopped or restarted, so the work any of them held is lost: it is retried."""
+    records, deleting = left.records, left.deleting
+    for found in left.processes:
         rec = records.get(found.agent_id)
         if found.phase is Phase.RUNNING and (
             rec is None or rec.state is not AgentState.RUNNING or rec.org_id in deleting
