@@ -236,12 +236,11 @@ class Platform:
             url = server.url
         self.bus = await self._stack.enter_async_context(PlatformBus(url, authority))
         if not self._services:  # with services, recovery restores them beside the API
-            await self._restore_orgs()
+            await self._restore_orgs(await self.orgs.list())
 
-    async def _restore_orgs(self) -> None:
-        """Push every org's account again after a restart, a few at a time. An org that cannot
-        be restored is reported, not fatal: the others come up."""
-        orgs = await self.orgs.list()
+    async def _restore_orgs(self, orgs: list[Organization]) -> None:
+        """Push these orgs' accounts and streams again after a restart, a few at a time. An
+        org that cannot be restored is reported, not fatal: the others come up."""
         gate = asyncio.Semaphore(16)
 
         async def restore(org: Organization) -> None:
@@ -366,8 +365,11 @@ class Platform:
     # -- start-up recovery (beside the API: see corral.control.recovery) ------------------
     async def _recover(self, left: recovery.LeftBehind) -> None:
         # the server kept every account and stream it had; pushing them again only matters
-        # if a plan changed or the server lost them, so the API need not wait for it
-        await self._restore_orgs()
+        # if a plan changed or the server lost them, so the API need not wait for it, and
+        # the orgs whose agents are relaunched go first: dispatching waits for them alone
+        with_agents = {a.org_id for a in left.records.values() if a.state in recovery.LIVE}
+        orgs = await self.orgs.list()
+        await self._restore_orgs([o for o in orgs if o.id in with_agents])
         self.recovery.phase = "relaunching agents"
         await recovery.drain_events(self)
         await recovery.reconcile(self, left, self.recovery, concurrency=self.relaunch_concurrency)
@@ -375,6 +377,7 @@ class Platform:
         self._background.spawn(self._watch_exits(), "corral-exits")
         self.recovery.done = True
         self.recovered.set()
+        await self._restore_orgs([o for o in orgs if o.id not in with_agents])
 
     # -- background -----------------------------------------------------------------------
     async def _carry_on_deletions(self) -> None:

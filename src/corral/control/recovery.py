@@ -1,12 +1,13 @@
 """Start-up recovery: what the registry says should run is brought back after a restart.
 
-The API serves first; recovery runs beside it in the background. It pushes every org's
-account and streams again (the server kept them; this only matters if a plan changed or the
-server lost them), lets the event consumer
-record what agents reported while the control plane was down, stops leftover processes,
-relaunches every agent that should be running — several at a time, with its progress in the
-log and in ``/healthz`` — finishes interrupted pauses, and only then retries the work the
-stopped agents held and starts dispatching (tasks submitted meanwhile wait in their queues).
+The API serves first; recovery runs beside it in the background. It pushes the accounts and
+streams of the orgs with agents to bring back (the server kept them; this only matters if a
+plan changed or the server lost them), lets the event consumer record what agents reported
+while the control plane was down, stops leftover processes, relaunches every agent that should
+be running — several at a time, with its progress in the log and in ``/healthz`` — finishes
+interrupted pauses, and only then retries the work the stopped agents held and starts
+dispatching (tasks submitted meanwhile wait in their queues). The other orgs' accounts are
+pushed again after that.
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ from corral.runtime.base import Phase, RuntimeStatus
 if TYPE_CHECKING:
     from corral.control.platform import Platform
 
-__all__ = ["RELAUNCH_CONCURRENCY", "LeftBehind", "Recovery", "left_behind", "reconcile"]
+__all__ = ["LIVE", "RELAUNCH_CONCURRENCY", "LeftBehind", "Recovery", "left_behind", "reconcile"]
 
 log = logging.getLogger("corral.recovery")
 
 #: agents relaunched at once after a restart (each start is mostly waiting on its process)
 RELAUNCH_CONCURRENCY = 8
-_LIVE = (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING)
+#: the states of an agent that should be running (or finish pausing) after a restart
+LIVE = (
+    AgentState.RUNNING,
+    AgentState.PROVISIONING,
+    AgentState.RESUMING,
+    AgentState.PAUSING,
+)
+_LIVE = LIVE[:3]
 
 
 @dataclass
