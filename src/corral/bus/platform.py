@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +27,6 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from corral.bus import delivery, streams
 from corral.bus.accounts import AgentCredentials, BusAuthority, validate_token
@@ -39,7 +38,7 @@ from corral.bus.ingress import IngressMeter, IngressReading
 from corral.bus.links import IDLE_SECONDS, MAX_LINKS, OrgLink, OrgLinks
 from corral.bus.pulls import Puller
 from corral.bus.resolver import ResolverClient
-from corral.bus.vault_requests import TokenBuckets, VaultHandler, answer
+from corral.bus.vault_requests import Serving, TokenBuckets, VaultHandler, answer
 from corral.domain import messages, subjects
 from corral.domain.errors import (
     CorralError,
@@ -55,17 +54,6 @@ __all__ = ["PlatformBus", "Serving"]
 log = logging.getLogger(__name__)
 
 _MiB = 1024 * 1024
-
-
-class Serving:
-    """A running responder; :meth:`close` stops it (so does leaving the PlatformBus)."""
-
-    def __init__(self, subscription: Subscription) -> None:
-        self._subscription = subscription
-
-    async def close(self) -> None:
-        with suppress(nats.errors.Error):  # the connection may already be gone
-            await self._subscription.unsubscribe()
 
 
 class PlatformBus:
@@ -226,22 +214,16 @@ class PlatformBus:
 
     async def ensure_org(self, org: str, limits: BusLimits) -> None:
         """Give ``org`` its account (or its new plan's limits), its INBOX and its EVENTS.
-        Idempotent; the org's events are read from then on (until it stays idle). When the
-        streams shrink they are resized before the smaller account is pushed, when they grow
-        after the larger one: the server never holds streams the account cannot hold, so a
-        change back to the previous plan always fits.
+        Idempotent; its events are read from then on (until it stays idle). Shrinking streams
+        are resized before the smaller account is pushed, growing ones after the larger one,
+        so a change back to the previous plan always fits.
 
         Raises:
             Conflict: its JetStream reservation does not fit in the server's caps.
             Unavailable: the server did not answer.
         """
         _, resolver = self._open()
-        before = self.authority.limits(org)
-        shrinking = before is not None and (
-            limits.inbox_max_bytes < before.inbox_max_bytes
-            or limits.events_max_bytes < before.events_max_bytes
-            or limits.jetstream_storage < before.jetstream_storage
-        )
+        shrinking = streams.shrinks(limits, self.authority.limits(org))
         if shrinking:
             await self._ensure_streams(org, limits)
         async with self._lock:
@@ -260,9 +242,8 @@ class PlatformBus:
         self._feeds.note_backlog(org, backlog)
 
     async def remove_org(self, org: str) -> None:
-        """Delete ``org``'s streams and account and close its connections. Absent (or half
-        made: admitted, never pushed, no streams) is fine; a server that does not answer is
-        not (:class:`Unavailable`), and the org's record is kept for another try."""
+        """Delete ``org``'s streams and account, close its connections. Absent or half made
+        is fine; a server that does not answer raises Unavailable (the record is kept)."""
         _, resolver = self._open()
         async with self._lock:
             if self.authority.limits(org) is None:
