@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +27,6 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError as Gone
 
 from corral.bus import delivery, streams
@@ -41,7 +40,7 @@ from corral.bus.links import IDLE_SECONDS, MAX_LINKS, OrgLink, OrgLinks
 from corral.bus.objects import ObjectStores
 from corral.bus.pulls import Puller
 from corral.bus.resolver import ResolverClient
-from corral.bus.vault_requests import TokenBuckets, VaultHandler, answer
+from corral.bus.vault_requests import Serving, TokenBuckets, VaultHandler, answer
 from corral.domain import messages, subjects
 from corral.domain.errors import (
     CorralError,
@@ -56,17 +55,6 @@ from corral.domain.plans import BusLimits
 __all__ = ["PlatformBus", "Serving"]
 
 log = logging.getLogger(__name__)
-
-
-class Serving:
-    """A running responder; :meth:`close` stops it (so does leaving the PlatformBus)."""
-
-    def __init__(self, subscription: Subscription) -> None:
-        self._subscription = subscription
-
-    async def close(self) -> None:
-        with suppress(nats.errors.Error):  # the connection may already be gone
-            await self._subscription.unsubscribe()
 
 
 class PlatformBus:
@@ -239,12 +227,7 @@ class PlatformBus:
             Unavailable: the server did not answer.
         """
         _, resolver = self._open()
-        before = self.authority.limits(org)
-        shrinking = before is not None and (
-            limits.inbox_max_bytes < before.inbox_max_bytes
-            or limits.events_max_bytes < before.events_max_bytes
-            or limits.jetstream_storage < before.jetstream_storage
-        )
+        shrinking = streams.shrinks(limits, self.authority.limits(org))
         if shrinking:
             await self._ensure_streams(org, limits)
         async with self._lock:
@@ -264,9 +247,8 @@ class PlatformBus:
         self._feeds.note_backlog(org, backlog)
 
     async def remove_org(self, org: str) -> None:
-        """Delete ``org``'s streams and account and close its connections. Absent (or half
-        made: admitted, never pushed, no streams) is fine; a server that does not answer is
-        not (:class:`Unavailable`), and the org's record is kept for another try."""
+        """Delete ``org``'s streams and account, close its connections. Absent or half made
+        is fine; a server that does not answer raises Unavailable (the record is kept)."""
         _, resolver = self._open()
         async with self._lock:
             if self.authority.limits(org) is None:

@@ -49,6 +49,7 @@ __all__ = [
     "inbox_config",
     "legacy_events",
     "remove_agent_consumer",
+    "shrinks",
 ]
 
 DUPLICATE_WINDOW = 120.0  # seconds
@@ -188,3 +189,12 @@ async def remove_agent_consumer(js: JetStreamContext, org: str, agent: str) -> N
         await js.delete_consumer(subjects.INBOX_STREAM, subjects.inbox_consumer(agent))
     with contextlib.suppress(NotFoundError):
         await js.purge_stream(subjects.INBOX_STREAM, subject=subjects.task_inbox(org, agent))
+
+
+def shrinks(new: BusLimits, old: BusLimits | None) -> bool:
+    """Whether moving from ``old`` to ``new`` makes a stream (or the storage) smaller."""
+    return old is not None and (
+        new.inbox_max_bytes < old.inbox_max_bytes
+        or new.events_max_bytes < old.events_max_bytes
+        or new.jetstream_storage < old.jetstream_storage
+    )

@@ -23,14 +23,25 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import nats.errors
+from nats.aio.subscription import Subscription
 
 from corral.bus import claims
 from corral.domain import messages
 from corral.domain.errors import CorralError, PermissionDenied, RateLimited, Unavailable
 
-__all__ = ["REQUEST_INFO_HEADER", "TokenBuckets", "VaultHandler", "VaultRequest", "answer"]
+__all__ = [
+    "REQUEST_INFO_HEADER",
+    "Serving",
+    "TokenBuckets",
+    "VaultHandler",
+    "VaultRequest",
+    "answer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +136,14 @@ async def answer(
     except Exception:
         log.exception("the vault handler failed on %s", subject)
         return Unavailable("the vault could not answer").to_wire()
+
+
+class Serving:
+    """A running responder; :meth:`close` stops it (so does leaving the PlatformBus)."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+
+    async def close(self) -> None:
+        with suppress(nats.errors.Error):  # the connection may already be gone
+            await self._subscription.unsubscribe()

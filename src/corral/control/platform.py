@@ -245,7 +245,8 @@ class Platform:
             self._stack.push_async_callback(serving.close)
             self._background.spawn(self.dispatcher.consume(), "corral-events")
             self._background.spawn(self.bus_health.watch(), "corral-bus-health")
-            self._background.spawn(self._recover(), "corral-recovery")
+            left = await recovery.left_behind(self)  # before the API can add to it
+            self._background.spawn(self._recover(left), "corral-recovery")
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(self._carry_on_deletions(), "corral-deletions")
             self._background.spawn(watch_ingress(self), "corral-ingress")
@@ -293,12 +294,11 @@ class Platform:
             url = server.url
         self.bus = await self._stack.enter_async_context(PlatformBus(url, authority))
         if not self._services:  # with services, recovery restores them beside the API
-            await self._restore_orgs()
+            await self._restore_orgs(await self.orgs.list())
 
-    async def _restore_orgs(self) -> None:
-        """Push every org's account again after a restart, a few at a time. An org that cannot
-        be restored is reported, not fatal: the others come up."""
-        orgs = await self.orgs.list()
+    async def _restore_orgs(self, orgs: list[Organization]) -> None:
+        """Push these orgs' accounts and streams again after a restart, a few at a time. An
+        org that cannot be restored is reported, not fatal: the others come up."""
         gate = asyncio.Semaphore(16)
 
         async def restore(org: Organization) -> None:
@@ -423,15 +423,18 @@ class Platform:
         return {"value": base64.b64encode(value).decode()}
 
     # -- start-up recovery (beside the API: see corral.control.recovery) ------------------
-    async def _recover(self) -> None:
+    async def _recover(self, left: recovery.LeftBehind) -> None:
         # the server kept every account and stream it had; pushing them again only matters
-        # if a plan changed or the server lost them, so the API need not wait for it
-        await self._restore_orgs()
+        # if a plan changed or the server lost them, so the API need not wait for it, and
+        # the orgs whose agents are relaunched go first: dispatching waits for them alone
+        with_agents = {a.org_id for a in left.records.values() if a.state in recovery.LIVE}
+        orgs = await self.orgs.list()
+        await self._restore_orgs([o for o in orgs if o.id in with_agents])
         self._phases.mark("orgs")
         self.recovery.phase = "relaunching agents"
         await recovery.drain_events(self)
         self._phases.mark("events")
-        await recovery.reconcile(self, self.recovery, concurrency=self.relaunch_concurrency)
+        await recovery.reconcile(self, left, self.recovery, concurrency=self.relaunch_concurrency)
         self._phases.mark("agents")
         self._background.spawn(self.dispatcher.run(), "corral-dispatch")
         self._background.spawn(self._watch_exits(), "corral-exits")
@@ -439,6 +442,7 @@ class Platform:
         self.recovery.done = True
         self.recovered.set()
         log.info("recovered in %s", self._phases)
+        await self._restore_orgs([o for o in orgs if o.id not in with_agents])
 
     # -- background -----------------------------------------------------------------------
     async def _carry_on_deletions(self) -> None:

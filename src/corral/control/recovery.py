@@ -1,12 +1,13 @@
 """Start-up recovery: what the registry says should run is brought back after a restart.
 
-The API serves first; recovery runs beside it in the background. It pushes every org's
-account and streams again (the server kept them; this only matters if a plan changed or the
-server lost them), lets the event consumer
-record what agents reported while the control plane was down, stops leftover processes,
-relaunches every agent that should be running — several at a time, with its progress in the
-log and in ``/healthz`` — finishes interrupted pauses, and only then retries the work the
-stopped agents held and starts dispatching (tasks submitted meanwhile wait in their queues).
+The API serves first; recovery runs beside it in the background. It pushes the accounts and
+streams of the orgs with agents to bring back (the server kept them; this only matters if a
+plan changed or the server lost them), lets the event consumer record what agents reported
+while the control plane was down, stops leftover processes, relaunches every agent that should
+be running — several at a time, with its progress in the log and in ``/healthz`` — finishes
+interrupted pauses, and only then retries the work the stopped agents held and starts
+dispatching (tasks submitted meanwhile wait in their queues). The other orgs' accounts are
+pushed again after that.
 """
 
 from __future__ import annotations
@@ -19,20 +20,36 @@ from typing import TYPE_CHECKING
 
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
-from corral.runtime.base import Phase
+from corral.runtime.base import Phase, RuntimeStatus
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 
 if TYPE_CHECKING:
     from corral.control.platform import Platform
 
-__all__ = ["RELAUNCH_CONCURRENCY", "Phases", "Recovery", "warm_up"]
+__all__ = [
+    "LIVE",
+    "RELAUNCH_CONCURRENCY",
+    "LeftBehind",
+    "Phases",
+    "Recovery",
+    "left_behind",
+    "reconcile",
+    "warm_up",
+]
 
 log = logging.getLogger("corral.recovery")
 
 #: agents relaunched at once after a restart (each start is mostly waiting on its process)
 RELAUNCH_CONCURRENCY = 8
-_LIVE = (AgentState.RUNNING, AgentState.PROVISIONING, AgentState.RESUMING)
+#: the states of an agent that should be running (or finish pausing) after a restart
+LIVE = (
+    AgentState.RUNNING,
+    AgentState.PROVISIONING,
+    AgentState.RESUMING,
+    AgentState.PAUSING,
+)
+_LIVE = LIVE[:3]
 
 
 @dataclass
@@ -64,13 +81,30 @@ async def drain_events(p: Platform, *, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def reconcile(p: Platform, progress: Recovery, *, concurrency: int) -> None:
-    """Compare the registry with what runs: stop leftovers, restart what should run (up to
-    ``concurrency`` at once), finish interrupted pauses. Every agent's process was stopped or
-    restarted, so the work any of them held is lost: it is retried."""
-    records: dict[str, Agent] = {a.id: a for a in await p.agents.find()}
-    deleting = {o.id for o in await p.orgs.deleting()}  # their agents go with them
-    for found in await p.runtime.list_agents():
+@dataclass(frozen=True, slots=True)
+class LeftBehind:
+    """What the registry and the runtime held when the control plane started, taken before
+    the API serves: recovery judges these alone, never an agent the API made since."""
+
+    records: dict[str, Agent]
+    processes: list[RuntimeStatus]
+    deleting: set[str]
+
+
+async def left_behind(p: Platform) -> LeftBehind:
+    return LeftBehind(
+        records={a.id: a for a in await p.agents.find()},
+        processes=list(await p.runtime.list_agents()),
+        deleting={o.id for o in await p.orgs.deleting()},  # their agents go with them
+    )
+
+
+async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concurrency: int) -> None:
+    """Compare what was left with what should run: stop leftovers, restart what should run
+    (up to ``concurrency`` at once), finish interrupted pauses. Every agent's process was
+    stopped or restarted, so the work any of them held is lost: it is retried."""
+    records, deleting = left.records, left.deleting
+    for found in left.processes:
         rec = records.get(found.agent_id)
         if found.phase is Phase.RUNNING and (
             rec is None or rec.state is not AgentState.RUNNING or rec.org_id in deleting
