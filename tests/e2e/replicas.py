@@ -74,6 +74,7 @@ class ReplicaProcess:
 class Cluster:
     data: Path
     env: dict[str, str]
+    pg_url: str = ""  # the database every replica shares
     replicas: dict[str, ReplicaProcess] = field(default_factory=dict)
 
     def start(self, name: str) -> ReplicaProcess:
@@ -127,8 +128,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(data: Path, env: dict[str, str]) -> Iterator[Cluster]:
-    c = Cluster(data, env)
+def cluster(data: Path, env: dict[str, str], *, pg_url: str) -> Iterator[Cluster]:
+    c = Cluster(data, env, pg_url)
     try:
         yield c
     finally:

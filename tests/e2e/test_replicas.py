@@ -35,15 +35,14 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Cluster]:
             "CORRAL_LOG_LEVEL": "INFO",
         }
         (tmp_path / "data").mkdir()
-        with cluster(tmp_path / "data", env) as c:
-            c.pg_url = url  # type: ignore[attr-defined]
+        with cluster(tmp_path / "data", env, pg_url=url) as c:
             yield c
 
 
 async def _query(c: Cluster, sql: str, *args: Any) -> list[Any]:
     import asyncpg
 
-    conn = await asyncpg.connect(c.pg_url)  # type: ignore[attr-defined]
+    conn = await asyncpg.connect(c.pg_url)
     try:
         return list(await conn.fetch(sql, *args))
     finally:

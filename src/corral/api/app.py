@@ -26,7 +26,11 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     app.state.limiter = RateLimiter()
-    errors.install(app)
+    lease = platform.lease
+    errors.install(
+        app,
+        deposed=lambda: lease is not None and (platform.deposed.is_set() or not lease.valid()),
+    )
     app.state.address_limiter = AddressLimiter()
     app.add_middleware(
         BodyGuard,

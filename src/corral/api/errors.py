@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -68,7 +69,11 @@ def _methods_at(request: Request) -> set[str]:
     return methods
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, deposed: Callable[[], bool] = lambda: False) -> None:
+    """Map errors to responses. ``deposed`` says whether this replica lost its leader lease:
+    what fails then (its database sessions were ended by the new leader) is answered 503
+    ``deposed``, which a client (or a standby forwarding) sends again to the new leader."""
+
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
         response = error_response(exc.http_status, exc.code, exc.message, exc.details)
@@ -108,5 +113,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if deposed():
+            log.info("a request failed as this replica stepped down: %s", exc)
+            return error_response(
+                503, "deposed", "this replica lost the leader lease while answering: send again"
+            )
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal", "internal error; see the control plane's log")

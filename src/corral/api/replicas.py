@@ -175,6 +175,16 @@ class StandbyApp:
                     ),
                 )
                 return
+            if response.status_code == 503:
+                body_503 = await response.aread()
+                await response.aclose()
+                if b'"deposed"' in body_503 and time.monotonic() < deadline:
+                    # that leader was deposed while answering and applied nothing: the new one
+                    self._known = (0.0, None)
+                    await asyncio.sleep(0.1)
+                    continue
+                await _send_read(send, response, body_503)
+                return
             await self._relay(response, send)
             return
 
@@ -197,6 +207,17 @@ class StandbyApp:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()
+
+
+async def _send_read(send: Send, response: httpx.Response, body: bytes) -> None:
+    headers = [
+        (k.lower(), v)
+        for k, v in response.headers.raw
+        if k.lower() not in _HOP_BY_HOP and k.lower() != b"content-length"
+    ]
+    headers.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes) -> Receive:

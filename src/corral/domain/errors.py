@@ -7,13 +7,13 @@
     │   └── TooLarge            a payload or result over the plan's maximum (HTTP 413)
     ├── NotFound                unknown id, or another tenant's (HTTP 404, exit 4)
     ├── Conflict                state does not allow it (HTTP 409, exit 5)
-    │   ├── Deposed             this replica lost the leader lease: it may commit nothing
     │   └── QuotaExceeded       admission refused by quota or limit range (HTTP 409, exit 6)
     │       └── BudgetExceeded  a model call could take a token or cost budget over (HTTP 409)
     ├── Unauthenticated         no or bad credential (HTTP 401, exit 7)
     ├── PermissionDenied        authenticated but not allowed (HTTP 403, exit 7)
     ├── RateLimited             over the plan's request rate (HTTP 429, exit 8)
     └── Unavailable             a dependency is down or timed out (HTTP 503, exit 9)
+        └── Deposed             this replica lost the leader lease: it committed nothing
 
 Adapters translate foreign exceptions into this tree with ``raise ... from exc``; the API maps
 it to statuses in one handler and the CLI to exit codes and a one-line message.
@@ -120,8 +120,9 @@ class Unavailable(CorralError):
     exit_code = 9
 
 
-class Deposed(Conflict):
+class Deposed(Unavailable):
     """This control plane no longer holds the leader lease: another replica took over (its
-    epoch is newer), so nothing this one decided may be committed (HTTP 409, exit 5)."""
+    epoch is newer), so nothing this one decided was committed; the request may be sent again
+    (to any replica) once the new leader answers (HTTP 503, exit 9)."""
 
     code = "deposed"

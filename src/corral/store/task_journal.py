@@ -217,6 +217,8 @@ class TaskJournal:
         while True:
             try:
                 return await self._commit(batch)
+            except Deposed:
+                raise  # never retried: another replica leads
             except Unavailable as exc:
                 self.failures += 1
                 log.error(
