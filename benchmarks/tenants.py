@@ -15,7 +15,8 @@ nats-server, local agent processes), driven over HTTP as a user would. It
 
     python benchmarks/tenants.py [--orgs 1000] [--agent-orgs 300] [--task-orgs 200]
 
-The embedded default's JetStream file cap holds 256 standard orgs' reservations (a ceiling,
+The embedded default's JetStream file cap holds 51 standard orgs' reservations (8 GiB over
+160 MiB each: INBOX, EVENTS and the object store; a ceiling,
 not space taken); the run raises ``CORRAL_NATS_MAX_STORAGE`` to hold them all, as an operator
 with the disk for it would. Goals (issue "Hundreds of organizations, for real"): >= 20 orgs/s
 with p99 <= 100 ms at the 1,000th; <= 200 KiB per idle org in the control plane and <= 100 KiB
@@ -44,9 +45,11 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, met, pct  # noqa: E402
 
+from corral.domain.plans import get_plan
+
 CORRAL = [sys.executable, "-m", "corral.cli"]
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
-STANDARD_RESERVATION = 32 * MiB
+STANDARD_RESERVATION = get_plan("standard").bus.jetstream_storage  # INBOX + EVENTS + OBJECTS
 
 
 class ControlPlane:
