@@ -42,8 +42,16 @@ def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def org(server: Path) -> str:
+def org(server: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     ok(corral(server, "org", "create", "acme", "--plan", "standard"))
+    # the roles these tests send work to, run by the built-in agent (nobody else's program)
+    roles = tmp_path_factory.mktemp("roles") / "roles.yaml"
+    roles.write_text(
+        "roles:\n"
+        "  - {name: sleeper, maxAgents: 1, slots: 4}\n"
+        "  - {name: w, maxAgents: 1, slots: 4}\n"
+    )
+    ok(corral(server, "role", "apply", "acme", "-f", str(roles)))
     return "acme"
 
 

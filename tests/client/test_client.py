@@ -118,13 +118,17 @@ async def test_the_async_client_does_the_same(platform: tuple[str, str], tmp_pat
     url, key = platform
     async with AsyncClient(url, key) as admin:
         await admin.create_org("globex")
+        declared = {"roles": [{"name": "sleeper", "maxAgents": 1}]}  # the built-in agent
+        await admin.request("PUT", "/v1/orgs/globex/roles", json=declared)
         task = await admin.submit_task(
             "globex", role="sleeper", payload={"op": "sleep", "seconds": 0.2}
         )
         done = await admin.wait_task("globex", task["id"], timeout=120)
         assert done["state"] == "completed" and done["result"] == {"slept": 0.2}
         agents = await admin.list_agents("globex")
-        assert agents and {a["role"] for a in agents} == {"sleeper"}  # provisioned on demand
+        assert agents and {a["role"] for a in agents} == {
+            "sleeper"
+        }  # its role, provisioned on demand
         logs = await admin.agent_logs("globex", agents[0]["id"], tail=50)
         assert isinstance(logs, str)
         await admin.put_secret("globex", "token", "s3cret")

@@ -180,7 +180,7 @@ async def _agents(request: Request, org: Organization, view: str, q: str | None)
     else:
         states = [AgentState(view)]
     found = await platform(request).controller.find_agents(
-        org, states=states, search=q, newest=PAGE + 1
+        org, terminated=True, states=states, search=q, newest=PAGE + 1
     )
     rows = "".join(agent_row(a.to_wire()) for a in reversed(found[-PAGE:]))  # newest first
     more = (
