@@ -73,6 +73,18 @@ async def test_a_delivered_task_is_pulled_and_acked_by_its_agent(
 
 
 @pytest.mark.usefixtures("orgs")
+async def test_the_same_attempt_sent_to_another_agent_is_a_new_message(bus: PlatformBus) -> None:
+    # work requeued without an attempt (the bus did not answer) may go to another agent
+    # within the duplicate window: the inbox must store it for that agent, not drop it as a
+    # duplicate of the first delivery
+    task = _task("t-moved", "a1", prompt="hello")
+    first = await bus.deliver("a", "a1", task)
+    moved = await bus.deliver("a", "a2", dataclasses.replace(task, to_agent="a2"))
+    assert moved != first
+    assert await bus.deliver("a", "a2", dataclasses.replace(task, to_agent="a2")) == moved
+
+
+@pytest.mark.usefixtures("orgs")
 async def test_delivering_to_an_unknown_org_or_a_full_inbox_fails_clearly(
     bus: PlatformBus,
 ) -> None:

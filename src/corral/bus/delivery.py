@@ -58,11 +58,14 @@ def _chunks(encoded: list[tuple[int, bytes]], *, limit: int) -> list[list[tuple[
     return chunks
 
 
-def _msg_id(tasks: list[TaskMessage]) -> str:
+def _msg_id(agent: str, tasks: list[TaskMessage]) -> str:
+    """The id that makes a redelivery of the same message stored once. It names the agent:
+    work requeued without an attempt (the bus did not answer) and sent to another agent is a
+    new message, which the inbox must not take for a duplicate of the first."""
     if len(tasks) == 1:
-        return f"{tasks[0].task_id}.{tasks[0].type.value}.{tasks[0].attempt}"
+        return f"{tasks[0].task_id}.{tasks[0].type.value}.{tasks[0].attempt}.{agent}"
     ids = ";".join(f"{t.task_id}.{t.type.value}.{t.attempt}" for t in tasks)
-    return "batch." + hashlib.sha256(ids.encode()).hexdigest()[:40]
+    return "batch." + hashlib.sha256(f"{agent};{ids}".encode()).hexdigest()[:40]
 
 
 async def deliver_many(
@@ -101,7 +104,7 @@ async def deliver_many(
                         subject,
                         data,
                         headers={
-                            "Nats-Msg-Id": _msg_id(tasks),
+                            "Nats-Msg-Id": _msg_id(agent, tasks),
                             "Nats-Expected-Stream": subjects.INBOX_STREAM,
                         },
                     )
