@@ -345,13 +345,29 @@ async def test_chaos_every_task_ends_once_and_no_agent_is_left_without_a_process
 
         tasks = await eventually(all_final, timeout=420, interval=2, message="every task final")
 
+        seen: list[str] = []  # what the last look found, for the failure's message
+
         async def settled() -> list[dict[str, Any]] | None:
             agents = await run.agents()
             pids = plane.agent_pids()
+            seen[:] = [
+                f"{a['name']} {a['id']} {a['state']} pids={pids.get(a['id'])} "
+                f"restarts={a.get('restarts')} {a.get('detail') or ''}"
+                for a in agents
+            ] + [
+                f"stray pids of {k}: {v}"
+                for k, v in pids.items()
+                if k not in {a["id"] for a in agents}
+            ]
             ok = all(a["state"] == "running" and pids.get(a["id"]) for a in agents)
             return agents if ok and set(pids) <= {a["id"] for a in agents} else None
 
-        agents = await eventually(settled, timeout=120, interval=1, message="agents settled")
+        try:
+            agents = await eventually(settled, timeout=180, interval=1, message="agents settled")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: seed {SEED}; last seen {seen}; chaos {run.events}"
+            ) from None
         usage = (await run.call("GET", "/v1/orgs/acme")).json()["usage"]
     finally:
         if run._http is not None:
