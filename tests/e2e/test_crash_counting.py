@@ -3,6 +3,7 @@ takes its agents with it, and that is not their crash."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from typing import Any
@@ -34,5 +35,31 @@ async def test_agents_killed_with_their_fork_server_restart_without_a_crash_coun
 
         shown = await eventually(back, timeout=60, message=f"running again ({round_ + 1})")
         assert shown["restarts"] == 0, shown
+    t = await live.task("acme", agent=a["id"], payload={"op": "echo"})
+    assert (await live.wait_task("acme", t["id"]))["state"] == "completed"
+
+
+async def test_one_hang_reported_twice_at_once_restarts_the_agent_once(live: Live) -> None:
+    """A hung agent is found by two watchers at the same moment (its handler would not stop,
+    and its heartbeat is lost): one restart, counted once, never ``failed`` because the second
+    found the first's process running."""
+    await live.org("acme")
+    a = await live.agent("acme", "w")
+    before = {p.pid for p in agent_processes(a["id"])}
+    controller = live.platform.controller
+    org = await live.platform.tenants.get("acme")
+    await asyncio.gather(
+        controller.restart_hung(org, a["id"], "a handler would not stop"),
+        controller.restart_hung(org, a["id"], "heartbeat lost"),
+    )
+
+    async def back() -> dict[str, Any] | None:
+        shown = await _agent(live, a["id"])
+        assert shown["state"] != "failed", shown
+        pids = {p.pid for p in agent_processes(a["id"])}
+        return shown if shown["state"] == "running" and pids and not pids & before else None
+
+    shown = await eventually(back, timeout=60, message="running again")
+    assert shown["detail"].endswith("(1/3)"), shown
     t = await live.task("acme", agent=a["id"], payload={"op": "echo"})
     assert (await live.wait_task("acme", t["id"]))["state"] == "completed"

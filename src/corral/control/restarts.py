@@ -111,12 +111,13 @@ class Restarts(AgentRecords):
                 exit_text(status),
                 excuse,
             )
-            await self._transition(
+            if not await self._transition(
                 agent.id,
                 expect=[agent.state],
                 to=AgentState.PROVISIONING,
                 detail=f"restarting after exit: {exit_text(status)} ({excuse}; not counted)",
-            )
+            ):
+                return  # another report of the same exit moved it first and restarts it
             self._publish(await self.agents.get(agent.id))
             self._restarts.spawn(self._restart_later(org, agent.id, 0.5), f"restart-{agent.id}")
             return
@@ -126,13 +127,14 @@ class Restarts(AgentRecords):
             detail = f"crashed {restarts} times in a row (last: {exit_text(status)})"
             await self._fail(org, agent, detail=detail, restarts=restarts)
             return
-        await self._transition(
+        if not await self._transition(
             agent.id,
             expect=[agent.state],
             to=AgentState.PROVISIONING,
             restarts=restarts,
             detail=f"restarting after exit: {exit_text(status)} ({restarts}/{MAX_RESTARTS})",
-        )
+        ):
+            return  # another report of the same exit (hung and silent, say) moved it first
         self._publish(await self.agents.get(agent.id))
         delay = min(10.0, 0.2 * 2 ** (restarts - 1))
         self._restarts.spawn(self._restart_later(org, agent.id, delay), f"restart-{agent.id}")
