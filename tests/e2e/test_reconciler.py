@@ -67,6 +67,28 @@ async def test_an_agent_running_without_a_process_is_restarted_and_its_task_retr
     assert (await _show(live, f"agents/{a['id']}"))["state"] == "running"
 
 
+@pytest.mark.parametrize("state", [AgentState.PROVISIONING, AgentState.RESUMING])
+async def test_an_agent_left_starting_without_a_process_is_started_again(
+    live: Live, state: AgentState
+) -> None:
+    await live.org("acme")
+    a = await live.agent("acme", "w", role="odd", command=AGENT)
+    # planted: a start that failed and left the agent starting, with no process and nothing
+    # scheduled (what a relaunch at start-up left when the bus did not answer)
+    await live.platform.runtime.stop("acme", a["id"], grace=0.5)
+    await live.platform.agents.transition(a["id"], expect=[AgentState.RUNNING], to=state)
+    assert not agent_processes(a["id"])
+
+    async def back() -> dict[str, Any] | None:
+        shown = await _show(live, f"agents/{a['id']}")
+        assert shown["state"] != "failed", shown
+        return shown if shown["state"] == "running" and agent_processes(a["id"]) else None
+
+    await eventually(back, timeout=60, message="running again")
+    t = await live.task("acme", agent=a["id"], payload={"op": "echo"})
+    assert (await live.wait_task("acme", t["id"], timeout=60))["state"] == "completed"
+
+
 async def test_work_held_by_an_agent_that_is_not_running_is_retried_elsewhere(
     live: Live,
 ) -> None:

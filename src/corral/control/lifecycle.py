@@ -75,6 +75,7 @@ class Controller(Restarts):
         self._restarts = Background()
         self._last_seen: dict[str, float] = {}
         self._steady: set[str] = set()  # agents whose crash count is known to be 0
+        self._pending: set[str] = set()  # agents whose restart is scheduled
         #: whether the bus answers (the platform gives it a probe); its outages are nobody's
         #: crash
         self.bus_health = BusHealth()
@@ -117,19 +118,20 @@ class Controller(Restarts):
         await self.ledger.reserve(org.id, org.plan, charge, agents=1, gpus=resources.gpu)
         steps.append(lambda: self.ledger.release(org.id, charge, agents=1, gpus=resources.gpu))
         try:
-            await self.agents.create(
-                agent_id=agent_id,
-                org_id=org.id,
-                name=name,
-                role=role,
-                resources=resources,
-                command=argv,
-                slots=slots,
-                env=env,
-                role_version=role_version,
-            )
-            steps.append(lambda: self.agents.delete(agent_id))
-            await self._launcher.launch(org, await self.agents.get(agent_id), steps)
+            async with self._lock(agent_id):  # the reconciler leaves a start under way alone
+                await self.agents.create(
+                    agent_id=agent_id,
+                    org_id=org.id,
+                    name=name,
+                    role=role,
+                    resources=resources,
+                    command=argv,
+                    slots=slots,
+                    env=env,
+                    role_version=role_version,
+                )
+                steps.append(lambda: self.agents.delete(agent_id))
+                await self._launcher.launch(org, await self.agents.get(agent_id), steps)
         except BaseException:
             await undo(steps)
             raise

@@ -6,6 +6,8 @@ inconsistencies that no event announces are repaired:
 
 - an agent recorded ``running`` whose process is gone (its exit was never heard): it is
   restarted as after a crash, and the work it held is retried;
+- an agent left ``provisioning`` or ``resuming`` with no process and no start under way (a
+  start that failed while the bus did not answer, say): it is started again;
 - work held (``dispatched``/``running``) by an agent that is not running (it was paused,
   terminated, failed, or is unknown) and that nobody has released: each task is a lost
   attempt, retried as its policy allows or ``failed`` with the reason.
@@ -65,6 +67,7 @@ class Reconciler:
         self.checks = 0
         self._no_process: set[str] = set()  # seen running without a process by the last check
         self._orphaned: set[str] = set()  # seen holding work while not running by the last check
+        self._stalled: set[str] = set()  # seen starting with no start under way by the last check
 
     # -- periodically ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -94,6 +97,7 @@ class Reconciler:
                 found.restarted.append(agent.id)
                 await self._controller.restart_hung(org, agent.id, "it had no process")
         self._no_process = no_process - set(found.restarted)
+        await self._stalled_starts(found)
 
         live = {a.id for a in running}
         orphaned: set[str] = set()
@@ -110,6 +114,24 @@ class Reconciler:
                 await self._dispatcher.agent_lost(agent_id, why=f"agent {agent_id} {why}")
         self._orphaned = orphaned - set(found.released)
         return found
+
+    async def _stalled_starts(self, found: Findings) -> None:
+        starting = await self._agents.find(states=[AgentState.PROVISIONING, AgentState.RESUMING])
+        stalled: set[str] = set()
+        for agent in starting:
+            if self._controller.restarting(agent.id):
+                continue
+            org = await self._org_by_id(agent.org_id)
+            if (await self._runtime.status(org.slug, agent.id)).phase is Phase.RUNNING:
+                continue
+            stalled.add(agent.id)
+            if agent.id in self._stalled:
+                log.warning(
+                    "%s is %s with no process: starting it again", agent.id, agent.state.value
+                )
+                found.restarted.append(agent.id)
+                self._controller.start_again(org, agent.id)
+        self._stalled = stalled - set(found.restarted)
 
     async def _not_running(self, agent_id: str) -> str | None:
         """Why ``agent_id`` cannot be running its work (None: it is, or will say so itself)."""

@@ -128,6 +128,7 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
             except CorralError as exc:
                 progress.failed += 1
                 log.error("could not restart %s: %s", agent.id, exc.message)
+                await _start_again(p, agent.id)
             except Exception:
                 progress.failed += 1
                 log.exception("could not restart %s", agent.id)
@@ -146,6 +147,17 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
     await asyncio.gather(*(one(agent) for agent in todo))
     for agent_id in p.dispatcher.holders():
         await p.dispatcher.agent_lost(agent_id, why="the control plane restarted")
+
+
+async def _start_again(p: Platform, agent_id: str) -> None:
+    """A relaunch that failed (the bus did not answer, say) is not the end: an agent it left
+    starting is started again as after a crash, tried again while the bus does not answer."""
+    try:
+        agent = await p.agents.get(agent_id)
+        if agent.state in (AgentState.PROVISIONING, AgentState.RESUMING):
+            p.controller.start_again(await p.orgs.get_by_id(agent.org_id), agent.id)
+    except CorralError as exc:
+        log.error("could not schedule a restart of %s: %s", agent_id, exc.message)
 
 
 async def _bring_back(p: Platform, agent: Agent) -> None:

@@ -47,6 +47,7 @@ class Restarts(AgentRecords):
     _launcher: Launcher
     _restarts: Background
     _steady: set[str]
+    _pending: set[str]
     _org_by_id: Callable[[str], Awaitable[Organization]]
 
     # -- crashes --------------------------------------------------------------------------
@@ -119,7 +120,7 @@ class Restarts(AgentRecords):
             ):
                 return  # another report of the same exit moved it first and restarts it
             self._publish(await self.agents.get(agent.id))
-            self._restarts.spawn(self._restart_later(org, agent.id, 0.5), f"restart-{agent.id}")
+            self._schedule(org, agent.id, 0.5)
             return
         restarts = agent.restarts + 1
         self._steady.discard(agent.id)
@@ -137,7 +138,22 @@ class Restarts(AgentRecords):
             return  # another report of the same exit (hung and silent, say) moved it first
         self._publish(await self.agents.get(agent.id))
         delay = min(10.0, 0.2 * 2 ** (restarts - 1))
-        self._restarts.spawn(self._restart_later(org, agent.id, delay), f"restart-{agent.id}")
+        self._schedule(org, agent.id, delay)
+
+    def start_again(self, org: Organization, agent_id: AgentId) -> None:
+        """Start an agent left ``provisioning`` or ``resuming`` without a process (a start
+        that failed while the bus did not answer, say) again, as a restart: tried again while
+        the bus does not answer, ``failed`` on any other error."""
+        self._schedule(org, agent_id, 0.5)
+
+    def restarting(self, agent_id: str) -> bool:
+        """Whether a start of ``agent_id`` is scheduled or under way (its lock is held by a
+        provision, a resume or a restart)."""
+        return agent_id in self._pending or self._lock(agent_id).locked()
+
+    def _schedule(self, org: Organization, agent_id: AgentId, delay: float) -> None:
+        self._pending.add(agent_id)
+        self._restarts.spawn(self._restart_later(org, agent_id, delay), f"restart-{agent_id}")
 
     async def _restart_later(self, org: Organization, agent_id: AgentId, delay: float) -> None:
         """Start the agent again after ``delay``; while the bus does not answer, a restart
@@ -146,8 +162,9 @@ class Restarts(AgentRecords):
         await asyncio.sleep(delay)
         try:
             async with self._lock(agent_id):
+                self._pending.discard(agent_id)  # from here the lock says it is under way
                 agent = await self.agents.get(agent_id)
-                if agent.state is not AgentState.PROVISIONING:
+                if agent.state not in (AgentState.PROVISIONING, AgentState.RESUMING):
                     return
                 if agent.public_key:
                     with contextlib.suppress(CorralError):
@@ -159,14 +176,12 @@ class Restarts(AgentRecords):
             ):
                 log.warning("restart of %s failed on the bus (%s); trying again", agent_id, exc)
                 again = min(10.0, max(0.5, 2 * delay))
-                self._restarts.spawn(
-                    self._restart_later(org, agent_id, again), f"restart-{agent_id}"
-                )
+                self._schedule(org, agent_id, again)
                 return
             log.error("restart of %s failed: %s", agent_id, exc.message)
             with contextlib.suppress(CorralError):
                 agent = await self.agents.get(agent_id)
-                if agent.state is AgentState.PROVISIONING:
+                if agent.state in (AgentState.PROVISIONING, AgentState.RESUMING):
                     await self._fail(org, agent, detail=f"restart failed: {exc.message}")
         except Exception:
             log.exception("restart of %s failed", agent_id)
