@@ -218,7 +218,9 @@ async def _submit_all(run: Run, *, over: float) -> None:
             await asyncio.sleep(wait)  # pacing the load, not waiting for an outcome
         pending.add(asyncio.create_task(run.submit(i)))
         if len(pending) >= 16:
-            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for submitted in done:
+                submitted.result()  # a submit refused fails the test here, with its answer
     await asyncio.gather(*pending)
 
 

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import stat
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from corral.domain.errors import Conflict
+from corral.domain.tasks import Priority, Requirements
 from tests.e2e.conftest import Live
 from tests.support import eventually
 
@@ -184,6 +189,35 @@ async def test_a_deadline_that_passes_while_running_ends_the_task_expired(live: 
     await eventually(lambda: _marker(live, t["id"]) == "cancelled", timeout=10)
     after = await live.task("acme", agent=a["id"], payload={"op": "echo"})
     assert (await live.wait_task("acme", after["id"]))["state"] == "completed"
+
+
+async def test_a_deadline_that_passes_while_the_platform_accepts_it_expires_not_refused(
+    live: Live,
+) -> None:
+    """``deadline: 1s`` counts from the request's arrival: when the platform itself takes
+    longer than that to accept the task (under load, say), the task is accepted and ends
+    ``expired``, not refused as "past"; a deadline past when the request arrived is refused."""
+    await live.org("acme")
+    org = await live.platform.tenants.get("acme")
+    arrived = datetime.now(UTC) - timedelta(seconds=2)  # the request came in 2 s ago
+
+    def submit(deadline: datetime) -> Any:
+        return live.platform.dispatcher.submit(
+            org,
+            role="nobody-serves-this",
+            agent=None,
+            priority=Priority.NORMAL,
+            deadline=deadline,
+            requirements=Requirements(),
+            payload={"op": "echo"},
+            received_at=arrived,
+        )
+
+    rec = await submit(arrived + timedelta(seconds=1))  # past now, not when it arrived
+    done = await live.wait_task("acme", rec.id, timeout=60)
+    assert done["state"] == "expired", done
+    with pytest.raises(Conflict, match="already past"):
+        await submit(arrived - timedelta(seconds=1))
 
 
 async def test_run_and_heartbeat_timeouts_fail_an_attempt(live: Live) -> None:

@@ -157,6 +157,8 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
 
 async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict[str, Any]:
     p = platform(request)
+    received_at = datetime.now(UTC)  # a relative deadline counts from the request's arrival
+    deadline = parse_deadline(body.deadline, now=received_at)
     size = len(json.dumps(body.payload, separators=(",", ":")))
     limit = min(p.settings.max_payload_bytes, org.plan.max_document_bytes)
     if size > limit:  # the plan's maximum, or this platform's if lower
@@ -186,12 +188,13 @@ async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict
             role=body.role,
             agent=body.agent,
             priority=Priority.parse(body.priority),
-            deadline=parse_deadline(body.deadline),
+            deadline=deadline,
             requirements=reqs,
             payload=payload,
             policy=body.policy(_defaults(p, org, body.role)),
             idempotency_key=body.idempotency_key,
             task_id=task_id,
+            received_at=received_at,
         )
     except BaseException:
         if unbudget is not None:

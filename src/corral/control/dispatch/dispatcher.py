@@ -242,6 +242,7 @@ class Dispatcher:
         policy: TaskPolicy | None = None,
         idempotency_key: str | None = None,
         traceparent: str | None = None,
+        received_at: datetime | None = None,
     ) -> TaskRecord:
         """Accept a task durably (``queued``), then let the loop place it (see
         :meth:`Intake.submit <corral.control.dispatch.intake.Intake.submit>`)."""
@@ -259,6 +260,7 @@ class Dispatcher:
             policy=policy,
             idempotency_key=idempotency_key,
             traceparent=traceparent,
+            received_at=received_at,
         )
 
     async def cancel(self, org: Organization, task_id: str) -> TaskRecord:

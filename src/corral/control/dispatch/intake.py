@@ -64,6 +64,7 @@ class Intake:
         policy: TaskPolicy | None = None,
         idempotency_key: str | None = None,
         traceparent: str | None = None,
+        received_at: datetime | None = None,
     ) -> TaskRecord:
         """Accept a task durably (``queued``), then let the loop place it.
 
@@ -73,6 +74,8 @@ class Intake:
                 accepted with it, that task is the answer and nothing new is created.
             traceparent: the trace it joins (a delegating handler's span); the span
                 active now if not given.
+            received_at: when the request asking for it arrived: a deadline is refused as
+                past only if it was past then (not when this platform was slow to get here).
 
         Raises:
             InvalidInput: neither or both of role/agent.
@@ -104,7 +107,7 @@ class Intake:
             if target.state in (AgentState.TERMINATED, AgentState.FAILED):
                 raise Conflict(f"agent {agent!r} is {target.state.value}")
             agent = target.id  # it may have been named
-        if deadline is not None and deadline <= datetime.now(UTC):
+        if deadline is not None and deadline <= (received_at or datetime.now(UTC)):
             raise Conflict("the deadline is already past", details={"deadline": str(deadline)})
         reqs: dict[str, Any] = {"gpu": requirements.gpu}
         if requirements.cpu is not None:
