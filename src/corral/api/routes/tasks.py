@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict, Field
 
+from corral.api import access, answers
 from corral.api.auth import org_scope, platform
 from corral.api.schemas import (
     AGENT_ID,
@@ -145,11 +146,12 @@ def parse_deadline(text: str | None, *, now: datetime | None = None) -> datetime
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=answers.Task, response_model_exclude_unset=True)
 async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]:
     # the task's trace starts in this request (or the caller's ``traceparent``): its dispatch
     # and its handlers' spans join it
     with tracing.submitting(request.headers, org=org.slug) as span:
+        access.note_trace(request.scope)
         created = await _submit(body, org, request)
         span.set_attribute("corral.task", created["id"])
         return created
@@ -217,7 +219,7 @@ def _states(text: str) -> tuple[TaskState, ...]:
         ) from None
 
 
-@router.get("")
+@router.get("", response_model=answers.TaskPage, response_model_exclude_unset=True)
 async def list_tasks(
     org: Org,
     request: Request,
@@ -271,7 +273,7 @@ async def list_tasks(
     return {"tasks": [r.to_wire() for r in recs], "nextCursor": next_cursor}
 
 
-@router.get("/{task}")
+@router.get("/{task}", response_model=answers.TaskDetail, response_model_exclude_unset=True)
 async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
     p = platform(request)
     rec, history, waiting = await p.dispatcher.get_task(org, task)
@@ -285,7 +287,7 @@ async def show(task: str, org: Org, request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/{task}/cancel")
+@router.post("/{task}/cancel", response_model=answers.Task, response_model_exclude_unset=True)
 async def cancel(task: str, org: Org, request: Request) -> dict[str, Any]:
     return (await platform(request).dispatcher.cancel(org, task)).to_wire()
 
