@@ -55,7 +55,7 @@ def _org() -> dict[str, Any]:
 
 WIRES: list[tuple[type[answers.Answer], dict[str, Any]]] = [
     (answers.Agent, _agent()),
-    (answers.Agent, {**_agent(), "sandbox": {"level": "strict"}, "later": True}),
+    (answers.Agent, {**_agent(), "sandbox": "best-effort (missing: seccomp)", "later": True}),
     (answers.Task, _task(1)),
     (answers.Task, _task(0.5)),
     (answers.Task, {k: v for k, v in _task(None).items() if k != "history"}),

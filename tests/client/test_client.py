@@ -96,6 +96,8 @@ def test_the_sync_client_runs_an_org_an_agent_and_a_task(platform: tuple[str, st
         page = admin.list_tasks("acme", state=["completed"], limit=10)
         assert isinstance(page, TaskPage) and task.id in [t.id for t in page.tasks]
         assert "corral_dispatch_latency_seconds_count" in admin.metrics()
+        shown = admin.get_agent("acme", agent.name)  # the local runtime says its sandbox
+        assert shown.id == agent.id and shown.sandbox
         paused = admin.pause_agent("acme", agent.id)
         assert paused.state is AgentState.PAUSED and paused.paused_at is not None
         usage = admin.org_usage("acme")

@@ -176,8 +176,10 @@ class Agent(Answer):
     resumed_at: Time | None
     terminated_at: Time | None
     detail: str
-    sandbox: dict[str, Any] | None = Field(
-        default=None, description="the local runtime's confinement of its running process"
+    sandbox: str | None = Field(
+        default=None,
+        description="how the local runtime confines its running process: strict, "
+        "best-effort (missing: ...) or off",
     )
 
 
