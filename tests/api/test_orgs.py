@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import httpx
+import pytest
 
+from corral.control.logs import JsonFormatter
 from corral.control.platform import Platform
 from tests.api.conftest import as_key
 
@@ -131,3 +135,25 @@ async def test_orgs_are_listed_a_page_at_a_time(admin: httpx.AsyncClient) -> Non
     async with as_key(admin, keys["delta"]) as delta:
         own = (await delta.get("/v1/orgs")).json()
     assert [o["name"] for o in own["orgs"]] == ["delta"] and own["nextCursor"] is None
+
+
+async def test_the_access_log_of_a_task_submission_names_the_trace_it_joined(
+    admin: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    assert (await admin.post("/v1/orgs", json={"name": "acme"})).status_code == 201
+    declared = {"roles": [{"name": "worker", "maxAgents": 1, "onDemand": False}]}
+    assert (await admin.put("/v1/orgs/acme/roles", json=declared)).status_code == 200
+    caplog.set_level(logging.INFO, logger="corral.access")
+    # the in-process transport runs the app in this task: the request joins this span
+    with TracerProvider().get_tracer("test").start_as_current_span("caller") as caller:
+        made = await admin.post("/v1/orgs/acme/tasks", json={"role": "worker", "payload": {}})
+    assert made.status_code == 201, made.text
+    [line] = [r for r in caplog.records if r.getMessage().startswith("POST /v1/orgs/acme/tasks")]
+    doc = json.loads(JsonFormatter().format(line))
+    assert doc["trace_id"] == f"{caller.get_span_context().trace_id:032x}"
+    assert doc["status"] == 201 and len(doc["span_id"]) == 16
+    listed = await admin.get("/v1/orgs/acme/tasks")
+    [plain] = [r for r in caplog.records if r.getMessage().startswith("GET /v1/orgs/acme/tasks")]
+    assert listed.status_code == 200 and not hasattr(plain, "trace_id")

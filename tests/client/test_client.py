@@ -12,14 +12,23 @@ import pytest
 
 import corral.client
 from corral.client import (
+    Agent,
     AsyncClient,
     Client,
+    CreatedOrg,
     InvalidInput,
     NotFound,
+    OrgDetail,
     PermissionDenied,
     QuotaExceeded,
+    Task,
+    TaskDetail,
+    TaskPage,
     Unavailable,
+    Usage,
 )
+from corral.domain.agents import AgentState
+from corral.domain.tasks import TaskState
 from tests.support import corral_up
 
 
@@ -28,17 +37,30 @@ def test_the_client_exports_exactly_its_public_names() -> None:
         [
             "JSON",
             "TERMINAL_STATES",
+            "Agent",
             "AsyncClient",
+            "AuditPage",
             "Call",
             "Client",
             "Conflict",
             "CorralError",
+            "CreatedOrg",
+            "Grant",
             "InvalidInput",
+            "ModelUsage",
             "NotFound",
+            "Org",
+            "OrgDetail",
             "PermissionDenied",
             "QuotaExceeded",
             "RateLimited",
+            "Role",
+            "Secret",
+            "Task",
+            "TaskDetail",
+            "TaskPage",
             "Unavailable",
+            "Usage",
         ]
     )
     for name in corral.client.__all__:
@@ -58,20 +80,33 @@ def test_the_sync_client_runs_an_org_an_agent_and_a_task(platform: tuple[str, st
     url, key = platform
     with Client(url, key) as admin:
         created = admin.create_org("acme", plan="free")
-        assert created["name"] == "acme" and created["apiKey"].startswith("crl_")
-        assert "acme" in [o["name"] for o in admin.list_orgs()]
+        assert isinstance(created, CreatedOrg)
+        assert created.name == "acme" and created.api_key.startswith("crl_")
+        assert "acme" in [o.name for o in admin.list_orgs()]
         agent = admin.provision_agent("acme", name="w", role="worker", wait=True)
-        assert agent["state"] == "running"
+        assert isinstance(agent, Agent) and agent.state is AgentState.RUNNING
+        assert agent.resources.requests.cpu and agent.created_at
         task = admin.submit_task("acme", role="worker", payload={"op": "echo", "n": 1})
-        done = admin.wait_task("acme", task["id"], timeout=120)
-        assert done["state"] == "completed" and done["result"] == {"echo": {"op": "echo", "n": 1}}
+        assert isinstance(task, Task) and task.payload == {"op": "echo", "n": 1}
+        done = admin.wait_task("acme", task.id, timeout=120)
+        assert isinstance(done, TaskDetail) and done.state is TaskState.COMPLETED
+        assert done.result == {"echo": {"op": "echo", "n": 1}}
+        assert done.history and done.history[-1].to == "completed"
+        assert done.assigned_agent == agent.id and done.waiting is None
         page = admin.list_tasks("acme", state=["completed"], limit=10)
-        assert task["id"] in [t["id"] for t in page["tasks"]]
+        assert isinstance(page, TaskPage) and task.id in [t.id for t in page.tasks]
         assert "corral_dispatch_latency_seconds_count" in admin.metrics()
-        paused = admin.pause_agent("acme", agent["id"])
-        assert paused["state"] == "paused"
-        with Client(url, created["apiKey"]) as acme:
-            assert acme.get_org("acme")["plan"] == "free"
+        shown = admin.get_agent("acme", agent.name)  # the local runtime says its sandbox
+        assert shown.id == agent.id and shown.sandbox
+        paused = admin.pause_agent("acme", agent.id)
+        assert paused.state is AgentState.PAUSED and paused.paused_at is not None
+        usage = admin.org_usage("acme")
+        assert isinstance(usage, Usage) and (usage.org, usage.plan) == ("acme", "free")
+        assert usage.quota["pods"].hard and usage.models.period
+        with Client(url, created.api_key) as acme:
+            shown = acme.get_org("acme")
+            assert isinstance(shown, OrgDetail) and shown.plan == "free"
+            assert shown.usage["pods"].used == "0"
             with pytest.raises(PermissionDenied):
                 acme.metrics()
 
@@ -123,16 +158,24 @@ async def test_the_async_client_does_the_same(platform: tuple[str, str], tmp_pat
         task = await admin.submit_task(
             "globex", role="sleeper", payload={"op": "sleep", "seconds": 0.2}
         )
-        done = await admin.wait_task("globex", task["id"], timeout=120)
-        assert done["state"] == "completed" and done["result"] == {"slept": 0.2}
+        done = await admin.wait_task("globex", task.id, timeout=120)
+        assert done.state == "completed" and done.result == {"slept": 0.2}
         agents = await admin.list_agents("globex")
-        assert agents and {a["role"] for a in agents} == {
-            "sleeper"
-        }  # its role, provisioned on demand
-        logs = await admin.agent_logs("globex", agents[0]["id"], tail=50)
+        assert agents and {a.role for a in agents} == {"sleeper"}  # provisioned on demand
+        [role] = await admin.list_roles("globex")
+        assert role.name == "sleeper" and role.max_agents == 1
+        assert [a.id for a in (await admin.get_role("globex", "sleeper")).agents or []] == [
+            a.id for a in agents
+        ]
+        logs = await admin.agent_logs("globex", agents[0].id, tail=50)
         assert isinstance(logs, str)
-        await admin.put_secret("globex", "token", "s3cret")
+        made = await admin.put_secret("globex", "token", "s3cret")
+        assert made.name == "token" and made.version == 1
         secrets = await admin.list_secrets("globex")
-        assert "token" in str(secrets) and "s3cret" not in str(secrets)
+        assert [s.name for s in secrets] == ["token"] and "s3cret" not in str(secrets)
+        grant = await admin.add_grant("globex", secret="tok*", role="sleeper")
+        assert [g.id for g in await admin.list_grants("globex")] == [grant.id]
+        audit = await admin.audit("globex", limit=10)
+        assert {"secret.put", "grant.add"} <= {e.action for e in audit.entries}
         with pytest.raises(NotFound):
             await admin.get_task("globex", "task_nope")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import logging
 from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +18,7 @@ from corral.bus.events import BusEvent, EventKind
 from corral.control.bus_health import BusHealth
 from corral.control.dispatch import Dispatcher
 from corral.control.hub import EventHub
+from corral.control.logs import JsonFormatter
 from corral.domain.admission import AdmittedResources
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError, PermissionDenied, Unavailable
@@ -301,4 +304,43 @@ async def test_a_delivery_that_timed_out_while_the_bus_answers_counts_as_an_atte
     await w.dispatcher.round()  # the stand-in controller's bus health has no probe: it answers
     stored = await w.tasks.get(rec.id)
     assert stored.state is TaskState.QUEUED and stored.attempts == 1
+    await w.dispatcher.close()
+
+
+class JsonLines(logging.Handler):
+    """Formats each record as it is emitted, as the control plane's log handler does (the ids
+    of the span current then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_a_failed_delivery_is_logged_with_the_trace_of_its_dispatch(db: Database) -> None:
+    w = await _world(db)
+    trace_id, parent_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    rec = await w.dispatcher.submit(
+        w.org,
+        role="worker",
+        agent=None,
+        priority=Priority.NORMAL,
+        deadline=None,
+        requirements=Requirements(),
+        payload={"x": 1},
+        traceparent=f"00-{trace_id}-{parent_span}-01",
+    )
+    w.bus.broken = PermissionDenied("an earlier violation on the platform connection")
+    handler = JsonLines()
+    logging.getLogger("corral.dispatcher").addHandler(handler)
+    try:
+        await w.dispatcher.round()
+    finally:
+        logging.getLogger("corral.dispatcher").removeHandler(handler)
+    lines = {d["task"]: d for d in handler.lines if d["msg"].startswith("delivery of")}
+    assert lines[rec.id]["trace_id"] == trace_id  # the dispatch span's, a child of the submit
+    assert len(lines[rec.id]["span_id"]) == 16 and lines[rec.id]["org"] == "acme"
     await w.dispatcher.close()

@@ -87,3 +87,25 @@ def test_query_values_that_may_be_secrets_are_masked() -> None:
     path = loggable_path("/v1/events", b"key=crl_secret&limit=5&api_token=abc&state=queued")
     assert path == "/v1/events?key=***&limit=5&api_token=***&state=queued"
     assert loggable_path("/healthz", b"") == "/healthz"
+
+
+def test_a_record_logged_inside_a_span_names_its_trace_and_span() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("work") as span:
+        doc = json.loads(logs.JsonFormatter().format(record()))
+        text = logs.TextFormatter().format(record())
+    ids = span.get_span_context()
+    assert doc["trace_id"] == f"{ids.trace_id:032x}" and doc["span_id"] == f"{ids.span_id:016x}"
+    assert f"trace_id={ids.trace_id:032x}" in text
+    outside = json.loads(logs.JsonFormatter().format(record()))
+    assert "trace_id" not in outside and "span_id" not in outside
+
+
+def test_a_record_bringing_its_own_trace_keeps_it() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    with TracerProvider().get_tracer("test").start_as_current_span("other"):
+        doc = json.loads(logs.JsonFormatter().format(record(trace_id="a" * 32, span_id="b" * 16)))
+    assert (doc["trace_id"], doc["span_id"]) == ("a" * 32, "b" * 16)

@@ -321,3 +321,29 @@ async def test_an_org_keys_console_shows_nothing_of_another_org(
         assert r is not None and r.status == 404, path
         assert "not found" in await browser.page.locator("#error").inner_text()
     assert not any(acme["apiKey"] in u for u in browser.urls)
+
+
+async def test_the_admins_list_of_orgs_updates_live(browser: Browser, live: Live) -> None:
+    await live.org("bravo")
+    await live.roles("bravo", {"name": "worker", "maxAgents": 1, "onDemand": False})
+    await _login(browser, live, live.platform.new_admin_key)
+    assert browser.page.url.rstrip("/") == live.server.url
+    await _live(browser)
+    assert await browser.page.locator("#org-bravo .queued").inner_text() == "0"
+
+    await live.task("bravo", role="worker", payload={"op": "echo"})  # waits: nobody runs it
+    await _state(browser, "#org-bravo .queued", "1")
+    await live.org("alpha", plan="free")  # sorts before bravo: it joins the page above it
+    await _state(browser, "#org-alpha .plan", "free")
+    order = await browser.page.evaluate(
+        "Array.from(document.querySelectorAll('#orgs tbody tr')).map(r => r.dataset.org)"
+    )
+    assert order == ["alpha", "bravo"]
+    assert (await live.admin.delete("/v1/orgs/alpha")).status_code == 204
+
+    async def gone() -> bool:
+        return await browser.page.locator("#org-alpha").count() == 0
+
+    await eventually(gone, timeout=30, message="the deleted org's row leaving the list")
+    # no reload happened: the rows were kept by the event stream
+    assert await browser.page.evaluate("performance.getEntriesByType('navigation').length") == 1

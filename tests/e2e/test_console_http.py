@@ -284,3 +284,57 @@ async def test_ended_agents_are_hidden_until_asked_for_and_a_name_narrows_the_li
         assert 'id="agent-' not in page  # LIKE wildcards are taken literally
         r = await console.get("/orgs/acme", params={"agents": "sleeping"})
         assert r.status_code == 422 and "unknown agents 'sleeping'" in html.unescape(r.text)
+
+
+async def test_the_admins_list_of_orgs_follows_the_event_stream_and_refreshes_a_row(
+    live: Live,
+) -> None:
+    acme, acme_key = await live.org("acme")
+    await live.roles("acme", {"name": "worker", "maxAgents": 1, "onDemand": False})
+    async with _login(live, live.platform.new_admin_key) as console:
+        home = await console.get("/")
+        assert home.status_code == 200
+        marker = 'data-live="'
+        assert marker in home.text, "the list of orgs follows a stream"
+        stream_url = html.unescape(home.text.split(marker, 1)[1].split('"', 1)[0])
+        assert stream_url.startswith("/events?after=")
+        assert '<tr data-org="acme" id="org-acme">' in home.text
+        assert '<td class="queued">0</td>' in home.text
+
+        async with console.stream("GET", stream_url) as stream:
+            await live.org("globex", plan="free")
+            queued = await live.task("acme", role="worker", payload={"op": "echo"})
+            _, seen = await _events(stream.aiter_lines(), 2)
+        created = next(e for e in seen if e["kind"] == "org")
+        assert (created["org"], created["change"], created["plan"]) == ("globex", "created", "free")
+        assert created["namespace"] == "org-globex" and created["agentLimit"] >= 1
+        task = next(e for e in seen if e["kind"] == "task")
+        assert (task["org"], task["task"]["id"]) == ("acme", queued["id"])
+
+        async def refreshed() -> dict[str, Any] | None:
+            r = await console.get("/orgs/acme/figures")
+            assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+            body: dict[str, Any] = r.json()
+            return body if body["queued"] == 1 else None
+
+        figures = await eventually(refreshed, timeout=30, message="acme's queued task counted")
+        assert figures == {
+            "org": "acme",
+            "plan": "standard",
+            "namespace": "org-acme",
+            "agents": 0,
+            "agentLimit": figures["agentLimit"],
+            "queued": 1,
+        }
+        again = await console.get("/")
+        assert '<tr data-org="globex" id="org-globex">' in again.text
+
+        r = await live.admin.delete("/v1/orgs/globex")
+        assert r.status_code == 204
+        async with console.stream("GET", stream_url) as stream:
+            _, replay = await _events(stream.aiter_lines(), 3)
+        assert [e["change"] for e in replay if e["kind"] == "org"] == ["created", "deleted"]
+
+    async with acme_key, _login(live, acme["apiKey"]) as own:
+        assert (await own.get("/orgs/acme/figures")).status_code == 200
+        assert (await own.get("/orgs/globex/figures")).status_code == 404

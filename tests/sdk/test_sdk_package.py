@@ -79,8 +79,9 @@ def test_the_sdk_package_alone_runs_an_agent(tmp_path: Path) -> None:
                 command=[str(python), str(agent_file)],
                 wait=True,
             )
-            task = admin.submit_task("acme", agent=agent["id"], payload={"n": 1})
-            done = admin.wait_task("acme", task["id"], timeout=120)
-    assert done["state"] == "completed", done
-    assert done["result"]["corral"].startswith(str(venv)), done["result"]
-    assert done["result"]["platform"] == [] and done["result"]["echo"] == {"n": 1}
+            task = admin.submit_task("acme", agent=agent.id, payload={"n": 1})
+            done = admin.wait_task("acme", task.id, timeout=120)
+    assert done.state == "completed", done
+    assert done.result is not None
+    assert done.result["corral"].startswith(str(venv)), done.result
+    assert done.result["platform"] == [] and done.result["echo"] == {"n": 1}

@@ -2,20 +2,23 @@
 the path (query values that may be secrets masked), the status, the duration and the org.
 
 The org is the one the path names (``/v1/orgs/{org}/...``); it is also bound to the log
-context for the request, so whatever the request's handling logs carries it.
+context for the request, so whatever the request's handling logs carries it. A request whose
+handling traced its work (a task's submission) logs that trace's ``trace_id`` and
+``span_id``: the route leaves them with :func:`note_trace`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.control import logs
 
-__all__ = ["AccessLog", "SECRET_PARAMETERS", "loggable_path"]
+__all__ = ["AccessLog", "SECRET_PARAMETERS", "loggable_path", "note_trace"]
 
 log = logging.getLogger("corral.access")
 
@@ -30,6 +33,17 @@ def loggable_path(path: str, query: bytes) -> str:
     pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
     shown = [(k, "***" if any(s in k.lower() for s in SECRET_PARAMETERS) else v) for k, v in pairs]
     return f"{path}?{urlencode(shown, safe='*,')}"
+
+
+#: where in the request's state the ids of the trace its handling made are kept
+TRACE_STATE = "corral_trace"
+
+
+def note_trace(scope: Scope) -> None:
+    """Log the request of ``scope`` with the trace of the span current now."""
+    ids = logs.trace_ids()
+    if ids:
+        scope.setdefault("state", {})[TRACE_STATE] = ids
 
 
 def _org(path: str) -> str | None:
@@ -53,6 +67,8 @@ class AccessLog:
         started = time.perf_counter()
         path = str(scope.get("path", ""))
         org = _org(path)
+        # a route that traced its work leaves its trace's ids here for the access log line
+        state: dict[str, Any] = scope.setdefault("state", {})
         status = 500  # what the server answers if the app raises before it responds
         logged = False
 
@@ -64,6 +80,7 @@ class AccessLog:
                 "path": loggable_path(path, scope.get("query_string", b"")),
                 "status": code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                **state.get(TRACE_STATE, {}),
             }
             log.info(
                 "%s %s %d %.1fms",

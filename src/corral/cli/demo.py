@@ -30,7 +30,7 @@ from corral.cli.context import run
 from corral.cli.loop import run_loop
 from corral.cli.orgs import quota_table
 from corral.cli.output import console
-from corral.client import AsyncClient
+from corral.client import Agent, AsyncClient, TaskDetail, Usage
 from corral.domain.errors import CorralError, InvalidInput, NotFound, QuotaExceeded, Unavailable
 from corral.settings import Settings
 
@@ -64,10 +64,12 @@ async def refused(call: Awaitable[Any]) -> CorralError | None:
     return None
 
 
-async def _watch(api: AsyncClient, tasks: dict[str, tuple[str, str]], title: str) -> dict[str, Any]:
+async def _watch(
+    api: AsyncClient, tasks: dict[str, tuple[str, str]], title: str
+) -> dict[str, TaskDetail]:
     """Live progress bars until every task (id → (org, label)) is done."""
     console.rule(title)
-    results: dict[str, Any] = {}
+    results: dict[str, TaskDetail] = {}
     with Progress(
         TextColumn("{task.description:<34}"),
         BarColumn(bar_width=30),
@@ -85,8 +87,8 @@ async def _watch(api: AsyncClient, tasks: dict[str, tuple[str, str]], title: str
                 if tid in results:
                     continue
                 t = await api.get_task(org, tid)
-                bars.update(handles[tid], completed=t["progress"] or 0.0, state=t["state"])
-                if t["state"] in TERMINAL:
+                bars.update(handles[tid], completed=t.progress or 0.0, state=t.state.value)
+                if t.state in TERMINAL:
                     results[tid] = t
             if time.monotonic() > deadline:
                 raise DemoFailed("tasks did not finish within two minutes")
@@ -105,10 +107,10 @@ async def _story(srv: RunningServer) -> None:
     keys: dict[str, str] = {}
     for name, plan, _ in ORGS:
         org = await api.create_org(name, plan=plan)
-        keys[name] = org["apiKey"]
-        check(org["namespace"] == f"org-{name}", f"{name} on {plan}: namespace {org['namespace']}")
+        keys[name] = org.api_key
+        check(org.namespace == f"org-{name}", f"{name} on {plan}: namespace {org.namespace}")
     usage = await api.org_usage("globex")
-    console.print(quota_table(usage["quota"], "globex (standard: the seed's quota)"))
+    console.print(quota_table(_quota(usage), "globex (standard: the seed's quota)"))
     bad = await refused(api.create_org("Bad_Name!"))
     check(isinstance(bad, InvalidInput), f"a bad name is refused: {str(bad)[:60]}…")
 
@@ -132,11 +134,11 @@ async def _story(srv: RunningServer) -> None:
         )
         made = [c["action"] for c in declared["changes"]]
         mgr = await _role_agent(api, name, "manager")
-        agents[name] = {"manager": mgr["id"]}
+        agents[name] = {"manager": mgr.id}
         check(
-            made == ["create", "create"] and mgr["state"] == "running",
+            made == ["create", "create"] and mgr.state == "running",
             f"{name}: roles manager (1 kept warm) and worker (0..{workers} on demand); "
-            f"{mgr['name']} running",
+            f"{mgr.name} running",
         )
 
     # 3. secrets
@@ -148,7 +150,7 @@ async def _story(srv: RunningServer) -> None:
     )
     want = hashlib.sha256(SECRET.encode()).hexdigest()
     check(
-        done["state"] == "completed" and done["result"]["sha256"] == want,
+        done.state == "completed" and (done.result or {}).get("sha256") == want,
         "acme's manager read the granted github-token (only its hash is shown)",
     )
     t = await api.request(
@@ -158,8 +160,8 @@ async def _story(srv: RunningServer) -> None:
     )
     done = await _wait(api, "acme", t["id"])
     check(
-        done["state"] == "blocked",
-        f"acme's worker ({done['assignedAgent']}, started for this task) has no grant: "
+        done.state == "blocked",
+        f"acme's worker ({done.assigned_agent}, started for this task) has no grant: "
         "denied, and audited",
     )
 
@@ -172,25 +174,24 @@ async def _story(srv: RunningServer) -> None:
             priority="critical",
             payload={"op": "split", "corpus": True, "parts": 4, "role": "worker"},
         )
-        tasks[split["id"]] = (name, "critical: count words (split)")
+        tasks[split.id] = (name, "critical: count words (split)")
         for prio in ("high", "normal", "low"):
             t = await api.submit_task(
                 name, role="worker", priority=prio, payload={"op": "sleep", "seconds": 1}
             )
-            tasks[t["id"]] = (name, f"{prio}: sleep 1s")
+            tasks[t.id] = (name, f"{prio}: sleep 1s")
     results = await _watch(
         api, tasks, "4. tasks of every priority, live; managers delegate over the bus"
     )
     check(
-        all(r["state"] == "completed" for r in results.values()),
+        all(r.state == "completed" for r in results.values()),
         f"all {len(results)} tasks completed",
     )
-    words = {r["result"]["words"] for r in results.values() if "words" in (r["result"] or {})}
+    words = {r.result["words"] for r in results.values() if r.result and "words" in r.result}
     check(len(words) == 1, f"each manager counted {words.pop()} words across 4 delegated parts")
 
-    crew: dict[str, list[dict[str, Any]]] = {
-        name: (await api.request("GET", f"/v1/orgs/{name}/roles/worker"))["agents"]
-        for name, _, _ in ORGS
+    crew: dict[str, list[Agent]] = {
+        name: (await api.get_role(name, "worker")).agents or [] for name, _, _ in ORGS
     }
     check(
         all(1 <= len(crew[name]) <= n for name, _, n in ORGS),
@@ -202,13 +203,13 @@ async def _story(srv: RunningServer) -> None:
 
     # 5. pause and wake
     console.rule("5. scale to zero: pause an idle agent, wake it with a new task")
-    target = next(a["id"] for a in crew["globex"] if a["state"] == "running")
-    before = (await api.org_usage("globex"))["quota"]
-    paused = await api.request("POST", f"/v1/orgs/globex/agents/{target}/pause")
-    check(paused["state"] == "paused", f"{target} paused at {paused['pausedAt']}")
-    after = (await api.org_usage("globex"))["quota"]
-    pods = (before["pods"]["used"], after["pods"]["used"])
-    pvcs = (before["persistentvolumeclaims"]["used"], after["persistentvolumeclaims"]["used"])
+    target = next(a.id for a in crew["globex"] if a.state == "running")
+    before = (await api.org_usage("globex")).quota
+    paused = await api.pause_agent("globex", target)
+    check(paused.state == "paused", f"{target} paused at {paused.paused_at}")
+    after = (await api.org_usage("globex")).quota
+    pods = (before["pods"].used, after["pods"].used)
+    pvcs = (before["persistentvolumeclaims"].used, after["persistentvolumeclaims"].used)
     check(
         int(pods[1]) == int(pods[0]) - 1 and pvcs[0] == pvcs[1],
         f"its pod slot is released (pods {pods[0]} → {pods[1]}), its workspace kept (PVCs {pvcs[1]})",
@@ -216,8 +217,8 @@ async def _story(srv: RunningServer) -> None:
     done = await _ask(api, "globex", target, {"op": "echo"})
     agent = await api.get_agent("globex", target)
     check(
-        done["state"] == "completed" and agent["resumedAt"] is not None,
-        f"a task for it woke it (resumed at {agent['resumedAt']}) and completed",
+        done.state == "completed" and agent.resumed_at is not None,
+        f"a task for it woke it (resumed at {agent.resumed_at}) and completed",
     )
 
     # 6. isolation
@@ -235,7 +236,7 @@ async def _story(srv: RunningServer) -> None:
     done = await _ask(
         api, "acme", agents["acme"]["manager"], {"op": "secret", "name": "globex-only"}
     )
-    check(done["state"] == "blocked", "acme's manager cannot read globex's secret")
+    check(done.state == "blocked", "acme's manager cannot read globex's secret")
     probe = await _bus_probe(api, agents)
     if probe is not None:
         check(probe, "acme's agent subscribed to '>' saw none of globex's traffic")
@@ -250,16 +251,20 @@ async def _story(srv: RunningServer) -> None:
         table.add_row(
             name,
             plan,
-            ", ".join(f"{k} {v}" for k, v in sorted(u["agents"].items())),
-            ", ".join(f"{k} {v}" for k, v in sorted(u["tasks"].items())),
-            f"{u['quota']['pods']['used']}/{u['quota']['pods']['hard']}",
-            f"{u['measured']['cpuSeconds']:.2f}",
-            f"{u['measured']['rssBytes'] / 2**20:.0f}",
+            ", ".join(f"{k} {v}" for k, v in sorted(u.agents.items())),
+            ", ".join(f"{k} {v}" for k, v in sorted(u.tasks.items())),
+            f"{u.quota['pods'].used}/{u.quota['pods'].hard}",
+            f"{u.measured.cpu_seconds:.2f}",
+            f"{u.measured.rss_bytes / 2**20:.0f}",
         )
     console.print(table)
     metrics = await api.metrics()
     check('corral_agents{org="acme"' in metrics, "/metrics (admin) carries every tenant's series")
     await api.aclose()
+
+
+def _quota(usage: Usage) -> dict[str, dict[str, str]]:
+    return {name: {"hard": q.hard, "used": q.used} for name, q in usage.quota.items()}
 
 
 async def _bus_probe(api: AsyncClient, agents: dict[str, dict[str, str]]) -> bool | None:
@@ -273,33 +278,33 @@ async def _bus_probe(api: AsyncClient, agents: dict[str, dict[str, str]]) -> boo
         agents["acme"]["manager"],
         {"op": "probe_bus", "seconds": 1.5, "other": "globex"},
     )
-    await _wait(api, "globex", busy["id"])
-    result = done.get("result") or {}
-    if done["state"] != "completed" or "foreign" not in result:
+    await _wait(api, "globex", busy.id)
+    result = done.result or {}
+    if done.state != "completed" or "foreign" not in result:
         return None  # this agent build has no bus probe
     return int(result["foreign"]) == 0
 
 
-async def _role_agent(api: AsyncClient, org: str, role: str, timeout: float = 60) -> dict[str, Any]:
+async def _role_agent(api: AsyncClient, org: str, role: str, timeout: float = 60) -> Agent:
     """The first running agent of ``org``'s ``role``, once there is one."""
     deadline = time.monotonic() + timeout
     while True:
-        shown = await api.request("GET", f"/v1/orgs/{org}/roles/{role}")
-        running = [a for a in shown["agents"] if a["state"] == "running"]
+        shown = await api.get_role(org, role)
+        running = [a for a in shown.agents or [] if a.state == "running"]
         if running:
-            return running[0]  # type: ignore[no-any-return]
+            return running[0]
         if time.monotonic() > deadline:
             raise DemoFailed(f"no {role} agent of {org} was running after {timeout:g}s")
         await asyncio.sleep(0.05)
 
 
-async def _ask(api: AsyncClient, org: str, agent: str, payload: dict[str, Any]) -> dict[str, Any]:
+async def _ask(api: AsyncClient, org: str, agent: str, payload: dict[str, Any]) -> TaskDetail:
     """Give ``agent`` a task and wait for it to finish."""
     t = await api.submit_task(org, agent=agent, payload=payload)
-    return await _wait(api, org, t["id"])
+    return await _wait(api, org, t.id)
 
 
-async def _wait(api: AsyncClient, org: str, task_id: str, timeout: float = 60) -> dict[str, Any]:
+async def _wait(api: AsyncClient, org: str, task_id: str, timeout: float = 60) -> TaskDetail:
     try:
         return await api.wait_task(org, task_id, timeout=timeout, interval=0.05)
     except Unavailable as exc:

@@ -24,7 +24,7 @@ import click
 from corral.cli.context import run
 from corral.cli.loop import run_loop
 from corral.cli.output import console
-from corral.client import AsyncClient
+from corral.client import AsyncClient, TaskDetail
 from corral.domain.errors import InvalidInput, Unavailable
 from corral.settings import Settings
 
@@ -96,7 +96,7 @@ def dev(
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if done is not None and done["state"] != "completed":
+        if done is not None and done.state != "completed":
             raise SystemExit(1)
 
     run(body)
@@ -111,7 +111,7 @@ async def _dev(
     payload: dict[str, Any] | None,
     timeout: float,
     as_json: bool,
-) -> dict[str, Any] | None:
+) -> TaskDetail | None:
     from corral.api.server import running  # the server's imports are heavy: only here
 
     async with running(settings) as srv, AsyncClient(srv.url, srv.platform.new_admin_key) as api:
@@ -120,29 +120,29 @@ async def _dev(
             ORG, name="dev", role=role, command=command, slots=slots, wait=True
         )
         if payload is not None:
-            task = await api.submit_task(ORG, agent=agent["id"], payload=payload)
+            task = await api.submit_task(ORG, agent=agent.id, payload=payload)
             try:
-                done = await api.wait_task(ORG, task["id"], timeout=timeout, interval=0.05)
+                done = await api.wait_task(ORG, task.id, timeout=timeout, interval=0.05)
             except Unavailable:
-                console.print(await api.agent_logs(ORG, agent["id"], tail=50), markup=False)
+                console.print(await api.agent_logs(ORG, agent.id, tail=50), markup=False)
                 raise
             _show(done, as_json)
-            if done["state"] != "completed":
-                logs = await api.agent_logs(ORG, agent["id"], tail=50)
+            if done.state != "completed":
+                logs = await api.agent_logs(ORG, agent.id, tail=50)
                 click.echo(f"the agent's log:\n{logs}", err=True)
             return done
-        _banner(srv.url, srv.platform.new_admin_key or "", agent["id"], role)
+        _banner(srv.url, srv.platform.new_admin_key or "", agent.id, role)
         await _until_interrupted()
         return None
 
 
-def _show(done: dict[str, Any], as_json: bool) -> None:
+def _show(done: TaskDetail, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(done, indent=2, default=str))
+        click.echo(json.dumps(done.to_wire(), indent=2, default=str))
         return
-    console.print(f"{done['id']}: {done['state']}")
-    if done.get("result") is not None:
-        console.print_json(json.dumps(done["result"]))
+    console.print(f"{done.id}: {done.state}")
+    if done.result is not None:
+        console.print_json(json.dumps(done.result))
 
 
 def _banner(url: str, key: str, agent_id: str, role: str) -> None:

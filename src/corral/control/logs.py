@@ -6,6 +6,11 @@ ids of what it is about where they are known: ``org``, ``agent`` and ``task``, b
 stretch of work with :func:`bound` (the API binds the org of each request) or given to one
 call with ``extra={"org": ..., "agent": ..., "task": ...}``. Adapters below this layer use
 ``extra``; both end up as the same fields.
+
+A record logged while an OpenTelemetry span is current (an API request that submits a task,
+a task's dispatch) also carries ``trace_id`` and ``span_id`` (hex, as trace back ends show
+them), so a log line can be joined with its trace; a record may bring its own (the access
+log brings the trace of the request it logs, whose span has ended by then).
 """
 
 from __future__ import annotations
@@ -20,10 +25,23 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-__all__ = ["CONTEXT_FIELDS", "JsonFormatter", "TextFormatter", "bound", "configure", "log_format"]
+from opentelemetry import trace
+
+__all__ = [
+    "CONTEXT_FIELDS",
+    "TRACE_FIELDS",
+    "JsonFormatter",
+    "TextFormatter",
+    "bound",
+    "configure",
+    "log_format",
+    "trace_ids",
+]
 
 #: the ids a record may carry, in the order they are printed
 CONTEXT_FIELDS = ("org", "agent", "task")
+#: the ids of the trace a record was logged in
+TRACE_FIELDS = ("trace_id", "span_id")
 _context: dict[str, contextvars.ContextVar[str | None]] = {
     name: contextvars.ContextVar(f"corral_log_{name}", default=None) for name in CONTEXT_FIELDS
 }
@@ -60,7 +78,18 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     for key, value in vars(record).items():
         if key not in _STANDARD and key not in out and not key.startswith("_"):
             out[key] = value
+    if "trace_id" not in out:
+        out |= trace_ids()
     return out
+
+
+def trace_ids() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the span current now (none: no span, or one that
+    records nothing)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
 class JsonFormatter(logging.Formatter):

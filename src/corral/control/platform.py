@@ -99,7 +99,9 @@ class Platform:
         self.hub = EventHub()
         self.metrics = Metrics()
         self.hooks = OrgHooks()
-        self.tenants = TenantService(self.orgs, self.ledger, self.hooks)
+        self.tenants = TenantService(
+            self.orgs, self.ledger, self.hooks, on_change=self._org_changed
+        )
         self.new_admin_key: str | None = None  # set on the first start only
         self.deletion_retry_seconds = 5.0  # how often a pending org deletion is carried on
         self.relaunch_concurrency = recovery.RELAUNCH_CONCURRENCY
@@ -257,6 +259,19 @@ class Platform:
         if self.lease is not None:
             self.lease.lose()
         self.deposed.set()
+
+    def _org_changed(self, org: Organization, change: str) -> None:
+        """An org created, moved to another plan or being deleted: news for the live lists."""
+        self.hub.publish(
+            org.slug,
+            "org",
+            {
+                "change": change,
+                "plan": org.plan.name,
+                "namespace": org.namespace,
+                "agentLimit": org.plan.agent_limit,
+            },
+        )
 
     def _agent_changed(self, agent: Agent) -> None:
         self.dispatcher.agent_changed(agent)

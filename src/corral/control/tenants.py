@@ -72,10 +72,20 @@ class OrgHooks:
 
 
 class TenantService:
-    def __init__(self, orgs: OrgRepository, ledger: QuotaLedger, hooks: OrgHooks) -> None:
+    def __init__(
+        self,
+        orgs: OrgRepository,
+        ledger: QuotaLedger,
+        hooks: OrgHooks,
+        *,
+        on_change: Callable[[Organization, str], None] | None = None,
+    ) -> None:
         self.orgs = orgs
         self.ledger = ledger
         self.hooks = hooks
+        #: told of each org created, moved to another plan or marked for deletion
+        #: (``created``, ``plan``, ``deleted``): the admin's live list of orgs follows it
+        self.on_change = on_change
         self._locks: dict[str, asyncio.Lock] = {}
         self._tearing_down: set[str] = set()
 
@@ -118,6 +128,7 @@ class TenantService:
                     await self._quietly(step.name, "undoing", step.remove, org)
                 await self._quietly("store", "undoing", lambda o: self.orgs.delete(o.id), org)
                 raise
+        self._changed(org, "created")
         return CreatedOrg(org, key)
 
     async def get(self, slug: str) -> Organization:
@@ -163,6 +174,7 @@ class TenantService:
                 for step in reversed(done):
                     await self._quietly(step.name, "restoring the old plan in", step.apply, old)
                 raise
+        self._changed(new, "plan")
         return new
 
     async def delete(self, slug: str) -> None:
@@ -181,6 +193,7 @@ class TenantService:
             except BaseException:
                 self._tearing_down.discard(org.id)
                 raise
+            self._changed(org, "deleted")
             try:
                 await self._tear_down(org)
             except CorralError as exc:
@@ -191,6 +204,10 @@ class TenantService:
                 ) from exc
             finally:
                 self._tearing_down.discard(org.id)
+
+    def _changed(self, org: Organization, change: str) -> None:
+        if self.on_change is not None:
+            self.on_change(org, change)
 
     async def finish_deletions(self) -> int:
         """Carry on every deletion that began and did not finish. Returns how many finished;

@@ -26,6 +26,7 @@ __all__ = [
     "context_of",
     "current_traceparent",
     "end_dispatch",
+    "inside",
     "start_dispatch",
     "submitting",
     "traceparent_of",
@@ -92,6 +93,17 @@ def start_dispatch(traceparent: str, *, org: str, task: str, agent: str, attempt
             "corral.attempt": attempt,
         },
     )
+
+
+@contextlib.contextmanager
+def inside(span: Span | None) -> Iterator[None]:
+    """``span`` current in the block (ended or not: what is logged there names its trace);
+    None: as it was."""
+    if span is None:
+        yield
+        return
+    with trace.use_span(span, end_on_exit=False):
+        yield
 
 
 def end_dispatch(span: Span, result: object) -> None:

@@ -1,4 +1,4 @@
-"""The console's lists: ``/`` (the organizations a key sees, a page at a time) and
+"""The console's lists: ``/`` (the organizations a key sees, a page at a time, kept live) and
 ``/orgs/{org}`` (an org's quota, charts, agents and tasks with filters, search and cursor
 paging). Each page costs what it shows: one page of orgs, one page of tasks."""
 
@@ -10,7 +10,7 @@ from fractions import Fraction
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from corral.api.auth import Caller, platform
 from corral.api.console import charts
@@ -80,18 +80,13 @@ async def home(request: Request) -> Response:
         orgs = await p.tenants.list(after=after, limit=PAGE + 1)
         more = len(orgs) > PAGE
         orgs = orgs[:PAGE]
-        rows = []
-        for org in orgs:
-            _, usage = await p.tenants.usage(org.slug)
-            queued = p.dispatcher.scheduler.queued(OrgId(org.id))
-            rows.append(
-                f'<tr data-org="{esc(org.slug)}"><td><a href="/orgs/{esc(org.slug)}">'
-                f"{esc(org.slug)}</a></td><td>{esc(org.plan.name)}</td>"
-                f"<td>{esc(org.namespace)}</td><td>{usage.agents} / {org.plan.agent_limit}</td>"
-                f'<td class="queued">{queued}</td></tr>'
-            )
+        rows = [org_row(await org_figures(request, org)) for org in orgs]
+        # the live script keeps the rows' figures current and adds or drops the orgs created
+        # or deleted within this page's stretch of names (after ``data-after``, and before
+        # the last row's name when there is a next page)
         table = (
-            '<table id="orgs"><thead><tr><th>organization</th><th>plan</th><th>namespace</th>'
+            f'<table id="orgs" data-after="{esc(after or "")}" data-more="{"1" if more else ""}">'
+            "<thead><tr><th>organization</th><th>plan</th><th>namespace</th>"
             "<th>agents</th><th>queued</th></tr></thead><tbody>"
             + "".join(rows)
             + "</tbody></table>"
@@ -101,15 +96,51 @@ async def home(request: Request) -> Response:
             if more
             else ""
         )
-        body = (table + pager) if rows else "<p>No organizations yet.</p>"
+        empty = "" if rows else '<p id="no-orgs">No organizations yet.</p>'
         return page(
             "Corral — all tenants",
-            body,
+            table + empty + pager,
             who=who_label(who),
+            live=f"/events?after={p.hub.last_id}",
             crumbs=[("all tenants", "")],
         )
 
     return await answer(request, build)
+
+
+async def org_figures(request: Request, org: Organization) -> dict[str, Any]:
+    """What the list of orgs shows of ``org``: its plan, namespace, agents and queued tasks."""
+    p = platform(request)
+    _, usage = await p.tenants.usage(org.slug)
+    return {
+        "org": org.slug,
+        "plan": org.plan.name,
+        "namespace": org.namespace,
+        "agents": usage.agents,
+        "agentLimit": org.plan.agent_limit,
+        "queued": p.dispatcher.scheduler.queued(OrgId(org.id)),
+    }
+
+
+def org_row(f: Mapping[str, Any]) -> str:
+    slug = esc(f["org"])
+    return (
+        f'<tr data-org="{slug}" id="org-{slug}"><td><a href="/orgs/{slug}">{slug}</a></td>'
+        f'<td class="plan">{esc(f["plan"])}</td><td class="namespace">{esc(f["namespace"])}</td>'
+        f'<td class="agents">{f["agents"]} / {f["agentLimit"]}</td>'
+        f'<td class="queued">{f["queued"]}</td></tr>'
+    )
+
+
+@router.get("/orgs/{slug}/figures")
+async def figures(slug: str, request: Request) -> Response:
+    """One org's row of the list of orgs, as JSON: what the live list refreshes it from."""
+
+    async def read(who: Caller) -> Response:
+        org = await console_org(request, who, slug)
+        return JSONResponse(await org_figures(request, org), headers=HEADERS)
+
+    return await answer(request, read)
 
 
 def _bar(used: str, hard: str, value: float | Fraction, limit: float | Fraction) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
 
+from corral.api import answers
 from corral.api.auth import org_scope, platform
 from corral.api.schemas import LABEL30, QUANTITY, Strict
 from corral.domain.admission import ContainerRequest
@@ -55,7 +56,7 @@ def _q(text: str | None) -> Any:
     return None if text is None else parse(text)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=answers.Agent, response_model_exclude_unset=True)
 async def provision(body: AgentCreate, org: Org, request: Request) -> dict[str, Any]:
     p = platform(request)
     req = ContainerRequest(
@@ -78,7 +79,7 @@ async def provision(body: AgentCreate, org: Org, request: Request) -> dict[str, 
     return agent.to_wire()
 
 
-@router.get("")
+@router.get("", response_model=answers.AgentList, response_model_exclude_unset=True)
 async def list_agents(
     org: Org,
     request: Request,
@@ -97,7 +98,7 @@ async def _id(request: Request, org: Organization, agent: str) -> str:
     return (await platform(request).controller.get_agent(org, agent)).id
 
 
-@router.get("/{agent}")
+@router.get("/{agent}", response_model=answers.Agent, response_model_exclude_unset=True)
 async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
     """One agent, by id or name."""
     controller = platform(request).controller
@@ -109,7 +110,7 @@ async def show(agent: str, org: Org, request: Request) -> dict[str, Any]:
     return wire
 
 
-@router.get("/{agent}/logs")
+@router.get("/{agent}/logs", response_model=answers.AgentLogs, response_model_exclude_unset=True)
 async def logs(
     agent: str, org: Org, request: Request, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
 ) -> dict[str, Any]:
@@ -118,13 +119,13 @@ async def logs(
     return {"agent": agent_id, "logs": text}
 
 
-@router.post("/{agent}/pause")
+@router.post("/{agent}/pause", response_model=answers.Agent, response_model_exclude_unset=True)
 async def pause(agent: str, org: Org, request: Request, force: bool = False) -> dict[str, Any]:
     agent_id = await _id(request, org, agent)
     return (await platform(request).controller.pause(org, agent_id, force=force)).to_wire()
 
 
-@router.post("/{agent}/resume")
+@router.post("/{agent}/resume", response_model=answers.Agent, response_model_exclude_unset=True)
 async def resume(agent: str, org: Org, request: Request, wait: bool = False) -> dict[str, Any]:
     p = platform(request)
     agent_id = await _id(request, org, agent)

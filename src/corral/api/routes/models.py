@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ConfigDict, Field
 
+from corral.api import answers
 from corral.api.auth import Caller, caller, org_scope, platform
 from corral.api.schemas import Strict, strip_nulls
 from corral.domain.budgets import Budget
@@ -103,7 +104,12 @@ async def _declare(
     return model.to_wire()
 
 
-@router.post("/models", status_code=201)
+@router.post(
+    "/models",
+    status_code=201,
+    response_model=answers.ModelEndpoint,
+    response_model_exclude_unset=True,
+)
 async def create_model(
     body: ModelCreate, org: Org, who: Who, request: Request, response: Response
 ) -> dict[str, Any]:
@@ -111,7 +117,9 @@ async def create_model(
     return await _declare(request, response, org, who, body.name, body)
 
 
-@router.put("/models/{name}")
+@router.put(
+    "/models/{name}", response_model=answers.ModelEndpoint, response_model_exclude_unset=True
+)
 async def put_model(
     name: ModelName, body: ModelPut, org: Org, who: Who, request: Request, response: Response
 ) -> dict[str, Any]:
@@ -119,13 +127,15 @@ async def put_model(
     return await _declare(request, response, org, who, name, body)
 
 
-@router.get("/models")
+@router.get("/models", response_model=answers.ModelList, response_model_exclude_unset=True)
 async def list_models(org: Org, request: Request) -> dict[str, Any]:
     models = await platform(request).models.catalog.list(org)
     return {"models": [m.to_wire() for m in models]}
 
 
-@router.get("/models/{name}")
+@router.get(
+    "/models/{name}", response_model=answers.ModelEndpoint, response_model_exclude_unset=True
+)
 async def show_model(name: ModelName, org: Org, request: Request) -> dict[str, Any]:
     return (await platform(request).models.catalog.get(org, name)).to_wire()
 
@@ -136,14 +146,14 @@ async def remove_model(name: ModelName, org: Org, who: Who, request: Request) ->
     return Response(status_code=204)
 
 
-@router.get("/budget")
+@router.get("/budget", response_model=answers.BudgetView, response_model_exclude_unset=True)
 async def show_budget(org: Org, request: Request) -> dict[str, Any]:
     """The org's period budget in force and what this period has used of it."""
     usage = await platform(request).models.usage(org)
     return {k: usage[k] for k in ("period", "budget", "ownBudget", "limits", "total")}
 
 
-@router.put("/budget")
+@router.put("/budget", response_model=answers.BudgetView, response_model_exclude_unset=True)
 async def set_budget(body: BudgetPut, org: Org, who: Who, request: Request) -> dict[str, Any]:
     """Set the org's own period budget (tokens and/or dollars), or go back to its plan's."""
     budget = None
@@ -156,7 +166,7 @@ async def set_budget(body: BudgetPut, org: Org, who: Who, request: Request) -> d
     return {k: usage[k] for k in ("period", "budget", "ownBudget", "limits", "total")}
 
 
-@router.get("/usage/models")
+@router.get("/usage/models", response_model=answers.ModelUsage, response_model_exclude_unset=True)
 async def model_usage(
     org: Org,
     request: Request,

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from corral.api import answers
 from corral.api.auth import Caller, admin_only, caller, org_scope, platform
 from corral.api.schemas import OrgCreate, OrgPatch, org_to_wire, usage_to_wire
 from corral.control.monitoring import org_figures
@@ -18,12 +19,14 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/plans")
+@router.get("/plans", response_model=answers.PlanList, response_model_exclude_unset=True)
 async def list_plans(_: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
     return {"plans": [p.to_wire() for p in PLANS.values()]}
 
 
-@router.post("/orgs", status_code=201)
+@router.post(
+    "/orgs", status_code=201, response_model=answers.CreatedOrg, response_model_exclude_unset=True
+)
 async def create_org(
     body: OrgCreate, request: Request, _: Annotated[Caller, Depends(admin_only)]
 ) -> dict[str, Any]:
@@ -31,7 +34,7 @@ async def create_org(
     return {**org_to_wire(created.org), "apiKey": created.api_key}
 
 
-@router.get("/orgs")
+@router.get("/orgs", response_model=answers.OrgPage, response_model_exclude_unset=True)
 async def list_orgs(
     request: Request,
     who: Annotated[Caller, Depends(caller)],
@@ -56,7 +59,7 @@ async def list_orgs(
     }
 
 
-@router.get("/orgs/{org}")
+@router.get("/orgs/{org}", response_model=answers.OrgDetail, response_model_exclude_unset=True)
 async def get_org(
     request: Request, found: Annotated[Organization, Depends(org_scope)]
 ) -> dict[str, Any]:
@@ -64,7 +67,7 @@ async def get_org(
     return {**org_to_wire(found), "usage": usage_to_wire(found, usage)["quota"]}
 
 
-@router.patch("/orgs/{org}")
+@router.patch("/orgs/{org}", response_model=answers.Org, response_model_exclude_unset=True)
 async def patch_org(
     org: str, body: OrgPatch, request: Request, _: Annotated[Caller, Depends(admin_only)]
 ) -> dict[str, Any]:
@@ -82,7 +85,7 @@ async def delete_org(
     return Response(status_code=204)
 
 
-@router.get("/orgs/{org}/usage")
+@router.get("/orgs/{org}/usage", response_model=answers.Usage, response_model_exclude_unset=True)
 async def get_usage(
     request: Request, found: Annotated[Organization, Depends(org_scope)]
 ) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ConfigDict, Field
 
+from corral.api import answers
 from corral.api.auth import Caller, caller, org_scope, platform
 from corral.api.routes.tasks import RetryIn, Seconds
 from corral.api.schemas import LABEL30, QUANTITY, Strict, strip_nulls
@@ -110,7 +111,7 @@ def role_to_wire(role: Role, agents: list[Agent] | None = None) -> dict[str, Any
     return out
 
 
-@router.put("")
+@router.put("", response_model=answers.RolesApplied, response_model_exclude_unset=True)
 async def apply_roles(
     body: RolesFile, org: Org, who: Who, request: Request, dry_run: DryRun = False
 ) -> dict[str, Any]:
@@ -121,12 +122,12 @@ async def apply_roles(
     return {"dryRun": dry_run, "changes": [c.to_wire() for c in changes]}
 
 
-@router.get("")
+@router.get("", response_model=answers.RoleList, response_model_exclude_unset=True)
 async def list_roles(org: Org, request: Request) -> dict[str, Any]:
     return {"roles": [role_to_wire(r) for r in platform(request).roles.roles(org.id)]}
 
 
-@router.put("/{role}")
+@router.put("/{role}", response_model=answers.RolePut, response_model_exclude_unset=True)
 async def put_role(
     role: RoleName,
     body: RoleBody,
@@ -147,7 +148,7 @@ async def put_role(
     }
 
 
-@router.get("/{role}")
+@router.get("/{role}", response_model=answers.Role, response_model_exclude_unset=True)
 async def show_role(role: RoleName, org: Org, request: Request) -> dict[str, Any]:
     """The role's spec and its agents (those not terminated)."""
     p = platform(request)

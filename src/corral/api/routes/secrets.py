@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ConfigDict, Field, SecretStr
 
+from corral.api import answers
 from corral.api.auth import Caller, caller, org_scope, platform
 from corral.api.schemas import AGENT_ID, Strict, exactly_one_of, strip_nulls
 from corral.domain.errors import InvalidInput, NotFound
@@ -133,6 +134,8 @@ SecretName = Annotated[
 
 @router.put(
     "/secrets/{name}",
+    response_model=answers.Secret,
+    response_model_exclude_unset=True,
     responses={
         200: {"description": "a new version of an existing secret"},
         201: {"description": "the secret's first version"},
@@ -147,13 +150,13 @@ async def put_secret(
     return info.to_wire()
 
 
-@router.get("/secrets")
+@router.get("/secrets", response_model=answers.SecretList, response_model_exclude_unset=True)
 async def list_secrets(org: Org, request: Request) -> dict[str, Any]:
     infos = await platform(request).vault.list(OrgId(org.id))
     return {"secrets": [i.to_wire() for i in infos]}
 
 
-@router.get("/secrets/{name}")
+@router.get("/secrets/{name}", response_model=answers.Secret, response_model_exclude_unset=True)
 async def show_secret(name: SecretName, org: Org, request: Request) -> dict[str, Any]:
     """One secret's name, version and times; values are write-only."""
     return (await platform(request).vault.info(OrgId(org.id), name)).to_wire()
@@ -168,7 +171,9 @@ async def delete_secret(name: SecretName, org: Org, who: Who, request: Request) 
 # -- grants -----------------------------------------------------------------------------------
 
 
-@router.post("/grants", status_code=201)
+@router.post(
+    "/grants", status_code=201, response_model=answers.Grant, response_model_exclude_unset=True
+)
 async def add_grant(body: GrantCreate, org: Org, who: Who, request: Request) -> dict[str, Any]:
     """Let a role or one agent of this org read the secrets ``secret`` names or matches."""
     if (body.role is None) == (body.agent is None):
@@ -190,7 +195,7 @@ async def add_grant(body: GrantCreate, org: Org, who: Who, request: Request) -> 
     return grant_to_wire(record)
 
 
-@router.get("/grants")
+@router.get("/grants", response_model=answers.GrantList, response_model_exclude_unset=True)
 async def list_grants(org: Org, request: Request) -> dict[str, Any]:
     records = await platform(request).vault.grants.list(OrgId(org.id))
     return {"grants": [grant_to_wire(r) for r in records]}
@@ -205,7 +210,7 @@ async def remove_grant(grant_id: str, org: Org, who: Who, request: Request) -> R
 # -- audit ------------------------------------------------------------------------------------
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=answers.AuditPage, response_model_exclude_unset=True)
 async def audit(
     org: Org,
     request: Request,

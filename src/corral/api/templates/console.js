@@ -85,8 +85,56 @@
       }
     }
   }
+  // the admin's list of orgs: each event of an org on the page refreshes its row (at most
+  // once a second per org); orgs created within the page's stretch of names join it in
+  // name order, deleted ones leave it
+  const orgs = $("#orgs");
+  const pending = new Map();
+  function orgCells(tr, f) {
+    tr.querySelector(".plan").textContent = f.plan;
+    tr.querySelector(".namespace").textContent = f.namespace;
+    tr.querySelector(".agents").textContent = f.agents + " / " + f.agentLimit;
+    tr.querySelector(".queued").textContent = f.queued;
+  }
+  async function refreshOrg(org) {
+    try {
+      const r = await fetch(`/orgs/${encodeURIComponent(org)}/figures`, { credentials: "same-origin", cache: "no-store" });
+      const row = byId("org-", org);
+      if (r.ok && row) orgCells(row, await r.json());
+    } catch (e) { /* the next event tries again */ }
+  }
+  function scheduleOrg(org) {
+    if (pending.has(org)) return;
+    pending.set(org, setTimeout(() => { pending.delete(org); refreshOrg(org); }, 1000));
+  }
+  function inStretch(org) {
+    const after = orgs.dataset.after || "";
+    if (org <= after) return false;
+    const rows = orgs.querySelectorAll("tbody tr");
+    return !orgs.dataset.more || (rows.length > 0 && org < rows[rows.length - 1].dataset.org);
+  }
+  function addOrg(org) {
+    const tr = document.createElement("tr"); tr.id = "org-" + org; tr.dataset.org = org;
+    tr.append(cell(org, `/orgs/${encodeURIComponent(org)}`));
+    for (const name of ["plan", "namespace", "agents", "queued"]) { const td = cell(""); td.className = name; tr.append(td); }
+    const before = Array.from(orgs.querySelectorAll("tbody tr")).find(r => r.dataset.org > org);
+    orgs.querySelector("tbody").insertBefore(tr, before || null);
+    const empty = $("#no-orgs"); if (empty) empty.remove();
+    return tr;
+  }
+  function onOrgEvent(ev) {
+    if (!orgs || !ev.org) return;
+    let row = byId("org-", ev.org);
+    if (ev.kind === "org" && ev.change === "deleted") { if (row) row.remove(); return; }
+    if (!row && ev.kind === "org" && ev.change === "created" && inStretch(ev.org)) {
+      row = addOrg(ev.org);
+      orgCells(row, { plan: ev.plan, namespace: ev.namespace, agents: 0, agentLimit: ev.agentLimit, queued: 0 });
+    }
+    if (row) scheduleOrg(ev.org);
+  }
   if (src) {
     const es = new EventSource(src);
+    if (orgs) for (const kind of ["task", "agent", "org"]) es.addEventListener(kind, e => onOrgEvent(JSON.parse(e.data)));
     es.onopen = () => { live.textContent = "● live"; };
     es.onerror = () => { live.textContent = "○ reconnecting"; };
     es.addEventListener("task", e => onTask(JSON.parse(e.data)));

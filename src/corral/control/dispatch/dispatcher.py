@@ -449,22 +449,29 @@ class Dispatcher:
         unanswered = any(isinstance(r, Unavailable) for r in results)
         bus_down = unanswered and not await self.controller.bus_health.check()
         for rec, result in zip(sent, results, strict=True):
-            if spans and rec.id in spans:
-                tracing.end_dispatch(spans[rec.id], result)
-            if bus_down and isinstance(result, Unavailable):
-                if await self.book.requeue_untried(rec.id, f"delivery failed: {result.message}"):
-                    self.kick()
-            elif isinstance(result, CorralError):
-                log.warning(
-                    "delivery of %s to %s failed: %s",
-                    rec.id,
-                    rec.agent_id,
-                    result.message,
-                    extra={"org": rec.org, "agent": rec.agent_id, "task": rec.id},
-                )
-                await self._retry(rec.id, f"delivery failed: {result.message}")
-            else:
-                self.on_dispatched(now - rec.created_at.timestamp())
+            sent_span = spans.get(rec.id) if spans else None
+            if sent_span is not None:
+                tracing.end_dispatch(sent_span, result)
+            with tracing.inside(sent_span):  # what is logged of this delivery names its trace
+                await self._delivered(rec, result, now=now, bus_down=bus_down)
+
+    async def _delivered(
+        self, rec: TaskRecord, result: object, *, now: float, bus_down: bool
+    ) -> None:
+        if bus_down and isinstance(result, Unavailable):
+            if await self.book.requeue_untried(rec.id, f"delivery failed: {result.message}"):
+                self.kick()
+        elif isinstance(result, CorralError):
+            log.warning(
+                "delivery of %s to %s failed: %s",
+                rec.id,
+                rec.agent_id,
+                result.message,
+                extra={"org": rec.org, "agent": rec.agent_id, "task": rec.id},
+            )
+            await self._retry(rec.id, f"delivery failed: {result.message}")
+        else:
+            self.on_dispatched(now - rec.created_at.timestamp())
 
     async def _retry(self, task_id: str, why: str, error_type: str | None = None) -> None:
         """A dispatched or running task back in the queue, or failed; committed on return."""
