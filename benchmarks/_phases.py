@@ -6,8 +6,7 @@ process only) so that each records the moment it began or returned against the a
 provisioned. Nothing of the platform is changed to measure it. The agent's side (from the
 moment the fork server's child reported its set-up done to its ready message reaching the
 control plane) is one step seen from here: the agent's run of its module, its bus connect,
-its subscriptions and its ready message; the agent says how long its connect and
-subscriptions took in its ready message (``startup``), which splits it further.
+its subscriptions and its ready message.
 
 Use::
 
@@ -48,7 +47,6 @@ class Phases:
 
     def __init__(self) -> None:
         self.marks: dict[str, list[tuple[str, float]]] = defaultdict(list)
-        self.agent_side: dict[str, dict[str, float]] = defaultdict(dict)
         self._current: str | None = None
         self._t0 = 0.0
 
@@ -64,11 +62,14 @@ class Phases:
     def reset(self) -> None:
         """Forget every mark (a new run)."""
         self.marks.clear()
-        self.agent_side.clear()
 
     def mark(self, label: str) -> None:
         if self._current is not None:
             self.marks[self._current].append((label, time.perf_counter() - self._t0))
+
+    def _is_current(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` (``agent-<org>-<name>-<suffix>``) is the one being measured."""
+        return self._current is not None and f"-{self._current}-" in agent_id
 
     def _seen(self, label: str) -> bool:
         return self._current is not None and any(n == label for n, _ in self.marks[self._current])
@@ -88,8 +89,8 @@ class Phases:
         self._around(Zygote, "_read_to_end", after="child set up (sandbox applied), report ok")
         self._around(LocalProcessRuntime, "start", after="runtime start returned")
         self._around(Controller, "provision", after="provision() returned")
-        self._around(Controller, "heard_from", after="agent heard from (store)")
-        self._around(Controller, "on_ready", after="ready recorded (store)")
+        self._around(Controller, "heard_from", after="agent heard from (store)", own=1)
+        self._around(Controller, "on_ready", after="ready recorded (store)", own=2)
         self._around(AgentRecords, "wait_running", before="wait_running called")
         original = Zygote._handle_record
         clock = self
@@ -99,20 +100,16 @@ class Phases:
                 clock.mark("forked (fork server's answer)")
             original(zygote, record)
 
-        Zygote._handle_record = handle_record  # type: ignore[method-assign]
+        Zygote._handle_record = handle_record  # type: ignore[method-assign,assignment]
         handle = AgentEvents.handle
 
         async def on_event(events: AgentEvents, event: Any) -> None:
-            if getattr(event.message, "status", None) is StatusKind.READY:
+            ready = getattr(event.message, "status", None) is StatusKind.READY
+            if ready and clock._is_current(str(event.agent_id)):
                 clock.mark("agent ran, connected, said ready (message in)")
-            detail = getattr(event.message, "detail", None) or {}
-            startup = detail.get("startup") if isinstance(detail, dict) else None
-            if isinstance(startup, dict) and clock._current is not None:
-                side = clock.agent_side[clock._current]
-                side.update({str(k): float(v) for k, v in startup.items()})
             await handle(events, event)
 
-        AgentEvents.handle = on_event  # type: ignore[method-assign]
+        AgentEvents.handle = on_event  # type: ignore[method-assign,assignment]
 
     def _around(
         self,
@@ -123,8 +120,11 @@ class Phases:
         after: str | None = None,
         sync: bool = False,
         once: bool = False,
+        own: int | None = None,
     ) -> None:
-        """``once``: mark only the first call of the agent's provision."""
+        """``once``: mark only the first call of the agent's provision; ``own``: mark only
+        calls whose argument at that position is the agent's id (another agent's heartbeat
+        may arrive meanwhile)."""
         original: Callable[..., Any] = getattr(cls, name)
         clock = self
         if sync:
@@ -144,6 +144,8 @@ class Phases:
         @functools.wraps(original)
         async def wrapped(*args: Any, **kwargs: Any) -> Any:
             first = not once or not clock._seen(after or before or "")
+            if own is not None and not clock._is_current(str(args[own])):
+                first = False
             if before and first:
                 clock.mark(before)
             result = await original(*args, **kwargs)
@@ -180,25 +182,10 @@ class Phases:
         out.append(("total (provision → wait_running returned)", total * 1000, 1.0))
         return out
 
-    def agent_rows(self, skip_first: bool = True) -> list[tuple[str, float]]:
-        keys = list(self.agent_side)[1:] if skip_first else list(self.agent_side)
-        names: list[str] = []
-        for key in keys:
-            names += [n for n in self.agent_side[key] if n not in names]
-        return [
-            (name, statistics.median(self.agent_side[k][name] for k in keys
-                                     if name in self.agent_side[k]))
-            for name in names
-        ]  # fmt: skip
-
     def lines(self, title: str) -> list[str]:
         """The breakdown as printable lines."""
         out = [f"{title}: where provision → ready goes (p50 of each step, n={len(self.marks) - 1},"
                " the first agent left out)"]  # fmt: skip
         for label, ms, share in self.rows():
             out.append(f"  {label:<56} {ms:8.2f} ms  {share:6.1%}")
-        agent = self.agent_rows()
-        if agent:
-            out.append("  the agent's own account of its start (p50):")
-            out += [f"    {label:<54} {ms:8.2f} ms" for label, ms in agent]
         return out
