@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import _common as c
+from _phases import Phases
 
 from corral.control.platform import Platform
 from corral.domain.admission import ContainerRequest
@@ -93,6 +94,10 @@ class Figures:
     scale_agents: int = 0  # agents the role's queue started
     scale_most: int = 0  # the most agents of the role seen at once
     scale_completed: int = 0
+    phases: list[str] = field(default_factory=list)  # the breakdown of provision → ready
+
+
+CLOCK = Phases()
 
 
 async def _provision(p: Platform, org: Organization, name: str) -> tuple[str, float, float]:
@@ -123,12 +128,15 @@ async def measure_corral(args: argparse.Namespace, sandbox: str) -> Figures:
         print(f"sandbox: {runtime.sandbox.level()}", flush=True)
 
         ids: list[str] = []
+        CLOCK.reset()
         for i in range(args.sequential):
-            agent_id, call, ready = await _provision(p, org, f"seq-{i}")
+            with CLOCK.agent(f"seq-{i}"):
+                agent_id, call, ready = await _provision(p, org, f"seq-{i}")
             ids.append(agent_id)
             f.provision_call.append(call)
             f.provision_ready.append(ready)
         print(f"  {args.sequential} sequential provisions done", flush=True)
+        f.phases = CLOCK.lines(f"sandbox {'on' if sandbox == 'auto' else 'off'}")
         server = runtime.zygote_pid(org.slug)
         print(f"  fork server: {f'pid {server}' if server else 'none, agents exec'}", flush=True)
 
@@ -371,6 +379,8 @@ def report(args: argparse.Namespace, f: Figures, r: RayFigures | None, sandbox: 
             "runtime start (ray.init)", "", measured=c.secs(r.init), notes=c.secs(RAY_NOTES["init"])
         )
     t.print()
+    if f.phases:
+        print("\n".join(["", *f.phases]))
 
 
 def exec_every_agent() -> None:
@@ -413,6 +423,7 @@ def main() -> None:
         exec_every_agent()
 
     c.header("agents")
+    CLOCK.install()
     before = {p.pid for p in c.children()}
     modes = {"both": ["auto", "off"], "on": ["auto"], "off": ["off"]}[args.sandbox]
     runs = {}

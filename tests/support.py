@@ -91,22 +91,46 @@ def corral_up(
     up = CorralUp(proc, data)
     try:
         wait_until(lambda: (data / "api.url").exists() or proc.poll() is not None, timeout=30)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        if proc.poll() is not None:
+            up.finish()
+            raise AssertionError(up.output)
         yield up
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        up.output, _ = proc.communicate(timeout=30)
+        up.finish()
         if not up.killed:
             assert proc.returncode == 0, up.output
 
 
 class CorralUp:
+    """A running ``corral up``. Its output is read as it comes (a thread of its own): a pipe
+    nobody drains fills, and a control plane logging every request would then block on it."""
+
     def __init__(self, proc: subprocess.Popen[str], data: Path) -> None:
         self.proc = proc
         self.data = data
-        self.output = ""
         self.killed = False
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, name="corral-up-output", daemon=True)
+        self._reader.start()
+
+    @property
+    def output(self) -> str:
+        """What it has written so far (stdout and stderr)."""
+        return "".join(self._lines)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    def finish(self) -> None:
+        """Wait for it to exit and for the last of its output."""
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=30)
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
 
     def kill(self) -> None:
         """kill -9, as a crash would."""

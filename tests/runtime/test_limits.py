@@ -3,6 +3,7 @@ cgroupfs), so the v2 and v1 paths are covered on any host."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -100,8 +101,13 @@ def test_cgroup_v1_writes_memory_cpu_and_pids_limits(tmp_path: Path) -> None:
     assert (pids / "pids.max").read_text() == "100"
     for d in placement.dirs.values():
         (d / "cgroup.procs").write_text("")
+        (d / "tasks").write_text("")
     with placement.join() as hook:
         assert callable(hook)  # the hook itself runs only in a forked child
+        # v1: the new process moves its one thread ("0", itself) through ``tasks``
+        assert [os.readlink(f"/proc/self/fd/{fd}") for fd in hook.procs] == [
+            str(placement.dirs[k] / "tasks") for k in ("memory", "cpu", "pids")
+        ]
     assert placement.members() == set()
     assert placement.remove()
     assert not any(d.exists() for d in placement.dirs.values())

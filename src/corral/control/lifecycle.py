@@ -142,7 +142,9 @@ class Controller(Restarts):
     # -- readiness and heartbeats ---------------------------------------------------------
     async def on_ready(self, org: str, agent_id: str) -> Agent | None:
         """The agent said it is up and consuming its inbox; returns it, or None if no such
-        agent of ``org`` exists (the server says another org spoke: ignored, never trusted)."""
+        agent of ``org`` exists (the server says another org spoke: ignored, never trusted).
+        Records that it was heard from (:meth:`heard_from`), in the same write as its state
+        where it moves to running."""
         now = datetime.now(UTC)
         try:
             agent = await self.agents.get(agent_id)
@@ -151,7 +153,7 @@ class Controller(Restarts):
         if agent.org != org:
             return None
         if agent.state is AgentState.RESUMING:
-            await self._transition(
+            moved = await self._transition(
                 agent_id,
                 expect=[AgentState.RESUMING],
                 to=AgentState.RUNNING,
@@ -159,12 +161,16 @@ class Controller(Restarts):
                 last_seen_at=now,
             )
         else:
-            await self._transition(
+            moved = await self._transition(
                 agent_id,
                 expect=[AgentState.PROVISIONING],
                 to=AgentState.RUNNING,
                 last_seen_at=now,
             )
+        if moved:  # the transition wrote when it was last heard from: no second write
+            self._last_seen[agent_id] = time.monotonic()
+        else:
+            await self.heard_from(agent_id)
         self._ready(agent_id)
         ready = await self.agents.get(agent_id)
         self._publish(ready)

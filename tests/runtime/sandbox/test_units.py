@@ -18,6 +18,7 @@ from corral.runtime.sandbox import (
     landlock,
     seccomp,
 )
+from corral.runtime.sandbox.policy import outermost_names
 
 
 def test_the_package_exports_exactly_its_api() -> None:
@@ -56,6 +57,13 @@ def test_defaults_never_expose_a_hidden_directory() -> None:
         "/tmp", hide=("/usr/share",), identity=IdentityMode.USER_NAMESPACE
     )
     assert "/usr" not in policy.read_only
+
+
+def test_nested_paths_are_left_out_by_name() -> None:
+    paths = ("/usr/lib", "/usr", "/usr/bin", "/usr-local", "/data/b", "/data/b/c", "/etc/ssl")
+    assert outermost_names(paths) == ("/data/b", "/etc/ssl", "/usr", "/usr-local")
+    assert outermost_names(("/", "/usr", "/etc")) == ("/",)
+    assert outermost_names(()) == ()
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])

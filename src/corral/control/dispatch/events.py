@@ -120,7 +120,8 @@ class AgentEvents:
     async def _on_status(self, event: BusEvent, status: StatusMessage) -> None:
         agent_id = event.agent_id
         kind = status.status
-        await self._controller.heard_from(agent_id)
+        if kind is not StatusKind.READY:  # on_ready records it with the agent's new state
+            await self._controller.heard_from(agent_id)
         self._on_heard(agent_id)
         if kind in (StatusKind.READY, StatusKind.HEARTBEAT):
             self._snapshot.announce(agent_id, kind, status.detail)

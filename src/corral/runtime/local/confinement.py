@@ -34,7 +34,7 @@ from corral.runtime.sandbox import (
     SandboxUnavailable,
     probe,
 )
-from corral.runtime.sandbox.policy import default_devices, default_read_only
+from corral.runtime.sandbox.policy import default_devices, default_read_only, outermost_names
 
 __all__ = ["MODES", "Confinement", "OrgIds", "host_report"]
 
@@ -179,7 +179,8 @@ class Confinement:
             policy = SandboxPolicy(
                 workspace=os.path.join(agent_dir, paths.workspace.name),
                 tmp=os.path.join(agent_dir, paths.tmp.name),
-                read_only=_system_read_only(hide) + tuple(readable),
+                # one Landlock rule (and, boxed, one bind) per outermost directory
+                read_only=outermost_names((*_system_read_only(hide), *readable)),
                 devices=_devices(),
                 tcp_connect=self.tcp_ports,
                 identity=identity,

@@ -131,10 +131,9 @@ def become_agent(
         sock.detach()  # the descriptor is closed below; the object must never close a reused one
         spec, report, log, *procs = fds
         os.setsid()
-        me = str(os.getpid()).encode()  # in the writer's PID namespace: this process
         host_pid = int(os.readlink("/proc/self"))  # /proc is still the host's
         for fd in procs:  # first: from here on, what this process allocates is the agent's
-            os.write(fd, me)
+            os.write(fd, b"0")  # "myself": its one thread (see corral.runtime.local.limits)
         launch = Launch.decode(_read_all(spec))
         for res, value in launch.rlimits:
             resource.setrlimit(res, (value, value))

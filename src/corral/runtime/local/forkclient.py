@@ -220,8 +220,8 @@ class Zygote:
         """Have the server fork a child that becomes ``launch``; returns once the child has
         set itself up (session, limits, ids, stdio, environment) and is about to run.
 
-        ``log`` is the open log file (stdout and stderr), ``procs`` the open ``cgroup.procs``
-        files the child writes its pid to first; the caller keeps and closes them.
+        ``log`` is the open log file (stdout and stderr), ``procs`` the open cgroup files
+        the child joins first (writing ``0``, "myself", see :mod:`.limits`); the caller keeps and closes them.
         ``pid_namespace``: the child's sandbox wants a PID namespace, which the server (as
         root) makes as it forks the child, so that the child is the agent with no waiter.
 

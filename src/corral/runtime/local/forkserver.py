@@ -18,10 +18,11 @@ in a session of its own, as::
 the same unless it runs boxed, :mod:`.forkbox`) and then serves, one record per message:
 
 - ``spawn <id> [pidns]``, carrying descriptors (``SCM_RIGHTS``): the launch description, the
-  set-up report pipe, the log file and the agent's ``cgroup.procs`` files. It forks, closes its
-  copies and answers ``spawned <id> <pid>`` (``failed <id> <errno>`` if it cannot fork). With
-  ``pidns`` (a sandboxed agent), where it may (as root), the child is forked as the first
-  process of a PID namespace of its own, so the sandbox needs no second fork and no waiter.
+  set-up report pipe, the log file and the agent's cgroup files (``tasks`` or ``cgroup.procs``,
+  see :mod:`.limits`). It forks, closes its copies and answers ``spawned <id> <pid>``
+  (``failed <id> <errno>`` if it cannot fork). With ``pidns`` (a sandboxed agent), where it
+  may (as root), the child is forked as the first process of a PID namespace of its own, so
+  the sandbox needs no second fork and no waiter.
 - whenever a child ends: ``exit <pid> <returncode>`` (negative: killed by that signal), since
   the zygote, as the parent, is the only process that can learn it.
 

@@ -24,6 +24,14 @@ server starts it, before the agent's module runs (:class:`Entry`, from :meth:`Pl
 so not one byte of the agent's own allocations escapes the limit. Pages a fork server's child
 shares with the server (the interpreter and the modules it preloaded) stay charged to the
 server's group until the child writes to them.
+
+Joining is the new process writing ``0`` ("myself") to its group's file. Under cgroup v1 that
+file is ``tasks``, not ``cgroup.procs``: moving a whole process takes a lock over every fork
+and exit on the host, whose write side waits out an RCU grace period (10-20 ms on a loaded
+2-core machine, on every agent start), while moving the calling thread alone takes no such
+lock. The new process is a fresh fork, single-threaded, so its one thread is all of it, and
+everything it starts later is born in the group. cgroup v2 moves processes only, through
+``cgroup.procs``.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from pathlib import Path
 from corral.domain.admission import AdmittedResources
 
 __all__ = [
+    "JOIN",
     "Entry",
     "Limiter",
     "Limits",
@@ -49,8 +58,11 @@ __all__ = [
     "Placement",
     "enable_controllers",
     "forget",
+    "join_file",
 ]
 
+#: what a new, single-threaded process writes to its group's file: "the caller"
+JOIN = b"0"
 CPU_PERIOD_US = 100_000
 _MIN_QUOTA_US = 1_000  # the kernel refuses smaller quotas
 _AS_HEADROOM = 1 << 30
@@ -95,6 +107,13 @@ def _read_counter(path: Path, key: str) -> int:
     return 0
 
 
+def join_file(hierarchy: str) -> str:
+    """The file a new process writes :data:`JOIN` to: under cgroup v1 (a hierarchy named by
+    its controller) ``tasks``, which moves the calling thread without the host-wide lock a
+    process move takes; under v2 (``unified``) ``cgroup.procs``."""
+    return "cgroup.procs" if hierarchy == "unified" else "tasks"
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """How a new process enters an agent's confinement; calling it does so (in that process).
@@ -103,13 +122,12 @@ class Entry:
     and the rlimits instead of a closure it could not receive.
     """
 
-    procs: tuple[int, ...]  # open ``cgroup.procs`` files, one per hierarchy
+    procs: tuple[int, ...]  # open group files (``tasks`` or ``cgroup.procs``), one per hierarchy
     rlimits: tuple[tuple[int, int], ...]  # (resource, soft and hard limit)
 
     def __call__(self) -> None:
-        me = str(os.getpid()).encode()
         for fd in self.procs:
-            os.write(fd, me)
+            os.write(fd, JOIN)
         for res, value in self.rlimits:
             resource.setrlimit(res, (value, value))
 
@@ -148,10 +166,11 @@ class Placement:
         """Yield what a new process of the agent does to come under the limits.
 
         The group files are opened here, in the parent, so in the new process, between fork
-        and exec (or before a fork server's child runs the agent), joining is only writing its
-        pid to open descriptors and setting rlimits: no path lookup, no open.
+        and exec (or before a fork server's child runs the agent), joining is only writing
+        :data:`JOIN` to open descriptors and setting rlimits: no path lookup, no open. The new
+        process must still be single-threaded then (see the module's docstring).
         """
-        fds = [os.open(d / "cgroup.procs", os.O_WRONLY) for d in self.dirs.values()]
+        fds = [os.open(d / join_file(name), os.O_WRONLY) for name, d in self.dirs.items()]
         try:
             yield Entry(tuple(fds), self.rlimits())
         finally:

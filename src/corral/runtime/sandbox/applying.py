@@ -38,7 +38,12 @@ from typing import NoReturn
 
 from corral.runtime.sandbox import _libc, identity, landlock, namespaces, seccomp
 from corral.runtime.sandbox.errors import SandboxError, SandboxUnavailable
-from corral.runtime.sandbox.policy import IdentityMode, SandboxMode, SandboxPolicy
+from corral.runtime.sandbox.policy import (
+    IdentityMode,
+    SandboxMode,
+    SandboxPolicy,
+    outermost_names,
+)
 
 __all__ = ["Applied", "apply"]
 
@@ -127,7 +132,10 @@ def apply(policy: SandboxPolicy, *, parent: int | None = None, first: int = -1) 
             keep = namespaces.outermost(
                 [*keep, *policy.read_only, *policy.read_write, *policy.devices]
             )
-            for hidden in policy.hide:
+            # a directory inside another hidden one is already covered: once the outer one
+            # is an empty tmpfs with only ``keep`` bound back, covering the inner one again
+            # would build the same view with one more tmpfs and every bind again
+            for hidden in outermost_names(policy.hide):
                 namespaces.hide(hidden, keep=keep, resolved=True)
             if policy.identity is IdentityMode.SWITCH:
                 assert policy.uid is not None and policy.gid is not None

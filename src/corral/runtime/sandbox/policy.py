@@ -15,7 +15,14 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["IdentityMode", "SandboxMode", "SandboxPolicy", "default_read_only", "default_devices"]
+__all__ = [
+    "IdentityMode",
+    "SandboxMode",
+    "SandboxPolicy",
+    "default_devices",
+    "default_read_only",
+    "outermost_names",
+]
 
 
 class SandboxMode(enum.StrEnum):
@@ -208,6 +215,20 @@ class SandboxPolicy:
         if not isinstance(data, dict):
             raise ValueError("a sandbox policy is a JSON object")
         return cls.from_wire(data)
+
+
+def outermost_names(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """``paths`` (resolved) without those that lie inside another one of them, by name alone
+    (no lookup). A Landlock rule, a bind or a tmpfs on a directory already covers what lies
+    inside it, so the others cost a rule or a mount and give nothing."""
+    kept: list[str] = []
+    # sorted by components, what lies inside a directory comes right after it ("/usr/bin"
+    # before "/usr-local", which a sort by characters would put between them)
+    for path in sorted(set(paths), key=lambda p: p.rstrip("/").split("/")):
+        if kept and path.startswith(kept[-1].rstrip("/") + "/"):
+            continue
+        kept.append(path)
+    return tuple(kept)
 
 
 def _not_exposing(paths: tuple[str, ...], hidden: tuple[str, ...]) -> tuple[str, ...]:
