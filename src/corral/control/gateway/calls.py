@@ -6,8 +6,8 @@ What a call may use is bounded before it is sent: its input by the byte length o
 (no tokenizer makes more tokens than there are bytes, and the JSON around the text outweighs
 the per-message tokens), its output by ``max_tokens`` (or ``max_completion_tokens``; when it
 names neither, the org's default is reserved and sent upstream). That bound is held on the
-org's period budget and on the budget of the task and of each task it was delegated from; the
-actual usage the upstream reports replaces it when the call ends. Streams are asked for their
+org's period budget, on its role's and on the budget of the task and of each task it was
+delegated from; the actual usage the upstream reports replaces it when the call ends. Streams are asked for their
 usage (``stream_options.include_usage``); the usage chunk is passed on only if the agent asked
 for it too. A stream that breaks without reporting usage is charged its whole reservation.
 """
@@ -271,7 +271,11 @@ class ModelGateway:
         return task_id, chain
 
     async def _scopes(self, principal: Principal, chain: list[str]) -> tuple[Scope, ...]:
-        scopes = [await self.meter.org_scope(principal.org_id, principal.plan, self.meter.now())]
+        now = self.meter.now()
+        scopes = [
+            await self.meter.org_scope(principal.org_id, principal.plan, now),
+            await self.meter.role_scope(principal.org_id, principal.role, now),
+        ]
         for task_id in chain:
             scope = await self.meter.task_scope(task_id)
             if scope is not None:
@@ -282,7 +286,7 @@ class ModelGateway:
         if call.hold.settled:
             return
         cost = call.model.cost(usage)
-        self.meter.ledger.settle(call.hold, tokens=usage.total, cost=cost)
+        self.meter.settle(call.hold, tokens=usage.total, cost=cost)
         self.rates.spent(call.principal.org_slug, usage.total)
         p = call.principal
         if outcome != "ok":

@@ -11,7 +11,7 @@ every change made through here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from corral.domain.budgets import Budget, ModelLimits, limits_for_plan
 from corral.domain.errors import InvalidInput, NotFound
@@ -39,7 +39,7 @@ class ModelCatalog:
         self._keys: dict[tuple[str, str], tuple[str, float]] = {}
         self._budgets: dict[str, Budget] | None = None
         #: called with an org id and the budget in force when it changed
-        self.on_budget: list[Callable[[str, Budget], None]] = []
+        self.on_budget: list[Callable[[str, Budget], Awaitable[None]]] = []
 
     # -- models ---------------------------------------------------------------------------
     async def declare(
@@ -182,5 +182,5 @@ class ModelCatalog:
         self._budgets = None
         in_force = await self.period_budget(org.id, org.plan.name)
         for hook in self.on_budget:
-            hook(org.id, in_force)
+            await hook(org.id, in_force)
         return in_force
