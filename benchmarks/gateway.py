@@ -19,7 +19,7 @@ process, answering at once, so what is measured is the proxies), ``corral up`` w
 model and an agent whose gateway credential the calls use, and LiteLLM's proxy. The load
 comes from this process with one pooled HTTP client (aiohttp), the same for every target.
 
-    python benchmarks/gateway.py [--requests 2000] [--rate 200] [--profile FILE]
+    python benchmarks/gateway.py [--requests 2000] [--rate 100] [--profile FILE]
 
 ``--profile FILE`` runs the control plane under cProfile and writes its profile to FILE on stop
 (the figures are then slower; read it with ``python -m pstats FILE``).
@@ -66,11 +66,19 @@ class Target:
 
 @dataclass
 class Calls:
-    """One case's round trips (seconds) and the gateway's own stamps (ms), if it gave any."""
+    """One case's round trips (seconds) and the gateway's own stamps (ms), if it gave any;
+    failed calls are counted apart."""
 
     round_trips: list[float]
     in_gateway: list[float]
     wall: float
+    failed: int = 0
+
+    def __post_init__(self) -> None:
+        ok = [v for v in self.round_trips if v == v]
+        self.failed = len(self.round_trips) - len(ok)
+        self.round_trips = ok
+        self.in_gateway = [v for v in self.in_gateway if v == v]
 
 
 def _free_port() -> int:
@@ -194,7 +202,10 @@ async def _call(
     headers = {"Authorization": f"Bearer {t.key}"}
     start = time.perf_counter()
     async with session.post(f"{t.base_url}/chat/completions", json=body, headers=headers) as r:
-        r.raise_for_status()
+        if r.status != 200:  # counted, not timed: a refusal is not a round trip
+            await r.read()
+            stamps.append(float("nan"))
+            return float("nan")
         if stream:
             async for _ in r.content.iter_any():
                 pass
@@ -242,8 +253,8 @@ async def open_loop(t: Target, *, n: int, rate: float, stream: bool) -> Calls:
 
         async def one(due: float) -> None:
             await asyncio.sleep(max(0.0, due - loop.time()))
-            await _call(session, t, stream=stream, stamps=stamps)
-            out.append(loop.time() - due)
+            took = await _call(session, t, stream=stream, stamps=stamps)
+            out.append(loop.time() - due if took == took else took)
 
         await asyncio.gather(*(one(start + i / rate) for i in range(n)))
         return Calls(out, stamps, loop.time() - start)
@@ -266,6 +277,8 @@ def _cpu(pid: int | None) -> float:
 
 def _row(t: Target, calls: Calls, base: tuple[float, float] | None, cpu: float) -> str:
     values = calls.round_trips
+    if not values:
+        return f"  {t.name:10} every call failed ({calls.failed})"
     p50, p99 = _pct(values, 50) * 1000, _pct(values, 99) * 1000
     added = ("", "") if base is None else (f"{p50 - base[0]:.2f}", f"{p99 - base[1]:.2f}")
     stamped = (
@@ -274,9 +287,10 @@ def _row(t: Target, calls: Calls, base: tuple[float, float] | None, cpu: float) 
         else ("", "")
     )
     per_call = f"{cpu * 1000 / len(values):.3f}" if t.pid is not None else ""
+    failed = f"  ({calls.failed} failed)" if calls.failed else ""
     return (
         f"  {t.name:10} {p50:8.2f} {p99:8.2f} {added[0]:>8} {added[1]:>8} "
-        f"{len(values) / calls.wall:8.0f} {stamped[0]:>8} {stamped[1]:>8} {per_call:>9}"
+        f"{len(values) / calls.wall:8.0f} {stamped[0]:>8} {stamped[1]:>8} {per_call:>9}{failed}"
     )
 
 
@@ -319,7 +333,7 @@ async def measure(targets: list[Target], requests: int, rate: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--rate", type=float, default=200.0, help="open-loop calls per second")
+    parser.add_argument("--rate", type=float, default=100.0, help="open-loop calls per second")
     parser.add_argument("--profile", type=Path, help="write the control plane's cProfile here")
     args = parser.parse_args()
     key = f"sk-provider-{secrets.token_hex(8)}"
