@@ -134,7 +134,9 @@ def corral(
         _wait(lambda: (data / "api.url").exists())
         url = (data / "api.url").read_text().strip()
         admin = (data / "admin.key").read_text().strip()
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}) as api:
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=120
+        ) as api:
             api.post("/v1/orgs", json={"name": "bench", "plan": "enterprise"}).raise_for_status()
             api.put(
                 "/v1/orgs/bench/secrets/provider-key", json={"value": provider_key}
