@@ -81,6 +81,20 @@ def _bytes(status: int, body: bytes, content_type: str = _JSON, **headers: str) 
     return web.Response(status=status, body=body, headers={"Content-Type": content_type, **headers})
 
 
+async def _body(request: web.BaseRequest, limit: int) -> bytes:
+    """The whole request body, refused once it is over ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise InvalidInput(f"the request body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidInput(f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_gateway_app(gateway: ModelGateway, *, max_body: int = 8 * 1024 * 1024) -> web.Server:
     """The low-level aiohttp server over ``gateway`` (one handler for every request)."""
 
@@ -107,12 +121,7 @@ def create_gateway_app(gateway: ModelGateway, *, max_body: int = 8 * 1024 * 1024
                 raise NotFound(f"no such endpoint: {request.method} {request.path}")
             if request.method != "POST":
                 raise InvalidInput(f"use POST for {request.path}")
-            if request.content_length is not None and request.content_length > max_body:
-                raise InvalidInput(f"the request body is over {max_body} bytes")
-            raw = await request.content.read(max_body + 1)
-            if len(raw) > max_body:
-                raise InvalidInput(f"the request body is over {max_body} bytes")
-            answer = await gateway.call(kind, token, raw, task=task)
+            answer = await gateway.call(kind, token, await _body(request, max_body), task=task)
         except CorralError as exc:
             status, body, headers = _error(exc)
             return _bytes(status, body, **headers)
@@ -161,9 +170,12 @@ def create_gateway_app(gateway: ModelGateway, *, max_body: int = 8 * 1024 * 1024
 
 
 @contextlib.asynccontextmanager
-async def serving_gateway(gateway: ModelGateway, sock: socket.socket) -> AsyncIterator[None]:
+async def serving_gateway(
+    gateway: ModelGateway, sock: socket.socket, *, max_body: int = 8 * 1024 * 1024
+) -> AsyncIterator[None]:
     """Serve the gateway on the bound socket ``sock`` while the block runs."""
-    runner = web.ServerRunner(create_gateway_app(gateway), handle_signals=False, shutdown_timeout=3)
+    app = create_gateway_app(gateway, max_body=max_body)
+    runner = web.ServerRunner(app, handle_signals=False, shutdown_timeout=3)
     await runner.setup()
     try:
         await web.SockSite(runner, sock).start()
