@@ -55,6 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
 
 
+#: failed calls by target, status and the start of the answer
+FAILURES: dict[str, int] = {}
+
+
 @dataclass
 class Target:
     name: str
@@ -205,7 +209,9 @@ async def _call(
     start = time.perf_counter()
     async with session.post(f"{t.base_url}/chat/completions", json=body, headers=headers) as r:
         if r.status != 200:  # counted, not timed: a refusal is not a round trip
-            await r.read()
+            text = (await r.read())[:200].decode("utf-8", "replace")
+            FAILURES.setdefault(f"{t.name} {r.status} {text}", 0)
+            FAILURES[f"{t.name} {r.status} {text}"] += 1
             stamps.append(float("nan"))
             return float("nan")
         if stream:
@@ -250,16 +256,16 @@ async def open_loop(t: Target, *, n: int, rate: float, stream: bool) -> Calls:
         await asyncio.gather(*(_call(session, t, stream=stream, stamps=warm) for _ in range(50)))
         out: list[float] = []
         stamps: list[float] = []
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        clock = time.perf_counter  # the loop's own clock ticks in whole milliseconds
+        start = clock()
 
         async def one(due: float) -> None:
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            await asyncio.sleep(max(0.0, due - clock()))
             took = await _call(session, t, stream=stream, stamps=stamps)
-            out.append(loop.time() - due if took == took else took)
+            out.append(clock() - due if took == took else took)
 
         await asyncio.gather(*(one(start + i / rate) for i in range(n)))
-        return Calls(out, stamps, loop.time() - start)
+        return Calls(out, stamps, clock() - start)
 
 
 def _pct(values: list[float], q: int) -> float:
@@ -353,6 +359,8 @@ def main() -> None:
                 print("LiteLLM's proxy is not installed (set LITELLM): measuring Corral only")
             print(f"cores: {os.cpu_count()}; the +columns are the added latency over direct")
             uvloop.run(measure(targets, args.requests, args.rate))
+            for failure, count in FAILURES.items():
+                print(f"failed {count}x: {failure}")
 
 
 if __name__ == "__main__":
