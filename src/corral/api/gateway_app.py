@@ -3,7 +3,7 @@
 Agents reach it with ``OPENAI_BASE_URL`` and their own credential in ``OPENAI_API_KEY``, so
 the ``openai`` client and everything built on it work unchanged. It sits on every model call's
 path, so it is served by aiohttp's server (its HTTP parser is compiled; the pure-Python one
-the API's server runs on cost a fifth of the control plane's time per call in a profile of
+the API's server runs on took nearly a fifth of the control plane's time per call in a profile of
 ``benchmarks/gateway.py``), with one handler and no routing framework. Errors take OpenAI's
 shape, ``{"error": {"message", "type", "code"}}``, with the statuses its client turns into the
 matching exceptions: 401 bad credential, 403 not this agent's task, 404 unknown model, 400
