@@ -120,11 +120,6 @@ class Meter:
             self.ledger.open(scope, budget, used_tokens=tokens, used_cost=cost)
         return scope
 
-    def role_spent(self, org_id: str, role: str, period: str) -> tuple[int, int] | None:
-        """Tokens and cost settled on the role this period, if its scope is kept."""
-        scope: Scope = ("role", f"{org_id}:{role}:{period}")
-        return self.ledger.spent(scope) if self.ledger.knows(scope) else None
-
     # -- orgs held back -------------------------------------------------------------------
     async def check_orgs(self, plans: dict[str, str]) -> None:
         """On start: hold back every org (id → plan) whose budget this period is spent."""
@@ -151,10 +146,13 @@ class Meter:
                 self.on_release(org_id)
 
     def _check(self, scope: Scope) -> None:
-        """Hold the org back if its period budget is spent; release it if no longer."""
+        """Hold the org back if its budget for this period is spent; release it if no longer
+        (a past period's scope, which a budget change also sets, holds nothing back)."""
         if scope[0] != "org":
             return
         org_id, _, period = scope[1].partition(":")
+        if period != period_of(self.now()):
+            return
         why = self.ledger.exhausted(scope)
         if why is not None:
             self._exhausted[org_id] = (
