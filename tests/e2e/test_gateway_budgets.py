@@ -157,7 +157,7 @@ async def test_the_console_shows_spending_per_role_and_model_and_what_is_left(
     async with httpx.AsyncClient(base_url=live.server.url, timeout=30) as console:
         r = await console.post("/login", data={"key": live.platform.new_admin_key})
         assert r.status_code == 303, r.text
-        page = await eventually(lambda: _org_page(console))
+        page: str = await eventually(lambda: _org_page(console))
     text = html.unescape(page)
     assert 'id="model-spending"' in page
     assert "1000 tokens (976 left)" in text  # the org's budget and what is left
