@@ -3,12 +3,26 @@ directly, p50/p99, for single non-streamed calls, single streams and 200 concurr
 and non-streamed requests per second — with LiteLLM's proxy side by side when it is installed
 (set LITELLM to its ``litellm`` executable, kept outside this project's environment).
 
+Three figures answer "what does the gateway add", because on 2 cores a closed loop of 200
+concurrent streams measures throughput (every process is saturated, and the difference of two
+saturated round trips is queueing, not the gateway's work):
+
+- ``+p50``/``+p99``: the closed loop's round trip through the proxy minus the direct one;
+- ``gw p50``/``gw p99``: the time each call spent in the gateway apart from waiting for the
+  upstream, as the gateway stamps it on its answer (``Server-Timing``), and ``cpu/call``: the
+  control plane's CPU time over the case divided by its calls;
+- an open loop: calls started at a fixed rate below saturation (whatever the answers do), each
+  timed from when it was due, through the gateway and directly.
+
 Every process is real: a stand-in upstream speaking the OpenAI wire format (a separate
 process, answering at once, so what is measured is the proxies), ``corral up`` with an org, a
 model and an agent whose gateway credential the calls use, and LiteLLM's proxy. The load
 comes from this process with one pooled HTTP client (aiohttp), the same for every target.
 
-    python benchmarks/gateway.py [--requests 2000]
+    python benchmarks/gateway.py [--requests 2000] [--rate 100] [--profile FILE]
+
+``--profile FILE`` runs the control plane under cProfile and writes its profile to FILE on stop
+(the figures are then slower; read it with ``python -m pstats FILE``).
 
 Goals: p50 overhead <= 1 ms, p99 <= 5 ms, >= 1,000 non-streamed requests/s.
 """
@@ -41,12 +55,34 @@ ROOT = Path(__file__).resolve().parents[1]
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
 
 
+#: failed calls by target, status and the start of the answer
+FAILURES: dict[str, int] = {}
+
+
 @dataclass
 class Target:
     name: str
     base_url: str
     key: str
     model: str
+    pid: int | None = None  # the proxy's process, for its CPU time
+
+
+@dataclass
+class Calls:
+    """One case's round trips (seconds) and the gateway's own stamps (ms), if it gave any;
+    failed calls are counted apart."""
+
+    round_trips: list[float]
+    in_gateway: list[float]
+    wall: float
+    failed: int = 0
+
+    def __post_init__(self) -> None:
+        ok = [v for v in self.round_trips if v == v]
+        self.failed = len(self.round_trips) - len(ok)
+        self.round_trips = ok
+        self.in_gateway = [v for v in self.in_gateway if v == v]
 
 
 def _free_port() -> int:
@@ -91,15 +127,20 @@ def upstream(key: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def corral(upstream_url: str, provider_key: str, data: Path) -> Iterator[Target]:
+def corral(
+    upstream_url: str, provider_key: str, data: Path, *, profile: Path | None = None
+) -> Iterator[Target]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    argv = [sys.executable, "-m", "corral.cli", "up", "--data-dir", str(data), "--port", "0"]
+    python = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
+    argv = [*python, "-m", "corral.cli", "up", "--data-dir", str(data), "--port", "0"]
     log = (data.parent / "corral.log").open("w")
-    with _process(argv, env=env, stdout=log, stderr=subprocess.STDOUT):
+    with _process(argv, env=env, stdout=log, stderr=subprocess.STDOUT) as proc:
         _wait(lambda: (data / "api.url").exists())
         url = (data / "api.url").read_text().strip()
         admin = (data / "admin.key").read_text().strip()
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}) as api:
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=120
+        ) as api:
             api.post("/v1/orgs", json={"name": "bench", "plan": "enterprise"}).raise_for_status()
             api.put(
                 "/v1/orgs/bench/secrets/provider-key", json={"value": provider_key}
@@ -113,7 +154,9 @@ def corral(upstream_url: str, provider_key: str, data: Path) -> Iterator[Target]
             )
             agent.raise_for_status()
             env_of = _agent_env(agent.json()["id"])
-            yield Target("corral", env_of["OPENAI_BASE_URL"], env_of["OPENAI_API_KEY"], "bench")
+            yield Target(
+                "corral", env_of["OPENAI_BASE_URL"], env_of["OPENAI_API_KEY"], "bench", proc.pid
+            )
 
 
 def _agent_env(agent_id: str) -> dict[str, str]:
@@ -148,48 +191,84 @@ def litellm(upstream_url: str, provider_key: str, work: Path) -> Iterator[Target
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "LITELLM_LOG": "ERROR"},
-    ):
+    ) as proc:
         base = f"http://127.0.0.1:{port}/v1"
         try:
             _wait(lambda: httpx.get(f"http://127.0.0.1:{port}/health/liveliness").is_success)
         except RuntimeError:
             yield None
             return
-        yield Target("litellm", base, "sk-bench", "bench")
+        yield Target("litellm", base, "sk-bench", "bench", proc.pid)
 
 
-async def _call(session: aiohttp.ClientSession, t: Target, *, stream: bool) -> float:
+async def _call(
+    session: aiohttp.ClientSession, t: Target, *, stream: bool, stamps: list[float]
+) -> float:
     body = {**BODY, "model": t.model, "stream": stream}
     headers = {"Authorization": f"Bearer {t.key}"}
     start = time.perf_counter()
     async with session.post(f"{t.base_url}/chat/completions", json=body, headers=headers) as r:
-        r.raise_for_status()
+        if r.status != 200:  # counted, not timed: a refusal is not a round trip
+            text = (await r.read())[:200].decode("utf-8", "replace")
+            FAILURES.setdefault(f"{t.name} {r.status} {text}", 0)
+            FAILURES[f"{t.name} {r.status} {text}"] += 1
+            stamps.append(float("nan"))
+            return float("nan")
         if stream:
             async for _ in r.content.iter_any():
                 pass
         else:
             await r.read()
-    return time.perf_counter() - start
+        timing = r.headers.get("Server-Timing", "")
+    took = time.perf_counter() - start
+    if timing.startswith("gateway;dur="):
+        stamps.append(float(timing.split(",")[0].removeprefix("gateway;dur=")))
+    return took
 
 
-async def latencies(t: Target, *, n: int, concurrency: int, stream: bool) -> list[float]:
+async def closed_loop(t: Target, *, n: int, concurrency: int, stream: bool) -> Calls:
+    """``n`` calls, ``concurrency`` at a time, each starting when one ends."""
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(_call(session, t, stream=stream) for _ in range(concurrency)))
+        warm: list[float] = []
+        await asyncio.gather(
+            *(_call(session, t, stream=stream, stamps=warm) for _ in range(concurrency))
+        )
         out: list[float] = []
+        stamps: list[float] = []
         sem = asyncio.Semaphore(concurrency)
 
         async def one() -> None:
             async with sem:
-                out.append(await _call(session, t, stream=stream))
+                out.append(await _call(session, t, stream=stream, stamps=stamps))
 
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
-        out.append(-(time.perf_counter() - start))  # the wall time, taken out below
-        return out
+        return Calls(out, stamps, time.perf_counter() - start)
 
 
-def _pct(values: list[float], q: float) -> float:
+async def open_loop(t: Target, *, n: int, rate: float, stream: bool) -> Calls:
+    """``n`` calls started at ``rate`` per second whatever the answers do, each timed from
+    when it was due (a late start counts against the target, not the schedule)."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        warm: list[float] = []
+        await asyncio.gather(*(_call(session, t, stream=stream, stamps=warm) for _ in range(50)))
+        out: list[float] = []
+        stamps: list[float] = []
+        clock = time.perf_counter  # the loop's own clock ticks in whole milliseconds
+        start = clock()
+
+        async def one(due: float) -> None:
+            await asyncio.sleep(max(0.0, due - clock()))
+            took = await _call(session, t, stream=stream, stamps=stamps)
+            out.append(clock() - due if took == took else took)
+
+        await asyncio.gather(*(one(start + i / rate) for i in range(n)))
+        return Calls(out, stamps, clock() - start)
+
+
+def _pct(values: list[float], q: int) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[q - 1]
         if len(values) > 1
@@ -197,49 +276,91 @@ def _pct(values: list[float], q: float) -> float:
     )
 
 
-async def measure(targets: list[Target], requests: int) -> None:
+def _cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def _row(t: Target, calls: Calls, base: tuple[float, float] | None, cpu: float) -> str:
+    values = calls.round_trips
+    if not values:
+        return f"  {t.name:10} every call failed ({calls.failed})"
+    p50, p99 = _pct(values, 50) * 1000, _pct(values, 99) * 1000
+    added = ("", "") if base is None else (f"{p50 - base[0]:.2f}", f"{p99 - base[1]:.2f}")
+    stamped = (
+        (f"{_pct(calls.in_gateway, 50):.3f}", f"{_pct(calls.in_gateway, 99):.3f}")
+        if calls.in_gateway
+        else ("", "")
+    )
+    per_call = f"{cpu * 1000 / len(values):.3f}" if t.pid is not None else ""
+    failed = f"  ({calls.failed} failed)" if calls.failed else ""
+    return (
+        f"  {t.name:10} {p50:8.2f} {p99:8.2f} {added[0]:>8} {added[1]:>8} "
+        f"{len(values) / calls.wall:8.0f} {stamped[0]:>8} {stamped[1]:>8} {per_call:>9}{failed}"
+    )
+
+
+_HEAD = (
+    f"  {'target':10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'req/s':>8} "
+    f"{'gw p50':>8} {'gw p99':>8} {'cpu/call':>9}"
+)
+
+
+async def measure(targets: list[Target], requests: int, rate: float) -> None:
     cases = [
         ("non-streamed, 1 at a time", False, 1),
         ("streamed, 1 at a time", True, 1),
-        ("streamed, 200 concurrent", True, 200),
+        ("streamed, 200 concurrent (closed loop: throughput-bound)", True, 200),
         ("non-streamed, 64 concurrent", False, 64),
     ]
     for title, stream, concurrency in cases:
         print(f"\n{title} ({requests} requests)")
-        print(
-            f"  {'target':10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'req/s':>8}"
-        )
+        print(_HEAD)
         base: tuple[float, float] | None = None
         for t in targets:
-            values = await latencies(t, n=requests, concurrency=concurrency, stream=stream)
-            wall = -values.pop()
-            p50, p99 = _pct(values, 50) * 1000, _pct(values, 99) * 1000
+            before = _cpu(t.pid)
+            calls = await closed_loop(t, n=requests, concurrency=concurrency, stream=stream)
+            print(_row(t, calls, base, _cpu(t.pid) - before))
             if base is None:
-                base = (p50, p99)
-                extra = ("", "")
-            else:
-                extra = (f"{p50 - base[0]:.2f}", f"{p99 - base[1]:.2f}")
-            print(
-                f"  {t.name:10} {p50:8.2f} {p99:8.2f} {extra[0]:>8} {extra[1]:>8} "
-                f"{len(values) / wall:8.0f}"
-            )
+                base = (_pct(calls.round_trips, 50) * 1000, _pct(calls.round_trips, 99) * 1000)
+    for stream in (True, False):
+        kind = "streamed" if stream else "non-streamed"
+        print(f"\n{kind}, open loop at {rate:.0f} calls/s ({requests} requests)")
+        print(_HEAD)
+        base = None
+        for t in targets:
+            before = _cpu(t.pid)
+            calls = await open_loop(t, n=requests, rate=rate, stream=stream)
+            print(_row(t, calls, base, _cpu(t.pid) - before))
+            if base is None:
+                base = (_pct(calls.round_trips, 50) * 1000, _pct(calls.round_trips, 99) * 1000)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=100.0, help="open-loop calls per second")
+    parser.add_argument("--profile", type=Path, help="write the control plane's cProfile here")
     args = parser.parse_args()
     key = f"sk-provider-{secrets.token_hex(8)}"
     with tempfile.TemporaryDirectory() as tmp, upstream(key) as up_url:
         print(f"logs in {tmp}")
         work = Path(tmp)
         direct = Target("direct", up_url, key, "m")
-        with corral(up_url, key, work / "corral") as gateway, litellm(up_url, key, work) as peer:
+        profile = args.profile.resolve() if args.profile else None
+        with (
+            corral(up_url, key, work / "corral", profile=profile) as gateway,
+            litellm(up_url, key, work) as peer,
+        ):
             targets = [direct, gateway] + ([peer] if peer else [])
             if peer is None:
                 print("LiteLLM's proxy is not installed (set LITELLM): measuring Corral only")
             print(f"cores: {os.cpu_count()}; the +columns are the added latency over direct")
-            uvloop.run(measure(targets, args.requests))
+            uvloop.run(measure(targets, args.requests, args.rate))
+            for failure, count in FAILURES.items():
+                print(f"failed {count}x: {failure}")
 
 
 if __name__ == "__main__":

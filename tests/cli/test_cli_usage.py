@@ -203,3 +203,17 @@ def test_shell_completion_scripts_are_generated(tmp_path: Path) -> None:
     r = subprocess.run([*CORRAL], env=env, capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["plain,task"], r.stdout
     assert os.path.exists(Path(__file__).parents[2] / "docs" / "cli.md")
+
+
+def test_a_roles_model_budget_is_applied_from_its_file_and_shown(
+    server: Path, org: str, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spender.yaml"
+    spec.write_text(
+        "roles:\n  - {name: spender, maxAgents: 1, budget: {tokens: 5000, cost: '2.5'}}\n"
+    )
+    ok(corral(server, "role", "apply", org, "-f", str(spec)))
+    shown = ok(corral(server, "role", "show", org, "spender")).stdout
+    assert "model budget per month: 5000 tokens, $2.5" in shown
+    wire = json.loads(ok(corral(server, "--json", "role", "show", org, "spender")).stdout)
+    assert wire["budget"] == {"tokens": 5000, "cost": "2.5"}

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from corral.domain.budgets import Budget, Ledger, limits_for_plan, period_of
+from corral.domain.budgets import Budget, Ledger, budget_from_wire, limits_for_plan, period_of
 from corral.domain.errors import BudgetExceeded, InvalidInput
 from corral.domain.models import (
     ModelEndpoint,
@@ -71,3 +71,34 @@ def test_names_urls_periods_and_plan_limits() -> None:
     assert period_of(datetime(2026, 3, 31, 23, 59, tzinfo=UTC)) == "2026-03"
     assert limits_for_plan("free").period.tokens == 1_000_000
     assert limits_for_plan("an-operators-plan") == limits_for_plan("standard")
+
+
+def test_a_scope_is_exhausted_once_what_it_spent_reaches_its_budget() -> None:
+    ledger = Ledger()
+    role = ("role", "org_1:writer:2026-12")
+    ledger.open(ORG, Budget(tokens=100), used_tokens=40)
+    ledger.open(role, Budget(cost=10))
+    assert ledger.exhausted(ORG) is None and ledger.exhausted(role) is None
+    hold = ledger.reserve((ORG, role), tokens=60, cost=10)
+    assert ledger.exhausted(ORG) is None  # held is not spent
+    ledger.settle(hold, tokens=60, cost=10)
+    assert ledger.exhausted(ORG) == (
+        "organization org_1's 2026-12 model budget is spent: 100 of 100 tokens used"
+    )
+    assert "role writer's 2026-12 model budget is spent" in (ledger.exhausted(role) or "")
+    with pytest.raises(BudgetExceeded, match="role writer's 2026-12 cost budget"):
+        ledger.reserve((role,), tokens=0, cost=1)
+    ledger.set_budget(ORG, Budget(tokens=200))
+    assert ledger.exhausted(ORG) is None
+    assert ledger.exhausted(("org", "unknown")) is None
+
+
+def test_a_budget_reads_from_its_wire_shape_and_says_what_is_left() -> None:
+    assert budget_from_wire(None) is None and budget_from_wire({}) is None
+    budget = budget_from_wire({"tokens": 10, "cost": "0.5"})
+    assert budget == Budget(10, 500_000_000_000)
+    assert budget.left(4, 100_000_000_000) == {"tokens": 6, "cost": "0.4"}
+    assert budget.left(40, 10**15) == {"tokens": 0, "cost": "0"}
+    assert Budget().left(5, 5) == {"tokens": None, "cost": None}
+    with pytest.raises(InvalidInput, match="budget.tokens"):
+        budget_from_wire({"tokens": "ten"})

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from corral.domain.budgets import Budget
 from corral.domain.errors import Conflict, InvalidInput, QuotaExceeded
 from corral.domain.plans import get_plan
 from corral.domain.policies import TaskPolicy
@@ -135,3 +136,31 @@ def test_agents_needed_is_the_queue_over_slots_less_what_comes(
     role = Role("r", slots=4, max_agents=5)
     got = agents_needed(role, queued=queued, free_slots=free, starting=starting, live=live)
     assert got == expected
+
+
+def test_a_role_may_carry_a_model_budget_per_period() -> None:
+    role = role_from_wire({**ASSISTANT, "budget": {"tokens": 5000, "cost": "2.5"}}, limit_range=LR)
+    assert role.budget == Budget(5000, 2_500_000_000_000)
+    assert role.to_wire()["budget"] == {"tokens": 5000, "cost": "2.5"}
+    assert role_from_wire(role.to_wire(), limit_range=LR) == role
+    plain = role_from_wire(ASSISTANT, limit_range=LR)
+    assert plain.budget is None and "budget" not in plain.to_wire()  # old specs compare equal
+    assert diff(plain, role).fields == {"budget": (None, {"tokens": 5000, "cost": "2.5"})}
+    assert diff(role, plain).fields == {"budget": ({"tokens": 5000, "cost": "2.5"}, None)}
+
+
+@pytest.mark.parametrize(
+    ("budget", "named"),
+    [
+        ({"tokens": -1}, "budget.tokens"),
+        ({"tokens": True}, "budget.tokens"),
+        ({"cost": "lots"}, "budget.cost"),
+        ({"cost": "-1"}, "budget.cost"),
+        ({"dollars": 5}, "tokens and/or cost"),
+        (5, "tokens and/or cost"),
+    ],
+)
+def test_a_bad_role_budget_is_refused_naming_what_is_wrong(budget: object, named: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        role_from_wire({**ASSISTANT, "budget": budget}, limit_range=LR)
+    assert named in err.value.message

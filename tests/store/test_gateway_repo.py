@@ -43,6 +43,9 @@ async def test_models_usage_and_credentials_round_trip(db: Database) -> None:
     await store.record_calls(calls)
     assert await store.period_totals("2026-12") == {org.id: (36, 300)}
     assert await store.tasks_total(["t1", "t2"]) == (24, 200)
+    assert await store.role_total(org.id, "w", "2026-12") == (24, 200)
+    assert await store.role_total(org.id, "w", "2026-11") == (0, 0)
+    assert await store.role_total(org.id, "nobody", "2026-12") == (0, 0)
     by_role = await store.usage_by(org.id, group="role", period="2026-12")
     assert [(r["role"], r["calls"], r["cost"]) for r in by_role] == [("m", 1, 100), ("w", 2, 200)]
 

@@ -32,7 +32,7 @@ import httpx
 import uvicorn
 
 from corral.api.app import create_app
-from corral.api.gateway_app import create_gateway_app
+from corral.api.gateway_app import serving_gateway
 from corral.control.leadership import Leader, Leadership
 from corral.control.platform import Platform
 from corral.domain.errors import Unavailable
@@ -335,18 +335,12 @@ class Replica:
     @contextlib.asynccontextmanager
     async def _term(self, platform: Platform) -> AsyncIterator[None]:
         """One term as the leader: the platform's API (and its model gateway) served here."""
-        gateway = _server(create_gateway_app(platform.models.gateway))
-        serving = asyncio.get_running_loop().create_task(
-            gateway.serve(sockets=[platform.models.socket]), name="corral-gateway-http"
-        )
-        self._switch.leader = create_app(platform)
-        try:
-            if self._on_lead is not None:
-                self._on_lead(platform)
-            yield
-        finally:
-            self._switch.leader = None  # answer as a standby from now on
-            platform.hub.close()  # ends every event stream
-            gateway.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
+        async with serving_gateway(platform.models.gateway, platform.models.socket):
+            self._switch.leader = create_app(platform)
+            try:
+                if self._on_lead is not None:
+                    self._on_lead(platform)
+                yield
+            finally:
+                self._switch.leader = None  # answer as a standby from now on
+                platform.hub.close()  # ends every event stream

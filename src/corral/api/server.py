@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from corral.api.app import create_app
-from corral.api.gateway_app import create_gateway_app
+from corral.api.gateway_app import serving_gateway
 from corral.control import preflight
 from corral.control.platform import Platform
 from corral.settings import Settings
@@ -62,35 +62,25 @@ async def _serving(
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-http")
-    gateway = uvicorn.Server(
-        uvicorn.Config(
-            create_gateway_app(platform.models.gateway),
-            log_level="warning",
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=3,
-        )
-    )
-    gateway_task = asyncio.create_task(
-        gateway.serve(sockets=[platform.models.socket]), name="corral-gateway-http"
-    )
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the HTTP server stopped while starting")
-            await asyncio.sleep(0.01)
-        _write_private(settings.data_dir / "api.url", url + "\n")
-        yield RunningServer(platform, url)
+        async with serving_gateway(platform.models.gateway, platform.models.socket):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the HTTP server stopped while starting")
+                await asyncio.sleep(0.01)
+            _write_private(settings.data_dir / "api.url", url + "\n")
+            try:
+                yield RunningServer(platform, url)
+            finally:
+                platform.hub.close()  # ends every event stream so the server can stop
+                server.should_exit = True
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
-        platform.hub.close()  # ends every event stream so the server can stop
         server.should_exit = True
-        gateway.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        with contextlib.suppress(asyncio.CancelledError):
-            await gateway_task
         with contextlib.suppress(FileNotFoundError):
             (settings.data_dir / "api.url").unlink()
 

@@ -140,6 +140,11 @@ def show(ctx: Context, org: str, name: str) -> None:
             console.print(_table([data]))
             for key in ("resources", "env", "taskDefaults", "secrets", "onDemand"):
                 console.print(f"{key}: {data[key]}")
+            budget = data.get("budget")
+            if budget:
+                tokens = budget["tokens"] if budget["tokens"] is not None else "unlimited"
+                cost = f"${budget['cost']}" if budget["cost"] is not None else "unlimited"
+                console.print(f"model budget per month: {tokens} tokens, {cost}")
             for a in data["agents"]:
                 busy = " (busy)" if a.get("currentTask") else ""
                 console.print(f"agent {a['name']} {a['id']} {a['state']}{busy}")

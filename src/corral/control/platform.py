@@ -220,6 +220,12 @@ class Platform:
             roles=self.roles.roles,
         )
         self.roles.on_change = self.dispatcher.roles_changed
+        self.roles.on_budget = lambda org, role, budget, actor: self.models.role_budget_changed(
+            org, role, budget, actor=actor
+        )
+        self.models.follow_roles(self.roles.role, self.roles.roles)
+        self.dispatcher.held_back = self.models.meter.held_back
+        self.models.meter.on_release = self.dispatcher.capacity_changed
         self._stack.push_async_callback(self.dispatcher.close)
         self.dispatcher.on_dispatched = self.metrics.dispatched
         self.controller.on_capacity = self.dispatcher.capacity_changed
@@ -241,6 +247,9 @@ class Platform:
         )
         self._install_hooks()
         await self.dispatcher.rebuild()
+        await self.models.meter.check_orgs(
+            {o.id: o.plan.name for o in self.dispatcher.book.orgs.values()}
+        )
         self._phases.mark("rebuild")
         if self._services:
             serving = await self.bus.serve_vault(self._answer_vault)

@@ -2,16 +2,17 @@
 dispatcher, which asks for a role on every placement and must not wait for the store.
 
 Applying a role stores it (its version is bumped when its spec changes, and the dispatcher
-rolls the change out to its agents), grants its agents the secrets it names, and tells the
-dispatcher that the org's capacity may have changed.
+rolls the change out to its agents), grants its agents the secrets it names, has a change of
+its model budget audited, and tells the dispatcher that the org's capacity may have changed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
+from corral.domain.budgets import Budget
 from corral.domain.errors import CorralError, NotFound
 from corral.domain.grants import SecretGrant
 from corral.domain.ids import OrgId
@@ -32,6 +33,10 @@ class RoleService:
         self._by_org: dict[str, dict[str, Role]] = {}
         #: told the org id whenever one of its roles changes or goes
         self.on_change: Callable[[str], None] = lambda org_id: None
+        #: told (org, role, budget, actor) when a role's model budget is set, changed or dropped
+        self.on_budget: Callable[[Organization, str, Budget | None, str], Awaitable[None]] = (
+            _no_budget_hook
+        )
 
     async def load(self) -> None:
         """Read every org's roles from the store (on start)."""
@@ -69,6 +74,8 @@ class RoleService:
             stored = await self._repo.put(org.id, role)
             self._by_org.setdefault(org.id, {})[role.name] = stored
             await self._grant(org, stored, before, actor=actor)
+            if (before.budget if before else None) != stored.budget:
+                await self.on_budget(org, role.name, stored.budget, actor)
             log.info("role %s of %s is at version %d", role.name, org.slug, stored.version)
         self.on_change(org.id)
         return changes
@@ -91,6 +98,8 @@ class RoleService:
         await self._repo.delete(org.id, name)
         self._by_org.get(org.id, {}).pop(name, None)
         await self._revoke(org, name, before.secrets, actor=actor)
+        if before.budget is not None:
+            await self.on_budget(org, name, None, actor)
         self.on_change(org.id)
 
     def forget_org(self, org_id: str) -> None:
@@ -117,3 +126,7 @@ class RoleService:
             if record.grant.role == name and record.grant.pattern in patterns:
                 with contextlib.suppress(CorralError):
                     await self._grants.remove(oid, record.id, actor=actor)
+
+
+async def _no_budget_hook(org: Organization, role: str, budget: Budget | None, actor: str) -> None:
+    return None

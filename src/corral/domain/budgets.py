@@ -1,8 +1,8 @@
 """Model budgets: what an org, a task and its delegated children may spend, and the ledger
 that guarantees they never do more.
 
-A call is admitted only if every budget it is charged to (the org's for this period, the
-task's and each of its ancestors') can still take the most it could use — its input bound
+A call is admitted only if every budget it is charged to (the org's for this period, its
+role's for this period, the task's and each of its ancestors') can still take the most it could use — its input bound
 plus its ``max_tokens``. That amount is held while the call runs and settled to the actual
 usage when it ends, so concurrent calls can never overspend together: each reservation is
 checked and taken in one step with no await in between. Periods are calendar months (UTC).
@@ -11,25 +11,67 @@ Plans give each org its default budget and its request and token rates. No I/O h
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from corral.domain.errors import BudgetExceeded
-from corral.domain.models import PICO_PER_DOLLAR, format_dollars
+from corral.domain.errors import BudgetExceeded, InvalidInput
+from corral.domain.models import PICO_PER_DOLLAR, format_dollars, parse_dollars
 
 __all__ = [
+    "MAX_TOKENS",
+    "UNLIMITED",
     "Budget",
     "Hold",
     "Ledger",
     "ModelLimits",
     "Scope",
+    "budget_from_wire",
     "limits_for_plan",
     "period_of",
 ]
 
-#: Budget scopes: ("org", "<org id>:<period>") and ("task", "<task id>").
+#: Budget scopes: ("org", "<org id>:<period>"), ("role", "<org id>:<role>:<period>") and
+#: ("task", "<task id>").
 Scope = tuple[str, str]
+
+
+def budget_from_wire(value: object, *, what: str = "budget") -> Budget | None:
+    """A budget as declared, ``{"tokens": 1000000, "cost": "25.50"}`` (either may be left out;
+    ``None`` or both left out: no budget).
+
+    Raises:
+        InvalidInput: not such a mapping, or a bad amount, named.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {"tokens", "cost"}:
+        raise InvalidInput(
+            f"{what} must be a mapping of tokens and/or cost (dollars)", details={"field": what}
+        )
+    tokens = value.get("tokens")
+    if tokens is not None and (
+        isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_TOKENS
+    ):
+        raise InvalidInput(
+            f"{what}.tokens must be a whole number from 0 to {MAX_TOKENS}, got {tokens!r}",
+            details={"field": f"{what}.tokens"},
+        )
+    raw_cost = value.get("cost")
+    if isinstance(raw_cost, bool) or not isinstance(raw_cost, str | int | float | None):
+        raise InvalidInput(
+            f'{what}.cost must be an amount of dollars like "25.50"',
+            details={"field": f"{what}.cost"},
+        )
+    cost = None if raw_cost is None else parse_dollars(raw_cost, what=f"{what}.cost")
+    if tokens is None and cost is None:
+        return None
+    return Budget(tokens, cost)
+
+
+#: the largest token budget that may be declared
+MAX_TOKENS = 10**15
 
 
 def period_of(at: datetime) -> str:
@@ -49,6 +91,17 @@ class Budget:
             "tokens": self.tokens,
             "cost": None if self.cost is None else format_dollars(self.cost),
         }
+
+    def left(self, tokens: int, cost: int) -> dict[str, Any]:
+        """What is left of it after ``tokens`` and ``cost`` (``None``: unlimited)."""
+        return {
+            "tokens": None if self.tokens is None else max(0, self.tokens - tokens),
+            "cost": None if self.cost is None else format_dollars(max(0, self.cost - cost)),
+        }
+
+
+#: a budget that limits nothing (a role without one is still kept, to show what it spent)
+UNLIMITED = Budget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +175,24 @@ class Ledger:
         if account is not None:
             account.budget = budget
 
+    def exhausted(self, scope: Scope) -> str | None:
+        """Why ``scope`` has nothing left (what it spent has reached its budget), or ``None``."""
+        account = self._accounts.get(scope)
+        if account is None:
+            return None
+        limit = account.budget
+        if limit.tokens is not None and account.used_tokens >= limit.tokens:
+            return (
+                f"{_describe(scope)} model budget is spent: {account.used_tokens} of "
+                f"{limit.tokens} tokens used"
+            )
+        if limit.cost is not None and account.used_cost >= limit.cost:
+            return (
+                f"{_describe(scope)} model budget is spent: ${format_dollars(account.used_cost)} "
+                f"of ${format_dollars(limit.cost)} used"
+            )
+        return None
+
     def spent(self, scope: Scope) -> tuple[int, int]:
         """Tokens and picodollars settled on ``scope`` (holds not counted)."""
         account = self._accounts.get(scope)
@@ -191,4 +262,7 @@ def _describe(scope: Scope) -> str:
     if kind == "org":
         org, _, period = ident.partition(":")
         return f"organization {org}'s {period}"
+    if kind == "role":
+        _, role, period = ident.split(":", 2)
+        return f"role {role}'s {period}"
     return f"task {ident}'s"

@@ -5,7 +5,8 @@ resources of each of its agents (within the org's LimitRange), how many tasks ea
 (``slots``), its environment, how far it scales (``minAgents`` warm, at most ``maxAgents``),
 how long an agent may idle before it is paused, the retry policy and timeouts its tasks get
 unless their submitter says otherwise, the secrets it may read, and whether the platform may
-provision its agents on demand. The wire shape is the one outside tools write::
+provision its agents on demand, and what its agents may spend on model calls each period
+(``budget``: tokens and/or dollars, held like the org's). The wire shape is the one outside tools write::
 
     roles:
       - name: assistant
@@ -16,6 +17,7 @@ provision its agents on demand. The wire shape is the one outside tools write::
         maxAgents: 5
         idleTimeout: 5m
         env: {MODEL: small}
+        budget: {tokens: 2000000, cost: "25"}   # per calendar month; omitted: none
 
 How many agents a role needs for its queue is :func:`agents_needed`. Pure: no I/O.
 """
@@ -30,6 +32,7 @@ from typing import Any
 
 from corral.domain.admission import AdmittedResources, ContainerRequest, apply_limit_range
 from corral.domain.agents import MAX_SLOTS, validate_name
+from corral.domain.budgets import Budget, budget_from_wire
 from corral.domain.errors import Conflict, InvalidInput
 from corral.domain.grants import validate_pattern
 from corral.domain.plans import LimitRange
@@ -61,6 +64,7 @@ _FIELDS = (
     "taskDefaults",
     "secrets",
     "onDemand",
+    "budget",
 )
 
 
@@ -77,6 +81,7 @@ class Role:
     task_defaults: Mapping[str, Any] | None = None  # a TaskPolicy's wire fields
     secrets: tuple[str, ...] = ()  # secret names or patterns its agents may read
     on_demand: bool = True  # the platform provisions agents for its queue
+    budget: Budget | None = None  # its agents' model spending per period
     version: int = 0  # the store's: bumped by every change of the spec
 
     def resources(self, limit_range: LimitRange) -> AdmittedResources:
@@ -103,7 +108,7 @@ class Role:
         resources: dict[str, Any] = {"requests": requests, "limits": limits}
         if r.gpu:
             resources["gpu"] = r.gpu
-        return {
+        wire: dict[str, Any] = {
             "name": self.name,
             "command": list(self.command) if self.command is not None else None,
             "slots": self.slots,
@@ -116,6 +121,9 @@ class Role:
             "secrets": list(self.secrets),
             "onDemand": self.on_demand,
         }
+        if self.budget is not None:  # left out when none: specs stored before it compare equal
+            wire["budget"] = self.budget.to_wire()
+        return wire
 
 
 def role_from_wire(
@@ -162,6 +170,7 @@ def role_from_wire(
             task_defaults=_task_defaults(obj.get("taskDefaults")),
             secrets=_secrets(obj.get("secrets")),
             on_demand=_flag(obj.get("onDemand", True), "onDemand"),
+            budget=budget_from_wire(obj.get("budget")),
             version=version,
         )
         if role.min_agents > role.max_agents:  # a limit of its own refuses it
@@ -222,7 +231,8 @@ def diff(current: Role | None, wanted: Role) -> RoleChange:
     if current is None:
         return RoleChange(wanted.name, "create")
     before, after = current.to_wire(), wanted.to_wire()
-    fields = {k: (before[k], after[k]) for k in after if before.get(k) != after[k]}
+    keys = [*after, *(k for k in before if k not in after)]
+    fields = {k: (before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)}
     return RoleChange(wanted.name, "update" if fields else "unchanged", fields)
 
 

@@ -251,6 +251,23 @@ class GatewayStore:
             )
             return {org: (int(t or 0), int(c or 0)) for org, t, c in rows}
 
+    async def role_total(self, org_id: str, role: str, period: str) -> tuple[int, int]:
+        """Tokens and cost of ``org_id``'s agents of ``role`` in ``period``."""
+        async with self._tx("summing model usage") as s:
+            row = (
+                await s.execute(
+                    select(
+                        func.sum(ModelUsageRow.tokens_in + ModelUsageRow.tokens_out),
+                        func.sum(ModelUsageRow.cost),
+                    ).where(
+                        ModelUsageRow.org_id == org_id,
+                        ModelUsageRow.period == period,
+                        ModelUsageRow.role == role,
+                    )
+                )
+            ).one()
+            return int(row[0] or 0), int(row[1] or 0)
+
     async def tasks_total(self, task_ids: list[str]) -> tuple[int, int]:
         """Tokens and cost metered on any of ``task_ids``."""
         async with self._tx("summing model usage") as s:

@@ -1,9 +1,10 @@
 """Declared roles, per organization: put (create or change, bumping the version only when
-the spec changes), get, list and delete."""
+what its agents run with changes: a new budget alone does not), get, list and delete."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, select
 
@@ -17,6 +18,11 @@ __all__ = ["RoleRepository"]
 
 def _role(row: RoleRow) -> Role:
     return role_from_wire(row.spec, limit_range=None, version=row.version)
+
+
+def _runs(spec: dict[str, Any]) -> dict[str, Any]:
+    """What of a spec its agents run with: all of it but the budget."""
+    return {k: v for k, v in spec.items() if k != "budget"}
 
 
 class RoleRepository:
@@ -40,8 +46,9 @@ class RoleRepository:
                 )
                 s.add(row)
             elif row.spec != spec:
+                if _runs(row.spec) != _runs(spec):  # a new budget rolls out no agent
+                    row.version += 1
                 row.spec = spec
-                row.version += 1
                 row.updated_at = now
             version = row.version
         return role_from_wire(spec, limit_range=None, version=version)

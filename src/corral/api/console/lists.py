@@ -1,6 +1,6 @@
 """The console's lists: ``/`` (the organizations a key sees, a page at a time, kept live) and
-``/orgs/{org}`` (an org's quota, charts, agents and tasks with filters, search and cursor
-paging). Each page costs what it shows: one page of orgs, one page of tasks."""
+``/orgs/{org}`` (an org's quota, charts, model spending, agents and tasks with filters, search
+and cursor paging). Each page costs what it shows: one page of orgs, one page of tasks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from corral.api.auth import Caller, platform
-from corral.api.console import charts
+from corral.api.console import charts, spending
 from corral.api.console.html import HEADERS, esc, href, page, when
 from corral.api.console.session import answer, console_org, who_label
 from corral.api.schemas import usage_to_wire
@@ -287,6 +287,7 @@ async def org_page(slug: str, request: Request) -> Response:
             f"<h2>{esc(org.slug)} <small>{esc(org.plan.name)} · {esc(org.namespace)}</small></h2>"
             f'<div class="cols">{await _quota(request, org)}'
             f"{charts.org_charts(p.hub.series.last_hour(org.slug))}</div>"
+            f"{spending.model_spending(await p.models.usage(org))}"
             f"{form}<h3>Agents</h3>{await _agents(request, org, view, q)}"
             '<h3>Tasks</h3><table class="tasks" id="tasks"><thead><tr><th>task</th><th>role</th>'
             "<th>agent</th><th>priority</th><th>state</th><th>progress</th><th>submitted</th>"

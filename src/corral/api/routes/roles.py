@@ -13,9 +13,11 @@ from pydantic import ConfigDict, Field
 
 from corral.api import answers
 from corral.api.auth import Caller, caller, org_scope, platform
+from corral.api.routes.models import DOLLARS
 from corral.api.routes.tasks import RetryIn, Seconds
 from corral.api.schemas import LABEL30, QUANTITY, Strict, strip_nulls
 from corral.domain.agents import MAX_SLOTS, Agent, AgentState
+from corral.domain.budgets import MAX_TOKENS
 from corral.domain.roles import MAX_ROLE_AGENTS, Role, role_from_wire, roles_from_document
 from corral.domain.tenancy import Organization
 
@@ -57,6 +59,17 @@ class TaskDefaults(Strict):
     heartbeat_timeout: Seconds | None = Field(default=None, alias="heartbeatTimeout")
 
 
+class RoleBudget(Strict):
+    """What the role's agents may spend on model calls each period (a calendar month)."""
+
+    tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS, description="omitted: no limit")
+    cost: str | None = Field(
+        default=None,
+        description="dollars; omitted: no limit",
+        json_schema_extra={"pattern": DOLLARS},
+    )
+
+
 class RoleBody(Strict):
     """A role as declared, its name aside (it is in the path); every field may be omitted."""
 
@@ -89,6 +102,9 @@ class RoleBody(Strict):
         default=None, max_length=64, description="secret names or globs its agents may read"
     )
     on_demand: bool = Field(default=True, alias="onDemand")
+    budget: RoleBudget | None = Field(
+        default=None, description="model spending per period of the role's agents"
+    )
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)

@@ -47,7 +47,7 @@ from corral.domain.policies import TaskPolicy
 from corral.domain.roles import Role
 from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
 from corral.domain.tenancy import Organization
-from corral.scheduling.placement import Action, AgentAvailability, Placement
+from corral.scheduling.placement import Action, AgentAvailability, Placement, wait
 from corral.scheduling.scheduler import QueuedTask, Scheduler
 from corral.store.quota import QuotaLedger
 from corral.store.task_journal import TaskJournal
@@ -92,6 +92,8 @@ class Dispatcher:
         #: a list kept between scrapes grew without bound and dropped samples)
         self.on_dispatched: Callable[[float], None] = lambda seconds: None
         self.held = False  # while held, tasks are accepted and queued but none is dispatched
+        #: why an org's tasks may not start now (its model budget is spent), or None
+        self.held_back: Callable[[str], str | None] = lambda org_id: None
         # orgs whose capacity changed since the last round: events arrive while a round runs
         # on an older snapshot, so parked lanes are woken at the start of the next round too
         self._changed: set[str] = set()
@@ -359,13 +361,17 @@ class Dispatcher:
         usage = await self.snapshot.usage() if self.auto_provision else {}
         sends: list[TaskRecord] = []
         decisions = 0
+        held_back = self.held_back
+
+        def placer(t: QueuedTask) -> Placement:
+            why = held_back(t.org)
+            if why is not None:
+                return wait(why)
+            org = self.book.orgs[t.org]
+            return self.snapshot.place(t, org, views, usage, auto_provision=self.auto_provision)
+
         while decisions < DECISIONS_PER_ROUND:
-            decision = self.scheduler.pop_next(
-                now,
-                lambda t: self.snapshot.place(
-                    t, self.book.orgs[t.org], views, usage, auto_provision=self.auto_provision
-                ),
-            )
+            decision = self.scheduler.pop_next(now, placer)
             if decision is None:
                 break
             decisions += 1

@@ -6,8 +6,8 @@ What a call may use is bounded before it is sent: its input by the byte length o
 (no tokenizer makes more tokens than there are bytes, and the JSON around the text outweighs
 the per-message tokens), its output by ``max_tokens`` (or ``max_completion_tokens``; when it
 names neither, the org's default is reserved and sent upstream). That bound is held on the
-org's period budget and on the budget of the task and of each task it was delegated from; the
-actual usage the upstream reports replaces it when the call ends. Streams are asked for their
+org's period budget, on its role's and on the budget of the task and of each task it was
+delegated from; the actual usage the upstream reports replaces it when the call ends. Streams are asked for their
 usage (``stream_options.include_usage``); the usage chunk is passed on only if the agent asked
 for it too. A stream that breaks without reporting usage is charged its whole reservation.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -47,6 +47,7 @@ class CallAnswer:
     body: bytes = b""
     events: AsyncIterator[bytes] | None = None  # a stream's server-sent events
     finish: Callable[[], Awaitable[None]] | None = None  # a stream's end, read or not
+    upstream_seconds: float = 0.0  # spent waiting for the upstream's answer (its headers)
 
 
 @dataclass(slots=True)
@@ -57,7 +58,6 @@ class _Call:
     hold: Hold
     bound_in: int
     bound_out: int
-    started: float = field(default_factory=time.monotonic)
 
 
 class ModelGateway:
@@ -148,7 +148,9 @@ class ModelGateway:
                     "include_usage": True,
                 }
                 return await self._stream(call, url, key, orjson.dumps(body), wants_usage)
+            sent = time.perf_counter()
             reply = await self._upstreams.post(url, key=key, body=orjson.dumps(body))
+            waited = time.perf_counter() - sent
         except BaseException:
             self._settle(call, Usage(0, 0), outcome="upstream_error")
             raise
@@ -158,18 +160,25 @@ class ModelGateway:
         else:
             self._settle(call, usage or Usage(0, 0), outcome=f"upstream_{reply.status}")
         if reply.status != 200:
-            return _upstream_error(call.model, reply.status, reply.body, key)
-        return CallAnswer(reply.status, reply.content_type or "application/json", reply.body)
+            answer = _upstream_error(call.model, reply.status, reply.body, key)
+        else:
+            answer = CallAnswer(reply.status, reply.content_type or "application/json", reply.body)
+        answer.upstream_seconds = waited
+        return answer
 
     async def _stream(
         self, call: _Call, url: str, key: str, body: bytes, wants_usage: bool
     ) -> CallAnswer:
         stack = contextlib.AsyncExitStack()
+        sent = time.perf_counter()
         up = await stack.enter_async_context(self._upstreams.stream(url, key=key, body=body))
+        waited = time.perf_counter() - sent
         if up.status != 200:
             await stack.aclose()
             self._settle(call, Usage(0, 0), outcome=f"upstream_{up.status}")
-            return _upstream_error(call.model, up.status, up.body, key)
+            answer = _upstream_error(call.model, up.status, up.body, key)
+            answer.upstream_seconds = waited
+            return answer
         usage: Usage | None = None
 
         async def finish() -> None:
@@ -204,7 +213,9 @@ class ModelGateway:
             finally:
                 await finish()
 
-        return CallAnswer(200, "text/event-stream", events=events(), finish=finish)
+        return CallAnswer(
+            200, "text/event-stream", events=events(), finish=finish, upstream_seconds=waited
+        )
 
     # -- parts ----------------------------------------------------------------------------
     async def _who(self, token: str | None) -> Principal:
@@ -271,7 +282,11 @@ class ModelGateway:
         return task_id, chain
 
     async def _scopes(self, principal: Principal, chain: list[str]) -> tuple[Scope, ...]:
-        scopes = [await self.meter.org_scope(principal.org_id, principal.plan, self.meter.now())]
+        now = self.meter.now()
+        scopes = [
+            await self.meter.org_scope(principal.org_id, principal.plan, now),
+            await self.meter.role_scope(principal.org_id, principal.role, now),
+        ]
         for task_id in chain:
             scope = await self.meter.task_scope(task_id)
             if scope is not None:
@@ -282,7 +297,7 @@ class ModelGateway:
         if call.hold.settled:
             return
         cost = call.model.cost(usage)
-        self.meter.ledger.settle(call.hold, tokens=usage.total, cost=cost)
+        self.meter.settle(call.hold, tokens=usage.total, cost=cost)
         self.rates.spent(call.principal.org_slug, usage.total)
         p = call.principal
         if outcome != "ok":

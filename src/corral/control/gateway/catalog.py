@@ -11,8 +11,9 @@ every change made through here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from corral.control.gateway.flights import Flights
 from corral.domain.budgets import Budget, ModelLimits, limits_for_plan
 from corral.domain.errors import InvalidInput, NotFound
 from corral.domain.ids import OrgId
@@ -37,9 +38,10 @@ class ModelCatalog:
         self._vault = vault
         self._models: dict[tuple[str, str], ModelEndpoint] = {}
         self._keys: dict[tuple[str, str], tuple[str, float]] = {}
+        self._key_reads: Flights[tuple[str, str], str] = Flights("gateway-provider-key")
         self._budgets: dict[str, Budget] | None = None
         #: called with an org id and the budget in force when it changed
-        self.on_budget: list[Callable[[str, Budget], None]] = []
+        self.on_budget: list[Callable[[str, Budget], Awaitable[None]]] = []
 
     # -- models ---------------------------------------------------------------------------
     async def declare(
@@ -136,10 +138,14 @@ class ModelCatalog:
 
     async def provider_key(self, model: ModelEndpoint) -> str:
         """The provider key of ``model``, read from the vault (cached briefly)."""
-        now = time.monotonic()
         hit = self._keys.get((model.org_id, model.key_secret))
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > time.monotonic():
             return hit[0]
+        return await self._key_reads.run(
+            (model.org_id, model.key_secret), lambda: self._read_key(model)
+        )
+
+    async def _read_key(self, model: ModelEndpoint) -> str:
         value = await self._vault.read_for_platform(
             OrgId(model.org_id),
             model.key_secret,
@@ -147,7 +153,7 @@ class ModelCatalog:
             why=f"provider key of model {model.name}",
         )
         key = value.decode("utf-8", "replace").strip()
-        self._keys[(model.org_id, model.key_secret)] = (key, now + _KEY_SECONDS)
+        self._keys[(model.org_id, model.key_secret)] = (key, time.monotonic() + _KEY_SECONDS)
         return key
 
     # -- budgets --------------------------------------------------------------------------
@@ -182,5 +188,5 @@ class ModelCatalog:
         self._budgets = None
         in_force = await self.period_budget(org.id, org.plan.name)
         for hook in self.on_budget:
-            hook(org.id, in_force)
+            await hook(org.id, in_force)
         return in_force

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from corral.control.background import Background
+from corral.control.gateway.flights import Flights
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import NotFound, Unauthenticated
 from corral.domain.tenancy import Organization
@@ -56,6 +57,8 @@ class GatewayCredentials:
         self._org_by_id = org_lookup
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._by_agent: dict[str, str] = {}
+        self._flights: Flights[str, Principal] = Flights("gateway-credential")
+        self._forgotten = 0  # bumped by every revocation: a lookup across one is not cached
         self._background = Background()
 
     async def mint(self, org: Organization, agent: Agent) -> str:
@@ -70,6 +73,7 @@ class GatewayCredentials:
         await self._store.delete_credential(agent_id)
 
     def forget(self, agent_id: str) -> None:
+        self._forgotten += 1
         known = self._by_agent.pop(agent_id, None)
         if known is not None:
             self._cache.pop(known, None)
@@ -96,6 +100,10 @@ class GatewayCredentials:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
+        return await self._flights.run(digest, lambda: self._look_up(digest))
+
+    async def _look_up(self, digest: str) -> Principal:
+        forgotten = self._forgotten
         found = await self._store.credential(digest)
         if found is None:
             raise Unauthenticated("unknown or revoked gateway credential")
@@ -111,8 +119,9 @@ class GatewayCredentials:
                 details={"org": org_id, "agent": agent_id},
             )
         principal = Principal(org.id, org.slug, org.plan.name, agent.id, agent.role)
-        self._cache[digest] = (principal, now + _CACHE_SECONDS)
-        self._by_agent[agent.id] = digest
+        if forgotten == self._forgotten:  # no revocation meanwhile
+            self._cache[digest] = (principal, time.monotonic() + _CACHE_SECONDS)
+            self._by_agent[agent.id] = digest
         return principal
 
     async def close(self) -> None:

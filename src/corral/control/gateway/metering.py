@@ -6,18 +6,24 @@ runs: each scope is opened with what the store says it spent, and from then on e
 reserved and settled in memory, so admission costs no database round trip and concurrent calls
 cannot overspend. Metered calls are written a moment later by one named background task, in
 batches, and on stop before the store closes; every figure shown is a sum over those rows.
+
+An org whose period budget is spent (what it used has reached it) is *held back*: its queued
+tasks wait with that reason instead of being dispatched (the dispatcher asks
+:meth:`Meter.held_back`), and :attr:`Meter.on_release` tells the dispatcher when that ends —
+its budget was raised, or the period rolled over (:meth:`Meter.release_lapsed`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prometheus_client import Counter
 
 from corral.control.gateway.catalog import ModelCatalog
-from corral.domain.budgets import Budget, Hold, Ledger, Scope, period_of
+from corral.domain.budgets import UNLIMITED, Budget, Hold, Ledger, Scope, period_of
 from corral.domain.models import PICO_PER_DOLLAR, MeteredCall
 from corral.domain.secrets import AuditEntry
 from corral.observability.metrics import Metrics
@@ -43,6 +49,13 @@ class Meter:
         self._audits: list[AuditEntry] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        #: orgs whose period budget is spent: org id → (period, why)
+        self._exhausted: dict[str, tuple[str, str]] = {}
+        #: told an org id when its tasks may be dispatched again
+        self.on_release: Callable[[str], None] = lambda org_id: None
+        #: a role's budget as declared now (``None``: it has none)
+        self.role_budget: Callable[[str, str], Budget | None] = lambda org_id, role: None
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         catalog.on_budget.append(self._budget_changed)
         registry = metrics.registry
         self.calls = Counter(
@@ -78,16 +91,83 @@ class Meter:
             if self._scope_plans.get(scope, plan) != plan:  # the org changed plans
                 self.ledger.set_budget(scope, await self._catalog.period_budget(org_id, plan))
                 self._scope_plans[scope] = plan
+                self._check(scope)
         else:
             self._scope_plans[scope] = plan
-            totals = self._loaded_periods.get(period)
-            if totals is None:
-                totals = await self._store.period_totals(period)
-                self._loaded_periods[period] = totals
-            budget = await self._catalog.period_budget(org_id, plan)
-            tokens, cost = totals.get(org_id, (0, 0))
+            await self._open_org(scope, await self._catalog.period_budget(org_id, plan))
+        return scope
+
+    async def _open_org(self, scope: Scope, budget: Budget) -> None:
+        org_id, _, period = scope[1].partition(":")
+        totals = self._loaded_periods.get(period)
+        if totals is None:
+            totals = await self._store.period_totals(period)
+            self._loaded_periods[period] = totals
+        tokens, cost = totals.get(org_id, (0, 0))
+        self.ledger.open(scope, budget, used_tokens=tokens, used_cost=cost)
+        self._check(scope)
+
+    async def role_scope(self, org_id: str, role: str, now: datetime) -> Scope:
+        """The role's scope for this period, kept whether or not it has a budget (so that
+        a budget declared later holds what the role spent before)."""
+        period = period_of(now)
+        scope: Scope = ("role", f"{org_id}:{role}:{period}")
+        budget = self.role_budget(org_id, role) or UNLIMITED
+        if self.ledger.knows(scope):
+            self.ledger.set_budget(scope, budget)
+        else:
+            tokens, cost = await self._store.role_total(org_id, role, period)
             self.ledger.open(scope, budget, used_tokens=tokens, used_cost=cost)
         return scope
+
+    # -- orgs held back -------------------------------------------------------------------
+    async def check_orgs(self, plans: dict[str, str]) -> None:
+        """On start: hold back every org (id → plan) whose budget this period is spent."""
+        period = period_of(self.now())
+        totals = self._loaded_periods.get(period)
+        if totals is None:
+            totals = self._loaded_periods[period] = await self._store.period_totals(period)
+        for org_id in totals.keys() & plans.keys():
+            await self.org_scope(org_id, plans[org_id], self.now())
+
+    def held_back(self, org_id: str) -> str | None:
+        """Why ``org_id``'s queued tasks may not be dispatched now, or ``None``."""
+        held = self._exhausted.get(org_id)
+        if held is None or held[0] != period_of(self.now()):
+            return None
+        return held[1]
+
+    def release_lapsed(self) -> None:
+        """Release the orgs held back in a period that has ended."""
+        period = period_of(self.now())
+        for org_id, held in list(self._exhausted.items()):
+            if held[0] != period:
+                del self._exhausted[org_id]
+                self.on_release(org_id)
+
+    def _check(self, scope: Scope) -> None:
+        """Hold the org back if its budget for this period is spent; release it if no longer
+        (a past period's scope, which a budget change also sets, holds nothing back)."""
+        if scope[0] != "org":
+            return
+        org_id, _, period = scope[1].partition(":")
+        if period != period_of(self.now()):
+            return
+        why = self.ledger.exhausted(scope)
+        if why is not None:
+            self._exhausted[org_id] = (
+                period,
+                f"{why}; its tasks start again when the budget is raised or the period ends",
+            )
+        elif self._exhausted.get(org_id, ("",))[0] == period:
+            del self._exhausted[org_id]
+            self.on_release(org_id)
+
+    def settle(self, hold: Hold, *, tokens: int, cost: int) -> None:
+        """Charge what a call used in place of its hold; an org whose budget this spends is
+        held back."""
+        self.ledger.settle(hold, tokens=tokens, cost=cost)
+        self._check(hold.scopes[0])
 
     async def task_scope(self, task_id: str) -> Scope | None:
         """The task's own budget scope, or None if it was given no budget."""
@@ -102,9 +182,14 @@ class Meter:
             self.ledger.open(scope, budget, used_tokens=tokens, used_cost=cost)
         return scope
 
-    def _budget_changed(self, org_id: str, budget: Budget) -> None:
+    async def _budget_changed(self, org_id: str, budget: Budget) -> None:
         for period in self._loaded_periods:
-            self.ledger.set_budget(("org", f"{org_id}:{period}"), budget)
+            scope: Scope = ("org", f"{org_id}:{period}")
+            self.ledger.set_budget(scope, budget)
+            self._check(scope)
+        current: Scope = ("org", f"{org_id}:{period_of(self.now())}")
+        if not self.ledger.knows(current):  # a budget set below what was spent holds it back
+            await self._open_org(current, budget)
 
     def reserve(self, scopes: tuple[Scope, ...], *, tokens: int, cost: int) -> Hold:
         return self.ledger.reserve(scopes, tokens=tokens, cost=cost)
@@ -159,6 +244,5 @@ class Meter:
         self._stopping = True
         self._wake.set()
 
-    @staticmethod
-    def now() -> datetime:
-        return datetime.now(UTC)
+    def now(self) -> datetime:
+        return self.clock()

@@ -9,6 +9,7 @@ runs wait in the listen backlog instead of failing. The HTTP face is served on i
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,10 @@ from corral.control.gateway.metering import Meter
 from corral.domain.agents import Agent
 from corral.domain.budgets import Budget, period_of
 from corral.domain.errors import InvalidInput
+from corral.domain.ids import OrgId
 from corral.domain.models import format_dollars
+from corral.domain.roles import Role
+from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
 from corral.providers.openai_compat import Upstreams
@@ -76,6 +80,8 @@ class GatewayService:
             current_task=lambda agent_id: self._current_task(agent_id),
         )
         self._host, self._port = host, port
+        self._audit_entry = vault.audit.entry
+        self._roles: Callable[[str], list[Role]] = lambda org_id: []
         self._background = Background()
         self.socket: socket.socket
         self.url: str
@@ -89,11 +95,45 @@ class GatewayService:
         """Where the gateway learns which task an agent is busy with (calls not tagged)."""
         self._current_task = current_task
 
+    def follow_roles(
+        self, role: Callable[[str, str], Role | None], roles: Callable[[str], list[Role]]
+    ) -> None:
+        """Where the gateway reads each role's budget (as declared now)."""
+
+        def budget(org_id: str, name: str) -> Budget | None:
+            found = role(org_id, name)
+            return found.budget if found is not None else None
+
+        self.meter.role_budget = budget
+        self._roles = roles
+
+    async def role_budget_changed(
+        self, org: Organization, role: str, budget: Budget | None, *, actor: str
+    ) -> None:
+        """Audit a role's budget set, changed or dropped (in force from its next call)."""
+        shown = "none" if budget is None else str(budget.to_wire())
+        entry = self._audit_entry(
+            OrgId(org.id),
+            actor=actor,
+            action=AuditAction.MODEL_BUDGET,
+            target=f"role:{role}",
+            allowed=True,
+            detail=f"role {role}'s period budget set to {shown}",
+        )
+        await self.store.append_audit([entry])
+
+    async def _periods(self) -> None:
+        """Release the orgs held back for a spent budget once their period has ended."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.meter.release_lapsed()
+
     async def __aenter__(self) -> GatewayService:
         self.socket = _bind(self._host, self._port)
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         self._background.spawn(self.meter.run(), "corral-metering")
+        self._background.spawn(self._periods(), "corral-budget-periods")
         return self
 
     async def __aexit__(
@@ -144,10 +184,14 @@ class GatewayService:
         tokens_out = sum(r["tokensOut"] for r in groups["byModel"])
         cost = sum(r["costPico"] for r in groups["byModel"])
         limits = self.catalog.limits(org.plan.name)
+        groups["byRole"] = self._role_budgets(org, groups["byRole"])
+        held = self.meter.held_back(org.id) if period == period_of(now) else None
         return {
             "period": period,
             "budget": budget.to_wire(),
+            "left": budget.left(tokens_in + tokens_out, cost),
             "ownBudget": await self.catalog.own_budget(org.id) is not None,
+            "heldBack": held,
             "limits": limits.to_wire(),
             "total": {
                 "calls": sum(r["calls"] for r in groups["byModel"]),
@@ -159,6 +203,26 @@ class GatewayService:
             },
             **groups,
         }
+
+    def _role_budgets(self, org: Organization, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each role's row with its budget and what is left of it; declared roles with a
+        budget and no calls yet are listed too."""
+        declared = {r.name: r.budget for r in self._roles(org.id)}
+        seen = {row["role"] for row in rows}
+        rows = rows + [
+            _money({"role": name, "calls": 0, "tokensIn": 0, "tokensOut": 0, "cost": 0})
+            for name, budget in declared.items()
+            if budget is not None and name not in seen
+        ]
+        for row in rows:
+            budget = declared.get(row["role"])
+            row["budget"] = None if budget is None else budget.to_wire()
+            row["left"] = (
+                None
+                if budget is None
+                else budget.left(row["tokensIn"] + row["tokensOut"], row["costPico"])
+            )
+        return sorted(rows, key=lambda r: str(r["role"]))
 
     async def task_usage(self, org: Organization, task_id: str) -> dict[str, Any]:
         """Calls, tokens and cost metered on one task, per model, and its budget if any."""
