@@ -123,7 +123,8 @@ def fresh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fresh]:
         "CORRAL_SANDBOX": "auto" if mode == "ordinary-user" else mode,
         # where the tenant's program lives, and the recorder it shares with the sandbox suite
         "CORRAL_SANDBOX_READ_ONLY": f"{HERE},{PROBES}",
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(PROBES)]),  # for -m fresh_hostile_agent
+        # this checkout's code, and the agent's directory for ``-m fresh_hostile_agent``
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE), str(PROBES)]),
         "CORRAL_NATS_MONITORING": "true",  # something to attack
     }
     python, user = sys.executable, None
