@@ -61,6 +61,8 @@ async def test_a_second_put_of_a_name_is_refused_even_from_an_agent_of_the_same_
     for writer in (a2.nc.jetstream(), a1.nc.jetstream()):  # the other agent, or its own again
         with pytest.raises(Conflict, match="write-once"):
             await object_io.put(writer, name, b"forged")
+    # the very same content put again (a handler's result sent twice) is the same object
+    assert await object_io.put(a1.nc.jetstream(), name, ORIGINAL, chunk=128 * 1024) == ref
     with pytest.raises(Conflict):  # the control plane's put goes by the same rule
         await stores.objects.put("a", name, b"forged")
     assert await object_io.get(a2.nc.jetstream(), ref, limit=ref.size) == ORIGINAL

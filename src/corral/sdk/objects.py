@@ -93,13 +93,39 @@ async def put(
     """Keep ``data`` as the object ``name`` of the org's object store, once: a name is
     written by one put only.
 
+    A put of the very content the name holds already (the same handler's result put again)
+    succeeds with the existing object.
+
     Raises:
-        Conflict: something was written under this name before (or during) this put.
+        Conflict: something else was written under this name before (or during) this put.
         QuotaExceeded: the org's object store is full.
         Unavailable: the bus did not take it.
     """
+    digest = (
+        objects.DIGEST_PREFIX + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    )
+    try:
+        return await _put(js, name, data, digest, chunk=chunk, pacer=pacer)
+    except Conflict:
+        ref = ObjectRef(name, len(data), digest)
+        try:
+            if await get(js, ref, limit=len(data)) == data:
+                return ref
+        except CorralError:
+            pass
+        raise
+
+
+async def _put(
+    js: JetStreamContext,
+    name: str,
+    data: bytes,
+    digest: str,
+    *,
+    chunk: int,
+    pacer: Pacer | None,
+) -> ObjectRef:
     what = f"storing {name}"
-    digest = hashlib.sha256(data).digest()
     subject = objects.chunk_subject(name)
     count, last = 0, 0
     try:
@@ -118,7 +144,7 @@ async def put(
             "nuid": subject.removeprefix(f"$O.{objects.BUCKET}.C."),
             "size": len(data),
             "chunks": count,
-            "digest": objects.DIGEST_PREFIX + base64.urlsafe_b64encode(digest).decode(),
+            "digest": digest,
             "mtime": datetime.now(UTC).isoformat(),
             "options": {"max_chunk_size": chunk},
         }
@@ -130,7 +156,7 @@ async def put(
         )
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
         raise _translate(exc, what) from exc
-    return ObjectRef(name, len(data), str(info["digest"]))
+    return ObjectRef(name, len(data), digest)
 
 
 async def get(js: JetStreamContext, ref: ObjectRef, *, limit: int) -> bytes:
