@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -37,6 +38,13 @@ class Settings(BaseSettings):
     prune_interval: float = 60.0  # seconds between passes pruning finished tasks
     reconcile_seconds: float = Field(default=10.0, gt=0)  # between two looks of the reconciler
     max_body_bytes: int = 1024 * 1024
+    # the reverse proxies whose X-Forwarded-For names the client (addresses or networks):
+    # CORRAL_TRUSTED_PROXIES=10.0.0.5,10.1.0.0/16; empty: the header is never believed
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # failed authentications one key may take (from any address), at once and then a second:
+    # guesses at a key spread over many addresses run dry on these
+    key_failures_burst: int = Field(default=20, ge=1)
+    key_failures_per_second: float = Field(default=0.2, gt=0)
     # the largest task payload the API takes (a plan's maxObjectBytes may be lower); one
     # larger than a bus message goes through the org's object store
     max_payload_bytes: int = 16 * 1024 * 1024
@@ -92,6 +100,30 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Each as an address (``10.0.0.5``) or a network (``10.1.0.0/16``), normalized."""
+        normal = []
+        for proxy in value:
+            try:
+                if "/" in proxy:
+                    normal.append(str(ipaddress.ip_network(proxy, strict=False)))
+                else:
+                    normal.append(str(ipaddress.ip_address(proxy)))
+            except ValueError:
+                raise ValueError(
+                    f"a trusted proxy is not an IP address or network: {proxy!r}"
+                ) from None
+        return tuple(normal)
 
     @field_validator("k8s_runtime_classes", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from corral.api.app import create_app
-from corral.api.guard import AddressLimiter
+from corral.api.guard import AddressLimiter, LoginLimiter
 from corral.control.platform import Platform
 from corral.domain.documents import MAX_DEPTH
 from corral.domain.errors import RateLimited
@@ -118,7 +118,7 @@ async def test_a_payload_nested_too_deep_is_422_and_nothing_is_stored(
 async def test_requests_without_a_valid_key_are_limited_per_address(
     app: Any, platform: Platform
 ) -> None:
-    limiter: AddressLimiter = app.state.address_limiter
+    limiter: AddressLimiter = app.state.login_limiter.addresses
     async with client(app, "ck_nobody_0000000000000000", address="10.0.0.9") as bad:
         codes = [(await bad.get("/v1/orgs")).status_code for _ in range(limiter.burst + 5)]
         posted = await bad.post("/v1/orgs", json={"name": "x"})
@@ -143,6 +143,23 @@ def test_the_address_limiter_refills_and_stays_bounded() -> None:
     for address in ("b", "c", "d", "e"):
         limiter.failed(address)
     assert len(limiter._buckets) == 3
+
+
+def test_the_login_limiter_holds_a_key_whatever_the_address_and_only_that_key() -> None:
+    now = [0.0]
+    limiter = LoginLimiter(
+        addresses=AddressLimiter(rate=1.0, burst=5, clock=lambda: now[0]), key_burst=3
+    )
+    limiter.keys = AddressLimiter(rate=0.5, burst=3, what="for the key", clock=lambda: now[0])
+    for i in range(3):  # one failure from each of three addresses
+        limiter.check(f"10.0.0.{i}", f"crl_k1_guess{i}")
+        limiter.failed(f"10.0.0.{i}", f"crl_k1_guess{i}")
+    with pytest.raises(RateLimited, match="for the key k1"):
+        limiter.check("10.0.0.99", "crl_k1_right")  # a fresh address: the key is held
+    limiter.check("10.0.0.99", "crl_k2_other")  # another key is not
+    limiter.check("10.0.0.99", "not-a-key")  # nor what names no key
+    now[0] += 2.0
+    limiter.check("10.0.0.99", "crl_k1_right")  # it refills
 
 
 async def test_an_audit_page_past_the_largest_id_is_422(app: Any, platform: Platform) -> None:

@@ -8,8 +8,10 @@ It knows only what a tenant's program knows (its environment) plus the guesses i
 from its own workspace's path, every pid that answers a signal, every listening TCP port and
 every abstract unix socket the host lists, every key-like string in what it can read.
 
-Self-contained on purpose (the standard library and the SDK): it runs as a script (the exec
-path) and as ``python -m fresh_hostile_agent`` (its organization's fork server). Each outcome is
+Self-contained on purpose (the standard library, the SDK, and only the recorder of outcomes it
+shares with the sandbox suite's agent, :mod:`hostile_recording` in ``tests/probes``: what it
+tries is its own, see there why): it runs as a script (the exec path) and as
+``python -m fresh_hostile_agent`` (its organization's fork server). Each outcome is
 ``{"ok": bool, "detail": str}``; ``ok`` is a crossing for an attempt and a requirement met for a
 control (names starting ``works_``).
 """
@@ -28,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hostile_recording import Outcomes, recorder
+
 from corral.sdk import Agent, TaskContext
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -45,8 +49,6 @@ CLONE_NEWUSER = 0x10000000
 KEY_SPEC_SESSION_KEYRING = -3
 KEYCTL_GET_KEYRING_ID = 0
 KEY_LIKE = re.compile(rb"(crl_[A-Za-z0-9_\-]{16,}|S[UOAC][A-Z2-7]{50,})")
-
-Outcomes = dict[str, dict[str, object]]
 
 
 def sys_call(name: str, *args: object) -> int:
@@ -82,17 +84,8 @@ class Attacker:
         #: stays): for a run without the sandbox, where the attempts succeed
         self.gentle = bool(targets.get("gentle"))
         self.out: Outcomes = {}
+        self.attempt = recorder(self.out, detail_chars=300)
         self.keys: set[str] = set()  # anything key-like met on the way
-
-    def attempt(self, name: str, action: Callable[[], object]) -> None:
-        try:
-            value = action()
-            self.out[name] = {"ok": value is not False, "detail": repr(value)[:300]}
-        except OSError as exc:
-            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            self.out[name] = {"ok": False, "detail": f"{code}: {exc}"[:300]}
-        except Exception as exc:
-            self.out[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
 
     def read(self, path: str) -> object:
         with open(path, "rb") as f:

@@ -43,6 +43,7 @@ from tests.support import CorralUp, corral_env, corral_up, wait_until
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 AGENT = HERE / "fresh_hostile_agent.py"
+PROBES = HERE.parent / "probes"  # the outcome recorder, shared with the sandbox suite's agent
 TERMINAL = {"completed", "blocked", "failed", "cancelled", "expired"}
 #: what must be in every answer: a program that crashed early must not pass for a refused one
 REQUIRED = (
@@ -120,8 +121,10 @@ def fresh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fresh]:
     mode = getattr(request, "param", "auto")
     env = corral_env() | {
         "CORRAL_SANDBOX": "auto" if mode == "ordinary-user" else mode,
-        "CORRAL_SANDBOX_READ_ONLY": str(HERE),  # where the tenant's program lives
-        "PYTHONPATH": str(HERE),  # so that ``-m fresh_hostile_agent`` finds it
+        # where the tenant's program lives, and the recorder it shares with the sandbox suite
+        "CORRAL_SANDBOX_READ_ONLY": f"{HERE},{PROBES}",
+        # this checkout's code, and the agent's directory for ``-m fresh_hostile_agent``
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE), str(PROBES)]),
         "CORRAL_NATS_MONITORING": "true",  # something to attack
     }
     python, user = sys.executable, None
@@ -135,7 +138,7 @@ def fresh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fresh]:
         data = Path(tempfile.mkdtemp(prefix="corral-fresh-"))  # where that user may go
         os.chown(data, user, user)
         site = sysconfig.get_paths()["purelib"]
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), site, str(HERE)])
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), site, str(HERE), str(PROBES)])
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
         env["HOME"] = str(data)
     else:

@@ -46,11 +46,12 @@ async def test_orgs_are_listed_in_pages_after_a_name(db: Database) -> None:
     for slug in ("delta", "alpha", "charlie", "bravo", "echo"):
         await _org(repo, slug)
     await repo.mark_deleting("charlie")
-    first = await repo.page(after=None, limit=2)
-    second = await repo.page(after=first[-1].slug, limit=2)
-    last = await repo.page(after=second[-1].slug, limit=2)
+    first = await repo.list(limit=2)
+    second = await repo.list(after=first[-1].slug, limit=2)
+    last = await repo.list(after=second[-1].slug, limit=2)
     assert [[o.slug for o in p] for p in (first, second, last)] == [
         ["alpha", "bravo"],
         ["delta", "echo"],
         [],
     ]
+    assert [o.slug for o in await repo.list()] == ["alpha", "bravo", "delta", "echo"]

@@ -235,3 +235,27 @@ async def test_errors_never_carry_the_value(vault: Vault) -> None:
     for failure in failures:
         assert SECRET_VALUE.decode() not in str(failure)
         assert SECRET_VALUE.decode() not in str(failure.to_wire())
+
+
+async def test_a_platform_read_is_audited_whatever_its_outcome(
+    vault: Vault, backend: Backend
+) -> None:
+    why = "provider key of model m"
+    await vault.put(ORG_A, "github-token", SECRET_VALUE, actor=ADMIN)
+    await vault.put(ORG_A, "slack-webhook", b"other", actor=ADMIN)
+    assert (
+        await vault.read_for_platform(ORG_A, "github-token", actor="system:gateway", why=why)
+        == SECRET_VALUE
+    )
+    with pytest.raises(NotFound):
+        await vault.read_for_platform(ORG_A, "nope", actor="system:gateway", why=why)
+    await backend.move_secret(ORG_A, "github-token", to_org=ORG_A, to_name="slack-webhook")
+    with pytest.raises(Unavailable, match="does not decrypt"):
+        await vault.read_for_platform(ORG_A, "slack-webhook", actor="system:gateway", why=why)
+    reads = [
+        (r.actor, r.target, r.allowed, r.detail) for r in await vault.audit.list(ORG_A, limit=3)
+    ]
+    assert reads[0][:3] == ("system:gateway", "slack-webhook", False)
+    assert reads[0][3].startswith("failed: ") and reads[0][3].endswith(f"({why})")
+    assert reads[1] == ("system:gateway", "nope", False, f"not found ({why})")
+    assert reads[2] == ("system:gateway", "github-token", True, f"version 1 ({why})")

@@ -10,7 +10,7 @@ from corral import __version__
 from corral.api import console, errors
 from corral.api.access import AccessLog
 from corral.api.auth import scope_authenticator
-from corral.api.guard import AddressLimiter, BodyGuard
+from corral.api.guard import BodyGuard, LoginLimiter
 from corral.api.ratelimit import RateLimiter
 from corral.api.routes import agents, events, metrics, models, orgs, roles, secrets, tasks
 from corral.control.platform import Platform
@@ -31,13 +31,16 @@ def create_app(platform: Platform) -> FastAPI:
         app,
         deposed=lambda: lease is not None and (platform.deposed.is_set() or not lease.valid()),
     )
-    app.state.address_limiter = AddressLimiter()
+    app.state.login_limiter = LoginLimiter(
+        key_rate=platform.settings.key_failures_per_second,
+        key_burst=platform.settings.key_failures_burst,
+    )
     app.add_middleware(
         BodyGuard,
         max_body=platform.settings.max_body_bytes,
         max_task_body=platform.settings.max_payload_bytes + 64 * 1024,
         authenticate=scope_authenticator(platform),
-        limiter=app.state.address_limiter,
+        limiter=app.state.login_limiter,
     )
     app.add_middleware(AccessLog)  # outermost: it logs what the guard refuses too
 

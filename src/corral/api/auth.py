@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from starlette.types import Scope
 
-from corral.api.guard import AddressLimiter, client_address
+from corral.api.guard import LoginLimiter, client_address, presented_key
 from corral.control.keys import split_key
 from corral.control.platform import Platform
 from corral.domain.errors import NotFound, PermissionDenied, Unauthenticated
@@ -46,13 +46,6 @@ def platform(request: Request) -> Platform:
     return p
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 async def authenticate(p: Platform, key: str | None) -> Caller:
     """The caller a key belongs to.
 
@@ -76,7 +69,7 @@ def scope_authenticator(p: Platform) -> Callable[[Scope], Awaitable[Caller]]:
 
     async def from_scope(scope: Scope) -> Caller:
         request = Request(scope)
-        key = _bearer(request.headers.get("authorization")) or request.headers.get("x-api-key")
+        key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
         return await authenticate(p, key)
 
     return from_scope
@@ -90,16 +83,14 @@ async def caller(
     known: Caller | None = getattr(request.state, "caller", None)
     if known is not None:
         return known  # the guard authenticated this request before reading its body
-    limiter: AddressLimiter = request.app.state.address_limiter
+    limiter: LoginLimiter = request.app.state.login_limiter
     address = client_address(request.scope)
-    limiter.check(address)
+    key = presented_key(authorization, x_api_key)
+    limiter.check(address, key)
     try:
-        return await authenticate(
-            platform(request),
-            _bearer(authorization) or x_api_key,
-        )
+        return await authenticate(platform(request), key)
     except Unauthenticated:
-        limiter.failed(address)
+        limiter.failed(address, key)
         raise
 
 

@@ -14,7 +14,13 @@ nested a thousand deep reached the decoder. This ASGI layer, in order:
    the caller it found travels in the request's state so the route does not look it up again;
 3. reads the body while counting, and answers 413 as soon as it passes the limit;
 4. refuses JSON nested deeper than :data:`corral.domain.documents.MAX_DEPTH` (422);
-5. limits requests without a valid key per client address (429 once its bucket is empty).
+5. limits requests without a valid key per client address *and* per key they name (429 once
+   either bucket is empty; see :class:`LoginLimiter`) — the API's and the console's alike.
+
+The client address is the connection's peer. ``X-Forwarded-For`` is believed only from the
+proxies the operator names (``CORRAL_TRUSTED_PROXIES``; the HTTP server rewrites the address
+from it then), else one client could spread a flood over as many addresses as it cares to
+write.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.errors import error_response
+from corral.control.keys import split_key
 from corral.domain.documents import check_raw_depth
 from corral.domain.errors import CorralError, RateLimited, Unauthenticated
 
-__all__ = ["AddressLimiter", "BodyGuard", "Authenticator"]
+__all__ = ["AddressLimiter", "Authenticator", "BodyGuard", "LoginLimiter", "presented_key"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SUBMIT = re.compile(r"^/v1/orgs/[^/]+/tasks/?$")
@@ -41,7 +48,8 @@ Authenticator = Callable[[Scope], Any]
 
 
 class AddressLimiter:
-    """Token buckets per client address for requests that fail to authenticate.
+    """Token buckets per client address (or per whatever else names the caller: ``what``)
+    for requests that fail to authenticate.
 
     Bounded: it remembers at most ``max_addresses`` addresses, forgetting the least recently
     seen first (an address forgotten starts again with a full bucket, which only helps it by
@@ -54,11 +62,13 @@ class AddressLimiter:
         rate: float = 2.0,
         burst: int = 20,
         max_addresses: int = 10_000,
+        what: str = "from",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
         self.burst = burst
         self._max = max_addresses
+        self._what = what
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
@@ -72,7 +82,7 @@ class AddressLimiter:
         tokens = self._tokens(address, now)
         if tokens < 1.0:
             raise RateLimited(
-                f"too many requests without a valid API key from {address}; "
+                f"too many requests without a valid API key {self._what} {address}; "
                 f"at most {self.rate:g}/s (burst {self.burst})",
                 retry_after=(1.0 - tokens) / self.rate,
             )
@@ -85,6 +95,61 @@ class AddressLimiter:
         self._buckets.move_to_end(address)
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
+
+
+class LoginLimiter:
+    """Failed authentications, limited per client address and per key named.
+
+    Per address alone, a flood spread over many addresses (each with a fresh burst, and more
+    of them than the limiter remembers) could try secrets of one key without end; so every key
+    id that fails spends its own bucket too, whoever sends it, and once it is empty that key is
+    refused (429) before it is looked up — its owner included, until the flood stops: the
+    price of a lockout, which gains the flood nothing (a secret is 256 random bits). A string
+    that is not a key at all (no key id) spends only its address's bucket. Both are bounded,
+    and each attempt is a constant amount of work before the store is asked.
+    """
+
+    def __init__(
+        self,
+        *,
+        addresses: AddressLimiter | None = None,
+        key_rate: float = 0.2,
+        key_burst: int = 20,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.addresses = addresses or AddressLimiter()
+        self.keys = AddressLimiter(
+            rate=key_rate, burst=key_burst, max_addresses=max_keys, what="for the key"
+        )
+
+    def check(self, address: str, key: str | None) -> None:
+        """Raise :class:`RateLimited` if ``address`` or the key ``key`` names has no failure
+        left to spend."""
+        self.addresses.check(address)
+        key_id = _key_id(key)
+        if key_id is not None:
+            self.keys.check(key_id)
+
+    def failed(self, address: str, key: str | None) -> None:
+        """Spend one failure of ``address`` and of the key ``key`` names."""
+        self.addresses.failed(address)
+        key_id = _key_id(key)
+        if key_id is not None:
+            self.keys.failed(key_id)
+
+
+def _key_id(key: str | None) -> str | None:
+    parts = split_key(key.strip()) if key else None
+    return parts[0][:64] if parts else None
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key a request carries: ``Authorization: Bearer <key>``, else ``X-API-Key``."""
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return x_api_key
 
 
 def client_address(scope: Scope) -> str:
@@ -101,7 +166,7 @@ class BodyGuard:
         *,
         max_body: int,
         authenticate: Authenticator,
-        limiter: AddressLimiter,
+        limiter: LoginLimiter,
         max_task_body: int | None = None,
     ) -> None:
         self.app = app
@@ -134,11 +199,15 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         address = client_address(scope)
-        self.limiter.check(address)
+        key = presented_key(
+            headers.get("authorization", b"").decode("latin-1") or None,
+            headers.get("x-api-key", b"").decode("latin-1") or None,
+        )
+        self.limiter.check(address, key)
         try:
             who = await self.authenticate(scope)
         except Unauthenticated:
-            self.limiter.failed(address)
+            self.limiter.failed(address, key)
             raise
         scope.setdefault("state", {})["caller"] = who
         body = await self._read(receive, limit)

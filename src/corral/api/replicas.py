@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import httpx
@@ -33,6 +33,7 @@ import uvicorn
 
 from corral.api.app import create_app
 from corral.api.gateway_app import serving_gateway
+from corral.api.server import http_config
 from corral.control.leadership import Leader, Leadership
 from corral.control.platform import Platform
 from corral.domain.errors import Unavailable
@@ -50,6 +51,19 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HOP_BY_HOP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te"}
+
+
+def _forwarded_for(
+    headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` with the client's address appended to ``X-Forwarded-For``."""
+    if not client:
+        return headers
+    seen = [v for k, v in headers if k.lower() == b"x-forwarded-for"]
+    chain = b", ".join([*seen, str(client[0]).encode("latin-1")])
+    return [(k, v) for k, v in headers if k.lower() != b"x-forwarded-for"] + [
+        (b"x-forwarded-for", chain)
+    ]
 
 
 async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -142,6 +156,9 @@ class StandbyApp:
     async def _forward(self, scope: Scope, body: bytes, send: Send) -> None:
         deadline = time.monotonic() + self._wait
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
+        # the leader limits failed logins per client: say who the client is (it believes this
+        # only if its replicas are among its CORRAL_TRUSTED_PROXIES)
+        headers = _forwarded_for(headers, scope.get("client"))
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
         while True:
@@ -260,12 +277,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(app: App) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
-        )
-    )
+def _server(app: App, *, trusted_proxies: Sequence[str] = ()) -> uvicorn.Server:
+    return uvicorn.Server(http_config(app, trusted_proxies=trusted_proxies))
 
 
 class Replica:
@@ -290,7 +303,7 @@ class Replica:
         self.name = name
         self.standby = StandbyApp(self.leadership, local=lambda: self._switch.leader)
         self._switch = _Switch(self.standby)
-        self._server = _server(self._switch)
+        self._server = _server(self._switch, trusted_proxies=settings.trusted_proxies)
         self._on_lead = on_lead
         self._tasks: list[asyncio.Task[None]] = []
 

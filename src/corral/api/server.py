@@ -7,10 +7,11 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from corral.api.app import create_app
 from corral.api.gateway_app import serving_gateway
@@ -46,21 +47,31 @@ async def running(settings: Settings) -> AsyncIterator[RunningServer]:
         sock.close()
 
 
+def http_config(app: ASGIApp, *, trusted_proxies: Sequence[str] = ()) -> uvicorn.Config:
+    """How the HTTP server serves ``app``. The client of a request is the connection's peer,
+    unless that is one of ``trusted_proxies``, whose ``X-Forwarded-For`` is believed then
+    (uvicorn's default would believe it from any local process)."""
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        log_config=None,  # uvicorn's records go to the platform's log handler
+        access_log=False,  # the app writes its own (corral.api.access)
+        lifespan="off",
+        timeout_graceful_shutdown=3,
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies),
+    )
+
+
 @contextlib.asynccontextmanager
 async def _serving(
     settings: Settings, platform: Platform, sock: socket.socket
 ) -> AsyncIterator[RunningServer]:
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    config = uvicorn.Config(
-        create_app(platform),
-        log_level="warning",
-        log_config=None,  # uvicorn's records go to the platform's log handler
-        access_log=False,  # the app writes its own (corral.api.access)
-        lifespan="off",
-        timeout_graceful_shutdown=3,
+    server = uvicorn.Server(
+        http_config(create_app(platform), trusted_proxies=settings.trusted_proxies)
     )
-    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="corral-http")
     try:
         async with serving_gateway(platform.models.gateway, platform.models.socket):

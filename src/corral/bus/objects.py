@@ -1,7 +1,8 @@
 """Each org's object store, as the control plane keeps it: big payloads in, big results out.
 
 The store is a JetStream object store named ``OBJECTS`` in the org's own account (stream
-``OBJ_OBJECTS``, file storage, ``max_bytes`` from the plan's ``objectsMaxBytes``, discard new),
+``OBJ_OBJECTS``, file storage, ``max_bytes`` from the plan's ``objectsMaxBytes``, discard new,
+no rollups: objects are write-once, see :mod:`corral.sdk.objects`),
 so what it holds counts against that org's JetStream reservation and nobody else's, and no
 other account can name it. The control plane reaches it over its link in the org's account
 (:mod:`corral.bus.links`): it puts the payloads too large for a bus message that come in
@@ -39,7 +40,7 @@ def objects_config(limits: BusLimits, *, replicas: int = 1) -> StreamConfig:
         discard=DiscardPolicy.NEW,
         max_bytes=limits.objects_max_bytes,
         max_msg_size=limits.max_payload,
-        allow_rollup_hdrs=True,
+        allow_rollup_hdrs=False,  # objects are write-once: nothing an agent sends removes one
         allow_direct=True,
         num_replicas=replicas,
     )
@@ -57,7 +58,11 @@ async def ensure_objects(js: JetStreamContext, limits: BusLimits, *, replicas: i
         return
     if limits.objects_max_bytes <= 0:
         await js.delete_stream(objects.STREAM)
-    elif (have.max_bytes, have.max_msg_size) != (config.max_bytes, config.max_msg_size):
+    elif (have.max_bytes, have.max_msg_size, have.allow_rollup_hdrs) != (
+        config.max_bytes,
+        config.max_msg_size,
+        config.allow_rollup_hdrs,
+    ):
         await js.update_stream(config)
 
 

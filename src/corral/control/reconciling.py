@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 
 from corral.control.dispatch import Dispatcher
 from corral.control.lifecycle import Controller
+from corral.domain import repairs
 from corral.domain.agents import AgentState
 from corral.domain.errors import CorralError, NotFound
+from corral.domain.repairs import Repair
 from corral.domain.tenancy import Organization
 from corral.runtime.base import AgentRuntime, Phase
 from corral.store.agents import AgentRepository
@@ -34,9 +36,6 @@ from corral.store.agents import AgentRepository
 __all__ = ["Findings", "Reconciler"]
 
 log = logging.getLogger("corral.reconciler")
-
-#: the states in which an agent's pause, termination or restart releases its work itself
-_RELEASING = (AgentState.PAUSING,)
 
 
 @dataclass
@@ -89,7 +88,10 @@ class Reconciler:
         for agent in running:
             org = await self._org_by_id(agent.org_id)
             status = await self._runtime.status(org.slug, agent.id)
-            if status.phase is Phase.RUNNING:
+            what = repairs.repair(
+                agent.state, process_running=status.phase is Phase.RUNNING, after_restart=False
+            )
+            if what is not Repair.RESTART:
                 continue
             no_process.add(agent.id)
             if agent.id in self._no_process:
@@ -104,14 +106,14 @@ class Reconciler:
         for agent_id in self._dispatcher.holders():
             if agent_id in live:
                 continue
-            why = await self._not_running(agent_id)
+            why = await self._work_lost(agent_id)
             if why is None:
                 continue
             orphaned.add(agent_id)
             if agent_id in self._orphaned:
-                log.warning("work held by %s, which %s: retrying it", agent_id, why)
+                log.warning("work held by %s is lost (%s): retrying it", agent_id, why)
                 found.released.append(agent_id)
-                await self._dispatcher.agent_lost(agent_id, why=f"agent {agent_id} {why}")
+                await self._dispatcher.agent_lost(agent_id, why=why)
         self._orphaned = orphaned - set(found.released)
         return found
 
@@ -119,10 +121,15 @@ class Reconciler:
         starting = await self._agents.find(states=[AgentState.PROVISIONING, AgentState.RESUMING])
         stalled: set[str] = set()
         for agent in starting:
-            if self._controller.restarting(agent.id):
-                continue
             org = await self._org_by_id(agent.org_id)
-            if (await self._runtime.status(org.slug, agent.id)).phase is Phase.RUNNING:
+            status = await self._runtime.status(org.slug, agent.id)
+            what = repairs.repair(
+                agent.state,
+                process_running=status.phase is Phase.RUNNING,
+                after_restart=False,
+                start_under_way=self._controller.restarting(agent.id),
+            )
+            if what is not Repair.RESTART:
                 continue
             stalled.add(agent.id)
             if agent.id in self._stalled:
@@ -133,12 +140,10 @@ class Reconciler:
                 self._controller.start_again(org, agent.id)
         self._stalled = stalled - set(found.restarted)
 
-    async def _not_running(self, agent_id: str) -> str | None:
-        """Why ``agent_id`` cannot be running its work (None: it is, or will say so itself)."""
+    async def _work_lost(self, agent_id: str) -> str | None:
+        """Why the work ``agent_id`` holds is lost (None: it runs it, or will say so itself)."""
         try:
-            agent = await self._agents.get(agent_id)
+            state: AgentState | None = (await self._agents.get(agent_id)).state
         except NotFound:
-            return "does not exist"
-        if agent.state is AgentState.RUNNING or agent.state in _RELEASING:
-            return None
-        return f"is {agent.state.value}"
+            state = None
+        return repairs.work_lost(agent_id, state, after_restart=False)

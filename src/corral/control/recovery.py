@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from corral.domain import repairs
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
+from corral.domain.repairs import Repair
 from corral.runtime.base import Phase, RuntimeStatus
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
@@ -43,13 +45,7 @@ log = logging.getLogger("corral.recovery")
 #: agents relaunched at once after a restart (each start is mostly waiting on its process)
 RELAUNCH_CONCURRENCY = 8
 #: the states of an agent that should be running (or finish pausing) after a restart
-LIVE = (
-    AgentState.RUNNING,
-    AgentState.PROVISIONING,
-    AgentState.RESUMING,
-    AgentState.PAUSING,
-)
-_LIVE = LIVE[:3]
+LIVE = repairs.SHOULD_RUN | {AgentState.PAUSING}
 
 
 @dataclass
@@ -100,31 +96,43 @@ async def left_behind(p: Platform) -> LeftBehind:
 
 
 async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concurrency: int) -> None:
-    """Compare what was left with what should run: stop leftovers, restart what should run
-    (up to ``concurrency`` at once), finish interrupted pauses. Every agent's process was
-    stopped or restarted, so the work any of them held is lost: it is retried."""
+    """Compare what was left with what should run (:func:`corral.domain.repairs.repair`):
+    stop leftovers, restart what should run (up to ``concurrency`` at once), finish
+    interrupted pauses. Every agent's process was stopped or restarted, so the work any of
+    them held is lost: it is retried."""
     records, deleting = left.records, left.deleting
+
+    def decide(agent: Agent | None, *, process_running: bool) -> Repair:
+        return repairs.repair(
+            agent.state if agent else None,
+            process_running=process_running,
+            after_restart=True,
+            org_deleting=agent is not None and agent.org_id in deleting,
+        )
+
+    running: set[str] = set()
     for found in left.processes:
-        rec = records.get(found.agent_id)
-        if found.phase is Phase.RUNNING and (
-            rec is None or rec.state is not AgentState.RUNNING or rec.org_id in deleting
-        ):
+        if found.phase is not Phase.RUNNING:
+            continue
+        running.add(found.agent_id)
+        if decide(records.get(found.agent_id), process_running=True) is Repair.STOP:
             log.info("stopping leftover agent process %s", found.agent_id)
             await p.runtime.stop(found.org, found.agent_id, grace=1.0)
     todo = [
-        a
-        for a in records.values()
-        if a.org_id not in deleting and (a.state in _LIVE or a.state is AgentState.PAUSING)
+        (agent, what)
+        for agent in records.values()
+        if (what := decide(agent, process_running=agent.id in running))
+        in (Repair.RESTART, Repair.FINISH_PAUSE)
     ]
     progress.total = len(todo)
     gate = asyncio.Semaphore(concurrency)
     started = time.monotonic()
     step = max(1, len(todo) // 10)
 
-    async def one(agent: Agent) -> None:
+    async def one(agent: Agent, what: Repair) -> None:
         async with gate:
             try:
-                await _bring_back(p, agent)
+                await _bring_back(p, agent, what)
             except CorralError as exc:
                 progress.failed += 1
                 log.error("could not restart %s: %s", agent.id, exc.message)
@@ -144,9 +152,12 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
                 time.monotonic() - started,
             )
 
-    await asyncio.gather(*(one(agent) for agent in todo))
+    await asyncio.gather(*(one(agent, what) for agent, what in todo))
     for agent_id in p.dispatcher.holders():
-        await p.dispatcher.agent_lost(agent_id, why="the control plane restarted")
+        held_by = records.get(agent_id)
+        why = repairs.work_lost(agent_id, held_by.state if held_by else None, after_restart=True)
+        if why is not None:
+            await p.dispatcher.agent_lost(agent_id, why=why)
 
 
 async def _start_again(p: Platform, agent_id: str) -> None:
@@ -160,14 +171,14 @@ async def _start_again(p: Platform, agent_id: str) -> None:
         log.error("could not schedule a restart of %s: %s", agent_id, exc.message)
 
 
-async def _bring_back(p: Platform, agent: Agent) -> None:
+async def _bring_back(p: Platform, agent: Agent, what: Repair) -> None:
     org = await p.orgs.get_by_id(agent.org_id)
-    if agent.state in _LIVE:
+    if what is Repair.RESTART:
         status = await p.runtime.status(org.slug, agent.id)
         if status.phase is Phase.RUNNING:
             await p.runtime.stop(org.slug, agent.id, grace=1.0)
         await p.controller.restart_now(org, agent)
-    else:  # PAUSING
+    else:  # an interrupted pause
         await p.runtime.stop(org.slug, agent.id, grace=1.0)
         await p.controller.finish_pause(org, agent)
 

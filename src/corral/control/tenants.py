@@ -20,7 +20,6 @@ an org is all-or-nothing:
 from __future__ import annotations
 
 import asyncio
-import builtins
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -145,12 +144,10 @@ class TenantService:
     async def list(
         self, *, after: str | None = None, limit: int | None = None
     ) -> list[Organization]:
-        """Organizations by name; with ``after``/``limit`` one page of them."""
+        """Organizations by name (not those being deleted); with ``after``/``limit`` one page
+        of them: at most ``limit`` named after ``after``. The API's and the console's lists
+        of orgs page through this."""
         return await self.orgs.list(after=after, limit=limit)
-
-    async def page(self, *, after: str | None, limit: int) -> builtins.list[Organization]:
-        """At most ``limit`` orgs named after ``after``, by name."""
-        return await self.orgs.page(after=after, limit=limit)
 
     async def set_plan(self, slug: str, plan_name: str) -> Organization:
         """Move the org to another plan in every layer, or leave the old one everywhere.

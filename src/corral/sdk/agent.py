@@ -304,6 +304,7 @@ class Agent:
         Raises:
             TooLarge: it is larger than the organization's plan allows.
             QuotaExceeded: the org's object store is full.
+            Conflict: something was written under its name already (objects are write-once).
         """
         data = encode(result)
         if len(data) <= self._inline_limit():

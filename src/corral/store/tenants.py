@@ -107,8 +107,8 @@ class OrgRepository:
     async def list(
         self, *, after: str | None = None, limit: int | None = None
     ) -> builtins.list[Organization]:
-        """Every org but those being deleted, by name; with ``after``/``limit``, one page of
-        them (those named after ``after``, at most ``limit``)."""
+        """Every org but those being deleted, by name; with ``after``/``limit``, one keyset
+        page of them (those named after ``after``, at most ``limit``)."""
         query = select(OrgRow).where(_LIVE).order_by(OrgRow.slug)
         if after is not None:
             query = query.where(OrgRow.slug > after)
@@ -116,10 +116,6 @@ class OrgRepository:
             query = query.limit(limit)
         async with self._db.sessions() as s:
             return [_org(r) for r in (await s.execute(query)).scalars().all()]
-
-    async def page(self, *, after: str | None, limit: int) -> builtins.list[Organization]:
-        """At most ``limit`` orgs named after ``after``, by name (a keyset page)."""
-        return await self.list(after=after, limit=limit)
 
     async def set_plan(self, slug: str, plan: str) -> Organization:
         get_plan(plan)

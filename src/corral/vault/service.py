@@ -290,21 +290,45 @@ class Vault:
         grant = covering_grant(await self._store.list_grants(org_id), agent, name)
         if grant is None:
             await deny("no grant covers this secret")
-        via = f"via {grant.id} ({describe(grant.grant)})"
+        return await self._open(
+            org_id, name, actor=actor, context=f"via {grant.id} ({describe(grant.grant)})"
+        )
 
-        async def fail(detail: str) -> None:
+    # -- platform reads -----------------------------------------------------------------------
+
+    async def read_for_platform(self, org_id: OrgId, name: str, *, actor: str, why: str) -> bytes:
+        """The value of ``name`` for the control plane itself (the model gateway's provider
+        key), never for an agent; audited with ``why``.
+
+        Raises:
+            NotFound: no such secret in this org.
+            Unavailable: the ciphertext or data key does not decrypt.
+        """
+        return await self._open(org_id, validate_secret_name(name), actor=actor, context=why)
+
+    async def _open(self, org_id: OrgId, name: str, *, actor: str, context: str) -> bytes:
+        """The value of ``name``, for a reader already allowed to have it; audited whatever
+        the outcome, with ``context`` (the grant, or why the platform reads it).
+
+        Raises:
+            NotFound: no such secret in this org.
+            Unavailable: the ciphertext or data key does not decrypt (moved, altered,
+                destroyed).
+        """
+
+        async def audit(allowed: bool, detail: str) -> None:
             await self.audit.record(
                 org_id,
                 actor=actor,
                 action=AuditAction.SECRET_READ,
                 target=name,
-                allowed=False,
-                detail=detail,
+                allowed=allowed,
+                detail=f"{detail} ({context})",
             )
 
         record = await self._store.get_secret(org_id, name)
         if record is None:
-            await fail(f"not found ({via})")
+            await audit(False, "not found")
             raise NotFound(f"secret {name!r} not found", details={"name": name})
         try:
             data_key = await self._data_key(org_id, create=False, actor=actor)
@@ -320,55 +344,7 @@ class Vault:
                 what=f"secret {name!r} (version {record.version}) of organization {org_id}",
             )
         except Unavailable as exc:
-            await fail(f"failed: {exc.message}")
+            await audit(False, f"failed: {exc.message}")
             raise
-        await self.audit.record(
-            org_id,
-            actor=actor,
-            action=AuditAction.SECRET_READ,
-            target=name,
-            allowed=True,
-            detail=f"version {record.version} {via}",
-        )
-        return value
-
-    # -- platform reads -----------------------------------------------------------------------
-
-    async def read_for_platform(self, org_id: OrgId, name: str, *, actor: str, why: str) -> bytes:
-        """The value of ``name`` for the control plane itself (the model gateway's provider
-        key), never for an agent; audited with ``why``.
-
-        Raises:
-            NotFound: no such secret in this org.
-            Unavailable: the ciphertext or data key does not decrypt.
-        """
-        name = validate_secret_name(name)
-        record = await self._store.get_secret(org_id, name)
-        if record is None:
-            await self.audit.record(
-                org_id,
-                actor=actor,
-                action=AuditAction.SECRET_READ,
-                target=name,
-                allowed=False,
-                detail=f"not found ({why})",
-            )
-            raise NotFound(f"secret {name!r} not found", details={"name": name})
-        data_key = await self._data_key(org_id, create=False, actor=actor)
-        if data_key is None:
-            raise Unavailable(f"organization {org_id} has no data key: its secrets were destroyed")
-        value = crypto.open_sealed(
-            data_key,
-            record.ciphertext,
-            crypto.secret_aad(org_id, name, record.version),
-            what=f"secret {name!r} (version {record.version}) of organization {org_id}",
-        )
-        await self.audit.record(
-            org_id,
-            actor=actor,
-            action=AuditAction.SECRET_READ,
-            target=name,
-            allowed=True,
-            detail=f"version {record.version} ({why})",
-        )
+        await audit(True, f"version {record.version}")
         return value

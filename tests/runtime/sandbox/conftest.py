@@ -33,6 +33,8 @@ from corral.runtime.sandbox import IdentityMode, SandboxMode, SandboxPolicy, pro
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[2] / "src"
 HOSTILE = HERE / "hostile.py"
+#: what the hostile agents share (imported by ``hostile.py`` in the sandbox)
+PROBES = HERE.parents[1] / "probes"
 FORKED = HERE / "forked.py"
 USER_UID = 64123  # the "ordinary user" that runs the control plane, in the user runs
 ORG_UID = 64124  # the organization's uid the root runs switch agents to
@@ -113,7 +115,7 @@ class World:
             hide=(str(self.data),),
             uid=ORG_UID if root else None,
             gid=ORG_UID if root else None,
-            read_only=(str(SRC), str(HOSTILE)),
+            read_only=(str(SRC), str(HOSTILE), str(PROBES)),
             # built by the test's root for a launcher that may be the ordinary user
             identity=IdentityMode.SWITCH if root else IdentityMode.USER_NAMESPACE,
         )
@@ -205,7 +207,10 @@ def launch(
     kwargs: dict[str, Any] = {}
     if world.launcher_uid != os.geteuid():
         kwargs = {"user": world.launcher_uid, "group": world.launcher_uid, "extra_groups": []}
-    env = {"PYTHONPATH": str(SRC), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(SRC), str(PROBES)]),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
     if policy is None:
         return subprocess.run(
             [python, *script], capture_output=True, text=True, timeout=timeout, env=env, **kwargs

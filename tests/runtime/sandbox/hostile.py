@@ -1,8 +1,10 @@
 """A hostile agent: tries every crossing the sandbox must refuse, and the things an agent must
 still be able to do, then prints one JSON object ``{name: {"ok": bool, "detail": str}}``.
 
-Standard library only; run as ``python hostile.py CONFIG_JSON``. ``ok`` means the action
-succeeded: for an attempt, that is a crossing; for a control (``works_*``), that is required.
+Standard library only; run as ``python hostile.py CONFIG_JSON`` with ``tests/probes`` on its
+``PYTHONPATH`` (its outcomes are recorded by :mod:`hostile_recording`, shared with the fresh
+suite's agent). ``ok`` means the action succeeded: for an attempt, that is a crossing; for a
+control (``works_*``), that is required.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+
+from hostile_recording import recorder
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -54,25 +58,6 @@ def in_child(action: Callable[[], None]) -> None:
     code = os.waitstatus_to_exitcode(status)
     if code:
         raise OSError(code, os.strerror(code))
-
-
-def recorder(
-    results: dict[str, dict[str, object]],
-) -> Callable[[str, Callable[[], object]], None]:
-    """``attempt(name, action)``: run ``action`` and record in ``results`` whether it
-    succeeded (anything but ``False`` returned) and what it gave or raised."""
-
-    def attempt(name: str, action: Callable[[], object]) -> None:
-        try:
-            value = action()
-            results[name] = {"ok": value is not False, "detail": repr(value)[:200]}
-        except OSError as exc:
-            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            results[name] = {"ok": False, "detail": f"{code}: {exc}"[:200]}
-        except Exception as exc:
-            results[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:200]}
-
-    return attempt
 
 
 def main(config: dict[str, object]) -> dict[str, dict[str, object]]:

@@ -3,8 +3,9 @@ HTTP-only, ``SameSite=Strict`` cookie — never in a URL, never readable by the 
 The API itself keeps taking keys only from the ``Authorization`` header.
 
 Every console request is authenticated again from the cookie (a revoked key logs out at
-once), and requests without a valid key spend the client address's failure budget, as the
-API's do.
+once). A login, and a console request whose cookie holds no valid key, spend the failure
+budgets of the client address and of the key they name (:class:`corral.api.guard.LoginLimiter`,
+shared with the API): a flood of guesses spread over many addresses runs dry on the key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from corral.api.auth import Caller, authenticate, platform
 from corral.api.console.html import HEADERS, esc, page
-from corral.api.guard import AddressLimiter, client_address
+from corral.api.guard import LoginLimiter, client_address
 from corral.domain.errors import CorralError, NotFound, PermissionDenied, Unauthenticated
 from corral.domain.tenancy import Organization
 
@@ -35,8 +36,8 @@ _FORM = """<form method="post" action="/login" class="login" id="login">
 <p class="hint">The admin key sees every organization; an org's key sees that org only.</p>"""
 
 
-def _limiter(request: Request) -> AddressLimiter:
-    limiter: AddressLimiter = request.app.state.address_limiter
+def _limiter(request: Request) -> LoginLimiter:
+    limiter: LoginLimiter = request.app.state.login_limiter
     return limiter
 
 
@@ -51,11 +52,11 @@ async def console_caller(request: Request) -> Caller:
     if not key:
         raise Unauthenticated("not logged in")
     address = client_address(request.scope)
-    _limiter(request).check(address)
+    _limiter(request).check(address, key)
     try:
         return await authenticate(platform(request), key)
     except Unauthenticated:
-        _limiter(request).failed(address)
+        _limiter(request).failed(address, key)
         raise
 
 
@@ -126,10 +127,10 @@ async def login(request: Request) -> Response:
     key = (parse_qs(body.decode("utf-8", "replace")).get("key") or [""])[0].strip()
     address = client_address(request.scope)
     try:
-        _limiter(request).check(address)
+        _limiter(request).check(address, key)
         await authenticate(platform(request), key)
     except Unauthenticated as exc:
-        _limiter(request).failed(address)
+        _limiter(request).failed(address, key)
         return page("Corral — log in", f"<p class=err>{esc(exc.message)}</p>{_FORM}", status=401)
     except CorralError as exc:
         return page(

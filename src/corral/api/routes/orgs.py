@@ -50,7 +50,7 @@ async def list_orgs(
         except NotFound:
             own = []
         return {"orgs": [org_to_wire(o) for o in own], "nextCursor": None}
-    page = await p.tenants.page(after=cursor, limit=limit + 1)
+    page = await p.tenants.list(after=cursor, limit=limit + 1)
     more = len(page) > limit
     page = page[:limit]
     return {
