@@ -45,14 +45,23 @@ def test_after_a_restart_the_agents_of_an_org_being_deleted_are_stopped(state: A
 def test_periodically_only_a_running_agent_without_a_process_is_restarted() -> None:
     assert repair(S.RUNNING, process_running=False, after_restart=False) is Repair.RESTART
     assert repair(S.RUNNING, process_running=True, after_restart=False) is Repair.NOTHING
+    # a start that failed with nobody to try it again: started again
+    for state in (S.PROVISIONING, S.RESUMING):
+        assert repair(state, process_running=False, after_restart=False) is Repair.RESTART
+        assert (
+            repair(state, process_running=False, after_restart=False, start_under_way=True)
+            is Repair.NOTHING
+        )
     # every other state's process is settled by a transition under way, announced by events
     for state in (*S, None):
-        if state is not S.RUNNING:
+        if state not in (S.RUNNING, S.PROVISIONING, S.RESUMING):
             for process_running in (True, False):
                 assert (
                     repair(state, process_running=process_running, after_restart=False)
                     is Repair.NOTHING
                 )
+    for state in (S.PROVISIONING, S.RESUMING):
+        assert repair(state, process_running=True, after_restart=False) is Repair.NOTHING
 
 
 def test_after_a_restart_all_held_work_is_lost() -> None:
