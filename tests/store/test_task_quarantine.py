@@ -35,7 +35,7 @@ async def _submit(p: Platform) -> tuple[str, str, str]:
 async def test_unloadable_rows_are_quarantined_and_start_up_goes_on(
     tmp_path: Path, database_url: str
 ) -> None:
-    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, port=0)
     async with Platform(settings) as p:
         deep, bad_state, fine = await _submit(p)
         json_type = "json" if p.db.dialect == "postgresql" else "text"

@@ -1,23 +1,21 @@
 """Fixtures: the vault over every backend (in memory, SQLite, PostgreSQL when configured).
 
-PostgreSQL runs when ``CORRAL_TEST_POSTGRES_URL`` is set; each test gets its own schema,
-dropped afterwards, so tests are isolated from each other and from other modules.
+PostgreSQL runs when ``CORRAL_TEST_POSTGRES_URL`` is set; each test starts from the
+database as the migrations left it (:func:`tests.conftest.reset_postgres`), so tests are
+isolated from each other and from other modules.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import nkeys
 import pytest
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, select, update
 
 from corral.domain.agent_auth import AgentIdentity, RegisteredAgent
 from corral.domain.ids import AgentId, OrgId
@@ -28,6 +26,7 @@ from corral.vault.keys import Keyring
 from corral.vault.memory import InMemoryVaultStore
 from corral.vault.service import Vault
 from corral.vault.storage import VaultStore
+from tests.conftest import migrated_sqlite, reset_postgres
 
 ORG_A = OrgId("org_aaaaaaaaaa")
 ORG_B = OrgId("org_bbbbbbbbbb")
@@ -122,7 +121,10 @@ async def _insert_orgs(db: Database) -> None:
 
 
 @pytest.fixture
-async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+async def sqlite_db(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    await migrated_sqlite(tmp_path / "corral.db", tmp_path_factory.getbasetemp())
     db = Database(sqlite_url(tmp_path / "corral.db"))
     await db.start()
     await _insert_orgs(db)
@@ -132,34 +134,18 @@ async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
         await db.close()
 
 
-async def _admin(statement: str) -> None:
-    assert POSTGRES_URL
-    conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def postgres_db() -> AsyncIterator[Database]:
     if not POSTGRES_URL:
         pytest.skip("CORRAL_TEST_POSTGRES_URL is not set: PostgreSQL backend not tested here")
-    schema = f"test_vault_{uuid.uuid4().hex[:12]}"
-    await _admin(f'CREATE SCHEMA "{schema}"')
+    await reset_postgres(POSTGRES_URL)
     db = Database(POSTGRES_URL)
-
-    def use_schema(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.run_async(lambda c: c.execute(f'SET search_path TO "{schema}"'))
-
-    event.listen(db.engine.sync_engine, "connect", use_schema)
     try:
         await db.start()
         await _insert_orgs(db)
         yield db
     finally:
         await db.close()
-        await _admin(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
