@@ -13,7 +13,8 @@ from corral.settings import Settings
 
 @pytest.fixture
 async def platform(tmp_path: Path, database_url: str) -> AsyncIterator[Platform]:
-    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    # port 0: the model gateway binds a free port, not the default one another run may hold
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, port=0)
     async with Platform(settings) as p:
         yield p
 
