@@ -38,6 +38,7 @@ from corral.bus.feeds import EventFeeds
 from corral.bus.ingress import IngressMeter, IngressReading
 from corral.bus.links import IDLE_SECONDS, MAX_LINKS, OrgLink, OrgLinks
 from corral.bus.objects import ObjectStores
+from corral.bus.org_streams import OrgStreams
 from corral.bus.pulls import Puller
 from corral.bus.resolver import ResolverClient
 from corral.bus.vault_requests import Serving, TokenBuckets, VaultHandler, answer
@@ -112,6 +113,10 @@ class PlatformBus:
         )
         self._vault_buckets = TokenBuckets(rate=vault_rate, burst=vault_burst)
         self.objects = ObjectStores(self._links, replicas=replicas)  # big payloads and results
+        self._streams = OrgStreams(
+            self._links, self.objects, self._feeds, consumer=self._consumer, replicas=replicas
+        )
+        self.objects.needed = self._streams.needed
         self._meter = IngressMeter(authority)
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -214,7 +219,7 @@ class PlatformBus:
 
     # ---- tenants ------------------------------------------------------------------------
 
-    async def ensure_org(self, org: str, limits: BusLimits) -> None:
+    async def ensure_org(self, org: str, limits: BusLimits, *, lazy: bool = False) -> None:
         """Give ``org`` its account (or its new plan's limits), its INBOX, EVENTS and
         OBJECTS.
         Idempotent; the org's events are read from then on (until it stays idle). When the
@@ -222,29 +227,37 @@ class PlatformBus:
         after the larger one: the server never holds streams the account cannot hold, so a
         change back to the previous plan always fits.
 
+        With ``lazy``, streams are made only when the org first needs them (its first agent,
+        its first object; see :mod:`corral.bus.org_streams`); those that exist are resized.
+
         Raises:
             Conflict: its JetStream reservation does not fit in the server's caps.
             Unavailable: the server did not answer.
         """
         _, resolver = self._open()
-        shrinking = streams.shrinks(limits, self.authority.limits(org))
-        if shrinking:
-            await self._ensure_streams(org, limits)
-        async with self._lock:
-            self.authority.admit(org, limits)
-            await resolver.push(self.authority.org_account_jwt(org), name=org)
-        if not shrinking:
-            await self._ensure_streams(org, limits)
+        async with self._streams.lock(org):
+            old = self.authority.limits(org)
+            made = not lazy or (
+                old is not None and old != limits and await self._streams.exist(org)
+            )
+            shrinking = made and streams.shrinks(limits, old)
+            if shrinking:
+                await self._streams.ensure(org, limits)
+            async with self._lock:
+                self.authority.admit(org, limits)
+                await resolver.push(self.authority.org_account_jwt(org), name=org)
+            if made and not shrinking:
+                await self._streams.ensure(org, limits)
 
-    async def _ensure_streams(self, org: str, limits: BusLimits) -> None:
-        async with self._links.use(org) as link:
-            with translating(f"creating the streams of {org!r}"):
-                await streams.ensure_inbox(link.js, org, limits, replicas=self._replicas)
-                backlog = await streams.ensure_events(
-                    link.js, org, limits, consumer=self._consumer, replicas=self._replicas
-                )
-        await self.objects.ensure(org, limits)
-        self._feeds.note_backlog(org, backlog)
+    async def ensure_streams(self, org: str) -> None:
+        """``org``'s streams exist on return: made now, with the limits its account holds,
+        if they were not (see :mod:`corral.bus.org_streams`).
+
+        Raises:
+            NotFound: the org has no bus account.
+            Unavailable: the server did not answer.
+        """
+        await self._streams.needed(org)
 
     async def remove_org(self, org: str) -> None:
         """Delete ``org``'s streams and account, close its connections. Absent or half made
@@ -268,6 +281,7 @@ class PlatformBus:
             except CorralError as exc:  # e.g. an external resolver without allow_delete
                 log.warning("org %s: account disabled but not deleted: %s", org, exc.message)
             self.authority.forget(org)
+            self._streams.forget(org)
             self._feeds.note_backlog(org, 0)
 
     # ---- agents -------------------------------------------------------------------------
@@ -280,6 +294,7 @@ class PlatformBus:
         """Create the agent's durable consumer on its org's INBOX. Idempotent. The org's
         events are read from then on (until it stays idle)."""
         validate_token(agent, what="agent")
+        await self.ensure_streams(org)  # its first agent makes the org's streams
         async with self._links.use(org) as link:
             with translating(f"creating the inbox consumer of {agent!r} in {org!r}"):
                 await streams.ensure_agent_consumer(link.js, org, agent)
