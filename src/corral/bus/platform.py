@@ -394,10 +394,10 @@ class PlatformBus:
     async def event_batches(
         self, *, batch: int = 256, wait: float = 1.0
     ) -> AsyncIterator[list[BusEvent]]:
-        """Events agents reported, durably, a batch of one org at a time (oldest first within
-        the org, the orgs round-robin), so that a consumer can record them in one transaction
-        and then :meth:`acknowledge` them; until then that org's next batch waits. Runs until
-        cancelled; one iterator at a time.
+        """Events agents reported, durably, a batch at a time: at most one batch of each org
+        (oldest first within the org, the orgs round-robin), so that a consumer can record
+        them in one transaction and then :meth:`acknowledge` them; until then those orgs'
+        next batches wait. Runs until cancelled; one iterator at a time.
 
         The batch size is the bus's ``events_batch`` (``batch`` and ``wait`` are accepted for
         the protocol's sake). Malformed events and oversized statuses are logged, counted in
@@ -409,8 +409,8 @@ class PlatformBus:
             yield events
 
     async def acknowledge(self, events: list[BusEvent]) -> None:
-        """Acknowledge a recorded batch of events from :meth:`event_batches` (its last
-        message: the org's EVENTS then forgets the whole batch)."""
+        """Acknowledge a recorded batch of events from :meth:`event_batches` (the last
+        message of each org's part: its EVENTS then forgets the whole part)."""
         await self._feeds.acknowledge(events)
 
     async def events_backlog(self) -> int:
