@@ -148,9 +148,15 @@ class EventFeeds:
     # ---- one org's feed -----------------------------------------------------------------
 
     async def run(
-        self, link: OrgLink, predecessor: asyncio.Task[None] | None, *, max_payload: int
+        self,
+        link: OrgLink,
+        predecessor: asyncio.Task[None] | None,
+        *,
+        max_payload: int,
+        has_streams: Callable[[], bool] = lambda: True,
     ) -> None:
-        """Feed ``link``'s org until the link retires or stays idle (it is then retired)."""
+        """Feed ``link``'s org until the link retires or stays idle (it is then retired).
+        Failing to read counts as idle while ``has_streams`` says the org has none yet."""
         for before in (self._legacy, predecessor):
             if before is not None:
                 await asyncio.wait({before})
@@ -166,7 +172,9 @@ class EventFeeds:
         def keep_going(state: _State) -> bool:
             if state == "active":
                 link.touch()
-            elif state == "idle" and link.idle_for(time.monotonic()) > link.idle_seconds:
+            elif (state == "idle" or (state == "failing" and not has_streams())) and (
+                link.idle_for(time.monotonic()) > link.idle_seconds
+            ):
                 return False
             return not link.retiring and not link.nc.is_closed
 

@@ -215,7 +215,12 @@ class PlatformBus:
         limits = self.authority.limits(link.org)
         if limits is None:
             return
-        await self._feeds.run(link, predecessor, max_payload=limits.max_payload)
+        await self._feeds.run(
+            link,
+            predecessor,
+            max_payload=limits.max_payload,
+            has_streams=lambda: link.org in self._streams,  # else its link may idle out
+        )
 
     # ---- tenants ------------------------------------------------------------------------
 
