@@ -257,14 +257,27 @@ async def agents_and_tasks(
         total = len(task_orgs) * args.tasks
         body = {"role": "general", "payload": {"op": "echo"}}
 
-        def submit(org: str) -> Callable[[], Awaitable[None]]:
+        def submit(org: str, n: int) -> Callable[[], Awaitable[None]]:
+            # a connection the server closed as it was reused is sent again: the key makes
+            # the second send answer with the task the first one made, if it made one
+            keyed = {**body, "idempotencyKey": f"bench-{n}"}
+
             async def post() -> None:
-                expect(await http.post(f"/v1/orgs/{org}/tasks", json=body), 201)
+                for attempt in range(3):
+                    try:
+                        r = await http.post(f"/v1/orgs/{org}/tasks", json=keyed)
+                    except (httpx.ReadError, httpx.RemoteProtocolError):
+                        if attempt == 2:
+                            raise
+                        continue
+                    expect(r, 201)
+                    return
 
             return post
 
         began = time.monotonic()
-        jobs = [submit(o) for _ in range(args.tasks) for o in task_orgs]
+        orgs_each = [o for _ in range(args.tasks) for o in task_orgs]
+        jobs = [submit(o, n) for n, o in enumerate(orgs_each)]
         _, submitted = await timed_all(jobs, 32)
 
         async def all_done() -> bool:

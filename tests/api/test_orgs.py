@@ -157,3 +157,23 @@ async def test_the_access_log_of_a_task_submission_names_the_trace_it_joined(
     listed = await admin.get("/v1/orgs/acme/tasks")
     [plain] = [r for r in caplog.records if r.getMessage().startswith("GET /v1/orgs/acme/tasks")]
     assert listed.status_code == 200 and not hasattr(plain, "trace_id")
+
+
+async def test_what_is_kept_of_an_org_and_its_key_follows_its_plan_change_and_delete(
+    admin: httpx.AsyncClient,
+) -> None:
+    """Orgs and keys are kept in memory once read: a plan change and a delete still show at
+    once, and a deleted org's key no longer opens anything, nor does a new org of its name."""
+    a = (await admin.post("/v1/orgs", json={"name": "acme", "plan": "free"})).json()
+    async with as_key(admin, a["apiKey"]) as acme:
+        for _ in range(2):  # read twice: the second answer is the one kept
+            assert (await acme.get("/v1/orgs/acme")).json()["plan"] == "free"
+        assert (await admin.patch("/v1/orgs/acme", json={"plan": "standard"})).status_code == 200
+        assert (await acme.get("/v1/orgs/acme")).json()["plan"] == "standard"
+        assert (await admin.delete("/v1/orgs/acme")).status_code in (200, 204)
+        assert (await acme.get("/v1/orgs/acme")).status_code in (401, 404)
+        assert (await admin.get("/v1/orgs/acme")).status_code == 404
+        again = await admin.post("/v1/orgs", json={"name": "acme", "plan": "free"})
+        assert again.status_code == 201
+        assert (await acme.get("/v1/orgs/acme")).status_code in (401, 404)
+        assert (await admin.get("/v1/orgs/acme")).json()["id"] == again.json()["id"]

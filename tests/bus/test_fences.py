@@ -259,3 +259,21 @@ async def test_what_an_earlier_version_left_in_platform_is_drained_once_then_del
             return await bus.events_backlog() == 0
 
         await eventually(settled, message="nothing left to read")
+
+
+async def test_an_org_without_streams_opens_nothing_and_a_link_it_needs_once_idles_out(
+    server: EmbeddedNats, authority: BusAuthority
+) -> None:
+    async with PlatformBus(server.url, authority, idle_seconds=0.3, events_wait=0.1) as bus:
+        await bus.ensure_org("a", LIMITS, lazy=True)
+        assert len(bus.links) == 0  # no connection, no stream: the account alone
+        await bus.objects.delete("a", "nothing")  # a use that needs the org's link
+        link = bus.links.peek("a")
+        assert link is not None
+        # its feed finds no EVENTS to read: the link still closes once idle
+        await eventually(lambda: link.nc.is_closed, message="the streamless org's link closed")
+        await bus.prepare_agent("a", "a1")  # the first agent makes the streams
+        again = bus.links.peek("a")
+        assert again is not None
+        info = await again.js.stream_info(subjects.INBOX_STREAM)
+        assert info.config.max_bytes == LIMITS.inbox_max_bytes

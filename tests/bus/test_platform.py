@@ -387,7 +387,7 @@ class _Counting:
 
     def __init__(self, real: Any, i: int, acked: list[int]) -> None:
         self.real, self.i, self.acked = real, i, acked
-        self.cumulative = real.cumulative
+        self.cumulative, self.releases = real.cumulative, real.releases
 
     async def __call__(self) -> None:
         self.acked.append(self.i)

@@ -25,7 +25,7 @@ async def _ensure_all(bus: PlatformBus, orgs: list[str]) -> None:
 
     async def one(org: str) -> None:
         async with gate:
-            await bus.ensure_org(org, FREE)
+            await bus.ensure_org(org, FREE, lazy=True)  # as the control plane does
 
     await asyncio.gather(*(one(org) for org in orgs))
 
@@ -37,15 +37,17 @@ async def test_three_hundred_free_orgs_fit_and_come_back_after_a_restart(tmp_pat
         tmp_path / "many-nats", authority.trust(), ServerOptions(caps=CAPS)
     ) as s:
         async with PlatformBus(s.url, authority, idle_seconds=2.0) as bus:
-            await bus.ensure_org(orgs[0], FREE)
+            await bus.ensure_org(orgs[0], FREE, lazy=True)
             one = len(authority.platform_account_jwt())
             await _ensure_all(bus, orgs[1:])
             assert len(authority.platform_account_jwt()) == one  # nothing grows with the orgs
             assert authority.reserved() == (0, CAPS.storage)  # exactly full, no memory
-            await bus.prepare_agent(orgs[-1], "last")
+            await bus.prepare_agent(orgs[-1], "last")  # the first agents make their streams
+            await bus.prepare_agent(orgs[0], "a1")
 
         async with PlatformBus(s.url, authority) as again:  # the control plane restarts
             await _ensure_all(again, orgs)
+            await again.ensure_streams(orgs[0])  # an org whose agent is back: read again
             task = TaskMessage("t-1", "platform", "last", MessageType.DELEGATE, {})
             assert await again.deliver(orgs[-1], "last", task) == 1
             creds = again.mint_agent_creds(orgs[0], "a1", ttl_seconds=60)

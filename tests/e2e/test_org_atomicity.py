@@ -142,7 +142,7 @@ async def inbox_max_bytes(live: Live, slug: str) -> int:
 # ---- create ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["admission", "account", "streams", *LAYERS])
+@pytest.mark.parametrize("where", ["admission", "account", *LAYERS])
 async def test_a_create_that_fails_at_any_step_leaves_nothing(
     live: Live, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,6 +173,7 @@ async def test_a_plan_change_that_fails_at_any_step_keeps_the_old_plan_everywher
     live: Live, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     body, _ = await live.org("mover", plan="free")
+    await live.platform.bus.ensure_streams("mover")  # as its first agent does
     free, standard = PLANS["free"].bus, PLANS["standard"].bus
     fault = Fault(times=1)
     if where in LAYERS:
@@ -207,6 +208,38 @@ async def test_a_plan_change_that_fails_at_any_step_keeps_the_old_plan_everywher
     )
     assert await inbox_max_bytes(live, "mover") == standard.inbox_max_bytes
     assert live.platform.dispatcher.book.orgs[body["id"]].plan.name == "standard"
+
+
+async def test_an_org_gets_its_streams_with_its_first_agent_sized_by_its_plan_then(
+    live: Live,
+) -> None:
+    """Creating an org makes no stream; a plan change before its first agent changes its
+    account alone, and the streams its first agent makes have the plan it has then."""
+    before = (await server_state(live))["streams"]
+    await live.org("lazy", plan="free")
+    assert (await server_state(live))["streams"] == before
+    r = await live.admin.patch("/v1/orgs/lazy", json={"plan": "standard"})
+    assert r.status_code == 200, r.text
+    assert (await server_state(live))["streams"] == before
+    await live.agent("lazy", "worker")
+    assert (await server_state(live))["streams"] == before + 3  # INBOX, EVENTS, OBJECTS
+    assert await inbox_max_bytes(live, "lazy") == PLANS["standard"].bus.inbox_max_bytes
+    r = await live.admin.patch("/v1/orgs/lazy", json={"plan": "free"})
+    assert r.status_code == 200, r.text
+    assert await inbox_max_bytes(live, "lazy") == PLANS["free"].bus.inbox_max_bytes
+
+
+async def test_streams_that_fail_to_be_made_fail_the_first_agent_and_come_with_the_next(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await live.org("later", plan="free")
+    fault = Fault(times=1)
+    fail_bus(live, "streams", fault, monkeypatch)
+    r = await live.admin.post("/v1/orgs/later/agents", json={"name": "first", "wait": True})
+    assert r.status_code == 503, r.text
+    assert fault.hits == 1
+    await live.agent("later", "second")
+    assert await inbox_max_bytes(live, "later") == PLANS["free"].bus.inbox_max_bytes
 
 
 # ---- delete ----------------------------------------------------------------------------------

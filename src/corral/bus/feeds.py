@@ -1,4 +1,6 @@
 """Every org's events, read fairly: one feed per active org, one batch per org per round.
+The control plane takes whatever batches are waiting at once (one per org at most), and
+records them in one transaction.
 
 Each org keeps what its agents report in its own EVENTS stream (see :mod:`corral.bus.streams`).
 While the org has a link (see :mod:`corral.bus.links`), a feed task pulls from the control
@@ -45,6 +47,8 @@ __all__ = ["EventFeeds"]
 log = logging.getLogger(__name__)
 
 _MiB = 1024 * 1024
+#: the most events :meth:`EventFeeds.batches` hands out at once (many orgs' batches)
+MERGED_EVENTS = 4096
 
 #: what a feed saw last: messages, nothing within its wait, or an error
 _State = Literal["active", "idle", "failing"]
@@ -58,6 +62,11 @@ class _Ack:
         self.cumulative = cumulative
         self._batch = batch
         self._done = False
+
+    @property
+    def releases(self) -> bool:
+        """Whether this is its batch's last acknowledgement (which lets its feed pull again)."""
+        return self._batch is not None
 
     async def __call__(self) -> None:
         if not self._done:
@@ -100,11 +109,20 @@ class EventFeeds:
     # ---- the consumer's side ------------------------------------------------------------
 
     async def batches(self) -> AsyncIterator[list[BusEvent]]:
-        """Batches as the feeds deliver them, each from one org; runs until cancelled."""
+        """Batches as the feeds deliver them; runs until cancelled. Each is what the queue
+        holds at that moment (waiting for one if it is empty), up to :data:`MERGED_EVENTS`
+        events: at most one batch per org, the orgs in the order their batches came, so
+        the control plane records many orgs' events in one transaction, still fairly."""
         while True:
-            batch = await self._queue.get()
-            batch.yielded_at = time.monotonic()
-            yield batch.events
+            merged = [await self._queue.get()]
+            size = len(merged[0].events)
+            while size < MERGED_EVENTS and not self._queue.empty():
+                merged.append(self._queue.get_nowait())
+                size += len(merged[-1].events)
+            now = time.monotonic()
+            for batch in merged:
+                batch.yielded_at = now
+            yield [event for batch in merged for event in batch.events]
 
     def backlog(self) -> int:
         """Events stored in the EVENTS streams of open links (or PLATFORM's old one) that
@@ -120,20 +138,25 @@ class EventFeeds:
 
     @staticmethod
     async def acknowledge(events: list[BusEvent]) -> None:
-        """Acknowledge a recorded batch: its last message where the consumer acknowledges
-        cumulatively, else each message once."""
-        if not events:
-            return
-        cumulative = bool(getattr(events[-1].ack, "cumulative", False))
-        for event in events[-1:] if cumulative else events:
-            await event.ack()
+        """Acknowledge a recorded batch: the last message of each org's batch in it where
+        the consumer acknowledges cumulatively, else each message once."""
+        for event in events:
+            ack = event.ack
+            if not getattr(ack, "cumulative", False) or getattr(ack, "releases", True):
+                await ack()
 
     # ---- one org's feed -----------------------------------------------------------------
 
     async def run(
-        self, link: OrgLink, predecessor: asyncio.Task[None] | None, *, max_payload: int
+        self,
+        link: OrgLink,
+        predecessor: asyncio.Task[None] | None,
+        *,
+        max_payload: int,
+        has_streams: Callable[[], bool] = lambda: True,
     ) -> None:
-        """Feed ``link``'s org until the link retires or stays idle (it is then retired)."""
+        """Feed ``link``'s org until the link retires or stays idle (it is then retired).
+        Failing to read counts as idle while ``has_streams`` says the org has none yet."""
         for before in (self._legacy, predecessor):
             if before is not None:
                 await asyncio.wait({before})
@@ -149,7 +172,9 @@ class EventFeeds:
         def keep_going(state: _State) -> bool:
             if state == "active":
                 link.touch()
-            elif state == "idle" and link.idle_for(time.monotonic()) > link.idle_seconds:
+            elif (state == "idle" or (state == "failing" and not has_streams())) and (
+                link.idle_for(time.monotonic()) > link.idle_seconds
+            ):
                 return False
             return not link.retiring and not link.nc.is_closed
 

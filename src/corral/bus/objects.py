@@ -15,6 +15,7 @@ Agents read and write it with :mod:`corral.sdk.objects` (their permissions:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
@@ -72,6 +73,8 @@ class ObjectStores:
     def __init__(self, links: OrgLinks, *, replicas: int = 1) -> None:
         self._links = links
         self._replicas = replicas
+        #: awaited before an object is kept: the org's streams exist on return
+        self.needed: Callable[[str], Awaitable[None]] | None = None
 
     async def ensure(self, org: str, limits: BusLimits) -> None:
         async with self._links.use(org) as link:
@@ -86,6 +89,8 @@ class ObjectStores:
             NotFound: the org has no object store (its plan keeps none).
             Unavailable: the bus did not take it.
         """
+        if self.needed is not None:
+            await self.needed(org)
         limits = self._links.authority.limits(org)
         chunk = objects.chunk_size(limits.max_payload if limits else objects.CHUNK_BYTES)
         async with self._links.use(org) as link:

@@ -38,6 +38,7 @@ from corral.bus.feeds import EventFeeds
 from corral.bus.ingress import IngressMeter, IngressReading
 from corral.bus.links import IDLE_SECONDS, MAX_LINKS, OrgLink, OrgLinks
 from corral.bus.objects import ObjectStores
+from corral.bus.org_streams import OrgStreams
 from corral.bus.pulls import Puller
 from corral.bus.resolver import ResolverClient
 from corral.bus.vault_requests import Serving, TokenBuckets, VaultHandler, answer
@@ -112,6 +113,10 @@ class PlatformBus:
         )
         self._vault_buckets = TokenBuckets(rate=vault_rate, burst=vault_burst)
         self.objects = ObjectStores(self._links, replicas=replicas)  # big payloads and results
+        self._streams = OrgStreams(
+            self._links, self.objects, self._feeds, consumer=self._consumer, replicas=replicas
+        )
+        self.objects.needed = self._streams.needed
         self._meter = IngressMeter(authority)
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -210,11 +215,16 @@ class PlatformBus:
         limits = self.authority.limits(link.org)
         if limits is None:
             return
-        await self._feeds.run(link, predecessor, max_payload=limits.max_payload)
+        await self._feeds.run(
+            link,
+            predecessor,
+            max_payload=limits.max_payload,
+            has_streams=lambda: link.org in self._streams,  # else its link may idle out
+        )
 
     # ---- tenants ------------------------------------------------------------------------
 
-    async def ensure_org(self, org: str, limits: BusLimits) -> None:
+    async def ensure_org(self, org: str, limits: BusLimits, *, lazy: bool = False) -> None:
         """Give ``org`` its account (or its new plan's limits), its INBOX, EVENTS and
         OBJECTS.
         Idempotent; the org's events are read from then on (until it stays idle). When the
@@ -222,29 +232,37 @@ class PlatformBus:
         after the larger one: the server never holds streams the account cannot hold, so a
         change back to the previous plan always fits.
 
+        With ``lazy``, streams are made only when the org first needs them (its first agent,
+        its first object; see :mod:`corral.bus.org_streams`); those that exist are resized.
+
         Raises:
             Conflict: its JetStream reservation does not fit in the server's caps.
             Unavailable: the server did not answer.
         """
         _, resolver = self._open()
-        shrinking = streams.shrinks(limits, self.authority.limits(org))
-        if shrinking:
-            await self._ensure_streams(org, limits)
-        async with self._lock:
-            self.authority.admit(org, limits)
-            await resolver.push(self.authority.org_account_jwt(org), name=org)
-        if not shrinking:
-            await self._ensure_streams(org, limits)
+        async with self._streams.lock(org):
+            old = self.authority.limits(org)
+            made = not lazy or (
+                old is not None and old != limits and await self._streams.exist(org)
+            )
+            shrinking = made and streams.shrinks(limits, old)
+            if shrinking:
+                await self._streams.ensure(org, limits)
+            async with self._lock:
+                self.authority.admit(org, limits)
+                await resolver.push(self.authority.org_account_jwt(org), name=org)
+            if made and not shrinking:
+                await self._streams.ensure(org, limits)
 
-    async def _ensure_streams(self, org: str, limits: BusLimits) -> None:
-        async with self._links.use(org) as link:
-            with translating(f"creating the streams of {org!r}"):
-                await streams.ensure_inbox(link.js, org, limits, replicas=self._replicas)
-                backlog = await streams.ensure_events(
-                    link.js, org, limits, consumer=self._consumer, replicas=self._replicas
-                )
-        await self.objects.ensure(org, limits)
-        self._feeds.note_backlog(org, backlog)
+    async def ensure_streams(self, org: str) -> None:
+        """``org``'s streams exist on return: made now, with the limits its account holds,
+        if they were not (see :mod:`corral.bus.org_streams`).
+
+        Raises:
+            NotFound: the org has no bus account.
+            Unavailable: the server did not answer.
+        """
+        await self._streams.needed(org)
 
     async def remove_org(self, org: str) -> None:
         """Delete ``org``'s streams and account, close its connections. Absent or half made
@@ -268,6 +286,7 @@ class PlatformBus:
             except CorralError as exc:  # e.g. an external resolver without allow_delete
                 log.warning("org %s: account disabled but not deleted: %s", org, exc.message)
             self.authority.forget(org)
+            self._streams.forget(org)
             self._feeds.note_backlog(org, 0)
 
     # ---- agents -------------------------------------------------------------------------
@@ -280,6 +299,7 @@ class PlatformBus:
         """Create the agent's durable consumer on its org's INBOX. Idempotent. The org's
         events are read from then on (until it stays idle)."""
         validate_token(agent, what="agent")
+        await self.ensure_streams(org)  # its first agent makes the org's streams
         async with self._links.use(org) as link:
             with translating(f"creating the inbox consumer of {agent!r} in {org!r}"):
                 await streams.ensure_agent_consumer(link.js, org, agent)
@@ -379,10 +399,10 @@ class PlatformBus:
     async def event_batches(
         self, *, batch: int = 256, wait: float = 1.0
     ) -> AsyncIterator[list[BusEvent]]:
-        """Events agents reported, durably, a batch of one org at a time (oldest first within
-        the org, the orgs round-robin), so that a consumer can record them in one transaction
-        and then :meth:`acknowledge` them; until then that org's next batch waits. Runs until
-        cancelled; one iterator at a time.
+        """Events agents reported, durably, a batch at a time: at most one batch of each org
+        (oldest first within the org, the orgs round-robin), so that a consumer can record
+        them in one transaction and then :meth:`acknowledge` them; until then those orgs'
+        next batches wait. Runs until cancelled; one iterator at a time.
 
         The batch size is the bus's ``events_batch`` (``batch`` and ``wait`` are accepted for
         the protocol's sake). Malformed events and oversized statuses are logged, counted in
@@ -394,8 +414,8 @@ class PlatformBus:
             yield events
 
     async def acknowledge(self, events: list[BusEvent]) -> None:
-        """Acknowledge a recorded batch of events from :meth:`event_batches` (its last
-        message: the org's EVENTS then forgets the whole batch)."""
+        """Acknowledge a recorded batch of events from :meth:`event_batches` (the last
+        message of each org's part: its EVENTS then forgets the whole part)."""
         await self._feeds.acknowledge(events)
 
     async def events_backlog(self) -> int:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def org_steps(p: Platform) -> list[OrgStep]:
     async def bus_up(org: Organization) -> None:
-        await p.bus.ensure_org(org.slug, org.plan.bus)
+        await p.bus.ensure_org(org.slug, org.plan.bus, lazy=True)  # streams: with its 1st agent
 
     async def bus_down(org: Organization) -> None:
         await p.bus.remove_org(org.slug)

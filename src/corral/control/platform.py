@@ -320,15 +320,16 @@ class Platform:
         if not self._services:  # with services, recovery restores them beside the API
             await self._restore_orgs(await self.orgs.list())
 
-    async def _restore_orgs(self, orgs: list[Organization]) -> None:
-        """Push these orgs' accounts and streams again after a restart, a few at a time. An
-        org that cannot be restored is reported, not fatal: the others come up."""
+    async def _restore_orgs(self, orgs: list[Organization], *, lazy: bool = False) -> None:
+        """Push these orgs' accounts and streams again after a restart, a few at a time (with
+        ``lazy``, the streams only once an agent needs them). An org that cannot be restored
+        is reported, not fatal: the others come up."""
         gate = asyncio.Semaphore(16)
 
         async def restore(org: Organization) -> None:
             async with gate:
                 try:
-                    await self.bus.ensure_org(org.slug, org.plan.bus)
+                    await self.bus.ensure_org(org.slug, org.plan.bus, lazy=lazy)
                 except CorralError as exc:
                     log.error("organization %s not restored on the bus: %s", org.slug, exc.message)
 
@@ -466,7 +467,8 @@ class Platform:
         self.recovery.done = True
         self.recovered.set()
         log.info("recovered in %s", self._phases)
-        await self._restore_orgs([o for o in orgs if o.id not in with_agents])
+        # the others' streams wait for their next agent: an idle org opens nothing
+        await self._restore_orgs([o for o in orgs if o.id not in with_agents], lazy=True)
 
     # -- background -----------------------------------------------------------------------
     async def _carry_on_deletions(self) -> None:

@@ -15,6 +15,11 @@ an org is all-or-nothing:
   reverse order, then removes the rows. A layer that fails leaves the deletion pending: it is
   carried on by :meth:`TenantService.finish_deletions` (which the control plane runs at start
   and every few seconds) until done. Removing is idempotent in every layer.
+
+Every API request looks up its caller's key and its org: both are kept in memory once read
+(the leader alone serves the API, and every change of an org goes through this service), so
+a request across a thousand orgs costs no store round trip for either. An org is kept only
+while no operation on it runs, and forgotten when one ends; a key is forgotten with its org.
 """
 
 from __future__ import annotations
@@ -34,13 +39,16 @@ from corral.domain.ids import OrgId
 from corral.domain.plans import get_plan
 from corral.domain.tenancy import Organization, validate_slug
 from corral.store.quota import QuotaLedger
-from corral.store.tenants import ApiKey, OrgRepository
+from corral.store.tenants import ApiKey, OrgRepository, hash_secret
 
 __all__ = ["CreatedOrg", "OrgHooks", "OrgStep", "TenantService"]
 
 log = logging.getLogger(__name__)
 
 StepAction = Callable[[Organization], Awaitable[None]]
+
+#: the most orgs (and keys) kept in memory; past it, the rest are read from the store each time
+_KEPT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +95,29 @@ class TenantService:
         self.on_change = on_change
         self._locks: dict[str, asyncio.Lock] = {}
         self._tearing_down: set[str] = set()
+        self._known: dict[str, Organization] = {}  # slug → org, as last read
+        self._keys: dict[tuple[str, str], ApiKey] = {}  # (key id, secret's hash) → key
+        self._changes = 0  # operations begun or ended: a read that spans one is not kept
+
+    def _forget(self, slug: str, org_id: str | None = None) -> None:
+        known = self._known.pop(slug, None)
+        gone = org_id or (known.id if known is not None else None)
+        if gone is not None:
+            for entry in [k for k, v in self._keys.items() if v.org_id == gone]:
+                del self._keys[entry]
 
     @asynccontextmanager
     async def _lock(self, key: str) -> AsyncIterator[None]:
         """One operation at a time on one org (kept only while someone holds or waits)."""
         lock = self._locks.setdefault(key, asyncio.Lock())
+        self._known.pop(key, None)
+        self._changes += 1
         try:
             async with lock:
                 yield
         finally:
+            self._known.pop(key, None)  # read again once nothing changes it
+            self._changes += 1
             if not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]
 
@@ -131,7 +153,15 @@ class TenantService:
         return CreatedOrg(org, key)
 
     async def get(self, slug: str) -> Organization:
-        return await self.orgs.get(slug)
+        """Raises: NotFound: no such org (or it is being deleted)."""
+        known = self._known.get(slug)
+        if known is not None:
+            return known
+        changes = self._changes
+        org = await self.orgs.get(slug)
+        if changes == self._changes and slug not in self._locks and len(self._known) < _KEPT:
+            self._known[slug] = org  # nothing changed it while it was read
+        return org
 
     async def get_by_id(self, org_id: str) -> Organization:
         """Raises: NotFound: no organization has this id."""
@@ -139,7 +169,15 @@ class TenantService:
 
     async def authenticate(self, key_id: str, key_secret: str) -> ApiKey | None:
         """The API key ``key_id`` if ``key_secret`` is its secret; None otherwise."""
-        return await self.orgs.authenticate(key_id, key_secret)
+        entry = (key_id, hash_secret(key_secret))
+        known = self._keys.get(entry)
+        if known is not None:
+            return known
+        changes = self._changes
+        found = await self.orgs.authenticate(key_id, key_secret)
+        if found is not None and changes == self._changes and len(self._keys) < _KEPT:
+            self._keys[entry] = found
+        return found
 
     async def list(
         self, *, after: str | None = None, limit: int | None = None
@@ -185,6 +223,7 @@ class TenantService:
         async with self._lock(slug):
             org = await self.orgs.get(slug)
             self._tearing_down.add(org.id)  # before the mark: the retries leave it to us
+            self._forget(slug, org.id)
             try:
                 await self.orgs.mark_deleting(slug)  # the point of no return
             except BaseException:
@@ -227,6 +266,7 @@ class TenantService:
         return finished
 
     async def _tear_down(self, org: Organization) -> None:
+        self._forget(org.slug, org.id)
         for step in reversed(self.hooks.steps):
             try:
                 await step.remove(org)
