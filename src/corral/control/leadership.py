@@ -131,6 +131,7 @@ class Leadership:
                     async with term(platform):
                         why = await _first(holding, _deposed(platform))
                         self.last_step_down = why
+                        platform.keep_agents = True  # the next leader adopts them
                         log.error("replica %s steps down: %s", self.replica, why)
                 finally:
                     self.platform = None

@@ -50,7 +50,7 @@ from corral.domain.ids import AgentId, OrgId
 from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
-from corral.runtime.base import AgentRuntime
+from corral.runtime.base import Adopting, AgentRuntime
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 from corral.store.agents import AgentRepository
@@ -105,6 +105,8 @@ class Platform:
         self.relaunch_concurrency = recovery.RELAUNCH_CONCURRENCY
         self.recovery = recovery.Recovery()
         self.recovered = asyncio.Event()  # set once every agent is back after a start
+        #: set when this replica was deposed: its agents are left for the next leader to adopt
+        self.keep_agents = False
         self._services = services
         self._stack = AsyncExitStack()
         self._background = Background()
@@ -135,6 +137,9 @@ class Platform:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        runtime = getattr(self, "runtime", None)
+        if self.keep_agents and isinstance(runtime, Adopting):
+            await runtime.detach()  # before the stack would stop them
         await self._stack.aclose()
 
     async def _start(self) -> None:
@@ -349,6 +354,8 @@ class Platform:
                 run_as=run_as,
                 zygote=self.settings.fork_server,
                 sandbox=self.sandbox,
+                # a replica's agents outlive it, for the next leader to adopt
+                adopt_seconds=self.settings.adopt_seconds if self.lease is not None else 0.0,
             )
         self._stack.push_async_callback(runtime.close)
         return runtime

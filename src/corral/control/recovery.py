@@ -16,11 +16,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
-from corral.runtime.base import Phase, RuntimeStatus
+from corral.runtime.base import Adopting, Phase, RuntimeStatus
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 
@@ -58,6 +59,7 @@ class Recovery:
 
     phase: str = "restoring organizations"
     total: int = 0
+    adopted: int = 0
     relaunched: int = 0
     failed: int = 0
     done: bool = False
@@ -67,7 +69,7 @@ class Recovery:
             return "done"
         if self.phase != "relaunching agents":
             return self.phase
-        return f"relaunching agents: {self.relaunched + self.failed}/{self.total}"
+        return f"relaunching agents: {self.relaunched + self.adopted + self.failed}/{self.total}"
 
 
 async def drain_events(p: Platform, *, timeout: float = 10.0) -> None:
@@ -100,10 +102,13 @@ async def left_behind(p: Platform) -> LeftBehind:
 
 
 async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concurrency: int) -> None:
-    """Compare what was left with what should run: stop leftovers, restart what should run
-    (up to ``concurrency`` at once), finish interrupted pauses. Every agent's process was
-    stopped or restarted, so the work any of them held is lost: it is retried."""
+    """Compare what was left with what should run: stop leftovers, adopt what runs and may be
+    adopted (a replica taking over), restart the rest of what should run (up to
+    ``concurrency`` at once), finish interrupted pauses. The work an adopted agent held goes
+    on (what was dispatched to it is delivered again, and dropped if it had arrived); every
+    other agent's process was stopped or restarted, so the work it held is retried."""
     records, deleting = left.records, left.deleting
+    adopted: set[str] = set()
     for found in left.processes:
         rec = records.get(found.agent_id)
         if found.phase is Phase.RUNNING and (
@@ -124,7 +129,10 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
     async def one(agent: Agent) -> None:
         async with gate:
             try:
-                await _bring_back(p, agent)
+                if await _adopt(p, agent):
+                    adopted.add(agent.id)
+                else:
+                    await _bring_back(p, agent)
             except CorralError as exc:
                 progress.failed += 1
                 log.error("could not restart %s: %s", agent.id, exc.message)
@@ -132,20 +140,49 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
                 progress.failed += 1
                 log.exception("could not restart %s", agent.id)
             else:
-                progress.relaunched += 1
-        count = progress.relaunched + progress.failed
+                if agent.id in adopted:
+                    progress.adopted += 1
+                else:
+                    progress.relaunched += 1
+        count = progress.relaunched + progress.failed + progress.adopted
         if count % step == 0 or count == progress.total:
             log.info(
-                "relaunched %d/%d agents (%d failed) in %.1fs",
+                "brought back %d/%d agents (%d adopted, %d failed) in %.1fs",
                 count,
                 progress.total,
+                progress.adopted,
                 progress.failed,
                 time.monotonic() - started,
             )
 
     await asyncio.gather(*(one(agent) for agent in todo))
+    if adopted:
+        log.info("adopted %d agents", len(adopted))
     for agent_id in p.dispatcher.holders():
-        await p.dispatcher.agent_lost(agent_id, why="the control plane restarted")
+        if agent_id not in adopted:
+            await p.dispatcher.agent_lost(agent_id, why="the control plane restarted")
+    if adopted:
+        await p.dispatcher.resend(adopted)
+
+
+async def _adopt(p: Platform, agent: Agent) -> bool:
+    """Adopt a running agent the previous leader left (replicas): its process is alive, a
+    fork server keeps it, and it was heard from on the bus within the silence limit."""
+    runtime = p.runtime
+    if p.lease is None or agent.state is not AgentState.RUNNING:
+        return False
+    if not isinstance(runtime, Adopting) or agent.last_seen_at is None:
+        return False
+    silent = (datetime.now(UTC) - agent.last_seen_at).total_seconds()
+    if silent > p.controller.silence_limit:
+        log.info("not adopting %s: silent for %.0fs", agent.id, silent)
+        return False
+    org = await p.orgs.get_by_id(agent.org_id)
+    status = await runtime.adopt(org.slug, agent.id)
+    if status is None:
+        return False
+    log.info("adopted %s (pid %s)", agent.id, status.pid)
+    return True
 
 
 async def _bring_back(p: Platform, agent: Agent) -> None:

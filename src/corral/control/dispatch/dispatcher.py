@@ -225,6 +225,19 @@ class Dispatcher:
         for task_id in self.book.held_by(agent_id):
             await self._retry(task_id, why or f"agent {agent_id} was lost", "AgentLost")
 
+    async def resend(self, agent_ids: set[str]) -> int:
+        """Deliver again the tasks dispatched to these agents (adopted at a takeover: the
+        leader that committed a dispatch may have died before delivering it). A delivery that
+        arrived already is dropped as a duplicate, by the stream or by the agent's inbox (the
+        message id names the task, its attempt and the agent); how many were sent."""
+        recs = [
+            r
+            for r in self.book.live.values()
+            if r.state is TaskState.DISPATCHED and r.agent_id in agent_ids
+        ]
+        await self._send(recs)
+        return len(recs)
+
     # -- intake ---------------------------------------------------------------------------
     async def submit(
         self,
