@@ -246,6 +246,13 @@ class PlatformBus:
         await self.objects.ensure(org, limits)
         self._feeds.note_backlog(org, backlog)
 
+    async def release_events(self, org: str) -> int:
+        """At a takeover: events of ``org`` the previous leader received and never
+        acknowledged come again at once, not after the ack wait (:func:`streams.release_events`)."""
+        async with self._links.use(org) as link:
+            with translating(f"releasing the events of {org!r}"):
+                return await streams.release_events(link.js, self._consumer)
+
     async def remove_org(self, org: str) -> None:
         """Delete ``org``'s streams and account, close its connections. Absent or half made
         is fine; a server that does not answer raises Unavailable (the record is kept)."""

@@ -107,6 +107,8 @@ class Platform:
         self.recovered = asyncio.Event()  # set once every agent is back after a start
         #: set when this replica was deposed: its agents are left for the next leader to adopt
         self.keep_agents = False
+        self._restored: set[str] = set()  # orgs pushed to the bus again by this start
+        self._restoring: dict[str, asyncio.Lock] = {}
         self._services = services
         self._stack = AsyncExitStack()
         self._background = Background()
@@ -248,9 +250,12 @@ class Platform:
         if self._services:
             serving = await self.bus.serve_vault(self._answer_vault)
             self._stack.push_async_callback(serving.close)
+            left = await recovery.left_behind(self)  # before the API can add to it
+            if self.lease is not None:  # a takeover: what the last leader held comes at once
+                await recovery.release_events(self, left)
+                self._phases.mark("release")
             self._background.spawn(self.dispatcher.consume(), "corral-events")
             self._background.spawn(self.bus_health.watch(), "corral-bus-health")
-            left = await recovery.left_behind(self)  # before the API can add to it
             self._background.spawn(self._recover(left), "corral-recovery")
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(self._carry_on_deletions(), "corral-deletions")
@@ -433,10 +438,14 @@ class Platform:
     async def _recover(self, left: recovery.LeftBehind) -> None:
         # the server kept every account and stream it had; pushing them again only matters
         # if a plan changed or the server lost them, so the API need not wait for it, and
-        # the orgs whose agents are relaunched go first: dispatching waits for them alone
+        # the orgs whose agents are relaunched go first: dispatching waits for them alone. A
+        # replica taking over pushes an org first only when one of its agents is relaunched
+        # (an adopted agent's org is on the bus its agents are connected to)
         with_agents = {a.org_id for a in left.records.values() if a.state in recovery.LIVE}
         orgs = await self.orgs.list()
-        await self._restore_orgs([o for o in orgs if o.id in with_agents])
+        if self.lease is None:
+            await self._restore_orgs([o for o in orgs if o.id in with_agents])
+            self._restored |= with_agents
         self._phases.mark("orgs")
         self.recovery.phase = "relaunching agents"
         await recovery.drain_events(self)
@@ -449,7 +458,15 @@ class Platform:
         self.recovery.done = True
         self.recovered.set()
         log.info("recovered in %s", self._phases)
-        await self._restore_orgs([o for o in orgs if o.id not in with_agents])
+        await self._restore_orgs([o for o in orgs if o.id not in self._restored])
+
+    async def restore_org(self, org: Organization) -> None:
+        """Push ``org``'s account and streams again unless this start already did (recovery,
+        before relaunching one of its agents)."""
+        async with self._restoring.setdefault(org.id, asyncio.Lock()):
+            if org.id not in self._restored:
+                await self._restore_orgs([org])
+                self._restored.add(org.id)
 
     # -- background -----------------------------------------------------------------------
     async def _carry_on_deletions(self) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "Recovery",
     "left_behind",
     "reconcile",
+    "release_events",
     "warm_up",
 ]
 
@@ -81,6 +82,28 @@ async def drain_events(p: Platform, *, timeout: float = 10.0) -> None:
             log.warning("events still pending after %.0fs; reconciling anyway", timeout)
             return
         await asyncio.sleep(0.05)
+
+
+async def release_events(p: Platform, left: LeftBehind) -> None:
+    """A replica taking over: the events its predecessor received and never acknowledged
+    are delivered again at once instead of after the consumer's ack wait, in the orgs with
+    agents that should run (the others' wait). Before the event consumer starts, so that
+    nothing of this leader's own is pending yet."""
+    orgs = {a.org_id for a in left.records.values() if a.state in LIVE}
+    gate = asyncio.Semaphore(16)
+
+    async def release(org_id: str) -> int:
+        async with gate:
+            try:
+                org = await p.orgs.get_by_id(org_id)
+                return await p.bus.release_events(org.slug)
+            except CorralError as exc:
+                log.warning("events of %s not released: %s", org_id, exc.message)
+                return 0
+
+    released = sum(await asyncio.gather(*(release(o) for o in sorted(orgs))))
+    if released:
+        log.info("%d events the previous leader held are delivered again", released)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +210,7 @@ async def _adopt(p: Platform, agent: Agent) -> bool:
 
 async def _bring_back(p: Platform, agent: Agent) -> None:
     org = await p.orgs.get_by_id(agent.org_id)
+    await p.restore_org(org)
     if agent.state in _LIVE:
         status = await p.runtime.status(org.slug, agent.id)
         if status.phase is Phase.RUNNING:
