@@ -151,7 +151,7 @@ class Platform:
             load_plans(self.settings.plans_file)
         self._phases = recovery.Phases()
         self._stack.callback(tracing.configure(self.settings.otlp_endpoint))
-        await self.db.start()
+        await self.db.start(migrate=self.lease is None)  # a replica migrated before campaigning
         self._phases.mark("store")
         self._stack.push_async_callback(self.db.close)
         for kept in self.data_dir.glob("corral.db*"):  # the SQLite file, its WAL and lock

@@ -13,6 +13,7 @@ pushed again after that.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from dataclasses import dataclass
@@ -240,6 +241,9 @@ class Phases:
 
 def warm_up(settings: Settings) -> None:
     """What a replica standing by does before it may lead, to take over sooner: probe what the
-    host offers local agents' sandbox (about a second; kept for the process's life)."""
+    host offers local agents' sandbox (about a second; kept for the process's life), and
+    import what the platform imports only when it starts."""
     if settings.runtime == "local" and settings.sandbox != "off":
         Confinement.detect(settings.sandbox)
+    if settings.runtime == "local":  # what the platform imports only when it starts
+        importlib.import_module("corral.runtime.local")

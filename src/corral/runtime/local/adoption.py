@@ -25,10 +25,11 @@ import asyncio
 import contextlib
 import os
 import signal
+from pathlib import Path
 
-from corral.runtime.local.processes import ProcessRef
+from corral.runtime.local.processes import ProcessRef, read_ref
 
-__all__ = ["AdoptedChild", "keep"]
+__all__ = ["AdoptedChild", "find", "keep"]
 
 UNKNOWN_STATUS = 1  # what an adopted agent's exit is reported as: its parent alone knew
 
@@ -74,6 +75,19 @@ class AdoptedChild:
                 os.close(self._fd)
             self._fd = -1
         return UNKNOWN_STATUS
+
+
+def find(pidfile: Path) -> tuple[ProcessRef, AdoptedChild] | None:
+    """The agent ``pidfile`` records, watched, if it can be adopted: alive on this host and
+    kept by a fork server, whose window starts again at once. Blocking (``/proc``)."""
+    ref = read_ref(pidfile)
+    if ref is None or not ref.keeper_alive():
+        return None
+    child = AdoptedChild.open(ref)
+    if child is None:
+        return None
+    keep([ref])
+    return ref, child
 
 
 def keep(refs: list[ProcessRef]) -> int:

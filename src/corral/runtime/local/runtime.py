@@ -47,7 +47,7 @@ from corral.runtime.local.forkpool import ForkServerPool
 from corral.runtime.local.launching import Launcher, RunAs, default_env
 from corral.runtime.local.limits import Limiter, Mechanism, Placement
 from corral.runtime.local.probing import probe
-from corral.runtime.local.processes import AgentUsage, read_ref, tree_usage
+from corral.runtime.local.processes import AgentUsage, tree_usage
 from corral.runtime.local.supervision import Agent
 from corral.runtime.local.workspaces import AgentPaths, check_name, ensure_dir, note, tail_lines
 
@@ -269,13 +269,10 @@ class LocalProcessRuntime:
             current = self._agents.get(paths.key)
             if current is not None and not current.exited.is_set():
                 return current.status()
-            ref = await asyncio.to_thread(read_ref, paths.pidfile)
-            if ref is None or not await asyncio.to_thread(ref.keeper_alive):
+            found = await asyncio.to_thread(adoption.find, paths.pidfile)
+            if found is None:
                 return None
-            child = await asyncio.to_thread(adoption.AdoptedChild.open, ref)
-            if child is None:
-                return None
-            adoption.keep([ref])  # its keeper's window starts again at once
+            ref, child = found
             try:
                 mechanism = Mechanism(ref.mechanism)
             except ValueError:
