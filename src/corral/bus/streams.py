@@ -45,6 +45,8 @@ __all__ = [
     "ensure_events",
     "ensure_inbox",
     "events_config",
+    "events_mark",
+    "events_recorded",
     "events_subjects",
     "inbox_config",
     "legacy_events",
@@ -190,6 +192,24 @@ def _events_from(name: str, start: int) -> ConsumerConfig:
         ack_wait=EVENTS_ACK_WAIT,
         max_ack_pending=10_000,
     )
+
+
+async def events_mark(js: JetStreamContext, consumer: str) -> tuple[int, int]:
+    """The last event stored in the org's EVENTS now (its sequence), and how many the
+    ``consumer`` has not acknowledged (``js`` is the org's)."""
+    info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
+    backlog = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    if not backlog:
+        return 0, 0
+    stream = await js.stream_info(subjects.EVENTS_STREAM)
+    return int(stream.state.last_seq), backlog
+
+
+async def events_recorded(js: JetStreamContext, consumer: str, mark: int) -> bool:
+    """Whether the ``consumer`` acknowledged every event up to ``mark``."""
+    info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
+    floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+    return floor >= mark or not (int(info.num_pending or 0) + int(info.num_ack_pending or 0))
 
 
 async def legacy_events(js: JetStreamContext, consumer: str) -> bool | None:

@@ -76,13 +76,20 @@ class Recovery:
 
 async def drain_events(p: Platform, *, timeout: float = 10.0) -> None:
     """Let the event consumer record what agents reported while the control plane was down,
-    before in-flight work is judged lost: wait until EVENTS has no backlog."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await p.bus.events_backlog() > 0:
-        if asyncio.get_running_loop().time() > deadline:
-            log.warning("events still pending after %.0fs; reconciling anyway", timeout)
-            return
-        await asyncio.sleep(0.05)
+    before in-flight work is judged lost: wait until every event stored when this began is
+    recorded (agents adopted at a takeover go on reporting meanwhile; their newer events
+    need not be waited for)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        marks = await p.bus.events_marks()
+        while marks and not await p.bus.events_recorded(marks):
+            if loop.time() > deadline:
+                log.warning("events still pending after %.0fs; reconciling anyway", timeout)
+                return
+            await asyncio.sleep(0.05)
+    except CorralError as exc:
+        log.warning("events not drained (%s); reconciling anyway", exc.message)
 
 
 async def release_events(p: Platform, left: LeftBehind) -> None:
