@@ -24,7 +24,8 @@ FAMILY = """
 
 
 async def main(root: Path, mechanism: str, launch: str, adopt: float) -> None:
-    runtime = LocalProcessRuntime(root, mechanism=mechanism, adopt_seconds=adopt)
+    kept = {"adopt_seconds": adopt} if adopt else {}
+    runtime = LocalProcessRuntime(root, mechanism=mechanism, **kept)
     status = await runtime.start(agents.spec("acme", "agent-orphan", FAMILY, launch=launch))
     sys.stdout.write(f"started {status.pid} {runtime.zygote_pid('acme') or 0}\n")
     sys.stdout.flush()

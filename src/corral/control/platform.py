@@ -448,9 +448,15 @@ class Platform:
             self._restored |= with_agents
         self._phases.mark("orgs")
         self.recovery.phase = "relaunching agents"
-        await recovery.drain_events(self)
-        self._phases.mark("events")
-        await recovery.reconcile(self, left, self.recovery, concurrency=self.relaunch_concurrency)
+
+        async def drain() -> None:  # before anything is judged lost: see recovery.reconcile
+            self._phases.mark("adopt")
+            await recovery.drain_events(self)
+            self._phases.mark("events")
+
+        await recovery.reconcile(
+            self, left, self.recovery, concurrency=self.relaunch_concurrency, drain=drain
+        )
         self._phases.mark("agents")
         self._background.spawn(self.dispatcher.run(), "corral-dispatch")
         self._background.spawn(self._watch_exits(), "corral-exits")

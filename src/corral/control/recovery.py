@@ -16,6 +16,7 @@ import asyncio
 import importlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -132,12 +133,21 @@ async def left_behind(p: Platform) -> LeftBehind:
     )
 
 
-async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concurrency: int) -> None:
+async def reconcile(
+    p: Platform,
+    left: LeftBehind,
+    progress: Recovery,
+    *,
+    concurrency: int,
+    drain: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Compare what was left with what should run: stop leftovers, adopt what runs and may be
     adopted (a replica taking over), restart the rest of what should run (up to
     ``concurrency`` at once), finish interrupted pauses. The work an adopted agent held goes
     on (what was dispatched to it is delivered again, and dropped if it had arrived); every
-    other agent's process was stopped or restarted, so the work it held is retried."""
+    other agent's process was stopped or restarted, so the work it held is retried — after
+    ``drain`` (:func:`drain_events`), which is skipped when every agent was adopted and
+    nothing is judged lost."""
     records, deleting = left.records, left.deleting
     adopted: set[str] = set()
     for found in left.processes:
@@ -157,13 +167,24 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
     started = time.monotonic()
     step = max(1, len(todo) // 10)
 
-    async def one(agent: Agent) -> None:
+    async def adopt(agent: Agent) -> None:
         async with gate:
             try:
                 if await _adopt(p, agent):
                     adopted.add(agent.id)
-                else:
-                    await _bring_back(p, agent)
+                    progress.adopted += 1
+            except CorralError as exc:
+                log.warning("could not adopt %s: %s", agent.id, exc.message)
+
+    await asyncio.gather(*(adopt(agent) for agent in todo))
+    rest = [a for a in todo if a.id not in adopted]
+    if drain is not None and (rest or set(p.dispatcher.holders()) - adopted):
+        await drain()
+
+    async def one(agent: Agent) -> None:
+        async with gate:
+            try:
+                await _bring_back(p, agent)
             except CorralError as exc:
                 progress.failed += 1
                 log.error("could not restart %s: %s", agent.id, exc.message)
@@ -171,10 +192,7 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
                 progress.failed += 1
                 log.exception("could not restart %s", agent.id)
             else:
-                if agent.id in adopted:
-                    progress.adopted += 1
-                else:
-                    progress.relaunched += 1
+                progress.relaunched += 1
         count = progress.relaunched + progress.failed + progress.adopted
         if count % step == 0 or count == progress.total:
             log.info(
@@ -186,7 +204,7 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
                 time.monotonic() - started,
             )
 
-    await asyncio.gather(*(one(agent) for agent in todo))
+    await asyncio.gather(*(one(agent) for agent in rest))
     if adopted:
         log.info("adopted %d agents", len(adopted))
     for agent_id in p.dispatcher.holders():

@@ -130,7 +130,11 @@ def main(args: list[str]) -> int:
         signal.signal(signal.SIGUSR1, adoption.renew)
     # the pid it was started as, and (boxed, in a PID namespace of its own) its own on the host
     forking = int(os.readlink("/proc/self"))  # its /proc is still the host's
-    sock.send(f"ready {known} {end - start} {forking}".encode())
+    try:
+        sock.send(f"ready {known} {end - start} {forking}".encode())
+    except OSError as exc:  # the control plane is gone already (with --orphan, alive too)
+        _say(str(exc))
+        return 1
     gc.collect()
     gc.freeze()  # what is loaded now is shared with every child: keep the collector off it
     try:
