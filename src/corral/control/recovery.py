@@ -13,7 +13,6 @@ pushed again after that.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -266,9 +265,6 @@ class Phases:
 
 def warm_up(settings: Settings) -> None:
     """What a replica standing by does before it may lead, to take over sooner: probe what the
-    host offers local agents' sandbox (about a second; kept for the process's life), and
-    import what the platform imports only when it starts."""
+    host offers local agents' sandbox (about a second; kept for the process's life)."""
     if settings.runtime == "local" and settings.sandbox != "off":
         Confinement.detect(settings.sandbox)
-    if settings.runtime == "local":  # what the platform imports only when it starts
-        importlib.import_module("corral.runtime.local")
