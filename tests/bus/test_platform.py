@@ -18,6 +18,7 @@ from corral.bus import (
     EmbeddedNats,
     EventKind,
     PlatformBus,
+    streams,
 )
 from corral.domain import messages, subjects
 from corral.domain.errors import Conflict, NotFound, QuotaExceeded, Unavailable
@@ -213,6 +214,30 @@ async def test_events_are_kept_while_no_platform_consumer_runs(
     ]
     assert later[0].message == done
     assert not later[1].agent_vouched
+
+
+@pytest.mark.usefixtures("orgs")
+async def test_events_a_gone_control_plane_held_unacknowledged_are_released_at_once(
+    server: EmbeddedNats, authority: BusAuthority, bus: PlatformBus, connect: Connect
+) -> None:
+    a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    for n in (1, 2):
+        await a1.nc.publish(subjects.agent_status("a", "a1"), _status("a1", n))
+    await a1.nc.flush()
+    held: list[BusEvent] = []
+    async for got in bus.event_batches(wait=0.2):  # received, never acknowledged
+        held.extend(got)
+        if len(held) >= 2:
+            break
+    await bus.__aexit__(None, None, None)  # the control plane dies holding them
+
+    async with PlatformBus(server.url, authority) as again:
+        await again.ensure_org("a", LIMITS)
+        assert await again.release_events("a") == 2
+        # they come again now: without the release, not before the ack wait had run out
+        later = await asyncio.wait_for(_take(again, 2), timeout=streams.EVENTS_ACK_WAIT - 5)
+        assert await again.release_events("a") == 0  # nothing held: the consumer is kept
+    assert [e.message for e in later] == [e.message for e in held]
 
 
 @pytest.mark.usefixtures("orgs")

@@ -1,10 +1,12 @@
 """Replicated control planes on PostgreSQL: a standby serves the API, a standby takes over
-from a leader killed with -9, and a leader paused past its lease steps down on resuming having
-committed nothing (the epoch proves it)."""
+from a leader killed with -9 (adopting its agents: same processes, their work going on), and a
+leader paused past its lease steps down on resuming having committed nothing (the epoch proves
+it)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.e2e.replicas import Cluster, ReplicaProcess, cluster, external_nats
@@ -66,9 +69,11 @@ async def _org_with_agents(api: httpx.AsyncClient, *, agents: int, slots: int) -
         assert r.status_code == 201, r.text
 
 
-async def _submit(api: httpx.AsyncClient, key: str, *, deadline: float) -> str:
+async def _submit(
+    api: httpx.AsyncClient, key: str, *, deadline: float, payload: dict[str, Any] | None = None
+) -> str:
     """Submit one task, again with the same idempotency key while no leader answers."""
-    body = {"role": "general", "payload": {"op": "echo"}, "idempotencyKey": key}
+    body = {"role": "general", "payload": payload or {"op": "echo"}, "idempotencyKey": key}
     while True:
         try:
             r = await api.post("/v1/orgs/acme/tasks", json=body)
@@ -195,3 +200,55 @@ async def test_a_leader_paused_past_its_lease_steps_down_and_commits_nothing(
         await (await c.leader()).role() == "leader"
         and (await new.health() or {})["epoch"] == new_epoch
     )
+
+
+def _process(pidfile: Path) -> tuple[int, float]:
+    """The agent's process as its pid file records it: pid and start time."""
+    ref = json.loads(pidfile.read_text())
+    return int(ref["pid"]), float(ref["create_time"])
+
+
+async def test_an_agent_running_at_a_takeover_is_adopted_and_keeps_working(
+    replicas: Cluster,
+) -> None:
+    c = replicas
+    old = c.start("r1")
+    assert await c.leader() is old
+    standby = c.start("r2")
+    await c.standing_by(standby)
+
+    async with _client(standby, c.admin_key()) as api:
+        await _org_with_agents(api, agents=1, slots=4)
+        (pidfile,) = c.data.glob("agents/orgs/acme/agents/*/agent.pid")
+        pid, started = _process(pidfile)
+        agent_id = pidfile.parent.name
+        deadline = time.monotonic() + 300
+        # a task the agent is running when its leader dies
+        busy = await _submit(api, "busy", deadline=deadline, payload={"op": "sleep", "seconds": 4})
+
+        async def running() -> bool:
+            rows = await _query(c, "SELECT state FROM tasks WHERE id = $1", busy)
+            return rows[0][0] == "running"
+
+        await eventually(running, timeout=60, message="the long task runs")
+        old.signal(signal.SIGKILL)
+        old.proc.wait(timeout=10)
+        assert psutil.pid_exists(pid)  # the agent outlived the leader that started it
+
+        new = await c.leader(not_="r1", timeout=120)
+        assert new is standby
+        ids = {await _submit(api, f"after{i}", deadline=deadline) for i in range(20)}
+        await _all_completed(c, ids | {busy}, timeout=120)
+
+        r = await api.get(f"/v1/orgs/acme/agents/{agent_id}")
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "running" and r.json()["restarts"] == 0, r.json()
+
+    # the same process all along: adopted, not restarted
+    assert _process(pidfile) == (pid, started)
+    assert psutil.Process(pid).create_time() == pytest.approx(started, abs=0.05)
+    assert f"adopted {agent_id}" in new.output()
+    # the task it was running when the leader died went on: one attempt, completed once
+    rows = await _query(c, "SELECT state, attempts FROM tasks WHERE id = $1", busy)
+    assert (rows[0]["state"], rows[0]["attempts"]) == ("completed", 1)
+    await _completed_exactly_once(c, ids | {busy})

@@ -1,6 +1,7 @@
 """A control plane stand-in: starts one agent (which starts a child of its own) with the local
 runtime, says so on stdout (``started <agent pid> <fork server pid, or 0>``), then waits to be
-killed. Run as ``python standin.py ROOT MECHANISM LAUNCH`` (LAUNCH: ``exec`` or ``zygote``).
+killed. Run as ``python standin.py ROOT MECHANISM LAUNCH [ADOPT_SECONDS]`` (LAUNCH: ``exec`` or
+``zygote``; ADOPT_SECONDS: a replica's runtime, whose agents outlive it that long).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ FAMILY = """
 """
 
 
-async def main(root: Path, mechanism: str, launch: str) -> None:
-    runtime = LocalProcessRuntime(root, mechanism=mechanism)
+async def main(root: Path, mechanism: str, launch: str, adopt: float) -> None:
+    kept = {"adopt_seconds": adopt} if adopt else {}
+    runtime = LocalProcessRuntime(root, mechanism=mechanism, **kept)
     status = await runtime.start(agents.spec("acme", "agent-orphan", FAMILY, launch=launch))
     sys.stdout.write(f"started {status.pid} {runtime.zygote_pid('acme') or 0}\n")
     sys.stdout.flush()
@@ -31,4 +33,5 @@ async def main(root: Path, mechanism: str, launch: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3]))
+    adopt = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], adopt))

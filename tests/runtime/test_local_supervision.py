@@ -214,3 +214,57 @@ async def test_a_killed_control_plane_leaves_no_agent_running(
             standin.kill()
             await standin.wait()
         await make_runtime(mechanism=mechanism).stop("acme", "agent-orphan", grace=0)
+
+
+async def _killed_standin(root: Path, *, adopt: float) -> tuple[int, int]:
+    """A control plane (a replica's runtime, its agents forked by a fork server) that starts
+    an agent and is killed with -9; the agent's pid and its fork server's."""
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+    standin = await asyncio.create_subprocess_exec(
+        *(sys.executable, str(Path(__file__).with_name("standin.py")), str(root)),
+        *("auto", "zygote", str(adopt)),
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        assert standin.stdout is not None
+        line = await asyncio.wait_for(standin.stdout.readline(), timeout=20)
+        assert line.startswith(b"started"), line
+        agent, zygote = int(line.split()[1]), int(line.split()[2])
+        assert zygote and psutil.Process(agent).ppid() == zygote
+    finally:
+        standin.kill()
+        await standin.wait()
+    return agent, zygote
+
+
+async def test_a_replicas_agent_outlives_it_and_is_adopted_by_the_next(
+    tmp_path: Path, make_runtime: Callable[..., LocalProcessRuntime]
+) -> None:
+    agent, zygote = await _killed_standin(tmp_path / "data", adopt=60)
+    assert alive(agent) and alive(zygote)  # kept by the fork server, not killed with it
+
+    heir = make_runtime(adopt_seconds=60)
+    status = await heir.adopt("acme", "agent-orphan")
+    assert status is not None
+    assert (status.phase, status.pid, status.detail["adopted"]) == (Phase.RUNNING, agent, "true")
+    assert await heir.adopt("acme", "agent-orphan") == status  # adopting twice is once
+    assert "adopted pid" in await heir.logs("acme", "agent-orphan")
+
+    async with watching(heir) as exits:
+        os.kill(agent, signal.SIGKILL)  # it crashes under its adopter: reported as a crash
+        event = await asyncio.wait_for(anext(exits), timeout=60)
+    assert (event.agent_id, event.phase) == ("agent-orphan", Phase.CRASHED)
+    assert event.detail["status"].startswith("unknown")
+    await eventually(lambda: not alive(zygote), message="the fork server left after its last child")
+    assert await heir.adopt("acme", "agent-orphan") is None  # nothing left to adopt
+
+
+async def test_an_agent_nobody_adopts_is_ended_with_its_fork_server(
+    tmp_path: Path, make_runtime: Callable[..., LocalProcessRuntime]
+) -> None:
+    agent, zygote = await _killed_standin(tmp_path / "data", adopt=1)
+    await eventually(lambda: not alive(agent), message="the unadopted agent was ended")
+    await eventually(lambda: not alive(zygote), message="its fork server left")
+    assert await make_runtime(adopt_seconds=1).adopt("acme", "agent-orphan") is None

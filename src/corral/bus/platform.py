@@ -264,6 +264,42 @@ class PlatformBus:
         """
         await self._streams.needed(org)
 
+    async def release_events(self, org: str) -> int:
+        """At a takeover: events of ``org`` the previous leader received and never
+        acknowledged come again at once, not after the ack wait (:func:`streams.release_events`).
+        The org's backlog is noted, for :meth:`events_marks`."""
+        async with self._links.use(org) as link:
+            with translating(f"releasing the events of {org!r}"):
+                released = await streams.release_events(link.js, self._consumer)
+                _, backlog = await streams.events_mark(link.js, self._consumer)
+        self._feeds.note_backlog(org, backlog)
+        return released
+
+    async def events_marks(self) -> dict[str, int]:
+        """For each org with events not yet recorded: the last one stored now. An org whose
+        consumer cannot be read is left out (its events are recorded when it can)."""
+        marks: dict[str, int] = {}
+        for org, _ in self._feeds.backlogs():
+            link = self._links.peek(org)
+            if link is None:
+                continue
+            with suppress(CorralError), translating(f"reading the events of {org!r}"):
+                mark, backlog = await streams.events_mark(link.js, self._consumer)
+                if backlog:
+                    marks[org] = mark
+        return marks
+
+    async def events_recorded(self, marks: dict[str, int]) -> bool:
+        """Whether every event up to each org's mark was recorded (acknowledged)."""
+        for org, mark in marks.items():
+            link = self._links.peek(org)
+            if link is None:
+                continue
+            with translating(f"reading the events of {org!r}"):
+                if not await streams.events_recorded(link.js, self._consumer, mark):
+                    return False
+        return True
+
     async def remove_org(self, org: str) -> None:
         """Delete ``org``'s streams and account, close its connections. Absent or half made
         is fine; a server that does not answer raises Unavailable (the record is kept)."""

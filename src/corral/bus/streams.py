@@ -45,9 +45,12 @@ __all__ = [
     "ensure_events",
     "ensure_inbox",
     "events_config",
+    "events_mark",
+    "events_recorded",
     "events_subjects",
     "inbox_config",
     "legacy_events",
+    "release_events",
     "remove_agent_consumer",
     "shrinks",
 ]
@@ -143,6 +146,70 @@ async def ensure_events(
             ),
         )
     return int(have.num_pending or 0) + int(have.num_ack_pending or 0)
+
+
+async def release_events(js: JetStreamContext, consumer: str) -> int:
+    """Deliver again, at once, the events a control plane that is gone received and never
+    acknowledged (``js`` is the org's): the server would hold them until the ack wait ran out.
+    The durable consumer is made again from its acknowledgement floor on, so every event after
+    it comes next (recording an event twice changes nothing). EVENTS keeps a message only while
+    a consumer is interested in it, so a bridge consumer holds that interest meanwhile. How
+    many events were released."""
+    bridge = f"{consumer}-bridge"
+    try:
+        have = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
+    except NotFoundError:
+        have = None
+    if have is None:  # a release was interrupted between deleting and making it again
+        try:
+            kept = await js.consumer_info(subjects.EVENTS_STREAM, bridge)
+        except NotFoundError:
+            return 0  # none yet: ensure_events makes it
+        await js.add_consumer(
+            subjects.EVENTS_STREAM, _events_from(consumer, kept.config.opt_start_seq or 1)
+        )
+        await js.delete_consumer(subjects.EVENTS_STREAM, bridge)
+        return 0
+    held = int(have.num_ack_pending or 0)
+    if not held:
+        return 0
+    start = int(have.ack_floor.stream_seq if have.ack_floor else 0) + 1
+    with contextlib.suppress(NotFoundError):  # what an interrupted release left
+        await js.delete_consumer(subjects.EVENTS_STREAM, bridge)
+    await js.add_consumer(subjects.EVENTS_STREAM, _events_from(bridge, start))
+    await js.delete_consumer(subjects.EVENTS_STREAM, consumer)
+    await js.add_consumer(subjects.EVENTS_STREAM, _events_from(consumer, start))
+    await js.delete_consumer(subjects.EVENTS_STREAM, bridge)
+    return held
+
+
+def _events_from(name: str, start: int) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=name,
+        ack_policy=AckPolicy.ALL,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start,
+        ack_wait=EVENTS_ACK_WAIT,
+        max_ack_pending=10_000,
+    )
+
+
+async def events_mark(js: JetStreamContext, consumer: str) -> tuple[int, int]:
+    """The last event stored in the org's EVENTS now (its sequence), and how many the
+    ``consumer`` has not acknowledged (``js`` is the org's)."""
+    info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
+    backlog = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    if not backlog:
+        return 0, 0
+    stream = await js.stream_info(subjects.EVENTS_STREAM)
+    return int(stream.state.last_seq), backlog
+
+
+async def events_recorded(js: JetStreamContext, consumer: str, mark: int) -> bool:
+    """Whether the ``consumer`` acknowledged every event up to ``mark``."""
+    info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
+    floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+    return floor >= mark or not (int(info.num_pending or 0) + int(info.num_ack_pending or 0))
 
 
 async def legacy_events(js: JetStreamContext, consumer: str) -> bool | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -88,6 +89,8 @@ class Leadership:
         platform's API), step down, again, until cancelled."""
         await self._migrate()
         warm_up(self.settings)  # in the loop's thread: it starts probe processes
+        if self.settings.runtime == "local":  # imported when leading: now, beside the loop
+            await asyncio.to_thread(importlib.import_module, "corral.runtime.local")
         while True:
             await self.lease.campaign()
             try:
@@ -131,6 +134,7 @@ class Leadership:
                     async with term(platform):
                         why = await _first(holding, _deposed(platform))
                         self.last_step_down = why
+                        platform.keep_agents = True  # the next leader adopts them
                         log.error("replica %s steps down: %s", self.replica, why)
                 finally:
                     self.platform = None

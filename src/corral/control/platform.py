@@ -50,7 +50,7 @@ from corral.domain.ids import AgentId, OrgId
 from corral.domain.secrets import AuditAction
 from corral.domain.tenancy import Organization
 from corral.observability.metrics import Metrics
-from corral.runtime.base import AgentRuntime
+from corral.runtime.base import Adopting, AgentRuntime
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 from corral.store.agents import AgentRepository
@@ -107,6 +107,10 @@ class Platform:
         self.relaunch_concurrency = recovery.RELAUNCH_CONCURRENCY
         self.recovery = recovery.Recovery()
         self.recovered = asyncio.Event()  # set once every agent is back after a start
+        #: set when this replica was deposed: its agents are left for the next leader to adopt
+        self.keep_agents = False
+        self._restored: set[str] = set()  # orgs pushed to the bus again by this start
+        self._restoring: dict[str, asyncio.Lock] = {}
         self._services = services
         self._stack = AsyncExitStack()
         self._background = Background()
@@ -137,6 +141,9 @@ class Platform:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        runtime = getattr(self, "runtime", None)
+        if self.keep_agents and isinstance(runtime, Adopting):
+            await runtime.detach()  # before the stack would stop them
         await self._stack.aclose()
 
     async def _start(self) -> None:
@@ -146,7 +153,7 @@ class Platform:
             load_plans(self.settings.plans_file)
         self._phases = recovery.Phases()
         self._stack.callback(tracing.configure(self.settings.otlp_endpoint))
-        await self.db.start()
+        await self.db.start(migrate=self.lease is None)  # a replica migrated before campaigning
         self._phases.mark("store")
         self._stack.push_async_callback(self.db.close)
         for kept in self.data_dir.glob("corral.db*"):  # the SQLite file, its WAL and lock
@@ -254,9 +261,12 @@ class Platform:
         if self._services:
             serving = await self.bus.serve_vault(self._answer_vault)
             self._stack.push_async_callback(serving.close)
+            left = await recovery.left_behind(self)  # before the API can add to it
+            if self.lease is not None:  # a takeover: what the last leader held comes at once
+                await recovery.release_events(self, left)
+                self._phases.mark("release")
             self._background.spawn(self.dispatcher.consume(), "corral-events")
             self._background.spawn(self.bus_health.watch(), "corral-bus-health")
-            left = await recovery.left_behind(self)  # before the API can add to it
             self._background.spawn(self._recover(left), "corral-recovery")
             self._background.spawn(self.retention.run(), "corral-retention")
             self._background.spawn(self._carry_on_deletions(), "corral-deletions")
@@ -374,6 +384,8 @@ class Platform:
                 run_as=run_as,
                 zygote=self.settings.fork_server,
                 sandbox=self.sandbox,
+                # a replica's agents outlive it, for the next leader to adopt
+                adopt_seconds=self.settings.adopt_seconds if self.lease is not None else 0.0,
             )
         self._stack.push_async_callback(runtime.close)
         return runtime
@@ -451,15 +463,25 @@ class Platform:
     async def _recover(self, left: recovery.LeftBehind) -> None:
         # the server kept every account and stream it had; pushing them again only matters
         # if a plan changed or the server lost them, so the API need not wait for it, and
-        # the orgs whose agents are relaunched go first: dispatching waits for them alone
+        # the orgs whose agents are relaunched go first: dispatching waits for them alone. A
+        # replica taking over pushes an org first only when one of its agents is relaunched
+        # (an adopted agent's org is on the bus its agents are connected to)
         with_agents = {a.org_id for a in left.records.values() if a.state in recovery.LIVE}
         orgs = await self.orgs.list()
-        await self._restore_orgs([o for o in orgs if o.id in with_agents])
+        if self.lease is None:
+            await self._restore_orgs([o for o in orgs if o.id in with_agents])
+            self._restored |= with_agents
         self._phases.mark("orgs")
         self.recovery.phase = "relaunching agents"
-        await recovery.drain_events(self)
-        self._phases.mark("events")
-        await recovery.reconcile(self, left, self.recovery, concurrency=self.relaunch_concurrency)
+
+        async def drain() -> None:  # before anything is judged lost: see recovery.reconcile
+            self._phases.mark("adopt")
+            await recovery.drain_events(self)
+            self._phases.mark("events")
+
+        await recovery.reconcile(
+            self, left, self.recovery, concurrency=self.relaunch_concurrency, drain=drain
+        )
         self._phases.mark("agents")
         self._background.spawn(self.dispatcher.run(), "corral-dispatch")
         self._background.spawn(self._watch_exits(), "corral-exits")
@@ -468,7 +490,15 @@ class Platform:
         self.recovered.set()
         log.info("recovered in %s", self._phases)
         # the others' streams wait for their next agent: an idle org opens nothing
-        await self._restore_orgs([o for o in orgs if o.id not in with_agents], lazy=True)
+        await self._restore_orgs([o for o in orgs if o.id not in self._restored], lazy=True)
+
+    async def restore_org(self, org: Organization) -> None:
+        """Push ``org``'s account and streams again unless this start already did (recovery,
+        before relaunching one of its agents)."""
+        async with self._restoring.setdefault(org.id, asyncio.Lock()):
+            if org.id not in self._restored:
+                await self._restore_orgs([org])
+                self._restored.add(org.id)
 
     # -- background -----------------------------------------------------------------------
     async def _carry_on_deletions(self) -> None:

@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from corral.domain import repairs
 from corral.domain.agents import Agent, AgentState
 from corral.domain.errors import CorralError
 from corral.domain.repairs import Repair
-from corral.runtime.base import Phase, RuntimeStatus
+from corral.runtime.base import Adopting, Phase, RuntimeStatus
 from corral.runtime.local.confinement import Confinement
 from corral.settings import Settings
 
@@ -37,6 +39,7 @@ __all__ = [
     "Recovery",
     "left_behind",
     "reconcile",
+    "release_events",
     "warm_up",
 ]
 
@@ -54,6 +57,7 @@ class Recovery:
 
     phase: str = "restoring organizations"
     total: int = 0
+    adopted: int = 0
     relaunched: int = 0
     failed: int = 0
     done: bool = False
@@ -63,18 +67,47 @@ class Recovery:
             return "done"
         if self.phase != "relaunching agents":
             return self.phase
-        return f"relaunching agents: {self.relaunched + self.failed}/{self.total}"
+        return f"relaunching agents: {self.relaunched + self.adopted + self.failed}/{self.total}"
 
 
 async def drain_events(p: Platform, *, timeout: float = 10.0) -> None:
     """Let the event consumer record what agents reported while the control plane was down,
-    before in-flight work is judged lost: wait until EVENTS has no backlog."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await p.bus.events_backlog() > 0:
-        if asyncio.get_running_loop().time() > deadline:
-            log.warning("events still pending after %.0fs; reconciling anyway", timeout)
-            return
-        await asyncio.sleep(0.05)
+    before in-flight work is judged lost: wait until every event stored when this began is
+    recorded (agents adopted at a takeover go on reporting meanwhile; their newer events
+    need not be waited for)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        marks = await p.bus.events_marks()
+        while marks and not await p.bus.events_recorded(marks):
+            if loop.time() > deadline:
+                log.warning("events still pending after %.0fs; reconciling anyway", timeout)
+                return
+            await asyncio.sleep(0.05)
+    except CorralError as exc:
+        log.warning("events not drained (%s); reconciling anyway", exc.message)
+
+
+async def release_events(p: Platform, left: LeftBehind) -> None:
+    """A replica taking over: the events its predecessor received and never acknowledged
+    are delivered again at once instead of after the consumer's ack wait, in the orgs with
+    agents that should run (the others' wait). Before the event consumer starts, so that
+    nothing of this leader's own is pending yet."""
+    orgs = {a.org_id for a in left.records.values() if a.state in LIVE}
+    gate = asyncio.Semaphore(16)
+
+    async def release(org_id: str) -> int:
+        async with gate:
+            try:
+                org = await p.orgs.get_by_id(org_id)
+                return await p.bus.release_events(org.slug)
+            except CorralError as exc:
+                log.warning("events of %s not released: %s", org_id, exc.message)
+                return 0
+
+    released = sum(await asyncio.gather(*(release(o) for o in sorted(orgs))))
+    if released:
+        log.info("%d events the previous leader held are delivered again", released)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +128,24 @@ async def left_behind(p: Platform) -> LeftBehind:
     )
 
 
-async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concurrency: int) -> None:
+async def reconcile(
+    p: Platform,
+    left: LeftBehind,
+    progress: Recovery,
+    *,
+    concurrency: int,
+    drain: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Compare what was left with what should run (:func:`corral.domain.repairs.repair`):
-    stop leftovers, restart what should run (up to ``concurrency`` at once), finish
-    interrupted pauses. Every agent's process was stopped or restarted, so the work any of
-    them held is lost: it is retried."""
+    stop leftovers, adopt what runs and may be
+    adopted (a replica taking over), restart the rest of what should run (up to
+    ``concurrency`` at once), finish interrupted pauses. The work an adopted agent held goes
+    on (what was dispatched to it is delivered again, and dropped if it had arrived); every
+    other agent's process was stopped or restarted, so the work it held is retried — after
+    ``drain`` (:func:`drain_events`), which is skipped when every agent was adopted and
+    nothing is judged lost."""
     records, deleting = left.records, left.deleting
+    adopted: set[str] = set()
 
     def decide(agent: Agent | None, *, process_running: bool) -> Repair:
         return repairs.repair(
@@ -129,6 +174,20 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
     started = time.monotonic()
     step = max(1, len(todo) // 10)
 
+    async def adopt(agent: Agent) -> None:
+        async with gate:
+            try:
+                if await _adopt(p, agent):
+                    adopted.add(agent.id)
+                    progress.adopted += 1
+            except CorralError as exc:
+                log.warning("could not adopt %s: %s", agent.id, exc.message)
+
+    await asyncio.gather(*(adopt(agent) for agent, what in todo if what is Repair.RESTART))
+    rest = [(a, what) for a, what in todo if a.id not in adopted]
+    if drain is not None and (rest or set(p.dispatcher.holders()) - adopted):
+        await drain()
+
     async def one(agent: Agent, what: Repair) -> None:
         async with gate:
             try:
@@ -142,22 +201,47 @@ async def reconcile(p: Platform, left: LeftBehind, progress: Recovery, *, concur
                 log.exception("could not restart %s", agent.id)
             else:
                 progress.relaunched += 1
-        count = progress.relaunched + progress.failed
+        count = progress.relaunched + progress.failed + progress.adopted
         if count % step == 0 or count == progress.total:
             log.info(
-                "relaunched %d/%d agents (%d failed) in %.1fs",
+                "brought back %d/%d agents (%d adopted, %d failed) in %.1fs",
                 count,
                 progress.total,
+                progress.adopted,
                 progress.failed,
                 time.monotonic() - started,
             )
 
-    await asyncio.gather(*(one(agent, what) for agent, what in todo))
+    await asyncio.gather(*(one(agent, what) for agent, what in rest))
+    if adopted:
+        log.info("adopted %d agents", len(adopted))
     for agent_id in p.dispatcher.holders():
         held_by = records.get(agent_id)
         why = repairs.work_lost(agent_id, held_by.state if held_by else None, after_restart=True)
-        if why is not None:
+        if agent_id not in adopted and why is not None:
             await p.dispatcher.agent_lost(agent_id, why=why)
+    if adopted:
+        await p.dispatcher.resend(adopted)
+
+
+async def _adopt(p: Platform, agent: Agent) -> bool:
+    """Adopt a running agent the previous leader left (replicas): its process is alive, a
+    fork server keeps it, and it was heard from on the bus within the silence limit."""
+    runtime = p.runtime
+    if p.lease is None or agent.state is not AgentState.RUNNING:
+        return False
+    if not isinstance(runtime, Adopting) or agent.last_seen_at is None:
+        return False
+    silent = (datetime.now(UTC) - agent.last_seen_at).total_seconds()
+    if silent > p.controller.silence_limit:
+        log.info("not adopting %s: silent for %.0fs", agent.id, silent)
+        return False
+    org = await p.orgs.get_by_id(agent.org_id)
+    status = await runtime.adopt(org.slug, agent.id)
+    if status is None:
+        return False
+    log.info("adopted %s (pid %s)", agent.id, status.pid)
+    return True
 
 
 async def _start_again(p: Platform, agent_id: str) -> None:
@@ -173,6 +257,7 @@ async def _start_again(p: Platform, agent_id: str) -> None:
 
 async def _bring_back(p: Platform, agent: Agent, what: Repair) -> None:
     org = await p.orgs.get_by_id(agent.org_id)
+    await p.restore_org(org)
     if what is Repair.RESTART:
         status = await p.runtime.status(org.slug, agent.id)
         if status.phase is Phase.RUNNING:

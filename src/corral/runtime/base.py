@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from corral.domain.admission import AdmittedResources
 
-__all__ = ["AgentRuntime", "LaunchSpec", "Phase", "RuntimeStatus"]
+__all__ = ["Adopting", "AgentRuntime", "LaunchSpec", "Phase", "RuntimeStatus"]
 
 
 class Phase(StrEnum):
@@ -88,3 +88,16 @@ class AgentRuntime(Protocol):
 
     async def close(self) -> None:
         """Release the runtime's resources; the local runtime stops all its agents."""
+
+
+@runtime_checkable
+class Adopting(Protocol):
+    """A runtime whose agents can outlive their control plane and be adopted by the next one
+    (replicas: docs/ha.md)."""
+
+    async def adopt(self, org: str, agent_id: str) -> RuntimeStatus | None:
+        """Supervise a running agent another control plane started, without restarting it;
+        None when it cannot be adopted (it is then handled as a leftover)."""
+
+    async def detach(self) -> None:
+        """Stop supervising, leaving every adoptable agent running for the next leader."""

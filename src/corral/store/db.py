@@ -107,8 +107,18 @@ class Database:
             event.listen(self.engine.sync_engine, "before_cursor_execute", _fenced(fence))
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
-    async def start(self) -> None:
+    async def start(self, *, migrate: bool = True) -> None:
+        """Migrate to head (without ``migrate``: only connect, for a replica that migrated
+        before it campaigned for the lease).
+
+        Raises:
+            Unavailable: the database did not answer, or the migration failed.
+        """
         try:
+            if not migrate:
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+                return
             async with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
                     await conn.execute(

@@ -58,6 +58,10 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger("corral.dispatcher")
 
+#: how recent a dispatch is delivered again at a takeover: well inside the inbox stream's
+#: duplicate window (120 s), where a second delivery of the same message is dropped
+RESEND_WITHIN = 90.0
+
 DECISIONS_PER_ROUND = 2000
 
 
@@ -226,6 +230,23 @@ class Dispatcher:
         self.book.release_stopping(agent_id)
         for task_id in self.book.held_by(agent_id):
             await self._retry(task_id, why or f"agent {agent_id} was lost", "AgentLost")
+
+    async def resend(self, agent_ids: set[str]) -> int:
+        """Deliver again the tasks recently dispatched to these agents (adopted at a takeover:
+        the leader that committed a dispatch may have died before delivering it). Only those
+        committed within :data:`RESEND_WITHIN`, inside the inbox stream's duplicate window, so
+        that a delivery that had arrived is dropped by the stream (the message id names the
+        task, its attempt and the agent) and never runs twice; how many were sent."""
+        now = time.time()
+        recs = [
+            r
+            for r in self.book.live.values()
+            if r.state is TaskState.DISPATCHED
+            and r.agent_id in agent_ids
+            and now - r.updated_at.timestamp() < RESEND_WITHIN
+        ]
+        await self._send(recs)
+        return len(recs)
 
     # -- intake ---------------------------------------------------------------------------
     async def submit(

@@ -63,10 +63,12 @@ class Box:
         return cls(int(raw["uid"]), int(raw["gid"]), tuple(str(p) for p in raw["keep"]))
 
 
-def enter(box: Box, parent: int) -> tuple[int, int]:
+def enter(box: Box, parent: int, *, die_with_parent: bool = True) -> tuple[int, int]:
     """Box this (root, single-threaded) server; return in the boxed server, the first process
     of the org's PID namespace, with the pid the control plane knows it by (the waiter's) and
-    the read end of a pipe whose end of file says the waiter is gone.
+    the read end of a pipe whose end of file says the waiter is gone. Without
+    ``die_with_parent`` (an orphaned server keeps its agents) the waiter outlives the control
+    plane too.
 
     Raises:
         OSError: a step failed; nothing was forked then, and the server must not serve.
@@ -85,7 +87,7 @@ def enter(box: Box, parent: int) -> tuple[int, int]:
     pid = os.fork()
     if pid:
         os.close(alive_r)
-        _wait(pid, parent, keep=alive_w)
+        _wait(pid, parent if die_with_parent else None, keep=alive_w)
     os.close(alive_w)
     os.setsid()  # a session of its own, as the server had before (the waiter keeps its)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -114,15 +116,16 @@ def host_pid(pid: int) -> int:
     return pid
 
 
-def _wait(child: int, parent: int, *, keep: int) -> NoReturn:
+def _wait(child: int, parent: int | None, *, keep: int) -> NoReturn:
     """The waiter: the process the control plane started, outside the org's PID namespace.
-    It holds the pipe that tells the server it is there, dies with the control plane, and
-    exits as the server did."""
+    It holds the pipe that tells the server it is there, dies with the control plane (given
+    its ``parent``), and exits as the server did."""
     code = 1
     try:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            raise ProcessLookupError(f"parent {parent} is gone")
+        if parent is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                raise ProcessLookupError(f"parent {parent} is gone")
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 20)
         while True:

@@ -128,6 +128,7 @@ def become_agent(
             die_with(0)  # its parent is outside its namespace: pid 0 from in here
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # the server's, when it may be orphaned
         sock.detach()  # the descriptor is closed below; the object must never close a reused one
         spec, report, log, *procs = fds
         os.setsid()

@@ -77,10 +77,11 @@ def _check_strings(launch: Launch) -> None:
 class ZygoteChild:
     """A process the server forked: its pid, and its exit status once the server reaps it."""
 
-    def __init__(self, pid: int, exited: asyncio.Future[int | None]) -> None:
+    def __init__(self, pid: int, exited: asyncio.Future[int | None], *, keeper: int = 0) -> None:
         self._pid = pid
         self._exited = exited
         self.lost = False  # the server died first: the kernel killed this child with it
+        self.keeper = keeper  # the server's pid when it keeps its children once orphaned
 
     @property
     def pid(self) -> int:
@@ -107,12 +108,14 @@ class Zygote:
         room: int,
         *,
         forking: int | None = None,
+        orphan: float = 0.0,
     ) -> None:
         self._proc = proc
         self._forking = proc.pid if forking is None else forking
         self._sock = sock
         self._env = dict(env)
         self._room = room
+        self._orphan = orphan
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[tuple[int, asyncio.Future[int | None]]]] = {}
@@ -132,13 +135,16 @@ class Zygote:
         preload: Sequence[str] = DEFAULT_PRELOAD,
         timeout: float = _READY_TIMEOUT,
         box: Box | None = None,
+        orphan: float = 0.0,
     ) -> Zygote:
         """Start a server with ``env`` (the variables every agent gets) and wait until it has
         imported ``preload``.
 
         The server is an ``asyncio`` subprocess started without a ``preexec_fn``, so starting
         it neither blocks the event loop nor copies the control plane's memory. With ``box``
-        (as root) it runs as that uid and sees only what the box keeps (:mod:`.forkbox`).
+        (as root) it runs as that uid and sees only what the box keeps (:mod:`.forkbox`). With
+        ``orphan`` seconds it outlives the control plane, keeping its children for another
+        control plane to adopt (see :mod:`.forkserver`).
 
         Raises:
             Unavailable: it could not be started or did not get ready within ``timeout``.
@@ -153,6 +159,7 @@ class Zygote:
                 "corral.runtime.local.forkserver",
                 str(theirs.fileno()),
                 str(os.getpid()),
+                *(["--orphan", str(orphan)] if orphan > 0 else []),
                 *(["--box", box.encode()] if box is not None else []),
                 *preload,
                 stdin=subprocess.DEVNULL,
@@ -185,7 +192,7 @@ class Zygote:
                     f"the fork server did not get ready (exit status {status}): {exc!r}"
                 ) from exc
             raise
-        return cls(proc, ours, env, int(room), forking=int(forking))
+        return cls(proc, ours, env, int(room), forking=int(forking), orphan=orphan)
 
     @property
     def pid(self) -> int:
@@ -281,7 +288,7 @@ class Zygote:
             status = await asyncio.shield(exited)  # reaped: nothing of it runs any more
             why = report.decode(errors="replace") or f"it exited with status {status}"
             raise Unavailable(f"the agent's process could not set itself up: {why}")
-        return ZygoteChild(pid, exited)
+        return ZygoteChild(pid, exited, keeper=self._forking if self._orphan else 0)
 
     async def close(self) -> None:
         """End the server; a child it still has is killed by the kernel as it goes."""
@@ -299,6 +306,18 @@ class Zygote:
                 with contextlib.suppress(ProcessLookupError):
                     self._proc.kill()
                 await self._proc.wait()
+        self._lost()
+
+    async def detach(self) -> None:
+        """Leave the server and its children running (it was started with ``orphan``): end
+        the channel only; the server keeps its children while another control plane adopts
+        them, and exits after the last one."""
+        if self._closed:
+            return
+        self._closed = True
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        self._sock.close()
         self._lost()
 
     # -- the channel --------------------------------------------------------------------------

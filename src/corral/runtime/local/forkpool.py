@@ -35,6 +35,8 @@ class ForkServerPool:
         env: the variables every agent gets; each server runs with them.
         running: whether any agent of an org runs (its server is not idle while one does).
         spawn: runs a background task, named and guarded, that the runtime cancels on close.
+        orphan: servers outlive the control plane, keeping their children this many seconds
+            for another one to adopt (0: they die with it).
     """
 
     def __init__(
@@ -43,8 +45,10 @@ class ForkServerPool:
         *,
         running: Callable[[str], bool],
         spawn: Callable[[Coroutine[Any, Any, None], str], None],
+        orphan: float = 0.0,
     ) -> None:
         self._env = dict(env)
+        self._orphan = orphan
         self._running = running
         self._spawn = spawn
         self._servers: dict[str, Zygote] = {}  # org → its fork server
@@ -78,7 +82,7 @@ class ForkServerPool:
                 await current.close()  # reaps it
                 log.warning("the fork server %d of %s died; starting another", current.pid, org)
             try:
-                self._servers[org] = await Zygote.start(self._env, box=box)
+                self._servers[org] = await Zygote.start(self._env, box=box, orphan=self._orphan)
             except Unavailable as exc:
                 log.warning("no fork server (%s); agents are exec'd instead", exc.message)
             return self._servers.get(org)
@@ -123,6 +127,15 @@ class ForkServerPool:
         """Close every server; a child one still has is killed by the kernel as it goes."""
         for org in list(self._servers):
             await self.close_org(org)
+
+    async def detach(self) -> None:
+        """Leave every server running with its children, for another control plane to adopt
+        (servers started with ``orphan``; the others exit and their children with them)."""
+        self._shut = True
+        for org in list(self._servers):
+            self._disarm(org)
+            server = self._servers.pop(org)
+            await server.detach()
 
     def _busy(self, org: str) -> bool:
         return bool(self._starting.get(org)) or self._running(org)

@@ -11,7 +11,7 @@ agent's private memory is smaller as well.
 :class:`corral.runtime.local.forkclient.Zygote` starts it, with the environment agents get and
 in a session of its own, as::
 
-    python -m corral.runtime.local.forkserver CHANNEL_FD PARENT_PID [MODULE ...]
+    python -m corral.runtime.local.forkserver CHANNEL_FD PARENT_PID [--orphan SECONDS] [MODULE ...]
 
 ``CHANNEL_FD`` is its end of a ``SOCK_SEQPACKET`` socket pair. It imports the MODULEs, says
 ``ready <pid> <env-room> <forking-pid>`` (the pid it was started as, and the one that forks:
@@ -40,6 +40,11 @@ What keeps it safe:
 - It dies with the control plane (``PR_SET_PDEATHSIG``, then a check that its parent is still
   the process that started it), and each child does the same towards the zygote: kill -9 of the
   control plane ends the zygote, and that ends every agent.
+- Except with ``--orphan SECONDS`` (replicated control planes, where another replica adopts the
+  agents of a leader that died): then it outlives the control plane, and once its channel is
+  gone it only reaps its children, exiting when the last one has ended. Its children stay
+  supervised: an adopting control plane says so with SIGUSR1 at least every SECONDS; when none
+  has for that long, the zygote exits, and the kernel kills every child it leaves.
 
 A child becomes what ``python -m MODULE`` would have been in a fresh process started by the
 runtime (:func:`_become_agent`), then runs the module as ``__main__`` and exits with its status.
@@ -61,6 +66,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from corral.runtime.local import forkbox
 from corral.runtime.local.forkchild import Launch, become_agent, die_with, env_region
@@ -82,10 +88,15 @@ _CAP_SYS_ADMIN = 21
 def main(args: list[str]) -> int:
     channel, parent, preload = int(args[0]), int(args[1]), args[2:]
     box = None
+    orphan = 0.0
+    if preload[:1] == ["--orphan"]:  # outlive the control plane (see the module's docstring)
+        orphan, preload = float(preload[1]), preload[2:]
     if preload[:1] == ["--box"]:  # as root: run as the organization's uid (see forkbox)
         box, preload = forkbox.Box.decode(preload[1]), preload[2:]
+    adoption = _Adoption(orphan)
     try:
-        die_with(parent)
+        if not orphan:
+            die_with(parent)
     except OSError as exc:
         _say(str(exc))
         return 1
@@ -103,7 +114,7 @@ def main(args: list[str]) -> int:
     known, alive = os.getpid(), -1  # the pid the control plane started
     if box is not None:
         try:
-            known, alive = forkbox.enter(box, parent)
+            known, alive = forkbox.enter(box, parent, die_with_parent=not orphan)
         except (OSError, ValueError) as exc:
             _say(f"cannot run as the organization's uid {box.uid}: {exc}")
             return 1
@@ -116,17 +127,56 @@ def main(args: list[str]) -> int:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, _on_child)
+    if orphan:
+        signal.signal(signal.SIGUSR1, adoption.renew)
     # the pid it was started as, and (boxed, in a PID namespace of its own) its own on the host
     forking = int(os.readlink("/proc/self"))  # its /proc is still the host's
-    sock.send(f"ready {known} {end - start} {forking}".encode())
+    try:
+        sock.send(f"ready {known} {end - start} {forking}".encode())
+    except OSError as exc:  # the control plane is gone already (with --orphan, alive too)
+        _say(str(exc))
+        return 1
     gc.collect()
     gc.freeze()  # what is loaded now is shared with every child: keep the collector off it
     try:
         _serve(sock, wake_r, spawner)
     except OSError as exc:  # the control plane is gone; our children die with us
-        _say(str(exc))
-        return 1
+        if not orphan:
+            _say(str(exc))
+            return 1
+    if orphan:
+        sock.close()
+        adoption.renew(signal.SIGUSR1, None)  # the window starts when the channel ends
+        _keep_children(wake_r, spawner, adoption)
     return 0
+
+
+class _Adoption:
+    """Until when an orphaned server keeps its children: SECONDS after the last SIGUSR1."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.until = 0.0
+
+    def renew(self, signum: int, frame: object) -> None:
+        self.until = time.monotonic() + self.seconds
+
+
+def _keep_children(wake: int, spawner: _Spawner, adoption: _Adoption) -> None:
+    """The channel is gone: reap children until none is left, or until nobody has adopted
+    them for ``adoption.seconds`` (returning then ends them: their death signal)."""
+    poller = select.poll()
+    poller.register(wake, select.POLLIN)
+    while spawner.children:
+        left = adoption.until - time.monotonic()
+        if left <= 0:
+            _say(f"no control plane adopted {len(spawner.children)} agent(s); ending them")
+            return
+        poller.poll(int(left * 1000) + 1)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(wake, 512):
+                pass
+        _reap(None, spawner)
 
 
 def _say(text: str) -> None:
@@ -175,6 +225,7 @@ class _Spawner:
         self.own = self.alive_r = self.alive_w = -1
         self.boxed = boxed  # in a PID namespace of its own: its children's pids are not the host's
         self.host: dict[int, int] = {}  # a child's pid here -> on the host, while boxed
+        self.children: set[int] = set()  # pids here, until reaped
         if not identity.capabilities(every_set=False)["effective"] >> _CAP_SYS_ADMIN & 1:
             return  # an ordinary user's child makes its namespaces in a user namespace
         self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -188,6 +239,8 @@ class _Spawner:
         """Fork; in the parent, the child's pid on the host."""
         made = pid_namespace and self.own >= 0
         pid = namespaces.fork_as_first(self.own) if made else os.fork()
+        if pid > 0:
+            self.children.add(pid)
         if pid and self.boxed:
             self.host[pid] = forkbox.host_pid(pid)
             return self.host[pid]
@@ -195,6 +248,7 @@ class _Spawner:
 
     def ended(self, pid: int) -> int:
         """The host's pid of a child that ended (``pid`` as ``waitpid`` gave it)."""
+        self.children.discard(pid)
         return self.host.pop(pid, pid)
 
 
@@ -213,7 +267,7 @@ def _serve(sock: socket.socket, wake: int, spawner: _Spawner) -> None:
                 return
 
 
-def _reap(sock: socket.socket, spawner: _Spawner) -> None:
+def _reap(sock: socket.socket | None, spawner: _Spawner) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -222,7 +276,9 @@ def _reap(sock: socket.socket, spawner: _Spawner) -> None:
         if pid == 0:
             return
         code = os.waitstatus_to_exitcode(status)
-        sock.send(f"exit {spawner.ended(pid)} {code}".encode())
+        host = spawner.ended(pid)
+        if sock is not None:
+            sock.send(f"exit {host} {code}".encode())
 
 
 def _handle(sock: socket.socket, spawner: _Spawner) -> bool:

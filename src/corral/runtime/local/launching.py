@@ -197,7 +197,10 @@ class Launcher:
                 ) from exc
             raise
         cgroups = {k: str(v) for k, v in placement.dirs.items()}
-        ref = ProcessRef.of(proc.pid, mechanism=placement.mechanism.value, cgroups=cgroups)
+        keeper = proc.keeper if isinstance(proc, ZygoteChild) else 0
+        ref = ProcessRef.of(
+            proc.pid, mechanism=placement.mechanism.value, cgroups=cgroups, keeper=keeper
+        )
         write_ref(paths.pidfile, ref)
         level = self._confinement.level() if policy is not None else "off"
         return Agent(paths, placement, proc, ref, oom_before, self._limiter.reason, sandbox=level)

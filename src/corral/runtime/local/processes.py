@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
@@ -54,19 +55,33 @@ class ProcessRef:
     create_time: float
     mechanism: str = ""
     cgroups: dict[str, str] = field(default_factory=dict)
+    host: str = ""  # where the pid means something: boot id and PID namespace ("": unknown)
+    keeper: int = 0  # the fork server that keeps it once its control plane is gone (0: none)
+    keeper_time: float = 0.0  # that server's start time
 
     @classmethod
     def of(
-        cls, pid: int, *, mechanism: str = "", cgroups: dict[str, str] | None = None
+        cls,
+        pid: int,
+        *,
+        mechanism: str = "",
+        cgroups: dict[str, str] | None = None,
+        keeper: int = 0,
     ) -> ProcessRef:
+        kept = 0.0
         try:
             created = psutil.Process(pid).create_time()
+            if keeper:
+                kept = psutil.Process(keeper).create_time()
         except psutil.Error:
             created = time.time()
-        return cls(pid, created, mechanism, dict(cgroups or {}))
+        return cls(pid, created, mechanism, dict(cgroups or {}), this_host(), keeper, kept)
 
     def is_alive(self) -> bool:
-        """The recorded process itself still runs (not a zombie, not a recycled pid)."""
+        """The recorded process itself still runs (not a zombie, not a recycled pid, not a
+        process of another host that shares the data directory)."""
+        if self.host and self.host != this_host():
+            return False
         try:
             proc = psutil.Process(self.pid)
             if abs(proc.create_time() - self.create_time) > _START_TIME_TOLERANCE:
@@ -74,6 +89,24 @@ class ProcessRef:
             return proc.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
+
+    def keeper_alive(self) -> bool:
+        """Whether the fork server that keeps this process once its control plane is gone
+        still runs (False when it has none)."""
+        if not self.keeper:
+            return False
+        return ProcessRef(self.keeper, self.keeper_time, host=self.host).is_alive()
+
+
+@functools.cache
+def this_host() -> str:
+    """What makes a pid meaningful: this boot of this machine, and this PID namespace."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +159,9 @@ def read_ref(path: Path) -> ProcessRef | None:
             float(data["create_time"]),
             str(data.get("mechanism", "")),
             {str(k): str(v) for k, v in dict(data.get("cgroups", {})).items()},
+            str(data.get("host", "")),
+            int(data.get("keeper", 0)),
+            float(data.get("keeper_time", 0.0)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -14,7 +14,9 @@ only the kernel's help:
   (:mod:`.supervision`).
 - no orphans: agents die with the control plane (``PR_SET_PDEATHSIG``); ``agent.pid`` lets a
   restarted control plane find and stop anything left behind (:mod:`.leftovers`); stopping an
-  agent stops its tree.
+  agent stops its tree. With ``adopt_seconds`` (replicas), agents started from a fork server
+  outlive a control plane that dies or is deposed for that long, and the next leader adopts
+  them (:mod:`.adoption`); nobody adopting them in time ends them.
 
 How an agent is started, by exec or from its organization's own fork server, is
 :mod:`.launching`'s; the fork servers themselves are :mod:`.forkpool`'s. This module ties those
@@ -39,15 +41,15 @@ from typing import Any, Self
 
 from corral.domain.errors import Conflict, InvalidInput, Unavailable
 from corral.runtime.base import LaunchSpec, Phase, RuntimeStatus
-from corral.runtime.local import leftovers, supervision
+from corral.runtime.local import adoption, leftovers, supervision
 from corral.runtime.local.confinement import Confinement, OrgIds
 from corral.runtime.local.forkpool import ForkServerPool
 from corral.runtime.local.launching import Launcher, RunAs, default_env
-from corral.runtime.local.limits import Limiter, Mechanism
+from corral.runtime.local.limits import Limiter, Mechanism, Placement
 from corral.runtime.local.probing import probe
 from corral.runtime.local.processes import AgentUsage, tree_usage
 from corral.runtime.local.supervision import Agent
-from corral.runtime.local.workspaces import AgentPaths, check_name, ensure_dir, tail_lines
+from corral.runtime.local.workspaces import AgentPaths, check_name, ensure_dir, note, tail_lines
 
 __all__ = ["LocalProcessRuntime", "RunAs"]
 
@@ -70,6 +72,8 @@ class LocalProcessRuntime:
         sandbox: how agents are confined (:class:`Confinement`), or a mode for
             :meth:`Confinement.detect` (``"auto"``: strict where this host allows every
             layer). As root without ``run_as``, each org gets a uid of its own (:class:`OrgIds`).
+        adopt_seconds: agents started from a fork server outlive this control plane for this
+            long, for another one to :meth:`adopt` (0: they die with it).
 
     Raises:
         Unavailable: ``mechanism`` names one this host cannot provide.
@@ -89,6 +93,7 @@ class LocalProcessRuntime:
         limiter: Limiter | None = None,
         zygote: bool = True,
         sandbox: Confinement | str = "auto",
+        adopt_seconds: float = 0.0,
     ) -> None:
         self._root = Path(root).absolute()
         confinement = sandbox if isinstance(sandbox, Confinement) else Confinement.detect(sandbox)
@@ -116,7 +121,11 @@ class LocalProcessRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._exits: asyncio.Queue[RuntimeStatus | None] = asyncio.Queue()
         self._closed = False
-        self._forkservers = ForkServerPool(base_env, running=self._running, spawn=self._spawn_task)
+        self._adopt_seconds = adopt_seconds
+        self._keeping: asyncio.Task[None] | None = None
+        self._forkservers = ForkServerPool(
+            base_env, running=self._running, spawn=self._spawn_task, orphan=adopt_seconds
+        )
         self._launcher = Launcher(
             limiter=limiter,
             pids_max=pids_max,
@@ -248,6 +257,72 @@ class LocalProcessRuntime:
                 await supervision.stop(agent, grace)
             else:
                 await leftovers.stop_leftover(self._limiter, paths, grace)
+
+    async def adopt(self, org: str, agent_id: str) -> RuntimeStatus | None:
+        """Supervise an agent another control plane started and left running, without
+        restarting it; None if it cannot be adopted (not running, another host's, or no fork
+        server keeps it), and it is then stopped or restarted as a leftover."""
+        paths = AgentPaths.of(self._root, org, agent_id)
+        async with self._lock(paths):
+            if self._closed:
+                raise Unavailable("the local runtime is closed")
+            current = self._agents.get(paths.key)
+            if current is not None and not current.exited.is_set():
+                return current.status()
+            found = await asyncio.to_thread(adoption.find, paths.pidfile)
+            if found is None:
+                return None
+            ref, child = found
+            try:
+                mechanism = Mechanism(ref.mechanism)
+            except ValueError:
+                mechanism = self._limiter.mechanism
+            placement = Placement(mechanism, {k: Path(v) for k, v in ref.cgroups.items()})
+            agent = Agent(paths, placement, child, ref, placement.oom_kills(), self._limiter.reason)
+            agent.detail["adopted"] = "true"
+            self._agents[paths.key] = agent
+            note(paths, f"adopted pid {ref.pid} (kept by fork server {ref.keeper})")
+            self._spawn_task(self._watch(agent), f"corral.runtime.local:watch:{org}/{agent_id}")
+            if self._keeping is None:
+                self._keeping = asyncio.create_task(
+                    _guard(self._keep(), "corral.runtime.local:keep"),
+                    name="corral.runtime.local:keep",
+                )
+                self._tasks.add(self._keeping)
+            return agent.status()
+
+    async def _keep(self) -> None:
+        """Tell the keepers of the adopted agents, every quarter of their window, that their
+        children are supervised."""
+        every = max(self._adopt_seconds / 4, 0.5) if self._adopt_seconds else 5.0
+        while True:
+            await asyncio.sleep(every)
+            refs = [
+                a.ref
+                for a in self._agents.values()
+                if isinstance(a.proc, adoption.AdoptedChild) and not a.exited.is_set()
+            ]
+            await asyncio.to_thread(adoption.keep, refs)
+
+    async def detach(self) -> None:
+        """Stop supervising without stopping what can be adopted (this control plane lost its
+        lease, and another one leads): agents kept by a fork server run on for it; the others
+        are stopped, as :meth:`close` does. Ends :meth:`exits`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._forkservers.shut()
+        kept = {k for k, a in self._agents.items() if a.ref.keeper and not a.done.is_set()}
+        running = [k for k, a in self._agents.items() if not a.done.is_set() and k not in kept]
+        await asyncio.gather(*(self.stop(org, agent_id) for org, agent_id in running))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._forkservers.detach()
+        for org, agent_id in sorted(kept):
+            note(AgentPaths.of(self._root, org, agent_id), "left running for another leader")
+        self._limiter.release()
+        self._exits.put_nowait(None)
 
     async def close(self) -> None:
         """Stop every agent this runtime started, then end :meth:`exits`."""

@@ -23,6 +23,7 @@ from typing import Protocol
 import psutil
 
 from corral.runtime.base import Phase, RuntimeStatus
+from corral.runtime.local.adoption import AdoptedChild
 from corral.runtime.local.forkclient import ZygoteChild
 from corral.runtime.local.limits import Placement
 from corral.runtime.local.processes import (
@@ -122,6 +123,7 @@ async def watch(agent: Agent, report: Callable[[RuntimeStatus], None]) -> None:
         requested = agent.stopping
         oom = agent.placement.oom_kills() > agent.oom_before
         lost = isinstance(agent.proc, ZygoteChild) and agent.proc.lost
+        adopted = isinstance(agent.proc, AdoptedChild)
         try:
             await teardown(
                 agent.paths, agent.ref, agent.placement, agent.stop_deadline, agent.signalled
@@ -131,6 +133,8 @@ async def watch(agent: Agent, report: Callable[[RuntimeStatus], None]) -> None:
         agent.exit_code, agent.detail = exit_detail(returncode, oom=oom)
         if lost and not oom:
             agent.detail["reason"] = "fork-server-died"
+        if adopted and not requested:
+            agent.detail["status"] = "unknown (adopted: its parent alone learns it)"
         if requested:
             agent.detail["stopped"] = "true"
         agent.phase = Phase.EXITED if requested or returncode == 0 else Phase.CRASHED
