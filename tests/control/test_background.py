@@ -51,3 +51,27 @@ async def test_a_task_that_swallows_its_cancel_is_asked_again() -> None:
     background.spawn(stubborn(), "stubborn")
     await started.wait()
     await background.close(grace=0.05)
+
+
+async def test_a_task_that_never_stops_is_left_behind_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """close() is bounded: a task that swallows every cancel is reported, not awaited forever."""
+    background = Background()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def deaf() -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # swallows every cancel
+
+    background.spawn(deaf(), "deaf")
+    await started.wait()
+    with caplog.at_level(logging.WARNING, logger="corral.background"):
+        await background.close(grace=0.05)
+    assert "deaf did not stop; left behind" in caplog.text
+    release.set()
+    await eventually(lambda: not background._tasks, message="the deaf task ended")
