@@ -12,6 +12,10 @@ Payload operations (``{"op": ...}``):
   result.
 - ``split``: a manager's job: splits ``text`` (or the bundled corpus when ``corpus`` is true)
   into ``parts`` chunks, delegates a ``wordcount`` of each to ``role`` and merges the counts.
+- ``llm``: ``calls`` (≤ 100) chat completions of ``model`` through the platform's model
+  gateway (``ctx.llm``, tagged with the task), streamed when ``stream`` is true, each asking
+  for at most ``maxTokens``; returns each call's ``usage`` and, if the gateway refused one (a
+  budget, a rate), the refusal, after which it stops.
 - ``fail``: ends the task blocked with ``reason``.
 - ``probe_workspace``: the workspace's path and mode, for isolation checks.
 - ``probe_bus``: for ``seconds`` (≤ 30), a second bus connection with this agent's own
@@ -38,7 +42,7 @@ import nats
 from nats.aio.msg import Msg
 
 from corral.domain import subjects
-from corral.domain.errors import CorralError
+from corral.domain.errors import BudgetExceeded, CorralError, RateLimited
 from corral.sdk import Agent, AgentConfig, Blocked, TaskContext
 
 __all__ = ["build", "count_words", "main"]
@@ -109,6 +113,8 @@ def build(agent: Agent) -> None:
             )
         if op == "split":
             return await _split(ctx, p)
+        if op == "llm":
+            return await _llm(ctx, p)
         if op == "fail":
             raise Blocked(str(p.get("reason", "asked to fail")))
         if op == "state":
@@ -142,6 +148,42 @@ async def _split(ctx: TaskContext, p: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(one(c) for c in chunks))
     words = total.pop("__words__", 0)
     return {"parts": len(chunks), "words": words, "top": total.most_common(10)}
+
+
+async def _llm(ctx: TaskContext, p: dict[str, Any]) -> dict[str, Any]:
+    model = p.get("model")
+    calls = p.get("calls", 1)
+    if not isinstance(model, str) or not model:
+        raise Blocked("'model' must name one of the org's models")
+    if not isinstance(calls, int) or not 0 < calls <= 100:
+        raise Blocked("'calls' must be a whole number between 1 and 100")
+    max_tokens = p.get("maxTokens", 16)
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise Blocked("'maxTokens' must be a whole number of at least 1")
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": str(p.get("prompt", "Say hello"))}],
+        "max_tokens": max_tokens,
+    }
+    answers: list[dict[str, Any]] = []
+    usage: dict[str, Any]
+    try:
+        for _ in range(calls):
+            if p.get("stream"):
+                text, usage = "", {}
+                async for chunk in ctx.llm.stream(**body):
+                    for choice in chunk.get("choices") or []:
+                        text += (choice.get("delta") or {}).get("content") or ""
+                    usage = chunk.get("usage") or usage
+            else:
+                answer = await ctx.llm.chat(**body)
+                text = answer["choices"][0]["message"]["content"]
+                usage = answer.get("usage") or {}
+            answers.append({"text": text, "usage": usage})
+    except (BudgetExceeded, RateLimited) as exc:
+        refusal = {"error": type(exc).__name__, "message": exc.message}
+        return {"calls": answers, "refused": refusal}
+    return {"calls": answers}
 
 
 async def _probe_bus(config: AgentConfig, p: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,9 @@ local processes): organizations on three plans, each declaring a manager role (o
 warm) and a worker role its queue scales, a secret and
 its grant, tasks of every priority (the managers split a word count over the bundled corpus
 and delegate the parts to workers over the bus), live progress, an idle agent paused and woken
-by a new task, cross-tenant probes, per-org figures, and a teardown that leaves no process.
+by a new task, cross-tenant probes, models through the gateway (a local stand-in for a
+provider, metered calls, a budget refusal), per-org figures, and a teardown that leaves no
+process.
 Every step checks what it claims; the command exits non-zero when one does not.
 """
 
@@ -26,6 +28,7 @@ import psutil
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from corral.cli import standin
 from corral.cli.context import run
 from corral.cli.loop import run_loop
 from corral.cli.orgs import quota_table
@@ -42,6 +45,9 @@ __all__ = ["demo"]
 TERMINAL = {"completed", "blocked", "failed", "cancelled", "expired"}
 ORGS = (("acme", "enterprise", 2), ("globex", "standard", 2), ("initech", "free", 1))
 SECRET = "demo-token-" + "x" * 8  # a throwaway value; only its hash is ever shown
+PROVIDER_KEY = "sk-demo-provider-" + "y" * 16  # what the stand-in upstream accepts
+PRICE_IN, PRICE_OUT = 2, 8  # $ per million tokens in and out
+PICO_PER_MTOK = 10**6  # picodollars per token at $1 per million tokens
 
 
 class DemoFailed(CorralError):
@@ -241,8 +247,13 @@ async def _story(srv: RunningServer) -> None:
     if probe is not None:
         check(probe, "acme's agent subscribed to '>' saw none of globex's traffic")
 
-    # 7. figures
-    console.rule("7. per-org figures (what each org's key sees at /v1/orgs/<org>/usage)")
+    # 7. models
+    console.rule("7. models through the gateway: the key stays in the vault, every token metered")
+    async with standin.serving(standin.StandIn(key=PROVIDER_KEY)) as upstream:
+        await _models(api, agents["acme"]["manager"], upstream)
+
+    # 8. figures
+    console.rule("8. per-org figures (what each org's key sees at /v1/orgs/<org>/usage)")
     table = Table()
     for col in ("org", "plan", "agents", "tasks", "pods used/hard", "cpu s", "rss MiB"):
         table.add_column(col)
@@ -261,6 +272,124 @@ async def _story(srv: RunningServer) -> None:
     metrics = await api.metrics()
     check('corral_agents{org="acme"' in metrics, "/metrics (admin) carries every tenant's series")
     await api.aclose()
+
+
+async def _models(api: AsyncClient, agent: str, upstream: standin.StandIn) -> None:
+    """acme declares a model on a stand-in provider; its manager calls it through the gateway
+    under a budget that runs out."""
+    console.print(
+        f"a local stand-in for a provider (OpenAI wire format, canned answers) at {upstream.url}"
+    )
+    await api.put_secret("acme", "provider-key", upstream.key)
+    model = await api.request(
+        "PUT",
+        "/v1/orgs/acme/models/small",
+        json={
+            "baseUrl": upstream.url,
+            "keySecret": "provider-key",
+            "upstreamModel": "standin-1",
+            "priceIn": str(PRICE_IN),
+            "priceOut": str(PRICE_OUT),
+        },
+    )
+    check(
+        model["keySecret"] == "provider-key" and upstream.key not in str(model),
+        f"acme declared model small (${PRICE_IN}/${PRICE_OUT} per Mtok in/out); its provider "
+        "key is the org secret provider-key",
+    )
+    chat = await _ask(api, "acme", agent, {"op": "llm", "model": "small", "calls": 2})
+    stream = await _ask(api, "acme", agent, {"op": "llm", "model": "small", "stream": True})
+    answers = [c for t in (chat, stream) for c in (t.result or {}).get("calls", [])]
+    text = "".join(standin.WORDS)
+    check(
+        chat.state == stream.state == "completed"
+        and [a["text"] for a in answers] == [text] * 3
+        and all(a["usage"].get("total_tokens") for a in answers),
+        f"acme's manager (ctx.llm) got 2 completions and 1 stream: {text!r}",
+    )
+    env = _agent_env(agent)
+    own = env.get("OPENAI_API_KEY", "")
+    check(
+        bool(own) and not any(upstream.key in v for v in env.values()),
+        f"its environment has OPENAI_BASE_URL={env.get('OPENAI_BASE_URL')} and its own "
+        "OPENAI_API_KEY; the provider key is nowhere in it",
+    )
+    check(
+        upstream.keys_seen == {f"Bearer {upstream.key}"},
+        "the upstream saw only the provider key, added by the gateway",
+    )
+
+    usage = await api.request("GET", "/v1/orgs/acme/usage/models")
+    total = usage["total"]
+    [role] = [r for r in usage["byRole"] if r["role"] == "manager"]
+    tasks = [(await api.get_task("acme", t.id)).model_usage for t in (chat, stream)]
+    table = Table(title="metered model usage, acme, " + str(usage["period"]))
+    for col in ("scope", "calls", "tokens in", "tokens out", "cost $"):
+        table.add_column(col)
+    for (label, t), row in zip(
+        (("task (2 calls)", chat), ("task (1 stream)", stream)), tasks, strict=True
+    ):
+        [m] = row["byModel"]
+        table.add_row(f"{label} {t.id}", *_usage_cells(m))
+    table.add_row("role manager", *_usage_cells(role))
+    table.add_row("org acme", *_usage_cells(total))
+    console.print(table)
+    expected = sum(a["usage"]["total_tokens"] for a in answers)
+    check(
+        sum(t["tokens"] for t in tasks)
+        == role["tokensIn"] + role["tokensOut"]
+        == total["tokens"]
+        == expected
+        and total["costPico"] == _cost_pico(total),
+        f"usage adds up exactly: tasks = role = org = {expected} tokens, "
+        f"${total['cost']} at the model's prices",
+    )
+
+    spent = int(total["tokens"])
+    budget = spent + 300
+    await api.request("PUT", "/v1/orgs/acme/budget", json={"tokens": budget})
+    run = await _ask(api, "acme", agent, {"op": "llm", "model": "small", "calls": 40})
+    result = run.result or {}
+    admitted = len(result.get("calls", []))
+    refusal = result.get("refused") or {}
+    check(
+        run.state == "completed" and 0 < admitted < 40 and refusal.get("error") == "BudgetExceeded",
+        f"a budget of {budget} tokens for acme this month: {admitted} more calls admitted, "
+        "the next refused before it was sent:",
+    )
+    console.print(f"    [red]BudgetExceeded[/]: {refusal.get('message')}")
+    after = (await api.request("GET", "/v1/orgs/acme/usage/models"))["total"]
+    sent = len(upstream.received)
+    check(
+        after["tokens"] == spent + admitted * (expected // len(answers)) <= budget
+        and after["costPico"] == _cost_pico(after)
+        and sent == len(answers) + admitted,
+        f"no overspend: {after['tokens']} of {budget} tokens used, ${after['cost']}; "
+        f"the upstream got {sent} calls, the refused one never",
+    )
+    audit = await api.request("GET", "/v1/orgs/acme/audit", params={"limit": 1000})
+    refusals = [e for e in audit["entries"] if e["action"] == "model.call" and not e["allowed"]]
+    check(len(refusals) == 1, "the refusal is in acme's audit log")
+    back = await api.request("PUT", "/v1/orgs/acme/budget", json={"planDefault": True})
+    check(not back["ownBudget"], f"acme back on its plan's budget: {back['budget']}")
+
+
+def _usage_cells(row: dict[str, Any]) -> tuple[str, ...]:
+    return (str(row["calls"]), str(row["tokensIn"]), str(row["tokensOut"]), str(row["cost"]))
+
+
+def _cost_pico(row: dict[str, Any]) -> int:
+    return (int(row["tokensIn"]) * PRICE_IN + int(row["tokensOut"]) * PRICE_OUT) * PICO_PER_MTOK
+
+
+def _agent_env(agent: str) -> dict[str, str]:
+    """The environment of ``agent``'s process, as the operating system holds it."""
+    for p in psutil.process_iter(["environ"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            env = p.info["environ"] or {}
+            if env.get("CORRAL_AGENT_ID") == agent:
+                return dict(env)
+    raise DemoFailed(f"no process of agent {agent} to look into")
 
 
 def _quota(usage: Usage) -> dict[str, dict[str, str]]:
@@ -337,7 +466,7 @@ async def _main(data_dir: Path) -> None:
     console.rule("[bold]Corral demo: multi-tenant agent orchestration on one machine")
     async with _platform(data_dir) as srv:
         await _story(srv)
-        console.rule("8. teardown")
+        console.rule("9. teardown")
     leftovers = _our_processes(data_dir)
     check(not leftovers, "everything stopped: no agent process, no nats-server left")
     console.rule(f"[bold green]demo finished in {time.monotonic() - started:.0f}s")
