@@ -25,7 +25,7 @@ lint: $(STAMP)  ## ruff, ruff format --check, mypy --strict, import-linter
 	$(BIN)/lint-imports
 
 test: lint  ## lint, then the whole test suite
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks examples
