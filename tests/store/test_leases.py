@@ -13,7 +13,7 @@ from sqlalchemy import text
 from corral.domain.errors import Deposed, Unavailable
 from corral.domain.tasks import TaskState
 from corral.store.db import Database
-from corral.store.leases import LeaderLease
+from corral.store.leases import LeaderLease, asyncpg_url
 from corral.store.task_journal import TaskJournal
 from corral.store.writer_lock import WriterLock
 from tests.postgres import fresh_database
@@ -222,3 +222,45 @@ async def test_a_statement_whose_session_is_ended_mid_way_fails_in_the_error_tre
     finally:
         await fenced.close()
         await lease.close()
+
+
+async def test_a_journal_transaction_holds_up_a_takeover_but_not_a_renewal(
+    db: Database, pg_url: str
+) -> None:
+    """The journal's fencing read (the lease row ``FOR KEY SHARE``) makes a takeover wait for
+    the transaction, so its transitions are committed before the new leader reads the store;
+    the leader's renewals do not wait for it, so a busy journal never costs the lease."""
+    import asyncpg
+
+    from corral.store.journal_writers import _PG_EPOCH
+
+    # a long lease: the takeover's statement may wait for the journal as long as the test needs
+    a, b = _lease(pg_url, "a"), _lease(pg_url, "b", lease_seconds=120)
+    journal = await asyncpg.connect(asyncpg_url(pg_url))
+    try:
+        epoch = await a.try_take()
+        transaction = journal.transaction()
+        await transaction.start()
+        assert await journal.fetchval(_PG_EPOCH) == epoch
+        await a.renew()  # refused by its timeout (Unavailable) if it waited for the journal
+        assert a.valid()
+        await a.close()  # the advisory lock is free: b takes over, once the journal commits
+        taking = asyncio.ensure_future(b.try_take())
+
+        async def waiting() -> bool:
+            async with db.engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = 'corral:b' AND wait_event_type = 'Lock'"
+                    )
+                )
+                return rows.scalar_one() == 1 and not taking.done()
+
+        await eventually(waiting, timeout=60, message="the takeover waits for the journal")
+        await transaction.commit()
+        assert await taking == epoch + 1
+    finally:
+        await journal.close()
+        await a.close()
+        await b.close()

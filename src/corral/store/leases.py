@@ -17,11 +17,12 @@ renewed for longer than the lease ends every session of the stale holder (each r
 its sessions ``corral:<replica>``), which frees the lock and aborts whatever transaction the
 holder had open, and then takes over.
 
-Fencing: every journal transaction of the leader first reads the lease row ``FOR SHARE`` and
-goes on only if the epoch is still its own, and the database itself refuses (a trigger, see
-migration ``0005``) any history row stamped with another epoch than the current one. A takeover
-raises the epoch with an ``UPDATE`` that waits for such transactions to end, so a transition is
-either committed before the new leader reads the store or refused. The leader also trusts its
+Fencing: every journal transaction of the leader first reads the lease row ``FOR KEY SHARE``
+and goes on only if the epoch is still its own, and the database itself refuses (a trigger, see
+migration ``0006``) any history row stamped with another epoch than the current one. A takeover
+locks the row ``FOR UPDATE`` to raise the epoch, which waits for such transactions to end, so a
+transition is either committed before the new leader reads the store or refused. A renewal
+(an ``UPDATE`` of no key column) does not conflict with them: a busy journal never delays it. The leader also trusts its
 lease only until ``lease_seconds`` after the last renewal it *sent* (its own monotonic clock),
 which is before any standby can find it stale: a leader resumed after a pause knows at once.
 
@@ -53,9 +54,11 @@ _STATE = (
     "extract(epoch FROM clock_timestamp() - renewed_at)::float8 AS age "
     "FROM leader_lease WHERE id = 1"
 )
+#: FOR UPDATE: waits for every journal transaction (they read the row FOR KEY SHARE) to end
 _TAKE = (
     "UPDATE leader_lease SET epoch = epoch + 1, holder = $1, api_url = $2, "
-    "renewed_at = clock_timestamp() WHERE id = 1 RETURNING epoch"
+    "renewed_at = clock_timestamp() "
+    "WHERE id = (SELECT id FROM leader_lease WHERE id = 1 FOR UPDATE) RETURNING epoch"
 )
 _RENEW = (
     "UPDATE leader_lease SET renewed_at = clock_timestamp() "
@@ -292,8 +295,11 @@ class LeaderLease:
         return await self._thread.call(self._hold_here())
 
     async def _hold_here(self) -> str:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.renew_seconds)
+            # every renew_seconds from the start of the last renewal, however long it took
+            await asyncio.sleep(max(last + self.renew_seconds - time.monotonic(), 0.0))
+            last = time.monotonic()
             if not self.valid():
                 return "the lease ran out before it could be renewed"
             try:
