@@ -110,6 +110,23 @@ async def _completed_exactly_once(c: Cluster, ids: set[str]) -> None:
     assert once[0][0] == len(ids)
 
 
+async def _takeovers_were_clean(c: Cluster, *, first: int, killed: int) -> list[int]:
+    """The epochs of the history, checked for what the lease promises: every transition was
+    committed under an epoch of this run, some under a leader after the one ``killed``, and
+    none of a past epoch after a newer one (in commit order, for the whole history and so for
+    each task): a deposed leader committed nothing."""
+    epochs = [e for (e,) in await _query(c, "SELECT DISTINCT epoch FROM task_events ORDER BY 1")]
+    (last,) = (e for (e,) in await _query(c, "SELECT epoch FROM leader_lease WHERE id = 1"))
+    assert epochs[0] == first and epochs[-1] > killed and epochs[-1] <= last, (epochs, last)
+    backwards = await _query(
+        c,
+        "SELECT count(*) FROM (SELECT epoch, lag(epoch) OVER (ORDER BY id) AS before "
+        "FROM task_events) AS h WHERE epoch < before",
+    )
+    assert backwards[0][0] == 0
+    return epochs
+
+
 async def test_a_standby_takes_over_from_a_leader_killed_mid_way(replicas: Cluster) -> None:
     c = replicas
     first = c.start("r1")
@@ -135,16 +152,22 @@ async def test_a_standby_takes_over_from_a_leader_killed_mid_way(replicas: Clust
 
         workers = [asyncio.ensure_future(submitter()) for _ in range(16)]
         await eventually(lambda: len(ids) >= total // 2, timeout=300, message="half submitted")
+        # the leader is killed, whichever replica leads by now (a loaded machine may have seen
+        # the lease change hands already: each takeover clean, that is no fault)
+        victim = await c.leader()
+        if victim is via:  # the clients go on through another replica, as behind a Service
+            via = next(r for r in c.replicas.values() if r is not victim)
+            api.base_url = httpx.URL(via.url)
+        killed = int((await victim.health() or {})["epoch"])
         killed_at = datetime.now(UTC)
-        first.signal(signal.SIGKILL)
-        first.proc.wait(timeout=10)
+        victim.signal(signal.SIGKILL)
+        victim.proc.wait(timeout=10)
         await asyncio.gather(*workers)
         assert len(ids) == total
 
-    new = await c.leader(not_="r1")
-    assert new in standbys
+    new = await c.leader(not_=victim.name)
     health = await new.health()
-    assert health is not None and int(health["epoch"]) > old_epoch
+    assert health is not None and int(health["epoch"]) > killed
     await _all_completed(c, ids, timeout=600)
     await _completed_exactly_once(c, ids)
 
@@ -153,8 +176,10 @@ async def test_a_standby_takes_over_from_a_leader_killed_mid_way(replicas: Clust
     )
     took = (after[0][0] - killed_at).total_seconds()
     print(f"\nkill -9 of the leader → next task dispatched by {new.name}: {took:.2f} s")  # noqa: T201
-    epochs = await _query(c, "SELECT DISTINCT epoch FROM task_events ORDER BY epoch")
-    assert [e for (e,) in epochs] == [old_epoch, int(health["epoch"])]
+    # the promise is every accepted task completed exactly once (above) and clean takeovers;
+    # how often the lease changed hands before the kill is the machine's load, not a fault
+    epochs = await _takeovers_were_clean(c, first=old_epoch, killed=killed)
+    print(f"history epochs: {epochs}")  # noqa: T201
 
 
 async def test_a_leader_paused_past_its_lease_steps_down_and_commits_nothing(

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from corral.domain.errors import Deposed
+from corral.domain.errors import Deposed, Unavailable
 from corral.domain.tasks import TaskState
 from corral.store.db import Database
-from corral.store.leases import LeaderLease
+from corral.store.leases import LeaderLease, asyncpg_url
 from corral.store.task_journal import TaskJournal
 from corral.store.writer_lock import WriterLock
 from tests.postgres import fresh_database
@@ -164,3 +164,103 @@ async def test_replicas_starting_together_migrate_one_after_the_other(pg_url: st
     finally:
         for d in databases:
             await d.close()
+
+
+async def _end_sessions(db: Database, application_name: str) -> None:
+    async with db.engine.connect() as conn:
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": application_name},
+        )
+
+
+async def _statement_running(db: Database, application_name: str) -> bool:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = :name AND query LIKE 'SELECT pg_sleep%'"
+            ),
+            {"name": application_name},
+        )
+        return int(rows.scalar_one()) == 1
+
+
+@pytest.mark.parametrize("deposed", [True, False])
+async def test_a_statement_whose_session_is_ended_mid_way_fails_in_the_error_tree(
+    db: Database, pg_url: str, deposed: bool
+) -> None:
+    """A request in flight on a leader whose sessions the new leader ends: its statement fails
+    as :class:`Deposed` (nothing of it committed: the API answers 503 ``deposed`` and a standby
+    sends it again), or :class:`Unavailable` while the lease still holds — never a raw driver
+    error the API would answer 500."""
+    lease = _lease(pg_url, "a")
+    fenced = Database(pg_url, application_name="corral:a", fence=lease.valid)
+    try:
+        assert await lease.try_take() is not None
+
+        async def in_flight() -> None:
+            async with fenced.engine.begin() as conn:
+                await conn.execute(text("SELECT pg_sleep(60)"))
+
+        request = asyncio.ensure_future(in_flight())
+        await eventually(
+            lambda: _statement_running(db, "corral:a"), timeout=60, message="statement runs"
+        )
+        if deposed:
+            lease.lose()
+        await _end_sessions(db, "corral:a")
+        with pytest.raises(Unavailable) as caught:
+            await request
+        assert isinstance(caught.value, Deposed) is deposed, caught.value
+        # the pool recovers: the next statement gets a new session
+        async with fenced.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await fenced.close()
+        await lease.close()
+
+
+async def test_a_journal_transaction_holds_up_a_takeover_but_not_a_renewal(
+    db: Database, pg_url: str
+) -> None:
+    """The journal's fencing read (the lease row ``FOR KEY SHARE``) makes a takeover wait for
+    the transaction, so its transitions are committed before the new leader reads the store;
+    the leader's renewals do not wait for it, so a busy journal never costs the lease."""
+    import asyncpg
+
+    from corral.store.journal_writers import _PG_EPOCH
+
+    # a long lease: the takeover's statement may wait for the journal as long as the test needs
+    a, b = _lease(pg_url, "a"), _lease(pg_url, "b", lease_seconds=120)
+    journal = await asyncpg.connect(asyncpg_url(pg_url))
+    try:
+        epoch = await a.try_take()
+        transaction = journal.transaction()
+        await transaction.start()
+        assert await journal.fetchval(_PG_EPOCH) == epoch
+        await a.renew()  # refused by its timeout (Unavailable) if it waited for the journal
+        assert a.valid()
+        await a.close()  # the advisory lock is free: b takes over, once the journal commits
+        taking = asyncio.ensure_future(b.try_take())
+
+        async def waiting() -> bool:
+            async with db.engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = 'corral:b' AND wait_event_type = 'Lock'"
+                    )
+                )
+                return rows.scalar_one() == 1 and not taking.done()
+
+        await eventually(waiting, timeout=60, message="the takeover waits for the journal")
+        await transaction.commit()
+        assert await taking == epoch + 1
+    finally:
+        await journal.close()
+        await a.close()
+        await b.close()

@@ -26,11 +26,7 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     app.state.limiter = RateLimiter()
-    lease = platform.lease
-    errors.install(
-        app,
-        deposed=lambda: lease is not None and (platform.deposed.is_set() or not lease.valid()),
-    )
+    errors.install(app, deposed=lambda: not platform.leads())
     app.state.login_limiter = LoginLimiter(
         key_rate=platform.settings.key_failures_per_second,
         key_burst=platform.settings.key_failures_burst,

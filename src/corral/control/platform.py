@@ -87,10 +87,13 @@ class Platform:
         self.data_dir: Path = settings.data_dir
         self.lease = lease
         self.deposed = asyncio.Event()
+        #: the lease's epoch this platform leads under: a term of its own, so that a request
+        #: of a past term still in flight when the same replica leads again is not trusted
+        self.term = lease.epoch if lease else None
         self.db = Database(
             settings.resolved_database_url,
             application_name=lease.session if lease else None,
-            fence=lease.valid if lease else None,
+            fence=self.leads if lease else None,
         )
         self.orgs = OrgRepository(self.db)
         self.ledger = QuotaLedger(self.db)
@@ -273,6 +276,14 @@ class Platform:
             self._background.spawn(watch_ingress(self), "corral-ingress")
         self._stack.push_async_callback(self._background.close)
         log.info("started in %s", self._phases)
+
+    def leads(self) -> bool:
+        """Whether this platform may still write: no lease (a single control plane), or the
+        lease held under this platform's own epoch and no commit refused (no I/O)."""
+        lease = self.lease
+        return lease is None or (
+            lease.valid() and lease.epoch == self.term and not self.deposed.is_set()
+        )
 
     def _lost_lease(self, exc: Deposed) -> None:
         if self.lease is not None:

@@ -12,7 +12,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -105,6 +105,8 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         if fence is not None:
             event.listen(self.engine.sync_engine, "before_cursor_execute", _fenced(fence))
+        if self.dialect == "postgresql":
+            event.listen(self.engine.sync_engine, "handle_error", _lost_session(fence))
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def start(self, *, migrate: bool = True) -> None:
@@ -138,6 +140,46 @@ def _fenced(fence: Callable[[], bool]) -> Callable[..., None]:
             raise Deposed("this control plane no longer holds the leader lease: it writes nothing")
 
     return check
+
+
+def _lost_session(fence: Callable[[], bool] | None) -> Callable[[ExceptionContext], None]:
+    """A statement whose session was lost (ended by a new leader or an administrator, the
+    server gone) fails in the error tree, not as the driver's error (an API answers it 503, not
+    500): :class:`Deposed` once the lease is lost (a new leader ends a stale one's sessions; the
+    transaction was rolled back, so nothing of it was committed), else :class:`Unavailable`."""
+
+    def handle(context: ExceptionContext) -> None:
+        if not (context.is_disconnect or _session_lost(context.original_exception)):
+            return
+        reason = str(context.original_exception).splitlines()[0] or "connection lost"
+        if fence is not None and not fence():
+            raise Deposed(
+                "this control plane lost the leader lease while answering, and its database "
+                f"session with it ({reason}): nothing of it was committed"
+            )
+        raise Unavailable(f"the database session was lost: {reason}")
+
+    return handle
+
+
+#: SQLSTATEs of a session the server ended: connection exceptions (class 08), an administrator's
+#: termination, a crash or a shutdown (57P01-57P03)
+_LOST_STATES = ("57P01", "57P02", "57P03")
+
+
+def _session_lost(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the database session is gone."""
+    import asyncpg  # type: ignore[import-untyped]  # no stubs; PostgreSQL only
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError | OSError):
+            return True
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(state, str) and (state.startswith("08") or state in _LOST_STATES):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -230,7 +230,9 @@ _PG_INSERT_EVENT = (
 )
 #: the fence: read first in every transaction of a leader, and held until it commits, so a
 #: takeover (which raises the epoch) waits for it or it sees the new epoch and stops
-_PG_EPOCH = "SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE"
+#: KEY SHARE: a takeover (which locks the row FOR UPDATE) waits for the transaction, a renewal
+#: (an UPDATE of no key) does not, so a busy journal never holds up the leader's renewals
+_PG_EPOCH = "SELECT epoch FROM leader_lease WHERE id = 1 FOR KEY SHARE"
 #: what the database's own fence (migration 0005's trigger) raises
 _DEPOSED_SQLSTATE = "CR001"
 _PG_UPDATE_BUSY = "UPDATE agents SET busy_task = $1, updated_at = $2 WHERE id = $3"

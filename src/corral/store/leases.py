@@ -17,13 +17,18 @@ renewed for longer than the lease ends every session of the stale holder (each r
 its sessions ``corral:<replica>``), which frees the lock and aborts whatever transaction the
 holder had open, and then takes over.
 
-Fencing: every journal transaction of the leader first reads the lease row ``FOR SHARE`` and
-goes on only if the epoch is still its own, and the database itself refuses (a trigger, see
-migration ``0005``) any history row stamped with another epoch than the current one. A takeover
-raises the epoch with an ``UPDATE`` that waits for such transactions to end, so a transition is
-either committed before the new leader reads the store or refused. The leader also trusts its
+Fencing: every journal transaction of the leader first reads the lease row ``FOR KEY SHARE``
+and goes on only if the epoch is still its own, and the database itself refuses (a trigger, see
+migration ``0006``) any history row stamped with another epoch than the current one. A takeover
+locks the row ``FOR UPDATE`` to raise the epoch, which waits for such transactions to end, so a
+transition is either committed before the new leader reads the store or refused. A renewal
+(an ``UPDATE`` of no key column) does not conflict with them: a busy journal never delays it. The leader also trusts its
 lease only until ``lease_seconds`` after the last renewal it *sent* (its own monotonic clock),
 which is before any standby can find it stale: a leader resumed after a pause knows at once.
+
+The lease's connection lives on a thread of its own (its own event loop): a renewal never
+waits behind the work of the control plane's event loop (hundreds of requests, a takeover's
+rebuild), so a healthy leader under load does not lose its lease for being late to renew.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.domain.errors import Deposed, Unavailable
 from corral.store.writer_lock import ADVISORY_KEY
@@ -47,9 +54,11 @@ _STATE = (
     "extract(epoch FROM clock_timestamp() - renewed_at)::float8 AS age "
     "FROM leader_lease WHERE id = 1"
 )
+#: FOR UPDATE: waits for every journal transaction (they read the row FOR KEY SHARE) to end
 _TAKE = (
     "UPDATE leader_lease SET epoch = epoch + 1, holder = $1, api_url = $2, "
-    "renewed_at = clock_timestamp() WHERE id = 1 RETURNING epoch"
+    "renewed_at = clock_timestamp() "
+    "WHERE id = (SELECT id FROM leader_lease WHERE id = 1 FOR UPDATE) RETURNING epoch"
 )
 _RENEW = (
     "UPDATE leader_lease SET renewed_at = clock_timestamp() "
@@ -59,6 +68,35 @@ _END_SESSIONS = (
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
     "WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()"
 )
+
+
+T = TypeVar("T")
+
+
+class _LeaseLoop:
+    """An event loop on a thread of its own, where the lease's connection lives."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def call(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the lease's loop; cancelling the caller cancels it there."""
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+            self._thread.start()
+            self._loop = loop
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+
+    def stop(self) -> None:
+        loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            if not thread.is_alive():
+                loop.close()
 
 
 def session_name(replica: str) -> str:
@@ -111,7 +149,8 @@ class LeaderLease:
         self.epoch: int | None = None  # while leading
         self._valid_until = 0.0
         self._conn: Any = None
-        self._lock = asyncio.Lock()
+        self._thread = _LeaseLoop(f"corral-lease-{replica}"[:40])
+        self._lock: asyncio.Lock | None = None  # made on the lease's loop
 
     @property
     def renew_seconds(self) -> float:
@@ -135,14 +174,29 @@ class LeaderLease:
                 raise Unavailable(f"cannot reach the database for the leader lease: {exc}") from exc
         return self._conn
 
+    def _guard(self) -> asyncio.Lock:
+        """The lock of the lease's connection (on the lease's loop, made there)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
     async def _run(self, what: str, *args: Any) -> Any:
+        return await self._thread.call(self._run_here(what, *args))
+
+    async def _run_here(self, what: str, *args: Any) -> Any:
         import asyncpg
 
-        async with self._lock:
+        async with self._guard():
             conn = await self._connection()
             try:
                 return await conn.fetch(what, *args, timeout=max(self.lease_seconds / 2, 1.0))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except TimeoutError as exc:
+                if self.epoch is None:
+                    await self._drop()
+                # else: a slow read must not end the session that holds the lease (and its
+                # advisory lock); the renewals say whether it is still held
+                raise Unavailable(f"the leader lease's database session is slow: {exc}") from exc
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 await self._drop()
                 raise Unavailable(f"the leader lease's database session failed: {exc}") from exc
 
@@ -210,16 +264,23 @@ class LeaderLease:
             Deposed: another replica took it (the epoch moved on).
             Unavailable: the database did not answer (the lease still runs out on its own).
         """
+        await self._thread.call(self._renew_here())
+
+    async def _renew_here(self) -> None:
         epoch = self.epoch
         if epoch is None:
             raise Deposed(f"replica {self.replica} does not hold the leader lease")
         started = time.monotonic()
-        async with self._lock:
+        async with self._guard():
             conn = await self._connection()
             if self.epoch is None:  # the connection was new: the advisory lock is gone
                 raise Deposed(f"replica {self.replica} lost its lease session")
             try:
-                status = await conn.execute(_RENEW, epoch, self.replica, timeout=self.renew_seconds)
+                # as long as the lease still runs: a slow answer is no reason to give it up
+                # (ending the session would free the advisory lock to a standby at once)
+                status = await conn.execute(
+                    _RENEW, epoch, self.replica, timeout=max(self._left(), self.renew_seconds)
+                )
             except Exception as exc:
                 await self._drop()
                 raise Unavailable(f"renewing the leader lease failed: {exc}") from exc
@@ -229,13 +290,20 @@ class LeaderLease:
         self._valid_until = started + self.lease_seconds
 
     async def hold(self) -> str:
-        """Renew the lease until it is lost; why it was lost."""
+        """Renew the lease until it is lost; why it was lost. The renewals run on the lease's
+        own loop, so they keep their pace however busy the caller's loop is."""
+        return await self._thread.call(self._hold_here())
+
+    async def _hold_here(self) -> str:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.renew_seconds)
+            # every renew_seconds from the start of the last renewal, however long it took
+            await asyncio.sleep(max(last + self.renew_seconds - time.monotonic(), 0.0))
+            last = time.monotonic()
             if not self.valid():
                 return "the lease ran out before it could be renewed"
             try:
-                await self.renew()
+                await self._renew_here()
             except Deposed as exc:
                 return exc.message
             except Unavailable as exc:
@@ -253,5 +321,10 @@ class LeaderLease:
 
     async def close(self) -> None:
         """Let go of the lease (the session ends, and the advisory lock with it)."""
-        async with self._lock:
+        await self._thread.call(self._close_here())
+        self._lock = None
+        self._thread.stop()  # made again by the next call
+
+    async def _close_here(self) -> None:
+        async with self._guard():
             await self._drop()
