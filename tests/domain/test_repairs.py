@@ -52,9 +52,16 @@ def test_periodically_only_a_running_agent_without_a_process_is_restarted() -> N
             repair(state, process_running=False, after_restart=False, start_under_way=True)
             is Repair.NOTHING
         )
+    # a pause whose finishing failed with nobody to try it again: finished
+    assert repair(S.PAUSING, process_running=False, after_restart=False) is Repair.FINISH_PAUSE
+    assert (
+        repair(S.PAUSING, process_running=False, after_restart=False, start_under_way=True)
+        is Repair.NOTHING
+    )
+    assert repair(S.PAUSING, process_running=True, after_restart=False) is Repair.NOTHING
     # every other state's process is settled by a transition under way, announced by events
     for state in (*S, None):
-        if state not in (S.RUNNING, S.PROVISIONING, S.RESUMING):
+        if state not in (S.RUNNING, S.PROVISIONING, S.RESUMING, S.PAUSING):
             for process_running in (True, False):
                 assert (
                     repair(state, process_running=process_running, after_restart=False)

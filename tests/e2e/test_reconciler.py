@@ -89,6 +89,25 @@ async def test_an_agent_left_starting_without_a_process_is_started_again(
     assert (await live.wait_task("acme", t["id"], timeout=60))["state"] == "completed"
 
 
+async def test_an_agent_left_pausing_without_a_process_is_paused(live: Live) -> None:
+    await live.org("acme")
+    a = await live.agent("acme", "w", role="odd", command=AGENT)
+    # planted: a pause whose finishing failed after a restart (the bus did not answer), with
+    # nothing to try it again
+    await live.platform.runtime.stop("acme", a["id"], grace=0.5)
+    await live.platform.agents.transition(
+        a["id"], expect=[AgentState.RUNNING], to=AgentState.PAUSING
+    )
+
+    async def paused() -> bool:
+        return (await _show(live, f"agents/{a['id']}"))["state"] == "paused"
+
+    await eventually(paused, timeout=60, message="paused")
+    assert (await live.admin.post(f"/v1/orgs/acme/agents/{a['id']}/resume")).status_code == 200
+    t = await live.task("acme", agent=a["id"], payload={"op": "echo"})
+    assert (await live.wait_task("acme", t["id"], timeout=60))["state"] == "completed"
+
+
 async def test_work_held_by_an_agent_that_is_not_running_is_retried_elsewhere(
     live: Live,
 ) -> None:

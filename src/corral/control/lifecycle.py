@@ -236,6 +236,15 @@ class Controller(Restarts):
             self.on_capacity(org.id)
             return paused
 
+    async def finish_stalled_pause(self, org: Organization, agent_id: str) -> None:
+        """Used by the reconciler: finish a pause left ``pausing`` with no process (finishing
+        it after a restart failed while the bus did not answer, say)."""
+        async with self._lock(agent_id):
+            agent = await self.agents.get(agent_id, org_id=org.id)
+            if agent.state is AgentState.PAUSING:
+                await self.runtime.stop(org.slug, agent_id, grace=0.5)
+                await self.finish_pause(org, agent)
+
     async def finish_pause(self, org: Organization, agent: Agent) -> None:
         """Complete a pause the control plane was interrupted in (the process is stopped)."""
         await self.bus.revoke_agent(org.slug, agent.id)

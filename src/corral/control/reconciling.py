@@ -118,7 +118,9 @@ class Reconciler:
         return found
 
     async def _stalled_starts(self, found: Findings) -> None:
-        starting = await self._agents.find(states=[AgentState.PROVISIONING, AgentState.RESUMING])
+        starting = await self._agents.find(
+            states=[AgentState.PROVISIONING, AgentState.RESUMING, AgentState.PAUSING]
+        )
         stalled: set[str] = set()
         for agent in starting:
             org = await self._org_by_id(agent.org_id)
@@ -129,15 +131,23 @@ class Reconciler:
                 after_restart=False,
                 start_under_way=self._controller.restarting(agent.id),
             )
-            if what is not Repair.RESTART:
+            if what not in (Repair.RESTART, Repair.FINISH_PAUSE):
                 continue
             stalled.add(agent.id)
-            if agent.id in self._stalled:
+            if agent.id not in self._stalled:
+                continue
+            found.restarted.append(agent.id)
+            if what is Repair.RESTART:
                 log.warning(
                     "%s is %s with no process: starting it again", agent.id, agent.state.value
                 )
-                found.restarted.append(agent.id)
                 self._controller.start_again(org, agent.id)
+                continue
+            log.warning("%s is pausing with no process: finishing its pause", agent.id)
+            try:
+                await self._controller.finish_stalled_pause(org, agent.id)
+            except CorralError as exc:  # the bus is away, say: the next check tries again
+                log.warning("finishing the pause of %s failed: %s", agent.id, exc.message)
         self._stalled = stalled - set(found.restarted)
 
     async def _work_lost(self, agent_id: str) -> str | None:

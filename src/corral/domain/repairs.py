@@ -56,8 +56,8 @@ def repair(
         after_restart: the control plane has just started (every process left from before
             lost its work); False for the periodic check.
         org_deleting: its org is being deleted (its agents go with it).
-        start_under_way: a provision, resume or restart of it is scheduled or running (the
-            periodic check leaves an agent that is starting alone while it is).
+        start_under_way: a provision, pause, resume or restart of it is scheduled or running
+            (the periodic check leaves an agent that is changing alone while it is).
 
     Returns:
         The repair; :attr:`Repair.NOTHING` when record and runtime agree, or a transition
@@ -68,6 +68,8 @@ def repair(
             return Repair.RESTART  # its exit was never heard
         if state in _STARTING and not process_running and not start_under_way:
             return Repair.RESTART  # a start failed and left it starting (the bus was away)
+        if state is AgentState.PAUSING and not process_running and not start_under_way:
+            return Repair.FINISH_PAUSE  # finishing an interrupted pause failed (the same)
         return Repair.NOTHING
     if state is None or org_deleting:
         return Repair.STOP if process_running else Repair.NOTHING
