@@ -8,8 +8,9 @@ nats-server, local agent processes), driven over HTTP as a user would. It
    CPU seconds, and the largest account JWT the server holds;
 2. restarts the control plane with every org and times it until the API serves;
 3. provisions one agent in each of ``--agent-orgs`` orgs (16 at a time), pauses them all;
-4. submits ``--tasks`` tasks to each of ``--task-orgs`` orgs (their paused agents are woken)
-   and times them until all completed;
+4. submits ``--tasks`` tasks to each of ``--task-orgs`` orgs, one batch per org
+   (``POST tasks/batch``), and times them until all completed: first with their agents paused
+   (each is woken), then again with them running;
 5. kills the control plane (-9) with those agents running, starts it again and times it until
    the API serves, until every agent is back and until a new task completed.
 
@@ -253,19 +254,21 @@ async def agents_and_tasks(
         print(f"   paused them all in {wall:.1f} s")
 
         task_orgs = agent_orgs[: args.task_orgs]
-        before = await completed_tasks(http)
-        total = len(task_orgs) * args.tasks
         body = {"role": "general", "payload": {"op": "echo"}}
 
-        def submit(org: str, n: int) -> Callable[[], Awaitable[None]]:
-            # a connection the server closed as it was reused is sent again: the key makes
-            # the second send answer with the task the first one made, if it made one
-            keyed = {**body, "idempotencyKey": f"bench-{n}"}
+        def submit(org: str, wave: int) -> Callable[[], Awaitable[None]]:
+            # one batch per org; a connection the server closed as it was reused is sent
+            # again: the keys make the second send answer with the tasks the first one made
+            batch = {
+                "tasks": [
+                    {**body, "idempotencyKey": f"bench-{wave}-{n}"} for n in range(args.tasks)
+                ]
+            }
 
             async def post() -> None:
                 for attempt in range(3):
                     try:
-                        r = await http.post(f"/v1/orgs/{org}/tasks", json=keyed)
+                        r = await http.post(f"/v1/orgs/{org}/tasks/batch", json=batch)
                     except (httpx.ReadError, httpx.RemoteProtocolError):
                         if attempt == 2:
                             raise
@@ -275,22 +278,23 @@ async def agents_and_tasks(
 
             return post
 
-        began = time.monotonic()
-        orgs_each = [o for _ in range(args.tasks) for o in task_orgs]
-        jobs = [submit(o, n) for n, o in enumerate(orgs_each)]
-        _, submitted = await timed_all(jobs, 32)
+        total = len(task_orgs) * args.tasks
+        for wave, what in enumerate(("their agents woken from paused", "their agents running")):
+            before = await completed_tasks(http)
+            began = time.monotonic()
+            _, submitted = await timed_all([submit(o, wave) for o in task_orgs], 32)
 
-        async def all_done() -> bool:
-            return await completed_tasks(http) - before >= total
+            async def all_done(before: int = before) -> bool:
+                return await completed_tasks(http) - before >= total
 
-        await until(all_done, timeout=600, what="every task to complete")
-        wall = time.monotonic() - began
-        out["tasks_rate"] = total / wall
-        print(
-            f"\n4. {total:,} tasks across {len(task_orgs)} orgs (their agents woken from "
-            f"paused): submitted at {total / submitted:,.0f}/s, all completed at "
-            f"{out['tasks_rate']:,.0f}/s end to end ({wall:.1f} s)"
-        )
+            await until(all_done, timeout=600, what="every task to complete")
+            wall = time.monotonic() - began
+            out[f"tasks_rate_{wave}"] = total / wall
+            print(
+                f"\n4.{wave + 1} {total:,} tasks across {len(task_orgs)} orgs ({what}; one batch "
+                f"of {args.tasks} per org, 32 in flight): submitted at {total / submitted:,.0f}/s, "
+                f"all completed at {total / wall:,.0f}/s end to end ({wall:.1f} s)"
+            )
     return out
 
 
@@ -403,10 +407,16 @@ def print_goals(
             met(again["serving"], 10),
         ),
         (
-            f"tasks across {args.task_orgs} orgs",
-            f"{work['tasks_rate']:,.0f}/s",
+            f"tasks across {args.task_orgs} orgs, agents woken",
+            f"{work['tasks_rate_0']:,.0f}/s",
             ">= 2,000/s",
-            met(work["tasks_rate"], 2000, lower_is_better=False),
+            met(work["tasks_rate_0"], 2000, lower_is_better=False),
+        ),
+        (
+            f"tasks across {args.task_orgs} orgs, agents running",
+            f"{work['tasks_rate_1']:,.0f}/s",
+            ">= 2,000/s",
+            met(work["tasks_rate_1"], 2000, lower_is_better=False),
         ),
     ]
     print("\ngoals")

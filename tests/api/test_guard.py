@@ -180,6 +180,10 @@ async def test_a_task_submit_may_be_larger_than_other_bodies_up_to_its_own_limit
         between = str(platform.settings.max_body_bytes + 1)
         r = await c.post("/v1/orgs", content=b"{}", headers={"Content-Length": between})
         assert r.status_code == 413  # any other body keeps the general limit
+        r = await c.post(
+            "/v1/orgs/acme/tasks/batch", content=b"{}", headers={"Content-Length": between}
+        )
+        assert r.status_code == 413  # a batch too: a large payload goes through ``POST tasks``
         over = str(task_limit + 1)
         r = await c.post("/v1/orgs/acme/tasks", content=b"{}", headers={"Content-Length": over})
         assert r.status_code == 413

@@ -47,6 +47,23 @@ async def test_an_orgs_waiting_tasks_are_bounded_by_its_plan(quiet: Live) -> Non
     await quiet.task("other", role="nobody", payload={})  # another org's room is its own
 
 
+async def test_a_batch_that_does_not_fit_the_orgs_queue_is_refused_whole(quiet: Live) -> None:
+    await quiet.org("small", plan="tiny-queue")
+    three = {"tasks": [{"role": "nobody"}] * 3}
+    r = await quiet.admin.post("/v1/orgs/small/tasks/batch", json={"tasks": [{"role": "x"}] * 6})
+    assert r.status_code == 409, r.text
+    assert (await quiet.admin.post("/v1/orgs/small/tasks/batch", json=three)).status_code == 201
+    r = await quiet.admin.post("/v1/orgs/small/tasks/batch", json=three)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert "3 tasks waiting and 3 more were submitted" in error["message"], error
+    assert error["details"] == {"waiting": 3, "submitted": 3, "limit": 5}
+    listed = (await quiet.admin.get("/v1/orgs/small/tasks")).json()["tasks"]
+    assert len(listed) == 3  # nothing of the refused batches was accepted
+    two = {"tasks": [{"role": "nobody"}] * 2}
+    assert (await quiet.admin.post("/v1/orgs/small/tasks/batch", json=two)).status_code == 201
+
+
 async def test_an_agent_flooding_delegations_is_held_to_its_plans_rate(quiet: Live) -> None:
     await quiet.org("flood", plan="free")
     _, _ = await quiet.org("calm", plan="free")

@@ -229,6 +229,10 @@ class TaskDetail(Task):
     model_usage: dict[str, Any]
 
 
+class TaskBatch(Answer):
+    tasks: list[Task] = Field(description="the tasks, in the order they were submitted")
+
+
 class TaskPage(Answer):
     tasks: list[Task]
     next_cursor: str | None = Field(description="pass as cursor for the next page; null: last")

@@ -16,13 +16,16 @@ class RateLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._buckets = TokenBuckets(clock=clock)
 
-    def check(self, org: str, plan: Plan) -> None:
-        """Take one token for ``org`` or raise.
+    def check(self, org: str, plan: Plan, *, cost: float = 1.0) -> None:
+        """Take ``cost`` tokens (one per request; a batch of tasks takes more) for ``org`` or
+        raise.
 
         Raises:
-            RateLimited: with the seconds until a token is available.
+            RateLimited: with the seconds until the tokens are available.
         """
-        wait = self._buckets.take(org, rate=plan.api_rate_per_second, burst=plan.api_burst)
+        wait = self._buckets.take(
+            org, rate=plan.api_rate_per_second, burst=plan.api_burst, cost=cost
+        )
         if wait > 0:
             raise RateLimited(
                 f"organization {org!r} is over its {plan.name} plan's rate of "

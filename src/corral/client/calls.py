@@ -9,7 +9,7 @@ docstring; the clients only send."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -288,6 +288,20 @@ def submit_task(
         path("orgs", org, "tasks"),
         json=body_of(TaskCreate, fields),
         read=answers.Task.model_validate,
+    )
+
+
+def submit_tasks(org: str, tasks: Sequence[Mapping[str, Any]]) -> Call[list[answers.Task]]:
+    """Submit up to 1,000 tasks at once, each a body as ``POST tasks`` takes it (wire names:
+    ``role``, ``payload``, ``idempotencyKey``...): all are accepted or none (an error names
+    the item, from 0); the answer lists them in the order given."""
+    from corral.api.routes.tasks import TaskBatch
+
+    return Call(
+        "POST",
+        path("orgs", org, "tasks", "batch"),
+        json=body_of(TaskBatch, {"tasks": [dict(t) for t in tasks]}),
+        read=lambda b: answers.TaskBatch.model_validate(b).tasks,
     )
 
 

@@ -52,6 +52,14 @@ class CorralError(Exception):
         self.message = message
         self.details: dict[str, Any] = dict(details or {})
 
+    def of_item(self, index: int, of: int) -> CorralError:
+        """This error, said of item ``index`` (from 0) of ``of`` asked for together."""
+        if of > 1 and "item" not in self.details:
+            self.message = f"item {index} of {of}: {self.message}"
+            self.args = (self.message,)
+            self.details["item"] = index
+        return self
+
     def to_wire(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 

@@ -24,9 +24,10 @@ class TokenBuckets:
         self._max = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, key: str, *, rate: float, burst: float) -> float:
-        """Take one token of ``key``'s bucket; returns 0.0 if one was there, else the seconds
-        until one will be (and nothing is taken)."""
+    def take(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens (at most ``burst``) of ``key``'s bucket; returns 0.0 if they
+        were there, else the seconds until they will be (and nothing is taken)."""
+        cost = min(cost, burst)
         now = self._clock()
         tokens, last = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + (now - last) * rate)
@@ -34,9 +35,9 @@ class TokenBuckets:
         self._buckets.move_to_end(key)
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
-        if tokens < 1.0:
-            return (1.0 - tokens) / rate if rate > 0 else float("inf")
-        self._buckets[key] = (tokens - 1.0, now)
+        if tokens < cost:
+            return (cost - tokens) / rate if rate > 0 else float("inf")
+        self._buckets[key] = (tokens - cost, now)
         return 0.0
 
     def forget(self, key: str) -> None:

@@ -352,6 +352,15 @@ class TaskRepository:
         loaded = await self._load([row])
         return loaded[0] if loaded else None
 
+    async def by_idempotency_keys(self, org_id: str, keys: list[str]) -> dict[str, TaskRecord]:
+        """The tasks ``org_id`` submitted with any of ``keys``, by key."""
+        if not keys:
+            return {}
+        q = _SELECT.where(TaskRow.org_id == org_id, TaskRow.idempotency_key.in_(keys))
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q)).all()
+        return {r.idempotency_key: r for r in await self._load(list(rows)) if r.idempotency_key}
+
     async def count_by_state(self) -> list[tuple[str, str, str, str, int]]:
         """(org slug, plan, priority, state, count) for metrics."""
         q = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ConfigDict, Field, TypeAdapter
 
 from corral.api import access, answers
-from corral.api.auth import org_scope, platform
+from corral.api.auth import Caller, caller, org_scope, platform
 from corral.api.schemas import (
     AGENT_ID,
     DURATION,
@@ -21,9 +22,10 @@ from corral.api.schemas import (
     strip_nulls,
 )
 from corral.control import tracing
+from corral.control.dispatch import Submission
 from corral.control.platform import Platform
 from corral.domain.budgets import Budget
-from corral.domain.errors import InvalidInput
+from corral.domain.errors import CorralError, InvalidInput
 from corral.domain.ids import new_task_id
 from corral.domain.models import parse_dollars
 from corral.domain.objects import too_large
@@ -152,14 +154,80 @@ async def submit(body: TaskCreate, org: Org, request: Request) -> dict[str, Any]
     # and its handlers' spans join it
     with tracing.submitting(request.headers, org=org.slug) as span:
         access.note_trace(request.scope)
-        created = await _submit(body, org, request)
+        created = (await _submit([body], org, request))[0]
         span.set_attribute("corral.task", created["id"])
         return created
 
 
-async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict[str, Any]:
+#: the most tasks one batch may carry
+MAX_BATCH = 1000
+#: a batch counts against the org's request rate as one request per this many tasks
+TASKS_PER_REQUEST = 100
+
+
+class TaskBatch(Strict):
+    tasks: list[TaskCreate] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=answers.TaskBatch,
+    response_model_exclude_unset=True,
+)
+async def submit_batch(
+    body: TaskBatch, org: Org, who: Annotated[Caller, Depends(caller)], request: Request
+) -> dict[str, Any]:
+    """Up to 1,000 tasks at once, each as ``POST tasks`` takes it: every one is checked before
+    any is accepted (an error names the item, from 0, and nothing is accepted) and they are
+    committed together. The answer lists the tasks in the order given (an idempotency key
+    made before answers with its task). It counts against the plan's request rate as one
+    request per 100 tasks."""
+    # one request of the plan's rate per TASKS_PER_REQUEST tasks (the first was taken already)
+    extra = (len(body.tasks) - 1) // TASKS_PER_REQUEST
+    if extra and not who.is_admin:
+        request.app.state.limiter.check(org.slug, org.plan, cost=extra)
+    with tracing.submitting(request.headers, org=org.slug) as span:
+        access.note_trace(request.scope)
+        created = await _submit(body.tasks, org, request)
+        span.set_attribute("corral.tasks", len(created))
+        return {"tasks": created}
+
+
+Undo = Callable[[], Awaitable[None]]
+
+
+async def _submit(
+    bodies: list[TaskCreate], org: Organization, request: Request
+) -> list[dict[str, Any]]:
     p = platform(request)
     received_at = datetime.now(UTC)  # a relative deadline counts from the request's arrival
+    subs: list[Submission] = []
+    undos: list[Undo] = []
+    try:
+        for n, body in enumerate(bodies):
+            try:
+                sub, undo = await _prepare(p, org, body, received_at)
+            except CorralError as exc:
+                raise exc.of_item(n, len(bodies)) from None
+            subs.append(sub)
+            undos.append(undo)
+        recs = await p.dispatcher.submit_many(org, subs)
+    except BaseException:
+        for undo in undos:
+            await undo()
+        raise
+    for sub, undo, rec in zip(subs, undos, recs, strict=True):
+        if rec.id != sub.task_id:  # the key named a task made before
+            await undo()
+    return [rec.to_wire() for rec in recs]
+
+
+async def _prepare(
+    p: Platform, org: Organization, body: TaskCreate, received_at: datetime
+) -> tuple[Submission, Undo]:
+    """``body`` checked, its large payload stored and its budget set: the submission, and how
+    to take back what was done for it."""
     deadline = parse_deadline(body.deadline, now=received_at)
     size = len(json.dumps(body.payload, separators=(",", ":")))
     limit = min(p.settings.max_payload_bytes, org.plan.max_document_bytes)
@@ -174,42 +242,38 @@ async def _submit(body: TaskCreate, org: Organization, request: Request) -> dict
         memory=parse(body.requirements.memory) if body.requirements.memory else None,
         gpu=body.requirements.gpu,
     )
-    task_id, unbudget = new_task_id(), None
+    task_id = new_task_id()
+    policy = body.policy(_defaults(p, org, body.role))
     # a payload one bus message cannot carry is kept in the org's object store first
     payload = await p.documents.accept_payload(org, task_id, body.payload)
+    unbudget: Undo | None = None
+
+    async def undo() -> None:
+        if unbudget is not None:
+            await unbudget()
+        if payload is not body.payload:
+            await p.documents.discard(org, task_id)
+
     if body.max_tokens is not None or body.max_cost is not None:
-        cost = None if body.max_cost is None else parse_dollars(body.max_cost, what="maxCost")
         try:
+            cost = None if body.max_cost is None else parse_dollars(body.max_cost, what="maxCost")
             unbudget = await p.models.set_task_budget(org, task_id, Budget(body.max_tokens, cost))
         except BaseException:
-            await p.documents.discard(org, task_id)
+            await undo()
             raise
-    try:
-        rec = await p.dispatcher.submit(
-            org,
-            role=body.role,
-            agent=body.agent,
-            priority=Priority.parse(body.priority),
-            deadline=deadline,
-            requirements=reqs,
-            payload=payload,
-            policy=body.policy(_defaults(p, org, body.role)),
-            idempotency_key=body.idempotency_key,
-            task_id=task_id,
-            received_at=received_at,
-        )
-    except BaseException:
-        if unbudget is not None:
-            await unbudget()
-        if payload is not body.payload:
-            await p.documents.discard(org, task_id)
-        raise
-    if rec.id != task_id:  # the key named a task made before
-        if unbudget is not None:
-            await unbudget()
-        if payload is not body.payload:
-            await p.documents.discard(org, task_id)
-    return rec.to_wire()
+    sub = Submission(
+        role=body.role,
+        agent=body.agent,
+        priority=Priority.parse(body.priority),
+        deadline=deadline,
+        requirements=reqs,
+        payload=payload,
+        policy=policy,
+        idempotency_key=body.idempotency_key,
+        task_id=task_id,
+        received_at=received_at,
+    )
+    return sub, undo
 
 
 def _states(text: str) -> tuple[TaskState, ...]:

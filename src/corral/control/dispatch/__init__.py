@@ -8,12 +8,13 @@ events (``events``).
 
 Must not be here: an agent's lifecycle (provision, pause, resume, terminate, restart) — that is
 :class:`~corral.control.lifecycle.Controller`'s, which this package calls and which never
-imports it. Outside code uses :class:`Dispatcher` only; the modules behind it are private to
+imports it. Outside code uses :class:`Dispatcher` (and :class:`Submission`, what it takes) only; the modules behind it are private to
 the package (an import-linter contract keeps it so).
 """
 
 from __future__ import annotations
 
 from corral.control.dispatch.dispatcher import Dispatcher
+from corral.control.dispatch.intake import Submission
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Submission"]

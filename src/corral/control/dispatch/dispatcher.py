@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +31,7 @@ from corral.control import tracing
 from corral.control.background import Background
 from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.dispatch.events import AgentEvents
-from corral.control.dispatch.intake import Intake
+from corral.control.dispatch.intake import Intake, Submission
 from corral.control.dispatch.reaping import Reaper
 from corral.control.dispatch.snapshot import AgentSnapshot, Views, mark, take
 from corral.control.dispatch.supply import Supply
@@ -285,6 +285,10 @@ class Dispatcher:
             traceparent=traceparent,
             received_at=received_at,
         )
+
+    async def submit_many(self, org: Organization, subs: Sequence[Submission]) -> list[TaskRecord]:
+        """Accept tasks of one org together, all or none (see :meth:`Intake.submit_many`)."""
+        return await self.intake.submit_many(org, subs)
 
     async def cancel(self, org: Organization, task_id: str) -> TaskRecord:
         """Cancel a task that has not ended (see :meth:`Intake.cancel`).

@@ -14,7 +14,8 @@ agent's slot stays held until it has. Cancelling a task cancels the tasks it del
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,14 +23,33 @@ from corral.control import tracing
 from corral.control.dispatch.book import ACTIVE, TaskBook
 from corral.control.lifecycle import Controller
 from corral.domain.agents import AgentState
-from corral.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound, QuotaExceeded
 from corral.domain.ids import OrgId, TaskId, new_task_id, task_created_at
 from corral.domain.policies import TaskPolicy
 from corral.domain.tasks import Priority, Requirements, TaskFilter, TaskState
 from corral.domain.tenancy import Organization
 from corral.store.tasks import TaskRecord, TaskRepository, Transition
 
-__all__ = ["Intake", "new_task_id"]
+__all__ = ["Intake", "Submission", "new_task_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One task asked for: what :meth:`Intake.submit` takes, for :meth:`Intake.submit_many`."""
+
+    role: str | None
+    agent: str | None
+    priority: Priority
+    deadline: datetime | None
+    requirements: Requirements
+    payload: dict[str, Any]
+    parent_id: str | None = None
+    from_agent: str | None = None
+    task_id: str | None = None
+    policy: TaskPolicy | None = None
+    idempotency_key: str | None = None
+    traceparent: str | None = None
+    received_at: datetime | None = None
 
 
 class Intake:
@@ -82,20 +102,103 @@ class Intake:
             NotFound: an unknown agent.
             Conflict: a terminated or failed agent, or a past deadline.
             Conflict: a task of that id exists (a delegation sent twice).
+            QuotaExceeded: the org has as many tasks waiting as its plan allows.
         """
-        if idempotency_key is not None:
-            known = await self._tasks.by_idempotency_key(org.id, idempotency_key)
-            if known is not None:
-                return known
-        if (role is None) == (agent is None):
-            raise InvalidInput("give exactly one of 'role' or 'agent'")
+        one = Submission(
+            role=role,
+            agent=agent,
+            priority=priority,
+            deadline=deadline,
+            requirements=requirements,
+            payload=payload,
+            parent_id=parent_id,
+            from_agent=from_agent,
+            task_id=task_id,
+            policy=policy,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent,
+            received_at=received_at,
+        )
+        return (await self.submit_many(org, [one]))[0]
+
+    async def submit_many(self, org: Organization, subs: Sequence[Submission]) -> list[TaskRecord]:
+        """Accept tasks of one org together: every one is checked before any is accepted (an
+        error names the item, from 0), and they are committed together. The answer is in the
+        order asked; a submission whose idempotency key names a task made before (or made by
+        a submit that raced in) answers with that task.
+
+        Raises:
+            InvalidInput: a submission names neither or both of role/agent, or two carry the
+                same idempotency key or task id (nothing is accepted).
+            NotFound, Conflict, QuotaExceeded: as :meth:`submit`, for any one of them, or for
+                the whole when they do not fit in the org's queue (nothing is accepted).
+            Conflict: a given task id that the store already holds, found only as it commits
+                (a delegation sent twice): the others are accepted.
+        """
+        keys = [s.idempotency_key for s in subs if s.idempotency_key is not None]
+        ids = [s.task_id for s in subs if s.task_id is not None]
+        if len(set(keys)) != len(keys) or len(set(ids)) != len(ids):
+            raise InvalidInput("two tasks of one submission carry the same idempotency key or id")
+        known = await self._tasks.by_idempotency_keys(org.id, keys) if keys else {}
+        fresh = [s for s in subs if s.idempotency_key not in known]
+        for n, s in enumerate(subs):
+            if s.idempotency_key not in known and (s.role is None) == (s.agent is None):
+                raise InvalidInput("give exactly one of 'role' or 'agent'").of_item(n, len(subs))
+        self._check_room(org, len(fresh))
+        recs: dict[int, TaskRecord] = {}
+        for n, s in enumerate(subs):
+            if s.idempotency_key in known:
+                continue
+            try:
+                recs[n] = await self._record(org, s)
+            except CorralError as exc:
+                raise exc.of_item(n, len(subs)) from None
+        book = self._book
+        for rec in recs.values():
+            book.create(rec)
+        refused = await book.journal.flush() if recs else set()
+        if org.id not in book.orgs:
+            book.register(org)
+        answers: list[TaskRecord] = []
+        lost: list[str] = []
+        for n, s in enumerate(subs):
+            if n not in recs:
+                answers.append(known[s.idempotency_key or ""])
+                continue
+            rec = recs[n]
+            if rec.id in refused:
+                again = None  # the same key raced in: its task is the answer
+                if s.idempotency_key is not None:
+                    again = await self._tasks.by_idempotency_key(org.id, s.idempotency_key)
+                if again is None:
+                    lost.append(rec.id)
+                else:
+                    answers.append(again)
+            else:
+                book.live[rec.id] = rec
+                book.enqueue(rec)
+                book.publish(rec)
+                answers.append(rec)
+        if answers:
+            self._kick()
+        if lost:
+            raise Conflict(f"task {lost[0]} exists", details={"task": lost[0]})
+        return answers
+
+    def _check_room(self, org: Organization, more: int) -> None:
         waiting = self._book.scheduler.queued(OrgId(org.id))
-        if waiting >= org.plan.max_queued_tasks:
+        limit = org.plan.max_queued_tasks
+        if more and waiting + more > limit:
+            asked = f" and {more} more were submitted" if more > 1 else ""
             raise QuotaExceeded(
-                f"organization {org.slug!r} has {waiting} tasks waiting; its "
-                f"{org.plan.name} plan allows {org.plan.max_queued_tasks} at once",
-                details={"waiting": waiting, "limit": org.plan.max_queued_tasks},
+                f"organization {org.slug!r} has {waiting} tasks waiting{asked}; its "
+                f"{org.plan.name} plan allows {limit} at once",
+                details={"waiting": waiting, "submitted": more, "limit": limit},
             )
+
+    async def _record(self, org: Organization, s: Submission) -> TaskRecord:
+        """The ``queued`` record of ``s``, once it is known to be acceptable."""
+        agent = s.agent
         if agent is not None:
             try:
                 target = await self._controller.agents.resolve(agent, org_id=org.id)
@@ -107,33 +210,33 @@ class Intake:
             if target.state in (AgentState.TERMINATED, AgentState.FAILED):
                 raise Conflict(f"agent {agent!r} is {target.state.value}")
             agent = target.id  # it may have been named
-        if deadline is not None and deadline <= (received_at or datetime.now(UTC)):
+        deadline = s.deadline
+        if deadline is not None and deadline <= (s.received_at or datetime.now(UTC)):
             raise Conflict("the deadline is already past", details={"deadline": str(deadline)})
-        reqs: dict[str, Any] = {"gpu": requirements.gpu}
-        if requirements.cpu is not None:
-            reqs["cpu"] = requirements.cpu.render()
-        if requirements.memory is not None:
-            reqs["memory"] = requirements.memory.render()
-        book = self._book
-        task_id = task_id or new_task_id()
-        if task_id in book.live:
+        reqs: dict[str, Any] = {"gpu": s.requirements.gpu}
+        if s.requirements.cpu is not None:
+            reqs["cpu"] = s.requirements.cpu.render()
+        if s.requirements.memory is not None:
+            reqs["memory"] = s.requirements.memory.render()
+        task_id = s.task_id or new_task_id()
+        if task_id in self._book.live:
             raise Conflict(f"task {task_id} exists", details={"task": task_id})
         now = datetime.now(UTC)
-        rec = TaskRecord(
+        return TaskRecord(
             id=task_id,
             seq=time.time_ns(),
             org_id=org.id,
             org=org.slug,
             plan=org.plan.name,
-            role=role,
+            role=s.role,
             target_agent=agent,
             agent_id=None,
-            parent_id=parent_id,
-            from_agent=from_agent,
-            priority=priority,
+            parent_id=s.parent_id,
+            from_agent=s.from_agent,
+            priority=s.priority,
             deadline=deadline,
             requirements=reqs,
-            payload=payload,
+            payload=s.payload,
             result=None,
             state=TaskState.QUEUED,
             attempts=0,
@@ -141,24 +244,10 @@ class Intake:
             not_before=None,
             created_at=now,
             updated_at=now,
-            policy=policy or org.plan.task_policy,
-            idempotency_key=idempotency_key,
-            traceparent=traceparent or tracing.current_traceparent(),
+            policy=s.policy or org.plan.task_policy,
+            idempotency_key=s.idempotency_key,
+            traceparent=s.traceparent or tracing.current_traceparent(),
         )
-        book.create(rec)
-        if task_id in await book.journal.flush():
-            if idempotency_key is not None:  # the same key raced in: its task is the answer
-                known = await self._tasks.by_idempotency_key(org.id, idempotency_key)
-                if known is not None:
-                    return known
-            raise Conflict(f"task {task_id} exists", details={"task": task_id})
-        if org.id not in book.orgs:
-            book.register(org)
-        book.live[rec.id] = rec
-        book.enqueue(rec)
-        book.publish(rec)
-        self._kick()
-        return rec
 
     async def cancel(self, org: Organization, task_id: str) -> TaskRecord:
         """Cancel a task that has not ended, and the unfinished tasks it delegated. A running
