@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -53,9 +53,21 @@ _PREFIX = {
 
 @dataclass(frozen=True, slots=True)
 class NKey:
-    """An nkey pair, held by its seed (``SO…``, ``SA…``, ``SU…``)."""
+    """An nkey pair, held by its seed (``SO…``, ``SA…``, ``SU…``).
+
+    The pair is derived from the seed once, when the key is made: deriving it (decoding the
+    seed, an ed25519 key from it) cost each JWT signed and each public key asked for as much
+    as signing itself, several times per org created.
+    """
 
     seed: str
+    _pair: nkeys.KeyPair = field(init=False, repr=False, compare=False)
+    _public: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pair = nkeys.from_seed(self.seed.encode())
+        object.__setattr__(self, "_pair", pair)
+        object.__setattr__(self, "_public", str(pair.public_key.decode()))
 
     @classmethod
     def generate(cls, kind: KeyKind) -> NKey:
@@ -64,19 +76,17 @@ class NKey:
 
     @classmethod
     def from_seed(cls, seed: str) -> NKey:
-        key = cls(seed.strip())
         try:
-            _ = key.public_key
+            return cls(seed.strip())
         except nkeys.NkeysError as exc:
             raise InvalidInput(f"not an nkey seed: {exc}") from exc
-        return key
 
     @property
     def public_key(self) -> str:
-        return str(nkeys.from_seed(self.seed.encode()).public_key.decode())
+        return self._public
 
     def sign(self, data: bytes) -> bytes:
-        return bytes(nkeys.from_seed(self.seed.encode()).sign(data))
+        return bytes(self._pair.sign(data))
 
     def __repr__(self) -> str:  # never print a seed
         return f"NKey({self.public_key})"

@@ -228,6 +228,7 @@ class Platform:
             if idle is not None
             else (lambda org: org.plan.idle_timeout_seconds),
             roles=self.roles.roles,
+            role_orgs=self.roles.orgs,
         )
         self.roles.on_change = self.dispatcher.roles_changed
         self.roles.on_budget = lambda org, role, budget, actor: self.models.role_budget_changed(
