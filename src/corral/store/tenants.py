@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -82,14 +82,16 @@ class OrgRepository:
             Conflict: an org with this name exists.
         """
         try:
+            # three plain INSERTs: the ORM's unit of work cost more than the statements
             async with self._writing(), self._db.sessions() as s, s.begin():
-                s.add(
-                    OrgRow(id=org.id, slug=org.slug, plan=org.plan.name, created_at=org.created_at)
+                await s.execute(
+                    insert(OrgRow).values(
+                        id=org.id, slug=org.slug, plan=org.plan.name, created_at=org.created_at
+                    )
                 )
-                await s.flush()
-                s.add(UsageRow(org_id=org.id))
-                s.add(
-                    ApiKeyRow(
+                await s.execute(insert(UsageRow).values(org_id=org.id))
+                await s.execute(
+                    insert(ApiKeyRow).values(
                         id=key_id,
                         org_id=org.id,
                         secret_hash=hash_secret(key_secret),
@@ -180,17 +182,28 @@ class OrgRepository:
         two orgs ever hold one at once). After the highest one given, else the lowest free
         one, so an id is reused as late as possible. None when the range is exhausted.
 
+        The first ask of an org is one statement (the org created is given the next uid
+        after the highest, computed by the database in the same ``UPDATE``); only once the
+        range's top is taken are the free ones looked for.
+
         Raises:
             NotFound: no such org.
         """
         for _ in range(8):  # a concurrent allocation took the same id: try the next
             try:
                 async with self._writing(), self._db.sessions() as s, s.begin():
-                    row = await s.get(OrgRow, org_id)
+                    given = await self._give_next_uid(s, org_id, base, count)
+                    if given is not None:
+                        return given
+                    row = (
+                        await s.execute(
+                            select(OrgRow.id, OrgRow.sandbox_uid).where(OrgRow.id == org_id)
+                        )
+                    ).first()
                     if row is None:
                         raise NotFound(f"organization {org_id!r} not found")
                     if row.sandbox_uid is not None:
-                        return row.sandbox_uid
+                        return int(row.sandbox_uid)
                     uid = await self._next_uid(s, base, count)
                     if uid is None:
                         return None
@@ -206,6 +219,30 @@ class OrgRepository:
         return (await self.sandbox_uids()).get(org_id)
 
     @staticmethod
+    async def _give_next_uid(s: AsyncSession, org_id: str, base: int, count: int) -> int | None:
+        """Give the org without a uid the one after the highest in the range, in one
+        statement; None if the org has one already, does not exist, or the range's top is
+        taken (the caller looks further)."""
+        top = (
+            select(func.max(OrgRow.sandbox_uid))
+            .where(OrgRow.sandbox_uid.between(base, base + count - 1))
+            .scalar_subquery()
+        )
+        after = func.coalesce(top, base - 1) + 1
+        result = await s.execute(
+            update(OrgRow)
+            .where(
+                OrgRow.id == org_id,
+                OrgRow.sandbox_uid.is_(None),
+                after < base + count,
+            )
+            .values(sandbox_uid=after)
+            .returning(OrgRow.sandbox_uid)
+        )
+        given = result.scalar_one_or_none()
+        return None if given is None else int(given)
+
+    @staticmethod
     async def _next_uid(s: AsyncSession, base: int, count: int) -> int | None:
         """After the highest uid given (one indexed look-up); only when the range's top is
         taken, the lowest free one (a scan)."""
@@ -217,6 +254,7 @@ class OrgRepository:
             return int(top) + 1
         taken = await s.execute(select(OrgRow.sandbox_uid).where(in_range))
         return _free_uid({u for u in taken.scalars() if u is not None}, base, count)
+
 
     async def sandbox_uids(self) -> dict[str, int]:
         """org id → its sandbox uid, for the orgs that have one."""
