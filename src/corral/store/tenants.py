@@ -255,7 +255,6 @@ class OrgRepository:
         taken = await s.execute(select(OrgRow.sandbox_uid).where(in_range))
         return _free_uid({u for u in taken.scalars() if u is not None}, base, count)
 
-
     async def sandbox_uids(self) -> dict[str, int]:
         """org id → its sandbox uid, for the orgs that have one."""
         async with self._db.sessions() as s:

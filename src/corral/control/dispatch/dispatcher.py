@@ -373,11 +373,7 @@ class Dispatcher:
                 self.book.move(rec, TaskState.EXPIRED, detail="deadline passed")
         self.timeouts.check(now)
         await self.reaper.reap()
-        if (
-            not self.held
-            and not self.controller.bus_health.disturbed()
-            and self._declares_roles()
-        ):
+        if not self.held and not self.controller.bus_health.disturbed() and self._declares_roles():
             self.supply.keep(self.book.orgs, await self.snapshot.agents())
         if len(self.scheduler) == 0 or self.held or self.controller.bus_health.disturbed():
             await self.journal.flush()  # while the bus does not answer, nothing is sent
