@@ -55,19 +55,22 @@ _PREFIX = {
 class NKey:
     """An nkey pair, held by its seed (``SO…``, ``SA…``, ``SU…``).
 
-    The pair is derived from the seed once, when the key is made: deriving it (decoding the
-    seed, an ed25519 key from it) cost each JWT signed and each public key asked for as much
-    as signing itself, several times per org created.
+    The pair is derived from the seed once, when first used: deriving it (an ed25519 key from
+    the seed) cost each JWT signed and each public key asked for as much as signing itself,
+    several times per org created; and a start that loads every org's key derives none.
     """
 
     seed: str
-    _pair: nkeys.KeyPair = field(init=False, repr=False, compare=False)
-    _public: str = field(init=False, repr=False, compare=False)
+    _pair: nkeys.KeyPair | None = field(default=None, init=False, repr=False, compare=False)
+    _public: str = field(default="", init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        pair = nkeys.from_seed(self.seed.encode())
-        object.__setattr__(self, "_pair", pair)
-        object.__setattr__(self, "_public", str(pair.public_key.decode()))
+    def _derived(self) -> nkeys.KeyPair:
+        pair = self._pair
+        if pair is None:
+            pair = nkeys.from_seed(self.seed.encode())
+            object.__setattr__(self, "_public", str(pair.public_key.decode()))
+            object.__setattr__(self, "_pair", pair)
+        return pair
 
     @classmethod
     def generate(cls, kind: KeyKind) -> NKey:
@@ -76,17 +79,20 @@ class NKey:
 
     @classmethod
     def from_seed(cls, seed: str) -> NKey:
+        key = cls(seed.strip())
         try:
-            return cls(seed.strip())
+            nkeys.decode_seed(key.seed.encode())  # its form, without deriving the pair
         except nkeys.NkeysError as exc:
             raise InvalidInput(f"not an nkey seed: {exc}") from exc
+        return key
 
     @property
     def public_key(self) -> str:
+        self._derived()
         return self._public
 
     def sign(self, data: bytes) -> bytes:
-        return bytes(self._pair.sign(data))
+        return bytes(self._derived().sign(data))
 
     def __repr__(self) -> str:  # never print a seed
         return f"NKey({self.public_key})"
