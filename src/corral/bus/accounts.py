@@ -118,7 +118,11 @@ class BusAuthority:
         self._platform = self._store.key("platform", KeyKind.ACCOUNT)
         self._orgs = self._store.load_orgs()
         self._platform_issued_at = 0
-        self._by_account = {r.account.public_key: org for org, r in self._orgs.items()}
+        self._by_account: dict[str, str] | None = None  # account → org, made when first asked
+        # every org's reservation summed, kept as orgs are admitted and forgotten: admitting
+        # one does not add up all the others
+        self._memory = sum(r.limits.jetstream_memory for r in self._orgs.values())
+        self._storage = sum(r.limits.jetstream_storage for r in self._orgs.values())
 
     def _save(self, org: str) -> None:
         self._store.save_org(org, self._orgs[org])
@@ -156,6 +160,8 @@ class BusAuthority:
         return self._org(org).account.public_key
 
     def org_for_account(self, account: str) -> str | None:
+        if self._by_account is None:  # not at start: it derives every org's public key
+            self._by_account = {r.account.public_key: o for o, r in self._orgs.items()}
         return self._by_account.get(account)
 
     def agent_for_user(self, org: str, user: str) -> str | None:
@@ -169,15 +175,17 @@ class BusAuthority:
     def reserved(self, *, excluding: str | None = None) -> tuple[int, int]:
         """(memory, storage) reserved by every org but ``excluding`` (PLATFORM reserves
         nothing)."""
-        memory, storage = 0, 0
-        for org, record in self._orgs.items():
-            if org != excluding:
-                memory += record.limits.jetstream_memory
-                storage += record.limits.jetstream_storage
+        memory, storage = self._memory, self._storage
+        record = None if excluding is None else self._orgs.get(excluding)
+        if record is not None:
+            memory -= record.limits.jetstream_memory
+            storage -= record.limits.jetstream_storage
         return memory, storage
 
-    def admit(self, org: str, limits: BusLimits) -> bool:
+    def admit(self, org: str, limits: BusLimits, *, save: bool = True) -> bool:
         """Record ``org`` with ``limits`` (new, or a plan change). True if anything changed.
+        Without ``save`` the record is kept in memory only: the caller saves it next (with
+        :meth:`org_account_jwt`).
 
         Raises:
             InvalidInput: the limits contradict themselves.
@@ -229,17 +237,26 @@ class BusAuthority:
             record = self._orgs[org] = OrgRecord(
                 account=NKey.generate(KeyKind.ACCOUNT), limits=limits
             )
-            self._by_account[record.account.public_key] = org
+            if self._by_account is not None:
+                self._by_account[record.account.public_key] = org
         else:
+            self._memory -= record.limits.jetstream_memory
+            self._storage -= record.limits.jetstream_storage
             record.limits = limits
-        self._save(org)
+        self._memory += limits.jetstream_memory
+        self._storage += limits.jetstream_storage
+        if save:
+            self._save(org)
         return True
 
     def forget(self, org: str) -> None:
         """Drop ``org``'s record and key; its reservation is free again."""
         record = self._orgs.pop(org, None)
-        if record is not None:
+        if record is not None and self._by_account is not None:
             self._by_account.pop(record.account.public_key, None)
+        if record is not None:
+            self._memory -= record.limits.jetstream_memory
+            self._storage -= record.limits.jetstream_storage
         self._store.delete_org(org)
 
     # ---- account JWTs -------------------------------------------------------------------

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -53,9 +53,24 @@ _PREFIX = {
 
 @dataclass(frozen=True, slots=True)
 class NKey:
-    """An nkey pair, held by its seed (``SO…``, ``SA…``, ``SU…``)."""
+    """An nkey pair, held by its seed (``SO…``, ``SA…``, ``SU…``).
+
+    The pair is derived from the seed once, when first used: deriving it (an ed25519 key from
+    the seed) cost each JWT signed and each public key asked for as much as signing itself,
+    several times per org created; and a start that loads every org's key derives none.
+    """
 
     seed: str
+    _pair: nkeys.KeyPair | None = field(default=None, init=False, repr=False, compare=False)
+    _public: str = field(default="", init=False, repr=False, compare=False)
+
+    def _derived(self) -> nkeys.KeyPair:
+        pair = self._pair
+        if pair is None:
+            pair = nkeys.from_seed(self.seed.encode())
+            object.__setattr__(self, "_public", str(pair.public_key.decode()))
+            object.__setattr__(self, "_pair", pair)
+        return pair
 
     @classmethod
     def generate(cls, kind: KeyKind) -> NKey:
@@ -66,17 +81,18 @@ class NKey:
     def from_seed(cls, seed: str) -> NKey:
         key = cls(seed.strip())
         try:
-            _ = key.public_key
+            nkeys.decode_seed(key.seed.encode())  # its form, without deriving the pair
         except nkeys.NkeysError as exc:
             raise InvalidInput(f"not an nkey seed: {exc}") from exc
         return key
 
     @property
     def public_key(self) -> str:
-        return str(nkeys.from_seed(self.seed.encode()).public_key.decode())
+        self._derived()
+        return self._public
 
     def sign(self, data: bytes) -> bytes:
-        return bytes(nkeys.from_seed(self.seed.encode()).sign(data))
+        return bytes(self._derived().sign(data))
 
     def __repr__(self) -> str:  # never print a seed
         return f"NKey({self.public_key})"

@@ -249,7 +249,7 @@ class PlatformBus:
             if shrinking:
                 await self._streams.ensure(org, limits)
             async with self._lock:
-                self.authority.admit(org, limits)
+                self.authority.admit(org, limits, save=False)  # saved with its JWT, next
                 await resolver.push(self.authority.org_account_jwt(org), name=org)
             if made and not shrinking:
                 await self._streams.ensure(org, limits)

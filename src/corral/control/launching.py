@@ -53,8 +53,11 @@ class Launcher:
         runtime: AgentRuntime,
         extra_env: dict[str, str] | None = None,
         agent_env: AgentEnv | None = None,
+        before_launch: Callable[[Organization], Awaitable[None]] | None = None,
     ) -> None:
         self._agents = agents
+        #: what the org needs before any of its agents starts (its sandbox uid), done first
+        self._before_launch = before_launch
         self._bus = bus
         self._runtime = runtime
         self._extra_env = dict(extra_env or {})
@@ -62,6 +65,8 @@ class Launcher:
 
     async def launch(self, org: Organization, agent: Agent, steps: Undo) -> None:
         """Credentials, inbox consumer and process for ``agent``; pushes undo steps."""
+        if self._before_launch is not None:
+            await self._before_launch(org)
         creds = self._bus.mint_agent_creds(org.slug, agent.id, ttl_seconds=CREDS_TTL_SECONDS)
         steps.append(lambda: self._bus.revoke_agent(org.slug, agent.id))
         await self._agents.update(agent.id, public_key=creds.public_key)

@@ -62,6 +62,7 @@ class Controller(Restarts):
         extra_env: dict[str, str] | None = None,
         heartbeat_seconds: float = 5.0,
         agent_env: AgentEnv | None = None,
+        before_launch: Callable[[Organization], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(agents=agents, hub=hub, runtime=runtime)
         self.ledger = ledger
@@ -70,7 +71,12 @@ class Controller(Restarts):
         self.checkpoint_deadline = checkpoint_deadline
         self.heartbeat_seconds = heartbeat_seconds
         self._launcher = Launcher(
-            agents=agents, bus=bus, runtime=runtime, extra_env=extra_env, agent_env=agent_env
+            agents=agents,
+            bus=bus,
+            runtime=runtime,
+            extra_env=extra_env,
+            agent_env=agent_env,
+            before_launch=before_launch,
         )
         self._restarts = Background()
         self._last_seen: dict[str, float] = {}

@@ -7,7 +7,6 @@ all-or-nothing)."""
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from corral.control.tenants import OrgStep
@@ -38,8 +37,7 @@ def org_steps(p: Platform) -> list[OrgStep]:
         await p.vault.destroy_org(OrgId(org.id), actor="platform")
 
     async def runtime_up(org: Organization) -> None:
-        if p.sandbox is not None and p.sandbox.enabled and os.geteuid() == 0:
-            await p.assign_org_uid(org)
+        # its sandbox uid is given before its first agent starts (Platform.ensure_org_uid)
         await p.runtime.prepare_org(org.slug, labels={**org.labels, **org.annotations})
 
     async def runtime_down(org: Organization) -> None:
@@ -50,6 +48,7 @@ def org_steps(p: Platform) -> list[OrgStep]:
                 except CorralError as exc:  # the runtime's removal below stops it anyway
                     log.warning("terminating %s of %s: %s", agent.id, org.slug, exc.message)
         await p.runtime.remove_org(org.slug)
+        p.forget_org_uid(org)
 
     async def scheduler_up(org: Organization) -> None:
         p.dispatcher.org_changed(org)

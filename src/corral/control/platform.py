@@ -125,6 +125,8 @@ class Platform:
         self.runtime: AgentRuntime
         self.sandbox: Confinement | None = None  # the local runtime's; None on Kubernetes
         self._org_uids: dict[str, int] = {}  # org slug → its agents' uid (root, sandbox on)
+        self._org_uid_owner: dict[str, str] = {}  # org slug → the id of the org given it
+        self._uid_lock = asyncio.Lock()
         self.controller: Controller
         self.dispatcher: Dispatcher
         self.models: GatewayService  # the model gateway: models, budgets, metering
@@ -199,6 +201,7 @@ class Platform:
             extra_env=self._agent_env(),
             heartbeat_seconds=self.settings.heartbeat_seconds,
             agent_env=self.models.agent_env,
+            before_launch=self.ensure_org_uid,
         )
         self._stack.push_async_callback(self.controller.close)
         idle = self.settings.idle_timeout
@@ -228,6 +231,7 @@ class Platform:
             if idle is not None
             else (lambda org: org.plan.idle_timeout_seconds),
             roles=self.roles.roles,
+            role_orgs=self.roles.orgs,
         )
         self.roles.on_change = self.dispatcher.roles_changed
         self.roles.on_budget = lambda org, role, budget, actor: self.models.role_budget_changed(
@@ -383,12 +387,12 @@ class Platform:
             self.sandbox = self._confinement()
             run_as = None
             if self.sandbox.enabled and os.geteuid() == 0:  # each org's agents: its own uid
-                known = await self.orgs.sandbox_uids()  # one query, not one per org
+                # the orgs given one (one query); the others get one before their first agent
+                known = await self.orgs.sandbox_uids()
                 for org in await self.orgs.list():
                     if org.id in known:
                         self._org_uids[org.slug] = known[org.id]
-                    else:
-                        await self.assign_org_uid(org)
+                        self._org_uid_owner[org.slug] = org.id
                 run_as = self._run_as
             runtime = LocalProcessRuntime(
                 self.data_dir / "agents",
@@ -422,6 +426,26 @@ class Platform:
             log.error("no sandbox uid left for %s: its agents cannot start", org.slug)
         else:
             self._org_uids[org.slug] = uid
+            self._org_uid_owner[org.slug] = org.id
+
+    async def ensure_org_uid(self, org: Organization) -> None:
+        """Give ``org`` its sandbox uid before its first agent starts (root, sandbox on). An
+        org is given one only then, not when it is created: an org with no agent costs no
+        store write for it. Without one, the sandbox refuses to start the agent (never as
+        root)."""
+        if self.sandbox is None or not self.sandbox.enabled or os.geteuid() != 0:
+            return
+        if self._org_uid_owner.get(org.slug) == org.id and org.slug in self._org_uids:
+            return
+        async with self._uid_lock:  # two first agents of one org: one asks the store
+            if self._org_uid_owner.get(org.slug) != org.id:
+                await self.assign_org_uid(org)
+
+    def forget_org_uid(self, org: Organization) -> None:
+        """``org`` is gone from the runtime: its uid may be given to another org."""
+        if self._org_uid_owner.get(org.slug) == org.id:
+            self._org_uid_owner.pop(org.slug, None)
+            self._org_uids.pop(org.slug, None)
 
     def _run_as(self, org: str, agent_id: str) -> tuple[int, int] | None:
         uid = self._org_uids.get(org)

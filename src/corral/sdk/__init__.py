@@ -23,8 +23,32 @@ request) and ``agent`` (the serve loop, delegation and the control channel, wiri
 The context never imports the agent, and only the agent imports the rooms it wires.
 """
 
-from corral.sdk.agent import Agent
-from corral.sdk.config import AgentConfig
-from corral.sdk.context import Blocked, TaskContext
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.sdk.agent import Agent
+    from corral.sdk.config import AgentConfig
+    from corral.sdk.context import Blocked, TaskContext
 
 __all__ = ["Agent", "AgentConfig", "Blocked", "TaskContext"]
+
+# Imported on first use: the control plane imports one room of the SDK (``objects``), and
+# the package importing the agent would bring the model client and its HTTP stack with it.
+_WHERE = {
+    "Agent": "corral.sdk.agent",
+    "AgentConfig": "corral.sdk.config",
+    "Blocked": "corral.sdk.context",
+    "TaskContext": "corral.sdk.context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -126,7 +126,8 @@ class Database:
                     await conn.execute(
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_KEY}
                     )
-                await conn.run_sync(_upgrade)
+                if not await conn.run_sync(_at_head):
+                    await conn.run_sync(_upgrade)
         except (SQLAlchemyError, OSError) as exc:
             raise Unavailable(f"database unavailable or migration failed: {exc}") from exc
 
@@ -191,7 +192,45 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_REVISION = re.compile(
+    r"""^(down_revision|revision)\s*(?::[^=\n]*)?=\s*["']([^"'\n]+)["']""", re.MULTILINE
+)
+
+
+@functools.cache
+def script_head() -> str | None:
+    """The newest migration's revision, read from the migration files as text (importing
+    alembic and loading every migration costs a start a good share of its time); None
+    unless every file names its revision and they form one line with one head."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (_MIGRATIONS / "versions").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        found = dict(_REVISION.findall(path.read_text()))
+        if "revision" not in found:
+            return None  # a file this reading does not understand: alembic decides
+        revisions.add(found["revision"])
+        if "down_revision" in found:
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 and parents <= revisions else None
+
+
+def _at_head(conn: Connection) -> bool:
+    """Whether the database is at the newest migration already: nothing to upgrade, and
+    alembic need not be loaded at all."""
+    head = script_head()
+    if head is None or not inspect(conn).has_table("alembic_version"):
+        return False
+    rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return list(rows) == [head]
+
+
 def _upgrade(conn: Connection) -> None:
+    from alembic import command  # only when there is something to upgrade
+    from alembic.config import Config
+
     logging.getLogger("alembic").setLevel(logging.WARNING)  # a quiet start: no step-by-step
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))

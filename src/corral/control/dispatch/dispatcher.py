@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -83,6 +83,7 @@ class Dispatcher:
         retention: Callable[[Organization], float] = lambda org: org.plan.task_retention_seconds,
         stop_grace: float = 10.0,
         roles: Callable[[str], list[Role]] = lambda org_id: [],
+        role_orgs: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.tasks = tasks
         self.journal = journal
@@ -112,6 +113,9 @@ class Dispatcher:
         )
         self.scheduler = self.book.scheduler
         self.roles = roles
+        #: the orgs that declare roles (few, or none): a round asks whether one of them is
+        #: known instead of asking every org for its roles
+        self.role_orgs = role_orgs
         self.snapshot = AgentSnapshot(
             find_agents=lambda states: controller.agents.find(states=states),
             ledger=ledger,
@@ -373,11 +377,7 @@ class Dispatcher:
                 self.book.move(rec, TaskState.EXPIRED, detail="deadline passed")
         self.timeouts.check(now)
         await self.reaper.reap()
-        if (
-            not self.held
-            and not self.controller.bus_health.disturbed()
-            and any(self.roles(org_id) for org_id in self.book.orgs)
-        ):
+        if not self.held and not self.controller.bus_health.disturbed() and self._declares_roles():
             self.supply.keep(self.book.orgs, await self.snapshot.agents())
         if len(self.scheduler) == 0 or self.held or self.controller.bus_health.disturbed():
             await self.journal.flush()  # while the bus does not answer, nothing is sent
@@ -408,6 +408,13 @@ class Dispatcher:
             await self._send(sends)
         if decisions >= DECISIONS_PER_ROUND:
             self.kick()  # more may be placeable: another round right away
+
+    def _declares_roles(self) -> bool:
+        """Whether an org of the book declares a role (the supply then keeps its agents)."""
+        if self.role_orgs is None:
+            return any(self.roles(org_id) for org_id in self.book.orgs)
+        orgs = self.book.orgs
+        return any(org_id in orgs for org_id in self.role_orgs())
 
     def _act(self, task: QueuedTask, placement: Placement, views: Views) -> TaskRecord | None:
         """Carry out one decision; returns the task to send once the round is committed."""

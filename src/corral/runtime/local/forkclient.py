@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_PRELOAD", "ENV_ROOM", "Zygote", "ZygoteChild", "runnable_mod
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRELOAD = ("asyncio", "json", "nats", "nkeys", "corral.sdk", "corral.agents.general")
+DEFAULT_PRELOAD = ("asyncio", "json", "nats", "nkeys", "corral.sdk.agent", "corral.agents.general")
 """What the built-in agent imports, first thing and when it connects (``nkeys`` signs)."""
 ENV_ROOM = 8192
 """Bytes of padding in the server's environment, so a child can show an environment that
