@@ -34,6 +34,7 @@ from corral.domain.agents import (
     Agent,
     AgentState,
     make_agent_id,
+    require_transition,
     validate_name,
 )
 from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound
@@ -119,9 +120,10 @@ class Controller(Restarts):
         steps.append(lambda: self.ledger.release(org.id, charge, agents=1, gpus=resources.gpu))
         try:
             async with self._lock(agent_id):  # the reconciler leaves a start under way alone
-                await self.agents.create(
+                created = await self.agents.create(
                     agent_id=agent_id,
                     org_id=org.id,
+                    org=org.slug,
                     name=name,
                     role=role,
                     resources=resources,
@@ -131,7 +133,7 @@ class Controller(Restarts):
                     role_version=role_version,
                 )
                 steps.append(lambda: self.agents.delete(agent_id))
-                await self._launcher.launch(org, await self.agents.get(agent_id), steps)
+                await self._launcher.launch(org, created, steps)
         except BaseException:
             await undo(steps)
             raise
@@ -146,33 +148,22 @@ class Controller(Restarts):
         Records that it was heard from (:meth:`heard_from`), in the same write as its state
         where it moves to running."""
         now = datetime.now(UTC)
-        try:
-            agent = await self.agents.get(agent_id)
-        except NotFound:
-            return None
-        if agent.org != org:
-            return None
-        if agent.state is AgentState.RESUMING:
-            moved = await self._transition(
-                agent_id,
-                expect=[AgentState.RESUMING],
-                to=AgentState.RUNNING,
-                resumed_at=now,
-                last_seen_at=now,
-            )
-        else:
-            moved = await self._transition(
-                agent_id,
-                expect=[AgentState.PROVISIONING],
-                to=AgentState.RUNNING,
-                last_seen_at=now,
-            )
-        if moved:  # the transition wrote when it was last heard from: no second write
+        for edge in (AgentState.PROVISIONING, AgentState.RESUMING):
+            require_transition(agent_id, edge, AgentState.RUNNING)
+        # the usual case, in one write: it was starting, and is running from now
+        ready = await self.agents.to_running(agent_id, org=org, at=now)
+        if ready is not None:  # that wrote when it was last heard from: no second write
             self._last_seen[agent_id] = time.monotonic()
-        else:
+        else:  # it said so again, or it is in no state to start; or not ``org``'s
+            try:
+                agent = await self.agents.get(agent_id)
+            except NotFound:
+                return None
+            if agent.org != org:
+                return None
             await self.heard_from(agent_id)
-        self._ready(agent_id)
-        ready = await self.agents.get(agent_id)
+            ready = await self.agents.get(agent_id)
+        self._ready(agent_id, ready)
         self._publish(ready)
         return ready
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from fractions import Fraction
 
-from sqlalchemy import ColumnElement, and_, case, select, update
+from sqlalchemy import ColumnElement, Table, and_, case, select, update
 
 from corral.domain.admission import UsageSnapshot, check_quota, empty_usage
 from corral.domain.errors import NotFound
@@ -28,6 +28,9 @@ _COLUMNS = {
 }
 
 
+_ZERO = Quantity.of(0)
+
+
 def _as_int(q: Quantity, how: str) -> int:
     return q.milli if how == "milli" else q.units
 
@@ -37,6 +40,9 @@ def _as_quantity(n: int, how: str, resource: str) -> Quantity:
         return Quantity.of(Fraction(n, 1000))
     fmt = Format.BINARY_SI if resource.endswith("memory") else Format.DECIMAL_SI
     return Quantity.of(n, fmt)
+
+
+_USAGE: Table = UsageRow.__table__  # type: ignore[assignment]
 
 
 class QuotaLedger:
@@ -65,24 +71,23 @@ class QuotaLedger:
             QuotaExceeded: naming the resource that does not fit, with asked/used/allowed.
         """
         deltas: dict[str, int] = {}
-        conds: list[ColumnElement[bool]] = [UsageRow.org_id == org_id]
+        conds: list[ColumnElement[bool]] = [_USAGE.c.org_id == org_id]
         for resource, (col, how) in _COLUMNS.items():
-            d = _as_int(charge.get(resource, Quantity.of(0)), how)
+            d = _as_int(charge.get(resource, _ZERO), how)
             if d:
                 deltas[col] = d
-                column = getattr(UsageRow, col)
-                conds.append(column + d <= _as_int(plan.quota[resource], how))
+                conds.append(_USAGE.c[col] + d <= _as_int(plan.quota[resource], how))
         if agents:
             deltas["agents"] = agents
-            conds.append(UsageRow.agents + agents <= plan.agent_limit)
+            conds.append(_USAGE.c.agents + agents <= plan.agent_limit)
         if gpus:
             deltas["gpus"] = gpus
-            conds.append(UsageRow.gpus + gpus <= plan.gpu_limit)
+            conds.append(_USAGE.c.gpus + gpus <= plan.gpu_limit)
         if not deltas:
             return
-        values = {col: getattr(UsageRow, col) + d for col, d in deltas.items()}
-        async with self._db.sessions() as s, s.begin():
-            result = await s.execute(update(UsageRow).where(and_(*conds)).values(**values))
+        values = {col: _USAGE.c[col] + d for col, d in deltas.items()}
+        async with self._db.writing() as s:
+            result = await s.execute(update(_USAGE).where(and_(*conds)).values(**values))
         if result.rowcount == 1:  # type: ignore[attr-defined]
             return
         # Refused: explain with the figures as they are now (raises QuotaExceeded).
@@ -104,18 +109,17 @@ class QuotaLedger:
     ) -> None:
         values = {}
         for resource, (col, how) in _COLUMNS.items():
-            d = _as_int(charge.get(resource, Quantity.of(0)), how)
+            d = _as_int(charge.get(resource, _ZERO), how)
             if d:
-                column = getattr(UsageRow, col)
-                values[col] = _max0(column - d)
+                values[col] = _max0(_USAGE.c[col] - d)
         if agents:
-            values["agents"] = _max0(UsageRow.agents - agents)
+            values["agents"] = _max0(_USAGE.c.agents - agents)
         if gpus:
-            values["gpus"] = _max0(UsageRow.gpus - gpus)
+            values["gpus"] = _max0(_USAGE.c.gpus - gpus)
         if not values:
             return
-        async with self._db.sessions() as s, s.begin():
-            await s.execute(update(UsageRow).where(UsageRow.org_id == org_id).values(**values))
+        async with self._db.writing() as s:
+            await s.execute(update(_USAGE).where(_USAGE.c.org_id == org_id).values(**values))
 
     async def all_usage(self) -> dict[str, UsageSnapshot]:
         async with self._db.sessions() as s:
