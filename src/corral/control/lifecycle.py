@@ -120,6 +120,8 @@ class Controller(Restarts):
         steps.append(lambda: self.ledger.release(org.id, charge, agents=1, gpus=resources.gpu))
         try:
             async with self._lock(agent_id):  # the reconciler leaves a start under way alone
+                # recorded with the agent; never handed to anyone if the agent is not created
+                creds = self._launcher.mint(org, agent_id)
                 created = await self.agents.create(
                     agent_id=agent_id,
                     org_id=org.id,
@@ -131,9 +133,11 @@ class Controller(Restarts):
                     slots=slots,
                     env=env,
                     role_version=role_version,
+                    public_key=creds.public_key,
                 )
                 steps.append(lambda: self.agents.delete(agent_id))
-                await self._launcher.launch(org, created, steps)
+                steps.append(lambda: self.bus.revoke_agent(org.slug, agent_id))
+                await self._launcher.launch(org, created, steps, creds=creds)
         except BaseException:
             await undo(steps)
             raise

@@ -102,6 +102,10 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo, "json_deserializer": load_json}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
+            # every session and connection ends its transaction (commit or rollback) before it
+            # gives its connection back: the pool's own rollback on return would be a second
+            # round trip to the driver's thread, on every statement's way out
+            kwargs["pool_reset_on_return"] = None
         else:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 10

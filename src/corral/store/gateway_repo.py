@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -318,19 +319,14 @@ class GatewayStore:
 
     # -- gateway credentials --------------------------------------------------------------
     async def put_credential(self, agent_id: str, org_id: str, token_hash: str) -> None:
+        """Store the agent's credential, replacing the one it had (one statement)."""
         now = datetime.now(UTC)
+        dialect = postgresql if self._db.dialect == "postgresql" else sqlite
+        values = {"token_hash": token_hash, "org_id": org_id, "created_at": now}
+        upsert = dialect.insert(GatewayCredentialRow).values(agent_id=agent_id, **values)
+        upsert = upsert.on_conflict_do_update(index_elements=["agent_id"], set_=values)
         async with self._tx("storing a gateway credential", write=True) as s:
-            changed = await s.execute(
-                update(GatewayCredentialRow)
-                .where(GatewayCredentialRow.agent_id == agent_id)
-                .values(token_hash=token_hash, org_id=org_id, created_at=now)
-            )
-            if not changed.rowcount:  # type: ignore[attr-defined]
-                s.add(
-                    GatewayCredentialRow(
-                        agent_id=agent_id, org_id=org_id, token_hash=token_hash, created_at=now
-                    )
-                )
+            await s.execute(upsert)
 
     async def credential(self, token_hash: str) -> tuple[str, str] | None:
         """The (agent id, org id) a credential hash belongs to."""
