@@ -7,6 +7,7 @@ provisioned at once make a thousand of them, each on the control plane's one eve
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -35,12 +36,16 @@ def resources_to_json(r: AdmittedResources) -> dict[str, Any]:
     }
 
 
+#: the few quantities agents are given, parsed once each (a Quantity is immutable)
+_parse = functools.lru_cache(maxsize=256)(parse)
+
+
 def resources_from_json(d: dict[str, Any]) -> AdmittedResources:
     return AdmittedResources(
-        parse(d["cpu_request"]),
-        parse(d["cpu_limit"]),
-        parse(d["memory_request"]),
-        parse(d["memory_limit"]),
+        _parse(d["cpu_request"]),
+        _parse(d["cpu_limit"]),
+        _parse(d["memory_request"]),
+        _parse(d["memory_limit"]),
         int(d.get("gpu", 0)),
     )
 
@@ -207,23 +212,23 @@ class AgentRepository:
     ) -> list[Agent]:
         """Agents oldest first; ``search``: whose name or id contains it; ``newest``: only
         the newest so many of those."""
-        q = select(AgentRow, OrgRow.slug).join(OrgRow, OrgRow.id == AgentRow.org_id)
+        q = _WITH_SLUG
         if org_id is not None:
-            q = q.where(AgentRow.org_id == org_id)
+            q = q.where(_AGENTS.c.org_id == org_id)
         if states is not None:
-            q = q.where(AgentRow.state.in_([s.value for s in states]))
+            q = q.where(_AGENTS.c.state.in_([s.value for s in states]))
         if search:
             q = q.where(
-                AgentRow.name.contains(search, autoescape=True)
-                | AgentRow.id.contains(search, autoescape=True)
+                _AGENTS.c.name.contains(search, autoescape=True)
+                | _AGENTS.c.id.contains(search, autoescape=True)
             )
         if newest is None:
-            q = q.order_by(AgentRow.created_at)
+            q = q.order_by(_AGENTS.c.created_at)
         else:
-            q = q.order_by(AgentRow.created_at.desc()).limit(newest)
+            q = q.order_by(_AGENTS.c.created_at.desc()).limit(newest)
         async with self._db.sessions() as s:
             rows = (await s.execute(q)).all()
-        found = [_agent(r[0], r[1]) for r in rows]
+        found = [_agent(r, r.slug) for r in rows]
         return found if newest is None else found[::-1]
 
     async def transition(
