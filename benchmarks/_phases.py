@@ -37,6 +37,7 @@ from corral.runtime.local.forkclient import Zygote
 from corral.runtime.local.forkpool import ForkServerPool
 from corral.runtime.local.runtime import LocalProcessRuntime
 from corral.store.agents import AgentRepository
+from corral.store.gateway_repo import GatewayStore
 from corral.store.quota import QuotaLedger
 
 __all__ = ["Phases"]
@@ -79,8 +80,8 @@ class Phases:
         self._around(QuotaLedger, "reserve", after="quota reserved (store)")
         self._around(AgentRepository, "create", after="agent row created (store)")
         self._around(PlatformBus, "mint_agent_creds", after="credentials minted", sync=True)
-        self._around(AgentRepository, "update", after="agent row updated (store)", once=True)
         self._around(PlatformBus, "prepare_agent", after="inbox stream/consumer (bus)")
+        self._around(GatewayStore, "put_credential", after="model gateway credential (store)")
         self._around(LocalProcessRuntime, "start", before="runtime start called")
         self._around(Confinement, "policy", after="sandbox policy built", sync=True)
         self._around(ForkServerPool, "server_for", before="dirs, creds file, limits",

@@ -3,6 +3,10 @@ request was well formed, the host lacks the program), and nothing of it is left 
 
 from __future__ import annotations
 
+import pytest
+
+from corral.bus import jwt
+from corral.bus.accounts import AgentCredentials
 from tests.e2e.conftest import Live
 
 
@@ -18,3 +22,30 @@ async def test_a_command_that_cannot_be_run_is_409_and_leaves_nothing(live: Live
     assert "no-such-program-here" in message and "cannot be run" in message
     assert (await live.admin.get("/v1/orgs/acme/agents")).json()["agents"] == []
     assert (await live.admin.get("/v1/orgs/acme/usage")).json()["quota"] == before
+
+
+async def test_a_start_that_fails_revokes_the_bus_key_recorded_with_the_agent(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provision mints the agent's bus key before it records the agent (with the key): a
+    start that fails after that revokes the key, so nothing minted for it stays usable."""
+    await live.org("acme")
+    bus = live.platform.bus
+    minted: list[str] = []
+    mint = bus.mint_agent_creds
+
+    def recording(org: str, agent: str, *, ttl_seconds: int) -> AgentCredentials:
+        creds: AgentCredentials = mint(org, agent, ttl_seconds=ttl_seconds)
+        minted.append(creds.public_key)
+        return creds
+
+    monkeypatch.setattr(bus, "mint_agent_creds", recording)
+    r = await live.admin.post(
+        "/v1/orgs/acme/agents",
+        json={"name": "broken", "command": ["no-such-program-here"], "wait": True},
+    )
+    assert r.status_code == 409, r.text
+    assert len(minted) == 1
+    account = jwt.decode(bus.authority.org_account_jwt("acme"))
+    assert minted[0] in account["nats"]["revocations"]
+    assert (await live.admin.get("/v1/orgs/acme/agents")).json()["agents"] == []

@@ -22,8 +22,8 @@ async def test_each_state_an_agent_entered_is_kept_with_when_and_why(db: Databas
     agents = AgentRepository(db)
     resources = AdmittedResources(parse("500m"), parse("1"), parse("1Gi"), parse("2Gi"))
     await agents.create(
-        agent_id="agent-acme-a-1", org_id=org.id, name="a", role="r", resources=resources,
-        command=[],
+        agent_id="agent-acme-a-1", org_id=org.id, org=org.slug, name="a", role="r",
+        resources=resources, command=[],
     )  # fmt: skip
     assert await agents.transition("agent-acme-a-1", expect=[S.PROVISIONING], to=S.RUNNING)
     assert not await agents.transition("agent-acme-a-1", expect=[S.PAUSED], to=S.RESUMING)
@@ -44,3 +44,42 @@ async def test_each_state_an_agent_entered_is_kept_with_when_and_why(db: Databas
     ]
     await agents.delete("agent-acme-a-1")  # an undone provision takes its history with it
     assert await agents.history("agent-acme-a-1") == []
+
+
+async def test_an_agent_is_returned_as_recorded_and_reports_ready_in_one_write(
+    db: Database,
+) -> None:
+    orgs = OrgRepository(db)
+    acme = Organization(OrgId("org_acme"), OrgSlug("acme"), STANDARD, datetime.now(UTC))
+    umbrella = Organization(OrgId("org_umb"), OrgSlug("umbrella"), STANDARD, datetime.now(UTC))
+    await orgs.create(acme, key_id="kacme", key_secret="s")
+    await orgs.create(umbrella, key_id="kumb", key_secret="s")
+    agents = AgentRepository(db)
+    resources = AdmittedResources(parse("500m"), parse("1"), parse("1Gi"), parse("2Gi"))
+    created = await agents.create(
+        agent_id="agent-acme-a-1", org_id=acme.id, org=acme.slug, name="a", role="r",
+        resources=resources, command=["run", "it"], slots=2, env={"K": "v"}, role_version=3,
+        public_key="UKEY",
+    )  # fmt: skip
+    assert created == await agents.get("agent-acme-a-1")
+    assert created.state is S.PROVISIONING and created.public_key == "UKEY"
+
+    at = datetime.now(UTC)
+    # another org's word for the agent is not taken, and leaves no trace
+    assert await agents.to_running("agent-acme-a-1", org=umbrella.slug, at=at) is None
+    assert await agents.to_running("agent-acme-nobody-1", org=acme.slug, at=at) is None
+    ready = await agents.to_running("agent-acme-a-1", org=acme.slug, at=at)
+    assert ready is not None and ready == await agents.get("agent-acme-a-1")
+    assert ready.state is S.RUNNING and ready.org == "acme" and ready.last_seen_at == at
+    assert ready.resumed_at is None and ready.env == {"K": "v"} and ready.slots == 2
+    assert await agents.to_running("agent-acme-a-1", org=acme.slug, at=at) is None  # said again
+
+    # from resuming, it is resumed then too
+    assert await agents.transition("agent-acme-a-1", expect=[S.RUNNING], to=S.PAUSING)
+    assert await agents.transition("agent-acme-a-1", expect=[S.PAUSING], to=S.PAUSED)
+    assert await agents.transition("agent-acme-a-1", expect=[S.PAUSED], to=S.RESUMING)
+    later = datetime.now(UTC)
+    resumed = await agents.to_running("agent-acme-a-1", org=acme.slug, at=later)
+    assert resumed is not None and resumed.resumed_at == later and resumed.last_seen_at == later
+    history = [state for state, _, _ in await agents.history("agent-acme-a-1")]
+    assert history == ["provisioning", "running", "pausing", "paused", "resuming", "running"]

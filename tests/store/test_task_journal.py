@@ -172,6 +172,7 @@ async def test_an_agents_current_task_is_written_with_the_batch(db: Database) ->
     await agents.create(
         agent_id="agent-acme-a-1234",
         org_id=org.id,
+        org=org.slug,
         name="a",
         role="worker",
         resources=small,

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from corral.bus.jwt import KeyKind, NKey
 from corral.domain.plans import BusLimits
 
@@ -84,7 +86,8 @@ class KeyStore:
         }
 
     def save_org(self, org: str, record: OrgRecord) -> None:
-        _write_private(self._orgs_dir / f"{org}.json", json.dumps(record.to_json()))
+        # every mint saves the org's users of the last day: orjson, as that list grows
+        _write_private(self._orgs_dir / f"{org}.json", orjson.dumps(record.to_json()).decode())
 
     def delete_org(self, org: str) -> None:
         (self._orgs_dir / f"{org}.json").unlink(missing_ok=True)

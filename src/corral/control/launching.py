@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 
-from corral.control.ports import BusPort
+from corral.control.ports import AgentCredentials, BusPort
 from corral.domain.agents import Agent
 from corral.domain.errors import CorralError
 from corral.domain.tenancy import Organization
@@ -63,13 +63,27 @@ class Launcher:
         self._extra_env = dict(extra_env or {})
         self._agent_env = agent_env
 
-    async def launch(self, org: Organization, agent: Agent, steps: Undo) -> None:
-        """Credentials, inbox consumer and process for ``agent``; pushes undo steps."""
+    def mint(self, org: Organization, agent_id: str) -> AgentCredentials:
+        """New bus credentials for the agent (whoever records them pushes their revocation)."""
+        return self._bus.mint_agent_creds(org.slug, agent_id, ttl_seconds=CREDS_TTL_SECONDS)
+
+    async def launch(
+        self,
+        org: Organization,
+        agent: Agent,
+        steps: Undo,
+        *,
+        creds: AgentCredentials | None = None,
+    ) -> None:
+        """Credentials, inbox consumer and process for ``agent``; pushes undo steps.
+        ``creds``: minted (:meth:`mint`) and recorded with the agent already, their
+        revocation pushed (a provision's, which records them as it creates the agent)."""
         if self._before_launch is not None:
             await self._before_launch(org)
-        creds = self._bus.mint_agent_creds(org.slug, agent.id, ttl_seconds=CREDS_TTL_SECONDS)
-        steps.append(lambda: self._bus.revoke_agent(org.slug, agent.id))
-        await self._agents.update(agent.id, public_key=creds.public_key)
+        if creds is None:
+            creds = self.mint(org, agent.id)
+            steps.append(lambda: self._bus.revoke_agent(org.slug, agent.id))
+            await self._agents.update(agent.id, public_key=creds.public_key)
         await self._bus.prepare_agent(org.slug, agent.id)
         own_env: dict[str, str] = {}
         if self._agent_env is not None:

@@ -34,6 +34,7 @@ from corral.domain.agents import (
     Agent,
     AgentState,
     make_agent_id,
+    require_transition,
     validate_name,
 )
 from corral.domain.errors import Conflict, CorralError, InvalidInput, NotFound
@@ -125,9 +126,12 @@ class Controller(Restarts):
         steps.append(lambda: self.ledger.release(org.id, charge, agents=1, gpus=resources.gpu))
         try:
             async with self._lock(agent_id):  # the reconciler leaves a start under way alone
-                await self.agents.create(
+                # recorded with the agent; never handed to anyone if the agent is not created
+                creds = self._launcher.mint(org, agent_id)
+                created = await self.agents.create(
                     agent_id=agent_id,
                     org_id=org.id,
+                    org=org.slug,
                     name=name,
                     role=role,
                     resources=resources,
@@ -135,9 +139,11 @@ class Controller(Restarts):
                     slots=slots,
                     env=env,
                     role_version=role_version,
+                    public_key=creds.public_key,
                 )
                 steps.append(lambda: self.agents.delete(agent_id))
-                await self._launcher.launch(org, await self.agents.get(agent_id), steps)
+                steps.append(lambda: self.bus.revoke_agent(org.slug, agent_id))
+                await self._launcher.launch(org, created, steps, creds=creds)
         except BaseException:
             await undo(steps)
             raise
@@ -152,33 +158,22 @@ class Controller(Restarts):
         Records that it was heard from (:meth:`heard_from`), in the same write as its state
         where it moves to running."""
         now = datetime.now(UTC)
-        try:
-            agent = await self.agents.get(agent_id)
-        except NotFound:
-            return None
-        if agent.org != org:
-            return None
-        if agent.state is AgentState.RESUMING:
-            moved = await self._transition(
-                agent_id,
-                expect=[AgentState.RESUMING],
-                to=AgentState.RUNNING,
-                resumed_at=now,
-                last_seen_at=now,
-            )
-        else:
-            moved = await self._transition(
-                agent_id,
-                expect=[AgentState.PROVISIONING],
-                to=AgentState.RUNNING,
-                last_seen_at=now,
-            )
-        if moved:  # the transition wrote when it was last heard from: no second write
+        for edge in (AgentState.PROVISIONING, AgentState.RESUMING):
+            require_transition(agent_id, edge, AgentState.RUNNING)
+        # the usual case, in one write: it was starting, and is running from now
+        ready = await self.agents.to_running(agent_id, org=org, at=now)
+        if ready is not None:  # that wrote when it was last heard from: no second write
             self._last_seen[agent_id] = time.monotonic()
-        else:
+        else:  # it said so again, or it is in no state to start; or not ``org``'s
+            try:
+                agent = await self.agents.get(agent_id)
+            except NotFound:
+                return None
+            if agent.org != org:
+                return None
             await self.heard_from(agent_id)
-        self._ready(agent_id)
-        ready = await self.agents.get(agent_id)
+            ready = await self.agents.get(agent_id)
+        self._ready(agent_id, ready)
         self._publish(ready)
         return ready
 

@@ -34,7 +34,7 @@ class AgentRecords:
         self.agents = agents
         self.hub = hub
         self.runtime = runtime
-        self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._ready_waiters: dict[str, list[asyncio.Future[Agent | None]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         #: told the org id whenever quota is released (pause, terminate, failure)
         self.on_capacity: Callable[[str], None] = lambda org_id: None
@@ -123,23 +123,29 @@ class AgentRecords:
     # -- readiness ------------------------------------------------------------------------
     async def wait_running(self, agent_id: str, *, timeout: float) -> Agent:
         """Wait until the agent is running (for CLI ``--wait`` and tests)."""
-        agent = await self.agents.get(agent_id)
-        if agent.state is AgentState.RUNNING:
-            return agent
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # waiting before looking: a ready that lands between the two is not missed
+        fut: asyncio.Future[Agent | None] = asyncio.get_running_loop().create_future()
         self._ready_waiters.setdefault(agent_id, []).append(fut)
-        agent = await self.agents.get(agent_id)
-        if agent.state is not AgentState.RUNNING:
+        try:
+            agent = await self.agents.get(agent_id)
+            if agent.state is AgentState.RUNNING:
+                return agent
             try:
-                await asyncio.wait_for(fut, timeout)
+                ready = await asyncio.wait_for(fut, timeout)
             except TimeoutError:
-                if fut in self._ready_waiters.get(agent_id, []):
-                    self._ready_waiters[agent_id].remove(fut)
                 raise Unavailable(
                     f"agent {agent_id} did not report ready within {timeout:g}s "
                     f"(state {agent.state.value}; see `corral agent logs`)"
                 ) from None
-        return await self.agents.get(agent_id)
+        finally:
+            waiters = self._ready_waiters.get(agent_id)
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._ready_waiters[agent_id]
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # news it no longer waited for (it was running already)
+        return ready if ready is not None else await self.agents.get(agent_id)
 
     async def _exited_before_ready(
         self, org_slug: str, agent_id: str, how: str, *, then: str
@@ -164,8 +170,9 @@ class AgentRecords:
     def _waited_for(self, agent_id: str) -> bool:
         return bool(self._ready_waiters.get(agent_id))
 
-    def _ready(self, agent_id: str) -> None:
-        """The agent reported ready: wake whoever waits for it."""
+    def _ready(self, agent_id: str, agent: Agent | None = None) -> None:
+        """The agent reported ready (``agent``: as it is now, if known): wake whoever waits
+        for it."""
         for fut in self._ready_waiters.pop(agent_id, []):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(agent)

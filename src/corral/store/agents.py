@@ -1,12 +1,18 @@
-"""The agent registry (the seed's Firestore documents, here rows)."""
+"""The agent registry (the seed's Firestore documents, here rows).
+
+The calls a provision makes (create, get, update, the state changes) are plain SQL statements
+on the tables, built once where they can be, not ORM units of work: a hundred agents
+provisioned at once make a thousand of them, each on the control plane's one event loop.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Row, Table, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from corral.domain.admission import AdmittedResources
@@ -30,12 +36,16 @@ def resources_to_json(r: AdmittedResources) -> dict[str, Any]:
     }
 
 
+#: the few quantities agents are given, parsed once each (a Quantity is immutable)
+_parse = functools.lru_cache(maxsize=256)(parse)
+
+
 def resources_from_json(d: dict[str, Any]) -> AdmittedResources:
     return AdmittedResources(
-        parse(d["cpu_request"]),
-        parse(d["cpu_limit"]),
-        parse(d["memory_request"]),
-        parse(d["memory_limit"]),
+        _parse(d["cpu_request"]),
+        _parse(d["cpu_limit"]),
+        _parse(d["memory_request"]),
+        _parse(d["memory_limit"]),
         int(d.get("gpu", 0)),
     )
 
@@ -46,7 +56,18 @@ def _utc(v: datetime | None) -> datetime | None:
     return v if v.tzinfo else v.replace(tzinfo=UTC)
 
 
-def _agent(row: AgentRow, slug: str) -> Agent:
+_AGENTS: Table = AgentRow.__table__  # type: ignore[assignment]
+_HISTORY: Table = AgentTransitionRow.__table__  # type: ignore[assignment]
+_ORGS: Table = OrgRow.__table__  # type: ignore[assignment]
+_WITH_SLUG = select(_AGENTS, _ORGS.c.slug).join(_ORGS, _ORGS.c.id == _AGENTS.c.org_id)
+_BY_ID = _WITH_SLUG.where(_AGENTS.c.id == bindparam("agent_id"))
+_BY_ID_IN_ORG = _BY_ID.where(_AGENTS.c.org_id == bindparam("org_id"))
+_NOTE = insert(_HISTORY)
+#: the states an agent reports ready from
+_STARTING = (AgentState.PROVISIONING.value, AgentState.RESUMING.value)
+
+
+def _agent(row: AgentRow | Row[Any], slug: str) -> Agent:
     return Agent(
         id=AgentId(row.id),
         org_id=row.org_id,
@@ -81,6 +102,7 @@ class AgentRepository:
         *,
         agent_id: str,
         org_id: str,
+        org: str,
         name: str,
         role: str,
         resources: AdmittedResources,
@@ -88,55 +110,79 @@ class AgentRepository:
         slots: int = 1,
         env: Mapping[str, str] | None = None,
         role_version: int | None = None,
-    ) -> None:
+        public_key: str | None = None,
+    ) -> Agent:
+        """Record a new agent of ``org`` (its slug; ``org_id`` its id), ``provisioning``;
+        returns it as recorded.
+
+        Raises:
+            Conflict: the org has a live agent of that name.
+        """
         now = datetime.now(UTC)
-        program: dict[str, Any] = {"argv": list(command), "slots": slots}
+        argv = list(command)
+        program: dict[str, Any] = {"argv": argv, "slots": slots}
         if env:
             program["env"] = dict(env)
         if role_version is not None:
             program["roleVersion"] = role_version
+        state = AgentState.PROVISIONING.value
         try:
-            async with self._db.sessions() as s, s.begin():
-                s.add(
-                    AgentRow(
+            async with self._db.writing() as s:
+                await s.execute(
+                    insert(_AGENTS).values(
                         id=agent_id,
                         org_id=org_id,
                         name=name,
                         role=role,
-                        state=AgentState.PROVISIONING.value,
+                        state=state,
                         busy_task=None,
                         resources=resources_to_json(resources),
                         command=program,
-                        public_key=None,
+                        public_key=public_key,
                         restarts=0,
                         holds_pod=True,
                         created_at=now,
                         updated_at=now,
                         detail="",
                     )
-                )
-                await s.flush()  # the agent's row first: its history points at it
-                s.add(
-                    AgentTransitionRow(
-                        agent_id=agent_id, state=AgentState.PROVISIONING.value, at=now, detail=""
-                    )
+                )  # the agent's row first: its history points at it
+                await s.execute(
+                    _NOTE, {"agent_id": agent_id, "state": state, "at": now, "detail": ""}
                 )
         except IntegrityError as exc:
             raise Conflict(
                 f"an agent named {name!r} already exists in this organization",
                 details={"name": name},
             ) from exc
+        return Agent(
+            id=AgentId(agent_id),
+            org_id=org_id,
+            org=org,
+            name=name,
+            role=role,
+            state=AgentState.PROVISIONING,
+            resources=resources,
+            command=tuple(argv),
+            busy_task=None,
+            restarts=0,
+            public_key=public_key,
+            created_at=now,
+            updated_at=now,
+            slots=slots,
+            env=dict(env or {}),
+            role_version=role_version,
+        )
 
     async def get(self, agent_id: str, *, org_id: str | None = None) -> Agent:
+        if org_id is None:
+            q, params = _BY_ID, {"agent_id": agent_id}
+        else:
+            q, params = _BY_ID_IN_ORG, {"agent_id": agent_id, "org_id": org_id}
         async with self._db.sessions() as s:
-            q = select(AgentRow, OrgRow.slug).join(OrgRow, OrgRow.id == AgentRow.org_id)
-            q = q.where(AgentRow.id == agent_id)
-            if org_id is not None:
-                q = q.where(AgentRow.org_id == org_id)
-            row = (await s.execute(q)).first()
+            row = (await s.execute(q, params)).first()
         if row is None:
             raise NotFound(f"agent {agent_id!r} not found", details={"agent": agent_id})
-        return _agent(row[0], row[1])
+        return _agent(row, row.slug)
 
     async def resolve(self, ref: str, *, org_id: str) -> Agent:
         """The org's agent whose id is ``ref``, or else its live (not terminated) agent named
@@ -166,23 +212,23 @@ class AgentRepository:
     ) -> list[Agent]:
         """Agents oldest first; ``search``: whose name or id contains it; ``newest``: only
         the newest so many of those."""
-        q = select(AgentRow, OrgRow.slug).join(OrgRow, OrgRow.id == AgentRow.org_id)
+        q = _WITH_SLUG
         if org_id is not None:
-            q = q.where(AgentRow.org_id == org_id)
+            q = q.where(_AGENTS.c.org_id == org_id)
         if states is not None:
-            q = q.where(AgentRow.state.in_([s.value for s in states]))
+            q = q.where(_AGENTS.c.state.in_([s.value for s in states]))
         if search:
             q = q.where(
-                AgentRow.name.contains(search, autoescape=True)
-                | AgentRow.id.contains(search, autoescape=True)
+                _AGENTS.c.name.contains(search, autoescape=True)
+                | _AGENTS.c.id.contains(search, autoescape=True)
             )
         if newest is None:
-            q = q.order_by(AgentRow.created_at)
+            q = q.order_by(_AGENTS.c.created_at)
         else:
-            q = q.order_by(AgentRow.created_at.desc()).limit(newest)
+            q = q.order_by(_AGENTS.c.created_at.desc()).limit(newest)
         async with self._db.sessions() as s:
             rows = (await s.execute(q)).all()
-        found = [_agent(r[0], r[1]) for r in rows]
+        found = [_agent(r, r.slug) for r in rows]
         return found if newest is None else found[::-1]
 
     async def transition(
@@ -197,24 +243,51 @@ class AgentRepository:
         not in ``expect``."""
         now = datetime.now(UTC)
         values = {"state": to.value, "updated_at": now, **fields}
-        async with self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             result = await s.execute(
-                update(AgentRow)
-                .where(AgentRow.id == agent_id, AgentRow.state.in_([e.value for e in expect]))
+                update(_AGENTS)
+                .where(_AGENTS.c.id == agent_id, _AGENTS.c.state.in_([e.value for e in expect]))
                 .values(**values)
             )
             moved = bool(result.rowcount)  # type: ignore[attr-defined]
             if moved:
                 detail = fields.get("detail")
-                s.add(
-                    AgentTransitionRow(
-                        agent_id=agent_id,
-                        state=to.value,
-                        at=now,
-                        detail=detail if isinstance(detail, str) else "",
-                    )
+                note = {"agent_id": agent_id, "state": to.value, "at": now}
+                await s.execute(
+                    _NOTE, {**note, "detail": detail if isinstance(detail, str) else ""}
                 )
         return moved
+
+    async def to_running(self, agent_id: str, *, org: str, at: datetime) -> Agent | None:
+        """Compare-and-set ``provisioning`` or ``resuming`` → ``running`` for the agent of
+        ``org`` (its slug), heard from ``at`` (and resumed then, if it was resuming), noted in
+        its history; returns the agent as it now is, or None when no agent of ``org`` by that
+        id was in either state."""
+        resuming = _AGENTS.c.state == AgentState.RESUMING.value
+        running = AgentState.RUNNING.value
+        org_id = select(_ORGS.c.id).where(_ORGS.c.slug == org).scalar_subquery()
+        async with self._db.writing() as s:
+            row = (
+                await s.execute(
+                    update(_AGENTS)
+                    .where(
+                        _AGENTS.c.id == agent_id,
+                        _AGENTS.c.org_id == org_id,
+                        _AGENTS.c.state.in_(_STARTING),
+                    )
+                    .values(
+                        state=running,
+                        updated_at=at,
+                        last_seen_at=at,
+                        resumed_at=case((resuming, at), else_=_AGENTS.c.resumed_at),
+                    )
+                    .returning(_AGENTS)
+                )
+            ).first()
+            if row is None:
+                return None
+            await s.execute(_NOTE, {"agent_id": agent_id, "state": running, "at": at, "detail": ""})
+        return _agent(row, org)
 
     async def history(self, agent_id: str, *, newest: int = 50) -> list[tuple[str, datetime, str]]:
         """The newest states ``agent_id`` entered (state, when, why), oldest first."""
@@ -229,16 +302,16 @@ class AgentRepository:
         return [(r[0], _utc(r[1]) or r[1], r[2]) for r in reversed(rows)]
 
     async def update(self, agent_id: str, **fields: Any) -> None:
-        async with self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             await s.execute(
-                update(AgentRow)
-                .where(AgentRow.id == agent_id)
+                update(_AGENTS)
+                .where(_AGENTS.c.id == agent_id)
                 .values(updated_at=datetime.now(UTC), **fields)
             )
 
     async def delete(self, agent_id: str) -> None:
         """Remove the record entirely (only to undo a provision that never happened)."""
-        async with self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             await s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
     async def count_by_state(self) -> list[tuple[str, str, str, int]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,12 @@ import orjson
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from corral.domain import documents
 from corral.domain.errors import Deposed, InvalidInput, Unavailable
@@ -95,6 +102,10 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo, "json_deserializer": load_json}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
+            # every session and connection ends its transaction (commit or rollback) before it
+            # gives its connection back: the pool's own rollback on return would be a second
+            # round trip to the driver's thread, on every statement's way out
+            kwargs["pool_reset_on_return"] = None
         else:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 10
@@ -108,6 +119,24 @@ class Database:
         if self.dialect == "postgresql":
             event.listen(self.engine.sync_engine, "handle_error", _lost_session(fence))
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite takes one writer at a time and lets the others poll for its lock, sleeping up
+        # to 100 ms between tries while each holds a pooled connection (so that readers wait
+        # for one too): a burst of concurrent writes, a hundred agents provisioned at once,
+        # took seconds so. In one process writers queue here instead, each starting as the
+        # last one ends, and hold no connection while they wait.
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction that writes: committed when the block ends, rolled back
+        if it raises. On SQLite one at a time in this process (see above); nothing that
+        writes may be awaited inside the block but through its session."""
+        if self._write_lock is None:
+            async with self.sessions() as s, s.begin():
+                yield s
+            return
+        async with self._write_lock, self.sessions() as s, s.begin():
+            yield s
 
     async def start(self, *, migrate: bool = True) -> None:
         """Migrate to head (without ``migrate``: only connect, for a replica that migrated

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -78,8 +79,13 @@ class GatewayStore:
         self._db = db
 
     @asynccontextmanager
-    async def _tx(self, what: str) -> AsyncIterator[AsyncSession]:
+    async def _tx(self, what: str, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A transaction; ``write``: one that writes (queued with the others on SQLite)."""
         try:
+            if write:
+                async with self._db.writing() as s:
+                    yield s
+                return
             async with self._db.sessions() as s, s.begin():
                 yield s
         except IntegrityError:
@@ -107,7 +113,7 @@ class GatewayStore:
             "updated_at": now,
         }
         try:
-            async with self._tx("declaring a model") as s:
+            async with self._tx("declaring a model", write=True) as s:
                 row = await s.get(ModelRow, (model.org_id, model.name))
                 previous = _endpoint(row) if row is not None else None
                 if row is None:
@@ -138,7 +144,7 @@ class GatewayStore:
             return [_endpoint(r) for r in rows]
 
     async def delete_model(self, org_id: str, name: str, *, audit: AuditEntry) -> bool:
-        async with self._tx("removing a model") as s:
+        async with self._tx("removing a model", write=True) as s:
             gone = await s.execute(
                 delete(ModelRow).where(ModelRow.org_id == org_id, ModelRow.name == name)
             )
@@ -150,7 +156,7 @@ class GatewayStore:
     async def append_audit(self, entries: Iterable[AuditEntry]) -> None:
         rows = [_audit(e) for e in entries]
         if rows:
-            async with self._tx("writing the audit log") as s:
+            async with self._tx("writing the audit log", write=True) as s:
                 await s.execute(insert(AuditRow), rows)
 
     # -- budgets --------------------------------------------------------------------------
@@ -162,7 +168,7 @@ class GatewayStore:
     async def set_org_budget(
         self, org_id: str, budget: Budget | None, *, audit: AuditEntry
     ) -> None:
-        async with self._tx("setting a budget") as s:
+        async with self._tx("setting a budget", write=True) as s:
             await s.execute(delete(ModelBudgetRow).where(ModelBudgetRow.org_id == org_id))
             if budget is not None:
                 s.add(
@@ -176,7 +182,7 @@ class GatewayStore:
             await s.execute(insert(AuditRow).values(**_audit(audit)))
 
     async def put_task_budget(self, task_id: str, org_id: str, budget: Budget) -> None:
-        async with self._tx("storing a task budget") as s:
+        async with self._tx("storing a task budget", write=True) as s:
             s.add(
                 TaskBudgetRow(
                     task_id=task_id, org_id=org_id, tokens=budget.tokens, cost=budget.cost
@@ -184,7 +190,7 @@ class GatewayStore:
             )
 
     async def delete_task_budget(self, task_id: str) -> None:
-        async with self._tx("removing a task budget") as s:
+        async with self._tx("removing a task budget", write=True) as s:
             await s.execute(delete(TaskBudgetRow).where(TaskBudgetRow.task_id == task_id))
 
     async def task_budget(self, task_id: str) -> Budget | None:
@@ -234,7 +240,7 @@ class GatewayStore:
             }
             for c in calls
         ]
-        async with self._tx("recording model usage") as s:
+        async with self._tx("recording model usage", write=True) as s:
             await s.execute(insert(ModelUsageRow), rows)
 
     async def period_totals(self, period: str) -> dict[str, tuple[int, int]]:
@@ -313,19 +319,14 @@ class GatewayStore:
 
     # -- gateway credentials --------------------------------------------------------------
     async def put_credential(self, agent_id: str, org_id: str, token_hash: str) -> None:
+        """Store the agent's credential, replacing the one it had (one statement)."""
         now = datetime.now(UTC)
-        async with self._tx("storing a gateway credential") as s:
-            changed = await s.execute(
-                update(GatewayCredentialRow)
-                .where(GatewayCredentialRow.agent_id == agent_id)
-                .values(token_hash=token_hash, org_id=org_id, created_at=now)
-            )
-            if not changed.rowcount:  # type: ignore[attr-defined]
-                s.add(
-                    GatewayCredentialRow(
-                        agent_id=agent_id, org_id=org_id, token_hash=token_hash, created_at=now
-                    )
-                )
+        dialect = postgresql if self._db.dialect == "postgresql" else sqlite
+        values = {"token_hash": token_hash, "org_id": org_id, "created_at": now}
+        upsert = dialect.insert(GatewayCredentialRow).values(agent_id=agent_id, **values)
+        upsert = upsert.on_conflict_do_update(index_elements=["agent_id"], set_=values)
+        async with self._tx("storing a gateway credential", write=True) as s:
+            await s.execute(upsert)
 
     async def credential(self, token_hash: str) -> tuple[str, str] | None:
         """The (agent id, org id) a credential hash belongs to."""
@@ -340,7 +341,7 @@ class GatewayStore:
             return (row[0], row[1]) if row is not None else None
 
     async def delete_credential(self, agent_id: str) -> None:
-        async with self._tx("revoking a gateway credential") as s:
+        async with self._tx("revoking a gateway credential", write=True) as s:
             await s.execute(
                 delete(GatewayCredentialRow).where(GatewayCredentialRow.agent_id == agent_id)
             )

@@ -3,10 +3,11 @@ reservations can never both take the last slot, on SQLite and PostgreSQL alike."
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from fractions import Fraction
 
-from sqlalchemy import ColumnElement, and_, case, select, update
+from sqlalchemy import ColumnElement, Table, Update, and_, bindparam, case, select, update
 
 from corral.domain.admission import UsageSnapshot, check_quota, empty_usage
 from corral.domain.errors import NotFound
@@ -28,6 +29,9 @@ _COLUMNS = {
 }
 
 
+_ZERO = Quantity.of(0)
+
+
 def _as_int(q: Quantity, how: str) -> int:
     return q.milli if how == "milli" else q.units
 
@@ -37,6 +41,9 @@ def _as_quantity(n: int, how: str, resource: str) -> Quantity:
         return Quantity.of(Fraction(n, 1000))
     fmt = Format.BINARY_SI if resource.endswith("memory") else Format.DECIMAL_SI
     return Quantity.of(n, fmt)
+
+
+_USAGE: Table = UsageRow.__table__  # type: ignore[assignment]
 
 
 class QuotaLedger:
@@ -65,24 +72,23 @@ class QuotaLedger:
             QuotaExceeded: naming the resource that does not fit, with asked/used/allowed.
         """
         deltas: dict[str, int] = {}
-        conds: list[ColumnElement[bool]] = [UsageRow.org_id == org_id]
+        params: dict[str, object] = {"usage_of": org_id}
         for resource, (col, how) in _COLUMNS.items():
-            d = _as_int(charge.get(resource, Quantity.of(0)), how)
+            d = _as_int(charge.get(resource, _ZERO), how)
             if d:
                 deltas[col] = d
-                column = getattr(UsageRow, col)
-                conds.append(column + d <= _as_int(plan.quota[resource], how))
+                params[f"most_{col}"] = _as_int(plan.quota[resource], how)
         if agents:
             deltas["agents"] = agents
-            conds.append(UsageRow.agents + agents <= plan.agent_limit)
+            params["most_agents"] = plan.agent_limit
         if gpus:
             deltas["gpus"] = gpus
-            conds.append(UsageRow.gpus + gpus <= plan.gpu_limit)
+            params["most_gpus"] = plan.gpu_limit
         if not deltas:
             return
-        values = {col: getattr(UsageRow, col) + d for col, d in deltas.items()}
-        async with self._db.sessions() as s, s.begin():
-            result = await s.execute(update(UsageRow).where(and_(*conds)).values(**values))
+        params.update({f"add_{col}": d for col, d in deltas.items()})
+        async with self._db.writing() as s:
+            result = await s.execute(_charging(tuple(deltas)), params)
         if result.rowcount == 1:  # type: ignore[attr-defined]
             return
         # Refused: explain with the figures as they are now (raises QuotaExceeded).
@@ -102,25 +108,45 @@ class QuotaLedger:
     async def release(
         self, org_id: str, charge: Mapping[str, Quantity], *, agents: int = 0, gpus: int = 0
     ) -> None:
-        values = {}
+        deltas: dict[str, int] = {}
         for resource, (col, how) in _COLUMNS.items():
-            d = _as_int(charge.get(resource, Quantity.of(0)), how)
+            d = _as_int(charge.get(resource, _ZERO), how)
             if d:
-                column = getattr(UsageRow, col)
-                values[col] = _max0(column - d)
+                deltas[col] = d
         if agents:
-            values["agents"] = _max0(UsageRow.agents - agents)
+            deltas["agents"] = agents
         if gpus:
-            values["gpus"] = _max0(UsageRow.gpus - gpus)
-        if not values:
+            deltas["gpus"] = gpus
+        if not deltas:
             return
-        async with self._db.sessions() as s, s.begin():
-            await s.execute(update(UsageRow).where(UsageRow.org_id == org_id).values(**values))
+        params: dict[str, object] = {f"take_{col}": d for col, d in deltas.items()}
+        async with self._db.writing() as s:
+            await s.execute(_releasing(tuple(deltas)), {"usage_of": org_id, **params})
 
     async def all_usage(self) -> dict[str, UsageSnapshot]:
         async with self._db.sessions() as s:
             rows = (await s.execute(select(UsageRow))).scalars().all()
         return {r.org_id: _snapshot(r) for r in rows}
+
+
+@functools.lru_cache(maxsize=64)
+def _charging(columns: tuple[str, ...]) -> Update:
+    """``UPDATE ... SET c = c + :add_c ... WHERE org_id = :usage_of AND c + :add_c <= :most_c
+    ...``: the charge of those columns, only if each stays within its limit (built once for
+    each set of columns a charge touches)."""
+    conds: list[ColumnElement[bool]] = [_USAGE.c.org_id == bindparam("usage_of")]
+    values: dict[str, ColumnElement[int]] = {}
+    for col in columns:
+        values[col] = _USAGE.c[col] + bindparam(f"add_{col}")
+        conds.append(values[col] <= bindparam(f"most_{col}"))
+    return update(_USAGE).where(and_(*conds)).values(**values)
+
+
+@functools.lru_cache(maxsize=64)
+def _releasing(columns: tuple[str, ...]) -> Update:
+    """``UPDATE ... SET c = max(c - :take_c, 0) ... WHERE org_id = :usage_of``."""
+    values = {col: _max0(_USAGE.c[col] - bindparam(f"take_{col}")) for col in columns}
+    return update(_USAGE).where(_USAGE.c.org_id == bindparam("usage_of")).values(**values)
 
 
 def _max0(expr: ColumnElement[int]) -> ColumnElement[int]:

@@ -33,7 +33,7 @@ class RoleRepository:
         """Store ``role``; returns it as stored (its version bumped if its spec changed)."""
         now = datetime.now(UTC)
         spec = role.to_wire()
-        async with self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             row = await s.get(RoleRow, (org_id, role.name), with_for_update=True)
             if row is None:
                 row = RoleRow(
@@ -72,7 +72,7 @@ class RoleRepository:
 
     async def delete(self, org_id: str, name: str) -> None:
         """Raises: NotFound: no role of that name in the org."""
-        async with self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             result = await s.execute(
                 delete(RoleRow).where(RoleRow.org_id == org_id, RoleRow.name == name)
             )

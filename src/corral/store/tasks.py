@@ -193,7 +193,7 @@ class TaskRepository:
         that no later query trips on it (nor a start-up that rebuilds from the store)."""
         now = datetime.now(UTC)
         detail = f"quarantined: {reason}"
-        async with self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             current = (
                 await s.execute(select(TaskRow.state).where(TaskRow.id == task_id))
             ).scalar_one_or_none()
@@ -290,7 +290,7 @@ class TaskRepository:
             )
             .limit(batch)
         )
-        async with self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             if with_objects is not None:
                 marker = f'%"{objects.REF_KEY}"%'
                 found = await s.execute(

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import Table, delete, func, insert, select, update
@@ -66,18 +63,6 @@ def _free_uid(used: set[int], base: int, count: int) -> int | None:
 class OrgRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
-        # SQLite takes one writer at a time and lets the others poll for the lock, sleeping
-        # up to 100 ms between tries: on a busy machine concurrent org writes waited seconds
-        # so. In one process they queue here instead, and each starts as the last one ends.
-        self._write_lock = asyncio.Lock() if db.dialect == "sqlite" else None
-
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[None]:
-        if self._write_lock is None:
-            yield
-            return
-        async with self._write_lock:
-            yield
 
     async def create(self, org: Organization, *, key_id: str, key_secret: str) -> None:
         """Insert the org, its zeroed usage row and its first API key, atomically.
@@ -88,7 +73,7 @@ class OrgRepository:
         try:
             # three plain INSERTs, the same statements each time (compiled once): the ORM's
             # unit of work cost more than the statements
-            async with self._writing(), self._db.sessions() as s, s.begin():
+            async with self._db.writing() as s:
                 await s.execute(
                     _INSERT_ORG,
                     {
@@ -146,7 +131,7 @@ class OrgRepository:
 
     async def set_plan(self, slug: str, plan: str) -> Organization:
         get_plan(plan)
-        async with self._writing(), self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             result = await s.execute(
                 update(OrgRow).where(OrgRow.slug == slug, _LIVE).values(plan=plan)
             )
@@ -162,7 +147,7 @@ class OrgRepository:
             NotFound: no such org (or its deletion already began).
         """
         org = await self.get(slug)
-        async with self._writing(), self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             result = await s.execute(
                 update(OrgRow)
                 .where(OrgRow.id == org.id, _LIVE)
@@ -182,7 +167,7 @@ class OrgRepository:
 
     async def delete(self, org_id: str) -> None:
         """Remove the org's row (and, by cascade, everything the store keeps of it)."""
-        async with self._writing(), self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             await s.execute(delete(OrgRow).where(OrgRow.id == org_id))
 
     # -- the local sandbox's ids ----------------------------------------------------------------
@@ -201,7 +186,7 @@ class OrgRepository:
         """
         for _ in range(8):  # a concurrent allocation took the same id: try the next
             try:
-                async with self._writing(), self._db.sessions() as s, s.begin():
+                async with self._db.writing() as s:
                     given = await self._give_next_uid(s, org_id, base, count)
                     if given is not None:
                         return given
@@ -275,7 +260,7 @@ class OrgRepository:
 
     # -- keys ---------------------------------------------------------------------------------
     async def add_key(self, *, key_id: str, key_secret: str, org_id: str | None) -> None:
-        async with self._writing(), self._db.sessions() as s, s.begin():
+        async with self._db.writing() as s:
             s.add(
                 ApiKeyRow(
                     id=key_id,

@@ -97,8 +97,13 @@ class SqlVaultStore:
         self._db = db
 
     @asynccontextmanager
-    async def _tx(self, what: str) -> AsyncIterator[AsyncSession]:
+    async def _tx(self, what: str, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A transaction; ``write``: one that writes (queued with the others on SQLite)."""
         try:
+            if write:
+                async with self._db.writing() as s:
+                    yield s
+                return
             async with self._db.sessions() as s, s.begin():
                 yield s
         except IntegrityError:
@@ -125,7 +130,7 @@ class SqlVaultStore:
 
     async def create_data_key(self, record: DataKeyRecord, *, audit: AuditEntry) -> DataKeyRecord:
         try:
-            async with self._tx("creating a data key") as s:
+            async with self._tx("creating a data key", write=True) as s:
                 result = await s.execute(
                     self._insert_ignoring_conflict(DataKeyRow).values(
                         org_id=record.org_id,
@@ -152,7 +157,7 @@ class SqlVaultStore:
     async def replace_data_key(
         self, record: DataKeyRecord, *, expected_master_key_id: str, audit: AuditEntry
     ) -> bool:
-        async with self._tx("re-wrapping a data key") as s:
+        async with self._tx("re-wrapping a data key", write=True) as s:
             result = await s.execute(
                 update(DataKeyRow)
                 .where(
@@ -208,7 +213,7 @@ class SqlVaultStore:
         self, record: SecretRecord, *, expected_version: int, audit: AuditEntry
     ) -> bool:
         try:
-            async with self._tx("writing a secret") as s:
+            async with self._tx("writing a secret", write=True) as s:
                 statement: Insert | Update
                 if expected_version == 0:
                     statement = self._insert_ignoring_conflict(SecretRow).values(
@@ -243,7 +248,7 @@ class SqlVaultStore:
 
     async def _delete_audited(self, what: str, statement: Delete, audit: AuditEntry) -> bool:
         """Delete one row and record ``audit`` in the same transaction; False if no row."""
-        async with self._tx(what) as s:
+        async with self._tx(what, write=True) as s:
             if _rowcount(await s.execute(statement)) != 1:
                 return False
             s.add(_audit_row(audit))
@@ -257,7 +262,7 @@ class SqlVaultStore:
 
     async def add_grant(self, record: GrantRecord, *, audit: AuditEntry) -> None:
         try:
-            async with self._tx("adding a grant") as s:
+            async with self._tx("adding a grant", write=True) as s:
                 await s.execute(
                     insert(GrantRow).values(
                         id=record.id,
@@ -288,7 +293,7 @@ class SqlVaultStore:
     # -- organizations ------------------------------------------------------------------------
 
     async def destroy_org(self, org_id: OrgId, *, audit: AuditEntry) -> bool:
-        async with self._tx("destroying an organization's vault") as s:
+        async with self._tx("destroying an organization's vault", write=True) as s:
             await s.execute(delete(SecretRow).where(SecretRow.org_id == org_id))
             await s.execute(delete(GrantRow).where(GrantRow.org_id == org_id))
             result = await s.execute(delete(DataKeyRow).where(DataKeyRow.org_id == org_id))
@@ -298,7 +303,7 @@ class SqlVaultStore:
     # -- audit --------------------------------------------------------------------------------
 
     async def append_audit(self, entry: AuditEntry) -> None:
-        async with self._tx("writing the audit log") as s:
+        async with self._tx("writing the audit log", write=True) as s:
             s.add(_audit_row(entry))
 
     async def list_audit(

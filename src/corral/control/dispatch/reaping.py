@@ -71,10 +71,11 @@ class Reaper:
         if time.monotonic() - self._last < REAP_EVERY:
             return
         self._last = time.monotonic()
-        await self._reap_idle()
-        await self._reap_silent()
+        running = await self._controller.agents.find(states=[AgentState.RUNNING])
+        self._reap_idle(running)
+        self._reap_silent(running)
 
-    async def _reap_silent(self) -> None:
+    def _reap_silent(self, running: list[Agent]) -> None:
         """A running agent that stopped heartbeating is hung or cut off: the controller
         restarts it and its work is retried, as after a crash."""
         limit = self._controller.silence_limit
@@ -82,7 +83,7 @@ class Reaper:
         if calm < limit:  # the bus silenced everyone (or did lately): nobody is judged by it
             return
         now = datetime.now(UTC)
-        for agent in await self._controller.agents.find(states=[AgentState.RUNNING]):
+        for agent in running:
             seen = agent.last_seen_at or agent.resumed_at or agent.created_at
             if (now - seen).total_seconds() < limit:
                 continue
@@ -100,11 +101,10 @@ class Reaper:
                 self._controller.heartbeat_lost(org, agent), f"silent-{agent.id}"
             )
 
-    async def _reap_idle(self) -> None:
+    def _reap_idle(self, running: list[Agent]) -> None:
         """Pause agents idle past their role's timeout (or their org's), but never below the
         ``minAgents`` their role keeps warm."""
         now = datetime.now(UTC)
-        running = await self._controller.agents.find(states=[AgentState.RUNNING])
         up: dict[tuple[str, str], int] = {}
         for agent in running:
             if agent.id not in self._leaving:

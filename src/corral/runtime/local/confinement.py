@@ -170,8 +170,7 @@ class Confinement:
         hide = _resolved((*self.hide, str(paths.root)))
         extra = [*self.read_only]
         extra += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
-        readable = [p for p in _resolved(tuple(extra)) if os.path.exists(p)]
-        readable = [p for p in readable if not _under(p, hide)]
+        readable = list(_readable(tuple(extra), hide))
         agent_dir = os.path.realpath(paths.agent_dir)  # the policy names resolved paths
         # its own credentials, bound back into the hidden data directory for it alone
         readable.append(os.path.join(agent_dir, paths.creds.name))
@@ -208,6 +207,13 @@ class Confinement:
 @functools.cache
 def _resolved(paths: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
+
+
+@functools.lru_cache(maxsize=256)  # bounded: a role's environment may name its own paths
+def _readable(extra: tuple[str, ...], hide: tuple[str, ...]) -> tuple[str, ...]:
+    """Of ``extra``, resolved, what exists outside ``hide``: the same for every agent given the
+    same, found once (as :func:`_system_read_only`)."""
+    return tuple(p for p in _resolved(extra) if os.path.exists(p) and not _under(p, hide))
 
 
 @functools.cache

@@ -22,7 +22,7 @@ import contextlib
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,11 +54,35 @@ def check_name(kind: str, value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AgentPaths:
-    """Every path of one agent, derived from the runtime root."""
+    """Every path of one agent, derived from the runtime root (once: a start asks for them a
+    few dozen times)."""
 
     root: Path
     org: str
     agent_id: str
+    org_dir: Path = field(init=False, repr=False, compare=False)
+    agents_dir: Path = field(init=False, repr=False, compare=False)
+    agent_dir: Path = field(init=False, repr=False, compare=False)
+    workspace: Path = field(init=False, repr=False, compare=False)
+    tmp: Path = field(init=False, repr=False, compare=False)
+    creds: Path = field(init=False, repr=False, compare=False)
+    pidfile: Path = field(init=False, repr=False, compare=False)
+    log: Path = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        org_dir = self.root / "orgs" / self.org
+        agent_dir = org_dir / "agents" / self.agent_id
+        for name, path in (
+            ("org_dir", org_dir),
+            ("agents_dir", org_dir / "agents"),
+            ("agent_dir", agent_dir),
+            ("workspace", agent_dir / "workspace"),
+            ("tmp", agent_dir / "tmp"),
+            ("creds", agent_dir / "agent.creds"),
+            ("pidfile", agent_dir / "agent.pid"),
+            ("log", agent_dir / "logs" / "agent.log"),
+        ):
+            object.__setattr__(self, name, path)
 
     @classmethod
     def of(cls, root: Path, org: str, agent_id: str) -> AgentPaths:
@@ -67,38 +91,6 @@ class AgentPaths:
     @property
     def key(self) -> tuple[str, str]:
         return (self.org, self.agent_id)
-
-    @property
-    def org_dir(self) -> Path:
-        return self.root / "orgs" / self.org
-
-    @property
-    def agents_dir(self) -> Path:
-        return self.org_dir / "agents"
-
-    @property
-    def agent_dir(self) -> Path:
-        return self.agents_dir / self.agent_id
-
-    @property
-    def workspace(self) -> Path:
-        return self.agent_dir / "workspace"
-
-    @property
-    def tmp(self) -> Path:
-        return self.agent_dir / "tmp"
-
-    @property
-    def creds(self) -> Path:
-        return self.agent_dir / "agent.creds"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.agent_dir / "agent.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.agent_dir / "logs" / "agent.log"
 
     def remove(self) -> None:
         shutil.rmtree(self.agent_dir, ignore_errors=True)
