@@ -126,7 +126,11 @@ class LeaderLease:
         replica: this replica's name, unique among the replicas (e.g. the Pod's name).
         api_url: where this replica serves its API, recorded with the lease for standbys.
         lease_seconds: how long a lease lives without being renewed.
-        poll_seconds: how often a standby tries to take the lease.
+        poll_seconds: the least time between two of a standby's attempts to take the lease.
+
+    A standby campaigning waits for the advisory lock in the database (up to
+    :attr:`wait_seconds` at a time, then it looks whether the holder is stale): PostgreSQL
+    hands it the lock the moment the holder's session ends, with no polling in between.
     """
 
     def __init__(
@@ -155,6 +159,12 @@ class LeaderLease:
     @property
     def renew_seconds(self) -> float:
         return self.lease_seconds / 4
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long a standby waits for the advisory lock before it looks whether the holder
+        is stale (a paused holder keeps its session, and so the lock)."""
+        return min(self.lease_seconds / 4, 1.0)
 
     def valid(self) -> bool:
         """Whether this replica may still act as the leader (its own clock, no I/O)."""
@@ -216,10 +226,15 @@ class LeaderLease:
         row = rows[0]
         return Leader(row["epoch"], row["holder"], row["api_url"], row["age"])
 
-    async def try_take(self) -> int | None:
-        """Take the lease if it is free or its holder is stale; the new epoch, or ``None``."""
-        started = time.monotonic()
-        got = (await self._run("SELECT pg_try_advisory_lock($1) AS got", ADVISORY_KEY))[0]["got"]
+    async def try_take(self, *, wait: float = 0.0) -> int | None:
+        """Take the lease if it is free (or freed within ``wait`` seconds) or its holder is
+        stale; the new epoch, or ``None``."""
+        if wait > 0:
+            got = await self._thread.call(self._wait_lock_here(wait))
+        else:
+            rows = await self._run("SELECT pg_try_advisory_lock($1) AS got", ADVISORY_KEY)
+            got = rows[0]["got"]
+        started = time.monotonic()  # before the row's renewal time is taken (the database's)
         if not got:
             current = await self.leader()
             if current is not None and current.age is not None and current.age > self.lease_seconds:
@@ -244,17 +259,43 @@ class LeaderLease:
         log.info("replica %s leads now (epoch %d)", self.replica, self.epoch)
         return self.epoch
 
+    async def _wait_lock_here(self, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for the advisory lock, in the database (granted the
+        moment its holder's session ends); whether it was taken."""
+        import asyncpg
+
+        # one implicit transaction: when the wait times out, the SET is rolled back with it;
+        # when the lock is granted, the session's lock_timeout is put back at once
+        wait_for = (
+            f"SET lock_timeout = {max(round(wait * 1000), 1)}; "
+            f"SELECT pg_advisory_lock({int(ADVISORY_KEY)}); SET lock_timeout = 0"
+        )
+        async with self._guard():
+            conn = await self._connection()
+            try:
+                await conn.execute(wait_for, timeout=wait + max(self.lease_seconds / 2, 1.0))
+            except asyncpg.exceptions.LockNotAvailableError:
+                return False  # still held
+            except TimeoutError as exc:
+                await self._drop()  # not leading: this session holds nothing
+                raise Unavailable(f"the leader lease's database session is slow: {exc}") from exc
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await self._drop()
+                raise Unavailable(f"the leader lease's database session failed: {exc}") from exc
+            return True
+
     async def campaign(self) -> int:
         """Wait until this replica leads; its epoch. The database being away is waited out."""
         while True:
+            began = time.monotonic()
             try:
-                epoch = await self.try_take()
+                epoch = await self.try_take(wait=self.wait_seconds)
             except Unavailable as exc:
                 log.warning("campaigning for the lease: %s", exc.message)
                 epoch = None
             if epoch is not None:
                 return epoch
-            await asyncio.sleep(self.poll_seconds)
+            await asyncio.sleep(max(began + self.poll_seconds - time.monotonic(), 0.0))
 
     # -- leading --------------------------------------------------------------------------
     async def renew(self) -> None:
