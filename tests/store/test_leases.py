@@ -280,6 +280,10 @@ async def test_a_standby_waiting_for_the_lock_takes_it_when_the_holder_lets_go(
         await eventually(
             lambda: _waiting_for_the_lock(db), timeout=30, message="b waits in the database"
         )
+        # meanwhile b reads the row on a connection of its own (a standby forwarding a
+        # request does not wait for its campaign's lock wait, here up to 60 s)
+        current = await asyncio.wait_for(b.leader(), timeout=30)
+        assert current is not None and current.holder == "a" and not waiting.done()
         await a.close()  # the session ends: the database hands the lock to b
         assert await waiting == first + 1
         assert (await b._run("SHOW lock_timeout"))[0][0] == "0"

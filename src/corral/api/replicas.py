@@ -138,11 +138,13 @@ class StandbyApp:
     async def _target(self, deadline: float) -> str | App | None:
         """The leader's API address (or this replica's own API, if it leads now), waiting
         while none is known (or the one known is this replica, still starting to lead)."""
+        fresh = False  # the leader read within 0.2 s first: no read of the row per request
         while True:
             local = self._local()
             if local is not None:
                 return local
-            current = await self.leader(fresh=True)
+            current = await self.leader(fresh=fresh)
+            fresh = True
             if (
                 current is not None
                 and current.api_url

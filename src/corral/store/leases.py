@@ -153,8 +153,10 @@ class LeaderLease:
         self.epoch: int | None = None  # while leading
         self._valid_until = 0.0
         self._conn: Any = None
+        self._reader: Any = None  # reads the row: never waits behind a campaign's lock wait
         self._thread = _LeaseLoop(f"corral-lease-{replica}"[:40])
         self._lock: asyncio.Lock | None = None  # made on the lease's loop
+        self._read_lock: asyncio.Lock | None = None  # likewise, the reader's
 
     @property
     def renew_seconds(self) -> float:
@@ -217,10 +219,33 @@ class LeaderLease:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=1)
 
+    async def _read_here(self) -> Any:
+        """The lease row, on the reader's connection (the lease's own may be waiting for the
+        advisory lock for a while: a standby forwarding a request must not wait for that)."""
+        import asyncpg
+
+        if self._read_lock is None:
+            self._read_lock = asyncio.Lock()
+        async with self._read_lock:
+            if self._reader is None or self._reader.is_closed():
+                try:
+                    self._reader = await asyncpg.connect(
+                        self._url, server_settings={"application_name": self.session}, timeout=10
+                    )
+                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    raise Unavailable(f"cannot reach the database for the lease: {exc}") from exc
+            try:
+                return await self._reader.fetch(_STATE, timeout=max(self.lease_seconds / 2, 1.0))
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                reader, self._reader = self._reader, None
+                with contextlib.suppress(Exception):
+                    await reader.close(timeout=1)
+                raise Unavailable(f"reading the leader lease failed: {exc}") from exc
+
     # -- standing by ----------------------------------------------------------------------
     async def leader(self) -> Leader | None:
         """The lease row now (``None`` before anyone ever led)."""
-        rows = await self._run(_STATE)
+        rows = await self._thread.call(self._read_here())
         if not rows or rows[0]["holder"] is None:
             return None
         row = rows[0]
@@ -363,9 +388,13 @@ class LeaderLease:
     async def close(self) -> None:
         """Let go of the lease (the session ends, and the advisory lock with it)."""
         await self._thread.call(self._close_here())
-        self._lock = None
+        self._lock = self._read_lock = None
         self._thread.stop()  # made again by the next call
 
     async def _close_here(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await reader.close(timeout=1)
         async with self._guard():
             await self._drop()
