@@ -264,3 +264,40 @@ async def test_a_journal_transaction_holds_up_a_takeover_but_not_a_renewal(
         await journal.close()
         await a.close()
         await b.close()
+
+
+async def test_a_standby_waiting_for_the_lock_takes_it_when_the_holder_lets_go(
+    db: Database, pg_url: str
+) -> None:
+    a, b = _lease(pg_url, "a"), _lease(pg_url, "b")
+    try:
+        first = await a.try_take()
+        assert first is not None
+        assert await b.try_take(wait=0.1) is None  # still held: the wait ran out
+        # the wait's lock_timeout is gone with it: a takeover's UPDATE waits as long as it must
+        assert (await b._run("SHOW lock_timeout"))[0][0] == "0"
+        waiting = asyncio.ensure_future(b.try_take(wait=60))
+        await eventually(
+            lambda: _waiting_for_the_lock(db), timeout=30, message="b waits in the database"
+        )
+        # meanwhile b reads the row on a connection of its own (a standby forwarding a
+        # request does not wait for its campaign's lock wait, here up to 60 s)
+        current = await asyncio.wait_for(b.leader(), timeout=30)
+        assert current is not None and current.holder == "a" and not waiting.done()
+        await a.close()  # the session ends: the database hands the lock to b
+        assert await waiting == first + 1
+        assert (await b._run("SHOW lock_timeout"))[0][0] == "0"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _waiting_for_the_lock(db: Database) -> bool:
+    async with db.engine.connect() as conn:
+        waits = await conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'corral:b' "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            )
+        )
+        return bool(waits.scalar_one())

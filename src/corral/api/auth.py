@@ -63,14 +63,15 @@ async def authenticate(p: Platform, key: str | None) -> Caller:
     return Caller(found.key_id, found.org_id)
 
 
-def scope_authenticator(p: Platform) -> Callable[[Scope], Awaitable[Caller]]:
-    """Authenticates an ASGI scope from its headers, before any body is read. A key is
-    never taken from a URL (URLs end up in logs, histories and referrers)."""
+def scope_authenticator(current: Callable[[], Platform]) -> Callable[[Scope], Awaitable[Caller]]:
+    """Authenticates an ASGI scope from its headers, before any body is read, against the
+    platform ``current()`` names then. A key is never taken from a URL (URLs end up in logs,
+    histories and referrers)."""
 
     async def from_scope(scope: Scope) -> Caller:
         request = Request(scope)
         key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
-        return await authenticate(p, key)
+        return await authenticate(current(), key)
 
     return from_scope
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
-from corral.api.app import create_app
+from corral.api.app import api_for, serve, warm
 from corral.api.gateway_app import serving_gateway
 from corral.api.server import http_config
 from corral.control.leadership import Leader, Leadership
@@ -137,11 +138,13 @@ class StandbyApp:
     async def _target(self, deadline: float) -> str | App | None:
         """The leader's API address (or this replica's own API, if it leads now), waiting
         while none is known (or the one known is this replica, still starting to lead)."""
+        fresh = False  # the leader read within 0.2 s first: no read of the row per request
         while True:
             local = self._local()
             if local is not None:
                 return local
-            current = await self.leader(fresh=True)
+            current = await self.leader(fresh=fresh)
+            fresh = True
             if (
                 current is not None
                 and current.api_url
@@ -306,6 +309,7 @@ class Replica:
         self._server = _server(self._switch, trusted_proxies=settings.trusted_proxies)
         self._on_lead = on_lead
         self._tasks: list[asyncio.Task[None]] = []
+        self._api: asyncio.Task[FastAPI] | None = None  # the leader's API, made while standing by
 
     @property
     def platform(self) -> Platform | None:
@@ -324,10 +328,18 @@ class Replica:
                 http.result()
                 raise Unavailable("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
+        self._api = loop.create_task(asyncio.to_thread(self._make_api), name="corral-api")
         self._tasks.append(
             loop.create_task(self.leadership.run(self._term), name="corral-leadership")
         )
         return self
+
+    def _make_api(self) -> FastAPI:
+        """The leader's API, made and warmed once, while standing by (on a thread: the
+        standby's API goes on answering), and served for each term's platform."""
+        app = api_for(self.settings)
+        warm(app)
+        return app
 
     async def __aexit__(self, *exc: object) -> None:
         for task in reversed(self._tasks):
@@ -337,6 +349,10 @@ class Replica:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._api is not None:
+            self._api.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._api
         await self.standby.close()
         await self.leadership.lease.close()
         self._sock.close()
@@ -348,8 +364,11 @@ class Replica:
     @contextlib.asynccontextmanager
     async def _term(self, platform: Platform) -> AsyncIterator[None]:
         """One term as the leader: the platform's API (and its model gateway) served here."""
+        assert self._api is not None  # made on entering
+        app = await self._api  # made while standing by: the first requests find it built
         async with serving_gateway(platform.models.gateway, platform.models.socket):
-            self._switch.leader = create_app(platform)
+            serve(app, platform)
+            self._switch.leader = app
             try:
                 if self._on_lead is not None:
                     self._on_lead(platform)

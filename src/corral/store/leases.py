@@ -126,7 +126,11 @@ class LeaderLease:
         replica: this replica's name, unique among the replicas (e.g. the Pod's name).
         api_url: where this replica serves its API, recorded with the lease for standbys.
         lease_seconds: how long a lease lives without being renewed.
-        poll_seconds: how often a standby tries to take the lease.
+        poll_seconds: the least time between two of a standby's attempts to take the lease.
+
+    A standby campaigning waits for the advisory lock in the database (up to
+    :attr:`wait_seconds` at a time, then it looks whether the holder is stale): PostgreSQL
+    hands it the lock the moment the holder's session ends, with no polling in between.
     """
 
     def __init__(
@@ -149,12 +153,20 @@ class LeaderLease:
         self.epoch: int | None = None  # while leading
         self._valid_until = 0.0
         self._conn: Any = None
+        self._reader: Any = None  # reads the row: never waits behind a campaign's lock wait
         self._thread = _LeaseLoop(f"corral-lease-{replica}"[:40])
         self._lock: asyncio.Lock | None = None  # made on the lease's loop
+        self._read_lock: asyncio.Lock | None = None  # likewise, the reader's
 
     @property
     def renew_seconds(self) -> float:
         return self.lease_seconds / 4
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long a standby waits for the advisory lock before it looks whether the holder
+        is stale (a paused holder keeps its session, and so the lock)."""
+        return min(self.lease_seconds / 4, 1.0)
 
     def valid(self) -> bool:
         """Whether this replica may still act as the leader (its own clock, no I/O)."""
@@ -207,19 +219,47 @@ class LeaderLease:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=1)
 
+    async def _read_here(self) -> Any:
+        """The lease row, on the reader's connection (the lease's own may be waiting for the
+        advisory lock for a while: a standby forwarding a request must not wait for that)."""
+        import asyncpg
+
+        if self._read_lock is None:
+            self._read_lock = asyncio.Lock()
+        async with self._read_lock:
+            if self._reader is None or self._reader.is_closed():
+                try:
+                    self._reader = await asyncpg.connect(
+                        self._url, server_settings={"application_name": self.session}, timeout=10
+                    )
+                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    raise Unavailable(f"cannot reach the database for the lease: {exc}") from exc
+            try:
+                return await self._reader.fetch(_STATE, timeout=max(self.lease_seconds / 2, 1.0))
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                reader, self._reader = self._reader, None
+                with contextlib.suppress(Exception):
+                    await reader.close(timeout=1)
+                raise Unavailable(f"reading the leader lease failed: {exc}") from exc
+
     # -- standing by ----------------------------------------------------------------------
     async def leader(self) -> Leader | None:
         """The lease row now (``None`` before anyone ever led)."""
-        rows = await self._run(_STATE)
+        rows = await self._thread.call(self._read_here())
         if not rows or rows[0]["holder"] is None:
             return None
         row = rows[0]
         return Leader(row["epoch"], row["holder"], row["api_url"], row["age"])
 
-    async def try_take(self) -> int | None:
-        """Take the lease if it is free or its holder is stale; the new epoch, or ``None``."""
-        started = time.monotonic()
-        got = (await self._run("SELECT pg_try_advisory_lock($1) AS got", ADVISORY_KEY))[0]["got"]
+    async def try_take(self, *, wait: float = 0.0) -> int | None:
+        """Take the lease if it is free (or freed within ``wait`` seconds) or its holder is
+        stale; the new epoch, or ``None``."""
+        if wait > 0:
+            got = await self._thread.call(self._wait_lock_here(wait))
+        else:
+            rows = await self._run("SELECT pg_try_advisory_lock($1) AS got", ADVISORY_KEY)
+            got = rows[0]["got"]
+        started = time.monotonic()  # before the row's renewal time is taken (the database's)
         if not got:
             current = await self.leader()
             if current is not None and current.age is not None and current.age > self.lease_seconds:
@@ -244,17 +284,43 @@ class LeaderLease:
         log.info("replica %s leads now (epoch %d)", self.replica, self.epoch)
         return self.epoch
 
+    async def _wait_lock_here(self, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for the advisory lock, in the database (granted the
+        moment its holder's session ends); whether it was taken."""
+        import asyncpg
+
+        # one implicit transaction: when the wait times out, the SET is rolled back with it;
+        # when the lock is granted, the session's lock_timeout is put back at once
+        wait_for = (
+            f"SET lock_timeout = {max(round(wait * 1000), 1)}; "
+            f"SELECT pg_advisory_lock({int(ADVISORY_KEY)}); SET lock_timeout = 0"
+        )
+        async with self._guard():
+            conn = await self._connection()
+            try:
+                await conn.execute(wait_for, timeout=wait + max(self.lease_seconds / 2, 1.0))
+            except asyncpg.exceptions.LockNotAvailableError:
+                return False  # still held
+            except TimeoutError as exc:
+                await self._drop()  # not leading: this session holds nothing
+                raise Unavailable(f"the leader lease's database session is slow: {exc}") from exc
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await self._drop()
+                raise Unavailable(f"the leader lease's database session failed: {exc}") from exc
+            return True
+
     async def campaign(self) -> int:
         """Wait until this replica leads; its epoch. The database being away is waited out."""
         while True:
+            began = time.monotonic()
             try:
-                epoch = await self.try_take()
+                epoch = await self.try_take(wait=self.wait_seconds)
             except Unavailable as exc:
                 log.warning("campaigning for the lease: %s", exc.message)
                 epoch = None
             if epoch is not None:
                 return epoch
-            await asyncio.sleep(self.poll_seconds)
+            await asyncio.sleep(max(began + self.poll_seconds - time.monotonic(), 0.0))
 
     # -- leading --------------------------------------------------------------------------
     async def renew(self) -> None:
@@ -322,9 +388,13 @@ class LeaderLease:
     async def close(self) -> None:
         """Let go of the lease (the session ends, and the advisory lock with it)."""
         await self._thread.call(self._close_here())
-        self._lock = None
+        self._lock = self._read_lock = None
         self._thread.stop()  # made again by the next call
 
     async def _close_here(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await reader.close(timeout=1)
         async with self._guard():
             await self._drop()
