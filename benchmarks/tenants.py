@@ -77,11 +77,14 @@ class ControlPlane:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        while not (self.data / "api.url").exists():
+        self.url = ""
+        while not self.url:  # read until written: an empty file can be seen a moment before
             if self.proc.poll() is not None:
                 raise SystemExit(f"corral up exited with {self.proc.returncode}; see its log")
-            time.sleep(0.02)
-        self.url = (self.data / "api.url").read_text().strip()
+            with contextlib.suppress(FileNotFoundError):
+                self.url = (self.data / "api.url").read_text().strip()
+            if not self.url:
+                time.sleep(0.02)
         self.key = (self.data / "admin.key").read_text().strip()
         while True:
             with contextlib.suppress(httpx.HTTPError):

@@ -104,10 +104,14 @@ async def serve(settings: Settings, *, on_ready: Callable[[RunningServer], None]
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by the control plane's user alone."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write ``text`` to ``path`` readable by the control plane's user alone, whole: it is
+    written aside and renamed into place, so a reader never sees it empty or half written
+    (one that read ``api.url`` as the server created it got no URL)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # whatever the umask, and if the file was there before
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+    os.replace(tmp, path)
