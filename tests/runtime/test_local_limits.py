@@ -177,6 +177,37 @@ async def test_usage_counts_the_agents_cpu_and_memory(runtime: LocalProcessRunti
     assert await runtime.usage("acme", "agent-never") is None
 
 
+async def test_usage_of_many_agents_counts_each_ones_whole_tree(
+    runtime: LocalProcessRuntime,
+) -> None:
+    with_child = """
+        child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
+        print(READY, AGENT, flush=True)
+        signal.pause()
+    """
+    alone = """
+        print(READY, AGENT, flush=True)
+        signal.pause()
+    """
+    await runtime.start(agents.spec("acme", "agent-tree", with_child))
+    await runtime.start(agents.spec("globex", "agent-lone", alone))
+    for org, agent in (("acme", "agent-tree"), ("globex", "agent-lone")):
+
+        async def ready(org: str = org, agent: str = agent) -> bool:
+            return "corral-contract-ready" in await runtime.logs(org, agent)
+
+        await eventually(ready)
+    asked = [("acme", "agent-tree"), ("globex", "agent-lone"), ("acme", "agent-never")]
+    got = await runtime.usage_many(asked)
+    tree, lone = got["agent-tree"], got["agent-lone"]
+    assert tree is not None and lone is not None and got["agent-never"] is None
+    assert tree.processes == lone.processes + 1  # its child is its own, not the other's
+    one = await runtime.usage("acme", "agent-tree")
+    assert one is not None and one.processes == tree.processes
+    await runtime.stop("acme", "agent-tree")
+    await runtime.stop("globex", "agent-lone")
+
+
 async def test_empty_groups_left_by_a_dead_control_plane_are_swept(tmp_path: Path) -> None:
     async with LocalProcessRuntime(tmp_path / "one") as first:
         if first.mechanism is Mechanism.RLIMIT:

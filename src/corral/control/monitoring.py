@@ -56,12 +56,21 @@ async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
             )
         snap.quota.append((org.slug, tier, "agents", float(u.agents), float(org.plan.agent_limit)))
     snap.orgs = sorted(tiers.items())
+    running = [
+        (agent, by_id[agent.org_id])
+        for agent in await p.agents.find(states=[AgentState.RUNNING])
+        if agent.org_id in by_id
+    ]
+    measured_all: dict[str, Any] = {}
+    measure_many = getattr(p.runtime, "usage_many", None)
     measure = getattr(p.runtime, "usage", None)
-    for agent in await p.agents.find(states=[AgentState.RUNNING]):
-        owner = by_id.get(agent.org_id)
-        if owner is None:
-            continue
-        measured = await measure(owner.slug, agent.id) if measure is not None else None
+    if measure_many is not None:  # one read of the process table for every agent
+        measured_all = await measure_many([(owner.slug, agent.id) for agent, owner in running])
+    for agent, owner in running:
+        if measure_many is not None:
+            measured = measured_all.get(agent.id)
+        else:
+            measured = await measure(owner.slug, agent.id) if measure is not None else None
         snap.usage.append(
             AgentUsage(
                 org=owner.slug,

@@ -20,7 +20,7 @@ from pathlib import Path
 from corral.domain.errors import InvalidInput
 from corral.runtime.base import Phase, RuntimeStatus
 from corral.runtime.local.limits import Limiter, Mechanism, Placement
-from corral.runtime.local.processes import ProcessRef, read_ref
+from corral.runtime.local.processes import Children, ProcessRef, read_ref
 from corral.runtime.local.supervision import members, signal_agent, teardown
 from corral.runtime.local.workspaces import AgentPaths, note
 
@@ -33,13 +33,13 @@ __all__ = [
 ]
 
 
-def leftover_members(limiter: Limiter, paths: AgentPaths) -> set[int]:
+def leftover_members(limiter: Limiter, paths: AgentPaths, kids: Children | None = None) -> set[int]:
     """Every live process of an agent that has no handle here (none if it is not running)."""
     ref = read_ref(paths.pidfile) or ProcessRef(0, 0.0)
     placement = limiter.existing(paths.org, paths.agent_id)
     if ref.cgroups:
         placement.dirs = {k: Path(v) for k, v in ref.cgroups.items() if Path(v).is_dir()}
-    return members(ref, placement)
+    return members(ref, placement, kids=kids)
 
 
 def leftover_status(limiter: Limiter, paths: AgentPaths) -> RuntimeStatus:

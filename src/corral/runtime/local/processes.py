@@ -119,14 +119,46 @@ class AgentUsage:
     processes: int
 
 
-def tree_usage(pids: Iterable[int]) -> AgentUsage | None:
-    """Sum CPU time and memory over ``pids`` and their descendants; None if none exists."""
+#: each live process's children, read from ``/proc`` once (:func:`children_map`)
+Children = dict[int, list[int]]
+
+
+def children_map() -> Children:
+    """Every live process's children, from one pass over ``/proc``. Finding one process's
+    descendants with psutil reads every process's ``stat`` again; measuring many agents with
+    one map keeps the cost at one pass, not one pass per agent."""
+    kids: Children = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info.get("ppid")
+        if ppid:
+            kids.setdefault(ppid, []).append(proc.pid)
+    return kids
+
+
+def descendants(pid: int, kids: Children) -> list[int]:
+    """``pid``'s descendants in ``kids`` (without ``pid``)."""
+    found: list[int] = []
+    todo = list(kids.get(pid, ()))
+    seen = {pid}
+    while todo:
+        child = todo.pop()
+        if child not in seen:
+            seen.add(child)
+            found.append(child)
+            todo.extend(kids.get(child, ()))
+    return found
+
+
+def tree_usage(pids: Iterable[int], kids: Children | None = None) -> AgentUsage | None:
+    """Sum CPU time and memory over ``pids`` and their descendants (found in ``kids``, read
+    now if not given); None if none exists."""
+    kids = children_map() if kids is None else kids
     procs: dict[int, psutil.Process] = {}
     for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            procs[pid] = proc
-            procs.update((c.pid, c) for c in proc.children(recursive=True))
+        for one in (pid, *descendants(pid, kids)):
+            if one not in procs:
+                with contextlib.suppress(psutil.Error):
+                    procs[one] = psutil.Process(one)
     cpu, rss, uss, counted, uss_known = 0.0, 0, 0, 0, True
     for proc in procs.values():
         try:

@@ -35,7 +35,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -47,7 +47,7 @@ from corral.runtime.local.forkpool import ForkServerPool
 from corral.runtime.local.launching import Launcher, RunAs, default_env
 from corral.runtime.local.limits import Limiter, Mechanism, Placement
 from corral.runtime.local.probing import probe
-from corral.runtime.local.processes import AgentUsage, tree_usage
+from corral.runtime.local.processes import AgentUsage, children_map, tree_usage
 from corral.runtime.local.supervision import Agent
 from corral.runtime.local.workspaces import AgentPaths, check_name, ensure_dir, note, tail_lines
 
@@ -361,15 +361,27 @@ class LocalProcessRuntime:
 
     async def usage(self, org: str, agent_id: str) -> AgentUsage | None:
         """CPU seconds and memory of the agent's process tree, or None if it is not running."""
-        paths = AgentPaths.of(self._root, org, agent_id)
-        agent = self._agents.get((org, agent_id))
-        if agent is not None and agent.phase is not Phase.RUNNING:
-            return None
+        return (await self.usage_many([(org, agent_id)]))[agent_id]
 
-        def measure() -> AgentUsage | None:
-            if agent is not None:
-                return tree_usage(supervision.members(agent.ref, agent.placement))
-            return tree_usage(leftovers.leftover_members(self._limiter, paths))
+    async def usage_many(self, agents: Sequence[tuple[str, str]]) -> dict[str, AgentUsage | None]:
+        """:meth:`usage` of each ``(org, agent id)``, by agent id, from one read of the
+        process table (one read per agent made a metrics scrape cost agents × processes)."""
+
+        def measure() -> dict[str, AgentUsage | None]:
+            kids = children_map()
+            out: dict[str, AgentUsage | None] = {}
+            for org, agent_id in agents:
+                agent = self._agents.get((org, agent_id))
+                if agent is None:
+                    paths = AgentPaths.of(self._root, org, agent_id)
+                    pids = leftovers.leftover_members(self._limiter, paths, kids)
+                elif agent.phase is Phase.RUNNING:
+                    pids = supervision.members(agent.ref, agent.placement, kids=kids)
+                else:
+                    out[agent_id] = None
+                    continue
+                out[agent_id] = tree_usage(pids, kids)
+            return out
 
         return await asyncio.to_thread(measure)
 

@@ -27,7 +27,9 @@ from corral.runtime.local.adoption import AdoptedChild
 from corral.runtime.local.forkclient import ZygoteChild
 from corral.runtime.local.limits import Placement
 from corral.runtime.local.processes import (
+    Children,
     ProcessRef,
+    descendants,
     session_members,
     signal_all,
     starts,
@@ -160,18 +162,23 @@ async def stop(agent: Agent, grace: float) -> None:
     await agent.done.wait()
 
 
-def members(ref: ProcessRef, placement: Placement, *, scan: bool = True) -> set[int]:
+def members(
+    ref: ProcessRef, placement: Placement, *, scan: bool = True, kids: Children | None = None
+) -> set[int]:
     """Every live process of the agent: its cgroup (else, with ``scan``, its session) and,
     while the leader lives, the leader and its descendants, even those that left the
-    session."""
+    session (found in ``kids`` when given: a map read once for many agents)."""
     pids = placement.members() if placement.dirs else set()
     if ref.pid:
         if scan and not placement.dirs:
             pids |= session_members(ref)
         if ref.is_alive():
             pids.add(ref.pid)
-            with contextlib.suppress(psutil.Error):
-                pids.update(c.pid for c in psutil.Process(ref.pid).children(recursive=True))
+            if kids is not None:
+                pids.update(descendants(ref.pid, kids))
+            else:
+                with contextlib.suppress(psutil.Error):
+                    pids.update(c.pid for c in psutil.Process(ref.pid).children(recursive=True))
     return pids
 
 
