@@ -204,6 +204,8 @@ async def test_usage_of_many_agents_counts_each_ones_whole_tree(
     assert tree.processes == lone.processes + 1  # its child is its own, not the other's
     one = await runtime.usage("acme", "agent-tree")
     assert one is not None and one.processes == tree.processes
+    cheap = (await runtime.usage_many(asked, uss=False))["agent-tree"]  # what metrics ask
+    assert cheap is not None and cheap.uss_bytes is None and cheap.rss_bytes > 0
     await runtime.stop("acme", "agent-tree")
     await runtime.stop("globex", "agent-lone")
 

@@ -65,7 +65,8 @@ async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
     measure_many = getattr(p.runtime, "usage_many", None)
     measure = getattr(p.runtime, "usage", None)
     if measure_many is not None:  # one read of the process table for every agent
-        measured_all = await measure_many([(owner.slug, agent.id) for agent, owner in running])
+        asked = [(owner.slug, agent.id) for agent, owner in running]
+        measured_all = await measure_many(asked, uss=False)  # metrics show CPU and RSS
     for agent, owner in running:
         if measure_many is not None:
             measured = measured_all.get(agent.id)

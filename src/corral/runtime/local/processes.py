@@ -149,9 +149,12 @@ def descendants(pid: int, kids: Children) -> list[int]:
     return found
 
 
-def tree_usage(pids: Iterable[int], kids: Children | None = None) -> AgentUsage | None:
+def tree_usage(
+    pids: Iterable[int], kids: Children | None = None, *, uss: bool = True
+) -> AgentUsage | None:
     """Sum CPU time and memory over ``pids`` and their descendants (found in ``kids``, read
-    now if not given); None if none exists."""
+    now if not given); None if none exists. Without ``uss`` the unique set size (a read of
+    each process's whole memory map summary, the dearest figure) is not measured."""
     kids = children_map() if kids is None else kids
     procs: dict[int, psutil.Process] = {}
     for pid in pids:
@@ -159,14 +162,15 @@ def tree_usage(pids: Iterable[int], kids: Children | None = None) -> AgentUsage 
             if one not in procs:
                 with contextlib.suppress(psutil.Error):
                     procs[one] = psutil.Process(one)
-    cpu, rss, uss, counted, uss_known = 0.0, 0, 0, 0, True
+    cpu, rss, unique, counted, uss_known = 0.0, 0, 0, 0, uss
     for proc in procs.values():
         try:
             with proc.oneshot():
                 times = proc.cpu_times()
                 rss_now = proc.memory_info().rss
                 try:
-                    uss += proc.memory_full_info().uss
+                    if uss:
+                        unique += proc.memory_full_info().uss
                 except psutil.AccessDenied:
                     uss_known = False
         except psutil.Error:
@@ -176,7 +180,7 @@ def tree_usage(pids: Iterable[int], kids: Children | None = None) -> AgentUsage 
         counted += 1
     if not counted:
         return None
-    return AgentUsage(cpu, rss, uss if uss_known else None, counted)
+    return AgentUsage(cpu, rss, unique if uss_known else None, counted)
 
 
 def write_ref(path: Path, ref: ProcessRef) -> None:

@@ -363,9 +363,12 @@ class LocalProcessRuntime:
         """CPU seconds and memory of the agent's process tree, or None if it is not running."""
         return (await self.usage_many([(org, agent_id)]))[agent_id]
 
-    async def usage_many(self, agents: Sequence[tuple[str, str]]) -> dict[str, AgentUsage | None]:
+    async def usage_many(
+        self, agents: Sequence[tuple[str, str]], *, uss: bool = True
+    ) -> dict[str, AgentUsage | None]:
         """:meth:`usage` of each ``(org, agent id)``, by agent id, from one read of the
-        process table (one read per agent made a metrics scrape cost agents × processes)."""
+        process table (one read per agent made a metrics scrape cost agents × processes);
+        without ``uss`` (metrics do not show it) each process's memory map is not read."""
 
         def measure() -> dict[str, AgentUsage | None]:
             kids = children_map()
@@ -380,7 +383,7 @@ class LocalProcessRuntime:
                 else:
                     out[agent_id] = None
                     continue
-                out[agent_id] = tree_usage(pids, kids)
+                out[agent_id] = tree_usage(pids, kids, uss=uss)
             return out
 
         return await asyncio.to_thread(measure)
