@@ -236,6 +236,11 @@ async def test_events_a_gone_control_plane_held_unacknowledged_are_released_at_o
         assert await again.release_events("a") == 2
         # they come again now: without the release, not before the ack wait had run out
         later = await asyncio.wait_for(_take(again, 2), timeout=streams.EVENTS_ACK_WAIT - 5)
+
+        async def acknowledged() -> bool:  # an ack is sent, not awaited: wait till it lands
+            return await again.events_backlog() == 0
+
+        await eventually(acknowledged, timeout=30, message="the events taken acknowledged")
         assert await again.release_events("a") == 0  # nothing held: the consumer is kept
     assert [e.message for e in later] == [e.message for e in held]
 
