@@ -36,11 +36,11 @@ from nats.aio.msg import Msg
 from corral.bus.events import BusEvent, EventKind, parse_events
 from corral.bus.failures import translate
 from corral.bus.links import OrgLink
-from corral.bus.pulls import Puller
 from corral.bus.streams import EVENTS_ACK_WAIT
 from corral.domain import subjects
 from corral.domain.errors import CorralError, InvalidInput
 from corral.domain.messages import StatusMessage, TaskMessage
+from corral.sdk.pulls import Puller
 
 __all__ = ["EventFeeds"]
 

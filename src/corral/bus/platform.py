@@ -39,7 +39,6 @@ from corral.bus.ingress import IngressMeter, IngressReading
 from corral.bus.links import IDLE_SECONDS, MAX_LINKS, OrgLink, OrgLinks
 from corral.bus.objects import ObjectStores
 from corral.bus.org_streams import OrgStreams
-from corral.bus.pulls import Puller
 from corral.bus.resolver import ResolverClient
 from corral.bus.vault_requests import Serving, TokenBuckets, VaultHandler, answer
 from corral.domain import messages, subjects
@@ -52,6 +51,7 @@ from corral.domain.errors import (
 from corral.domain.messages import ControlMessage, TaskMessage
 from corral.domain.objects import STREAM as OBJECTS
 from corral.domain.plans import BusLimits
+from corral.sdk.pulls import Puller
 
 __all__ = ["PlatformBus", "Serving"]
 

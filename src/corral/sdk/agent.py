@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
@@ -49,12 +50,20 @@ from corral.sdk import objects as object_io
 from corral.sdk.config import AgentConfig, parse_slots
 from corral.sdk.context import Blocked, TaskContext
 from corral.sdk.outbox import Outbox
+from corral.sdk.pulls import Puller
 from corral.sdk.vault import read_secret
 from corral.sdk.workers import Workers
 
 __all__ = ["RESULT_ENVELOPE", "Agent", "Handler", "failure", "inbox_messages"]
 
 log = logging.getLogger("corral.sdk")
+
+#: the most inbox messages one pull takes (each may carry a batch of tasks)
+INBOX_BATCH = 64
+#: how long one pull waits for a first message: an idle agent asks once per this many seconds
+INBOX_WAIT = 5.0
+#: how long the server may take to answer a pull, beyond its wait
+INBOX_ANSWER = 5.0
 
 Handler = Callable[[TaskContext], Awaitable[dict[str, Any] | None]]
 #: Bytes kept free for the task message around a result.
@@ -145,16 +154,21 @@ class Agent:
         control = await self._nc.subscribe(
             subjects.agent_control(self.config.org, self.config.agent_id), cb=self._on_control
         )
-        inbox = await self._js.pull_subscribe_bind(
-            durable=subjects.inbox_consumer(self.config.agent_id),
+        inbox = Puller(
+            self._nc,
             stream=subjects.INBOX_STREAM,
+            consumer=subjects.inbox_consumer(self.config.agent_id),
+            max_bytes=2 * max(self._nc.max_payload, self.config.max_payload),
+            timeout=INBOX_ANSWER,
         )
+        await inbox.start()
         await self._outbox.status(StatusKind.READY, detail=self._announce())
         beat = asyncio.create_task(self._heartbeat(), name="corral-heartbeat")
         stopping = asyncio.create_task(self._stopping.wait(), name="corral-stopping")
+        backoff = 0.1
         try:
             while not self._stopping.is_set():
-                fetch = asyncio.ensure_future(inbox.fetch(64, timeout=5.0))
+                fetch = asyncio.ensure_future(inbox.fetch(INBOX_BATCH, wait=INBOX_WAIT))
                 await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not fetch.done():  # asked to stop: do not wait out the long poll
                     fetch.cancel()
@@ -163,10 +177,16 @@ class Agent:
                     break
                 try:
                     msgs = fetch.result()
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
                 except nats.errors.ConnectionClosedError:
                     break
+                except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                    # e.g. a reconnect, or the consumer not there for a moment: ask again
+                    log.warning("reading the inbox failed: %s; retrying in %.1fs", exc, backoff)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
                 for msg in msgs:
                     await self._on_inbox(msg)
         finally:

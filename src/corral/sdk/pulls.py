@@ -1,7 +1,10 @@
-"""Pull requests to a JetStream consumer, made by hand.
+"""Pull requests to a JetStream consumer, made by hand: the control plane reads each org's
+events with them, and an agent its inbox.
 
 nats-py's ``fetch`` neither bounds a batch's bytes (a tenant's 1 MB messages would make one
-fetch of 256 cost 256 MB) nor lets a long poll end as soon as one message is there. A
+fetch of 256 cost 256 MB) nor lets a long poll end as soon as one message is there: a
+message that arrives during its long poll can wait in the client until the poll expires
+(seconds, with the task it carries unstarted and its agent idle). A
 :class:`Puller` asks first for what is waiting (``no_wait``), and only if nothing is, for one
 message with a long ``expires``, then for the rest of the batch: an idle consumer costs one
 request per ``wait`` seconds, a busy one answers at once. Every request carries ``max_bytes``.

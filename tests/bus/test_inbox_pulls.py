@@ -1,0 +1,101 @@
+"""An agent reads its inbox with :class:`~corral.sdk.pulls.Puller`, as the SDK does: a task
+that arrives while the agent's long poll waits is handed over at once, not when the poll
+expires (the NATS client's own ``fetch`` could keep it until then, the agent idle meanwhile)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import nats.errors
+import nats.js.errors
+
+from corral.bus import PlatformBus
+from corral.domain import subjects
+from corral.domain.messages import MessageType, TaskMessage, decode
+from corral.sdk.agent import inbox_messages
+from corral.sdk.pulls import Puller
+from tests.bus.conftest import Connect
+from tests.support import eventually
+
+#: far longer than the test may take: a message held until the poll expires fails it
+LONG_POLL = 300.0
+
+
+def _task(task_id: str, to: str) -> TaskMessage:
+    return TaskMessage(task_id, "platform", to, MessageType.DELEGATE, {})
+
+
+async def _inbox(connect: Connect, bus: PlatformBus, org: str, agent: str) -> Puller:
+    peer = await connect(bus.mint_agent_creds(org, agent, ttl_seconds=60))
+    puller = Puller(
+        peer.nc,
+        stream=subjects.INBOX_STREAM,
+        consumer=subjects.inbox_consumer(agent),
+        max_bytes=1024 * 1024,
+        timeout=5.0,
+    )
+    await puller.start()
+    return puller
+
+
+async def _waiting_pulls(bus: PlatformBus, org: str, agent: str) -> int:
+    link = await bus._links.get(org)
+    info = await link.nc.jetstream().consumer_info(
+        subjects.INBOX_STREAM, subjects.inbox_consumer(agent)
+    )
+    return int(info.num_waiting or 0)
+
+
+async def test_tasks_sent_one_at_a_time_during_the_long_poll_arrive_at_once(
+    orgs: PlatformBus, connect: Connect
+) -> None:
+    puller = await _inbox(connect, orgs, "a", "a1")
+    for n in range(20):  # one task at a time, each sent while the agent's poll waits
+        fetch = asyncio.create_task(puller.fetch(64, wait=LONG_POLL))
+
+        async def polling(fetch: asyncio.Task[object] = fetch) -> bool:
+            return fetch.done() or await _waiting_pulls(orgs, "a", "a1") > 0
+
+        await eventually(polling, message="the agent's long poll reached the server")
+        await orgs.deliver("a", "a1", _task(f"t{n}", "a1"))
+        await eventually(fetch.done, timeout=60, message=f"task t{n} handed over in its poll")
+        [msg] = fetch.result()
+        assert [m.task_id for m in inbox_messages(decode(msg.data))] == [f"t{n}"]
+        await msg.ack()
+    await puller.stop()
+
+
+async def test_what_waits_comes_in_one_pull_and_an_idle_inbox_answers_empty(
+    orgs: PlatformBus, connect: Connect
+) -> None:
+    for n in range(5):
+        await orgs.deliver("a", "a2", _task(f"w{n}", "a2"))
+    puller = await _inbox(connect, orgs, "a", "a2")
+    got = await puller.fetch(64, wait=LONG_POLL)
+    assert [inbox_messages(decode(m.data))[0].task_id for m in got] == [f"w{n}" for n in range(5)]
+    for msg in got:
+        await msg.ack()
+    assert await puller.fetch(64, wait=0.2) == []  # nothing came within its wait
+    await puller.stop()
+
+
+async def test_an_agent_cannot_pull_another_orgs_inbox(orgs: PlatformBus, connect: Connect) -> None:
+    await orgs.deliver("b", "b1", _task("secret", "b1"))
+    peer = await connect(orgs.mint_agent_creds("a", "a1", ttl_seconds=60))
+    theirs = Puller(
+        peer.nc,
+        stream=subjects.INBOX_STREAM,
+        consumer=subjects.inbox_consumer("b1"),
+        max_bytes=1024 * 1024,
+        timeout=1.0,
+    )
+    await theirs.start()
+    # a's account has no such consumer: refused, or nothing
+    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+        assert await theirs.fetch(64, wait=0.5) == []
+    await theirs.stop()
+    mine = await _inbox(connect, orgs, "b", "b1")
+    [msg] = await mine.fetch(64, wait=LONG_POLL)
+    assert inbox_messages(decode(msg.data))[0].task_id == "secret"  # still b1's
+    await mine.stop()
