@@ -83,3 +83,23 @@ async def test_an_agent_is_returned_as_recorded_and_reports_ready_in_one_write(
     assert resumed is not None and resumed.resumed_at == later and resumed.last_seen_at == later
     history = [state for state, _, _ in await agents.history("agent-acme-a-1")]
     assert history == ["provisioning", "running", "pausing", "paused", "resuming", "running"]
+
+
+async def test_when_many_agents_were_heard_from_is_recorded_in_one_call(db: Database) -> None:
+    org = Organization(OrgId("org_acme"), OrgSlug("acme"), STANDARD, datetime.now(UTC))
+    await OrgRepository(db).create(org, key_id="kacme", key_secret="s")
+    agents = AgentRepository(db)
+    resources = AdmittedResources(parse("500m"), parse("1"), parse("1Gi"), parse("2Gi"))
+    ids = [f"agent-acme-a-{n}" for n in range(300)]
+    for agent_id in ids:
+        await agents.create(
+            agent_id=agent_id, org_id=org.id, org=org.slug, name=agent_id[-5:], role="r",
+            resources=resources, command=[],
+        )  # fmt: skip
+    base = datetime.now(UTC).replace(microsecond=0)
+    heard = {agent_id: base.replace(second=n % 60) for n, agent_id in enumerate(ids[:250])}
+    await agents.seen({**heard, "agent-acme-gone-1": base})  # one no longer there: no harm
+    by_id = {a.id: a for a in await agents.find()}
+    assert {a: by_id[a].last_seen_at for a in heard} == heard  # each its own time
+    assert all(by_id[a].last_seen_at is None for a in ids[250:])  # the others untouched
+    await agents.seen({})  # nothing to record: no write

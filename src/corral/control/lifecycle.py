@@ -81,6 +81,8 @@ class Controller(Restarts):
         )
         self._restarts = Background()
         self._last_seen: dict[str, float] = {}
+        self._heard: dict[str, datetime] = {}  # heard from since the last record_heard
+        self._recording = False  # a record_heard_soon is under way
         self._steady: set[str] = set()  # agents whose crash count is known to be 0
         self._pending: set[str] = set()  # agents whose restart is scheduled
         #: whether the bus answers (the platform gives it a probe); its outages are nobody's
@@ -171,20 +173,54 @@ class Controller(Restarts):
                 return None
             if agent.org != org:
                 return None
-            await self.heard_from(agent_id)
+            self.heard_from(agent_id)
+            await self.record_heard()
             ready = await self.agents.get(agent_id)
         self._ready(agent_id, ready)
         self._publish(ready)
         return ready
 
-    async def heard_from(self, agent_id: str) -> None:
-        """Record that the agent spoke (at most once per heartbeat interval in the store)."""
+    def heard_from(self, agent_id: str) -> None:
+        """Note that the agent spoke; :meth:`record_heard` writes it to the store (at most
+        once per heartbeat interval per agent)."""
         now = time.monotonic()
         if now - self._last_seen.get(agent_id, 0.0) < self.heartbeat_seconds:
             self._last_seen.setdefault(agent_id, now)
             return
         self._last_seen[agent_id] = now
-        await self.agents.update(agent_id, last_seen_at=datetime.now(UTC))
+        self._heard[agent_id] = datetime.now(UTC)
+
+    def record_heard_soon(self) -> None:
+        """Start :meth:`record_heard` in the background, unless one is under way (what is
+        noted meanwhile waits for the next call): the reader of agents' events goes on to
+        the next batch instead of waiting its turn for the store."""
+        if not self._heard or self._recording:
+            return
+        self._recording = True
+
+        async def record() -> None:
+            try:
+                await self.record_heard()
+            finally:
+                self._recording = False
+
+        self._restarts.spawn(record(), "record-heard")
+
+    async def record_heard(self) -> None:
+        """Write when the agents noted by :meth:`heard_from` were heard, all in one statement:
+        a write per agent, each waiting its turn for the store, held up the reading of every
+        org's events once hundreds of agents spoke. What fails to be written is kept for the
+        next call (a newer note of the same agent wins)."""
+        if not self._heard:
+            return
+        heard, self._heard = self._heard, {}
+        try:
+            await self.agents.seen(heard)
+        except CorralError as exc:
+            log.warning(
+                "when %d agents were last heard from was not recorded: %s", len(heard), exc.message
+            )
+            self._heard = {**heard, **self._heard}
 
     # -- pause / resume -------------------------------------------------------------------
     async def pause(self, org: Organization, agent_id: str, *, force: bool = False) -> Agent:

@@ -62,6 +62,11 @@ _ORGS: Table = OrgRow.__table__  # type: ignore[assignment]
 _WITH_SLUG = select(_AGENTS, _ORGS.c.slug).join(_ORGS, _ORGS.c.id == _AGENTS.c.org_id)
 _BY_ID = _WITH_SLUG.where(_AGENTS.c.id == bindparam("agent_id"))
 _BY_ID_IN_ORG = _BY_ID.where(_AGENTS.c.org_id == bindparam("org_id"))
+_SEEN = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id == bindparam("agent"))
+    .values(last_seen_at=bindparam("at"), updated_at=bindparam("at"))
+)
 _NOTE = insert(_HISTORY)
 #: the states an agent reports ready from
 _STARTING = (AgentState.PROVISIONING.value, AgentState.RESUMING.value)
@@ -308,6 +313,12 @@ class AgentRepository:
                 .where(_AGENTS.c.id == agent_id)
                 .values(updated_at=datetime.now(UTC), **fields)
             )
+
+    async def seen(self, heard: Mapping[str, datetime]) -> None:
+        """Record when each agent (id → time) was last heard from, in one statement."""
+        if heard:
+            async with self._db.writing() as s:
+                await s.execute(_SEEN, [{"agent": a, "at": at} for a, at in heard.items()])
 
     async def delete(self, agent_id: str) -> None:
         """Remove the record entirely (only to undo a provision that never happened)."""

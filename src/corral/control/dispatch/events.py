@@ -107,6 +107,7 @@ class AgentEvents:
                 continue
             with contextlib.suppress(Exception):
                 await self._bus.acknowledge(batch)
+            self._controller.record_heard_soon()
 
     async def handle(self, event: BusEvent) -> None:
         if not event.agent_vouched:
@@ -121,7 +122,7 @@ class AgentEvents:
         agent_id = event.agent_id
         kind = status.status
         if kind is not StatusKind.READY:  # on_ready records it with the agent's new state
-            await self._controller.heard_from(agent_id)
+            self._controller.heard_from(agent_id)
         self._on_heard(agent_id)
         if kind in (StatusKind.READY, StatusKind.HEARTBEAT):
             self._snapshot.announce(agent_id, kind, status.detail)
