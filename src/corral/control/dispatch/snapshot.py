@@ -3,8 +3,9 @@ states and of each org's quota use, the slots each agent announced, and each rou
 views built from them.
 
 Reading every agent for every round would cost a query per event under load, so the snapshot is
-reused for up to a second; any change the controller reports drops it at once, and a snapshot
-read across such a change is read again (a generation counter tells). Placement itself is the
+reused for up to a second; a change the controller reports is put into it at once (the agent as
+now stored), and a snapshot read across such a change is read again (a generation counter
+tells). Placement itself is the
 pure :func:`corral.scheduling.placement.place`; this module feeds it and remembers which agents
 are already on their way (being provisioned or woken). A new agent is allowed only for a
 declared role whose queue needs more than it has running and on its way, within its
@@ -94,9 +95,33 @@ class AgentSnapshot:
         self._usage = None
 
     def agent_changed(self, agent: Agent) -> None:
-        self.forget(usage=True)
+        """The controller's news of an agent (as now stored): put in the snapshot held, in
+        place of reading every agent again, which each wake of hundreds of paused agents
+        made every round do."""
+        self._generation += 1  # a read under way may have missed it: it reads again
+        self._usage = None
+        self._apply(agent)
         if agent.state is not AgentState.RUNNING:
             self.slots.pop(agent.id, None)
+
+    def _apply(self, agent: Agent) -> None:
+        if self._agents is None:
+            return
+        mine = list(self._agents.get(agent.org_id, ()))
+        at = next((n for n, a in enumerate(mine) if a.id == agent.id), None)
+        if agent.state is AgentState.TERMINATED:
+            if at is not None:
+                del mine[at]
+        elif at is None:
+            mine.append(agent)
+        else:
+            mine[at] = agent  # in its place: placement's order is kept
+        agents = dict(self._agents)  # a copy: a round's views keep what they were given
+        if mine:
+            agents[agent.org_id] = mine
+        else:
+            agents.pop(agent.org_id, None)
+        self._agents = agents
 
     def agent_lost(self, agent_id: str) -> None:
         self.forget()
@@ -104,7 +129,8 @@ class AgentSnapshot:
 
     def agent_ready(self, agent: Agent) -> None:
         """The agent reported ready: one fewer on its way for its (org, role)."""
-        self.forget()
+        self._generation += 1
+        self._apply(agent)
         key = (agent.org_id, agent.role)
         if self.incoming.get(key):
             self.incoming[key] -= 1

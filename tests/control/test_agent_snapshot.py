@@ -1,0 +1,86 @@
+"""The dispatcher's snapshot of agents takes the controller's news of an agent in place of
+reading every agent again, and keeps each org's agents in their order."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+from corral.control.dispatch.snapshot import AgentSnapshot
+from corral.domain.admission import AdmittedResources
+from corral.domain.agents import Agent, AgentState
+from corral.domain.ids import AgentId
+from corral.domain.quantities import parse
+
+S = AgentState
+NOW = datetime.now(UTC)
+RES = AdmittedResources(parse("500m"), parse("1"), parse("1Gi"), parse("2Gi"))
+
+
+def _agent(org: str, name: str, state: AgentState = S.RUNNING) -> Agent:
+    return Agent(
+        AgentId(f"agent-{org}-{name}"), f"org_{org}", org, name, "r", state, RES, (), None, 0,
+        None, NOW, NOW,
+    )  # fmt: skip
+
+
+class _Store:
+    """What the store holds, and how often the snapshot read it."""
+
+    def __init__(self, agents: list[Agent]) -> None:
+        self.agents = agents
+        self.reads = 0
+
+    async def find(self, states: list[AgentState]) -> list[Agent]:
+        self.reads += 1
+        return [a for a in self.agents if a.state in states]
+
+
+def _snapshot(store: _Store) -> AgentSnapshot:
+    ledger: Any = None  # not asked here
+    return AgentSnapshot(find_agents=store.find, ledger=ledger, inflight={})
+
+
+async def test_a_change_is_put_into_the_snapshot_without_reading_every_agent() -> None:
+    a1, a2, b1 = _agent("a", "1"), _agent("a", "2", S.PAUSED), _agent("b", "1")
+    store = _Store([a1, a2, b1])
+    snap = _snapshot(store)
+    before = await snap.agents()
+    assert store.reads == 1 and [a.id for a in before["org_a"]] == [a1.id, a2.id]
+
+    woken = dataclasses.replace(a2, state=S.RUNNING)
+    store.agents[1] = woken
+    snap.agent_changed(woken)
+    now = await snap.agents()
+    assert store.reads == 1  # no second read
+    assert now["org_a"] == [a1, woken]  # in its place
+    assert before["org_a"] == [a1, a2]  # what a round was given is not changed under it
+
+    new = _agent("c", "1", S.PROVISIONING)
+    snap.agent_changed(new)
+    snap.agent_ready(dataclasses.replace(new, state=S.RUNNING))
+    gone = dataclasses.replace(b1, state=S.TERMINATED)
+    snap.agent_changed(gone)
+    now = await snap.agents()
+    assert store.reads == 1
+    assert [a.state for a in now["org_c"]] == [S.RUNNING]
+    assert "org_b" not in now  # its only agent is gone
+
+
+async def test_a_change_during_a_read_makes_the_read_start_over() -> None:
+    a1 = _agent("a", "1", S.PAUSED)
+    store = _Store([a1])
+    snap = _snapshot(store)
+    running = dataclasses.replace(a1, state=S.RUNNING)
+
+    async def find_then_change(states: list[AgentState]) -> list[Agent]:
+        got = await _Store.find(store, states)
+        if store.reads == 1:  # the news arrives while the first read is under way
+            store.agents = [running]
+            snap.agent_changed(running)
+        return got
+
+    snap._find = find_then_change
+    assert (await snap.agents())["org_a"] == [running]
+    assert store.reads == 2
