@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from corral.control import monitoring
 from tests.e2e.conftest import Live
 from tests.support import eventually
 
@@ -232,3 +233,33 @@ async def test_metrics_give_idle_orgs_no_series_of_their_own_unless_asked(live: 
     every = _samples((await live.admin.get("/metrics", params={"orgs": "all"})).text)
     assert {s["org"] for s in every["corral_quota_used"]} == {"busy", "idle0", "idle1", "idle2"}
     assert (await live.admin.get("/metrics", params={"orgs": "some"})).status_code == 422
+
+
+async def test_scrapes_in_quick_succession_measure_the_agents_once_and_count_tasks_each_time(
+    live: Live, pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(monitoring, "MEASURED_FOR", 3600.0)  # however slow the machine is
+    runtime = live.platform.runtime
+    measured: list[int] = []
+    real = runtime.usage_many
+
+    async def counting(asked: Any, **kw: Any) -> Any:
+        measured.append(len(asked))
+        return await real(asked, **kw)
+
+    runtime.usage_many = counting
+    try:
+        for _ in range(5):  # a client polling /metrics: the process table is read once
+            assert (await live.admin.get("/metrics")).status_code == 200
+        assert measured == [2]
+        t = await live.task("acme", agent=pair.a_id, payload={"op": "echo"})
+        await live.wait_task("acme", t["id"])
+        samples = _samples((await live.admin.get("/metrics")).text)
+        done = [s for s in samples["corral_tasks"] if s["org"] == "acme"]
+        assert any(s["state"] == "completed" and s["="] == "1.0" for s in done)  # counted now
+        third = await live.agent("acme", "second")  # a new agent is measured at once
+        rows = _samples((await live.admin.get("/metrics")).text)["corral_agent_cpu_seconds_total"]
+        assert third["id"] in {s["agent"] for s in rows}
+        assert measured[-1] == 3
+    finally:
+        runtime.usage_many = real

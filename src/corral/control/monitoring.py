@@ -4,7 +4,13 @@ runtime. Per-org figures for an org key are served by ``org_usage``.
 ``/metrics`` costs what is *active*, not how many orgs exist: per-org series (queue depth,
 quota) are emitted only for an org with queued tasks, agents or quota in use — an idle org has
 nothing to say — and ``corral_orgs`` counts the orgs by tier. ``every_org`` (``/metrics?orgs=all``)
-emits the quota series of every org, for an operator who wants them (see docs/tenants.md)."""
+emits the quota series of every org, for an operator who wants them (see docs/tenants.md).
+
+What the runtime measures of the agents' processes (CPU, RSS) is kept for
+:data:`MEASURED_FOR` seconds: reading the process table is the dearest part of a refresh, and
+a client scraping several times a second (a dashboard, a script counting completed tasks)
+would otherwise make the control plane spend its time there. Counts come from the store and
+the scheduler at every refresh."""
 
 from __future__ import annotations
 
@@ -20,7 +26,22 @@ from corral.observability.metrics import AgentUsage, Snapshot
 if TYPE_CHECKING:
     from corral.control.platform import Platform
 
-__all__ = ["org_figures", "refresh_metrics"]
+__all__ = ["MEASURED_FOR", "Measured", "org_figures", "refresh_metrics"]
+
+#: seconds an agent's measured usage is shown before it is measured again
+MEASURED_FOR = 2.0
+
+
+class Measured:
+    """The agents' usage as last measured, and when (per platform)."""
+
+    def __init__(self) -> None:
+        self.at = float("-inf")
+        self.usage: dict[str, Any] = {}  # agent id → what the runtime measured
+
+    def fresh(self, agent_ids: set[str], now: float) -> bool:
+        """Whether the last measurement is recent and covers every one of ``agent_ids``."""
+        return now - self.at < MEASURED_FOR and agent_ids <= self.usage.keys()
 
 
 async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
@@ -65,8 +86,12 @@ async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
     measure_many = getattr(p.runtime, "usage_many", None)
     measure = getattr(p.runtime, "usage", None)
     if measure_many is not None:  # one read of the process table for every agent
-        asked = [(owner.slug, agent.id) for agent, owner in running]
-        measured_all = await measure_many(asked, uss=False)  # metrics show CPU and RSS
+        cache, moment = p.measured, time.monotonic()
+        if not cache.fresh({agent.id for agent, _ in running}, moment):
+            asked = [(owner.slug, agent.id) for agent, owner in running]
+            cache.usage = await measure_many(asked, uss=False)  # metrics show CPU and RSS
+            cache.at = moment
+        measured_all = cache.usage
     for agent, owner in running:
         if measure_many is not None:
             measured = measured_all.get(agent.id)

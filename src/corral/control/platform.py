@@ -37,7 +37,7 @@ from corral.control.hub import EventHub
 from corral.control.ingress import watch as watch_ingress
 from corral.control.keys import ADMIN_KEY_FILE, new_key, write_private
 from corral.control.lifecycle import Controller
-from corral.control.monitoring import refresh_metrics
+from corral.control.monitoring import Measured, refresh_metrics
 from corral.control.org_steps import org_steps
 from corral.control.reconciling import Reconciler
 from corral.control.retention import Retention, retention_of
@@ -101,6 +101,7 @@ class Platform:
         self.tasks = TaskRepository(self.db)
         self.hub = EventHub()
         self.metrics = Metrics()
+        self.measured = Measured()  # the agents' usage as last measured (see monitoring)
         self.hooks = OrgHooks()
         self.tenants = TenantService(
             self.orgs, self.ledger, self.hooks, on_change=self._org_changed
