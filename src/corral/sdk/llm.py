@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from corral.domain.errors import (
     BudgetExceeded,
@@ -34,6 +32,9 @@ from corral.domain.errors import (
     Unavailable,
 )
 
+if TYPE_CHECKING:
+    import httpx
+
 __all__ = ["TASK_HEADER", "ModelClient"]
 
 TASK_HEADER = "X-Corral-Task"
@@ -42,7 +43,11 @@ _shared: httpx.AsyncClient | None = None
 
 
 def _client() -> httpx.AsyncClient:
-    """One pooled HTTP client per agent process, shared by every task's ``ctx.llm``."""
+    """One pooled HTTP client per agent process, shared by every task's ``ctx.llm``. The HTTP
+    library is imported on the first model call: most agents' tasks make none, and importing
+    it cost every agent (and every organization's fork server) a quarter of its start."""
+    import httpx
+
     global _shared
     if _shared is None or _shared.is_closed:
         _shared = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0))
@@ -97,6 +102,8 @@ class ModelClient:
         return headers
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
         try:
             r = await _client().post(self.base_url + path, json=body, headers=self.headers)
         except httpx.HTTPError as exc:
@@ -124,6 +131,8 @@ class ModelClient:
     async def stream(self, **body: Any) -> AsyncIterator[dict[str, Any]]:
         """A streamed chat completion: each chunk as JSON; the last carries ``usage``.
         Raises as :meth:`chat`."""
+        import httpx
+
         request = {**body, "stream": True, "stream_options": {"include_usage": True}}
         try:
             async with _client().stream(
