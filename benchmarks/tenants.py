@@ -7,14 +7,21 @@ nats-server, local agent processes), driven over HTTP as a user would. It
    prints, per step of 100: orgs/s, POST p50/p99, the control plane's and nats-server's RSS and
    CPU seconds, and the largest account JWT the server holds;
 2. restarts the control plane with every org and times it until the API serves;
-3. provisions one agent in each of ``--agent-orgs`` orgs (16 at a time), pauses them all;
+3. provisions one agent in each of ``--agent-orgs`` orgs (16 at a time), each running up to
+   ``--slots`` tasks at once, and pauses them all;
 4. submits ``--tasks`` tasks to each of ``--task-orgs`` orgs, one batch per org
    (``POST tasks/batch``), and times them until all completed: first with their agents paused
    (each is woken), then again with them running;
 5. kills the control plane (-9) with those agents running, starts it again and times it until
    the API serves, until every agent is back and until a new task completed.
 
-    python benchmarks/tenants.py [--orgs 1000] [--agent-orgs 300] [--task-orgs 200]
+    python benchmarks/tenants.py [--orgs 1000] [--agent-orgs 300] [--task-orgs 200] [--slots 20]
+
+An agent's slots default to the tasks sent to each org (20), as the one-org figure of
+``benchmarks/dispatch.py`` is taken with agents of 64 slots: each org's tasks then travel to
+its agent together and run at once. ``--slots 1`` measures agents that run one task at a time,
+where each org's tasks go one after another and the figure is bound by the round trip of one
+task (agent → events → control plane → next task), not by the platform's throughput.
 
 ``--agent-orgs 0`` skips steps 3 and 4 (step 5 then kills a control plane with no agent and
 times it until the API serves and its recovery is done); ``--task-orgs 0`` skips step 4.
@@ -232,7 +239,9 @@ async def agents_and_tasks(
 
         def provision(org: str) -> Callable[[], Awaitable[None]]:
             async def post() -> None:  # until it runs (a loaded machine may take > 30 s)
-                r = await http.post(f"/v1/orgs/{org}/agents", json={"name": "w"})
+                r = await http.post(
+                    f"/v1/orgs/{org}/agents", json={"name": "w", "slots": args.slots}
+                )
                 expect(r, 201)
                 ids[org] = r.json()["id"]
 
@@ -304,7 +313,8 @@ async def agents_and_tasks(
             out[f"tasks_rate_{wave}"] = total / wall
             print(
                 f"\n4.{wave + 1} {total:,} tasks across {len(task_orgs)} orgs ({what}; one batch "
-                f"of {args.tasks} per org, 32 in flight): submitted at {total / submitted:,.0f}/s, "
+                f"of {args.tasks} per org, 32 in flight, {args.slots} slot(s) per agent): "
+                f"submitted at {total / submitted:,.0f}/s, "
                 f"all completed at {total / wall:,.0f}/s end to end ({wall:.1f} s)"
             )
     return out
@@ -355,6 +365,7 @@ def main() -> None:
     parser.add_argument("--agent-orgs", type=int, default=300)
     parser.add_argument("--task-orgs", type=int, default=200)
     parser.add_argument("--tasks", type=int, default=20, help="tasks per org")
+    parser.add_argument("--slots", type=int, default=20, help="tasks each agent runs at once")
     args = parser.parse_args()
     header("tenants")
     names = [f"t{n:04d}" for n in range(args.orgs)]
