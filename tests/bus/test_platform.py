@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from typing import Any
@@ -304,12 +305,32 @@ async def test_onboarding_orgs_while_another_streams_drops_no_connection_and_no_
     small = dataclasses.replace(
         LIMITS, jetstream_storage=MiB, inbox_max_bytes=MiB // 2, events_max_bytes=MiB // 2
     )
+    # b1 publishes as fast as it can for as long as the onboarding takes, and a publish
+    # without a reply never hears that EVENTS refused it. Were nothing read meanwhile, a slow
+    # onboarding would fill b's EVENTS (LIMITS.events_max_bytes: some 46,000 of these) and
+    # the stream would rightly refuse the rest, as a full stream must. So the control plane
+    # reads while b1 streams, and b1 keeps at most ``ahead`` events (under 1 MB) unread: the
+    # stream is never full, and an event missing at the end was lost.
+    ahead = 5_000
     onboarded = asyncio.Event()
     sent = 0
+    taken: list[int] = []
+    orgs: set[str] = set()
+
+    async def take() -> None:
+        async for event in bus.events(wait=0.2):
+            taken.append(event.message.detail["n"])  # type: ignore[union-attr]
+            orgs.add(event.org)
+            await event.ack()
+
+    def caught_up() -> bool:
+        return sent - len(taken) < ahead
 
     async def stream() -> None:
         nonlocal sent
         while not onboarded.is_set() or sent < 500:
+            if not caught_up():
+                await eventually(caught_up, timeout=20, message="the feed keeps up")
             await b1.nc.publish(
                 subjects.agent_status("b", "b1"),
                 _status("b1", sent),
@@ -325,10 +346,22 @@ async def test_onboarding_orgs_while_another_streams_drops_no_connection_and_no_
             await bus.ensure_org(f"new{k}", small)
         onboarded.set()
 
-    await asyncio.gather(stream(), onboard())
-    events = await _take(bus, sent)
-    assert sorted(e.message.detail["n"] for e in events) == list(range(sent))  # type: ignore[union-attr]
-    assert {e.org for e in events} == {"b"}
+    def all_read() -> bool:
+        if len(taken) >= sent:
+            return True
+        missing = sorted(set(range(sent)) - set(taken))
+        raise AssertionError(f"{len(missing)} of {sent} events missing, first {missing[:10]}")
+
+    reader = asyncio.create_task(take())
+    try:
+        await asyncio.gather(stream(), onboard())
+        await eventually(all_read, timeout=20, message="every event read")
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    assert sorted(taken) == list(range(sent))  # and none twice
+    assert orgs == {"b"}
     assert b1.disconnects == 0 and b1.nc.is_connected
     assert bus.connection.is_connected
 
