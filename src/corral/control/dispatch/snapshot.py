@@ -50,7 +50,10 @@ from corral.store.quota import QuotaLedger
 
 __all__ = ["AgentSnapshot", "Views", "mark", "request_for", "take"]
 
-AGENT_LIST_TTL = 1.0  # seconds a snapshot of the agents' lifecycle states is reused
+#: seconds a snapshot of the agents is reused: every change the controller reports is put into
+#: it at once, so reading them all again only guards against news that never came
+AGENT_LIST_TTL = 5.0
+USAGE_TTL = 1.0  # seconds a snapshot of the orgs' quota use is reused
 
 Incoming = tuple[str, str | None]  # (org id, role) of agents on their way
 
@@ -174,7 +177,7 @@ class AgentSnapshot:
         agent's lifecycle changes). A stale answer only costs a provision the ledger refuses:
         the charge itself is atomic."""
         now = time.monotonic()
-        if self._usage is None or now - self._usage_at > AGENT_LIST_TTL:
+        if self._usage is None or now - self._usage_at > USAGE_TTL:
             self._usage = await self._ledger.all_usage()
             self._usage_at = now
         return self._usage
