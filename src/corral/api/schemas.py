@@ -69,7 +69,7 @@ class Strict(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
+        if isinstance(data, dict) and None in data.values():  # the search at C speed
             nulls = sorted(k for k, v in data.items() if v is None)
             if nulls:
                 raise ValueError(f"omit {', '.join(nulls)} instead of sending null")
