@@ -74,8 +74,10 @@ async def _login(b: Browser, live: Live, key: str) -> None:
 
 
 async def _live(b: Browser) -> None:
-    """The page is live once its EventSource is open."""
-    await b.page.wait_for_function("document.getElementById('live').textContent.includes('live')")
+    """The page is live once its EventSource is open. Polled from here: a predicate the page
+    evaluates is refused by the console's CSP (no 'unsafe-eval') whenever it has to be
+    evaluated more than once."""
+    await _state(b, "#live", "live")
 
 
 async def _state(b: Browser, selector: str, want: str, *, timeout: float = 30) -> None:
