@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -49,3 +50,46 @@ def test_a_deep_message_from_an_agent_is_invalid_input_not_a_crash() -> None:
         raw = b'{"a":' * levels + b"1" + b"}" * levels
         with pytest.raises(InvalidInput):
             messages.decode(raw)
+
+
+def _document(rng: random.Random, levels: int) -> Any:
+    """A random JSON value nesting exactly ``levels`` deep, its strings full of brackets,
+    quotes and backslashes."""
+    if levels == 0:
+        return rng.choice([1, "[{", '\\"]', "\\\\[", '"{"', None, 2.5])
+    inner = [_document(rng, rng.randrange(min(levels, 3))) for _ in range(rng.randrange(3))]
+    inner.insert(rng.randrange(len(inner) + 1), _document(rng, levels - 1))
+    if rng.random() < 0.5:
+        return inner
+    return {f"k{n}[{{": v for n, v in enumerate(inner)}
+
+
+def test_the_bound_is_the_decoded_depth_for_any_document() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        levels = rng.randrange(1, MAX_DEPTH + 4)
+        value = _document(rng, levels)
+        assert depth(value) == levels
+        raw = json.dumps([value] * rng.randrange(1, 4)).encode()  # wide as well as deep
+        if levels + 1 <= MAX_DEPTH:
+            check_raw_depth(raw, what="x")
+        else:
+            with pytest.raises(InvalidInput, match="more than"):
+                check_raw_depth(raw, what="x")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * (MAX_DEPTH + 1),  # never closed
+        b'["' + b"[" * 100 + b"]" * 100 + b'", ' + b"[" * (MAX_DEPTH + 1),  # after a string
+    ],
+)
+def test_malformed_text_that_opens_too_deep_is_refused(raw: bytes) -> None:
+    with pytest.raises(InvalidInput, match="more than"):
+        check_raw_depth(raw, what="x")
+
+
+def test_malformed_text_within_the_bound_is_left_for_the_decoder() -> None:
+    check_raw_depth(b'["' + b"[" * 100, what="x")  # in an unterminated string
+    check_raw_depth(b"[" * 10 + b"]" * 200, what="x")
