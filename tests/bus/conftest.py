@@ -18,6 +18,7 @@ from corral.bus import (
     ServerOptions,
     ViolationRecorder,
 )
+from corral.domain.messages import MessageType, TaskMessage
 from corral.domain.plans import BusLimits
 
 MiB = 1024 * 1024
@@ -44,6 +45,11 @@ class Peer:
 
 
 Connect = Callable[..., Awaitable[Peer]]
+
+
+def make_task(task_id: str, to: str, **payload: object) -> TaskMessage:
+    """A delegation from the platform to agent ``to``."""
+    return TaskMessage(task_id, "platform", to, MessageType.DELEGATE, dict(payload))
 
 
 @pytest.fixture

@@ -12,18 +12,14 @@ import nats.js.errors
 
 from corral.bus import PlatformBus
 from corral.domain import subjects
-from corral.domain.messages import MessageType, TaskMessage, decode
+from corral.domain.messages import decode
 from corral.sdk.agent import inbox_messages
 from corral.sdk.pulls import Puller
-from tests.bus.conftest import Connect
+from tests.bus.conftest import Connect, make_task
 from tests.support import eventually
 
 #: far longer than the test may take: a message held until the poll expires fails it
 LONG_POLL = 300.0
-
-
-def _task(task_id: str, to: str) -> TaskMessage:
-    return TaskMessage(task_id, "platform", to, MessageType.DELEGATE, {})
 
 
 async def _inbox(connect: Connect, bus: PlatformBus, org: str, agent: str) -> Puller:
@@ -40,10 +36,10 @@ async def _inbox(connect: Connect, bus: PlatformBus, org: str, agent: str) -> Pu
 
 
 async def _waiting_pulls(bus: PlatformBus, org: str, agent: str) -> int:
-    link = await bus._links.get(org)
-    info = await link.nc.jetstream().consumer_info(
-        subjects.INBOX_STREAM, subjects.inbox_consumer(agent)
-    )
+    async with bus.links.use(org) as link:
+        info = await link.nc.jetstream().consumer_info(
+            subjects.INBOX_STREAM, subjects.inbox_consumer(agent)
+        )
     return int(info.num_waiting or 0)
 
 
@@ -58,7 +54,7 @@ async def test_tasks_sent_one_at_a_time_during_the_long_poll_arrive_at_once(
             return fetch.done() or await _waiting_pulls(orgs, "a", "a1") > 0
 
         await eventually(polling, message="the agent's long poll reached the server")
-        await orgs.deliver("a", "a1", _task(f"t{n}", "a1"))
+        await orgs.deliver("a", "a1", make_task(f"t{n}", "a1"))
         await eventually(fetch.done, timeout=60, message=f"task t{n} handed over in its poll")
         [msg] = fetch.result()
         assert [m.task_id for m in inbox_messages(decode(msg.data))] == [f"t{n}"]
@@ -70,7 +66,7 @@ async def test_what_waits_comes_in_one_pull_and_an_idle_inbox_answers_empty(
     orgs: PlatformBus, connect: Connect
 ) -> None:
     for n in range(5):
-        await orgs.deliver("a", "a2", _task(f"w{n}", "a2"))
+        await orgs.deliver("a", "a2", make_task(f"w{n}", "a2"))
     puller = await _inbox(connect, orgs, "a", "a2")
     got = await puller.fetch(64, wait=LONG_POLL)
     assert [inbox_messages(decode(m.data))[0].task_id for m in got] == [f"w{n}" for n in range(5)]
@@ -81,7 +77,7 @@ async def test_what_waits_comes_in_one_pull_and_an_idle_inbox_answers_empty(
 
 
 async def test_an_agent_cannot_pull_another_orgs_inbox(orgs: PlatformBus, connect: Connect) -> None:
-    await orgs.deliver("b", "b1", _task("secret", "b1"))
+    await orgs.deliver("b", "b1", make_task("secret", "b1"))
     peer = await connect(orgs.mint_agent_creds("a", "a1", ttl_seconds=60))
     theirs = Puller(
         peer.nc,

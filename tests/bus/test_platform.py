@@ -31,12 +31,8 @@ from corral.domain.messages import (
     StatusMessage,
     TaskMessage,
 )
-from tests.bus.conftest import CAPS, LIMITS, Connect, MiB
+from tests.bus.conftest import CAPS, LIMITS, Connect, MiB, make_task
 from tests.support import eventually
-
-
-def _task(task_id: str, to: str, **payload: object) -> TaskMessage:
-    return TaskMessage(task_id, "platform", to, MessageType.DELEGATE, dict(payload))
 
 
 def _status(agent: str, n: int) -> bytes:
@@ -57,7 +53,7 @@ async def _take(bus: PlatformBus, count: int, *, wait: float = 0.2) -> list[BusE
 async def test_a_delivered_task_is_pulled_and_acked_by_its_agent(
     bus: PlatformBus, connect: Connect
 ) -> None:
-    task = _task("t-1", "a1", prompt="hello")
+    task = make_task("t-1", "a1", prompt="hello")
     seq = await bus.deliver("a", "a1", task)
     assert await bus.deliver("a", "a1", task) == seq  # a redelivery is stored once
 
@@ -79,7 +75,7 @@ async def test_the_same_attempt_sent_to_another_agent_is_a_new_message(bus: Plat
     # work requeued without an attempt (the bus did not answer) may go to another agent
     # within the duplicate window: the inbox must store it for that agent, not drop it as a
     # duplicate of the first delivery
-    task = _task("t-moved", "a1", prompt="hello")
+    task = make_task("t-moved", "a1", prompt="hello")
     first = await bus.deliver("a", "a1", task)
     moved = await bus.deliver("a", "a2", dataclasses.replace(task, to_agent="a2"))
     assert moved != first
@@ -91,21 +87,21 @@ async def test_delivering_to_an_unknown_org_or_a_full_inbox_fails_clearly(
     bus: PlatformBus,
 ) -> None:
     with pytest.raises(NotFound):
-        await bus.deliver("nobody", "x", _task("t", "x"))
+        await bus.deliver("nobody", "x", make_task("t", "x"))
     tiny = dataclasses.replace(LIMITS, inbox_max_bytes=4096)
     await bus.ensure_org("a", tiny)  # a plan change shrinks the inbox
     with pytest.raises(QuotaExceeded):
         for i in range(20):
-            await bus.deliver("a", "a1", _task(f"t{i}", "a1", blob="x" * 512))
+            await bus.deliver("a", "a1", make_task(f"t{i}", "a1", blob="x" * 512))
 
 
 @pytest.mark.usefixtures("orgs")
 async def test_many_tasks_are_delivered_at_once_each_with_its_own_outcome(
     bus: PlatformBus, connect: Connect
 ) -> None:
-    tasks = [_task(f"t-{i}", "a1", n=i) for i in range(50)]
+    tasks = [make_task(f"t-{i}", "a1", n=i) for i in range(50)]
     items = [("a", "a1", t) for t in tasks]
-    items.insert(10, ("nobody", "x", _task("lost", "x")))  # an org without an account
+    items.insert(10, ("nobody", "x", make_task("lost", "x")))  # an org without an account
     results = await bus.deliver_many(items)
     assert isinstance(results[10], NotFound) and "nobody" in results[10].message
     seqs = [r for i, r in enumerate(results) if i != 10]
@@ -127,9 +123,9 @@ async def test_many_tasks_are_delivered_at_once_each_with_its_own_outcome(
 async def test_an_agent_that_reads_batches_gets_its_tasks_together_within_the_size_limit(
     bus: PlatformBus, connect: Connect
 ) -> None:
-    small = [_task(f"s-{i}", "a1", n=i) for i in range(10)]
-    big = [_task(f"b-{i}", "a1", blob="x" * (100 * 1024)) for i in range(3)]  # 2 fit in 256 KiB
-    other = _task("o-1", "a2")
+    small = [make_task(f"s-{i}", "a1", n=i) for i in range(10)]
+    big = [make_task(f"b-{i}", "a1", blob="x" * (100 * 1024)) for i in range(3)]  # 2 fit in 256 KiB
+    other = make_task("o-1", "a2")
     items = [("a", "a1", t) for t in small] + [("a", "a2", other)] + [("a", "a1", t) for t in big]
     results = await bus.deliver_many(items, batching={"a1"})
     assert all(isinstance(r, int) for r in results)
@@ -154,7 +150,7 @@ async def test_an_agent_that_reads_batches_gets_its_tasks_together_within_the_si
 async def test_a_full_inbox_fails_only_the_tasks_that_did_not_fit(bus: PlatformBus) -> None:
     await bus.ensure_org("a", dataclasses.replace(LIMITS, inbox_max_bytes=4096))
     results = await bus.deliver_many(
-        [("a", "a1", _task(f"t{i}", "a1", blob="x" * 512)) for i in range(20)]
+        [("a", "a1", make_task(f"t{i}", "a1", blob="x" * 512)) for i in range(20)]
     )
     stored = [r for r in results if isinstance(r, int)]
     refused = [r for r in results if not isinstance(r, int)]
@@ -377,7 +373,7 @@ async def test_a_tenant_over_the_servers_jetstream_caps_is_refused_with_the_numb
     assert "512 MiB storage" in refused.value.message
     assert refused.value.details["reserved_storage"] == LIMITS.jetstream_storage
     assert bus.authority.orgs() == ["a"]
-    await bus.deliver("a", "x", _task("still-works", "x"))
+    await bus.deliver("a", "x", make_task("still-works", "x"))
 
     fits = dataclasses.replace(huge, jetstream_storage=CAPS.storage - 32 * MiB)
     await bus.ensure_org("fits", fits)  # exactly up to the cap is fine
@@ -395,18 +391,18 @@ async def test_removing_an_org_closes_its_connections_and_frees_its_reservation(
         await connect(creds, reconnect=False)
     assert bus.authority.orgs() == ["a"]
     with pytest.raises(NotFound):
-        await bus.deliver("b", "b1", _task("t", "b1"))
+        await bus.deliver("b", "b1", make_task("t", "b1"))
     await bus.remove_org("b")  # idempotent
     await bus.ensure_org("b", LIMITS)  # and the slug can come back, with a new account
     await bus.prepare_agent("b", "b1")
-    assert await bus.deliver("b", "b1", _task("again", "b1")) == 1
+    assert await bus.deliver("b", "b1", make_task("again", "b1")) == 1
 
 
 @pytest.mark.usefixtures("orgs")
 async def test_removing_an_agent_revokes_it_and_drops_its_queue(
     bus: PlatformBus, connect: Connect
 ) -> None:
-    await bus.deliver("a", "a1", _task("queued", "a1"))
+    await bus.deliver("a", "a1", make_task("queued", "a1"))
     live = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60), reconnect=False)
     await bus.remove_agent("a", "a1")
     await eventually(lambda: live.nc.is_closed)
