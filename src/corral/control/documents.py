@@ -45,7 +45,7 @@ class Documents:
         self,
         stores: ObjectPort,
         org_by_id: Callable[[str], Awaitable[Organization]],
-        spawn: Callable[[Coroutine[Any, Any, None], str], None],
+        spawn: Callable[[Coroutine[Any, Any, None], str], object],
     ) -> None:
         self._stores = stores
         self._org_by_id = org_by_id

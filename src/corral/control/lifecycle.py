@@ -15,6 +15,7 @@ the dispatcher's knowledge, asked through ``current_task``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -82,7 +83,7 @@ class Controller(Restarts):
         self._restarts = Background()
         self._last_seen: dict[str, float] = {}
         self._heard: dict[str, datetime] = {}  # heard from since the last record_heard
-        self._recording = False  # a record_heard_soon is under way
+        self._recording: asyncio.Task[None] | None = None  # the latest record_heard_soon
         self._steady: set[str] = set()  # agents whose crash count is known to be 0
         self._pending: set[str] = set()  # agents whose restart is scheduled
         #: whether the bus answers (the platform gives it a probe); its outages are nobody's
@@ -194,17 +195,9 @@ class Controller(Restarts):
         """Start :meth:`record_heard` in the background, unless one is under way (what is
         noted meanwhile waits for the next call): the reader of agents' events goes on to
         the next batch instead of waiting its turn for the store."""
-        if not self._heard or self._recording:
+        if not self._heard or (self._recording is not None and not self._recording.done()):
             return
-        self._recording = True
-
-        async def record() -> None:
-            try:
-                await self.record_heard()
-            finally:
-                self._recording = False
-
-        self._restarts.spawn(record(), "record-heard")
+        self._recording = self._restarts.spawn(self.record_heard(), "record-heard")
 
     async def record_heard(self) -> None:
         """Write when the agents noted by :meth:`heard_from` were heard, all in one statement:
