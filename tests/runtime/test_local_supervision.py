@@ -8,8 +8,9 @@ import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -82,6 +83,51 @@ async def test_stop_leaves_no_process_of_the_agent(runtime: LocalProcessRuntime)
     assert status.pid is not None
     assert not any(alive(pid) for pid in (status.pid, child, loner))
     assert (await runtime.status("acme", "agent-tree")).phase is Phase.EXITED
+
+
+async def test_stop_finds_grandchildren_without_reading_every_process(
+    tmp_path: Path, mechanism: str, launch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # unconfined: no PID namespace ends the grandchild for us, and without a cgroup only
+    # the leader's tree leads to it (it left the agent's session)
+    runtime = LocalProcessRuntime(tmp_path / "data", mechanism=mechanism, sandbox="off")
+    grandparent = """
+        middle = subprocess.Popen(
+            [sys.executable, "-c", "import signal, subprocess, sys; "
+             "g = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()'], "
+             "start_new_session=True); print(g.pid, flush=True); signal.pause()"],
+            stdout=subprocess.PIPE,
+        )
+        grandchild = int(middle.stdout.readline())
+        with open("family.tmp", "w") as f:
+            f.write(f"{middle.pid} {grandchild}")
+        os.replace("family.tmp", "family.txt")
+        print(READY, AGENT, flush=True)
+        signal.pause()
+    """
+    try:
+        status = await runtime.start(agents.spec("acme", "agent-old", grandparent))
+        middle, grandchild = await family(runtime, "acme", "agent-old")
+        assert psutil.Process(grandchild).ppid() == middle and alive(grandchild)
+        reads: list[str] = []
+        ppid_map, process_iter = psutil._ppid_map, psutil.process_iter
+
+        def read_parents() -> dict[int, int]:
+            reads.append("ppid_map")
+            return ppid_map()
+
+        def read_all(*args: Any, **kwargs: Any) -> Iterator[psutil.Process]:
+            reads.append("process_iter")
+            return process_iter(*args, **kwargs)
+
+        monkeypatch.setattr(psutil, "_ppid_map", read_parents)
+        monkeypatch.setattr(psutil, "process_iter", read_all)
+        await runtime.stop("acme", "agent-old", grace=2)
+        assert reads == []  # its tree is read from the leader down, not from every process
+        assert status.pid is not None
+        assert not any(alive(pid) for pid in (status.pid, middle, grandchild))
+    finally:
+        await runtime.close()
 
 
 async def test_a_crashed_agents_children_are_not_left_behind(

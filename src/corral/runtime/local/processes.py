@@ -39,6 +39,7 @@ __all__ = [
     "session_members",
     "signal_all",
     "starts",
+    "tree",
     "tree_usage",
     "wait_gone",
     "write_ref",
@@ -147,6 +148,49 @@ def descendants(pid: int, kids: Children) -> list[int]:
             found.append(child)
             todo.extend(kids.get(child, ()))
     return found
+
+
+def tree(pid: int) -> list[int]:
+    """``pid``'s descendants (without ``pid``), each found in its parent's own list of
+    children (``/proc/<pid>/task/<tid>/children``): the cost is the tree's size, where
+    :func:`children_map` reads every process on the host. Where the kernel keeps no such
+    lists, the whole table is read after all."""
+    if not _children_lists():
+        return descendants(pid, children_map())
+    found: list[int] = []
+    todo = [pid]
+    seen = {pid}
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in seen:
+                seen.add(child)
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """``pid``'s children: each thread keeps those it started (a child's parent is the
+    thread that forked it), so every thread's list is read."""
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found  # gone
+    for tid in tids:
+        with (
+            contextlib.suppress(OSError),  # that thread is gone
+            open(f"/proc/{pid}/task/{tid}/children", "rb") as f,
+        ):
+            found.extend(int(child) for child in f.read().split())
+    return found
+
+
+@functools.cache
+def _children_lists() -> bool:
+    """Whether this kernel keeps each thread's children in ``/proc`` (``CONFIG_PROC_CHILDREN``)."""
+    me = os.getpid()
+    return os.path.exists(f"/proc/{me}/task/{me}/children")
 
 
 def tree_usage(

@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import psutil
-
 from corral.runtime.base import Phase, RuntimeStatus
 from corral.runtime.local.adoption import AdoptedChild
 from corral.runtime.local.forkclient import ZygoteChild
@@ -33,6 +31,7 @@ from corral.runtime.local.processes import (
     session_members,
     signal_all,
     starts,
+    tree,
     wait_gone,
 )
 from corral.runtime.local.workspaces import AgentPaths, note
@@ -167,18 +166,15 @@ def members(
 ) -> set[int]:
     """Every live process of the agent: its cgroup (else, with ``scan``, its session) and,
     while the leader lives, the leader and its descendants, even those that left the
-    session (found in ``kids`` when given: a map read once for many agents)."""
+    session (found in ``kids`` when given: a map read once for many agents; else from the
+    leader's own children down, so that stopping one agent does not read every process)."""
     pids = placement.members() if placement.dirs else set()
     if ref.pid:
         if scan and not placement.dirs:
             pids |= session_members(ref)
         if ref.is_alive():
             pids.add(ref.pid)
-            if kids is not None:
-                pids.update(descendants(ref.pid, kids))
-            else:
-                with contextlib.suppress(psutil.Error):
-                    pids.update(c.pid for c in psutil.Process(ref.pid).children(recursive=True))
+            pids.update(tree(ref.pid) if kids is None else descendants(ref.pid, kids))
     return pids
 
 
