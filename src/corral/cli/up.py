@@ -12,7 +12,7 @@ import click
 from pydantic import ValidationError
 
 from corral.cli.context import run
-from corral.cli.loop import run_loop
+from corral.cli.loop import run_loop, settle_heap
 from corral.control import logs
 from corral.domain.errors import InvalidInput
 from corral.settings import Settings
@@ -71,6 +71,7 @@ def up(
     logs.configure(settings.log_level, settings.log_format)
 
     def ready(srv: RunningServer) -> None:
+        settle_heap()
         click.echo(f"corral is up at {srv.url} (data dir {settings.data_dir})")
         click.echo(f"model gateway for agents at {srv.gateway_url}/v1")
         confinement = srv.platform.sandbox
@@ -83,6 +84,7 @@ def up(
             click.echo(f"  {srv.platform.new_admin_key}")
 
     def leading(platform: Platform) -> None:
+        settle_heap()
         click.echo(
             f"this replica leads now (epoch {platform.lease.epoch if platform.lease else 0})"
         )
