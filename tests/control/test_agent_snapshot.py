@@ -4,11 +4,12 @@ reading every agent again, and keeps each org's agents in their order."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from corral.control.dispatch.snapshot import AgentSnapshot
-from corral.domain.admission import AdmittedResources
+from corral.domain.admission import AdmittedResources, UsageSnapshot, empty_usage
 from corral.domain.agents import Agent, AgentState
 from corral.domain.ids import AgentId
 from corral.domain.quantities import parse
@@ -84,3 +85,47 @@ async def test_a_change_during_a_read_makes_the_read_start_over() -> None:
     snap._find = find_then_change
     assert (await snap.agents())["org_a"] == [running]
     assert store.reads == 2
+
+
+class _Ledger:
+    """Each org's use (agents only), and which orgs each read asked for."""
+
+    def __init__(self, agents: dict[str, int]) -> None:
+        self.agents = agents
+        self.full_reads = 0
+        self.asked: list[set[str]] = []
+
+    def _use(self, org_id: str) -> UsageSnapshot:
+        return UsageSnapshot(empty_usage(), self.agents[org_id], 0)
+
+    async def all_usage(self) -> dict[str, UsageSnapshot]:
+        self.full_reads += 1
+        return {org_id: self._use(org_id) for org_id in self.agents}
+
+    async def usage_of(self, org_ids: Collection[str]) -> dict[str, UsageSnapshot]:
+        self.asked.append(set(org_ids))
+        return {o: self._use(o) for o in org_ids if o in self.agents}
+
+
+async def test_an_agents_change_has_only_its_orgs_use_read_again() -> None:
+    ledger = _Ledger({f"org_{n}": 0 for n in range(200)})
+    snap = AgentSnapshot(find_agents=_Store([]).find, ledger=cast(Any, ledger), inflight={})
+    before = await snap.usage()
+    assert ledger.full_reads == 1 and before["org_7"].agents == 0
+
+    for n in (7, 8):  # two wakes, a reserve each
+        ledger.agents[f"org_{n}"] = 1
+        snap.agent_changed(_agent(str(n), "w"))
+    del ledger.agents["org_9"]  # an org deleted meanwhile
+    snap.forget_usage("org_9")
+    now = await snap.usage()
+    assert ledger.full_reads == 1  # not every org again
+    assert ledger.asked == [{"org_7", "org_8", "org_9"}]
+    assert now["org_7"].agents == 1 and now["org_8"].agents == 1 and "org_9" not in now
+    assert now["org_1"] is before["org_1"]  # the others as they were read
+    assert before["org_7"].agents == 0 and "org_9" in before  # what was handed out stays
+    assert await snap.usage() is now and len(ledger.asked) == 1  # nothing changed since
+
+    snap.forget_usage()  # anyone's: everything again
+    await snap.usage()
+    assert ledger.full_reads == 2

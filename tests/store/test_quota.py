@@ -85,3 +85,17 @@ async def test_refusal_names_resource_asked_used_allowed(db: Database) -> None:
         "used": "8",
         "allowed": "10",
     }
+
+
+async def test_usage_of_reads_only_the_orgs_asked_for(db: Database) -> None:
+    orgs = [await _org(db, f"o{n}") for n in range(3)]
+    ledger = QuotaLedger(db)
+    await ledger.reserve(orgs[0].id, STANDARD, charge_for(SMALL), agents=1)
+    await ledger.reserve(orgs[1].id, STANDARD, charge_for(SMALL), agents=1)
+    await ledger.reserve(orgs[1].id, STANDARD, charge_for(SMALL), agents=1)
+    got = await ledger.usage_of([orgs[1].id, "org_unknown"])
+    assert set(got) == {orgs[1].id}  # an org with nothing recorded is absent
+    whole = (await ledger.all_usage())[orgs[1].id]
+    assert got[orgs[1].id].used == whole.used and whole.used["pods"].value == 2
+    assert got[orgs[1].id].agents == 2
+    assert await ledger.usage_of([]) == {}

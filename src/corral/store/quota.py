@@ -4,7 +4,7 @@ reservations can never both take the last slot, on SQLite and PostgreSQL alike."
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from fractions import Fraction
 
 from sqlalchemy import ColumnElement, Table, Update, and_, bindparam, case, select, update
@@ -36,7 +36,14 @@ def _as_int(q: Quantity, how: str) -> int:
     return q.milli if how == "milli" else q.units
 
 
+#: org ids asked for in one statement (far below any database's limit on parameters)
+_IN_CHUNK = 500
+
+
+@functools.lru_cache(maxsize=4096)
 def _as_quantity(n: int, how: str, resource: str) -> Quantity:
+    """The quantity of a column's integer (the same few recur across orgs: made once each;
+    a quantity is immutable)."""
     if how == "milli":
         return Quantity.of(Fraction(n, 1000))
     fmt = Format.BINARY_SI if resource.endswith("memory") else Format.DECIMAL_SI
@@ -127,6 +134,18 @@ class QuotaLedger:
         async with self._db.sessions() as s:
             rows = (await s.execute(select(UsageRow))).scalars().all()
         return {r.org_id: _snapshot(r) for r in rows}
+
+    async def usage_of(self, org_ids: Collection[str]) -> dict[str, UsageSnapshot]:
+        """The use of those of ``org_ids`` that have any recorded, by org id."""
+        found: dict[str, UsageSnapshot] = {}
+        ids = list(org_ids)
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            async with self._db.sessions() as s:
+                q = select(UsageRow).where(UsageRow.org_id.in_(chunk))
+                rows = (await s.execute(q)).scalars().all()
+            found.update((r.org_id, _snapshot(r)) for r in rows)
+        return found
 
 
 @functools.lru_cache(maxsize=64)

@@ -85,6 +85,7 @@ class AgentSnapshot:
         self._generation = 0  # bumped by every change: a snapshot read across one is stale
         self._usage: dict[str, UsageSnapshot] | None = None
         self._usage_at = 0.0
+        self._usage_stale: set[str] = set()  # orgs whose use changed since it was read
 
     # -- what changed ---------------------------------------------------------------------
     def forget(self, *, usage: bool = False) -> None:
@@ -94,15 +95,20 @@ class AgentSnapshot:
         if usage:
             self._usage = None
 
-    def forget_usage(self) -> None:
-        self._usage = None
+    def forget_usage(self, org_id: str | None = None) -> None:
+        """Quota use changed: ``org_id``'s (read again alone at the next :meth:`usage`), or
+        anyone's."""
+        if org_id is None:
+            self._usage = None
+        else:
+            self._usage_stale.add(org_id)
 
     def agent_changed(self, agent: Agent) -> None:
         """The controller's news of an agent (as now stored): put in the snapshot held, in
         place of reading every agent again, which each wake of hundreds of paused agents
         made every round do."""
         self._generation += 1  # a read under way may have missed it: it reads again
-        self._usage = None
+        self._usage_stale.add(agent.org_id)
         self._apply(agent)
         if agent.state is not AgentState.RUNNING:
             self.slots.pop(agent.id, None)
@@ -173,13 +179,25 @@ class AgentSnapshot:
         return next((r for r in self._roles(org_id) if r.name == name), None)
 
     async def usage(self) -> dict[str, UsageSnapshot]:
-        """Each org's quota use, from a snapshot at most a second old (dropped whenever an
-        agent's lifecycle changes). A stale answer only costs a provision the ledger refuses:
-        the charge itself is atomic."""
+        """Each org's quota use, from a snapshot at most a second old; an org whose agent's
+        lifecycle changed since is read again alone (a wave of wakes across hundreds of orgs
+        read every org's use again at every wake). A stale answer only costs a provision the
+        ledger refuses: the charge itself is atomic."""
         now = time.monotonic()
         if self._usage is None or now - self._usage_at > USAGE_TTL:
+            self._usage_stale = set()  # before the read: what changes during it comes again
             self._usage = await self._ledger.all_usage()
             self._usage_at = now
+        elif self._usage_stale:
+            stale, self._usage_stale = self._usage_stale, set()
+            fresh = await self._ledger.usage_of(stale)
+            usage = dict(self._usage)  # a copy: what was handed out stays as it was
+            for org_id in stale:
+                if org_id in fresh:
+                    usage[org_id] = fresh[org_id]
+                else:
+                    usage.pop(org_id, None)
+            self._usage = usage
         return self._usage
 
     async def views(self) -> Views:

@@ -123,7 +123,7 @@ class Supply:
         """An agent on its way for ``key`` will not come: place its tasks again."""
         self._snapshot.incoming[key] = max(0, self._snapshot.incoming[key] - 1)
         self._refused[key] = time.monotonic()
-        self._snapshot.forget_usage()
+        self._snapshot.forget_usage(org.id)
         self._capacity_changed(org.id)
 
     # -- as declared ----------------------------------------------------------------------
