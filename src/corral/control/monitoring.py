@@ -11,8 +11,8 @@ What the runtime measures of the agents' processes (CPU, RSS) is kept for
 a client scraping several times a second (a dashboard, a script counting completed tasks)
 would otherwise make the control plane spend its time there. Quota use and the running agents
 come from the dispatcher's snapshot (at most a second and five seconds old, every change an
-agent's lifecycle makes put in at once): reading them again per scrape was a third of its
-cost with 200 agents. Counts come from the store and the scheduler at every refresh."""
+agent's lifecycle makes put in at once) and the orgs from its book: reading them again per
+scrape was half of its cost with 200 agents. Counts come from the store and the scheduler at every refresh."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
     snap.tasks = await p.tasks.count_by_state()
     snap.quarantined = p.tasks.quarantined
     snap.pruned = p.retention.pruned
-    orgs = await p.orgs.list()
+    orgs = list(p.dispatcher.book.orgs.values())  # every org, as the dispatcher holds it
     by_id: dict[str, Organization] = {o.id: o for o in orgs}
     snapshot = p.dispatcher.snapshot  # the dispatcher's own, at most a second or two old
     usage = await snapshot.usage()
