@@ -14,14 +14,14 @@ The seed's two questions, over these series::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["AgentUsage", "Metrics", "Snapshot"]
+__all__ = ["AgentUsage", "Metrics", "Snapshot", "snapshot_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,95 +48,139 @@ class Snapshot:
     pruned: int = 0  # finished tasks pruned past their retention since start
 
 
-class _SnapshotCollector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self._m = metrics
+#: (name as exposed, type, help, label names) of each family the snapshot fills, in order
+_FAMILIES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "quarantined": (
+        "corral_tasks_quarantined_total",
+        "counter",
+        "Stored tasks that could not be loaded, failed with the reason instead",
+        (),
+    ),
+    "pruned": (
+        "corral_tasks_pruned_total",
+        "counter",
+        "Finished tasks pruned past their plan's retention since the control plane started",
+        (),
+    ),
+    "orgs": ("corral_orgs", "gauge", "Organizations by tier", ("tier",)),
+    "agents": ("corral_agents", "gauge", "Agents by org, tier and state", ("org", "tier", "state")),
+    "tasks": (
+        "corral_tasks",
+        "gauge",
+        "Tasks by org, tier, priority and state",
+        ("org", "tier", "priority", "state"),
+    ),
+    "queue_depth": ("corral_queue_depth", "gauge", "Queued tasks", ("org", "tier")),
+    "oldest_wait": (
+        "corral_queue_oldest_wait_seconds",
+        "gauge",
+        "Age of the oldest queued task",
+        ("org", "tier"),
+    ),
+    "quota_used": ("corral_quota_used", "gauge", "Quota used", ("org", "tier", "resource")),
+    "quota_hard": (
+        "corral_quota_hard",
+        "gauge",
+        "Quota hard limit",
+        ("org", "tier", "resource"),
+    ),
+    "requests": (
+        "corral_agent_resource_requests",
+        "gauge",
+        "Resources requested by running agents (cpu in cores, memory in bytes)",
+        ("org", "tier", "agent", "resource"),
+    ),
+    "cpu": (
+        "corral_agent_cpu_seconds_total",
+        "counter",
+        "CPU time used by an agent's processes",
+        ("org", "tier", "agent"),
+    ),
+    "rss": (
+        "corral_agent_memory_rss_bytes",
+        "gauge",
+        "Resident memory of an agent's processes",
+        ("org", "tier", "agent"),
+    ),
+}
 
-    def collect(self) -> Iterator[Metric]:
-        s = self._m.snapshot
-        yield CounterMetricFamily(
-            "corral_tasks_quarantined",
-            "Stored tasks that could not be loaded, failed with the reason instead",
-            value=s.quarantined,
-        )
-        yield CounterMetricFamily(
-            "corral_tasks_pruned",
-            "Finished tasks pruned past their plan's retention since the control plane started",
-            value=s.pruned,
-        )
-        g = GaugeMetricFamily("corral_orgs", "Organizations by tier", labels=["tier"])
-        for tier, n in s.orgs:
-            g.add_metric([tier], n)
-        yield g
-        g = GaugeMetricFamily(
-            "corral_agents", "Agents by org, tier and state", labels=["org", "tier", "state"]
-        )
-        for org, tier, state, n in s.agents:
-            g.add_metric([org, tier, state], n)
-        yield g
-        g = GaugeMetricFamily(
-            "corral_tasks",
-            "Tasks by org, tier, priority and state",
-            labels=["org", "tier", "priority", "state"],
-        )
-        for org, tier, prio, state, n in s.tasks:
-            g.add_metric([org, tier, prio, state], n)
-        yield g
-        g = GaugeMetricFamily("corral_queue_depth", "Queued tasks", labels=["org", "tier"])
-        for org, tier, n in s.queue_depth:
-            g.add_metric([org, tier], n)
-        yield g
-        g = GaugeMetricFamily(
-            "corral_queue_oldest_wait_seconds",
-            "Age of the oldest queued task",
-            labels=["org", "tier"],
-        )
-        for org, tier, sec in s.oldest_wait:
-            g.add_metric([org, tier], sec)
-        yield g
-        used = GaugeMetricFamily(
-            "corral_quota_used", "Quota used", labels=["org", "tier", "resource"]
-        )
-        hard = GaugeMetricFamily(
-            "corral_quota_hard", "Quota hard limit", labels=["org", "tier", "resource"]
-        )
-        for org, tier, res, u, h in s.quota:
-            used.add_metric([org, tier, res], u)
-            hard.add_metric([org, tier, res], h)
-        yield used
-        yield hard
-        req = GaugeMetricFamily(
-            "corral_agent_resource_requests",
-            "Resources requested by running agents (cpu in cores, memory in bytes)",
-            labels=["org", "tier", "agent", "resource"],
-        )
-        cpu = CounterMetricFamily(
-            "corral_agent_cpu_seconds",
-            "CPU time used by an agent's processes",
-            labels=["org", "tier", "agent"],
-        )
-        rss = GaugeMetricFamily(
-            "corral_agent_memory_rss_bytes",
-            "Resident memory of an agent's processes",
-            labels=["org", "tier", "agent"],
-        )
-        for au in s.usage:
-            req.add_metric([au.org, au.tier, au.agent, "cpu"], au.cpu_request_cores)
-            req.add_metric([au.org, au.tier, au.agent, "memory"], au.memory_request_bytes)
-            if au.cpu_seconds is not None:
-                cpu.add_metric([au.org, au.tier, au.agent], au.cpu_seconds)
-            if au.rss_bytes is not None:
-                rss.add_metric([au.org, au.tier, au.agent], au.rss_bytes)
-        yield req
-        yield cpu
-        yield rss
+_Row = tuple[Sequence[str], float]
+#: a value as Go writes a float (prometheus_client's own, which it leaves untyped)
+_float_text = cast(Callable[[float], str], floatToGoString)
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format writes it."""
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def _family(out: list[str], key: str, rows: Iterable[_Row]) -> None:
+    """One family in the Prometheus text format (0.0.4), as prometheus_client writes it:
+    labels in name order, values as Go writes floats."""
+    name, kind, doc, labels = _FAMILIES[key]
+    out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+    order = sorted(range(len(labels)), key=labels.__getitem__)
+    names = [labels[i] for i in order]
+    for values, value in rows:
+        if names:
+            inner = ",".join(
+                f'{n}="{_escape(values[i])}"' for n, i in zip(names, order, strict=True)
+            )
+            out.append(f"{name}{{{inner}}} {_float_text(value)}\n")
+        else:
+            out.append(f"{name} {_float_text(value)}\n")
+
+
+def snapshot_text(s: Snapshot) -> str:
+    """The snapshot's families in the Prometheus text format. Written here rather than by
+    prometheus_client's generic collector, which took 20 ms for 200 agents' series: a client
+    that scrapes several times a second (a dashboard, a script counting completed tasks)
+    made it a tenth of the control plane's time."""
+    out: list[str] = []
+    _family(out, "quarantined", [((), s.quarantined)])
+    _family(out, "pruned", [((), s.pruned)])
+    _family(out, "orgs", (((tier,), n) for tier, n in s.orgs))
+    _family(out, "agents", (((o, t, st), n) for o, t, st, n in s.agents))
+    _family(out, "tasks", (((o, t, p, st), n) for o, t, p, st, n in s.tasks))
+    _family(out, "queue_depth", (((o, t), n) for o, t, n in s.queue_depth))
+    _family(out, "oldest_wait", (((o, t), sec) for o, t, sec in s.oldest_wait))
+    _family(out, "quota_used", (((o, t, r), u) for o, t, r, u, _ in s.quota))
+    _family(out, "quota_hard", (((o, t, r), h) for o, t, r, _, h in s.quota))
+    _family(
+        out,
+        "requests",
+        (
+            ((au.org, au.tier, au.agent, resource), value)
+            for au in s.usage
+            for resource, value in (
+                ("cpu", au.cpu_request_cores),
+                ("memory", au.memory_request_bytes),
+            )
+        ),
+    )
+    _family(
+        out,
+        "cpu",
+        (
+            ((au.org, au.tier, au.agent), au.cpu_seconds)
+            for au in s.usage
+            if au.cpu_seconds is not None
+        ),
+    )
+    _family(
+        out,
+        "rss",
+        (((au.org, au.tier, au.agent), au.rss_bytes) for au in s.usage if au.rss_bytes is not None),
+    )
+    return "".join(out)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.snapshot = Snapshot()
-        self.registry.register(_SnapshotCollector(self))
         self.dispatch_latency = Histogram(
             "corral_dispatch_latency_seconds",
             "From a task's acceptance to its delivery into an agent's inbox",
@@ -174,4 +218,5 @@ class Metrics:
         self._dispatch_all.observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The snapshot's families, then the series counted as things happen."""
+        return snapshot_text(self.snapshot).encode() + generate_latest(self.registry)
