@@ -11,8 +11,13 @@ from typing import Any, cast
 from corral.control.dispatch.snapshot import AgentSnapshot
 from corral.domain.admission import AdmittedResources, UsageSnapshot, empty_usage
 from corral.domain.agents import Agent, AgentState
-from corral.domain.ids import AgentId
+from corral.domain.ids import AgentId, OrgId, OrgSlug, TaskId
+from corral.domain.plans import STANDARD
 from corral.domain.quantities import parse
+from corral.domain.roles import Role
+from corral.domain.tenancy import Organization
+from corral.scheduling.placement import Action
+from corral.scheduling.scheduler import QueuedTask
 
 S = AgentState
 NOW = datetime.now(UTC)
@@ -129,3 +134,26 @@ async def test_an_agents_change_has_only_its_orgs_use_read_again() -> None:
     snap.forget_usage()  # anyone's: everything again
     await snap.usage()
     assert ledger.full_reads == 2
+
+
+async def test_an_org_newer_than_the_use_read_waits_one_round_then_is_read() -> None:
+    ledger = _Ledger({"org_old": 0})
+    snap = AgentSnapshot(
+        find_agents=_Store([]).find,
+        ledger=cast(Any, ledger),
+        inflight={},
+        roles=lambda org_id: [Role("sleeper")],
+        queued=lambda org_id, role: 1,  # the task below
+    )
+    usage = await snap.usage()  # read before the org existed
+    ledger.agents["org_new"] = 0
+    org = Organization(OrgId("org_new"), OrgSlug("new"), STANDARD, NOW)
+    task = QueuedTask(TaskId("task_1"), OrgId("org_new"), role="sleeper")
+    views = await snap.views()
+    placed = snap.place(task, org, views, usage, auto_provision=True)
+    assert placed.action is Action.WAIT and "being read" in placed.reason
+    assert snap.unread() == {"org_new"} and snap.unread() == set()  # told once
+    usage = await snap.usage()  # the next round: that org alone is read
+    assert ledger.full_reads == 1 and ledger.asked == [{"org_new"}]
+    placed = snap.place(task, org, await snap.views(), usage, auto_provision=True)
+    assert placed.action is Action.PROVISION

@@ -189,6 +189,7 @@ class Dispatcher:
     # -- organizations and capacity -------------------------------------------------------
     def org_changed(self, org: Organization) -> None:
         self.book.register(org)
+        self.snapshot.forget_usage(org.id)  # a new org's use, or a new plan's, is read
         self.kick()
 
     def org_removed(self, org: Organization) -> None:
@@ -407,6 +408,8 @@ class Dispatcher:
         await self.journal.flush()
         if sends:
             await self._send(sends)
+        # placed again at the next round (within half a second), their use read by then
+        self._changed |= self.snapshot.unread()
         if decisions >= DECISIONS_PER_ROUND:
             self.kick()  # more may be placeable: another round right away
 

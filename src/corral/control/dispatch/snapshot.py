@@ -86,6 +86,7 @@ class AgentSnapshot:
         self._usage: dict[str, UsageSnapshot] | None = None
         self._usage_at = 0.0
         self._usage_stale: set[str] = set()  # orgs whose use changed since it was read
+        self._unread: set[str] = set()  # orgs placement found no use of (placed again later)
 
     # -- what changed ---------------------------------------------------------------------
     def forget(self, *, usage: bool = False) -> None:
@@ -178,6 +179,12 @@ class AgentSnapshot:
         """The org's declared role ``name`` (``None``: none)."""
         return next((r for r in self._roles(org_id) if r.name == name), None)
 
+    def unread(self) -> set[str]:
+        """The orgs whose tasks waited this round because their use was not in the snapshot
+        (it is read at the next round, and their tasks are to be placed again then)."""
+        unread, self._unread = self._unread, set()
+        return unread
+
     async def usage(self) -> dict[str, UsageSnapshot]:
         """Each org's quota use, from a snapshot at most a second old; an org whose agent's
         lifecycle changed since is read again alone (a wave of wakes across hundreds of orgs
@@ -254,7 +261,10 @@ class AgentSnapshot:
                     refused.append(f"role {role.name} is at maxAgents ({role.max_agents})")
                 return False
             snap = usage.get(org.id)
-            if snap is None:
+            if snap is None:  # an org newer than the snapshot: read at the next round
+                self._usage_stale.add(org.id)
+                self._unread.add(org.id)
+                refused.append("its quota use is being read")
                 return False
             try:
                 res = role.resources(org.plan.limit_range)
