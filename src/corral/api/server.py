@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from corral.api.app import create_app
 from corral.api.gateway_app import serving_gateway
+from corral.api.protocol import http_protocol
 from corral.control import preflight
 from corral.control.platform import Platform
 from corral.settings import Settings
@@ -57,6 +58,7 @@ def http_config(app: ASGIApp, *, trusted_proxies: Sequence[str] = ()) -> uvicorn
         log_config=None,  # uvicorn's records go to the platform's log handler
         access_log=False,  # the app writes its own (corral.api.access)
         lifespan="off",
+        http=http_protocol(),  # httptools, the request head bounded
         timeout_graceful_shutdown=3,
         proxy_headers=bool(trusted_proxies),
         forwarded_allow_ips=list(trusted_proxies),
