@@ -145,3 +145,20 @@ async def test_a_role_s_task_defaults_sit_under_what_its_submitter_says(
 
     other = await org.post("/v1/orgs/acme/tasks", json={"role": "other", "payload": {}})
     assert other.json()["policy"]["retry"]["maxAttempts"] == 5  # the standard plan's
+
+
+async def test_true_or_false_for_a_number_is_refused_naming_the_field(
+    admin: httpx.AsyncClient,
+) -> None:
+    org = await _org(admin, "bools")
+    for field in ("minAgents", "maxAgents", "slots"):
+        r = await org.put("/v1/orgs/bools/roles/r?dryRun=true", json={field: False})
+        assert r.status_code == 422, (field, r.text)
+        assert f"{field} must be a number" in r.text
+    r = await org.put("/v1/orgs/bools/roles/r", json={"idleTimeout": True})
+    assert r.status_code == 422 and "idleTimeout must be a number" in r.text
+    r = await org.post("/v1/orgs/bools/tasks", json={"role": "r", "maxTokens": True})
+    assert r.status_code == 422 and "maxTokens must be a number" in r.text
+    r = await org.put("/v1/orgs/bools/roles/r", json={"minAgents": 0, "onDemand": False})
+    assert r.status_code == 200, r.text  # a boolean where one is asked for, and a number
+    assert (await org.get("/v1/orgs/bools/roles/r")).json()["onDemand"] is False

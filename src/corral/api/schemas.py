@@ -3,6 +3,8 @@ domain objects — they convert here."""
 
 from __future__ import annotations
 
+import functools
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -62,18 +64,40 @@ def exactly_one_of(*fields: str) -> dict[str, Any]:
 
 class Strict(BaseModel):
     """A request body: unknown fields are refused, and so is an explicit null (optional fields
-    are omitted instead), exactly as the schema says."""
+    are omitted instead), and so is ``true`` or ``false`` for a number (which pydantic would
+    read as 1 or 0), exactly as the schema says."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=strip_nulls)
 
     @model_validator(mode="before")
     @classmethod
     def _no_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict) and None in data.values():  # the search at C speed
+        if not isinstance(data, dict):
+            return data
+        if None in data.values():  # the search at C speed
             nulls = sorted(k for k, v in data.items() if v is None)
             if nulls:
                 raise ValueError(f"omit {', '.join(nulls)} instead of sending null")
+        flags = [k for k in _numbers(cls) if type(data.get(k)) is bool]
+        if flags:
+            raise ValueError(f"{', '.join(sorted(flags))} must be a number, not true or false")
         return data
+
+
+@functools.cache
+def _numbers(model: type[BaseModel]) -> tuple[str, ...]:
+    """The names (as sent) of ``model``'s fields that take a number and not a boolean."""
+    names: list[str] = []
+    for name, f in model.model_fields.items():
+        kinds = {_bare(k) for k in typing.get_args(f.annotation)} or {_bare(f.annotation)}
+        if kinds & {int, float} and bool not in kinds:
+            names.append(f.alias or name)
+    return tuple(names)
+
+
+def _bare(kind: Any) -> Any:
+    """``kind`` without its ``Annotated`` metadata."""
+    return typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Annotated else kind
 
 
 def _plans_enum(schema: dict[str, Any]) -> None:
