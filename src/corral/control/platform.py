@@ -254,7 +254,7 @@ class Platform:
         )
         self.reconciler = Reconciler(
             agents=self.agents,
-            org_by_id=self.orgs.get_by_id,
+            org_by_id=self.known_org,
             runtime=self.runtime,
             controller=self.controller,
             dispatcher=self.dispatcher,
@@ -428,6 +428,17 @@ class Platform:
         else:
             self._org_uids[org.slug] = uid
             self._org_uid_owner[org.slug] = org.id
+
+    async def known_org(self, org_id: str) -> Organization:
+        """The org of ``org_id`` as the dispatcher holds it (every org, kept as it changes),
+        else as stored: the reconciler asks this for every agent at every look, which was a
+        read of the store each.
+
+        Raises:
+            NotFound: no such org.
+        """
+        org = self.dispatcher.book.orgs.get(org_id)
+        return org if org is not None else await self.orgs.get_by_id(org_id)
 
     async def ensure_org_uid(self, org: Organization) -> None:
         """Give ``org`` its sandbox uid before its first agent starts (root, sandbox on). An
