@@ -310,13 +310,21 @@ class Controller(Restarts):
             agents, gpus = (1, agent.resources.gpu) if whole else (0, 0)
             await self.ledger.reserve(org.id, org.plan, charge, agents=agents, gpus=gpus)
             steps: Undo = [lambda: self.ledger.release(org.id, charge, agents=agents, gpus=gpus)]
+            # its new credentials go in the same write as its state, as a provision's do
+            creds = self._launcher.mint(org, agent_id)
             await self._transition(
-                agent_id, expect=[previous], to=AgentState.RESUMING, restarts=0, detail=""
+                agent_id,
+                expect=[previous],
+                to=AgentState.RESUMING,
+                restarts=0,
+                detail="",
+                public_key=creds.public_key,
             )
             self._publish(await self.agents.get(agent_id))  # placement waits for it from now
             steps.append(lambda: self._set_state(agent_id, AgentState.RESUMING, previous))
+            steps.append(lambda: self.bus.revoke_agent(org.slug, agent_id))
             try:
-                await self._launcher.launch(org, agent, steps)
+                await self._launcher.launch(org, agent, steps, creds=creds)
             except BaseException:
                 await undo(steps)
                 raise
