@@ -74,13 +74,15 @@ class Strict(BaseModel):
     def _no_nulls(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        if None in data.values():  # the search at C speed
+        values = data.values()
+        if None in values:  # the search at C speed
             nulls = sorted(k for k, v in data.items() if v is None)
             if nulls:
                 raise ValueError(f"omit {', '.join(nulls)} instead of sending null")
-        flags = [k for k in _numbers(cls) if type(data.get(k)) is bool]
-        if flags:
-            raise ValueError(f"{', '.join(sorted(flags))} must be a number, not true or false")
+        if True in values or False in values:  # at C speed too (so are 1 and 0: looked at)
+            flags = [k for k in _numbers(cls) if type(data.get(k)) is bool]
+            if flags:
+                raise ValueError(f"{', '.join(sorted(flags))} must be a number, not true or false")
         return data
 
 
