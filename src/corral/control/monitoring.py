@@ -11,8 +11,10 @@ What the runtime measures of the agents' processes (CPU, RSS) is kept for
 a client scraping several times a second (a dashboard, a script counting completed tasks)
 would otherwise make the control plane spend its time there. Quota use and the running agents
 come from the dispatcher's snapshot (at most a second and five seconds old, every change an
-agent's lifecycle makes put in at once) and the orgs from its book: reading them again per
-scrape was half of its cost with 200 agents. Counts come from the store and the scheduler at every refresh."""
+agent's lifecycle makes put in at once; quota use may include, for up to a second, a
+provision placement decided and has not charged yet) and the orgs from its book: reading them
+again per scrape was half of its cost with 200 agents. Counts come from the store and the
+scheduler at every refresh."""
 
 from __future__ import annotations
 
