@@ -89,12 +89,10 @@ class AgentSnapshot:
         self._unread: set[str] = set()  # orgs placement found no use of (placed again later)
 
     # -- what changed ---------------------------------------------------------------------
-    def forget(self, *, usage: bool = False) -> None:
-        """An agent changed: the next round reads the agents (and, if asked, usage) again."""
+    def forget(self) -> None:
+        """The agents may have changed unreported: the next round reads them all again."""
         self._agents = None
         self._generation += 1
-        if usage:
-            self._usage = None
 
     def forget_usage(self, org_id: str | None = None) -> None:
         """Quota use changed: ``org_id``'s (read again alone at the next :meth:`usage`), or
