@@ -13,7 +13,7 @@ from typing import Any
 
 from corral.domain.errors import InvalidInput
 
-__all__ = ["MAX_DEPTH", "check_depth", "check_raw_depth", "depth"]
+__all__ = ["MAX_DEPTH", "check_depth", "check_raw_depth", "depth", "openings"]
 
 #: how deep any JSON document coming into Corral may nest (objects and arrays)
 MAX_DEPTH = 64
@@ -40,6 +40,14 @@ def depth(value: Any) -> int:
     return deepest
 
 
+def openings(text: str | bytes) -> int:
+    """How many arrays and objects the JSON text could open at most (brackets in strings
+    count too), at C speed: a text with no more than a depth's worth cannot nest deeper."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{")
+    return text.count(b"[") + text.count(b"{")
+
+
 def check_depth(value: Any, *, what: str, limit: int = MAX_DEPTH) -> None:
     """Raise :class:`InvalidInput` if ``value`` nests deeper than ``limit``."""
     found = depth(value)
@@ -54,8 +62,8 @@ def check_raw_depth(data: bytes, *, what: str, limit: int = MAX_DEPTH) -> None:
     """Raise :class:`InvalidInput` if the JSON text ``data`` nests deeper than ``limit``,
     before anything decodes it (a decoder may recurse once per level). Brackets inside
     strings do not count; malformed text is left for the decoder to refuse."""
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return  # cannot nest deeper than it has brackets: the common case, at C speed
+    if openings(data) <= limit:
+        return  # cannot nest deeper than it has brackets: the common case
     # Escaped backslashes, then escaped quotes, go first: what is left of a string is a
     # quote, any brackets, a quote.
     skeleton = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOISE)
