@@ -3,6 +3,8 @@ request was well formed, the host lacks the program), and nothing of it is left 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from corral.bus import jwt
@@ -25,13 +27,8 @@ async def test_a_command_that_cannot_be_run_is_409_and_leaves_nothing(live: Live
     assert (await live.admin.get("/v1/orgs/acme/usage")).json()["quota"] == before
 
 
-async def test_a_start_that_fails_revokes_the_bus_key_recorded_with_the_agent(
-    live: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A provision mints the agent's bus key before it records the agent (with the key): a
-    start that fails after that revokes the key, so nothing minted for it stays usable."""
-    await live.org("acme")
-    bus = live.platform.bus
+def _record_mints(bus: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The public key of every bus credential minted from now on, in order."""
     minted: list[str] = []
     mint = bus.mint_agent_creds
 
@@ -41,6 +38,17 @@ async def test_a_start_that_fails_revokes_the_bus_key_recorded_with_the_agent(
         return creds
 
     monkeypatch.setattr(bus, "mint_agent_creds", recording)
+    return minted
+
+
+async def test_a_start_that_fails_revokes_the_bus_key_recorded_with_the_agent(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provision mints the agent's bus key before it records the agent (with the key): a
+    start that fails after that revokes the key, so nothing minted for it stays usable."""
+    await live.org("acme")
+    bus = live.platform.bus
+    minted = _record_mints(bus, monkeypatch)
     r = await live.admin.post(
         "/v1/orgs/acme/agents",
         json={"name": "broken", "command": ["no-such-program-here"], "wait": True},
@@ -65,15 +73,7 @@ async def test_a_resume_records_its_new_key_with_its_state_and_revokes_it_if_the
     r = await live.admin.post(f"/v1/orgs/acme/agents/{agent_id}/pause")
     assert r.status_code == 200, r.text
     bus = live.platform.bus
-    minted: list[str] = []
-    mint = bus.mint_agent_creds
-
-    def recording(org: str, agent: str, *, ttl_seconds: int) -> AgentCredentials:
-        creds: AgentCredentials = mint(org, agent, ttl_seconds=ttl_seconds)
-        minted.append(creds.public_key)
-        return creds
-
-    monkeypatch.setattr(bus, "mint_agent_creds", recording)
+    minted = _record_mints(bus, monkeypatch)
     r = await live.admin.post(f"/v1/orgs/acme/agents/{agent_id}/resume")
     assert r.status_code == 200, r.text
     stored = await live.platform.agents.get(agent_id)

@@ -23,7 +23,7 @@ PAUSE = ["sleep", "600"]
 # child that starts a grandchild in a session of its own
 LEADER = textwrap.dedent(
     f"""
-    import signal, subprocess, sys, threading, time
+    import signal, subprocess, sys, threading
     middle = subprocess.Popen(
         [sys.executable, "-c", "import signal, subprocess; "
          "g = subprocess.Popen({PAUSE!r}, start_new_session=True); "
@@ -32,12 +32,13 @@ LEADER = textwrap.dedent(
     )
     grandchild = int(middle.stdout.readline())
     started = []
+    spawned = threading.Event()
     def spawn():
         started.append(subprocess.Popen({PAUSE!r}))
+        spawned.set()
         threading.Event().wait()
     threading.Thread(target=spawn, daemon=True).start()
-    while not started:
-        time.sleep(0.01)
+    spawned.wait()
     print(middle.pid, grandchild, started[0].pid, flush=True)
     signal.pause()
     """
