@@ -15,6 +15,7 @@ import uvicorn
 
 from corral.api.protocol import MAX_HEAD
 from corral.api.server import http_config
+from tests.support import eventually
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -37,9 +38,13 @@ async def _serving() -> AsyncIterator[int]:
     server = uvicorn.Server(http_config(_app))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
-            assert not task.done(), task
-            await asyncio.sleep(0.01)
+
+        def started() -> bool:
+            if task.done():  # it stopped instead of serving: at once, not at the deadline
+                raise RuntimeError(f"the server stopped while starting: {task!r}")
+            return server.started
+
+        await eventually(started, timeout=30, message="the server serving")
         yield sock.getsockname()[1]
     finally:
         server.should_exit = True
