@@ -112,15 +112,17 @@ class _Ledger:
         return {o: self._use(o) for o in org_ids if o in self.agents}
 
 
-async def test_an_agents_change_has_only_its_orgs_use_read_again() -> None:
+async def test_a_charge_has_only_its_orgs_use_read_again() -> None:
     ledger = _Ledger({f"org_{n}": 0 for n in range(200)})
     snap = AgentSnapshot(find_agents=_Store([]).find, ledger=cast(Any, ledger), inflight={})
     before = await snap.usage()
     assert ledger.full_reads == 1 and before["org_7"].agents == 0
 
-    for n in (7, 8):  # two wakes, a reserve each
+    snap.agent_changed(_agent("7", "w"))  # an agent's change alone: its use is as it was
+    assert await snap.usage() is before and not ledger.asked
+    for n in (7, 8):  # two wakes, a charge each (the ledger tells the snapshot)
         ledger.agents[f"org_{n}"] = 1
-        snap.agent_changed(_agent(str(n), "w"))
+        snap.forget_usage(f"org_{n}")
     del ledger.agents["org_9"]  # an org deleted meanwhile
     snap.forget_usage("org_9")
     now = await snap.usage()

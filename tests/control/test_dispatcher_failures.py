@@ -29,6 +29,7 @@ from corral.domain.quantities import parse
 from corral.domain.tasks import Priority, Requirements, TaskState
 from corral.domain.tenancy import Organization
 from corral.store.db import Database
+from corral.store.quota import QuotaLedger
 from corral.store.task_journal import TaskJournal
 from corral.store.tasks import TaskRecord, TaskRepository
 from corral.store.tenants import OrgRepository
@@ -116,7 +117,7 @@ async def _world(db: Database) -> World:
         tasks=TaskRepository(db),
         journal=journal,
         orgs=OrgRepository(db),
-        ledger=None,  # type: ignore[arg-type]  # never asked: nothing provisions here
+        ledger=QuotaLedger(db),  # never charged: nothing provisions here
         controller=StandInController([agent]),  # type: ignore[arg-type]
         bus=bus,  # type: ignore[arg-type]
         hub=EventHub(),

@@ -159,3 +159,35 @@ async def test_terminate_releases_quota_and_deletes_workspace(live: Live) -> Non
     quota = (await live.admin.get("/v1/orgs/acme/usage")).json()["quota"]
     assert quota["agents"]["used"] == "0" and quota["pods"]["used"] == "0"
     assert not (live.data_dir / "agents" / "orgs" / "acme" / "agents" / agent["id"]).exists()
+
+
+async def test_a_terminated_agent_leaves_nothing_in_the_control_planes_memory(
+    live: Live,
+) -> None:
+    """Agents come and go for as long as the platform runs: what the controller and the
+    dispatcher keep of each (its lock, when it was heard from, whether its crash count is
+    known, when it last worked) goes with it."""
+    await live.org("acme")
+    agent = await live.agent("acme", "brief")
+    task = await live.task("acme", role="general", payload={"op": "echo"})
+
+    async def completed() -> bool:
+        got = (await live.admin.get(f"/v1/orgs/acme/tasks/{task['id']}")).json()
+        return bool(got["state"] == "completed")
+
+    await eventually(completed, timeout=30, message="task completed")
+    p = live.platform
+    controller, dispatcher = p.controller, p.dispatcher
+    assert agent["id"] in controller._last_seen and agent["id"] in dispatcher.book.last_active
+    r = await live.admin.delete(f"/v1/orgs/acme/agents/{agent['id']}")
+    assert r.status_code == 204
+    kept = {
+        "lock": controller._locks,
+        "last seen": controller._last_seen,
+        "heard": controller._heard,
+        "steady": controller._steady,
+        "last active": dispatcher.book.last_active,
+        "batching": dispatcher.snapshot.batching,
+        "slots": dispatcher.snapshot.slots,
+    }
+    assert [what for what, held in kept.items() if agent["id"] in held] == []

@@ -99,3 +99,20 @@ async def test_usage_of_reads_only_the_orgs_asked_for(db: Database) -> None:
     assert got[orgs[1].id].used == whole.used and whole.used["pods"].value == 2
     assert got[orgs[1].id].agents == 2
     assert await ledger.usage_of([]) == {}
+
+
+async def test_watchers_are_told_of_each_charge_and_release_not_of_a_refusal(
+    db: Database,
+) -> None:
+    org = await _org(db)
+    ledger = QuotaLedger(db)
+    told: list[str] = []
+    ledger.watch(told.append)
+    await ledger.reserve(org.id, STANDARD, charge_for(SMALL), agents=1)
+    assert told == [org.id]
+    await ledger.release(org.id, charge_for(SMALL), agents=1)
+    assert told == [org.id, org.id]
+    big = AdmittedResources(parse("40"), parse("40"), parse("1Gi"), parse("1Gi"))
+    with pytest.raises(QuotaExceeded):
+        await ledger.reserve(org.id, STANDARD, charge_for(big))
+    assert told == [org.id, org.id]  # nothing was charged

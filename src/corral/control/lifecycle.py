@@ -167,6 +167,8 @@ class Controller(Restarts):
         ready = await self.agents.to_running(agent_id, org=org, at=now)
         if ready is not None:  # that wrote when it was last heard from: no second write
             self._last_seen[agent_id] = time.monotonic()
+            if ready.restarts == 0:  # its first completed task has no crash count to reset
+                self._steady.add(agent_id)
         else:  # it said so again, or it is in no state to start; or not ``org``'s
             try:
                 agent = await self.agents.get(agent_id)
@@ -312,23 +314,29 @@ class Controller(Restarts):
             steps: Undo = [lambda: self.ledger.release(org.id, charge, agents=agents, gpus=gpus)]
             # its new credentials go in the same write as its state, as a provision's do
             creds = self._launcher.mint(org, agent_id)
-            await self._transition(
-                agent_id,
-                expect=[previous],
-                to=AgentState.RESUMING,
-                restarts=0,
-                detail="",
-                public_key=creds.public_key,
-            )
-            self._publish(await self.agents.get(agent_id))  # placement waits for it from now
-            steps.append(lambda: self._set_state(agent_id, AgentState.RESUMING, previous))
-            steps.append(lambda: self.bus.revoke_agent(org.slug, agent_id))
             try:
-                await self._launcher.launch(org, agent, steps, creds=creds)
+                resuming = await self._move(
+                    org.slug,
+                    agent_id,
+                    expect=[previous],
+                    to=AgentState.RESUMING,
+                    restarts=0,
+                    detail="",
+                    public_key=creds.public_key,
+                )
+                if resuming is None:  # under its lock nothing else moves it; but if it did
+                    raise Conflict(
+                        f"agent {agent_id} changed state while it was being resumed",
+                        details={"agent": agent_id},
+                    )
+                self._publish(resuming)  # placement waits for it from now
+                steps.append(lambda: self._set_state(agent_id, AgentState.RESUMING, previous))
+                steps.append(lambda: self.bus.revoke_agent(org.slug, agent_id))
+                await self._launcher.launch(org, resuming, steps, creds=creds)
             except BaseException:
                 await undo(steps)
                 raise
-            return await self.agents.get(agent_id)
+            return resuming
 
     async def _set_state(self, agent_id: str, expect: AgentState, to: AgentState) -> None:
         await self._transition(agent_id, expect=[expect], to=to)
@@ -370,7 +378,18 @@ class Controller(Restarts):
             done = await self.agents.get(agent_id)
             self._publish(done)
             self.on_capacity(org.id)
-            return done
+        self._forget(agent_id)
+        return done
+
+    def _forget(self, agent_id: str) -> None:
+        """Drop what is kept in memory of a terminated agent (its lock only if nobody holds
+        it): agents come and go for as long as the platform runs."""
+        self._last_seen.pop(agent_id, None)
+        self._heard.pop(agent_id, None)
+        self._steady.discard(agent_id)
+        lock = self._locks.get(agent_id)
+        if lock is not None and not lock.locked():
+            del self._locks[agent_id]
 
     async def restart_now(self, org: Organization, agent: Agent) -> None:
         """Used by the reconciler: start an agent that should be running but is not."""

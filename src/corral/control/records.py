@@ -99,6 +99,21 @@ class AgentRecords:
             require_transition(agent_id, state, to)
         return await self.agents.transition(agent_id, expect=list(expect), to=to, **fields)
 
+    async def _move(
+        self,
+        org: str,
+        agent_id: str,
+        *,
+        expect: Sequence[AgentState],
+        to: AgentState,
+        **fields: Any,
+    ) -> Agent | None:
+        """:meth:`_transition` that returns the agent as it now is (``org``: its slug), read
+        in the write that moved it; None if it was in none of ``expect``."""
+        for state in expect:
+            require_transition(agent_id, state, to)
+        return await self.agents.moved(agent_id, org=org, expect=list(expect), to=to, **fields)
+
     def _publish(self, agent: Agent) -> None:
         self.on_change(agent)
         data: dict[str, Any] = {"agent": agent.to_wire()}

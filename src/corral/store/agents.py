@@ -72,6 +72,17 @@ _NOTE = insert(_HISTORY)
 _STARTING = (AgentState.PROVISIONING.value, AgentState.RESUMING.value)
 
 
+def _note(agent_id: str, to: AgentState, at: datetime, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The history row of a move to ``to`` (its detail, if the move sets one)."""
+    detail = fields.get("detail")
+    return {
+        "agent_id": agent_id,
+        "state": to.value,
+        "at": at,
+        "detail": detail if isinstance(detail, str) else "",
+    }
+
+
 def _agent(row: AgentRow | Row[Any], slug: str) -> Agent:
     return Agent(
         id=AgentId(row.id),
@@ -256,12 +267,35 @@ class AgentRepository:
             )
             moved = bool(result.rowcount)  # type: ignore[attr-defined]
             if moved:
-                detail = fields.get("detail")
-                note = {"agent_id": agent_id, "state": to.value, "at": now}
-                await s.execute(
-                    _NOTE, {**note, "detail": detail if isinstance(detail, str) else ""}
-                )
+                await s.execute(_NOTE, _note(agent_id, to, now, fields))
         return moved
+
+    async def moved(
+        self,
+        agent_id: str,
+        *,
+        org: str,
+        expect: Iterable[AgentState],
+        to: AgentState,
+        **fields: Any,
+    ) -> Agent | None:
+        """:meth:`transition` that returns the agent as it now is (``org``: its slug), read
+        in the same statement that moved it; None when the agent was not in ``expect``."""
+        now = datetime.now(UTC)
+        values = {"state": to.value, "updated_at": now, **fields}
+        async with self._db.writing() as s:
+            row = (
+                await s.execute(
+                    update(_AGENTS)
+                    .where(_AGENTS.c.id == agent_id, _AGENTS.c.state.in_([e.value for e in expect]))
+                    .values(**values)
+                    .returning(_AGENTS)
+                )
+            ).first()
+            if row is None:
+                return None
+            await s.execute(_NOTE, _note(agent_id, to, now, fields))
+        return _agent(row, org)
 
     async def to_running(self, agent_id: str, *, org: str, at: datetime) -> Agent | None:
         """Compare-and-set ``provisioning`` or ``resuming`` → ``running`` for the agent of

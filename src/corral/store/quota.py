@@ -4,7 +4,7 @@ reservations can never both take the last slot, on SQLite and PostgreSQL alike."
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from fractions import Fraction
 
 from sqlalchemy import ColumnElement, Table, Update, and_, bindparam, case, select, update
@@ -56,6 +56,17 @@ _USAGE: Table = UsageRow.__table__  # type: ignore[assignment]
 class QuotaLedger:
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: told the org id of every charge and release this ledger made (see :meth:`watch`)
+        self._watchers: list[Callable[[str], None]] = []
+
+    def watch(self, changed: Callable[[str], None]) -> None:
+        """Call ``changed(org_id)`` after each charge or release of an org's use: a holder of
+        its use (the dispatcher's snapshot) reads it again then, and only then."""
+        self._watchers.append(changed)
+
+    def _changed(self, org_id: str) -> None:
+        for changed in self._watchers:
+            changed(org_id)
 
     async def usage(self, org_id: str) -> UsageSnapshot:
         async with self._db.sessions() as s:
@@ -97,6 +108,7 @@ class QuotaLedger:
         async with self._db.writing() as s:
             result = await s.execute(_charging(tuple(deltas)), params)
         if result.rowcount == 1:  # type: ignore[attr-defined]
+            self._changed(org_id)
             return
         # Refused: explain with the figures as they are now (raises QuotaExceeded).
         snap = await self.usage(org_id)
@@ -129,6 +141,7 @@ class QuotaLedger:
         params: dict[str, object] = {f"take_{col}": d for col, d in deltas.items()}
         async with self._db.writing() as s:
             await s.execute(_releasing(tuple(deltas)), {"usage_of": org_id, **params})
+        self._changed(org_id)
 
     async def all_usage(self) -> dict[str, UsageSnapshot]:
         async with self._db.sessions() as s:

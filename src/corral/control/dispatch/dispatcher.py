@@ -123,6 +123,7 @@ class Dispatcher:
             roles=roles,
             queued=lambda org_id, name: self.scheduler.queued_for(OrgId(org_id), name),
         )
+        ledger.watch(self.snapshot.forget_usage)  # its use is read again when it changes
         self.reaper = Reaper(
             controller=controller,
             orgs=self.book.orgs,
@@ -218,6 +219,8 @@ class Dispatcher:
             self.book.release_stopping(agent.id)
             if self.book.fail_pinned(agent.id, _gone(agent)):
                 self.kick()  # the loop's round commits them
+        if agent.state is AgentState.TERMINATED:  # gone for good: nothing kept of it
+            self.book.last_active.pop(agent.id, None)
         self.capacity_changed(agent.org_id)
 
     def current_task(self, agent_id: str) -> str | None:

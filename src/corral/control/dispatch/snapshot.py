@@ -53,7 +53,10 @@ __all__ = ["AgentSnapshot", "Views", "mark", "request_for", "take"]
 #: seconds a snapshot of the agents is reused: every change the controller reports is put into
 #: it at once, so reading them all again only guards against news that never came
 AGENT_LIST_TTL = 5.0
-USAGE_TTL = 1.0  # seconds a snapshot of the orgs' quota use is reused
+#: seconds a snapshot of the orgs' quota use is reused: the ledger tells of every charge and
+#: release (the org's use is read again then), so reading them all again only guards against
+#: news that never came
+USAGE_TTL = 10.0
 
 Incoming = tuple[str, str | None]  # (org id, role) of agents on their way
 
@@ -107,10 +110,11 @@ class AgentSnapshot:
         place of reading every agent again, which each wake of hundreds of paused agents
         made every round do."""
         self._generation += 1  # a read under way may have missed it: it reads again
-        self._usage_stale.add(agent.org_id)
         self._apply(agent)
         if agent.state is not AgentState.RUNNING:
             self.slots.pop(agent.id, None)
+        if agent.state is AgentState.TERMINATED:  # gone for good: nothing kept of it
+            self.batching.discard(agent.id)
 
     def _apply(self, agent: Agent) -> None:
         if self._agents is None:
@@ -184,10 +188,10 @@ class AgentSnapshot:
         return unread
 
     async def usage(self) -> dict[str, UsageSnapshot]:
-        """Each org's quota use, from a snapshot at most a second old; an org whose agent's
-        lifecycle changed since is read again alone (a wave of wakes across hundreds of orgs
-        read every org's use again at every wake). A stale answer only costs a provision the
-        ledger refuses: the charge itself is atomic."""
+        """Each org's quota use, from a snapshot at most :data:`USAGE_TTL` old; an org whose
+        use the ledger charged or released since is read again alone (a wave of wakes across
+        hundreds of orgs read every org's use again at every wake). A stale answer only costs
+        a provision the ledger refuses: the charge itself is atomic."""
         now = time.monotonic()
         if self._usage is None or now - self._usage_at > USAGE_TTL:
             self._usage_stale = set()  # before the read: what changes during it comes again
