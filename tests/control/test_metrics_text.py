@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from corral.observability import metrics
 from corral.observability.metrics import AgentUsage, Metrics, Snapshot, snapshot_text
 
 ODD = 'a"b\\c\nd'  # a quote, a backslash and a newline: each must be escaped
@@ -123,3 +125,21 @@ def test_the_render_holds_the_snapshot_and_the_counted_series() -> None:
     text = m.render().decode()
     assert text.startswith(snapshot_text(m.snapshot))
     assert 'corral_dispatch_latency_seconds_count{tier="all"} 1.0' in text
+
+
+def test_series_written_again_and_past_the_cache_bound_are_still_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Series are kept once written (a scrape writes the same thousands again); the cache is
+    bounded, and whatever it holds or dropped, the text is prometheus_client's."""
+    monkeypatch.setattr(metrics, "SERIES_KEPT", 8)
+    monkeypatch.setattr(metrics, "_series", {})
+    for round_ in range(3):  # written, written again from the cache, then other orgs
+        s = _snapshot()
+        s.quota += [
+            (f"org{n}-{round_ // 2}", "standard", "pods", float(n), 15.0) for n in range(20)
+        ]
+        registry = CollectorRegistry()
+        registry.register(_Generic(s))
+        assert snapshot_text(s) == generate_latest(registry).decode()
+        assert len(metrics._series) <= 8

@@ -3,6 +3,7 @@ pruned task says it may have been pruned."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -77,3 +78,75 @@ async def test_finished_tasks_are_pruned_and_live_ones_kept(short: Live) -> None
     assert "corral_tasks_pruned_total 5.0" in metrics.text
     never = await short.admin.get("/v1/orgs/acme/tasks/task_0000000001ffffffffffffffffffffff")
     assert never.status_code == 404
+
+
+async def _counts_agree(live: Live) -> list[tuple[str, str, str, str, int]]:
+    """The task counts /metrics shows (kept by the dispatcher) are the store's own."""
+    p = live.platform
+    counts = p.dispatcher.book.counts
+    assert sorted(counts.items()) == sorted(await p.tasks.count_by_org())  # an org's gone too
+    kept = sorted(counts.rows(p.dispatcher.book.orgs))
+    assert kept == sorted(await p.tasks.count_by_state())
+    return kept
+
+
+async def test_the_task_counts_follow_the_store_through_pruning_deletion_and_a_restart(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    settings = live_settings(data, task_retention=1.0, prune_interval=0.2, auto_provision=False)
+    async with running(settings) as srv:
+        headers = {"Authorization": f"Bearer {srv.platform.new_admin_key}"}
+        async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=30) as admin:
+            live = Live(srv, admin, data)
+            for org in ("acme", "globex"):
+                await live.org(org)
+                await live.agent(org, "w", role="worker")
+            ended = [
+                (org, await live.task(org, role="worker", payload={"op": op}, priority=priority))
+                for org in ("acme", "globex")
+                for op, priority in (("echo", "high"), ("fail", "normal"), ("echo", "low"))
+            ]
+            for org, t in ended:
+                await live.wait_task(org, t["id"])
+            waiting = await live.task("acme", role="nobody", payload={}, idempotencyKey="k")
+            again = await live.task("acme", role="nobody", payload={}, idempotencyKey="k")
+            assert again["id"] == waiting["id"]  # no second task, none counted
+            raced = await asyncio.gather(  # both pass the lookup; the store refuses one
+                *(live.task("acme", role="nobody", payload={}, idempotencyKey="r") for _ in "ab")
+            )
+            assert raced[0]["id"] == raced[1]["id"]
+            doomed = await live.task("globex", role="nobody", payload={})
+            r = await admin.post(f"/v1/orgs/globex/tasks/{doomed['id']}/cancel")
+            assert r.status_code == 200
+            before = await _counts_agree(live)
+            states = {(org, state) for org, _, _, state, _ in before}
+            assert {("acme", "completed"), ("acme", "blocked"), ("acme", "queued")} <= states
+            assert ("globex", "cancelled") in states
+
+            async def pruned() -> bool:
+                kept = await _counts_agree(live)
+                return {(o, st) for o, _, _, st, _ in kept} == {("acme", "queued")}
+
+            await eventually(pruned, timeout=60, message="the finished tasks pruned")
+            await live.task("globex", role="nobody", payload={})
+            r = await admin.delete("/v1/orgs/globex")
+            assert r.status_code in (200, 202, 204), r.text
+
+            async def deleted() -> bool:
+                r = await admin.get("/v1/orgs/globex")
+                return r.status_code == 404
+
+            await eventually(deleted, timeout=60, message="globex deleted")
+            assert await _counts_agree(live) == [("acme", "standard", "normal", "queued", 2)]
+    async with running(settings) as srv:  # read once at the start, then kept
+        headers = {"Authorization": f"Bearer {(data / 'admin.key').read_text().strip()}"}
+        async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=30) as admin:
+            live = Live(srv, admin, data)
+            assert live.platform.dispatcher.book.counts.loaded
+            assert await _counts_agree(live) == [("acme", "standard", "normal", "queued", 2)]
+            metrics = (await admin.get("/metrics")).text
+            assert (
+                'corral_tasks{org="acme",priority="normal",state="queued",tier="standard"} 2.0'
+                in metrics
+            )

@@ -51,7 +51,11 @@ class Measured:
 async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
     snap = Snapshot()
     snap.agents = await p.agents.count_by_state()
-    snap.tasks = await p.tasks.count_by_state()
+    counts = p.dispatcher.book.counts
+    # kept by the dispatcher since it took over; a replica that does not lead counts them
+    snap.tasks = (
+        counts.rows(p.dispatcher.book.orgs) if counts.loaded else await p.tasks.count_by_state()
+    )
     snap.quarantined = p.tasks.quarantined
     snap.pruned = p.retention.pruned
     orgs = list(p.dispatcher.book.orgs.values())  # every org, as the dispatcher holds it

@@ -235,6 +235,7 @@ class Platform:
             role_orgs=self.roles.orgs,
         )
         self.roles.on_change = self.dispatcher.roles_changed
+        self.retention.on_pruned = self.dispatcher.book.counts.pruned
         self.roles.on_budget = lambda org, role, budget, actor: self.models.role_budget_changed(
             org, role, budget, actor=actor
         )

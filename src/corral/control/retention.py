@@ -49,6 +49,8 @@ class Retention:
         self.override = override
         self._batch = batch
         self.pruned = 0  # tasks pruned since start, for /metrics
+        #: told (org id, priority, state) of every task pruned (the dispatcher's counts)
+        self.on_pruned: Callable[[list[tuple[str, str, str]]], None] = lambda gone: None
 
     async def prune_once(self, *, now: datetime | None = None) -> int:
         """One pass over every plan; returns the tasks pruned."""
@@ -58,9 +60,15 @@ class Retention:
             horizon = now - timedelta(seconds=retention_of(plan, self.override))
             while True:
                 kept: list[tuple[str, str, int]] | None = [] if self._forget else None
+                gone: list[tuple[str, str, str]] = []
                 n = await self._tasks.prune(
-                    plan=plan.name, finished_before=horizon, batch=self._batch, with_objects=kept
+                    plan=plan.name,
+                    finished_before=horizon,
+                    batch=self._batch,
+                    with_objects=kept,
+                    gone=gone,
                 )
+                self.on_pruned(gone)
                 total += n
                 await self._forget_objects(kept or [])
                 if n < self._batch:

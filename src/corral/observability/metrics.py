@@ -14,6 +14,7 @@ The seed's two questions, over these series::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -105,8 +106,15 @@ _FAMILIES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 }
 
 _Row = tuple[Sequence[str], float]
-#: a value as Go writes a float (prometheus_client's own, which it leaves untyped)
-_float_text = cast(Callable[[float], str], floatToGoString)
+#: a value as Go writes a float (prometheus_client's own, which it leaves untyped); the same
+#: few values (zero, a plan's limits, counts) recur in every scrape: each is written once
+_float_text = functools.lru_cache(maxsize=4096)(cast(Callable[[float], str], floatToGoString))
+
+#: series (a family's name and labels, as written) kept once written: a scrape writes the
+#: same thousands again (every active org's quota, every running agent's figures); past this
+#: many the cache starts over (label values are org slugs and agent ids, which come and go)
+SERIES_KEPT = 65_536
+_series: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def _escape(value: str) -> str:
@@ -124,13 +132,20 @@ def _family(out: list[str], key: str, rows: Iterable[_Row]) -> None:
     order = sorted(range(len(labels)), key=labels.__getitem__)
     names = [labels[i] for i in order]
     for values, value in rows:
-        if names:
+        if not names:
+            out.append(f"{name} {_float_text(value)}\n")
+            continue
+        at = (key, tuple(values))
+        series = _series.get(at)
+        if series is None:
             inner = ",".join(
                 f'{n}="{_escape(values[i])}"' for n, i in zip(names, order, strict=True)
             )
-            out.append(f"{name}{{{inner}}} {_float_text(value)}\n")
-        else:
-            out.append(f"{name} {_float_text(value)}\n")
+            series = f"{name}{{{inner}}} "
+            if len(_series) >= SERIES_KEPT:
+                _series.clear()
+            _series[at] = series
+        out.append(f"{series}{_float_text(value)}\n")
 
 
 def snapshot_text(s: Snapshot) -> str:

@@ -269,12 +269,14 @@ class TaskRepository:
         finished_before: datetime,
         batch: int = 5000,
         with_objects: list[tuple[str, str, int]] | None = None,
+        gone: list[tuple[str, str, str]] | None = None,
     ) -> int:
         """Delete up to ``batch`` tasks of ``plan``'s orgs that finished before
         ``finished_before`` (their history goes with them, by the foreign key's cascade);
         returns how many. ``with_objects`` receives ``(org id, task id, attempts)`` of those
         whose payload or result was kept in the org's object store (their objects are the
-        caller's to delete).
+        caller's to delete); ``gone`` receives ``(org id, priority, state)`` of every task
+        deleted, read by the statement that deleted it.
 
         One statement with a sub-select, the same text every time: a list of ids as bound
         parameters would be a new prepared statement for every length, and each connection
@@ -306,9 +308,13 @@ class TaskRepository:
             result = await s.execute(
                 delete(TaskRow)
                 .where(TaskRow.id.in_(doomed.scalar_subquery()))
+                .returning(TaskRow.org_id, TaskRow.priority, TaskRow.state)
                 .execution_options(synchronize_session=False)
             )
-        return int(getattr(result, "rowcount", 0) or 0)
+            deleted = [(o, p, st) for o, p, st in result.all()]
+        if gone is not None:
+            gone.extend(deleted)
+        return len(deleted)
 
     async def page(
         self, *, org_id: str, where: TaskFilter, cursor: str | None, limit: int
@@ -360,6 +366,16 @@ class TaskRepository:
         async with self._db.sessions() as s:
             rows = (await s.execute(q)).all()
         return {r.idempotency_key: r for r in await self._load(list(rows)) if r.idempotency_key}
+
+    async def count_by_org(self) -> list[tuple[str, str, str, int]]:
+        """(org id, priority, state, count) of every stored task: read once when the
+        dispatcher takes over, which keeps the counts from then on (O(history), once)."""
+        q = select(TaskRow.org_id, TaskRow.priority, TaskRow.state, func.count()).group_by(
+            TaskRow.org_id, TaskRow.priority, TaskRow.state
+        )
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q)).all()
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
     async def count_by_state(self) -> list[tuple[str, str, str, str, int]]:
         """(org slug, plan, priority, state, count) for metrics."""

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from corral.control.dispatch.counts import TaskCounts
 from corral.control.hub import EventHub
 from corral.domain.ids import AgentId, OrgId, TaskId
 from corral.domain.quantities import parse
@@ -87,6 +88,8 @@ class TaskBook:
         self._on_stop = on_stop  # ask the agent to stop a task's handler
         self.stop_grace = stop_grace  # seconds a handler has to end once asked
         self.orgs: dict[str, Organization] = {}
+        #: how many tasks the store holds, by org, priority and state (for /metrics)
+        self.counts = TaskCounts()
         # every unfinished task (queued, dispatched, running), as last decided
         self.live: dict[str, TaskRecord] = {}
         # agent id → the tasks it holds (dispatched or running)
@@ -109,6 +112,7 @@ class TaskBook:
         """Forget an org that is gone, with its unfinished tasks."""
         self.scheduler.drop_org(OrgId(org_id))
         self.orgs.pop(org_id, None)
+        self.counts.drop_org(org_id)
         for task_id in [t for t, r in self.live.items() if r.org_id == org_id]:
             rec = self.live.pop(task_id)
             if rec.agent_id is not None and rec.agent_id in self.inflight:
@@ -178,6 +182,7 @@ class TaskBook:
     def create(self, rec: TaskRecord) -> None:
         """Append a new task's insert to the journal."""
         self.journal.create(row_of(rec), at=rec.created_at)
+        self.counts.created(rec.org_id, rec.priority.value, rec.state.value)
 
     def move(
         self,
@@ -218,6 +223,8 @@ class TaskBook:
             self.journal.move(rec.id, rec.state, via, at=now)
         check_transition(via or rec.state, to)
         self.journal.move(rec.id, via or rec.state, to, at=now, detail=detail, **fields)
+        # ``fields`` never change a task's org or priority
+        self.counts.moved(rec.org_id, rec.priority.value, rec.state.value, to.value)
         if to.is_terminal:  # the console's charts: what ended, how long after submission
             self.hub.series.ended(rec.org, (now - rec.created_at).total_seconds())
         return now

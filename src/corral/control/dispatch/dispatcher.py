@@ -186,6 +186,8 @@ class Dispatcher:
         for agent_id in gone.keys() & {r.target_agent for r in self.book.live.values()}:
             self.book.fail_pinned(agent_id, _gone(gone[agent_id]))  # sent to it alone
         await self.journal.flush()
+        # counted once everything decided so far is stored, and kept by the book from here
+        self.book.counts.load(await self.tasks.count_by_org())
 
     # -- organizations and capacity -------------------------------------------------------
     def org_changed(self, org: Organization) -> None:

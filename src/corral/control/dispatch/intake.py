@@ -167,6 +167,7 @@ class Intake:
                 continue
             rec = recs[n]
             if rec.id in refused:
+                book.counts.uncreated(rec.org_id, rec.priority.value, rec.state.value)
                 again = None  # the same key raced in: its task is the answer
                 if s.idempotency_key is not None:
                     again = await self._tasks.by_idempotency_key(org.id, s.idempotency_key)
