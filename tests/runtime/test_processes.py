@@ -15,7 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from corral.runtime.local.processes import tree
+from corral.runtime.local.processes import children_map, tree, tree_usage
+from corral.runtime.local.processes import descendants as descendants_of
 
 PAUSE = ["sleep", "600"]
 
@@ -98,3 +99,42 @@ def test_a_tree_holds_every_descendant_and_nothing_else(
 def test_a_gone_process_has_no_tree(table_reads: list[str]) -> None:
     assert tree(2**22 + 1) == []  # above any pid the kernel hands out
     assert table_reads == []
+
+
+def test_the_children_map_read_from_proc_is_psutils(family: tuple[int, list[int]]) -> None:
+    leader, descendants = family
+    kids = children_map()
+    mine = {leader, *descendants}
+    for pid in mine:  # the family cannot change under the test: compare it exactly
+        assert sorted(kids.get(pid, [])) == sorted(c.pid for c in psutil.Process(pid).children())
+    assert sorted(descendants_of(leader, kids)) == sorted(descendants)
+
+
+def test_usage_read_from_proc_is_what_psutil_measures(family: tuple[int, list[int]]) -> None:
+    """CPU and RSS of a tree, read from each process's stat (the metrics' figures) and with
+    psutil (which also measures the unique set): the same processes, the same figures."""
+    leader, descendants = family
+    burn = "import time, signal\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint(flush=True)\nsignal.pause()"
+    busy = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE)
+    assert busy.stdout is not None
+    busy.stdout.readline()  # it used 0.3 s of CPU
+    everyone = (leader, *descendants, busy.pid)
+    # a tree whose figures do not move: every process is stopped while both are read
+    for pid in everyone:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        fast = tree_usage([leader, busy.pid], uss=False)
+        full = tree_usage([leader, busy.pid], uss=True)
+    finally:
+        for pid in everyone:
+            os.kill(pid, signal.SIGCONT)
+        busy.kill()
+        busy.wait()
+        busy.stdout.close()
+    assert fast is not None and full is not None
+    assert fast.processes == full.processes == 5
+    assert fast.rss_bytes == full.rss_bytes > 0
+    assert fast.cpu_seconds >= 0.25
+    assert abs(fast.cpu_seconds - full.cpu_seconds) < 0.02  # psutil rounds ticks its own way
+    assert fast.uss_bytes is None and (full.uss_bytes is None or full.uss_bytes > 0)
+    assert tree_usage([2**22 + 1], uss=False) is None  # gone: nothing measured
