@@ -277,11 +277,27 @@ class Platform:
             self._background.spawn(self.dispatcher.consume(), "corral-events")
             self._background.spawn(self.bus_health.watch(), "corral-bus-health")
             self._background.spawn(self._recover(left), "corral-recovery")
-            self._background.spawn(self.retention.run(), "corral-retention")
+            self._background.spawn(self._count_then_prune(), "corral-retention")
             self._background.spawn(self._carry_on_deletions(), "corral-deletions")
             self._background.spawn(watch_ingress(self), "corral-ingress")
         self._stack.push_async_callback(self._background.close)
         log.info("started in %s", self._phases)
+
+    async def _count_then_prune(self) -> None:
+        """Count the finished tasks the store holds (once: there may be millions, so not on
+        the way to serving; ``/metrics`` counts in the store until then), then prune them past
+        their retention from time to time (never before: a prune during the count would be
+        taken off twice)."""
+        delay = 0.5
+        while True:
+            try:
+                await self.dispatcher.count_finished()
+                break
+            except Exception as exc:  # the store unavailable, say: tried again, never fatal
+                log.warning("counting the finished tasks failed (again in %.0f s): %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
+        await self.retention.run()
 
     def leads(self) -> bool:
         """Whether this platform may still write: no lease (a single control plane), or the

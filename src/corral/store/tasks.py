@@ -367,9 +367,22 @@ class TaskRepository:
             rows = (await s.execute(q)).all()
         return {r.idempotency_key: r for r in await self._load(list(rows)) if r.idempotency_key}
 
+    async def count_finished(self, *, before: datetime) -> list[tuple[str, str, str, int]]:
+        """(org id, priority, state, count) of the finished tasks last updated at or before
+        ``before``: read once when the dispatcher takes over, which counts the rest as they
+        finish (O(history), once, in the background)."""
+        terminal = [s.value for s in TaskState if s.is_terminal]
+        q = (
+            select(TaskRow.org_id, TaskRow.priority, TaskRow.state, func.count())
+            .where(TaskRow.state.in_(terminal), TaskRow.updated_at <= before)
+            .group_by(TaskRow.org_id, TaskRow.priority, TaskRow.state)
+        )
+        async with self._db.sessions() as s:
+            rows = (await s.execute(q)).all()
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
     async def count_by_org(self) -> list[tuple[str, str, str, int]]:
-        """(org id, priority, state, count) of every stored task: read once when the
-        dispatcher takes over, which keeps the counts from then on (O(history), once)."""
+        """(org id, priority, state, count) of every stored task."""
         q = select(TaskRow.org_id, TaskRow.priority, TaskRow.state, func.count()).group_by(
             TaskRow.org_id, TaskRow.priority, TaskRow.state
         )

@@ -127,6 +127,7 @@ class TaskBook:
         if rec.org_id not in self.orgs:
             return
         self.live[rec.id] = rec
+        self.counts.created(rec.org_id, rec.priority.value, rec.state.value)
         if rec.state is TaskState.QUEUED:
             self.enqueue(rec)
             return

@@ -186,8 +186,14 @@ class Dispatcher:
         for agent_id in gone.keys() & {r.target_agent for r in self.book.live.values()}:
             self.book.fail_pinned(agent_id, _gone(gone[agent_id]))  # sent to it alone
         await self.journal.flush()
-        # counted once everything decided so far is stored, and kept by the book from here
-        self.book.counts.load(await self.tasks.count_by_org())
+
+    async def count_finished(self) -> None:
+        """Read how many finished tasks the store holds (once, after :meth:`rebuild`, in the
+        background: there may be millions); the book counts the rest as they are decided."""
+        counts = self.book.counts
+        mark = counts.begin_load()
+        await self.journal.flush()  # whatever finished before the mark is in the store
+        counts.finish_load(await self.tasks.count_finished(before=mark), self.book.orgs)
 
     # -- organizations and capacity -------------------------------------------------------
     def org_changed(self, org: Organization) -> None:
