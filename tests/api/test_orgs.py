@@ -141,14 +141,21 @@ async def test_the_access_log_of_a_task_submission_names_the_trace_it_joined(
     admin: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     assert (await admin.post("/v1/orgs", json={"name": "acme"})).status_code == 201
     declared = {"roles": [{"name": "worker", "maxAgents": 1, "onDemand": False}]}
     assert (await admin.put("/v1/orgs/acme/roles", json=declared)).status_code == 200
     caplog.set_level(logging.INFO, logger="corral.access")
-    # the in-process transport runs the app in this task: the request joins this span
+    # the caller sends its span's traceparent, as any traced client does: the request joins
+    # it whether or not the framework makes a request span of its own (it does once some
+    # test has set a global tracer provider)
     with TracerProvider().get_tracer("test").start_as_current_span("caller") as caller:
-        made = await admin.post("/v1/orgs/acme/tasks", json={"role": "worker", "payload": {}})
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        made = await admin.post(
+            "/v1/orgs/acme/tasks", json={"role": "worker", "payload": {}}, headers=carrier
+        )
     assert made.status_code == 201, made.text
     [line] = [r for r in caplog.records if r.getMessage().startswith("POST /v1/orgs/acme/tasks")]
     doc = json.loads(JsonFormatter().format(line))
