@@ -11,7 +11,8 @@ nats-server, local agent processes), driven over HTTP as a user would. It
    ``--slots`` tasks at once, and pauses them all;
 4. submits ``--tasks`` tasks to each of ``--task-orgs`` orgs, one batch per org
    (``POST tasks/batch``), and times them until all completed: first with their agents paused
-   (each is woken), then again with them running;
+   (each is woken), then again with them running; with the CPU seconds each process (the
+   control plane, nats-server, the agents, this client) used meanwhile;
 5. kills the control plane (-9) with those agents running, starts it again and times it until
    the API serves, until every agent is back and until a new task completed.
 
@@ -119,6 +120,28 @@ class ControlPlane:
         return max(
             (f.stat().st_size for f in (self.data / "nats/server/jwt").glob("*.jwt")), default=0
         )
+
+
+def cpu_by_process(cp: ControlPlane) -> dict[str, float]:
+    """CPU seconds used so far by the control plane, nats-server, the agents (with their
+    fork servers; those gone since are not counted), and this client."""
+
+    def cpu(p: psutil.Process) -> float:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        return 0.0
+
+    root = cp.process()
+    kids = root.children(recursive=True)
+    nats = cp.nats().pid
+    me = psutil.Process().cpu_times()
+    return {
+        "control plane": cpu(root),
+        "nats-server": sum(cpu(k) for k in kids if k.pid == nats),
+        "agents": sum(cpu(k) for k in kids if k.pid != nats),
+        "this client": float(me.user + me.system),
+    }
 
 
 def figures(p: psutil.Process) -> tuple[int, float]:
@@ -302,6 +325,7 @@ async def agents_and_tasks(
         total = len(task_orgs) * args.tasks
         for wave, what in enumerate(("their agents woken from paused", "their agents running")):
             before = await completed_tasks(http)
+            cpu_before = cpu_by_process(cp)
             began = time.monotonic()
             _, submitted = await timed_all([submit(o, wave) for o in task_orgs], 32)
 
@@ -310,12 +334,16 @@ async def agents_and_tasks(
 
             await until(all_done, timeout=600, what="every task to complete")
             wall = time.monotonic() - began
+            used = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_by_process(cp).items()}
             out[f"tasks_rate_{wave}"] = total / wall
             print(
                 f"\n4.{wave + 1} {total:,} tasks across {len(task_orgs)} orgs ({what}; one batch "
                 f"of {args.tasks} per org, 32 in flight, {args.slots} slot(s) per agent): "
                 f"submitted at {total / submitted:,.0f}/s, "
-                f"all completed at {total / wall:,.0f}/s end to end ({wall:.1f} s)"
+                f"all completed at {total / wall:,.0f}/s end to end ({wall:.1f} s)\n"
+                f"    CPU seconds meanwhile: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in used.items())
+                + f" (of {wall * (os.cpu_count() or 1):.1f} on {os.cpu_count()} cores)"
             )
     return out
 
