@@ -10,11 +10,13 @@ What the runtime measures of the agents' processes (CPU, RSS) is kept for
 :data:`MEASURED_FOR` seconds: reading the process table is the dearest part of a refresh, and
 a client scraping several times a second (a dashboard, a script counting completed tasks)
 would otherwise make the control plane spend its time there. Quota use and the running agents
-come from the dispatcher's snapshot (at most a second and five seconds old, every change an
-agent's lifecycle makes put in at once; quota use may include, for up to a second, a
-provision placement decided and has not charged yet) and the orgs from its book: reading them
-again per scrape was half of its cost with 200 agents. Counts come from the store and the
-scheduler at every refresh."""
+come from the dispatcher's snapshot (every charge and release the ledger makes, and every
+change an agent's lifecycle makes, put in at once; quota use may include a provision placement
+decided and has not charged yet, until it charges or gives up) and the orgs from its book:
+reading them again per scrape was half of its cost with 200 agents. Tasks by state are the
+dispatcher's own counts (:mod:`corral.control.dispatch.counts`; counted in the store until
+its one read of the finished tasks is done), agents by state are counted in the store, queue
+depths come from the scheduler, at every refresh."""
 
 from __future__ import annotations
 

@@ -36,7 +36,6 @@ _FINISHED = frozenset(s.value for s in TaskState if s.is_terminal)
 class TaskCounts:
     def __init__(self) -> None:
         self._n: dict[_Key, int] = {}
-        self._mark: datetime | None = None  # when the read of finished tasks began
         self.loaded = False
 
     # -- what the book decides ------------------------------------------------------------
@@ -74,15 +73,13 @@ class TaskCounts:
         for _ in range(10_000):
             if datetime.now(UTC) > mark:
                 break
-        self._mark = mark
         return mark
 
     def finish_load(
         self, rows: Iterable[tuple[str, str, str, int]], orgs: Mapping[str, Organization]
     ) -> None:
         """The read's counts of finished tasks (org id, priority, state, n), of the orgs that
-        still exist (``orgs``)."""
-        assert self._mark is not None, "begin_load first"
+        still exist (``orgs``), after :meth:`begin_load`."""
         for org_id, priority, state, n in rows:
             if org_id in orgs and state in _FINISHED:
                 self._add((org_id, priority, state), n)
