@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Row, Table, Update, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from corral.domain.admission import AdmittedResources
@@ -72,15 +72,25 @@ _NOTE = insert(_HISTORY)
 _STARTING = (AgentState.PROVISIONING.value, AgentState.RESUMING.value)
 
 
-def _note(agent_id: str, to: AgentState, at: datetime, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The history row of a move to ``to`` (its detail, if the move sets one)."""
+def _move(
+    agent_id: str, expect: Iterable[AgentState], to: AgentState, fields: Mapping[str, Any]
+) -> tuple[Update, dict[str, Any]]:
+    """The compare-and-set of a move to ``to`` (with ``fields``) and its history row (its
+    detail, if the move sets one)."""
+    now = datetime.now(UTC)
+    move = (
+        update(_AGENTS)
+        .where(_AGENTS.c.id == agent_id, _AGENTS.c.state.in_([e.value for e in expect]))
+        .values(state=to.value, updated_at=now, **fields)
+    )
     detail = fields.get("detail")
-    return {
+    note = {
         "agent_id": agent_id,
         "state": to.value,
-        "at": at,
+        "at": now,
         "detail": detail if isinstance(detail, str) else "",
     }
+    return move, note
 
 
 def _agent(row: AgentRow | Row[Any], slug: str) -> Agent:
@@ -257,17 +267,11 @@ class AgentRepository:
     ) -> bool:
         """Compare-and-set the state, noted in the agent's history; False when the agent was
         not in ``expect``."""
-        now = datetime.now(UTC)
-        values = {"state": to.value, "updated_at": now, **fields}
+        move, note = _move(agent_id, expect, to, fields)
         async with self._db.writing() as s:
-            result = await s.execute(
-                update(_AGENTS)
-                .where(_AGENTS.c.id == agent_id, _AGENTS.c.state.in_([e.value for e in expect]))
-                .values(**values)
-            )
-            moved = bool(result.rowcount)  # type: ignore[attr-defined]
+            moved = bool((await s.execute(move)).rowcount)  # type: ignore[attr-defined]
             if moved:
-                await s.execute(_NOTE, _note(agent_id, to, now, fields))
+                await s.execute(_NOTE, note)
         return moved
 
     async def moved(
@@ -281,20 +285,12 @@ class AgentRepository:
     ) -> Agent | None:
         """:meth:`transition` that returns the agent as it now is (``org``: its slug), read
         in the same statement that moved it; None when the agent was not in ``expect``."""
-        now = datetime.now(UTC)
-        values = {"state": to.value, "updated_at": now, **fields}
+        move, note = _move(agent_id, expect, to, fields)
         async with self._db.writing() as s:
-            row = (
-                await s.execute(
-                    update(_AGENTS)
-                    .where(_AGENTS.c.id == agent_id, _AGENTS.c.state.in_([e.value for e in expect]))
-                    .values(**values)
-                    .returning(_AGENTS)
-                )
-            ).first()
+            row = (await s.execute(move.returning(_AGENTS))).first()
             if row is None:
                 return None
-            await s.execute(_NOTE, _note(agent_id, to, now, fields))
+            await s.execute(_NOTE, note)
         return _agent(row, org)
 
     async def to_running(self, agent_id: str, *, org: str, at: datetime) -> Agent | None:
