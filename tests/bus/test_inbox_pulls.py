@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -95,3 +96,54 @@ async def test_an_agent_cannot_pull_another_orgs_inbox(orgs: PlatformBus, connec
     [msg] = await mine.fetch(64, wait=LONG_POLL)
     assert inbox_messages(decode(msg.data))[0].task_id == "secret"  # still b1's
     await mine.stop()
+
+
+async def test_a_message_now_and_then_costs_one_pull_and_a_backlog_still_comes_at_once(
+    orgs: PlatformBus, connect: Connect
+) -> None:
+    """Each message says how many wait behind it: after one with none behind, the next fetch
+    goes straight to its long poll, and a message with none behind ends the fetch; a backlog
+    (messages with more behind them) is still fetched whole."""
+    await orgs.prepare_agent("a", "a3")
+    peer = await connect(orgs.mint_agent_creds("a", "a3", ttl_seconds=60))
+    pulls: list[bytes] = []
+    publish = peer.nc.publish
+
+    async def counted(subject: str, payload: bytes = b"", **kw: Any) -> None:
+        if subject.startswith("$JS.API.CONSUMER.MSG.NEXT."):
+            pulls.append(payload)
+        await publish(subject, payload, **kw)
+
+    peer.nc.publish = counted  # type: ignore[method-assign]
+    puller = Puller(
+        peer.nc,
+        stream=subjects.INBOX_STREAM,
+        consumer=subjects.inbox_consumer("a3"),
+        max_bytes=1024 * 1024,
+        timeout=5.0,
+    )
+    await puller.start()
+    sent = 10
+    for n in range(sent):
+        fetch = asyncio.create_task(puller.fetch(64, wait=LONG_POLL))
+
+        async def polling(fetch: asyncio.Task[object] = fetch) -> bool:
+            return fetch.done() or await _waiting_pulls(orgs, "a", "a3") > 0
+
+        await eventually(polling, message="the long poll reached the server")
+        await orgs.deliver("a", "a3", make_task(f"s{n}", "a3"))
+        await eventually(fetch.done, timeout=60, message=f"s{n} handed over")
+        [msg] = fetch.result()
+        assert inbox_messages(decode(msg.data))[0].task_id == f"s{n}"
+        await msg.ack()
+    # the first fetch asks what waits (nothing) and then polls; each later one only polls
+    assert len(pulls) == sent + 1, pulls
+
+    for n in range(5):  # a backlog behind the long poll's first message
+        await orgs.deliver("a", "a3", make_task(f"b{n}", "a3"))
+    got = await puller.fetch(64, wait=LONG_POLL)
+    assert [inbox_messages(decode(m.data))[0].task_id for m in got] == [f"b{n}" for n in range(5)]
+    for msg in got:
+        await msg.ack()
+    assert len(pulls) == sent + 3  # the poll that brought b0, then one for the four behind it
+    await puller.stop()

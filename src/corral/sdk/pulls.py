@@ -9,6 +9,12 @@ message that arrives during its long poll can wait in the client until the poll 
 message with a long ``expires``, then for the rest of the batch: an idle consumer costs one
 request per ``wait`` seconds, a busy one answers at once. Every request carries ``max_bytes``.
 
+Each delivered message says how many more the consumer holds (``num_pending`` in its reply
+subject). When the last one fetched said none, the next fetch goes straight to the long poll
+(which answers at once if one came meanwhile), and one that brings a message with none behind
+it does not ask for the rest: a consumer that gets a message now and then (an agent's inbox
+batch, an org's events) costs one request per message, not three.
+
 Each request is waited for until its terminal status or its expiry: a message the server
 sends to a request nobody waits for any more would be acknowledged, unseen, by the
 cumulative acknowledgement of a later one.
@@ -43,6 +49,15 @@ def _batch_completed(msg: Msg) -> bool:
     return headers.get(_STATUS) == _CONFLICT and headers.get(_DESCRIPTION) == "Batch Completed"
 
 
+def _pending(msg: Msg) -> bool:
+    """Whether the consumer had more messages waiting when it delivered ``msg`` (its reply
+    subject says how many); true when that cannot be read, so that the caller asks."""
+    try:
+        return msg.metadata.num_pending > 0
+    except Exception:
+        return True
+
+
 class Puller:
     """Batches from one durable pull consumer over ``nc``; :meth:`start` before
     :meth:`fetch`, :meth:`stop` when done."""
@@ -57,6 +72,8 @@ class Puller:
         self._inbox = nc.new_inbox()
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._sub: Subscription | None = None
+        #: whether the last message fetched said more were waiting behind it
+        self._more = True
 
     async def start(self) -> None:
         async def on_msg(msg: Msg) -> None:
@@ -77,12 +94,15 @@ class Puller:
         Raises:
             nats.js.errors.APIError: the server refused the pull (e.g. no such consumer).
         """
-        got = await self._pull(batch, expires=None)
-        if got:
-            return got
+        if self._more:
+            got = await self._pull(batch, expires=None)
+            if got:
+                self._more = _pending(got[-1])
+                return got
         got = await self._pull(1, expires=wait)
-        if got and batch > 1:
+        if got and batch > 1 and _pending(got[-1]):
             got += await self._pull(batch - 1, expires=None)
+        self._more = bool(got) and _pending(got[-1])
         return got
 
     async def _pull(self, batch: int, *, expires: float | None) -> list[Msg]:
