@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, func, literal, or_, select, update
 
 from corral.domain import objects
 from corral.domain.errors import InvalidInput, NotFound
@@ -280,7 +280,9 @@ class TaskRepository:
 
         One statement with a sub-select, the same text every time: a list of ids as bound
         parameters would be a new prepared statement for every length, and each connection
-        keeps its prepared statements (megabytes, over a long run)."""
+        keeps its prepared statements (megabytes, over a long run). Everything above is read
+        from what that statement returns: the sub-select's ``LIMIT`` has no order, so a second
+        statement could name other rows than the delete took (objects then kept forever)."""
         terminal = [s.value for s in TaskState if s.is_terminal]
         orgs = select(OrgRow.id).where(OrgRow.plan == plan)
         doomed = (
@@ -292,26 +294,28 @@ class TaskRepository:
             )
             .limit(batch)
         )
+        marker = f'%"{objects.REF_KEY}"%'
+        keeps_objects = or_(
+            cast(TaskRow.payload, Text).like(marker), cast(TaskRow.result, Text).like(marker)
+        )
         async with self._db.writing() as s:
-            if with_objects is not None:
-                marker = f'%"{objects.REF_KEY}"%'
-                found = await s.execute(
-                    select(TaskRow.org_id, TaskRow.id, TaskRow.attempts).where(
-                        TaskRow.id.in_(doomed.scalar_subquery()),
-                        or_(
-                            cast(TaskRow.payload, Text).like(marker),
-                            cast(TaskRow.result, Text).like(marker),
-                        ),
-                    )
-                )
-                with_objects.extend((o, t, int(a or 0)) for o, t, a in found.all())
             result = await s.execute(
                 delete(TaskRow)
                 .where(TaskRow.id.in_(doomed.scalar_subquery()))
-                .returning(TaskRow.org_id, TaskRow.priority, TaskRow.state)
+                .returning(
+                    TaskRow.org_id,
+                    TaskRow.priority,
+                    TaskRow.state,
+                    TaskRow.id,
+                    TaskRow.attempts,
+                    keeps_objects if with_objects is not None else literal(False),
+                )
                 .execution_options(synchronize_session=False)
             )
-            deleted = [(o, p, st) for o, p, st in result.all()]
+            rows = result.all()
+        deleted = [(o, p, st) for o, p, st, _, _, _ in rows]
+        if with_objects is not None:
+            with_objects.extend((o, t, int(a or 0)) for o, _, _, t, a, kept in rows if kept)
         if gone is not None:
             gone.extend(deleted)
         return len(deleted)
