@@ -426,3 +426,20 @@ def test_many_cancellations_are_compacted_away() -> None:
         sched.remove(TaskId(f"t{i}"))
     assert len(sched) == 2500
     assert names(drain(sched)) == [f"t{i}" for i in range(1, 5000, 2)]
+
+
+def test_the_oldest_wait_is_kept_without_reading_the_queue_and_stays_bounded() -> None:
+    """``oldest`` answers from a heap of arrivals; what left the queue below a task that
+    stays (here: 10,000 newer tasks, each taken) is compacted away, not kept forever."""
+    sched = scheduler(("enterprise", "enterprise"))
+    old = task(ENTERPRISE, at=5.0)
+    sched.enqueue(old)
+    for n in range(10_000):
+        newer = task(ENTERPRISE, at=10.0 + n)
+        sched.enqueue(newer)
+        assert sched.remove(newer.id) is newer
+        assert sched.oldest(ENTERPRISE) == 5.0
+    assert len(sched._orgs[ENTERPRISE].arrivals) <= 2 * sched.queued(ENTERPRISE) + 1024
+    assert sched.remove(old.id) is old
+    assert sched.oldest(ENTERPRISE) is None
+    assert sched.oldest(OrgId("nobody")) is None

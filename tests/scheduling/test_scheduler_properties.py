@@ -286,6 +286,8 @@ class SchedulerAgreesWithReference(RuleBasedStateMachine):
             assert self.sched.running(OrgId(org)) == self.ref.orgs[org].running
             queued = sum(1 for t, _ in self.ref.tasks.values() if t.org == org)
             assert self.sched.queued(OrgId(org)) == queued
+            arrivals = [t.enqueued_at for t, _ in self.ref.tasks.values() if t.org == org]
+            assert self.sched.oldest(OrgId(org)) == (min(arrivals) if arrivals else None)
 
 
 SchedulerAgreesWithReference.TestCase.settings = settings(

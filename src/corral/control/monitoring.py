@@ -65,9 +65,6 @@ async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
     snapshot = p.dispatcher.snapshot  # the dispatcher's own, at most a second or two old
     usage = await snapshot.usage()
     now = time.time()
-    oldest: dict[str, float] = {}
-    for q in p.dispatcher.scheduler:
-        oldest[q.org] = min(oldest.get(q.org, now), q.enqueued_at)
     tiers: dict[str, int] = {}
     for org in orgs:
         tier = org.plan.name
@@ -78,8 +75,9 @@ async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
         if not (every_org or depth or in_use):
             continue  # an idle org: no series of its own
         snap.queue_depth.append((org.slug, tier, depth))
-        if org.id in oldest:
-            snap.oldest_wait.append((org.slug, tier, now - oldest[org.id]))
+        oldest = p.dispatcher.scheduler.oldest(OrgId(org.id)) if depth else None
+        if oldest is not None:
+            snap.oldest_wait.append((org.slug, tier, now - oldest))
         if u is None:
             continue
         for r in QUOTA_RESOURCES:

@@ -47,6 +47,7 @@ class OrgState(Generic[T]):
         "queued",
         "by_role",
         "lanes",
+        "arrivals",
     )
 
     def __init__(self, org_id: OrgId, weight: float, plan_boost: int) -> None:
@@ -59,6 +60,9 @@ class OrgState(Generic[T]):
         self.queued = 0
         self.by_role: dict[str | None, int] = {}  # queued tasks for a role (not one agent)
         self.lanes: dict[LaneKey, Lane[T]] = {}
+        #: (enqueue time, sequence, task) of each task queued, a heap; entries of tasks
+        #: since taken stay until they reach the top (see ``Scheduler.oldest``)
+        self.arrivals: list[tuple[float, int, T]] = []
         self.share = self.vtime = 0.0
         self.reweigh()
 

@@ -194,6 +194,22 @@ class Scheduler:
     def queued(self, org: OrgId) -> int:
         return self._org(org).queued
 
+    def oldest(self, org: OrgId) -> float | None:
+        """When the longest-waiting of ``org``'s queued tasks was first enqueued; ``None`` if
+        none is queued. Amortised O(log n): what has left the queue is dropped from the top
+        as it is met, and compacted away once it outnumbers what is queued."""
+        state = self._orgs.get(org)
+        if state is None or not state.queued:
+            return None
+        arrivals, index = state.arrivals, self._index
+        while arrivals:
+            task = arrivals[0][2]
+            item = index.get(task.id)
+            if item is not None and item[1] is task:
+                return task.enqueued_at
+            heappop(arrivals)
+        return None
+
     def queued_for(self, org: OrgId, role: str | None) -> int:
         """Tasks of ``org`` queued for ``role`` (not those addressed to one agent)."""
         state = self._orgs.get(org)
@@ -251,6 +267,9 @@ class Scheduler:
         if deadline is not None:
             self._with_deadline += 1
             heappush(self._deadlines, (deadline, next(self._deadline_seq), task))
+        heappush(org.arrivals, (task.enqueued_at, seq, task))
+        if len(org.arrivals) > 2 * org.queued + _SLACK:
+            self._compact_arrivals(org)
         lane_key = (task.role, task.agent_id)
         lane = org.lanes.get(lane_key)
         if lane is None:
@@ -511,6 +530,15 @@ class Scheduler:
                 if (item := index.get(entry[2].id)) is not None and item[1] is entry[2]
             ]
             heapify(self._deadlines)
+
+    def _compact_arrivals(self, org: _Org) -> None:
+        index = self._index
+        org.arrivals = [
+            entry
+            for entry in org.arrivals
+            if (item := index.get(entry[2].id)) is not None and item[1] is entry[2]
+        ]
+        heapify(org.arrivals)
 
     def _compact_top(self) -> None:
         self._top = []
