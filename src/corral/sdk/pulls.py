@@ -50,10 +50,12 @@ def _batch_completed(msg: Msg) -> bool:
 
 
 def _pending(msg: Msg) -> bool:
-    """Whether the consumer had more messages waiting when it delivered ``msg`` (its reply
-    subject says how many); true when that cannot be read, so that the caller asks."""
+    """Whether more messages may wait behind ``msg``: the consumer had more it never delivered
+    (its reply subject says how many), or ``msg`` is a redelivery (redeliveries due are not in
+    that count: after a takeover they come many at once); true when that cannot be read."""
     try:
-        return msg.metadata.num_pending > 0
+        metadata = msg.metadata
+        return metadata.num_pending > 0 or (metadata.num_delivered or 0) > 1
     except Exception:
         return True
 
