@@ -443,3 +443,16 @@ def test_the_oldest_wait_is_kept_without_reading_the_queue_and_stays_bounded() -
     assert sched.remove(old.id) is old
     assert sched.oldest(ENTERPRISE) is None
     assert sched.oldest(OrgId("nobody")) is None
+
+
+def test_a_task_handed_out_and_put_back_again_and_again_keeps_the_arrivals_bounded() -> None:
+    """Each put-back enqueues the same task again; compaction keeps one entry per task."""
+    sched = scheduler(("enterprise", "enterprise"))
+    waiting = task(ENTERPRISE, at=7.0)
+    sched.enqueue(waiting)
+    for _ in range(10_000):
+        decision = sched.pop_next(0.0, provision)
+        assert decision is not None and decision.task is waiting
+        sched.put_back(waiting)
+        assert sched.oldest(ENTERPRISE) == 7.0
+    assert len(sched._orgs[ENTERPRISE].arrivals) <= 2 * sched.queued(ENTERPRISE) + 1024

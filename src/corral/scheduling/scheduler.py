@@ -532,12 +532,15 @@ class Scheduler:
             heapify(self._deadlines)
 
     def _compact_arrivals(self, org: _Org) -> None:
+        """Keep one entry per task still queued (a task handed out and put back has two)."""
         index = self._index
-        org.arrivals = [
-            entry
-            for entry in org.arrivals
-            if (item := index.get(entry[2].id)) is not None and item[1] is entry[2]
-        ]
+        kept: dict[TaskId, tuple[float, int, QueuedTask]] = {}
+        for entry in org.arrivals:
+            task = entry[2]
+            item = index.get(task.id)
+            if item is not None and item[1] is task:
+                kept.setdefault(task.id, entry)
+        org.arrivals = list(kept.values())
         heapify(org.arrivals)
 
     def _compact_top(self) -> None:
