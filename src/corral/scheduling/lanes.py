@@ -61,7 +61,8 @@ class OrgState(Generic[T]):
         self.by_role: dict[str | None, int] = {}  # queued tasks for a role (not one agent)
         self.lanes: dict[LaneKey, Lane[T]] = {}
         #: (enqueue time, sequence, task) of each task queued, a heap; entries of tasks
-        #: since taken stay until they reach the top (see ``Scheduler.oldest``)
+        #: since taken stay until they reach the top or the queue empties (see
+        #: ``Scheduler.oldest``)
         self.arrivals: list[tuple[float, int, T]] = []
         self.share = self.vtime = 0.0
         self.reweigh()

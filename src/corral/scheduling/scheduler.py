@@ -61,6 +61,7 @@ from corral.scheduling.ranks import SEQ_BITS, key_of, rank_of, seq_of
 __all__ = ["Decision", "Placer", "QueuedTask", "Scheduler"]
 
 _SLACK = 1024  # garbage (stale entries, dead items) tolerated before compaction
+_ARRIVALS_SLACK = 64  # the same, in each org's arrivals (kept per org: kept small)
 _WAIT = Action.WAIT
 
 
@@ -268,7 +269,7 @@ class Scheduler:
             self._with_deadline += 1
             heappush(self._deadlines, (deadline, next(self._deadline_seq), task))
         heappush(org.arrivals, (task.enqueued_at, seq, task))
-        if len(org.arrivals) > 2 * org.queued + _SLACK:
+        if len(org.arrivals) > 2 * org.queued + _ARRIVALS_SLACK:
             self._compact_arrivals(org)
         lane_key = (task.role, task.agent_id)
         lane = org.lanes.get(lane_key)
@@ -401,6 +402,8 @@ class Scheduler:
             lane.reason = ""
             del self._index[task.id]
             org.queued -= 1
+            if not org.queued:
+                org.arrivals.clear()  # an org whose queue empties keeps nothing of it
             if task.agent_id is None:
                 org.by_role[task.role] -= 1
             if deadline is not None:
@@ -437,6 +440,8 @@ class Scheduler:
         del self._index[task.id]
         org = self._orgs[task.org]
         org.queued -= 1
+        if not org.queued:
+            org.arrivals.clear()
         if task.agent_id is None:
             org.by_role[task.role] -= 1
         if task.deadline is not None:
