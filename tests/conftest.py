@@ -87,7 +87,7 @@ async def _empty(conn: Any, known: _Migrated) -> None:
 async def reset_postgres(url: str) -> None:
     """Bring the test database's public schema to the head migration with only the
     migrations' rows in it (tests run one at a time)."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # no stubs
 
     conn = await asyncpg.connect(_plain(url))
     try:

@@ -20,7 +20,7 @@ async def fresh_database(prefix: str = "corral_test") -> AsyncIterator[str]:
     """The URL (``postgresql://``) of a new, empty database; skips when none is configured."""
     if not POSTGRES_URL:
         pytest.skip(NO_POSTGRES)
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # no stubs
 
     server = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -12,13 +12,34 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
 
+# A probe may answer None for "not yet": what comes back is its first truthy answer, never None.
+@overload
 async def eventually(
-    probe: Callable[[], Awaitable[T]] | Callable[[], T],
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
     *,
     timeout: float = 10.0,
     interval: float = 0.02,
@@ -34,9 +55,9 @@ async def eventually(
         try:
             value = probe()
             if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
-                value = await value  # type: ignore[misc]
+                value = await value
             if value:
-                return value  # type: ignore[return-value]
+                return value
             last = None
         except AssertionError as exc:
             last = exc
@@ -45,7 +66,9 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-def wait_until(probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02) -> T:
+def wait_until(
+    probe: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.02
+) -> T:
     """Synchronous twin of :func:`eventually` for code outside an event loop."""
     deadline = time.monotonic() + timeout
     while True:

@@ -33,7 +33,7 @@ def _agent() -> dict[str, Any]:
         AgentId("agent-acme-w-1a2b3c"), "org_acme", "acme", "w", "worker", AgentState.RUNNING,
         res, ("python", "a.py"), None, 0, None, NOW, NOW, last_seen_at=NOW,
     )  # fmt: skip
-    return agent.to_wire()  # type: ignore[return-value]
+    return agent.to_wire()
 
 
 def _task(progress: float | int | None) -> dict[str, Any]:

@@ -8,17 +8,17 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
 from corral.api.protocol import MAX_HEAD
 from corral.api.server import http_config
 from tests.support import eventually
 
 
-async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def _app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers with the size of the body it read."""
     size = 0
     more = True

@@ -108,8 +108,12 @@ async def test_an_org_flooding_its_reports_fills_only_its_own_stream_and_the_oth
             task_id = f"b-{round_trips}"
             await b_out.status(StatusKind.HEARTBEAT)
             await b_out.event(_done(task_id, "b1"))
+
+            def recorded(task_id: str = task_id) -> bool:
+                return task_id in recorder.results("b")
+
             await eventually(
-                lambda task_id=task_id: task_id in recorder.results("b"),  # type: ignore[misc]
+                recorded,
                 timeout=20,
                 message=f"B's {task_id} recorded during A's flood",
             )

@@ -114,7 +114,7 @@ async def test_a_message_now_and_then_costs_one_pull_and_a_backlog_still_comes_a
             pulls.append(payload)
         await publish(subject, payload, **kw)
 
-    peer.nc.publish = counted  # type: ignore[method-assign]
+    peer.nc.publish = counted  # type: ignore[method-assign, assignment]
     puller = Puller(
         peer.nc,
         stream=subjects.INBOX_STREAM,

@@ -97,6 +97,7 @@ async def test_an_org_cannot_read_another_orgs_streams_or_consumers(
     assert inbox.config.subjects == [subjects.org_inboxes("a")]
     assert inbox.state.messages == 0
     events = await js.stream_info(subjects.EVENTS_STREAM)
+    assert events.config.subjects is not None
     assert all(
         s.startswith("org.a.") or s == subjects.PLATFORM_STATUS for s in events.config.subjects
     )

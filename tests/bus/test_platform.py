@@ -136,7 +136,7 @@ async def test_an_agent_that_reads_batches_gets_its_tasks_together_within_the_si
 
     a1 = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
     pull = await a1.nc.jetstream().pull_subscribe_bind(durable="a1", stream=subjects.INBOX_STREAM)
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     while sum(len(b.get("batch", [b])) for b in bodies) < 13:
         for msg in await pull.fetch(10, timeout=2):
             bodies.append(json.loads(msg.data))
@@ -420,7 +420,7 @@ async def test_an_orgs_link_is_shared_then_replaced_before_its_credentials_expir
     from corral.bus import links as module
 
     opened: list[str] = []
-    real_open = module.open_connection
+    real_open = module.open_connection  # type: ignore[attr-defined]  # links' own name, patched below
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
         opened.append(kwargs["name"])

@@ -104,9 +104,9 @@ def test_the_sync_client_runs_an_org_an_agent_and_a_task(platform: tuple[str, st
         assert isinstance(usage, Usage) and (usage.org, usage.plan) == ("acme", "free")
         assert usage.quota["pods"].hard and usage.models.period
         with Client(url, created.api_key) as acme:
-            shown = acme.get_org("acme")
-            assert isinstance(shown, OrgDetail) and shown.plan == "free"
-            assert shown.usage["pods"].used == "0"
+            detail = acme.get_org("acme")
+            assert isinstance(detail, OrgDetail) and detail.plan == "free"
+            assert detail.usage["pods"].used == "0"
             with pytest.raises(PermissionDenied):
                 acme.metrics()
 

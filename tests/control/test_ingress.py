@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from corral.bus.ingress import IngressReading, Talker
-from corral.control.ingress import Budgets, IngressWatchdog
+from corral.control.ingress import Breach, Budgets, IngressWatchdog
 from corral.domain.errors import Unavailable
 from corral.domain.plans import STANDARD, BusLimits
 
@@ -44,7 +44,7 @@ def test_a_short_burst_above_the_rate_is_allowed() -> None:
 
 def test_a_sustained_excess_takes_the_agent_off_with_what_it_sent() -> None:
     b = budgets(burst=3.0)
-    out = []
+    out: list[Breach] = []
     rounds = 0
     while not out:
         out = b.charge(reading(0.5, ("a", "a1", 2 * MiB, 10)))  # 4× the rate
@@ -65,7 +65,7 @@ def test_a_flood_of_tiny_messages_is_over_the_message_budget() -> None:
 
 def test_agents_each_within_but_together_over_lose_the_busiest() -> None:
     b = budgets(burst=1.0)
-    out = []
+    out: list[Breach] = []
     rounds = 0
     while not out:  # 0.6 and 0.9 MiB/s: each within 1 MiB/s, together 1.5 MiB/s
         out = b.charge(reading(0.5, ("a", "a1", 3 * MiB // 10, 10), ("a", "a2", 9 * MiB // 20, 10)))

@@ -34,7 +34,8 @@ class _Generic(Collector):
             "Finished tasks pruned past their plan's retention since the control plane started",
             value=s.pruned,
         )
-        fams = [
+        # (name, help, label names, [(label values, value)])
+        fams: list[tuple[str, str, list[str], list[tuple[list[str], float]]]] = [
             ("corral_orgs", "Organizations by tier", ["tier"], [([t], n) for t, n in s.orgs]),
             (
                 "corral_agents",

@@ -82,7 +82,10 @@ def test_agent_limit_is_enforced() -> None:
 
 cpu = st.sampled_from(["100m", "250m", "500m", "1", "2", "3", "4", "5"])
 mem = st.sampled_from(["128Mi", "512Mi", "1Gi", "2Gi", "8Gi", "16Gi", "20Gi"])
-maybe = lambda s: st.one_of(st.none(), s.map(parse))  # noqa: E731
+
+
+def maybe(s: st.SearchStrategy[str]) -> st.SearchStrategy[Quantity | None]:
+    return st.one_of(st.none(), s.map(parse))
 
 
 @given(

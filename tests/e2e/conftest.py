@@ -47,7 +47,8 @@ class Live:
             f"/v1/orgs/{org}/agents", json={"name": name, "role": role, "wait": True, **extra}
         )
         assert r.status_code == 201, r.text
-        return r.json()
+        body: dict[str, Any] = r.json()
+        return body
 
     async def roles(self, org: str, *roles: dict[str, Any]) -> dict[str, Any]:
         """Declare ``org``'s roles (``{"name": "worker"}``: the built-in agent, on demand)."""
@@ -59,7 +60,8 @@ class Live:
     async def task(self, org: str, **body: Any) -> dict[str, Any]:
         r = await self.admin.post(f"/v1/orgs/{org}/tasks", json=body)
         assert r.status_code == 201, r.text
-        return r.json()
+        task: dict[str, Any] = r.json()
+        return task
 
     async def wait_task(self, org: str, task_id: str, *, timeout: float = 30.0) -> dict[str, Any]:
         async def done() -> dict[str, Any] | None:

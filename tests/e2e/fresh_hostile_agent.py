@@ -28,9 +28,12 @@ import socket
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hostile_recording import Outcomes, recorder
+if TYPE_CHECKING:  # the same module, named as the tests package names it
+    from tests.probes.hostile_recording import Outcomes, recorder
+else:
+    from hostile_recording import Outcomes, recorder
 
 from corral.sdk import Agent, TaskContext
 

@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.runtime.sandbox.hostile import CLONE_NEWUSER, in_child, recorder, sys_call
+from tests.probes.hostile_recording import recorder
+from tests.runtime.sandbox.hostile import CLONE_NEWUSER, in_child, sys_call
 
 PTRACE_SEIZE = 0x4206
 

@@ -156,10 +156,12 @@ async def test_pruning_a_task_deletes_its_objects(live: Live) -> None:
     assert all(r is not None for r in refs)
     stores = live.platform.bus.objects
     for ref in refs:
+        assert ref is not None
         assert len(await stores.get("acme", ref, limit=ref.size)) == ref.size
     pruned = await live.platform.retention.prune_once(now=datetime.now(UTC) + timedelta(days=30))
     assert pruned >= 1
     for ref in refs:
+        assert ref is not None
         with pytest.raises(NotFound):
             await stores.get("acme", ref, limit=ref.size)
 

@@ -288,7 +288,11 @@ async def _chaos(run: Run, rng: random.Random) -> None:
         await asyncio.gather(*calls)
         for agent in await run.agents():  # resumed now, whether its pause was done or not
             if agent["state"] in ("pausing", "paused"):
-                await eventually(lambda a=agent: _resumed(run, a["id"]), timeout=60)
+
+                async def resumed(a: dict[str, Any] = agent) -> bool:
+                    return await _resumed(run, a["id"])
+
+                await eventually(resumed, timeout=60)
 
 
 async def _resumed(run: Run, agent_id: str) -> bool:

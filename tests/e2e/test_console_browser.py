@@ -344,7 +344,8 @@ async def test_the_admins_list_of_orgs_updates_live(browser: Browser, live: Live
     assert (await live.admin.delete("/v1/orgs/alpha")).status_code == 204
 
     async def gone() -> bool:
-        return await browser.page.locator("#org-alpha").count() == 0
+        shown: int = await browser.page.locator("#org-alpha").count()
+        return shown == 0
 
     await eventually(gone, timeout=30, message="the deleted org's row leaving the list")
     # no reload happened: the rows were kept by the event stream

@@ -278,7 +278,7 @@ async def test_a_paused_agents_gateway_credential_is_refused(live: Live, upstrea
     assert r.status_code == 200, r.text
 
     async def running() -> bool:
-        state = (await live.admin.get(f"/v1/orgs/acme/agents/{agent['id']}")).json()["state"]
+        state: str = (await live.admin.get(f"/v1/orgs/acme/agents/{agent['id']}")).json()["state"]
         return state == "running"
 
     await eventually(running, timeout=30)

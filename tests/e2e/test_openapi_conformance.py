@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(SCHEMATHESIS is None, reason="schemathesis is no
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> tuple[str, str, str]:
+def api(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     proc = subprocess.Popen(

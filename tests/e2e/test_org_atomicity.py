@@ -179,7 +179,7 @@ async def test_a_plan_change_that_fails_at_any_step_keeps_the_old_plan_everywher
     if where in LAYERS:
         fail_step(live, where, fault, on="apply")
     elif where == "store":
-        set_plan = live.platform.orgs.set_plan
+        set_plan: Callable[[str, str], Awaitable[Organization]] = live.platform.orgs.set_plan
 
         async def fails(slug: str, plan: str) -> Organization:
             fault.fire("the store")

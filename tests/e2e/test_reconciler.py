@@ -42,7 +42,8 @@ async def _running_task(live: Live, **body: Any) -> dict[str, Any]:
     t = await live.task("acme", payload={"op": "sleep", "seconds": 3}, **body)
 
     async def started() -> bool:
-        return (await _show(live, f"tasks/{t['id']}"))["state"] == "running"
+        state: str = (await _show(live, f"tasks/{t['id']}"))["state"]
+        return state == "running"
 
     await eventually(started, timeout=30, message="the task running")
     return t
@@ -100,7 +101,8 @@ async def test_an_agent_left_pausing_without_a_process_is_paused(live: Live) -> 
     )
 
     async def paused() -> bool:
-        return (await _show(live, f"agents/{a['id']}"))["state"] == "paused"
+        state: str = (await _show(live, f"agents/{a['id']}"))["state"]
+        return state == "paused"
 
     await eventually(paused, timeout=60, message="paused")
     assert (await live.admin.post(f"/v1/orgs/acme/agents/{a['id']}/resume")).status_code == 200

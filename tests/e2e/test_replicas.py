@@ -43,7 +43,7 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 
 async def _query(c: Cluster, sql: str, *args: Any) -> list[Any]:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # no stubs
 
     conn = await asyncpg.connect(c.pg_url)
     try:
@@ -253,7 +253,8 @@ async def test_an_agent_running_at_a_takeover_is_adopted_and_keeps_working(
 
         async def running() -> bool:
             rows = await _query(c, "SELECT state FROM tasks WHERE id = $1", busy)
-            return rows[0][0] == "running"
+            state: str = rows[0][0]
+            return state == "running"
 
         await eventually(running, timeout=60, message="the long task runs")
         old.signal(signal.SIGKILL)

@@ -33,7 +33,8 @@ def _at(task: dict[str, Any], state: str) -> datetime:
 
 
 async def _show(live: Live, org: str, task_id: str) -> dict[str, Any]:
-    return (await live.admin.get(f"/v1/orgs/{org}/tasks/{task_id}")).json()
+    task: dict[str, Any] = (await live.admin.get(f"/v1/orgs/{org}/tasks/{task_id}")).json()
+    return task
 
 
 async def test_one_busy_agent_runs_critical_high_normal_low(manual: Live) -> None:
@@ -95,7 +96,8 @@ async def test_kill_9_of_an_agent_mid_task_retries_and_completes_once(manual: Li
     t = await manual.task("acme", role="worker", payload={"op": "sleep", "seconds": 1.5})
 
     async def running_now() -> bool:
-        return (await _show(manual, "acme", t["id"]))["state"] == "running"
+        state: str = (await _show(manual, "acme", t["id"]))["state"]
+        return state == "running"
 
     await eventually(running_now, message="task running")
     the_agent(agent["id"]).kill()
@@ -180,7 +182,8 @@ async def test_a_hung_agent_loses_its_heartbeat_and_its_task_is_retried(manual: 
     t = await manual.task("acme", role="worker", payload={"op": "sleep", "seconds": 1})
 
     async def running_now() -> bool:
-        return (await _show(manual, "acme", t["id"]))["state"] == "running"
+        state: str = (await _show(manual, "acme", t["id"]))["state"]
+        return state == "running"
 
     await eventually(running_now, message="task running")
     proc = the_agent(agent["id"])
@@ -271,7 +274,7 @@ async def test_a_stream_of_quick_tasks_through_few_slots_all_complete_once(
     ]
 
     async def all_done() -> bool:
-        counts = {s: n for _, _, _, s, n in await platform.tasks.count_by_state()}
+        counts: dict[str, int] = {s: n for _, _, _, s, n in await platform.tasks.count_by_state()}
         return counts.get("completed", 0) == len(ids)
 
     await eventually(all_done, timeout=40, message="400 quick tasks completed")

@@ -26,11 +26,13 @@ async def _agent(live: Live, org: str, name: str, **extra: Any) -> dict[str, Any
 
 
 async def _show(live: Live, org: str, task_id: str) -> dict[str, Any]:
-    return (await live.admin.get(f"/v1/orgs/{org}/tasks/{task_id}")).json()
+    task: dict[str, Any] = (await live.admin.get(f"/v1/orgs/{org}/tasks/{task_id}")).json()
+    return task
 
 
 async def _agent_state(live: Live, org: str, agent_id: str) -> dict[str, Any]:
-    return (await live.admin.get(f"/v1/orgs/{org}/agents/{agent_id}")).json()
+    agent: dict[str, Any] = (await live.admin.get(f"/v1/orgs/{org}/agents/{agent_id}")).json()
+    return agent
 
 
 async def _state_is(live: Live, org: str, task_id: str, state: str) -> dict[str, Any] | None:
@@ -266,7 +268,7 @@ async def test_an_exit_with_code_0_is_an_exit_the_task_fails_and_the_agent_resta
 
     async def back() -> bool:
         shown = await _agent_state(live, "acme", a["id"])
-        return shown["state"] == "running" and shown["restarts"] == 1
+        return bool(shown["state"] == "running" and shown["restarts"] == 1)
 
     await eventually(back, timeout=30, message="the agent is restarted")
     after = await live.task("acme", agent=a["id"], payload={"op": "echo"})

@@ -40,7 +40,8 @@ async def manual(tmp_path: Path) -> AsyncIterator[Live]:
 
 
 async def _agent(live: Live, org: str, agent_id: str) -> dict[str, Any]:
-    return (await live.admin.get(f"/v1/orgs/{org}/agents/{agent_id}")).json()
+    agent: dict[str, Any] = (await live.admin.get(f"/v1/orgs/{org}/agents/{agent_id}")).json()
+    return agent
 
 
 async def test_an_idle_agent_pauses_by_itself_and_a_task_wakes_it(quick_idle: Live) -> None:
@@ -53,7 +54,8 @@ async def test_an_idle_agent_pauses_by_itself_and_a_task_wakes_it(quick_idle: Li
     assert (await _agent(live, "acme", a["id"]))["pausedAt"] is None
 
     async def paused() -> bool:
-        return (await _agent(live, "acme", a["id"]))["state"] == "paused"
+        state: str = (await _agent(live, "acme", a["id"]))["state"]
+        return state == "paused"
 
     await eventually(paused, timeout=30, message="paused after 2 s without a task")
     t = await live.task("acme", role="worker", payload={"op": "echo"})
@@ -131,7 +133,8 @@ async def test_a_waiting_task_says_why(live: Live) -> None:
 
     async def why() -> str | None:
         shown = (await live.admin.get(f"/v1/orgs/tiny/tasks/{t['id']}")).json()
-        return shown["waiting"]
+        waiting: str | None = shown["waiting"]
+        return waiting
 
     reason = await eventually(why, timeout=20, message="a reason is given")
     assert "no agent of role 'worker'" in reason and "quota agents 2/2" in reason
@@ -149,7 +152,8 @@ async def test_a_task_for_a_paused_agent_says_it_is_waking(manual: Live) -> None
 
     async def why() -> str | None:
         shown = (await manual.admin.get(f"/v1/orgs/acme/tasks/{t['id']}")).json()
-        return shown["waiting"]
+        waiting: str | None = shown["waiting"]
+        return waiting
 
     assert await eventually(why, timeout=20) == f"agent {a['id']} is waking from a pause"
     hold.unlink()

@@ -190,7 +190,7 @@ async def test_one_trace_covers_a_delegated_task_from_the_api_to_the_childs_hand
     children = (await live.admin.get("/v1/orgs/acme/tasks", params={"parent": parent["id"]})).json()
     [child] = children["tasks"]
 
-    def handled() -> dict[str, Seen] | None:
+    def handled() -> dict[str | None, Seen] | None:
         with receiver.lock:
             found = {s.task: s for s in receiver.spans if s.name == "corral.handle"}
         return found if parent["id"] in found and child["id"] in found else None

@@ -239,5 +239,5 @@ def test_runtime_classes_per_plan_reach_the_control_plane_as_its_settings_read_t
     assert 'include "corral.runtimeClasses"' in deployment
     helper = (TEMPLATES / "_helpers.tpl").read_text()
     assert 'define "corral.runtimeClasses"' in helper and 'printf "%s=%s"' in helper
-    parsed = Settings(k8s_runtime_classes="free=gvisor,*=kata")  # type: ignore[arg-type]
+    parsed = Settings(k8s_runtime_classes="free=gvisor,*=kata")
     assert parsed.k8s_runtime_classes == {"free": "gvisor", "*": "kata"}

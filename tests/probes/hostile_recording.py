@@ -24,8 +24,10 @@ from collections.abc import Callable
 __all__ = ["Attempt", "Outcomes", "recorder"]
 
 Outcomes = dict[str, dict[str, object]]
-#: ``attempt(name, action)``
-Attempt = Callable[[str, Callable[[], object]], None]
+#: ``attempt(name, action)``; ``action`` is called without arguments. Typed ``...``: a lambda
+#: that binds a loop variable by a default (``lambda pid=pid: ...``) has a parameter, and mypy
+#: cannot infer such a lambda against ``Callable[[], object]`` (python/mypy#15459)
+Attempt = Callable[[str, Callable[..., object]], None]
 
 
 def recorder(results: Outcomes, *, detail_chars: int = 200) -> Attempt:

@@ -24,8 +24,11 @@ FAMILY = """
 
 
 async def main(root: Path, mechanism: str, launch: str, adopt: float) -> None:
-    kept = {"adopt_seconds": adopt} if adopt else {}
-    runtime = LocalProcessRuntime(root, mechanism=mechanism, **kept)
+    runtime = (
+        LocalProcessRuntime(root, mechanism=mechanism, adopt_seconds=adopt)
+        if adopt
+        else LocalProcessRuntime(root, mechanism=mechanism)
+    )
     status = await runtime.start(agents.spec("acme", "agent-orphan", FAMILY, launch=launch))
     sys.stdout.write(f"started {status.pid} {runtime.zygote_pid('acme') or 0}\n")
     sys.stdout.flush()

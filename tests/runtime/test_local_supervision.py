@@ -110,7 +110,9 @@ async def test_stop_finds_grandchildren_without_reading_every_process(
         middle, grandchild = await family(runtime, "acme", "agent-old")
         assert psutil.Process(grandchild).ppid() == middle and alive(grandchild)
         reads: list[str] = []
-        ppid_map, process_iter = psutil._ppid_map, psutil.process_iter
+        # psutil's private parent map, read on purpose (its stubs leave it out)
+        ppid_map: Callable[[], dict[int, int]] = psutil._ppid_map  # type: ignore[attr-defined]
+        process_iter = psutil.process_iter
 
         def read_parents() -> dict[int, int]:
             reads.append("ppid_map")

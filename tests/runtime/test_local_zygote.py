@@ -331,9 +331,10 @@ def test_the_server_works_on_the_control_planes_own_loop(tmp_path: Path, launch:
         async with LocalProcessRuntime(tmp_path / "data") as rt, watching(rt) as exits:
             status = await rt.start(agents.spec("acme", "agent-uv"))
             await ready(rt, "acme", "agent-uv")
-            assert status.pid is not None and rt.zygote_pid("acme") is not None
-            assert psutil.Process(status.pid).ppid() == rt.zygote_pid("acme")
-            assert os.getsid(rt.zygote_pid("acme")) == rt.zygote_pid("acme")
+            server = rt.zygote_pid("acme")
+            assert status.pid is not None and server is not None
+            assert psutil.Process(status.pid).ppid() == server
+            assert os.getsid(server) == server
             assert sorted(os.listdir(f"/proc/{agent_pid(status.pid)}/fd")) == ["0", "1", "2"]
             assert_own(status.pid)
             os.kill(status.pid, signal.SIGKILL)

@@ -78,7 +78,9 @@ def table_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
         return read
 
-    monkeypatch.setattr(psutil, "_ppid_map", counting("ppid_map", psutil._ppid_map))
+    # psutil's private parent map, counted on purpose (its stubs leave it out)
+    real_map = psutil._ppid_map  # type: ignore[attr-defined]
+    monkeypatch.setattr(psutil, "_ppid_map", counting("ppid_map", real_map))
     monkeypatch.setattr(psutil, "process_iter", counting("process_iter", psutil.process_iter))
     return reads
 

@@ -4,7 +4,7 @@
 from datetime import UTC, datetime
 
 from corral.domain.admission import AdmittedResources
-from corral.domain.agents import AgentState
+from corral.domain.agents import Agent, AgentState
 from corral.domain.ids import OrgId, OrgSlug
 from corral.domain.plans import STANDARD
 from corral.domain.quantities import parse
@@ -99,7 +99,7 @@ async def test_when_many_agents_were_heard_from_is_recorded_in_one_call(db: Data
     base = datetime.now(UTC).replace(microsecond=0)
     heard = {agent_id: base.replace(second=n % 60) for n, agent_id in enumerate(ids[:250])}
     await agents.seen({**heard, "agent-acme-gone-1": base})  # one no longer there: no harm
-    by_id = {a.id: a for a in await agents.find()}
+    by_id: dict[str, Agent] = {a.id: a for a in await agents.find()}
     assert {a: by_id[a].last_seen_at for a in heard} == heard  # each its own time
     assert all(by_id[a].last_seen_at is None for a in ids[250:])  # the others untouched
     await agents.seen({})  # nothing to record: no write

@@ -230,7 +230,7 @@ async def test_a_journal_transaction_holds_up_a_takeover_but_not_a_renewal(
     """The journal's fencing read (the lease row ``FOR KEY SHARE``) makes a takeover wait for
     the transaction, so its transitions are committed before the new leader reads the store;
     the leader's renewals do not wait for it, so a busy journal never costs the lease."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # no stubs
 
     from corral.store.journal_writers import _PG_EPOCH
 
@@ -239,6 +239,7 @@ async def test_a_journal_transaction_holds_up_a_takeover_but_not_a_renewal(
     journal = await asyncpg.connect(asyncpg_url(pg_url))
     try:
         epoch = await a.try_take()
+        assert epoch is not None
         transaction = journal.transaction()
         await transaction.start()
         assert await journal.fetchval(_PG_EPOCH) == epoch

@@ -19,11 +19,15 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-try:
-    from hostile_recording import recorder
-except ModuleNotFoundError:  # imported from the tests package (the e2e suite's forked agent)
+if TYPE_CHECKING:  # the same module, named as the tests package names it
     from tests.probes.hostile_recording import recorder
+else:
+    try:
+        from hostile_recording import recorder
+    except ModuleNotFoundError:  # imported from the tests package (the e2e suite's forked agent)
+        from tests.probes.hostile_recording import recorder
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -46,7 +50,7 @@ def sys_call(name: str, *args: object) -> int:
     return int(result)
 
 
-def in_child(action: Callable[[], None]) -> None:
+def in_child(action: Callable[[], object]) -> None:
     """Try ``action`` in a forked child (it may change the process for good)."""
     pid = os.fork()
     if pid == 0:
