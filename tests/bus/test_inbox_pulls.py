@@ -44,22 +44,28 @@ async def _waiting_pulls(bus: PlatformBus, org: str, agent: str) -> int:
     return int(info.num_waiting or 0)
 
 
+async def _sent_during_the_poll(bus: PlatformBus, puller: Puller, agent: str, task_id: str) -> None:
+    """Start a fetch, send ``task_id`` once its long poll waits at the server, and check the
+    fetch hands it over (acknowledged) within the poll."""
+    fetch = asyncio.create_task(puller.fetch(64, wait=LONG_POLL))
+
+    async def polling() -> bool:
+        return fetch.done() or await _waiting_pulls(bus, "a", agent) > 0
+
+    await eventually(polling, message="the agent's long poll reached the server")
+    await bus.deliver("a", agent, make_task(task_id, agent))
+    await eventually(fetch.done, timeout=60, message=f"task {task_id} handed over in its poll")
+    [msg] = fetch.result()
+    assert [m.task_id for m in inbox_messages(decode(msg.data))] == [task_id]
+    await msg.ack()
+
+
 async def test_tasks_sent_one_at_a_time_during_the_long_poll_arrive_at_once(
     orgs: PlatformBus, connect: Connect
 ) -> None:
     puller = await _inbox(connect, orgs, "a", "a1")
     for n in range(20):  # one task at a time, each sent while the agent's poll waits
-        fetch = asyncio.create_task(puller.fetch(64, wait=LONG_POLL))
-
-        async def polling(fetch: asyncio.Task[object] = fetch) -> bool:
-            return fetch.done() or await _waiting_pulls(orgs, "a", "a1") > 0
-
-        await eventually(polling, message="the agent's long poll reached the server")
-        await orgs.deliver("a", "a1", make_task(f"t{n}", "a1"))
-        await eventually(fetch.done, timeout=60, message=f"task t{n} handed over in its poll")
-        [msg] = fetch.result()
-        assert [m.task_id for m in inbox_messages(decode(msg.data))] == [f"t{n}"]
-        await msg.ack()
+        await _sent_during_the_poll(orgs, puller, "a1", f"t{n}")
     await puller.stop()
 
 
@@ -125,17 +131,7 @@ async def test_a_message_now_and_then_costs_one_pull_and_a_backlog_still_comes_a
     await puller.start()
     sent = 10
     for n in range(sent):
-        fetch = asyncio.create_task(puller.fetch(64, wait=LONG_POLL))
-
-        async def polling(fetch: asyncio.Task[object] = fetch) -> bool:
-            return fetch.done() or await _waiting_pulls(orgs, "a", "a3") > 0
-
-        await eventually(polling, message="the long poll reached the server")
-        await orgs.deliver("a", "a3", make_task(f"s{n}", "a3"))
-        await eventually(fetch.done, timeout=60, message=f"s{n} handed over")
-        [msg] = fetch.result()
-        assert inbox_messages(decode(msg.data))[0].task_id == f"s{n}"
-        await msg.ack()
+        await _sent_during_the_poll(orgs, puller, "a3", f"s{n}")
     # the first fetch asks what waits (nothing) and then polls; each later one only polls
     assert len(pulls) == sent + 1, pulls
 
