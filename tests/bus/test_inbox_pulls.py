@@ -10,6 +10,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 
 from corral.bus import PlatformBus
 from corral.domain import subjects
@@ -23,17 +24,22 @@ from tests.support import eventually
 LONG_POLL = 300.0
 
 
-async def _inbox(connect: Connect, bus: PlatformBus, org: str, agent: str) -> Puller:
-    peer = await connect(bus.mint_agent_creds(org, agent, ttl_seconds=60))
+async def _puller(nc: Client, agent: str, *, timeout: float = 5.0) -> Puller:
+    """A started reader of ``agent``'s inbox consumer over ``nc``."""
     puller = Puller(
-        peer.nc,
+        nc,
         stream=subjects.INBOX_STREAM,
         consumer=subjects.inbox_consumer(agent),
         max_bytes=1024 * 1024,
-        timeout=5.0,
+        timeout=timeout,
     )
     await puller.start()
     return puller
+
+
+async def _inbox(connect: Connect, bus: PlatformBus, org: str, agent: str) -> Puller:
+    peer = await connect(bus.mint_agent_creds(org, agent, ttl_seconds=60))
+    return await _puller(peer.nc, agent)
 
 
 async def _waiting_pulls(bus: PlatformBus, org: str, agent: str) -> int:
@@ -86,14 +92,7 @@ async def test_what_waits_comes_in_one_pull_and_an_idle_inbox_answers_empty(
 async def test_an_agent_cannot_pull_another_orgs_inbox(orgs: PlatformBus, connect: Connect) -> None:
     await orgs.deliver("b", "b1", make_task("secret", "b1"))
     peer = await connect(orgs.mint_agent_creds("a", "a1", ttl_seconds=60))
-    theirs = Puller(
-        peer.nc,
-        stream=subjects.INBOX_STREAM,
-        consumer=subjects.inbox_consumer("b1"),
-        max_bytes=1024 * 1024,
-        timeout=1.0,
-    )
-    await theirs.start()
+    theirs = await _puller(peer.nc, "b1", timeout=1.0)
     # a's account has no such consumer: refused, or nothing
     with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
         assert await theirs.fetch(64, wait=0.5) == []
@@ -121,14 +120,7 @@ async def test_a_message_now_and_then_costs_one_pull_and_a_backlog_still_comes_a
         await publish(subject, payload, **kw)
 
     peer.nc.publish = counted  # type: ignore[method-assign, assignment]
-    puller = Puller(
-        peer.nc,
-        stream=subjects.INBOX_STREAM,
-        consumer=subjects.inbox_consumer("a3"),
-        max_bytes=1024 * 1024,
-        timeout=5.0,
-    )
-    await puller.start()
+    puller = await _puller(peer.nc, "a3")
     sent = 10
     for n in range(sent):
         await _sent_during_the_poll(orgs, puller, "a3", f"s{n}")
