@@ -263,3 +263,37 @@ async def test_scrapes_in_quick_succession_measure_the_agents_once_and_count_tas
         assert measured[-1] == 3
     finally:
         runtime.usage_many = real
+
+
+async def test_a_scrape_naming_series_gets_those_alone_and_measures_nothing_else(
+    live: Live, pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?name[]=…`` as Prometheus' own exposition takes it: the series named, the same as a
+    whole scrape gives them; nothing else is measured (no agent read, no process table, no
+    quota use), and the platform's last whole snapshot is not replaced by a partial one."""
+    t = await live.task("acme", agent=pair.a_id, payload={"op": "echo"})
+    await live.wait_task("acme", t["id"])
+    whole = _samples((await live.admin.get("/metrics")).text)
+    kept = live.platform.metrics.snapshot
+
+    async def refused(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("measured for a scrape that did not ask for it")
+
+    monkeypatch.setattr(live.platform.runtime, "usage_many", refused)
+    monkeypatch.setattr(live.platform.agents, "count_by_state", refused)
+    monkeypatch.setattr(live.platform.dispatcher.snapshot, "usage", refused)
+    r = await live.admin.get(
+        "/metrics",
+        params=[("name[]", "corral_tasks"), ("name[]", "corral_dispatch_latency_seconds_count")],
+    )
+    assert r.status_code == 200, r.text
+    some = _samples(r.text)
+    assert set(some) == {"corral_tasks", "corral_dispatch_latency_seconds_count"}
+    assert some["corral_tasks"] == whole["corral_tasks"]
+    assert (
+        some["corral_dispatch_latency_seconds_count"]
+        == (whole["corral_dispatch_latency_seconds_count"])
+    )
+    assert live.platform.metrics.snapshot is kept
+    too_long = await live.admin.get("/metrics", params={"name[]": "x" * 201})
+    assert too_long.status_code == 422

@@ -21,13 +21,15 @@ depths come from the scheduler, at every refresh."""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
+from corral.domain.admission import UsageSnapshot
 from corral.domain.agents import AgentState
 from corral.domain.ids import OrgId
 from corral.domain.plans import QUOTA_RESOURCES
 from corral.domain.tenancy import Organization
-from corral.observability.metrics import AgentUsage, Snapshot
+from corral.observability.metrics import AgentUsage, Snapshot, wanted
 
 if TYPE_CHECKING:
     from corral.control.platform import Platform
@@ -50,20 +52,49 @@ class Measured:
         return now - self.at < MEASURED_FOR and agent_ids <= self.usage.keys()
 
 
-async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
+#: the families read per org, and those read per running agent
+_PER_ORG = frozenset({"orgs", "queue_depth", "oldest_wait", "quota_used", "quota_hard"})
+_PER_AGENT = frozenset({"requests", "cpu", "rss"})
+
+
+async def refresh_metrics(
+    p: Platform, *, every_org: bool = False, names: Collection[str] | None = None
+) -> Snapshot:
+    """Measure the snapshot's families (with ``names``, only those whose series it names: a
+    script that polls one series does not pay for the rest) and return it; a whole one is
+    also kept as the platform's last."""
+    keys = wanted(names)
     snap = Snapshot()
-    snap.agents = await p.agents.count_by_state()
-    counts = p.dispatcher.book.counts
-    # kept by the dispatcher since it took over; a replica that does not lead counts them
-    snap.tasks = (
-        counts.rows(p.dispatcher.book.orgs) if counts.loaded else await p.tasks.count_by_state()
-    )
+    if "agents" in keys:
+        snap.agents = await p.agents.count_by_state()
+    if "tasks" in keys:
+        counts = p.dispatcher.book.counts
+        # kept by the dispatcher since it took over; a replica that does not lead counts them
+        snap.tasks = (
+            counts.rows(p.dispatcher.book.orgs) if counts.loaded else await p.tasks.count_by_state()
+        )
     snap.quarantined = p.tasks.quarantined
     snap.pruned = p.retention.pruned
     orgs = list(p.dispatcher.book.orgs.values())  # every org, as the dispatcher holds it
     by_id: dict[str, Organization] = {o.id: o for o in orgs}
     snapshot = p.dispatcher.snapshot  # the dispatcher's own, at most a second or two old
-    usage = await snapshot.usage()
+    if keys & _PER_ORG:
+        _per_org(p, snap, orgs, await snapshot.usage(), every_org=every_org)
+    if keys & _PER_AGENT:
+        await _per_agent(p, snap, by_id)
+    if names is None:
+        p.metrics.snapshot = snap
+    return snap
+
+
+def _per_org(
+    p: Platform,
+    snap: Snapshot,
+    orgs: list[Organization],
+    usage: Mapping[str, UsageSnapshot],
+    *,
+    every_org: bool,
+) -> None:
     now = time.time()
     tiers: dict[str, int] = {}
     for org in orgs:
@@ -86,6 +117,10 @@ async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
             )
         snap.quota.append((org.slug, tier, "agents", float(u.agents), float(org.plan.agent_limit)))
     snap.orgs = sorted(tiers.items())
+
+
+async def _per_agent(p: Platform, snap: Snapshot, by_id: dict[str, Organization]) -> None:
+    snapshot = p.dispatcher.snapshot
     running = [
         (agent, by_id[agent.org_id])
         for agents in (await snapshot.agents()).values()
@@ -118,7 +153,6 @@ async def refresh_metrics(p: Platform, *, every_org: bool = False) -> None:
                 rss_bytes=None if measured is None else float(measured.rss_bytes),
             )
         )
-    p.metrics.snapshot = snap
 
 
 async def org_figures(p: Platform, org_slug: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Collection
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -578,14 +579,14 @@ class Platform:
             except Exception:
                 log.exception("handling the exit of %s failed", status.agent_id)
 
-    async def refresh_metrics(self, *, every_org: bool = False) -> None:
-        await refresh_metrics(self, every_org=every_org)
-
-    async def metrics_text(self, *, every_org: bool = False) -> bytes:
+    async def metrics_text(
+        self, *, every_org: bool = False, names: Collection[str] | None = None
+    ) -> bytes:
         """The metrics, freshly measured, in the Prometheus text format: per-org series for
-        the active orgs (every org's with ``every_org``; see corral.control.monitoring)."""
-        await self.refresh_metrics(every_org=every_org)
-        return self.metrics.render()
+        the active orgs (every org's with ``every_org``; see corral.control.monitoring); only
+        the series named in ``names``, when given, and only those are measured."""
+        snap = await refresh_metrics(self, every_org=every_org, names=names)
+        return self.metrics.render(snap, names)
 
     async def _ensure_admin_key(self) -> None:
         path = self.data_dir / ADMIN_KEY_FILE
