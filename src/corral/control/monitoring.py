@@ -157,8 +157,7 @@ async def _per_agent(p: Platform, snap: Snapshot, by_id: dict[str, Organization]
 
 async def org_figures(p: Platform, org_slug: str) -> dict[str, Any]:
     """One org's own figures (agents by state, tasks by state, measured usage)."""
-    await refresh_metrics(p)
-    snap = p.metrics.snapshot
+    snap = await refresh_metrics(p)
     agents: dict[str, int] = {}
     for org, _, state, n in snap.agents:
         if org == org_slug:

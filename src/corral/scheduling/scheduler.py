@@ -202,11 +202,10 @@ class Scheduler:
         state = self._orgs.get(org)
         if state is None or not state.queued:
             return None
-        arrivals, index = state.arrivals, self._index
+        arrivals = state.arrivals
         while arrivals:
             task = arrivals[0][2]
-            item = index.get(task.id)
-            if item is not None and item[1] is task:
+            if self._queued_now(task):
                 return task.enqueued_at
             heappop(arrivals)
         return None
@@ -528,23 +527,20 @@ class Scheduler:
                         self._drop(lane)
             dead.clear()
         if len(self._deadlines) > 2 * self._with_deadline + _SLACK:
-            index = self._index
-            self._deadlines = [
-                entry
-                for entry in self._deadlines
-                if (item := index.get(entry[2].id)) is not None and item[1] is entry[2]
-            ]
+            self._deadlines = [entry for entry in self._deadlines if self._queued_now(entry[2])]
             heapify(self._deadlines)
+
+    def _queued_now(self, task: QueuedTask) -> bool:
+        """Whether ``task`` (as a heap entry holds it) is still the one queued under its id."""
+        item = self._index.get(task.id)
+        return item is not None and item[1] is task
 
     def _compact_arrivals(self, org: _Org) -> None:
         """Keep one entry per task still queued (a task handed out and put back has two)."""
-        index = self._index
         kept: dict[TaskId, tuple[float, int, QueuedTask]] = {}
         for entry in org.arrivals:
-            task = entry[2]
-            item = index.get(task.id)
-            if item is not None and item[1] is task:
-                kept.setdefault(task.id, entry)
+            if self._queued_now(entry[2]):
+                kept.setdefault(entry[2].id, entry)
         org.arrivals = list(kept.values())
         heapify(org.arrivals)
 
