@@ -78,9 +78,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=5.0, gt=0)  # a leader not renewing for this long is
     # replaced
     replica_name: str | None = None  # unique per replica (default: host name and pid)
-    # how long a dead or deposed leader's local agents keep running for the next leader to
-    # adopt them (nobody adopting them in time ends them)
-    adopt_seconds: float = Field(default=60.0, gt=0)
+    # how long the local agents of a control plane that died (or a deposed leader) keep
+    # running for the next one to adopt them (nobody adopting them in time ends them); 0:
+    # they die with it, and the next one starts them again
+    adopt_seconds: float = Field(default=60.0, ge=0)
     advertise_url: str | None = None  # where other replicas reach this one's API
     # where traces go, over OTLP/HTTP (http://collector:4318): the control plane's spans and
     # its agents' (their sandbox may connect to its port). Unset: the standard

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -84,8 +85,10 @@ async def test_a_server_that_dies_is_restarted_on_the_same_url_with_its_data(
         assert await eventually(delivered, message="delivery after the restart")
 
 
-async def test_the_server_dies_with_its_parent(tmp_path: Path) -> None:
-    script = textwrap.dedent(
+def _orphaning_script(tmp_path: Path) -> str:
+    """A process that runs an embedded server on ``tmp_path / "nats"`` and prints its pid
+    and port."""
+    return textwrap.dedent(
         f"""
         import asyncio, sys
         from corral.bus import BusAuthority, EmbeddedNats, JetStreamCaps, ServerOptions
@@ -95,24 +98,63 @@ async def test_the_server_dies_with_its_parent(tmp_path: Path) -> None:
             authority = BusAuthority({str(tmp_path / "bus")!r}, caps=caps)
             options = ServerOptions(caps=caps)
             async with EmbeddedNats({str(tmp_path / "nats")!r}, authority.trust(), options) as s:
-                print(s.pid, flush=True)
+                print(s.pid, s.url.rsplit(":", 1)[1], flush=True)
                 await asyncio.Event().wait()
 
         asyncio.run(main())
         """
     )
+
+
+async def _server_of_a_killed_parent(tmp_path: Path, *, stop: bool = False) -> tuple[int, int]:
+    """(pid, port) of the server a parent process started before it was killed -9 (with
+    ``stop``, the server was stopped first, so that it cannot close)."""
     parent = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", _orphaning_script(tmp_path), stdout=asyncio.subprocess.PIPE
     )
     assert parent.stdout is not None
     try:
-        line = await asyncio.wait_for(parent.stdout.readline(), 20)
-        child = int(line)
-        assert not _gone(child)
+        pid, port = map(int, (await asyncio.wait_for(parent.stdout.readline(), 20)).split())
+        assert not _gone(pid)
+        if stop:
+            os.kill(pid, signal.SIGSTOP)
     finally:
         parent.kill()
         await parent.wait()
+    return pid, port
+
+
+async def test_the_server_dies_with_its_parent(tmp_path: Path) -> None:
+    child, _ = await _server_of_a_killed_parent(tmp_path)
     assert await eventually(lambda: _gone(child), message="nats-server gone with its parent")
+
+
+async def test_the_next_server_waits_for_the_last_one_to_close_and_listens_where_it_did(
+    tmp_path: Path,
+) -> None:
+    # the last server cannot close (stopped): it is given the grace, then killed, and only
+    # then does a server open the same store, on the same port
+    old, port = await _server_of_a_killed_parent(tmp_path, stop=True)
+    caps = CAPS
+    authority = BusAuthority(tmp_path / "bus", caps=caps)
+    options = ServerOptions(caps=caps, prefer_port=port, stop_grace=0.5)
+    async with EmbeddedNats(tmp_path / "nats", authority.trust(), options) as server:
+        assert _gone(old)
+        assert server.url.endswith(f":{port}")
+
+
+async def test_a_preferred_port_another_program_holds_is_not_waited_for(
+    tmp_path: Path, authority: BusAuthority
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = ServerOptions(caps=CAPS, prefer_port=port)
+        async with EmbeddedNats(tmp_path / "nats", authority.trust(), options) as server:
+            assert not server.url.endswith(f":{port}")
+            async with PlatformBus(server.url, authority) as bus:
+                await bus.ensure_org("acme", LIMITS)
 
 
 async def test_a_server_that_cannot_start_says_so(tmp_path: Path, authority: BusAuthority) -> None:

@@ -1,13 +1,17 @@
-"""kill -9 of the control plane: no agent runs on unsupervised, and a restart reconciles —
-every accepted task completes, none twice."""
+"""kill -9 of the control plane: its agents run on for the next start to adopt (or, with
+adopting off or when they could not reach the next one, are ended and restarted), never
+unsupervised past their window; every accepted task completes, none twice."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -17,9 +21,10 @@ from tests.e2e.conftest import live_settings
 from tests.support import wait_until
 
 
-def _start(data: Path) -> subprocess.Popen[bytes]:
+def _start(data: Path, **settings: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env["CORRAL_HEARTBEAT_SECONDS"] = "1"
+    env |= {f"CORRAL_{k.upper()}": v for k, v in settings.items()}
     (data / "api.url").unlink(missing_ok=True)  # left behind by a killed control plane
     proc = subprocess.Popen(
         [sys.executable, "-m", "corral.cli", "up", "--data-dir", str(data), "--port", "0"],
@@ -44,58 +49,130 @@ def _agent_pids(data: Path) -> list[int]:
     return out
 
 
-def test_kill_9_of_corral_up_then_restart_completes_every_task_once(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    proc = _start(data)
-    try:
-        url = (data / "api.url").read_text().strip()
-        key = (data / "admin.key").read_text().strip()
-        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        assert http.post("/v1/orgs", json={"name": "acme"}).status_code == 201
-        r = http.post("/v1/orgs/acme/agents", json={"name": "w", "role": "worker", "wait": True})
+class _Run:
+    """``corral up`` on ``data`` with an agent of org acme at work on 8 tasks of 0.3 s."""
+
+    def __init__(self, data: Path, **settings: str) -> None:
+        self.data = data
+        self.proc = _start(data, **settings)
+        self.http = self._client()
+        assert self.http.post("/v1/orgs", json={"name": "acme"}).status_code == 201
+        r = self.http.post(
+            "/v1/orgs/acme/agents", json={"name": "w", "role": "worker", "wait": True}
+        )
         assert r.status_code == 201, r.text
-        ids = [
-            http.post(
+        self.ids = [
+            self.http.post(
                 "/v1/orgs/acme/tasks",
                 json={"role": "worker", "payload": {"op": "sleep", "seconds": 0.3}},
             ).json()["id"]
             for _ in range(8)
         ]
+        wait_until(lambda: self.states().count("completed") >= 2, timeout=30)
 
-        def some_done() -> bool:
-            states = [http.get(f"/v1/orgs/acme/tasks/{i}").json()["state"] for i in ids]
-            return states.count("completed") >= 2
+    def _client(self) -> httpx.Client:
+        url = (self.data / "api.url").read_text().strip()
+        key = (self.data / "admin.key").read_text().strip()
+        return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
-        wait_until(some_done, timeout=30)
-        assert _agent_pids(data)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        wait_until(lambda: not _agent_pids(data), timeout=10)  # nothing runs unsupervised
-        http.close()
+    def states(self) -> list[str]:
+        return [self.http.get(f"/v1/orgs/acme/tasks/{i}").json()["state"] for i in self.ids]
 
-        proc = _start(data)
-        url = (data / "api.url").read_text().strip()
-        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    def kill(self) -> list[int]:
+        """kill -9 of the control plane; the agent's pids an instant before."""
+        pids = _agent_pids(self.data)
+        assert pids
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.http.close()
+        return pids
 
-        def all_done() -> bool:
-            states = [http.get(f"/v1/orgs/acme/tasks/{i}").json()["state"] for i in ids]
-            return all(s == "completed" for s in states)
+    def restart(self, **settings: str) -> None:
+        self.proc = _start(self.data, **settings)
+        self.http = self._client()
 
-        wait_until(all_done, timeout=60)
-        for i in ids:
-            history = [h["to"] for h in http.get(f"/v1/orgs/acme/tasks/{i}").json()["history"]]
-            assert history.count("completed") == 1, (i, history)
+    def every_task_completed_once(self) -> list[dict[str, object]]:
+        wait_until(lambda: all(s == "completed" for s in self.states()), timeout=60)
+        tasks = [self.http.get(f"/v1/orgs/acme/tasks/{i}").json() for i in self.ids]
+        for t in tasks:
+            history = [h["to"] for h in t["history"]]
+            assert history.count("completed") == 1, (t["id"], history)
 
         def back() -> bool:  # the API serves while agents are relaunched beside it
-            agents = http.get("/v1/orgs/acme/agents").json()["agents"]
+            agents = self.http.get("/v1/orgs/acme/agents").json()["agents"]
             return [a["state"] for a in agents if a["name"] == "w"] == ["running"]
 
         wait_until(back, timeout=60)
-        http.close()
+        return tasks
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        wait_until(lambda: not _agent_pids(self.data), timeout=30)
+
+
+def test_kill_9_of_corral_up_leaves_its_agents_to_the_next_start_which_adopts_them(
+    tmp_path: Path,
+) -> None:
+    run = _Run(tmp_path / "data")
+    try:
+        pids = run.kill()
+        assert set(pids) <= set(_agent_pids(run.data))  # kept for the next start
+        run.restart()
+        tasks = run.every_task_completed_once()
+        # adopted, not restarted: the same process, and none of its work was run again
+        assert set(pids) == set(_agent_pids(run.data))
+        assert [t["attempts"] for t in tasks] == [1] * len(tasks)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    wait_until(lambda: not _agent_pids(data), timeout=10)
+        run.stop()
+
+
+def test_with_adopting_off_nothing_outlives_a_kill_9_and_the_restart_reruns_the_work(
+    tmp_path: Path,
+) -> None:
+    run = _Run(tmp_path / "data", adopt_seconds="0")
+    try:
+        run.kill()
+        wait_until(lambda: not _agent_pids(run.data), timeout=10)  # nothing runs unsupervised
+        run.restart(adopt_seconds="0")
+        run.every_task_completed_once()
+    finally:
+        run.stop()
+
+
+def test_agents_nobody_adopts_end_when_their_window_does(tmp_path: Path) -> None:
+    run = _Run(tmp_path / "data", adopt_seconds="2")
+    try:
+        pids = run.kill()
+        assert set(pids) <= set(_agent_pids(run.data))
+        wait_until(lambda: not _agent_pids(run.data), timeout=60)  # 2 s, on a loaded machine
+    finally:
+        run.stop()
+
+
+def test_agents_that_could_not_reach_the_next_start_are_restarted_not_adopted(
+    tmp_path: Path,
+) -> None:
+    run = _Run(tmp_path / "data")
+    gateway = json.loads((run.data / "agent-endpoints.json").read_text())["gateway"]
+    try:
+        pids = run.kill()
+        # another program took the model gateway's port meanwhile: the agents' sandbox lets
+        # them connect to the old port alone, so they are restarted, with the new one
+        with socket.socket() as taken:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("127.0.0.1", urlsplit(gateway).port or 0))
+            taken.listen()
+            run.restart()
+            run.every_task_completed_once()
+            now = _agent_pids(run.data)
+            assert now and not set(now) & set(pids)
+            moved = json.loads((run.data / "agent-endpoints.json").read_text())["gateway"]
+            assert moved != gateway
+    finally:
+        run.stop()
 
 
 async def test_a_second_control_plane_on_the_same_data_is_refused(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -62,6 +63,17 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return hook
 
 
+def _free(host: str, port: int) -> bool:
+    """Whether a server can listen on ``port`` now (as nats-server binds: address reuse on)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
     """How the embedded server is configured."""
@@ -69,6 +81,9 @@ class ServerOptions:
     caps: JetStreamCaps = JetStreamCaps(memory=256 * _MiB, storage=4096 * _MiB)
     host: str = "127.0.0.1"
     port: int = -1  # -1: any free port, kept across restarts
+    #: with ``port`` -1, this one if it is free: where the last control plane's server was,
+    #: so that the agents it left running reconnect to this one
+    prefer_port: int | None = None
     #: nats-server's HTTP monitoring port. Off by default: it answers without credentials and
     #: lists every tenant's connections, user JWTs, subscriptions and streams, and the
     #: platform's own metrics cover what operators need. ``http_port`` -1: any free port.
@@ -145,6 +160,7 @@ class EmbeddedNats:
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
             os.chmod(self.data_dir / sub, 0o700)
         os.chmod(self.data_dir, 0o700)
+        await self._after_predecessor()
         await self._start()
         self._supervisor = asyncio.create_task(self._supervise(), name="corral.bus.nats-server")
         return self
@@ -258,6 +274,44 @@ class EmbeddedNats:
             log.warning("nats-server %d ignored SIGTERM; killing it", proc.pid)
             proc.kill()
             await proc.wait()
+
+    async def _after_predecessor(self) -> None:
+        """Wait until the server the last control plane on this data directory started is
+        gone, then listen where it did if that port is free (``prefer_port``).
+
+        A control plane killed -9 leaves its server closing (its parent-death signal is
+        SIGTERM): JetStream syncs every stream and consumer before it exits, seconds with
+        hundreds of orgs. A second server must not open the same store meanwhile, so it is
+        given ``stop_grace``, as a stop would give it, and then killed. A port another
+        program holds is not waited for: any free one is taken instead."""
+        deadline = time.monotonic() + self.options.stop_grace
+        killed = False
+        while (pid := self._predecessor()) is not None:
+            if time.monotonic() > deadline:
+                if killed:
+                    raise Unavailable(f"the last nats-server of this data dir ({pid}) stays")
+                log.warning("the last nats-server %d is still closing; killing it", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed, deadline = True, time.monotonic() + self.options.stop_grace
+            await asyncio.sleep(0.05)
+        prefer = self.options.prefer_port
+        if self._port < 0 and prefer and _free(self.options.host, prefer):
+            self._port = prefer
+
+    def _predecessor(self) -> int | None:
+        """The pid of a server started on this data directory before that still runs: its
+        ports file names it, and its command line names this directory's configuration."""
+        conf = str(self.data_dir / "server.conf").encode()
+        for ports in (self.data_dir / "run").glob(f"{Path(self.binary).name}_*.ports"):
+            try:
+                pid = int(ports.stem.rsplit("_", 1)[1])
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (ValueError, OSError):
+                continue
+            if conf in cmdline.split(b"\0"):
+                return pid
+        return None
 
     async def _supervise(self) -> None:
         """Restart the server whenever it exits without being asked to."""

@@ -33,6 +33,7 @@ from corral.control.background import Background
 from corral.control.bus_health import BusHealth
 from corral.control.dispatch import Dispatcher
 from corral.control.documents import Documents
+from corral.control.endpoints import AgentEndpoints
 from corral.control.gateway.running import GatewayService
 from corral.control.hub import EventHub
 from corral.control.ingress import watch as watch_ingress
@@ -176,6 +177,7 @@ class Platform:
         self.access = SecretAccess(self.vault, self._registered_agent)
         self.roles = RoleService(RoleRepository(self.db), self.vault.grants)
         await self.roles.load()
+        before = AgentEndpoints.read(self.data_dir)  # what agents left running were given
         self.models = await self._stack.enter_async_context(
             GatewayService(
                 self.db,
@@ -185,12 +187,27 @@ class Platform:
                 self.orgs.get_by_id,
                 host=self.settings.host,
                 port=self.settings.resolved_gateway_port,
+                prefer=before.gateway_port if before else None,
             )
         )
 
         self._phases.mark("vault")
-        await self._start_bus()
+        await self._start_bus(before)
         self._phases.mark("bus")
+        endpoints = AgentEndpoints(bus=self.bus.url, gateway=self.models.url)
+        #: whether agents an earlier control plane left running may be adopted: a replica's
+        #: always (docs/ha.md); a single control plane's if they reach this one as they did
+        self.may_adopt = self.lease is not None or endpoints == before
+        if before is not None and endpoints != before:
+            log.info(
+                "the bus or the model gateway moved (%s, %s were %s, %s): agents left running "
+                "are restarted, not adopted",
+                endpoints.bus,
+                endpoints.gateway,
+                before.bus,
+                before.gateway,
+            )
+        endpoints.write(self.data_dir)
         self.runtime = await self._start_runtime()
         self._phases.mark("runtime")
         self.controller = Controller(
@@ -331,7 +348,9 @@ class Platform:
         self.models.agent_changed(agent)
 
     # -- bus ------------------------------------------------------------------------------
-    async def _start_bus(self) -> None:
+    async def _start_bus(self, before: AgentEndpoints | None) -> None:
+        """With ``before`` (what the last start's agents were given) the embedded server takes
+        the same port if it is free."""
         nats_dir = self.data_dir / "nats"
         nats_dir.mkdir(mode=0o700, exist_ok=True)
         nats_dir.chmod(0o700)
@@ -356,7 +375,11 @@ class Platform:
             server = EmbeddedNats(
                 nats_dir / "server",
                 authority.trust(),
-                ServerOptions(caps=caps, monitoring=self.settings.nats_monitoring),
+                ServerOptions(
+                    caps=caps,
+                    monitoring=self.settings.nats_monitoring,
+                    prefer_port=before.bus_port if before else None,
+                ),
             )
             self.nats = await self._stack.enter_async_context(server)
             url = server.url
@@ -418,8 +441,8 @@ class Platform:
                 run_as=run_as,
                 zygote=self.settings.fork_server,
                 sandbox=self.sandbox,
-                # a replica's agents outlive it, for the next leader to adopt
-                adopt_seconds=self.settings.adopt_seconds if self.lease is not None else 0.0,
+                # agents outlive a control plane that dies, for the next one to adopt
+                adopt_seconds=self.settings.adopt_seconds,
             )
         self._stack.push_async_callback(runtime.close)
         return runtime

@@ -225,10 +225,11 @@ async def reconcile(
 
 
 async def _adopt(p: Platform, agent: Agent) -> bool:
-    """Adopt a running agent the previous leader left (replicas): its process is alive, a
-    fork server keeps it, and it was heard from on the bus within the silence limit."""
+    """Adopt a running agent the previous control plane left: its process is alive, a fork
+    server keeps it, it was heard from on the bus within the silence limit, and it reaches
+    this control plane's bus and model gateway as it reached the last one's."""
     runtime = p.runtime
-    if p.lease is None or agent.state is not AgentState.RUNNING:
+    if not p.may_adopt or agent.state is not AgentState.RUNNING:
         return False
     if not isinstance(runtime, Adopting) or agent.last_seen_at is None:
         return False

@@ -63,7 +63,9 @@ class GatewayService:
         *,
         host: str,
         port: int,
+        prefer: int | None = None,
     ) -> None:
+        """``port`` 0 takes ``prefer`` if it is free, else any free port."""
         self.store = GatewayStore(db)
         self.catalog = ModelCatalog(self.store, vault)
         self.meter = Meter(self.store, self.catalog, metrics)
@@ -79,7 +81,7 @@ class GatewayService:
             audit_entry=vault.audit.entry,
             current_task=lambda agent_id: self._current_task(agent_id),
         )
-        self._host, self._port = host, port
+        self._host, self._port, self._prefer = host, port, prefer
         self._audit_entry = vault.audit.entry
         self._roles: Callable[[str], list[Role]] = lambda org_id: []
         self._background = Background()
@@ -128,8 +130,16 @@ class GatewayService:
             await asyncio.sleep(1.0)
             self.meter.release_lapsed()
 
+    def _listen(self) -> socket.socket:
+        if self._port == 0 and self._prefer:  # the port agents left running were given
+            try:
+                return _bind(self._host, self._prefer)
+            except OSError:
+                pass  # taken meanwhile: any other, and those agents are restarted
+        return _bind(self._host, self._port)
+
     async def __aenter__(self) -> GatewayService:
-        self.socket = _bind(self._host, self._port)
+        self.socket = self._listen()
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         self._background.spawn(self.meter.run(), "corral-metering")

@@ -12,11 +12,12 @@ only the kernel's help:
 - supervision: a named, guarded task per agent awaits its exit; an exit nobody asked for is
   ``CRASHED`` (or ``EXITED`` for code 0) and is published on :meth:`exits`
   (:mod:`.supervision`).
-- no orphans: agents die with the control plane (``PR_SET_PDEATHSIG``); ``agent.pid`` lets a
-  restarted control plane find and stop anything left behind (:mod:`.leftovers`); stopping an
-  agent stops its tree. With ``adopt_seconds`` (replicas), agents started from a fork server
-  outlive a control plane that dies or is deposed for that long, and the next leader adopts
-  them (:mod:`.adoption`); nobody adopting them in time ends them.
+- no orphans for long: with ``adopt_seconds`` (the platform gives 60 s), agents started from a fork
+  server outlive a control plane that dies or is deposed for that long, and the next one
+  adopts them (:mod:`.adoption`); nobody adopting them in time ends them. Without it, and
+  agents started by exec, die with the control plane (``PR_SET_PDEATHSIG``). ``agent.pid``
+  lets a restarted control plane find and stop anything left behind (:mod:`.leftovers`);
+  stopping an agent stops its tree.
 
 How an agent is started, by exec or from its organization's own fork server, is
 :mod:`.launching`'s; the fork servers themselves are :mod:`.forkpool`'s. This module ties those
