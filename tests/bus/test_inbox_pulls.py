@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
+from nats.aio.client import Client, RawCredentials
 
-from corral.bus import PlatformBus
+from corral.bus import EmbeddedNats, PlatformBus
 from corral.domain import subjects
 from corral.domain.messages import decode
 from corral.sdk.agent import inbox_messages
@@ -154,3 +156,44 @@ async def test_redeliveries_waiting_come_in_one_fetch(orgs: PlatformBus, connect
     for msg in again:
         await msg.ack()
     await puller.stop()
+
+
+async def test_a_long_poll_lost_with_a_restarted_server_is_asked_again_at_once(
+    orgs: PlatformBus, server: EmbeddedNats
+) -> None:
+    """The agent's long poll dies with the server that held it (killed, and restarted on its
+    URL); on reconnecting, the SDK interrupts it, so the next task is not left unread until
+    the lost poll would have expired."""
+    await orgs.prepare_agent("a", "a5")
+    creds = orgs.mint_agent_creds("a", "a5", ttl_seconds=60)
+    readers: list[Puller] = []
+
+    async def reconnected() -> None:  # as corral.sdk.agent wires it
+        for reader in readers:
+            reader.interrupt()
+
+    nc = Client()
+    await nc.connect(
+        server.url,
+        user_credentials=RawCredentials(creds.creds),
+        inbox_prefix=creds.inbox_prefix,
+        reconnected_cb=reconnected,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,  # type: ignore[arg-type]
+    )
+    try:
+        puller = await _puller(nc, "a5")
+        readers.append(puller)
+        fetch = asyncio.create_task(puller.fetch(64, wait=LONG_POLL))
+        await eventually(lambda: _waiting_pulls(orgs, "a", "a5"), message="the poll is out")
+        restarts = server.restarts
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        await eventually(lambda: server.restarts > restarts, timeout=60, message="restarted")
+        assert await asyncio.wait_for(fetch, 60) == []  # ended by the reconnect, not expired
+        await orgs.deliver("a", "a5", make_task("after", "a5"))
+        got = await asyncio.wait_for(puller.fetch(64, wait=LONG_POLL), 60)
+        assert [inbox_messages(decode(m.data))[0].task_id for m in got] == ["after"]
+        await puller.stop()
+    finally:
+        await nc.close()

@@ -116,6 +116,7 @@ class Agent:
             stopping=self._stopping,
         )
         self._errors: list[str] = []
+        self._inbox: Puller | None = None  # the inbox reader, once connected
         self._pacer = object_io.Pacer(config.ingress_bytes)
 
     @classmethod
@@ -154,7 +155,7 @@ class Agent:
         control = await self._nc.subscribe(
             subjects.agent_control(self.config.org, self.config.agent_id), cb=self._on_control
         )
-        inbox = Puller(
+        self._inbox = inbox = Puller(
             self._nc,
             stream=subjects.INBOX_STREAM,
             consumer=subjects.inbox_consumer(self.config.agent_id),
@@ -217,6 +218,12 @@ class Agent:
         async def on_closed() -> None:
             self._stopping.set()
 
+        async def on_reconnected() -> None:
+            # the long poll out may have died with the server (a restarted one, say, after
+            # the control plane that ran it was killed): ask the one there now at once
+            if self._inbox is not None:
+                self._inbox.interrupt()
+
         try:
             self._nc = await nats.connect(
                 self.config.nats_url,
@@ -224,6 +231,7 @@ class Agent:
                 inbox_prefix=subjects.agent_inbox_prefix(self.config.agent_id).encode(),
                 error_cb=on_error,
                 closed_cb=on_closed,
+                reconnected_cb=on_reconnected,
                 max_reconnect_attempts=60,
                 reconnect_time_wait=0.5,
                 name=self.config.agent_id,

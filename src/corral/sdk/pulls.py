@@ -17,7 +17,10 @@ batch, an org's events) costs one request per message, not three.
 
 Each request is waited for until its terminal status or its expiry: a message the server
 sends to a request nobody waits for any more would be acknowledged, unseen, by the
-cumulative acknowledgement of a later one.
+cumulative acknowledgement of a later one. The one exception is :meth:`Puller.interrupt`,
+for a reconnect: a request made before it may have died with the server that held it (a
+restarted one knows nothing of it), so waiting out its expiry would leave messages unread
+for that long; what an old request still brings is read by the next fetch.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ class Puller:
         self._max_bytes = max_bytes
         self._timeout = timeout
         self._inbox = nc.new_inbox()
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: interrupted
         self._sub: Subscription | None = None
         #: whether the last message fetched said more were waiting behind it
         self._more = True
@@ -82,6 +85,12 @@ class Puller:
             self._queue.put_nowait(msg)
 
         self._sub = await self._nc.subscribe(self._inbox, cb=on_msg)
+
+    def interrupt(self) -> None:
+        """End the request under way now, as if it expired (the connection was made again:
+        the next fetch asks the server that is there now)."""
+        self._queue.put_nowait(None)
+        self._more = True
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -124,6 +133,8 @@ class Puller:
             try:
                 msg = await asyncio.wait_for(self._queue.get(), remaining)
             except TimeoutError:
+                break
+            if msg is None:  # interrupted
                 break
             status = msg.headers.get(_STATUS) if msg.headers else None
             if status is None:
