@@ -12,6 +12,7 @@ from corral.domain.admission import AdmittedResources
 from corral.domain.errors import Conflict, InvalidInput
 from corral.domain.ids import AgentId
 from corral.domain.tenancy import is_dns1123_label
+from corral.domain.wire import MAX_SLOTS
 
 __all__ = [
     "MAX_SLOTS",
@@ -25,9 +26,6 @@ __all__ = [
     "validate_name",
 ]
 
-
-#: The most tasks one agent may take at once, whatever it asks for or announces.
-MAX_SLOTS = 1024
 
 
 class AgentState(StrEnum):

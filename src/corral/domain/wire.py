@@ -27,12 +27,17 @@ __all__ = [
     "BATCH_OVERHEAD",
     "EVENTS_BATCH_MAX",
     "INBOX_BATCH_MAX",
+    "MAX_SLOTS",
     "batch_from_wire",
     "batch_to_wire",
     "error_from_wire",
     "is_error",
     "join_batch",
 ]
+
+#: The most tasks one agent may take at once, whatever it asks for or announces (here, where
+#: an agent's SDK reads it without the rest of the domain).
+MAX_SLOTS = 1024
 
 BATCH_KEY = "batch"
 #: The most task messages one inbox message carries to an agent that reads batches.

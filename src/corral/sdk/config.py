@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.domain.agents import MAX_SLOTS
 from corral.domain.errors import InvalidInput
+from corral.domain.wire import MAX_SLOTS
 
 __all__ = ["AgentConfig", "parse_slots"]
 
