@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
+import signal
 from typing import Any
 
 import nats
@@ -22,7 +24,7 @@ from corral.bus import (
     streams,
 )
 from corral.domain import messages, subjects
-from corral.domain.errors import Conflict, NotFound, QuotaExceeded, Unavailable
+from corral.domain.errors import Conflict, CorralError, NotFound, QuotaExceeded, Unavailable
 from corral.domain.messages import (
     ControlKind,
     ControlMessage,
@@ -31,7 +33,7 @@ from corral.domain.messages import (
     StatusMessage,
     TaskMessage,
 )
-from tests.bus.conftest import CAPS, LIMITS, Connect, MiB, make_task
+from tests.bus.conftest import CAPS, LIMITS, Connect, MiB, Peer, make_task
 from tests.support import eventually
 
 
@@ -512,3 +514,34 @@ async def test_an_orgs_next_batch_waits_for_the_last_to_be_acknowledged_and_othe
     first_b = next(n for n, orgs in enumerate(rounds) if "b" in orgs)
     assert first_b < 3, rounds  # b's one event did not wait behind a's whole backlog
     assert sum("a" in orgs for orgs in rounds) >= 3  # a's backlog came a batch at a time
+
+
+async def test_an_orgs_event_feed_asks_again_at_once_when_the_server_restarted_under_it(
+    server: EmbeddedNats, authority: BusAuthority, connect: Connect
+) -> None:
+    """The control plane's long poll on an org's EVENTS dies with a server that is killed
+    (and restarted on its URL); on reconnecting it asks the new one at once, so an event
+    sent after the restart is read, not left until the lost poll would have expired."""
+    async with PlatformBus(server.url, authority, events_wait=300) as bus:
+        await bus.ensure_org("a", LIMITS)
+        await bus.prepare_agent("a", "a1")
+        before = await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+        await before.nc.publish(subjects.agent_status("a", "a1"), _status("a1", 0))
+        [first] = await asyncio.wait_for(_take(bus, 1), 60)
+        assert first.message.detail == {"n": 0}  # type: ignore[union-attr]
+        restarts = server.restarts
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        await eventually(lambda: server.restarts > restarts, timeout=60, message="restarted")
+        after = await eventually(
+            lambda: _connected(connect, bus), timeout=60, message="the agent connects again"
+        )
+        await after.nc.publish(subjects.agent_status("a", "a1"), _status("a1", 1))
+        [second] = await asyncio.wait_for(_take(bus, 1), 60)  # not after the 300 s poll
+        assert second.message.detail == {"n": 1}  # type: ignore[union-attr]
+
+
+async def _connected(connect: Connect, bus: PlatformBus) -> Peer | None:
+    with contextlib.suppress(CorralError, nats.errors.Error, OSError):
+        return await connect(bus.mint_agent_creds("a", "a1", ttl_seconds=60))
+    return None

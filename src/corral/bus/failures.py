@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import nats.errors
@@ -103,8 +103,10 @@ async def open_connection(
     timeout: float,
     reconnect: bool = True,
     inbox_prefix: str = "_INBOX",
+    reconnected: Callable[[], Awaitable[None]] | None = None,
 ) -> Client:
     """Connect with creds text; a refused connection leaves no socket behind.
+    ``reconnected`` is called each time the connection is made again.
 
     Raises:
         Unauthenticated: the server refused the credentials (bad, revoked or expired).
@@ -119,6 +121,7 @@ async def open_connection(
                 name=name,
                 error_cb=recorder.on_error,
                 inbox_prefix=inbox_prefix,
+                reconnected_cb=reconnected,
                 connect_timeout=int(max(1, timeout)),
                 allow_reconnect=reconnect,
                 # nats-py applies this to the first connect too, where 0 and -1 both mean

@@ -168,6 +168,7 @@ class EventFeeds:
             timeout=self.timeout,
         )
         await puller.start()
+        link.on_reconnect.append(puller.interrupt)  # its long poll may be lost with the server
 
         def keep_going(state: _State) -> bool:
             if state == "active":
@@ -181,6 +182,7 @@ class EventFeeds:
         try:
             await self._pump(link.org, puller, org=link.org, cumulative=True, go=keep_going)
         finally:
+            link.on_reconnect.remove(puller.interrupt)
             self._backlog.pop(link.org, None)
             await puller.stop()
 

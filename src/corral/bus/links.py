@@ -59,6 +59,9 @@ class OrgLink:
         self.users = 0
         self.retiring = False
         self.feed: asyncio.Task[None] | None = None
+        #: called when the connection was made again (a pull out may have died with the
+        #: server that held it)
+        self.on_reconnect: list[Callable[[], None]] = []
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -161,14 +164,22 @@ class OrgLinks:
             if self.authority.limits(org) is None:
                 raise NotFound(f"organization {org!r} has no bus account", details={"org": org})
             creds = self.authority.mint_org_link_creds(org, ttl_seconds=LINK_TTL_SECONDS)
+            hooks: list[Callable[[], None]] = []
+
+            async def reconnected() -> None:
+                for hook in list(hooks):
+                    hook()
+
             nc = await open_connection(
                 self.url,
                 creds,
                 name=f"{org}-platform-link",
                 recorder=ViolationRecorder(name=f"{org}-platform-link"),
                 timeout=self.timeout,
+                reconnected=reconnected,
             )
             link = OrgLink(org, nc, timeout=self.timeout, idle_seconds=self.idle_seconds)
+            link.on_reconnect = hooks
             await link.publisher.start()
             if kept is not None:
                 self.retire(kept)
