@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -138,9 +139,13 @@ async def test_the_next_server_waits_for_the_last_one_to_close_and_listens_where
     caps = CAPS
     authority = BusAuthority(tmp_path / "bus", caps=caps)
     options = ServerOptions(caps=caps, prefer_port=port, stop_grace=0.5)
-    async with EmbeddedNats(tmp_path / "nats", authority.trust(), options) as server:
-        assert _gone(old)
-        assert server.url.endswith(f":{port}")
+    try:
+        async with EmbeddedNats(tmp_path / "nats", authority.trust(), options) as server:
+            assert _gone(old)
+            assert server.url.endswith(f":{port}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGKILL)  # whatever happened, no stopped server stays behind
 
 
 async def test_a_preferred_port_another_program_holds_is_not_waited_for(

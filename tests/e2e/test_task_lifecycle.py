@@ -282,3 +282,17 @@ async def test_the_checkpoint_file_is_the_agents_alone(live: Live) -> None:
     assert r.status_code == 200
     (found,) = list((live.data_dir / "agents").rglob(".corral-checkpoint.json"))
     assert stat.S_IMODE(found.stat().st_mode) == 0o600
+
+
+async def test_a_result_that_comes_after_the_deadline_expires_the_task(live: Live) -> None:
+    """Nothing looked at the deadline while the task ran (as when the control plane is down
+    then, its agent running on to be adopted): the result, come too late, does not count."""
+    await live.org("acme")
+    a = await _agent(live, "acme", "w")
+    live.platform.dispatcher.timeouts.check = lambda now: None
+    t = await live.task("acme", agent=a["id"], deadline="1s", payload={"op": "sleep", "seconds": 2})
+    done = await live.wait_task("acme", t["id"], timeout=60)
+    assert done["state"] == "expired", done
+    assert "deadline passed while it ran" in done["history"][-1]["detail"]
+    after = await live.task("acme", agent=a["id"], payload={"op": "echo"})  # its slot is free
+    assert (await live.wait_task("acme", after["id"]))["state"] == "completed"

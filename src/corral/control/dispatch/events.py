@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
@@ -169,6 +170,9 @@ class AgentEvents:
         if msg.attempt < rec.attempts:
             self._unrecorded(org_slug, msg)
             return  # a late result of an earlier attempt (still in an inbox when retried)
+        if rec.deadline is not None and rec.deadline.timestamp() <= time.time():
+            self._past_deadline(org_slug, rec, msg)
+            return
         if msg.type is MessageType.FAILED or msg.type is MessageType.CANCELLED:
             self._failed(rec, msg)
             return
@@ -187,6 +191,18 @@ class AgentEvents:
         else:
             book.move(rec, outcome, via=via, detail=detail, result=msg.payload, progress=progress)
         book.free_slot(rec)
+
+    def _past_deadline(self, org_slug: str, rec: TaskRecord, msg: TaskMessage) -> None:
+        """A result that came once the task's deadline had passed: the task expired, as the
+        timeouts decide when they look in time (they look every 0.2 s, and not at all while
+        the control plane is down, when an agent it left running to be adopted ran on). Its
+        handler has ended, so its slot is free at once."""
+        self._unrecorded(org_slug, msg)
+        why = "the deadline passed while it ran"
+        self._book.end_attempt(rec, stop=False)
+        self._book.move(
+            rec, TaskState.EXPIRED, detail=why, result={"reason": why, "attempts": rec.attempts}
+        )
 
     def _unrecorded(self, org_slug: str, msg: TaskMessage) -> None:
         """A result its task will never have (the task was stopped, or retried): if it was
