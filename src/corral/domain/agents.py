@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 
-
 class AgentState(StrEnum):
     PROVISIONING = "provisioning"
     RUNNING = "running"
