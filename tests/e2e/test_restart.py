@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -123,6 +124,23 @@ def test_kill_9_of_corral_up_leaves_its_agents_to_the_next_start_which_adopts_th
         run.restart()
         tasks = run.every_task_completed_once()
         # adopted, not restarted: the same process, and none of its work was run again
+        assert set(pids) == set(_agent_pids(run.data))
+        assert [t["attempts"] for t in tasks] == [1] * len(tasks)
+    finally:
+        run.stop()
+
+
+def test_agents_left_longer_than_the_silence_limit_are_still_adopted(tmp_path: Path) -> None:
+    """An agent cannot be heard while no control plane runs: the outage is not its silence
+    (heartbeats every 1 s here: an agent silent 10 s is judged hung)."""
+    run = _Run(tmp_path / "data")
+    try:
+        pids = run.kill()
+        # the outage's length is the stimulus: past the silence limit, then start again
+        threading.Event().wait(12)
+        assert set(pids) <= set(_agent_pids(run.data))
+        run.restart()
+        tasks = run.every_task_completed_once()
         assert set(pids) == set(_agent_pids(run.data))
         assert [t["attempts"] for t in tasks] == [1] * len(tasks)
     finally:

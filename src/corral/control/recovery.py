@@ -173,11 +173,16 @@ async def reconcile(
     gate = asyncio.Semaphore(concurrency)
     started = time.monotonic()
     step = max(1, len(todo) // 10)
+    # the last time the previous control plane heard any agent: nobody was heard after it
+    # died (nor, in a single control plane, while its bus was down), and that is no agent's
+    # silence
+    heard = [a.last_seen_at for a in records.values() if a.last_seen_at is not None]
+    heard_until = max(heard) if heard else None
 
     async def adopt(agent: Agent) -> None:
         async with gate:
             try:
-                if await _adopt(p, agent):
+                if await _adopt(p, agent, heard_until):
                     adopted.add(agent.id)
                     progress.adopted += 1
             except CorralError as exc:
@@ -224,16 +229,17 @@ async def reconcile(
         await p.dispatcher.resend(adopted)
 
 
-async def _adopt(p: Platform, agent: Agent) -> bool:
+async def _adopt(p: Platform, agent: Agent, heard_until: datetime | None) -> bool:
     """Adopt a running agent the previous control plane left: its process is alive, a fork
-    server keeps it, it was heard from on the bus within the silence limit, and it reaches
-    this control plane's bus and model gateway as it reached the last one's."""
+    server keeps it, it was heard from on the bus within the silence limit of the last time
+    any agent was (``heard_until``), and it reaches this control plane's bus and model
+    gateway as it reached the last one's."""
     runtime = p.runtime
     if not p.may_adopt or agent.state is not AgentState.RUNNING:
         return False
     if not isinstance(runtime, Adopting) or agent.last_seen_at is None:
         return False
-    silent = (datetime.now(UTC) - agent.last_seen_at).total_seconds()
+    silent = ((heard_until or datetime.now(UTC)) - agent.last_seen_at).total_seconds()
     if silent > p.controller.silence_limit:
         log.info("not adopting %s: silent for %.0fs", agent.id, silent)
         return False
