@@ -396,7 +396,7 @@ async def test_chaos_every_task_ends_once_and_no_agent_is_left_without_a_process
     assert len(run.ids) == TASKS and len(set(run.ids.values())) == TASKS, report
     assert set(tasks) == set(run.ids.values()), report
     by_state = Counter(t["state"] for t in tasks.values())
-    assert sum(by_state.values()) == TASKS, (by_state, report)
+    assert sum(by_state.values()) == TASKS, f"{report}; {by_state}"
     wrong = []
     for i, task_id in run.ids.items():
         kind, state = KINDS[i % 20], tasks[task_id]["state"]
@@ -416,18 +416,18 @@ async def test_chaos_every_task_ends_once_and_no_agent_is_left_without_a_process
         }[kind]
         if state not in expected:
             wrong.append((i, kind, state, tasks[task_id].get("result")))
-    assert not wrong, (len(wrong), wrong[:10], report)
+    assert not wrong, f"{report}; {len(wrong)} tasks ended wrong, the first: {wrong[:10]}"
     kinds = Counter(KINDS[i % 20] for i in run.ids)
     cancelled = len(run.cancelled) + sum(
         1 for i in run.unsure if tasks[run.ids[i]]["state"] == "cancelled"
     )
     completed = kinds["complete"] + kinds["slow"] + kinds["cancel"] - cancelled
-    assert by_state["completed"] == completed, (by_state, report)
+    assert by_state["completed"] == completed, f"{report}; {by_state}"
 
     # none completed twice: the stored history of every task
     twice = {t: n for t, n in _completions(plane.data / "corral.db").items() if n > 1}
-    assert not twice, (twice, report)
+    assert not twice, f"{report}; completed twice: {twice}"
     # every agent is running with a process and none failed (``settled``), and the pod quota
     # in use is what they hold
-    assert len(agents) == AGENTS, (agents, report)
-    assert usage["pods"]["used"] == str(AGENTS), (usage, report)
+    assert len(agents) == AGENTS, f"{report}; agents: {agents}"
+    assert usage["pods"]["used"] == str(AGENTS), f"{report}; usage: {usage}"
