@@ -232,7 +232,10 @@ class Agent:
                 error_cb=on_error,
                 closed_cb=on_closed,
                 reconnected_cb=on_reconnected,
-                max_reconnect_attempts=60,
+                # for as long as it takes: whether an agent should still run is its
+                # supervisor's to say (a control plane restarted after a long outage adopts
+                # it; one that does not ends it), never the bus's absence
+                max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 name=self.config.agent_id,
             )

@@ -354,6 +354,7 @@ class Dispatcher:
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
+        self.reaper.listening()
         self.kick()  # the first round at once: what the store held is placeable now
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that

@@ -9,7 +9,9 @@ for a pause an agent is given no new work. What a pause or a restart does to an 
 controller's business; an agent restarted for silence may be judged silent again only once it
 has been heard from since. While the bus does not answer, and for as long after it answers
 again as a heartbeat may take to be heard, no agent is judged silent
-(:mod:`corral.control.bus_health`).
+(:mod:`corral.control.bus_health`); nor is one judged by a silence that began before this
+dispatcher listened (:meth:`Reaper.listening`): after a restart, the time no control plane
+ran is nobody's silence, and an agent adopted then has the whole limit to be heard.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ class Reaper:
         self._role = role  # an org's declared role of that name
         self._silenced: set[str] = set()  # being restarted for a lost heartbeat
         self._last = 0.0
+        self._since = datetime.now(UTC)  # heartbeats heard from then on
+
+    def listening(self, since: datetime | None = None) -> None:
+        """Heartbeats are heard from now (or ``since``) on: the dispatch loop starts. An
+        agent's silence is counted from then at the earliest."""
+        self._since = since or datetime.now(UTC)
 
     def heard(self, agent_id: str) -> None:
         """The agent spoke: if it was restarted for silence, it may be judged again."""
@@ -84,7 +92,7 @@ class Reaper:
             return
         now = datetime.now(UTC)
         for agent in running:
-            seen = agent.last_seen_at or agent.resumed_at or agent.created_at
+            seen = max(agent.last_seen_at or agent.resumed_at or agent.created_at, self._since)
             if (now - seen).total_seconds() < limit:
                 continue
             org = self._orgs.get(agent.org_id)
