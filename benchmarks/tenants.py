@@ -325,6 +325,7 @@ async def agents_and_tasks(
             return post
 
         total = len(task_orgs) * args.tasks
+        spent: list[dict[str, float]] = []
         for wave, what in enumerate(("their agents woken from paused", "their agents running")):
             before = await completed_tasks(http)
             cpu_before = cpu_by_process(cp)
@@ -347,6 +348,15 @@ async def agents_and_tasks(
                 + ", ".join(f"{k} {v:.2f}" for k, v in used.items())
                 + f" (of {wall * (os.cpu_count() or 1):.1f} on {os.cpu_count()} cores)"
             )
+            spent.append(used)
+        woken, running = spent
+        per_wake = {k: (woken[k] - running[k]) / len(task_orgs) for k in woken}
+        print(
+            "    each wake's own cost (the first wave's CPU seconds less the second's, per "
+            "agent): "
+            + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in per_wake.items() if k != "this client")
+            + "; see benchmarks/wake_floor.py for the least any process can spend on it"
+        )
     return out
 
 

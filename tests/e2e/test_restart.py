@@ -189,6 +189,33 @@ def test_agents_that_could_not_reach_the_next_start_are_restarted_not_adopted(
         run.stop()
 
 
+def _confined(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return "\nSeccomp:\t2" in status and "\nNoNewPrivs:\t1" in status
+
+
+def test_agents_started_under_a_looser_sandbox_are_restarted_not_adopted(
+    tmp_path: Path,
+) -> None:
+    """The operator restarts with the sandbox on where it was off: an agent left running
+    unconfined must not be adopted as it is, but restarted, confined."""
+    from corral.runtime.local.confinement import host_report
+
+    if host_report().level != "full":
+        pytest.skip(f"this host cannot give every layer: {host_report().describe()}")
+    run = _Run(tmp_path / "data", sandbox="off")
+    try:
+        pids = run.kill()
+        assert not any(_confined(pid) for pid in pids)
+        run.restart(sandbox="best-effort")
+        run.every_task_completed_once()
+        now = _agent_pids(run.data)
+        assert now and not set(now) & set(pids)
+        assert all(_confined(pid) for pid in now)
+    finally:
+        run.stop()
+
+
 async def test_a_second_control_plane_on_the_same_data_is_refused(tmp_path: Path) -> None:
     from corral.control.platform import Platform
     from corral.domain.errors import Conflict

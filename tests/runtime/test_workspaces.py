@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
 from corral.domain.errors import InvalidInput
-from corral.runtime.local.workspaces import AgentPaths, check_name, tail_lines, write_private
+from corral.runtime.local.workspaces import (
+    AgentPaths,
+    check_name,
+    reown,
+    tail_lines,
+    write_private,
+)
 
 
 @pytest.mark.parametrize("name", ["acme", "acme-corp", "agent-acme-w1-3f9a", "A.b_c"])
@@ -48,3 +55,24 @@ def test_tail_returns_the_last_lines(tmp_path: Path) -> None:
     assert tail_lines(tmp_path / "missing.log", 10) == ""
     log.write_text("no newline at the end")
     assert tail_lines(log, 1) == "no newline at the end"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another uid needs root")
+def test_a_workspace_kept_from_a_run_as_another_uid_is_given_back_links_not_followed(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.write_text("the platform's")
+    ws = tmp_path / "workspace"
+    (ws / "deep" / "er").mkdir(parents=True)
+    (ws / "deep" / "er" / "state.json").write_text("{}")
+    (ws / "link").symlink_to(outside)
+    owner = (54321, 54321)
+
+    reown(ws, owner)
+
+    for path in (ws, ws / "deep", ws / "deep" / "er", ws / "deep" / "er" / "state.json"):
+        assert (path.lstat().st_uid, path.lstat().st_gid) == owner, path
+    assert (ws / "link").lstat().st_uid == owner[0]  # the link itself
+    assert outside.stat().st_uid == 0  # not what it points to
+    reown(ws / "absent", owner)  # nothing there: nothing to do

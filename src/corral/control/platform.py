@@ -33,7 +33,7 @@ from corral.control.background import Background
 from corral.control.bus_health import BusHealth
 from corral.control.dispatch import Dispatcher
 from corral.control.documents import Documents
-from corral.control.endpoints import AgentEndpoints
+from corral.control.endpoints import AgentEndpoints, setup_digest
 from corral.control.gateway.running import GatewayService
 from corral.control.hub import EventHub
 from corral.control.ingress import watch as watch_ingress
@@ -194,18 +194,17 @@ class Platform:
         self._phases.mark("vault")
         await self._start_bus(before)
         self._phases.mark("bus")
-        endpoints = AgentEndpoints(bus=self.bus.url, gateway=self.models.url)
+        endpoints = AgentEndpoints(
+            bus=self.bus.url, gateway=self.models.url, setup=self._agent_setup()
+        )
         #: whether agents an earlier control plane left running may be adopted: a replica's
-        #: always (docs/ha.md); a single control plane's if they reach this one as they did
+        #: always (docs/ha.md); a single control plane's if they reach this one as they did,
+        #: and were started as this one would start them
         self.may_adopt = self.lease is not None or endpoints == before
         if before is not None and endpoints != before:
             log.info(
-                "the bus or the model gateway moved (%s, %s were %s, %s): agents left running "
-                "are restarted, not adopted",
-                endpoints.bus,
-                endpoints.gateway,
-                before.bus,
-                before.gateway,
+                "agents left running are restarted, not adopted: %s",
+                "; ".join(endpoints.changes(before)),
             )
         endpoints.write(self.data_dir)
         self.runtime = await self._start_runtime()
@@ -404,6 +403,23 @@ class Platform:
         await asyncio.gather(*(restore(org) for org in orgs))
         took = asyncio.get_running_loop().time() - began
         log.info("%d organizations restored on the bus in %.1fs", len(orgs), took)
+
+    def _agent_setup(self) -> str:
+        """The digest of what every local agent is started with besides the two URLs: its
+        sandbox's settings and the environment the platform gives it. Agents started under
+        other values are not adopted (a restart that tightened the sandbox restarts them)."""
+        s = self.settings
+        return setup_digest(
+            {
+                "sandbox": s.sandbox,
+                "uids": [s.sandbox_uid_base, s.sandbox_uid_count],
+                "ports": sorted([*s.sandbox_allow_ports, *s.otlp_ports]),
+                "read_only": sorted(s.sandbox_read_only),
+                "fork_server": s.fork_server,
+                "env": self._agent_env(),
+                "pythonpath": os.environ.get("PYTHONPATH", ""),
+            }
+        )
 
     def _agent_env(self) -> dict[str, str]:
         s = self.settings  # agents export their spans where the control plane does

@@ -45,6 +45,7 @@ from corral.runtime.local.workspaces import (
     ensure_dir,
     note,
     note_line,
+    reown,
     write_private,
 )
 from corral.runtime.sandbox import SandboxPolicy
@@ -158,6 +159,9 @@ class Launcher:
             ensure_dir(paths.org_dir, mode, owner=owner)
             ensure_dir(paths.agents_dir, mode, owner=owner)
             created_dir = ensure_dir(paths.agent_dir, mode, owner=owner)
+            if ids is not None:  # kept from a run as another uid: the agent's own again
+                reown(paths.workspace, ids)
+                reown(paths.tmp, ids)
             created_ws = ensure_dir(paths.workspace, 0o700, owner=ids)
             ensure_dir(paths.tmp, 0o700, owner=ids)
             ensure_dir(paths.log.parent, 0o700)

@@ -34,6 +34,7 @@ __all__ = [
     "ensure_dir",
     "note",
     "note_line",
+    "reown",
     "tail_lines",
     "write_private",
 ]
@@ -109,6 +110,23 @@ def ensure_dir(path: Path, mode: int, *, owner: tuple[int, int] | None = None) -
     if owner is not None:
         os.chown(path, *owner)
     return created
+
+
+def reown(path: Path, owner: tuple[int, int]) -> None:
+    """Give ``path`` and all it holds to ``owner`` if it is someone else's: a workspace kept
+    across a change of who its agent runs as (the sandbox turned on, say, where the agent ran
+    as the platform's own uid) stays the agent's. Only ever done while no agent runs in it;
+    symbolic links are changed, never followed. One ``stat`` when nothing is to be done."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if (st.st_uid, st.st_gid) == owner or not path.is_dir() or path.is_symlink():
+        return
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in (*files, *dirs):
+            os.lchown(os.path.join(top, name), *owner)
+    os.lchown(path, *owner)
 
 
 def write_private(path: Path, data: str, *, owner: tuple[int, int] | None = None) -> None:
