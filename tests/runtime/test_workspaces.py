@@ -58,7 +58,7 @@ def test_tail_returns_the_last_lines(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another uid needs root")
-def test_a_workspace_kept_from_a_run_as_another_uid_is_given_back_links_not_followed(
+def test_a_workspace_kept_from_a_run_as_another_uid_is_given_back_but_never_beyond_it(
     tmp_path: Path,
 ) -> None:
     outside = tmp_path / "outside"
@@ -67,6 +67,8 @@ def test_a_workspace_kept_from_a_run_as_another_uid_is_given_back_links_not_foll
     (ws / "deep" / "er").mkdir(parents=True)
     (ws / "deep" / "er" / "state.json").write_text("{}")
     (ws / "link").symlink_to(outside)
+    os.link(outside, ws / "hard")  # a root agent could link what is not its own
+    os.mkfifo(ws / "fifo")
     owner = (54321, 54321)
 
     reown(ws, owner)
@@ -74,5 +76,6 @@ def test_a_workspace_kept_from_a_run_as_another_uid_is_given_back_links_not_foll
     for path in (ws, ws / "deep", ws / "deep" / "er", ws / "deep" / "er" / "state.json"):
         assert (path.lstat().st_uid, path.lstat().st_gid) == owner, path
     assert (ws / "link").lstat().st_uid == owner[0]  # the link itself
-    assert outside.stat().st_uid == 0  # not what it points to
+    assert outside.stat().st_uid == 0  # not what it points to, nor the inode linked twice
+    assert (ws / "fifo").lstat().st_uid == 0  # no workspace's content: left as it was
     reown(ws / "absent", owner)  # nothing there: nothing to do

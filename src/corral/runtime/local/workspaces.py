@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,17 +116,23 @@ def ensure_dir(path: Path, mode: int, *, owner: tuple[int, int] | None = None) -
 def reown(path: Path, owner: tuple[int, int]) -> None:
     """Give ``path`` and all it holds to ``owner`` if it is someone else's: a workspace kept
     across a change of who its agent runs as (the sandbox turned on, say, where the agent ran
-    as the platform's own uid) stays the agent's. Only ever done while no agent runs in it;
-    symbolic links are changed, never followed. One ``stat`` when nothing is to be done."""
+    as the platform's own uid) stays the agent's. Only ever done while no agent runs in it.
+    Directories, symbolic links (changed, never followed) and regular files of one link are
+    given; nothing else is: a file with another link may be the same inode as one outside the
+    workspace (a hard link an agent made when it could), and a device node or a socket is no
+    workspace's content. One ``stat`` when nothing is to be done."""
     try:
         st = path.lstat()
     except FileNotFoundError:
         return
-    if (st.st_uid, st.st_gid) == owner or not path.is_dir() or path.is_symlink():
+    if (st.st_uid, st.st_gid) == owner or not stat.S_ISDIR(st.st_mode):
         return
     for top, dirs, files in os.walk(path, topdown=False):
         for name in (*files, *dirs):
-            os.lchown(os.path.join(top, name), *owner)
+            item = os.path.join(top, name)
+            mode, links = (info := os.lstat(item)).st_mode, info.st_nlink
+            if stat.S_ISDIR(mode) or stat.S_ISLNK(mode) or (stat.S_ISREG(mode) and links == 1):
+                os.lchown(item, *owner)
     os.lchown(path, *owner)
 
 
