@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,10 +23,14 @@ import pytest
 from tests.e2e.conftest import live_settings
 from tests.support import wait_until
 
+HERE = Path(__file__).resolve().parent
+
 
 def _start(data: Path, **settings: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env["CORRAL_HEARTBEAT_SECONDS"] = "1"
+    # this directory's agent modules (squatter_agent), importable by the fork servers
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
     env |= {f"CORRAL_{k.upper()}": v for k, v in settings.items()}
     (data / "api.url").unlink(missing_ok=True)  # left behind by a killed control plane
     # each start's log beside the data dir, for a failure to be read
@@ -214,6 +220,71 @@ def test_agents_started_under_a_looser_sandbox_are_restarted_not_adopted(
         assert all(_confined(pid) for pid in now)
     finally:
         run.stop()
+
+
+def test_an_agent_cannot_take_the_platforms_ports_while_no_control_plane_runs(
+    tmp_path: Path,
+) -> None:
+    """A hostile agent tries all the time to listen on the bus's port and the gateway's: the
+    moment they are free (the control plane killed, its nats-server gone) it would have the
+    other agents' reconnects and push the next start elsewhere. Its sandbox allows no bind:
+    every try is refused, the next start takes both ports back and adopts it."""
+    from corral.runtime.local.confinement import host_report
+
+    if host_report().level != "full":
+        pytest.skip(f"this host cannot give every layer: {host_report().describe()}")
+    data = tmp_path / "data"
+    proc = _start(data)
+    url = (data / "api.url").read_text().strip()
+    key = (data / "admin.key").read_text().strip()
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    try:
+        assert http.post("/v1/orgs", json={"name": "mal"}).status_code == 201
+        command = [sys.executable, "-m", "squatter_agent"]
+        r = http.post(
+            "/v1/orgs/mal/agents",
+            json={"name": "s", "role": "worker", "command": command, "wait": True},
+        )
+        assert r.status_code == 201, r.text
+        agent_id = r.json()["id"]
+        record = data / "agents/orgs/mal/agents" / agent_id / "workspace/squat.json"
+
+        def squatted() -> dict[str, Any] | None:
+            try:
+                got: dict[str, Any] = json.loads(record.read_text())
+                return got
+            except (OSError, ValueError):
+                return None
+
+        wait_until(squatted, timeout=30)
+        nats = next(c for c in psutil.Process(proc.pid).children() if "nats" in c.name())
+        pids = _agent_pids(data)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        http.close()
+        nats.wait(timeout=30)  # its port is free from now on
+        freed = time.time()
+        wait_until(lambda: (squatted() or {}).get("at", 0) > freed + 1, timeout=30)
+        proc = _start(data)
+        url = (data / "api.url").read_text().strip()
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        got = squatted()
+        assert got is not None and got["bound"] == [], got
+        assert set(got["errors"]) == {"EACCES"}, got
+        assert set(_agent_pids(data)) == set(pids)  # adopted: both ports came back
+        r = http.post("/v1/orgs/mal/tasks", json={"role": "worker", "payload": {}})
+        assert r.status_code == 201, r.text
+        task = r.json()["id"]
+        wait_until(
+            lambda: http.get(f"/v1/orgs/mal/tasks/{task}").json()["state"] == "completed",
+            timeout=30,
+        )
+    finally:
+        http.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        wait_until(lambda: not _agent_pids(data), timeout=30)
 
 
 async def test_a_second_control_plane_on_the_same_data_is_refused(tmp_path: Path) -> None:
