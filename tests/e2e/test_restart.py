@@ -298,3 +298,44 @@ async def test_a_second_control_plane_on_the_same_data_is_refused(tmp_path: Path
                 pass
     async with Platform(settings) as again:  # the first one stopped: free again
         assert again.dispatcher is not None
+
+
+async def test_events_the_last_control_plane_received_and_never_recorded_come_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event consumer acknowledges cumulatively: events a control plane received and
+    died before recording would be acknowledged unread by the first one the next start
+    records (an adopted agent's result among them, and its task would run for good), or at
+    best come back after the ack wait. The next start, not only a replica's takeover,
+    releases them first."""
+    import asyncio
+    import logging
+
+    from corral.api.server import running
+    from tests.support import eventually
+
+    data = tmp_path / "data"
+    async with running(live_settings(data)) as srv:
+        key = srv.platform.new_admin_key
+        async with httpx.AsyncClient(
+            base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ) as http:
+            assert (await http.post("/v1/orgs", json={"name": "acme"})).status_code == 201
+            r = await http.post("/v1/orgs/acme/agents", json={"name": "w", "wait": True})
+            assert r.status_code == 201, r.text
+            # from now on the control plane receives the agent's events and records none
+            held = asyncio.Event()
+
+            async def hold(event: object) -> None:
+                held.set()
+                await asyncio.Event().wait()
+
+            srv.platform.dispatcher.events.handle = hold  # type: ignore[method-assign]
+            await eventually(held.is_set, timeout=30, message="a heartbeat received")
+    caplog.set_level(logging.INFO, logger="corral.recovery")
+    async with running(live_settings(data)):
+
+        def released() -> bool:
+            return any("previous control plane held" in m for m in caplog.messages)
+
+        await eventually(released, timeout=30, message="the held events released")

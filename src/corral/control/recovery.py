@@ -107,7 +107,7 @@ async def release_events(p: Platform, left: LeftBehind) -> None:
 
     released = sum(await asyncio.gather(*(release(o) for o in sorted(orgs))))
     if released:
-        log.info("%d events the previous leader held are delivered again", released)
+        log.info("%d events the previous control plane held are delivered again", released)
 
 
 @dataclass(frozen=True, slots=True)
