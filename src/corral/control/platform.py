@@ -292,8 +292,7 @@ class Platform:
                 await recovery.release_events(self, left)
                 self._phases.mark("release")
                 self._background.spawn(self.dispatcher.consume(), "corral-events")
-            else:  # so too after a kill -9: agents adopted wait on what it held (their results)
-                self._background.spawn(self._release_then_consume(left), "corral-events")
+            # else so too after a kill -9, once the orgs are restored (see _recover)
             self._background.spawn(self.bus_health.watch(), "corral-bus-health")
             self._background.spawn(self._recover(left), "corral-recovery")
             self._background.spawn(self._count_then_prune(), "corral-retention")
@@ -405,15 +404,6 @@ class Platform:
         await asyncio.gather(*(restore(org) for org in orgs))
         took = asyncio.get_running_loop().time() - began
         log.info("%d organizations restored on the bus in %.1fs", len(orgs), took)
-
-    async def _release_then_consume(self, left: recovery.LeftBehind) -> None:
-        """Record agents' events, first releasing those a control plane killed before this
-        one received and never acknowledged: the consumer acknowledges cumulatively, so the
-        first event recorded here would otherwise acknowledge them unread, and an adopted
-        agent's result among them would be lost, its task left running for good. Beside the
-        API, not before it; in the orgs with agents that should run alone."""
-        await recovery.release_events(self, left)
-        await self.dispatcher.consume()
 
     def _agent_setup(self) -> str:
         """The digest of what every local agent is started with besides the two URLs: its
@@ -586,6 +576,12 @@ class Platform:
         if self.lease is None:
             await self._restore_orgs([o for o in orgs if o.id in with_agents])
             self._restored |= with_agents
+            # the events a control plane killed before this one received and never recorded
+            # come again at once, before the first is recorded here: the consumer
+            # acknowledges cumulatively, so that first record would acknowledge them unread
+            # (an adopted agent's result among them, its task then running for good)
+            await recovery.release_events(self, left)
+            self._background.spawn(self.dispatcher.consume(), "corral-events")
         self._phases.mark("orgs")
         self.recovery.phase = "relaunching agents"
 
