@@ -89,10 +89,11 @@ async def drain_events(p: Platform, *, timeout: float = 10.0) -> None:
 
 
 async def release_events(p: Platform, left: LeftBehind) -> None:
-    """A replica taking over: the events its predecessor received and never acknowledged
-    are delivered again at once instead of after the consumer's ack wait, in the orgs with
-    agents that should run (the others' wait). Before the event consumer starts, so that
-    nothing of this leader's own is pending yet."""
+    """At every start (a replica taking over, or a control plane after a kill -9): the
+    events the predecessor received and never acknowledged are delivered again at once
+    instead of after the consumer's ack wait (or, acknowledged cumulatively, never), in the
+    orgs with agents that should run (the others' wait). Before the event consumer starts,
+    so that nothing of this control plane's own is pending yet."""
     orgs = {a.org_id for a in left.records.values() if a.state in LIVE}
     gate = asyncio.Semaphore(16)
 
